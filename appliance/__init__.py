@@ -1,0 +1,1 @@
+"""The gateway appliance: composes capture, pipeline, shadows, image sync, canary and metrics."""

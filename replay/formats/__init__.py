@@ -1,0 +1,1 @@
+"""Readers and writers: every format converts to and from ``replay.model.Exchange``."""

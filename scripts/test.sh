@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the whole test suite (lint included). Tests needing root or ../shared/corpus skip visibly
+# when those are absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check replay netconfig appliance tests bench
+exec .venv/bin/python -m pytest "$@"
