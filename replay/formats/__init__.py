@@ -38,7 +38,7 @@ class ExchangeWriter(Protocol):
     def close(self) -> None: ...
 
 
-def _load(spec: str):  # noqa: ANN202 - returns a class or function
+def _load(spec: str):
     mod, _, attr = spec.partition(":")
     return getattr(importlib.import_module(mod), attr)
 
