@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 from replay.errors import FormatError
 from replay.formats.jsonl import (
     GZIP_ERRORS,
@@ -181,7 +183,9 @@ def exchange_to_flow(ex: Exchange) -> Any:
     if ex.tunnel is not None:
         st["tunnel"] = ex.tunnel
     if ex.meta:
-        st["meta"] = ex.meta
+        # As JSON text: tnetstring does not keep dict key order, and JSON is what meta must
+        # already be (the JSONL log holds it), so this keeps it exactly.
+        st["meta_json"] = orjson.dumps(ex.meta).decode("utf-8")
     flow.metadata[META_KEY] = _tnet_safe(st)
     return flow
 
@@ -272,7 +276,10 @@ def flow_to_exchange(flow: Any) -> Exchange:
         if resp is None:
             completeness.unpaired = True
     interim = st.get("interim") or []
-    meta = st.get("meta") or {}
+    meta_json = st.get("meta_json")
+    meta = orjson.loads(meta_json) if isinstance(meta_json, str | bytes) else {}
+    if not isinstance(meta, dict):
+        raise RecordError("metadata meta_json is not a JSON object")
     tunnel = st.get("tunnel")
     if not st and flow.websocket is not None:
         tunnel = "upgrade:websocket"
@@ -356,7 +363,7 @@ def read_mitm(path: str | Path) -> Iterator[Exchange]:
                 continue
             try:
                 ex = flow_to_exchange(flow)
-            except (RecordError, KeyError, TypeError, ValueError) as e:
+            except (RecordError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError too
                 raise FormatError(f"{name}: flow {n}: {e}") from None
             yield ex
     finally:
