@@ -187,8 +187,7 @@ def _request_to_har(req: Request, ex: Exchange, st: dict[str, Any]) -> dict[str,
             pd["params"] = []
         elif mime.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
             pd["params"] = [
-                {"name": k, "value": v}
-                for k, v in parse_qsl(pd["text"], keep_blank_values=True)
+                {"name": k, "value": v} for k, v in parse_qsl(pd["text"], keep_blank_values=True)
             ]
         else:
             pd["params"] = []

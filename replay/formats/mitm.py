@@ -64,7 +64,9 @@ def _split_hostport(hp: str, default_port: int) -> tuple[str, int]:
 def _split_target(req: Request, conn: ConnKey | None) -> tuple[str, int, str, str, str]:
     """(host, port, scheme, authority, path) as mitmproxy's HTTP/1 reader would set them."""
     t = req.target
-    default_host, default_port = ("unknown.invalid", 80) if conn is None else (conn.server_ip, conn.server_port)
+    default_host, default_port = (
+        ("unknown.invalid", 80) if conn is None else (conn.server_ip, conn.server_port)
+    )
     if req.method.upper() == "CONNECT" and "://" not in t and not t.startswith("/"):
         host, port = _split_hostport(t, default_port)
         return host, port, "", t, ""

@@ -254,8 +254,12 @@ def sample_exchanges() -> dict[str, Exchange]:
             headers=[("Upgrade", "websocket"), ("Connection", "Upgrade")],
         ),
         tunnel="upgrade:websocket",
-        meta={"sanitise": {"report": "r-1", "hits": [1, 2, 3]}, "weight": 0.25, "ok": True,
-              "none": None},
+        meta={
+            "sanitise": {"report": "r-1", "hits": [1, 2, 3]},
+            "weight": 0.25,
+            "ok": True,
+            "none": None,
+        },
         **_ts(13),
     )
     s["head_empty_body"] = Exchange(
