@@ -91,8 +91,12 @@ def detect_format(path: str | Path) -> str:
         return "pcap"
     if head[:4] == b"\x0a\x0d\x0d\x0a":
         return "pcapng"
-    stripped = head.lstrip()
+    stripped = head.removeprefix(b"\xef\xbb\xbf").lstrip()  # HARs from Fiddler carry a BOM
     if stripped.startswith(b"{"):
+        # Our JSONL records open with the schema version; checked first so that a "log" inside
+        # the first record (an id, a header) cannot make it look like HAR.
+        if stripped.startswith(b'{"v":'):
+            return "jsonl"
         # HAR is one JSON document with a top-level "log"; JSONL is one object per line.
         if b'"log"' in head or p.suffix.lower() == ".har":
             return "har"
