@@ -1,0 +1,222 @@
+"""Captures to Exchanges: decode -> reassemble -> HTTP/1.x, with a summary of everything dropped.
+
+``Extractor`` is the sans-I/O composition (frames and timestamps in, Exchanges out) used by both
+``shadowtap extract`` (files) and the appliance's live capture (AF_PACKET ring); ``extract_file``
+is the file edge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from replay.http1 import HttpConnection, looks_like_request, looks_like_response
+from replay.model import ConnKey, Exchange
+from replay.packets import Decoder, describe_key, key_ports
+from replay.tcp import Reassembler, _port_classify
+
+
+@dataclass
+class Summary:
+    """What an extraction saw and what it could not use. Every drop has a reason."""
+
+    files: list[str] = field(default_factory=list)
+    packets: int = 0
+    bytes: int = 0
+    tcp_segments: int = 0
+    connections: int = 0
+    http_connections: int = 0
+    non_http_streams: int = 0
+    exchanges: int = 0
+    incomplete_exchanges: int = 0
+    gaps: int = 0
+    gap_bytes: int = 0
+    bytes_skipped: int = 0
+    retransmits: int = 0
+    tunnels: int = 0
+    vxlan_packets: int = 0
+    skipped_packets: dict[str, int] = field(default_factory=dict)
+    tcp: dict[str, int] = field(default_factory=dict)
+    http: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["packets_per_second"] = round(self.packets / self.seconds) if self.seconds else None
+        return d
+
+
+class Extractor:
+    """Feed frames with ``feed(ts, linktype, frame)``; Exchanges go to ``emit``.
+
+    ``port`` narrows to connections with that port on either side; without it, HTTP is detected
+    by content on any port.
+    """
+
+    def __init__(
+        self,
+        emit: Callable[[Exchange], None],
+        *,
+        port: int | None = None,
+        id_prefix: str = "",
+        max_connections: int = 100_000,
+        max_buffer: int = 4 * 1024 * 1024,
+        idle_timeout: float = 120.0,
+    ) -> None:
+        self._emit_cb = emit
+        self.port = port
+        self.id_prefix = id_prefix
+        self.decoder = Decoder()
+        self.http_stats: dict[str, int] = {}
+        self.reasm = Reassembler(
+            self._factory,
+            classify=self._classify,
+            max_connections=max_connections,
+            max_buffer=max_buffer,
+            idle_timeout=idle_timeout,
+        )
+        self.n_conn = 0
+        self.http_conns = 0
+        self.exchanges = 0
+        self.incomplete = 0
+        self.packets = 0
+        self.bytes = 0
+        self.segments = 0
+
+    def _emit(self, ex: Exchange) -> None:
+        self.exchanges += 1
+        if not ex.completeness.complete:
+            self.incomplete += 1
+        self._emit_cb(ex)
+
+    def _factory(self, ckey: bytes, syn: bool, from_start: bool) -> HttpConnection | None:
+        if self.port is not None and self.port not in key_ports(ckey):
+            return None
+        self.n_conn += 1
+        src, sport, dst, dport = describe_key(ckey)
+        self.http_conns += 1
+        return HttpConnection(
+            ConnKey(src, sport, dst, dport),
+            f"{self.id_prefix}c{self.n_conn}",
+            self._emit,
+            self.http_stats,
+            resync=not from_start,
+        )
+
+    @staticmethod
+    def _classify(key: bytes, payload: bytes) -> bool:
+        """Without a SYN, tell the client by what it says, else by ports."""
+        if payload:
+            if looks_like_request(payload):
+                return True
+            if looks_like_response(payload):
+                return False
+        return _port_classify(key, payload)
+
+    def feed(self, ts: float, linktype: int, frame: bytes) -> None:
+        self.packets += 1
+        self.bytes += len(frame)
+        seg = self.decoder.decode(frame, linktype, ts)
+        if seg is not None and (seg[3] or seg[2] & 7):
+            self.segments += 1
+            self.reasm.segment(ts, seg[0], seg[1], seg[2], seg[3])
+
+    def run(self, frames: Iterable[tuple[float, int, bytes]]) -> int:
+        """The hot loop: ``feed`` for every frame, with lookups hoisted. Returns frames read."""
+        decode = self.decoder.decode
+        segment = self.reasm.segment
+        packets = nbytes = segs = 0
+        for ts, lt, frame in frames:
+            packets += 1
+            nbytes += len(frame)
+            seg = decode(frame, lt, ts)
+            if seg is not None and (seg[3] or seg[2] & 7):
+                segs += 1
+                segment(ts, seg[0], seg[1], seg[2], seg[3])
+        self.packets += packets
+        self.bytes += nbytes
+        self.segments += segs
+        return packets
+
+    def finish(self) -> None:
+        """End of input: close every open connection (their exchanges are emitted)."""
+        self.reasm.finish()
+        self.decoder.frags.finish(self.decoder.skipped)
+
+    def fill(self, s: Summary) -> None:
+        """Add this extractor's counts to a summary."""
+        t = self.reasm.stats
+        s.packets += self.packets
+        s.bytes += self.bytes
+        s.tcp_segments += self.segments
+        s.connections += t.get("connections", 0)
+        s.http_connections += self.http_conns - t.get("non_http_streams", 0)
+        s.non_http_streams += t.get("non_http_streams", 0)
+        s.exchanges += self.exchanges
+        s.incomplete_exchanges += self.incomplete
+        s.gaps += t.get("gaps", 0)
+        s.gap_bytes += t.get("gap_bytes", 0)
+        s.retransmits += t.get("retransmits", 0)
+        s.bytes_skipped += self.http_stats.get("bytes_skipped", 0) + t.get("bytes_ignored", 0)
+        s.tunnels += self.http_stats.get("tunnels", 0)
+        s.vxlan_packets += self.decoder.vxlan
+        for src, dst in ((self.decoder.skipped, s.skipped_packets), (t, s.tcp),
+                         (self.http_stats, s.http)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+
+
+def extract_file(
+    path: str | Path,
+    *,
+    port: int | None = None,
+    summary: Summary | None = None,
+    id_prefix: str = "",
+    progress: Callable[[int, int], None] | None = None,
+    **limits: Any,
+) -> Iterator[Exchange]:
+    """Exchanges from one capture file, in the order they completed.
+
+    Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
+    before the damage, and the problem is added to ``summary.errors``.
+    """
+    from replay.formats.pcap import CaptureReader
+
+    out: list[Exchange] = []
+    ex = Extractor(out.append, port=port, id_prefix=id_prefix, **limits)
+    t0 = time.perf_counter()
+    with CaptureReader(path) as reader:
+        frames = iter(reader)
+        batch = 4096
+        while True:
+            n = ex.run(islice(frames, batch))
+            if out:
+                yield from out
+                out.clear()
+            if progress is not None:
+                progress(reader.position, reader.size)
+            if n < batch:
+                break
+        ex.finish()
+        yield from out
+        out.clear()
+        if summary is not None:
+            summary.files.append(str(path))
+            ex.fill(summary)
+            summary.seconds += time.perf_counter() - t0
+            if reader.error:
+                summary.errors.append(reader.error)
+            if reader.unsupported_linktypes:
+                lts = ", ".join(str(x) for x in sorted(reader.unsupported_linktypes))
+                summary.skipped_packets["unsupported_linktype_blocks"] = (
+                    summary.skipped_packets.get("unsupported_linktype_blocks", 0)
+                    + reader.skipped_blocks
+                )
+                summary.warnings.append(f"{path}: interfaces with unsupported link types {lts} "
+                                      "were skipped")

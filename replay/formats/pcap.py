@@ -1,0 +1,264 @@
+"""Streaming readers for pcap and pcapng (also gzip-compressed), without a packet object per packet.
+
+Both read the file in large chunks and slice records out with ``struct.unpack_from``, yielding
+``(timestamp, linktype, frame_bytes)``. Memory stays flat however long the capture is.
+
+A damaged file is not a crash: packets before the damage are yielded, then ``reader.error`` says
+what was wrong and where (byte offset), so the CLI can report it in one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from replay.errors import FormatError
+from replay.packets import LINKTYPE_NAMES, SUPPORTED_LINKTYPES
+
+CHUNK = 1 << 20
+MAX_RECORD = 1 << 24  # 16 MiB: larger records mean a corrupt length field
+
+_PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+class CaptureReader:
+    """Iterate ``(ts, linktype, frame)`` over a pcap or pcapng file, plain or gzip."""
+
+    def __init__(self, path: str | Path, *, strict_linktype: bool = True) -> None:
+        self.path = Path(path)
+        self.error: str | None = None
+        self.skipped_blocks = 0
+        self.unsupported_linktypes: set[int] = set()
+        self.strict_linktype = strict_linktype
+        try:
+            raw = self.path.open("rb")
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise FormatError(f"{self.path}: is a directory, not a capture file") from None
+        except PermissionError:
+            raise FormatError(f"{self.path}: permission denied") from None
+        self._raw = raw
+        try:
+            self.size = self.path.stat().st_size
+            magic = raw.read(4)
+            raw.seek(0)
+            self._fp: BinaryIO = raw
+            if magic[:2] == b"\x1f\x8b":
+                self._fp = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+                try:
+                    magic = self._fp.read(4)
+                except (OSError, EOFError) as e:
+                    raise FormatError(f"{self.path}: broken gzip data ({e})") from None
+                raw.seek(0)
+                self._fp = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+            if not magic:
+                raise FormatError(f"{self.path}: empty file")
+            if magic in _PCAP_MAGIC:
+                self.kind = "pcap"
+            elif magic == PCAPNG_MAGIC:
+                self.kind = "pcapng"
+            else:
+                raise FormatError(
+                    f"{self.path}: not a pcap or pcapng capture (magic number {magic.hex()})"
+                )
+        except BaseException:
+            raw.close()
+            raise
+        self.linktype: int | None = None
+        if self.kind == "pcap":
+            self._head = self._fp.read(24)
+            if len(self._head) < 24:
+                raw.close()
+                raise FormatError(f"{self.path}: truncated pcap header ({len(self._head)} bytes)")
+            order, _ = _PCAP_MAGIC[self._head[:4]]
+            lt = struct.unpack_from(order + "I", self._head, 20)[0] & 0x0FFFFFFF
+            self.linktype = lt
+            if lt not in SUPPORTED_LINKTYPES and strict_linktype:
+                raw.close()
+                raise FormatError(
+                    f"{self.path}: unsupported link type {lt}; shadowtap reads "
+                    + ", ".join(sorted({f"{v} ({k})" for k, v in LINKTYPE_NAMES.items()}))
+                )
+
+    @property
+    def position(self) -> int:
+        """Bytes of the (possibly compressed) file consumed so far: for progress bars."""
+        try:
+            return self._raw.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        try:
+            if self.kind == "pcap":
+                yield from self._pcap()
+            else:
+                yield from self._pcapng()
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            self.error = f"{self.path}: read failed ({e}); packets before it were processed"
+
+    # -- pcap ---------------------------------------------------------------------------------
+    def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
+        order, scale = _PCAP_MAGIC[self._head[:4]]
+        rec = struct.Struct(order + "IIII")
+        unpack = rec.unpack_from
+        lt = self.linktype
+        assert lt is not None
+        read = self._fp.read
+        buf = b""
+        pos = 0
+        offset = 24  # file offset of buf[0]
+        while True:
+            chunk = read(CHUNK)
+            if chunk:
+                buf = buf[pos:] + chunk if pos < len(buf) else chunk
+                offset += pos
+                pos = 0
+            end = len(buf)
+            while pos + 16 <= end:
+                sec, frac, caplen, _wire = unpack(buf, pos)
+                if caplen > MAX_RECORD:
+                    self.error = (
+                        f"{self.path}: corrupt record at byte {offset + pos} "
+                        f"(length {caplen}); packets before it were processed"
+                    )
+                    return
+                nxt = pos + 16 + caplen
+                if nxt > end:
+                    break
+                yield sec + frac * scale, lt, buf[pos + 16 : nxt]
+                pos = nxt
+            if not chunk:
+                if pos < end:
+                    self.error = (
+                        f"{self.path}: truncated at byte {offset + pos} (the last record is cut "
+                        f"short: {end - pos} of its bytes present); packets before it were "
+                        "processed"
+                    )
+                return
+
+    # -- pcapng -------------------------------------------------------------------------------
+    def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
+        read = self._fp.read
+        buf = b""
+        pos = 0
+        offset = 0
+        order = "<"
+        ifaces: list[tuple[int, float, float]] = []  # (linktype, ts scale, ts offset)
+        seen_shb = False
+        while True:
+            chunk = read(CHUNK)
+            if chunk:
+                buf = buf[pos:] + chunk if pos < len(buf) else chunk
+                offset += pos
+                pos = 0
+            end = len(buf)
+            while pos + 12 <= end:
+                btype = buf[pos : pos + 4]
+                if btype == PCAPNG_MAGIC:
+                    if pos + 12 > end:
+                        break
+                    bom = buf[pos + 8 : pos + 12]
+                    if bom == b"\x4d\x3c\x2b\x1a":
+                        order = "<"
+                    elif bom == b"\x1a\x2b\x3c\x4d":
+                        order = ">"
+                    else:
+                        self.error = (
+                            f"{self.path}: bad pcapng section header at byte {offset + pos}"
+                        )
+                        return
+                    seen_shb = True
+                    ifaces = []
+                elif not seen_shb:
+                    self.error = f"{self.path}: pcapng file does not start with a section header"
+                    return
+                t, blen = struct.unpack_from(order + "II", buf, pos)
+                if blen < 12 or blen % 4 or blen > MAX_RECORD:
+                    self.error = (
+                        f"{self.path}: corrupt pcapng block at byte {offset + pos} "
+                        f"(length {blen}); packets before it were processed"
+                    )
+                    return
+                nxt = pos + blen
+                if nxt > end:
+                    break
+                if t == 6:  # Enhanced Packet Block
+                    iface, hi, lo, caplen, _wire = struct.unpack_from(order + "IIIII", buf, pos + 8)
+                    if iface >= len(ifaces) or 28 + caplen > blen:
+                        self.skipped_blocks += 1
+                    else:
+                        lt, scale, tsoff = ifaces[iface]
+                        if lt in SUPPORTED_LINKTYPES:
+                            yield (((hi << 32) | lo) * scale + tsoff, lt,
+                                   buf[pos + 28 : pos + 28 + caplen])
+                        else:
+                            self.unsupported_linktypes.add(lt)
+                            self.skipped_blocks += 1
+                elif t == 1:  # Interface Description Block
+                    ifaces.append(self._idb(buf, pos, blen, order))
+                elif t == 3:  # Simple Packet Block
+                    (wire,) = struct.unpack_from(order + "I", buf, pos + 8)
+                    caplen = min(wire, blen - 16)
+                    if ifaces and ifaces[0][0] in SUPPORTED_LINKTYPES:
+                        yield 0.0, ifaces[0][0], buf[pos + 12 : pos + 12 + caplen]
+                    else:
+                        self.skipped_blocks += 1
+                elif t == 2:  # obsolete Packet Block
+                    iface, _drops, hi, lo, caplen, _wire = struct.unpack_from(
+                        order + "HHIIII", buf, pos + 8
+                    )
+                    if iface < len(ifaces) and 28 + caplen <= blen and \
+                            ifaces[iface][0] in SUPPORTED_LINKTYPES:
+                        lt, scale, tsoff = ifaces[iface]
+                        yield (((hi << 32) | lo) * scale + tsoff, lt,
+                               buf[pos + 28 : pos + 28 + caplen])
+                    else:
+                        self.skipped_blocks += 1
+                pos = nxt
+            if not chunk:
+                if pos < end:
+                    self.error = (
+                        f"{self.path}: truncated at byte {offset + pos} (the last block is cut "
+                        "short); packets before it were processed"
+                    )
+                return
+
+    def _idb(self, buf: bytes, pos: int, blen: int, order: str) -> tuple[int, float, float]:
+        lt = struct.unpack_from(order + "H", buf, pos + 8)[0]
+        scale, tsoff = 1e-6, 0.0
+        o = pos + 16
+        end = pos + blen - 4
+        while o + 4 <= end:
+            code, ln = struct.unpack_from(order + "HH", buf, o)
+            if code == 0:
+                break
+            val = buf[o + 4 : o + 4 + ln]
+            if code == 9 and ln >= 1:
+                r = val[0]
+                scale = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+            elif code == 14 and ln >= 8:
+                tsoff = float(struct.unpack_from(order + "q", val, 0)[0])
+            o += 4 + ((ln + 3) & ~3)
+        if lt not in SUPPORTED_LINKTYPES:
+            self.unsupported_linktypes.add(lt)
+        return lt, scale, tsoff

@@ -1,0 +1,838 @@
+"""HTTP/1.x over reassembled TCP byte streams, sans-I/O: bytes and timestamps in, Exchanges out.
+
+Why framing is done here and not by feeding whole streams to llhttp: a passive observer must know
+*where each message ends* even when the capture has holes, when a response answers a HEAD or a
+CONNECT (which only the other direction tells us), and when the stream turns into a tunnel.
+llhttp (through httptools) does not report byte offsets on errors and cannot be told "this
+response has no body", and one lost segment would derail it for the rest of the connection.
+So message *heads* are parsed by httptools/llhttp (strict, the same parser uvicorn uses; a head it
+rejects is re-read leniently and the anomaly noted), while body framing follows RFC 9112 §6 here,
+which lets a gap inside a Content-Length body be recorded and skipped without losing sync.
+
+One ``HttpConnection`` per TCP connection pairs each final response with the oldest request still
+waiting (pipelining), keeps 1xx interim responses apart, and emits an ``Exchange`` once both sides
+of it are done (or the connection ends and it never will be).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+
+import httptools
+
+from replay.model import ConnKey, Exchange, Request, Response
+
+MAX_HEAD = 64 * 1024
+"""A head longer than this without a blank line is not HTTP (or is hostile)."""
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+"""Bodies beyond this are kept as a prefix (noted 'body-capped'), to bound memory."""
+
+# Reader states.
+HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE = range(7)
+WAIT, TUNNEL, RESYNC, DEAD = range(7, 11)
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_REQUEST_START = re.compile(rb"[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,23} +(?:[^\s]|\r?\n)")
+_HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+[ \t]*:")
+_RESPONSE_START = re.compile(rb"HTTP/\d\.\d \d")
+_REQUEST_LINE = rb"(" + _TOKEN + rb"{1,24} [^\s]+ HTTP/[01]\.\d\r?\n)"
+_RESPONSE_LINE = rb"(HTTP/[01]\.\d \d\d\d[ \r\n])"
+_RESYNC = {
+    True: (re.compile(_REQUEST_LINE), re.compile(rb"\n" + _REQUEST_LINE)),
+    False: (re.compile(_RESPONSE_LINE), re.compile(rb"\n" + _RESPONSE_LINE)),
+}
+_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+
+def looks_like_request(data: bytes) -> bool:
+    """Does this stream start like an HTTP/1 request (method token, space, target)?"""
+    if data[:3] == b"PRI" and data.startswith(b"PRI * HTTP/2"):
+        return False
+    return _REQUEST_START.match(data) is not None
+
+
+def looks_like_response(data: bytes) -> bool:
+    return _RESPONSE_START.match(data) is not None
+
+
+class _HeadCollector:
+    """httptools callback target: collects one head's pieces."""
+
+    __slots__ = ("done", "headers", "reason", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.reason = b""
+        self.headers: list[tuple[str, str]] = []
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+def _parse_headers_lenient(lines: list[bytes]) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
+            k, v = headers[-1]
+            headers[-1] = (k, v + " " + line.strip().decode("latin-1"))
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        headers.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+    return headers
+
+
+def parse_request_head(head: bytes) -> tuple[Request, str | None]:
+    """Parse a request head (request line + headers + blank line).
+
+    Returns the Request and, if llhttp rejected it and the lenient reader was used, the reason.
+    """
+    c = _HeadCollector()
+    p = httptools.HttpRequestParser(c)
+    err: str | None = None
+    try:
+        p.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as e:
+        err = str(e) or type(e).__name__
+    if err is None and c.done:
+        major, minor = (int(x) for x in p.get_http_version().split("."))
+        return (
+            Request(
+                method=p.get_method().decode("latin-1"),
+                target=c.url.decode("latin-1"),
+                version=f"HTTP/{major}.{minor}",
+                headers=c.headers,
+            ),
+            None,
+        )
+    # Lenient path: LF-only line ends, unknown methods, bad header bytes, odd versions.
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    first = lines[0].strip(b"\r")
+    parts = first.split(b" ")
+    parts = [x for x in parts if x] or [b""]
+    method = parts[0]
+    version = b"HTTP/0.9"
+    if len(parts) >= 3 and parts[-1].upper().startswith(b"HTTP/"):
+        version = parts[-1]
+        target = b" ".join(parts[1:-1])
+    elif len(parts) == 2 and parts[1].upper().startswith(b"HTTP/") and parts[1][5:6].isdigit():
+        version = parts[1]
+        target = b""
+    else:
+        target = b" ".join(parts[1:])
+    return (
+        Request(
+            method=method.decode("latin-1"),
+            target=target.decode("latin-1"),
+            version=version.decode("latin-1").upper(),
+            headers=_parse_headers_lenient(lines[1:]),
+        ),
+        err or "incomplete head",
+    )
+
+
+def parse_response_head(head: bytes) -> tuple[Response, str | None]:
+    c = _HeadCollector()
+    p = httptools.HttpResponseParser(c)
+    err: str | None = None
+    try:
+        p.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as e:
+        err = str(e) or type(e).__name__
+    if err is None and c.done:
+        major, minor = (int(x) for x in p.get_http_version().split("."))
+        return (
+            Response(
+                status=p.get_status_code(),
+                reason=c.reason.decode("latin-1"),
+                version=f"HTTP/{major}.{minor}",
+                headers=c.headers,
+            ),
+            None,
+        )
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    first = lines[0].strip(b"\r")
+    version, _, rest = first.partition(b" ")
+    code, _, reason = rest.lstrip().partition(b" ")
+    try:
+        status = int(code[:3])
+    except ValueError:
+        status = 0
+    return (
+        Response(
+            status=status,
+            reason=reason.decode("latin-1"),
+            version=version.decode("latin-1").upper(),
+            headers=_parse_headers_lenient(lines[1:]),
+        ),
+        err or "incomplete head",
+    )
+
+
+def _find_head_end(data: bytes, pos: int) -> int:
+    """Index just past the blank line ending a head at ``pos``, or -1. Accepts CRLF and bare LF."""
+    a = data.find(b"\r\n\r\n", pos)
+    b = data.find(b"\n\n", pos)
+    if a < 0:
+        return b + 2 if b >= 0 else -1
+    if b < 0 or a + 1 < b:
+        return a + 4
+    return b + 2
+
+
+def _body_framing(headers: list[tuple[str, str]], notes: list[str]) -> tuple[str, int]:
+    """('chunked'|'length'|'none'|'close', length) from Transfer-Encoding / Content-Length."""
+    te: list[str] = []
+    cl: list[str] = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk == "transfer-encoding":
+            te.extend(x.strip().lower() for x in v.split(",") if x.strip())
+        elif lk == "content-length":
+            cl.extend(x.strip() for x in v.split(","))
+    if te:
+        if cl:
+            notes.append("te+cl")  # request smuggling shape: TE wins (RFC 9112 §6.3)
+        if te[-1] == "chunked":
+            if te.count("chunked") > 1:
+                notes.append("te-chunked-twice")
+            return "chunked", 0
+        notes.append("te-not-chunked")
+        return "close", 0
+    if cl:
+        if len(set(cl)) > 1:
+            notes.append("conflicting-content-length")
+            return "close", 0
+        v = cl[0]
+        if not v.isdigit() or int(v) >= 1 << 63:
+            notes.append("bad-content-length")
+            return "close", 0
+        if len(v) > 1 and v[0] == "0":
+            notes.append("content-length-leading-zeros")
+        return "length", int(v)
+    return "none", 0
+
+
+class _Message:
+    """A message being read: head, body pieces, gaps, timestamps."""
+
+    __slots__ = ("body", "body_len", "capped", "gaps", "head", "trailers", "truncated", "ts_end",
+                 "ts_start")
+
+    def __init__(self, head: Request | Response, ts: float) -> None:
+        self.head = head
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.gaps: list[tuple[int, int]] = []
+        self.trailers: list[tuple[str, str]] = []
+        self.ts_start = ts
+        self.ts_end = ts
+        self.truncated = False
+        self.capped = False
+
+
+class HttpConnection:
+    """Pairs the two directions of one TCP connection into Exchanges.
+
+    Feed it with ``data(from_client, bytes, ts)``, ``gap(from_client, nbytes, ts)``,
+    ``close(from_client, ts)`` and finally ``finish(ts, timed_out)``. Completed Exchanges go to
+    ``emit``. ``stats`` is a shared dict of counters (by reason) that the caller reports.
+    """
+
+    def __init__(
+        self,
+        conn: ConnKey,
+        conn_id: str,
+        emit: Callable[[Exchange], None],
+        stats: dict[str, int],
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        resync: bool = False,
+    ) -> None:
+        self.conn = conn
+        self.conn_id = conn_id
+        self.emit = emit
+        self.stats = stats
+        self.max_body = max_body
+        self.n = 0
+        self.order: deque[Exchange] = deque()
+        self.awaiting: deque[Exchange] = deque()
+        self.done_req: set[int] = set()
+        self.done_resp: set[int] = set()
+        self.retransmits = 0
+        self.tunnel: str | None = None
+        self.non_http = False
+        self.client = _Reader(self, True, RESYNC if resync else HEAD)
+        self.server = _Reader(self, False, RESYNC if resync else HEAD)
+
+    # -- input ----------------------------------------------------------------------------
+    def data(self, from_client: bool, data: bytes, ts: float) -> None:
+        (self.client if from_client else self.server).feed(data, ts)
+
+    def gap(self, from_client: bool, nbytes: int, ts: float) -> None:
+        (self.client if from_client else self.server).gap(nbytes, ts)
+
+    def close(self, from_client: bool, ts: float) -> None:
+        (self.client if from_client else self.server).close(ts)
+        self._flush()
+
+    def finish(self, ts: float, timed_out: bool = False) -> None:
+        """The connection is over (both closed, reset, idle, evicted, or end of capture)."""
+        self.client.close(ts)
+        self.server.close(ts)
+        for ex in self.order:
+            c = ex.completeness
+            if timed_out:
+                c.timed_out = True
+            if ex.request is not None and ex.response is None:
+                c.unpaired = True
+                self.stats["requests_without_response"] = (
+                    self.stats.get("requests_without_response", 0) + 1
+                )
+            self._emit(ex)
+        self.order.clear()
+        self.awaiting.clear()
+
+    # -- callbacks from readers --------------------------------------------------------------
+    def _new_exchange(self) -> Exchange:
+        self.n += 1
+        return Exchange(id=f"{self.conn_id}.{self.n}", conn=self.conn)
+
+    def on_request_head(self, msg: _Message) -> Exchange:
+        ex = self._new_exchange()
+        ex.request = msg.head  # type: ignore[assignment]
+        ex.ts_request_start = msg.ts_start
+        self.order.append(ex)
+        self.awaiting.append(ex)
+        return ex
+
+    def on_request_done(self, ex: Exchange, msg: _Message) -> None:
+        req: Request = ex.request  # type: ignore[assignment]
+        req.body = b"".join(msg.body) if len(msg.body) != 1 else msg.body[0]
+        req.trailers = msg.trailers
+        ex.ts_request_end = msg.ts_end
+        c = ex.completeness
+        c.request_gaps = msg.gaps
+        c.request_truncated = msg.truncated
+        if msg.capped:
+            c.notes.append("request-body-capped")
+        self.done_req.add(id(ex))
+        self._flush()
+
+    def pending_method(self) -> tuple[str | None, str]:
+        """Method and version of the request the next response answers (None if unknown)."""
+        if self.awaiting:
+            r = self.awaiting[0].request
+            assert r is not None
+            return r.method, r.version
+        return None, ""
+
+    def on_interim(self, msg: _Message) -> None:
+        if self.awaiting:
+            self.awaiting[0].interim.append(msg.head)  # type: ignore[arg-type]
+        else:
+            self.stats["interim_without_request"] = self.stats.get("interim_without_request", 0) + 1
+
+    def on_response_head(self, msg: _Message) -> Exchange:
+        if self.awaiting:
+            ex = self.awaiting.popleft()
+        else:
+            ex = self._new_exchange()
+            ex.completeness.unpaired = True
+            ex.completeness.notes.append("request-missing")
+            self.stats["responses_without_request"] = (
+                self.stats.get("responses_without_request", 0) + 1
+            )
+            self.order.append(ex)
+            self.done_req.add(id(ex))
+        ex.response = msg.head  # type: ignore[assignment]
+        ex.ts_response_start = msg.ts_start
+        return ex
+
+    def on_response_done(self, ex: Exchange, msg: _Message) -> None:
+        resp: Response = ex.response  # type: ignore[assignment]
+        resp.body = b"".join(msg.body) if len(msg.body) != 1 else msg.body[0]
+        resp.trailers = msg.trailers
+        ex.ts_response_end = msg.ts_end
+        c = ex.completeness
+        c.response_gaps = msg.gaps
+        c.response_truncated = msg.truncated
+        if msg.capped:
+            c.notes.append("response-body-capped")
+        self.done_resp.add(id(ex))
+        self._flush()
+
+    def start_tunnel(self, kind: str) -> None:
+        """The response switched protocols (101) or accepted a CONNECT (2xx)."""
+        self.tunnel = kind
+        self.client.enter_tunnel()
+        self.server.enter_tunnel()
+        self.stats["tunnels"] = self.stats.get("tunnels", 0) + 1
+
+    def mark_non_http(self) -> None:
+        """Not HTTP/1 (TLS, SSH, HTTP/2...): stop parsing both directions; bytes are counted."""
+        self.non_http = True
+        self.client.state = DEAD
+        self.server.state = DEAD
+        self.client.buf = self.server.buf = b""
+
+    def refuse_tunnel(self) -> None:
+        """The upgrade/CONNECT was refused: the client's side goes on as HTTP."""
+        self.client.resume()
+
+    def _emit(self, ex: Exchange) -> None:
+        ex.completeness.retransmits = self.retransmits
+        self.done_req.discard(id(ex))
+        self.done_resp.discard(id(ex))
+        self.emit(ex)
+
+    def _flush(self) -> None:
+        order = self.order
+        while order:
+            ex = order[0]
+            k = id(ex)
+            if k in self.done_req and k in self.done_resp:
+                order.popleft()
+                self._emit(ex)
+            else:
+                break
+
+
+class _Reader:
+    """Reads one direction's messages: head, body framing, tunnel, resynchronisation."""
+
+    __slots__ = ("buf", "client", "conn", "ex", "first_message", "last_ts", "msg", "remaining",
+                 "resyncing", "skipped", "state", "tunnel_bytes")
+
+    def __init__(self, conn: HttpConnection, client: bool, state: int) -> None:
+        self.conn = conn
+        self.client = client
+        self.state = state
+        self.buf = b""
+        self.msg: _Message | None = None
+        self.ex: Exchange | None = None
+        self.remaining = 0
+        self.skipped = 0
+        self.tunnel_bytes = 0
+        self.last_ts = 0.0
+        self.first_message = True
+        self.resyncing = state == RESYNC
+
+    def _count(self, key: str, n: int = 1) -> None:
+        st = self.conn.stats
+        st[key] = st.get(key, 0) + n
+
+    def enter_tunnel(self) -> None:
+        if self.buf:
+            self.tunnel_bytes += len(self.buf)
+            self.buf = b""
+        self.state = TUNNEL
+
+    def resume(self) -> None:
+        if self.state == WAIT:
+            self.state = HEAD
+            data, self.buf = self.buf, b""
+            if data:
+                self.feed(data, self.last_ts)
+
+    # -- body helpers -------------------------------------------------------------------------
+    def _body(self, chunk: bytes) -> None:
+        msg = self.msg
+        assert msg is not None
+        if msg.capped:
+            msg.body_len += len(chunk)
+            return
+        room = self.conn.max_body - msg.body_len
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            msg.capped = True
+        msg.body.append(chunk)
+        msg.body_len += len(chunk)
+
+    def _finish_message(self, ts: float) -> None:
+        msg, ex = self.msg, self.ex
+        assert msg is not None and ex is not None
+        msg.ts_end = ts
+        self.first_message = False
+        self.msg = None
+        self.ex = None
+        self.state = HEAD
+        if self.client:
+            self.conn.on_request_done(ex, msg)
+            req = ex.request
+            assert req is not None
+            if req.method.upper() == "CONNECT" or (
+                _has_upgrade(req.headers) and req.version != "HTTP/1.0"
+            ):
+                self.state = WAIT  # wait for the response: tunnel or not
+        else:
+            self.conn.on_response_done(ex, msg)
+
+    # -- the state machine --------------------------------------------------------------------
+    def feed(self, data: bytes, ts: float) -> None:
+        self.last_ts = ts
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            state = self.state
+            if state in (BODY_CL, CHUNK_DATA):
+                take = min(self.remaining, end - pos)
+                self._body(data[pos : pos + take] if (pos or take != end) else data)
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    if state == BODY_CL:
+                        self._finish_message(ts)
+                    else:
+                        self.state = CHUNK_CRLF
+                continue
+            if state == HEAD:
+                pos = self._head(data, pos, ts)
+                if pos < 0:
+                    return
+                continue
+            if state == CHUNK_SIZE:
+                m = _CHUNK_SIZE.match(data, pos)
+                if m is None:
+                    nl = data.find(b"\n", pos)
+                    if nl < 0 and end - pos < 1024:
+                        self.buf = data[pos:]
+                        return
+                    self._protocol_error("bad-chunk-size", ts)
+                    continue
+                size = int(m.group(1), 16)
+                pos = m.end()
+                if size == 0:
+                    self.state = TRAILERS
+                else:
+                    self.remaining = size
+                    self.state = CHUNK_DATA
+                continue
+            if state == CHUNK_CRLF:
+                if data.startswith(b"\r\n", pos):
+                    pos += 2
+                elif data.startswith(b"\n", pos):
+                    pos += 1
+                elif end - pos < 2 and data[pos:pos + 1] == b"\r":
+                    self.buf = data[pos:]
+                    return
+                else:
+                    self._protocol_error("bad-chunk-end", ts)
+                    continue
+                self.state = CHUNK_SIZE
+                continue
+            if state == TRAILERS:
+                if data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
+                    pos += 2 if data[pos] == 13 else 1
+                    self._finish_message(ts)
+                    continue
+                he = _find_head_end(data, pos)
+                if he < 0:
+                    if end - pos > MAX_HEAD:
+                        self._protocol_error("trailers-too-long", ts)
+                        continue
+                    self.buf = data[pos:]
+                    return
+                assert self.msg is not None
+                self.msg.trailers = _parse_headers_lenient(
+                    data[pos:he].replace(b"\r\n", b"\n").split(b"\n")
+                )
+                pos = he
+                self._finish_message(ts)
+                continue
+            if state == BODY_CLOSE:
+                self._body(data[pos:] if pos else data)
+                assert self.msg is not None
+                self.msg.ts_end = ts
+                return
+            if state == TUNNEL:
+                self.tunnel_bytes += end - pos
+                self._count("tunnel_bytes", end - pos)
+                return
+            if state == WAIT:
+                self.buf = data[pos:]
+                if len(self.buf) > MAX_HEAD * 16:  # the other side never answered: give up
+                    self._count("bytes_skipped", len(self.buf))
+                    self.buf = b""
+                return
+            if state == RESYNC:
+                pos = self._resync(data, pos)
+                if pos < 0:
+                    return
+                continue
+            # DEAD
+            self._count("bytes_skipped", end - pos)
+            return
+
+    def _head(self, data: bytes, pos: int, ts: float) -> int:
+        """Parse a head at ``pos``. Returns the new position, or -1 if more data is needed."""
+        end = len(data)
+        # Tolerate stray CRLFs between messages (RFC 9112 §2.2).
+        while pos < end and data[pos] in (13, 10):
+            pos += 1
+        if pos >= end:
+            return -1
+        conn = self.conn
+        if self.client:
+            if not looks_like_request(data[pos : pos + 40]):
+                if end - pos < 40 and _could_be_request_prefix(data[pos:]):
+                    self.buf = data[pos:]
+                    return -1
+                return self._not_http(data, pos, ts)
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                if end - pos > MAX_HEAD:
+                    return self._not_http(data, pos, ts)
+                self.buf = data[pos:]
+                return -1
+            line = data[pos:nl].rstrip(b"\r")
+            if b" HTTP/" not in line.upper() and line.count(b" ") <= 1:
+                # No version: HTTP/0.9 ("GET /path", answered by raw bytes until close), unless
+                # header lines follow, which servers then read as a versionless HTTP/1 head.
+                after = data[nl + 1 : nl + 64]
+                if not after or not (_HEADER_LINE.match(after) or after[:1] in b"\r\n"):
+                    return self._http09_request(line, nl + 1, ts)
+        elif data[pos : pos + 5].upper() != b"HTTP/":
+            if end - pos < 5 and b"HTTP/".startswith(data[pos:].upper()):
+                self.buf = data[pos:]
+                return -1
+            if conn.awaiting and (
+                conn.awaiting[0].request.version == "HTTP/0.9"  # type: ignore[union-attr]
+                or (self.first_message and not self.resyncing)
+            ):
+                # An HTTP/0.9 answer (no status line), also to an HTTP/1 request (curl saw this).
+                return self._http09_response(data, pos, ts)
+            return self._not_http(data, pos, ts)
+        he = _find_head_end(data, pos)
+        if he < 0:
+            if end - pos > MAX_HEAD:
+                self._count("heads_too_long")
+                return self._not_http(data, pos, ts)
+            self.buf = data[pos:]
+            return -1
+        head = data[pos:he]
+        notes: list[str] = []
+        if self.client:
+            req, err = parse_request_head(head)
+            if err:
+                notes.append(f"lenient-head: {err}")
+                self._count("lenient_heads")
+            msg = _Message(req, ts)
+            ex = conn.on_request_head(msg)
+            ex.completeness.notes.extend(notes)
+            framing, length = _body_framing(req.headers, ex.completeness.notes)
+            if framing == "close":
+                # A request cannot be close-delimited; it has no body we can frame.
+                ex.completeness.notes.append("request-framing-invalid")
+                framing = "none"
+            self._start_body(msg, ex, framing, length, ts)
+        else:
+            resp, err = parse_response_head(head)
+            if err:
+                notes.append(f"lenient-head: {err}")
+                self._count("lenient_heads")
+            msg = _Message(resp, ts)
+            status = resp.status
+            if 100 <= status < 200 and status != 101:
+                conn.on_interim(msg)
+                return he
+            method, _ = conn.pending_method()
+            ex = conn.on_response_head(msg)
+            ex.completeness.notes.extend(notes)
+            m = (method or "").upper()
+            kind = None
+            if m == "CONNECT" and 200 <= status < 300:
+                kind = "connect"
+            elif status == 101:
+                kind = "upgrade:" + (_header(resp.headers, "upgrade") or "unknown").lower()
+            if kind is not None:
+                ex.tunnel = kind
+                self.msg, self.ex = msg, ex
+                self._finish_message(ts)
+                conn.start_tunnel(kind)
+                self.tunnel_bytes += len(data) - he
+                self._count("tunnel_bytes", len(data) - he)
+                return len(data)
+            if m in ("CONNECT",) or _has_upgrade_request(ex):
+                conn.refuse_tunnel()
+            if m == "HEAD" or status in (204, 304) or 100 <= status < 200:
+                framing, length = "none", 0
+            else:
+                framing, length = _body_framing(resp.headers, ex.completeness.notes)
+                if framing == "none":
+                    framing = "close"
+            self._start_body(msg, ex, framing, length, ts)
+        return he
+
+    def _start_body(self, msg: _Message, ex: Exchange, framing: str, length: int,
+                    ts: float) -> None:
+        self.msg, self.ex = msg, ex
+        if framing == "length" and length > 0:
+            self.remaining = length
+            self.state = BODY_CL
+        elif framing == "chunked":
+            self.state = CHUNK_SIZE
+        elif framing == "close":
+            self.state = BODY_CLOSE
+        else:
+            self._finish_message(ts)
+
+    def _http09_request(self, line: bytes, nxt: int, ts: float) -> int:
+        method, _, target = line.partition(b" ")
+        req = Request(method=method.decode("latin-1"), target=target.strip().decode("latin-1"),
+                      version="HTTP/0.9")
+        msg = _Message(req, ts)
+        ex = self.conn.on_request_head(msg)
+        self._count("http09_requests")
+        self.msg, self.ex = msg, ex
+        self._finish_message(ts)
+        return nxt
+
+    def _http09_response(self, data: bytes, pos: int, ts: float) -> int:
+        msg = _Message(Response(status=200, reason="", version="HTTP/0.9"), ts)
+        ex = self.conn.on_response_head(msg)
+        ex.completeness.notes.append("http/0.9 response (no status line)")
+        self.msg, self.ex = msg, ex
+        self.state = BODY_CLOSE
+        return pos
+
+    def _not_http(self, data: bytes, pos: int, ts: float) -> int:
+        """Bytes where a head should start are not HTTP: resynchronise, or give up the stream."""
+        if self.conn.n == 0 and self.client:
+            # The very first bytes of the connection are not HTTP: a non-HTTP stream.
+            self.conn.mark_non_http()
+            self._count("bytes_skipped", len(data) - pos)
+            return -1
+        self._count("resyncs")
+        self.state = RESYNC
+        self.resyncing = True
+        return pos
+
+    def _resync(self, data: bytes, pos: int) -> int:
+        """Skip to the next thing that looks like a message start; -1 if none yet."""
+        anchored, anywhere = _RESYNC[self.client]
+        m = anchored.match(data, pos) or anywhere.search(data, pos)
+        if m is None:
+            keep = min(len(data) - pos, 256)  # a start may straddle the segment boundary
+            skipped = len(data) - pos - keep
+            self.skipped += skipped
+            self._count("bytes_skipped", skipped)
+            self.buf = data[len(data) - keep:]
+            if self.skipped > 8 * MAX_HEAD and self.conn.n == 0:
+                self._count("bytes_skipped", len(self.buf))
+                self.buf = b""
+                self.conn.mark_non_http()
+            return -1
+        start = m.start(1)
+        self._count("bytes_skipped", start - pos)
+        self.skipped += start - pos
+        self.state = HEAD
+        return start
+
+    def _protocol_error(self, what: str, ts: float) -> None:
+        """Framing broke mid-message: end it as truncated and resynchronise."""
+        self._count(f"http_errors:{what}")
+        if self.msg is not None and self.ex is not None:
+            self.msg.truncated = True
+            self.ex.completeness.notes.append(what)
+            self._finish_message(ts)
+        self.state = RESYNC
+
+    def gap(self, n: int, ts: float) -> None:
+        """``n`` bytes of this direction were never captured."""
+        state = self.state
+        msg = self.msg
+        if state in (BODY_CL, CHUNK_DATA) and n <= self.remaining and msg is not None:
+            msg.gaps.append((msg.body_len, n))
+            self.remaining -= n
+            if self.remaining == 0:
+                if state == BODY_CL:
+                    self._finish_message(ts)
+                else:
+                    self.state = CHUNK_CRLF
+            return
+        if state == BODY_CLOSE and msg is not None:
+            msg.gaps.append((msg.body_len, n))
+            return
+        if state in (TUNNEL, DEAD):
+            return
+        if state == WAIT:
+            self.buf = b""
+            return
+        if msg is not None and self.ex is not None:
+            msg.gaps.append((msg.body_len, n))
+            msg.truncated = True
+            self._finish_message(ts)
+        self.buf = b""
+        self.state = RESYNC
+
+    def close(self, ts: float) -> None:
+        """This direction ended (FIN, RST or end of capture)."""
+        if self.state == BODY_CLOSE and self.msg is not None:
+            self._finish_message(ts)
+        elif self.msg is not None and self.ex is not None:
+            self.msg.truncated = True
+            self._finish_message(ts)
+        elif self.buf and self.state in (HEAD, RESYNC):
+            self._count("bytes_skipped", len(self.buf))
+            if self.state == HEAD:
+                self._count("incomplete_heads")
+        self.buf = b""
+        if self.state not in (TUNNEL, DEAD):
+            self.state = DEAD if self.state == WAIT else self.state
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _has_upgrade(headers: list[tuple[str, str]]) -> bool:
+    up = False
+    conn_upgrade = False
+    for k, v in headers:
+        lk = k.lower()
+        if lk == "upgrade":
+            up = True
+        elif lk == "connection" and "upgrade" in v.lower():
+            conn_upgrade = True
+    return up and conn_upgrade
+
+
+def _has_upgrade_request(ex: Exchange) -> bool:
+    return ex.request is not None and _has_upgrade(ex.request.headers)
+
+
+def _could_be_request_prefix(data: bytes) -> bool:
+    """Could these few bytes be the start of a request line that is still arriving?"""
+    for i, ch in enumerate(data):
+        if ch == 32:
+            return i > 0
+        if not (65 <= ch <= 90 or 97 <= ch <= 122 or ch == 45 or ch == 95):
+            return False
+    return True
+

@@ -1,0 +1,323 @@
+"""TCP stream reassembly, sans-I/O: segments and timestamps in, ordered bytes and gaps out.
+
+Per connection and direction, bytes are delivered in sequence order to a ``StreamHandler``
+(``replay.http1.HttpConnection`` in practice): out-of-order segments wait in a bounded buffer,
+retransmissions and overlaps are trimmed and counted, sequence numbers wrap modulo 2**32, and a
+connection whose SYN was not captured is picked up at its first data segment. When a hole cannot
+be filled (the buffer limit is hit, the connection ends, or it goes idle) the handler is told
+``gap(n)``: the missing bytes are recorded, never papered over.
+
+Memory is bounded: at most ``max_connections`` tracked (the least recently active is evicted),
+and at most ``max_buffer`` bytes waiting out of order per direction. Everything dropped or evicted
+is counted in ``stats`` by reason. No clocks inside: time is the capture's timestamps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from replay.packets import FIN, RST, SYN, key_ports, reverse_key
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+
+
+class StreamHandler(Protocol):
+    retransmits: int
+    non_http: bool
+
+    def data(self, from_client: bool, data: bytes, ts: float) -> None: ...
+
+    def gap(self, from_client: bool, nbytes: int, ts: float) -> None: ...
+
+    def close(self, from_client: bool, ts: float) -> None: ...
+
+    def finish(self, ts: float, timed_out: bool = False) -> None: ...
+
+
+HandlerFactory = Callable[[bytes, bool, bool], "StreamHandler | None"]
+"""factory(client_to_server_key, syn_seen, from_start) -> handler, or None to ignore."""
+
+
+class _Dir:
+    __slots__ = ("closed", "fin_seq", "nxt", "ooo", "ooo_bytes")
+
+    def __init__(self) -> None:
+        self.nxt: int | None = None
+        self.ooo: dict[int, bytes] = {}
+        self.ooo_bytes = 0
+        self.fin_seq: int | None = None
+        self.closed = False
+
+
+class _Conn:
+    __slots__ = ("dirs", "fwd_is_client", "handler", "keys", "last_ts", "serial")
+
+    def __init__(self, serial: int, handler: StreamHandler | None, fwd_is_client: bool,
+                 keys: tuple[bytes, bytes]) -> None:
+        self.serial = serial
+        self.handler = handler
+        self.fwd_is_client = fwd_is_client
+        self.dirs = (_Dir(), _Dir())
+        self.last_ts = 0.0
+        self.keys = keys
+
+
+class Reassembler:
+    """Tracks TCP connections of one capture and feeds their byte streams to handlers."""
+
+    def __init__(
+        self,
+        factory: HandlerFactory,
+        *,
+        classify: Callable[[bytes, bytes], bool] | None = None,
+        max_connections: int = 100_000,
+        max_buffer: int = 4 * 1024 * 1024,
+        idle_timeout: float = 120.0,
+    ) -> None:
+        self.factory = factory
+        self.classify = classify or _port_classify
+        self.max_connections = max_connections
+        self.max_buffer = max_buffer
+        self.idle_timeout = idle_timeout
+        self.keys: dict[bytes, tuple[_Conn, int]] = {}
+        self.lru: OrderedDict[int, _Conn] = OrderedDict()
+        self.serial = 0
+        self.stats: dict[str, int] = {}
+        self.next_sweep = 0.0
+        self.now = 0.0
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    # -- the per-segment path ------------------------------------------------------------------
+    def segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes) -> None:
+        if ts > self.next_sweep:
+            if self.next_sweep:
+                self.sweep(ts)
+            self.next_sweep = ts + max(1.0, self.idle_timeout / 4)
+        self.now = ts
+        e = self.keys.get(key)
+        if e is None:
+            if flags & RST or (not payload and not flags & SYN):
+                return  # a bare ACK/FIN/RST of a connection we never saw: nothing to reassemble
+            e = self._new_conn(key, flags, payload)
+            if e is None:
+                return
+        conn, d = e
+        if conn.handler is None:
+            self._count("bytes_ignored", len(payload))
+            conn.last_ts = ts
+            return
+        conn.last_ts = ts
+        self.lru.move_to_end(conn.serial)
+        dr = conn.dirs[d]
+        if flags & SYN:
+            if dr.nxt is None:
+                dr.nxt = (seq + 1) & MASK
+            elif (seq + 1) & MASK != dr.nxt and (dr.closed or conn.dirs[1 - d].closed):
+                # A new connection on the same 4-tuple (port reuse): close the old one.
+                self._end(conn, ts)
+                e = self._new_conn(key, flags, payload)
+                if e is None:
+                    return
+                conn, d = e
+                dr = conn.dirs[d]
+                dr.nxt = (seq + 1) & MASK
+            seq = (seq + 1) & MASK
+        if payload:
+            if dr.nxt is None:
+                dr.nxt = seq
+            nxt = dr.nxt
+            if seq == nxt and not dr.ooo:
+                dr.nxt = (nxt + len(payload)) & MASK
+                conn.handler.data(conn.fwd_is_client == (d == 0), payload, ts)
+            else:
+                self._deliver(conn, d, dr, seq, payload, ts)
+        if flags & (FIN | RST):
+            if flags & RST:
+                self._count("resets")
+                self._end(conn, ts)
+                return
+            fin = (seq + len(payload)) & MASK
+            if dr.fin_seq is None:
+                dr.fin_seq = fin
+            if dr.nxt is None:
+                dr.nxt = fin
+            self._maybe_close(conn, d, dr, ts)
+
+    def _new_conn(self, key: bytes, flags: int, payload: bytes) -> tuple[_Conn, int] | None:
+        if len(self.lru) >= self.max_connections:
+            _, old = self.lru.popitem(last=False)
+            self._count("evicted_connection_limit")
+            self._end(old, self.now, evicted=True)
+        rkey = reverse_key(key)
+        syn = bool(flags & SYN)
+        if syn:
+            from_client = not (flags & 0x10)  # SYN from the client; SYN+ACK from the server
+        else:
+            from_client = self.classify(key, payload)
+        ckey = key if from_client else rkey
+        handler = self.factory(ckey, syn, syn)
+        self.serial += 1
+        conn = _Conn(self.serial, handler, from_client, (key, rkey))
+        self.lru[conn.serial] = conn
+        self.keys[key] = (conn, 0)
+        self.keys[rkey] = (conn, 1)
+        self._count("connections")
+        if handler is None:
+            self._count("connections_ignored")
+        return conn, 0
+
+    def _deliver(self, conn: _Conn, d: int, dr: _Dir, seq: int, payload: bytes,
+                 ts: float) -> None:
+        nxt = dr.nxt
+        assert nxt is not None
+        diff = (seq - nxt) & MASK
+        if diff >= HALF:  # starts before what we have delivered: retransmission or overlap
+            overlap = (nxt - seq) & MASK
+            if overlap >= len(payload):
+                self._retransmit(conn)
+                return
+            self._count("overlaps_trimmed")
+            payload = payload[overlap:]
+            seq = nxt
+            diff = 0
+        if diff:
+            old = dr.ooo.get(seq)
+            if old is not None and len(old) >= len(payload):
+                self._retransmit(conn)
+                return
+            dr.ooo[seq] = payload
+            dr.ooo_bytes += len(payload) - (len(old) if old is not None else 0)
+            self._count("out_of_order")
+            if dr.ooo_bytes > self.max_buffer:
+                self._count("gaps_buffer_limit")
+                self._skip_gap(conn, d, dr, ts)
+            return
+        dr.nxt = (nxt + len(payload)) & MASK
+        assert conn.handler is not None
+        conn.handler.data(conn.fwd_is_client == (d == 0), payload, ts)
+        if dr.ooo:
+            self._drain(conn, d, dr, ts)
+
+    def _retransmit(self, conn: _Conn) -> None:
+        self._count("retransmits")
+        if conn.handler is not None:
+            conn.handler.retransmits += 1
+
+    def _drain(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
+        """Deliver buffered segments that now follow on, trimming overlaps."""
+        ooo = dr.ooo
+        handler = conn.handler
+        assert handler is not None
+        from_client = conn.fwd_is_client == (d == 0)
+        while ooo:
+            nxt = dr.nxt
+            assert nxt is not None
+            p = ooo.pop(nxt, None)
+            if p is None:
+                # Any buffered segment that starts before nxt overlaps what we delivered.
+                found = False
+                for s in list(ooo):
+                    if (s - nxt) & MASK >= HALF:
+                        q = ooo.pop(s)
+                        dr.ooo_bytes -= len(q)
+                        overlap = (nxt - s) & MASK
+                        if overlap < len(q):
+                            ooo[nxt] = q[overlap:]
+                            dr.ooo_bytes += len(q) - overlap
+                            self._count("overlaps_trimmed")
+                        else:
+                            self._retransmit(conn)
+                        found = True
+                        break
+                if not found:
+                    return
+                continue
+            dr.ooo_bytes -= len(p)
+            dr.nxt = (nxt + len(p)) & MASK
+            handler.data(from_client, p, ts)
+
+    def _skip_gap(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
+        """Give up waiting for the hole before the earliest buffered segment: report a gap."""
+        nxt = dr.nxt
+        assert nxt is not None and conn.handler is not None
+        first = min(dr.ooo, key=lambda s: (s - nxt) & MASK)
+        n = (first - nxt) & MASK
+        if n and n < HALF:
+            self._count("gaps")
+            self._count("gap_bytes", n)
+            conn.handler.gap(conn.fwd_is_client == (d == 0), n, ts)
+            dr.nxt = first
+        self._drain(conn, d, dr, ts)
+
+    def _maybe_close(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
+        if dr.closed or dr.fin_seq is None or dr.nxt != dr.fin_seq:
+            return
+        dr.closed = True
+        assert conn.handler is not None
+        conn.handler.close(conn.fwd_is_client == (d == 0), ts)
+        if conn.dirs[1 - d].closed:
+            self._end(conn, ts)
+
+    def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False,
+             evicted: bool = False) -> None:
+        """Finish a connection: flush what is buffered (with gaps) and drop its state."""
+        for k in conn.keys:
+            e = self.keys.get(k)
+            if e is not None and e[0] is conn:
+                del self.keys[k]
+        self.lru.pop(conn.serial, None)
+        h = conn.handler
+        if h is None:
+            return
+        for d, dr in enumerate(conn.dirs):
+            while dr.ooo:
+                self._count("gaps_at_close")
+                self._skip_gap(conn, d, dr, ts)
+            fin = dr.fin_seq
+            if fin is not None and dr.nxt is not None and not dr.closed:
+                missing = (fin - dr.nxt) & MASK
+                if 0 < missing < HALF:
+                    self._count("gaps")
+                    self._count("gap_bytes", missing)
+                    h.gap(conn.fwd_is_client == (d == 0), missing, ts)
+        h.finish(ts, timed_out=timed_out)
+        if timed_out:
+            self._count("connections_timed_out")
+        if h.non_http:
+            self._count("non_http_streams")
+
+    def sweep(self, ts: float) -> None:
+        """End connections idle longer than the timeout (capture time, not wall time)."""
+        limit = ts - self.idle_timeout
+        while self.lru:
+            conn = next(iter(self.lru.values()))
+            if conn.last_ts > limit:
+                break
+            self._end(conn, ts, timed_out=conn.handler is not None)
+
+    def finish(self) -> None:
+        """End of input: finish every connection still open."""
+        for conn in list(self.lru.values()):
+            self._end(conn, self.now)
+
+    @property
+    def tracked(self) -> int:
+        return len(self.lru)
+
+
+_SERVER_PORTS = frozenset((80, 8080, 8000, 8008, 8081, 8888, 3128, 443, 8443, 5000, 3000, 9000))
+
+
+def _port_classify(key: bytes, payload: bytes) -> bool:
+    """Guess whether the sender of ``key`` is the client, from ports alone."""
+    sport, dport = key_ports(key)
+    if dport in _SERVER_PORTS and sport not in _SERVER_PORTS:
+        return True
+    if sport in _SERVER_PORTS and dport not in _SERVER_PORTS:
+        return False
+    return dport < sport
