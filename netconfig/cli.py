@@ -1,10 +1,293 @@
-"""CLI for netconfig: ``shadowtap lab``, ``shadowtap mirror``, ``shadowtap route``."""
+"""CLI for netconfig: ``shadowtap lab``, ``shadowtap mirror``, ``shadowtap route``.
+
+A thin face: parsing, printing and error reporting only. User mistakes (bad spec, missing
+interface, not root) arrive as ``NetconfigError`` and leave as one ``error: ...`` line with exit
+code 2 — never a traceback. pyroute2 is imported lazily inside the commands so ``shadowtap
+--help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+lab_app = typer.Typer(help="The namespace lab: client, gateway, prod, canary, shadows.",
+                      no_args_is_help=True)
+mirror_app = typer.Typer(help="Mirror ports: copy an interface's packets (tc clsact+u32+mirred).",
+                         no_args_is_help=True)
+route_app = typer.Typer(help="Canary weights for new connections to the VIP.",
+                        no_args_is_help=True)
+
+SpecOpt = typer.Option(None, "--spec", help="Lab spec (YAML); default: the built-in lab.")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+DryOpt = typer.Option(False, "--dry-run", help="Print the equivalent ip/tc/nft commands only.")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: F) -> F:
+    """Turn expected failures into ``error: ...`` + exit 2, unexpected ones into exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from netconfig.errors import NetconfigError
+
+        try:
+            return fn(*args, **kwargs)
+        except NetconfigError as exc:
+            _fail(str(exc))
+        except PermissionError as exc:
+            _fail(f"permission denied ({exc.filename or exc}): run as root")
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug or an unexpected kernel answer: say it in one line
+            name = type(exc).__name__
+            _fail(f"unexpected {name}: {exc} (please report this)", code=1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# ---- lab -----------------------------------------------------------------------------------
+
+@lab_app.command("up")
+@friendly
+def lab_up(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool = DryOpt) -> None:
+    """Build the lab (idempotent: running it again completes or re-asserts it)."""
+    from netconfig import lab
+
+    s = lab.load_spec(spec)
+    lines = lab.up(s, dry_run=dry_run)
+    if dry_run:
+        if as_json:
+            _print_json({"commands": lines})
+        else:
+            typer.echo("\n".join(lines))
+        return
+    if as_json:
+        _print_json(lab.status(s))
+    else:
+        typer.echo(f"lab {s.prefix} is up: {len(s.nodes)} namespaces ({s.prefix}*); "
+                   "see 'shadowtap lab status'")
+
+
+@lab_app.command("down")
+@friendly
+def lab_down(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool = DryOpt) -> None:
+    """Remove exactly what 'lab up' made (also after a crash halfway through)."""
+    from netconfig import lab
+
+    s = lab.load_spec(spec)
+    done = lab.down(s.prefix, dry_run=dry_run)
+    if as_json:
+        _print_json({"prefix": s.prefix, "removed": done, "dry_run": dry_run})
+    elif dry_run:
+        typer.echo("\n".join(done) if done else "# nothing to remove")
+    else:
+        typer.echo(f"lab {s.prefix} is down ({len(done)} namespaces removed)" if done
+                   else f"lab {s.prefix}: nothing recorded, nothing removed")
+
+
+@lab_app.command("status")
+@friendly
+def lab_status(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool = DryOpt) -> None:
+    """Draw the topology with what exists now."""
+    from netconfig import lab
+
+    s = lab.load_spec(spec)
+    st = lab.status(s)
+    if as_json:
+        _print_json(st)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"lab {s.prefix} ({st['state']})")
+    for col in ("node", "netns", "interface", "address", "state", "peer"):
+        t.add_column(col)
+    for n in st["nodes"]:
+        first = True
+        for ln in n["links"] or [{"dev": "-", "addr": None, "state": "", "peer": ""}]:
+            t.add_row(n["node"] if first else "", (n["netns"] + ("" if n["exists"] else " (absent)"))
+                      if first else "", ln["dev"], ln["addr"] or "", ln["state"], ln["peer"])
+            first = False
+    con = Console()
+    con.print(t)
+    for m in st["mirrors"]:
+        con.print(f"mirror {m['netns']}:{m['dev']} ({m['direction']}, {m['filter']}) -> {m['to']}: "
+                  f"{m['status']}")
+    c = st["canary"]
+    if c and "error" not in c:
+        con.print(f"canary: {c['canary_percent']:g}% of new connections to {c['vip']} "
+                  f"(seen: prod {c['new_connections']['prod']}, canary {c['new_connections']['canary']})")
+    for gw, counts in st["fences"].items():
+        con.print(f"fences in {gw}: " + ", ".join(f"{k} dropped {v}" for k, v in counts.items()))
+
+
+# ---- mirror --------------------------------------------------------------------------------
+
+def _csv_ints(v: str | None) -> list[int]:
+    from netconfig.errors import NetconfigError
+
+    try:
+        return [int(x) for x in v.split(",")] if v else []
+    except ValueError:
+        raise NetconfigError(f"ports must be numbers separated by commas, not {v!r}") from None
+
+
+def _csv(v: str | None) -> list[str]:
+    return [x.strip() for x in v.split(",")] if v else []
+
+
+@mirror_app.command("add")
+@friendly
+def mirror_add(
+    dev: str = typer.Option(..., "--dev", help="Interface whose packets are copied."),
+    netns: str | None = typer.Option(None, "--netns", help="Its namespace (default: host)."),
+    direction: str = typer.Option("both", "--direction", help="in, out or both."),
+    to: str | None = typer.Option(None, "--to", help="Local capture interface (same netns)."),
+    vxlan_remote: str | None = typer.Option(None, "--vxlan-remote", help="Collector IPv4."),
+    vni: int | None = typer.Option(None, "--vni", help="VXLAN network identifier."),
+    vxlan_port: int = typer.Option(4789, "--vxlan-port", help="Collector UDP port."),
+    vxlan_local: str | None = typer.Option(None, "--vxlan-local", help="Tunnel source IPv4."),
+    vxlan_dev: str | None = typer.Option(None, "--vxlan-dev", help="Name for the VXLAN device."),
+    proto: str | None = typer.Option(None, "--proto", help="tcp, udp, icmp, sctp or a number."),
+    port: str | None = typer.Option(None, "--port", help="Ports, either side (comma list)."),
+    sport: str | None = typer.Option(None, "--sport", help="Source ports (comma list)."),
+    dport: str | None = typer.Option(None, "--dport", help="Destination ports (comma list)."),
+    net: str | None = typer.Option(None, "--net", help="CIDRs, either side (comma list)."),
+    src: str | None = typer.Option(None, "--src", help="Source CIDRs (comma list)."),
+    dst: str | None = typer.Option(None, "--dst", help="Destination CIDRs (comma list)."),
+    as_json: bool = JsonOpt,
+    dry_run: bool = DryOpt,
+) -> None:
+    """Copy packets of DEV to a capture interface or a VXLAN collector."""
+    from netconfig import mirror
+    from netconfig.ops import DryRunner
+
+    m = mirror.Mirror(
+        netns=netns, dev=dev, direction=direction, to=to, vxlan_remote=vxlan_remote, vni=vni,
+        vxlan_port=vxlan_port, vxlan_local=vxlan_local, vxlan_dev=vxlan_dev,
+        filter=mirror.MirrorFilter(proto=proto, ports=_csv_ints(port), sports=_csv_ints(sport),
+                                   dports=_csv_ints(dport), nets=_csv(net), srcs=_csv(src),
+                                   dsts=_csv(dst)))
+    if dry_run:
+        dry = DryRunner()
+        mirror.add(m, dry)
+        typer.echo("\n".join(dry.lines))
+        return
+    mirror.add(m)
+    if as_json:
+        _print_json(m.to_dict())
+    else:
+        typer.echo(f"{m.id}: {netns or 'host'}:{dev} ({direction}, {m.filter.describe()}) -> "
+                   f"{m.target_dev}")
+
+
+@mirror_app.command("list")
+@friendly
+def mirror_list(as_json: bool = JsonOpt) -> None:
+    """Mirrors shadowtap made (lab ones included), with whether their filters are live."""
+    from netconfig import mirror
+
+    rows = [{**m.to_dict(), "status": mirror.live_status(m)} for m in mirror.load_all()]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        typer.echo("no mirrors")
+    for r in rows:
+        f = mirror.MirrorFilter(**r["filter"]).describe()
+        typer.echo(f"{r['id']}\t{r['netns'] or 'host'}:{r['dev']}\t{r['direction']}\t{f}\t-> "
+                   f"{r['to'] or r['vxlan_dev'] or 'stvx' + str(r['vni'])}\t{r['status']}")
+
+
+@mirror_app.command("remove")
+@friendly
+def mirror_remove(mirror_id: str = typer.Argument(..., help="Id from 'mirror list'.")) -> None:
+    """Remove a mirror's filters (and the VXLAN device it created)."""
+    from netconfig import mirror
+
+    m = mirror.remove(mirror_id)
+    typer.echo(f"removed {m.id}")
+
+
+# ---- route -----------------------------------------------------------------------------
+
+def _gateway_ns(spec: Path | None, netns: str | None) -> str | None:
+    if netns:
+        return netns
+    from netconfig import lab
+    from netconfig.errors import NetconfigError
+
+    s = lab.load_spec(spec)
+    cr = s.canary_route()
+    if cr is None:
+        raise NetconfigError("the lab spec has no canary section")
+    return cr.netns
+
+
+@route_app.command("set")
+@friendly
+def route_set(
+    canary: float = typer.Option(..., "--canary", help="Percent of NEW connections to canary."),
+    spec: Path | None = SpecOpt,
+    netns: str | None = typer.Option(None, "--netns", help="Gateway namespace (overrides spec)."),
+    dry_run: bool = DryOpt,
+) -> None:
+    """Atomically change the canary weight; established connections keep their backend."""
+    from netconfig import routing
+    from netconfig.errors import require_root
+    from netconfig.ops import DryRunner
+
+    ns = _gateway_ns(spec, netns)
+    if dry_run:
+        dry = DryRunner()
+        routing.set_canary(ns, canary, dry)
+        typer.echo("\n".join(dry.lines))
+        return
+    require_root()
+    routing.set_canary(ns, canary)
+    typer.echo(f"canary weight {canary:g}% for new connections ({ns})")
+
+
+@route_app.command("show")
+@friendly
+def route_show(
+    spec: Path | None = SpecOpt,
+    netns: str | None = typer.Option(None, "--netns", help="Gateway namespace (overrides spec)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The live split: configured weight and new connections seen per backend."""
+    from netconfig import routing
+    from netconfig.errors import require_root
+
+    require_root()
+    st = routing.show(_gateway_ns(spec, netns))
+    if as_json:
+        _print_json(st)
+        return
+    obs = st["observed_canary_percent"]
+    typer.echo(f"VIP {st['vip']}: canary {st['canary_percent']:g}% of new connections; "
+               f"seen prod {st['new_connections']['prod']}, canary {st['new_connections']['canary']}"
+               + (f" ({obs:g}% canary)" if obs is not None else ""))
 
 
 def register(app: typer.Typer) -> None:
     """Mount netconfig's commands on the root app."""
-    return None
+    app.add_typer(lab_app, name="lab")
+    app.add_typer(mirror_app, name="mirror")
+    app.add_typer(route_app, name="route")
