@@ -137,14 +137,14 @@ def exchange_to_flow(ex: Exchange) -> Any:
         headers=http.Headers(_hb(req.headers)),
         content=req.body,
         trailers=http.Headers(_hb(req.trailers)) if req.trailers else None,
-        timestamp_start=t_start,
-        timestamp_end=ex.ts_request_end,
+        timestamp_start=float(t_start),
+        timestamp_end=_f(ex.ts_request_end),
     )
 
     client = connection.Client(
         peername=client_addr,
         sockname=server_addr or ("0.0.0.0", 0),
-        timestamp_start=t_start,
+        timestamp_start=float(t_start),
     )
     server = connection.Server(address=server_addr, peername=server_addr)
     flow = http.HTTPFlow(client, server)
@@ -163,8 +163,8 @@ def exchange_to_flow(ex: Exchange) -> Any:
             headers=http.Headers(_hb(r.headers)),
             content=r.body,
             trailers=http.Headers(_hb(r.trailers)) if r.trailers else None,
-            timestamp_start=r_start,
-            timestamp_end=ex.ts_response_end,
+            timestamp_start=float(r_start),
+            timestamp_end=_f(ex.ts_response_end),
         )
     else:
         # An error makes mitmdump list the flow (it prints flows at response or error) and tells
@@ -190,6 +190,11 @@ def exchange_to_flow(ex: Exchange) -> Any:
         st["meta_json"] = orjson.dumps(ex.meta).decode("utf-8")
     flow.metadata[META_KEY] = _tnet_safe(st)
     return flow
+
+
+def _f(v: float | None) -> float | None:
+    """mitmproxy type-checks its fields: an int timestamp must become a float."""
+    return None if v is None else float(v)
 
 
 def _tnet_safe(v: Any) -> Any:
