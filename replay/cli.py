@@ -1,10 +1,202 @@
-"""CLI for replay: ``shadowtap extract`` and friends."""
+"""CLI for replay: ``shadowtap extract``, ``shadowtap generate``.
+
+Exchanges go to stdout or ``-o``; the summary, progress and errors go to stderr, so the output
+can be piped. A user's mistake (missing file, not a capture) is one line on stderr and exit code
+2, never a traceback; a damaged capture yields what came before the damage and exits 1.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from replay.errors import InputError
+
+EXIT_DAMAGED = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _open_output(path: Path | None):
+    if path is None or str(path) == "-":
+        return sys.stdout.buffer, False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("wb"), True
+    except OSError as e:
+        raise fail(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def summary_table(s: Any) -> Any:
+    """A rich table of an extraction Summary."""
+    from rich.table import Table
+
+    t = Table(title="shadowtap extract", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    pps = f"{s.packets / s.seconds:,.0f}/s" if s.seconds else "-"
+    rows = [
+        ("files", str(len(s.files))),
+        ("packets", f"{s.packets:,}"),
+        ("bytes", f"{s.bytes:,}"),
+        ("TCP connections", f"{s.connections:,}"),
+        ("HTTP connections", f"{s.http_connections:,}"),
+        ("non-HTTP streams", f"{s.non_http_streams:,}"),
+        ("exchanges", f"{s.exchanges:,}"),
+        ("incomplete exchanges", f"{s.incomplete_exchanges:,}"),
+        ("gaps (bytes)", f"{s.gaps:,} ({s.gap_bytes:,})"),
+        ("retransmitted segments", f"{s.retransmits:,}"),
+        ("tunnels (CONNECT/Upgrade)", f"{s.tunnels:,}"),
+        ("bytes skipped", f"{s.bytes_skipped:,}"),
+        ("time", f"{s.seconds:.2f} s ({pps})"),
+    ]
+    if s.vxlan_packets:
+        rows.insert(2, ("VXLAN-decapsulated packets", f"{s.vxlan_packets:,}"))
+    for k, v in rows:
+        t.add_row(k, v)
+    skipped = {**s.skipped_packets}
+    for k in ("fragments_reassembled",):
+        skipped.pop(k, None)
+    if skipped:
+        t.add_row("packets skipped", ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items())))
+    return t
+
+
+def extract_cmd(
+    captures: Annotated[list[Path], typer.Argument(help="pcap or pcapng files (gzip is fine)")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="jsonl | har | mitm (default: from -o, else jsonl)"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Only connections with this port (either side)")
+    ] = None,
+    summary_json: Annotated[
+        bool, typer.Option("--summary-json", help="Print the summary as JSON on stderr")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary")] = False,
+) -> None:
+    """Turn packet captures into HTTP exchanges (requests paired with responses).
+
+    HTTP/1.x is found by content on any port; each exchange records what the capture missed
+    (gaps, retransmissions, truncation, no response). The summary on stderr counts every packet
+    and byte that did not become part of an exchange, by reason.
+    """
+    import orjson
+
+    from replay.extract import Summary, extract_file
+    from replay.formats import detect_format, format_for_output, open_writer
+
+    out_fmt = fmt or (format_for_output(output) if output else "jsonl")
+    if out_fmt not in ("jsonl", "har", "mitm"):
+        raise fail(f"unknown --format {out_fmt!r}; choose jsonl, har or mitm")
+    # Check every input before writing anything.
+    try:
+        for c in captures:
+            kind = detect_format(c)
+            if kind not in ("pcap", "pcapng"):
+                raise InputError(f"{c}: is a {kind} exchange file, not a packet capture")
+    except InputError as e:
+        raise fail(str(e)) from None
+
+    summary = Summary()
+    fp, close = _open_output(output)
+    try:
+        writer = open_writer(out_fmt, fp)
+    except InputError as e:
+        raise fail(str(e)) from None
+    show_progress = sys.stderr.isatty() and not quiet and not summary_json
+    progress = None
+    try:
+        if show_progress:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            progress = Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                TimeRemainingColumn(), transient=True, console=_stderr_console(),
+            )
+            progress.start()
+        for i, cap in enumerate(captures):
+            task = None
+            cb = None
+            if progress is not None:
+                task = progress.add_task(cap.name, total=max(cap.stat().st_size, 1))
+
+                def cb(pos: int, size: int, task: Any = task) -> None:
+                    progress.update(task, completed=pos)
+
+            prefix = f"f{i + 1}." if len(captures) > 1 else ""
+            for ex in extract_file(cap, summary=summary, id_prefix=prefix, port=port,
+                                   progress=cb):
+                writer.write(ex)
+        writer.close()
+    except InputError as e:
+        raise fail(str(e)) from None
+    except BrokenPipeError:
+        sys.stderr.close()
+        raise typer.Exit(0) from None
+    except OSError as e:
+        raise fail(f"write failed: {e}") from None
+    finally:
+        if progress is not None:
+            progress.stop()
+        if close:
+            fp.close()
+    if summary_json:
+        sys.stderr.buffer.write(orjson.dumps(summary.to_dict()) + b"\n")
+        sys.stderr.flush()
+    elif not quiet:
+        _stderr_console().print(summary_table(summary))
+    for w in summary.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if summary.errors:
+        for e in summary.errors:
+            typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_DAMAGED)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def generate_cmd(
+    output: Annotated[Path, typer.Argument(help="pcap file to write")],
+    connections: Annotated[int, typer.Option(help="TCP connections")] = 200,
+    concurrency: Annotated[int, typer.Option(help="Connections open at once")] = 50,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes")] = 1,
+    loss: Annotated[float, typer.Option(help="Share of data segments left out")] = 0.0,
+    reorder: Annotated[float, typer.Option(help="Share of data segments swapped")] = 0.0,
+) -> None:
+    """Write a synthetic but realistic HTTP/1.1 capture (for trying shadowtap out, and tests)."""
+    from replay.synth import generate_pcap
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        st = generate_pcap(output, connections=connections, concurrency=concurrency, seed=seed,
+                           loss=loss, reorder=reorder)
+    except OSError as e:
+        raise fail(f"{output}: cannot write ({e.strerror or e})") from None
+    typer.echo(
+        f"wrote {output}: {st.packets:,} packets, {st.connections:,} connections, "
+        f"{st.requests:,} requests",
+        err=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Mount replay's commands on the root app."""
-    return None
+    app.command("extract")(extract_cmd)
+    app.command("generate")(generate_cmd)

@@ -57,15 +57,16 @@ def looks_like_response(data: bytes) -> bool:
     return _RESPONSE_START.match(data) is not None
 
 
-class _HeadCollector:
-    """httptools callback target: collects one head's pieces."""
+class _UrlCollector:
+    """httptools callback target. Only the URL is collected through a callback: header lines are
+    split in Python once llhttp has validated the head, which is ~3x cheaper than a Python
+    callback per header."""
 
-    __slots__ = ("done", "headers", "reason", "url")
+    __slots__ = ("done", "reason", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.reason = b""
-        self.headers: list[tuple[str, str]] = []
         self.done = False
 
     def on_url(self, url: bytes) -> None:
@@ -74,11 +75,19 @@ class _HeadCollector:
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
     def on_headers_complete(self) -> None:
         self.done = True
+
+
+def _split_headers(head: bytes) -> list[tuple[str, str]]:
+    """Header fields of a head that llhttp accepted (so: CRLF lines, ``name: value``)."""
+    lines = head.decode("latin-1").split("\r\n")
+    out = []
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(":")
+            out.append((k, v.strip(" \t")))
+    return out
 
 
 def _parse_headers_lenient(lines: list[bytes]) -> list[tuple[str, str]]:
@@ -100,9 +109,11 @@ def _parse_headers_lenient(lines: list[bytes]) -> list[tuple[str, str]]:
 def parse_request_head(head: bytes) -> tuple[Request, str | None]:
     """Parse a request head (request line + headers + blank line).
 
-    Returns the Request and, if llhttp rejected it and the lenient reader was used, the reason.
+    llhttp (httptools) validates it strictly; a head it rejects (LF-only line ends, unknown
+    methods, bytes not allowed in headers, odd versions) is read leniently, and the reason is
+    returned so the anomaly can be noted on the exchange.
     """
-    c = _HeadCollector()
+    c = _UrlCollector()
     p = httptools.HttpRequestParser(c)
     err: str | None = None
     try:
@@ -112,17 +123,15 @@ def parse_request_head(head: bytes) -> tuple[Request, str | None]:
     except httptools.HttpParserError as e:
         err = str(e) or type(e).__name__
     if err is None and c.done:
-        major, minor = (int(x) for x in p.get_http_version().split("."))
         return (
             Request(
                 method=p.get_method().decode("latin-1"),
                 target=c.url.decode("latin-1"),
-                version=f"HTTP/{major}.{minor}",
-                headers=c.headers,
+                version="HTTP/" + p.get_http_version(),
+                headers=_split_headers(head),
             ),
             None,
         )
-    # Lenient path: LF-only line ends, unknown methods, bad header bytes, odd versions.
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     first = lines[0].strip(b"\r")
     parts = first.split(b" ")
@@ -149,7 +158,8 @@ def parse_request_head(head: bytes) -> tuple[Request, str | None]:
 
 
 def parse_response_head(head: bytes) -> tuple[Response, str | None]:
-    c = _HeadCollector()
+    """Parse a response head; like ``parse_request_head``, strict first, then lenient."""
+    c = _UrlCollector()
     p = httptools.HttpResponseParser(c)
     err: str | None = None
     try:
@@ -159,13 +169,12 @@ def parse_response_head(head: bytes) -> tuple[Response, str | None]:
     except httptools.HttpParserError as e:
         err = str(e) or type(e).__name__
     if err is None and c.done:
-        major, minor = (int(x) for x in p.get_http_version().split("."))
         return (
             Response(
                 status=p.get_status_code(),
                 reason=c.reason.decode("latin-1"),
-                version=f"HTTP/{major}.{minor}",
-                headers=c.headers,
+                version="HTTP/" + p.get_http_version(),
+                headers=_split_headers(head),
             ),
             None,
         )
@@ -204,6 +213,8 @@ def _body_framing(headers: list[tuple[str, str]], notes: list[str]) -> tuple[str
     te: list[str] = []
     cl: list[str] = []
     for k, v in headers:
+        if len(k) not in (14, 17):  # len("content-length"), len("transfer-encoding")
+            continue
         lk = k.lower()
         if lk == "transfer-encoding":
             te.extend(x.strip().lower() for x in v.split(",") if x.strip())
@@ -280,11 +291,16 @@ class HttpConnection:
         self.done_resp: set[int] = set()
         self.retransmits = 0
         self.tunnel: str | None = None
+        self.wait_for: Exchange | None = None
+        """The CONNECT/Upgrade request whose answer decides if the stream becomes a tunnel."""
         self.non_http = False
         self.client = _Reader(self, True, RESYNC if resync else HEAD)
         self.server = _Reader(self, False, RESYNC if resync else HEAD)
 
     # -- input ----------------------------------------------------------------------------
+    def feeder(self, from_client: bool) -> Callable[[bytes, float], None]:
+        return self.client.feed if from_client else self.server.feed
+
     def data(self, from_client: bool, data: bytes, ts: float) -> None:
         (self.client if from_client else self.server).feed(data, ts)
 
@@ -397,6 +413,7 @@ class HttpConnection:
 
     def refuse_tunnel(self) -> None:
         """The upgrade/CONNECT was refused: the client's side goes on as HTTP."""
+        self.wait_for = None
         self.client.resume()
 
     def _emit(self, ex: Exchange) -> None:
@@ -484,6 +501,7 @@ class _Reader:
                 _has_upgrade(req.headers) and req.version != "HTTP/1.0"
             ):
                 self.state = WAIT  # wait for the response: tunnel or not
+                self.conn.wait_for = ex
         else:
             self.conn.on_response_done(ex, msg)
 
@@ -675,7 +693,7 @@ class _Reader:
                 self.tunnel_bytes += len(data) - he
                 self._count("tunnel_bytes", len(data) - he)
                 return len(data)
-            if m in ("CONNECT",) or _has_upgrade_request(ex):
+            if conn.wait_for is ex:
                 conn.refuse_tunnel()
             if m == "HEAD" or status in (204, 304) or 100 <= status < 200:
                 framing, length = "none", 0
@@ -815,16 +833,14 @@ def _has_upgrade(headers: list[tuple[str, str]]) -> bool:
     up = False
     conn_upgrade = False
     for k, v in headers:
+        if len(k) not in (7, 10):  # "upgrade", "connection"
+            continue
         lk = k.lower()
         if lk == "upgrade":
             up = True
         elif lk == "connection" and "upgrade" in v.lower():
             conn_upgrade = True
     return up and conn_upgrade
-
-
-def _has_upgrade_request(ex: Exchange) -> bool:
-    return ex.request is not None and _has_upgrade(ex.request.headers)
 
 
 def _could_be_request_prefix(data: bytes) -> bool:

@@ -14,7 +14,6 @@ is counted in ``stats`` by reason. No clocks inside: time is the capture's times
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -27,6 +26,10 @@ HALF = 0x80000000
 class StreamHandler(Protocol):
     retransmits: int
     non_http: bool
+
+    def feeder(self, from_client: bool) -> Callable[[bytes, float], None]:
+        """The function that takes in-order bytes of one direction (the hot path)."""
+        ...
 
     def data(self, from_client: bool, data: bytes, ts: float) -> None: ...
 
@@ -42,9 +45,11 @@ HandlerFactory = Callable[[bytes, bool, bool], "StreamHandler | None"]
 
 
 class _Dir:
-    __slots__ = ("closed", "fin_seq", "nxt", "ooo", "ooo_bytes")
+    __slots__ = ("closed", "feed", "fin_seq", "from_client", "nxt", "ooo", "ooo_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, handler: StreamHandler | None, from_client: bool) -> None:
+        self.from_client = from_client
+        self.feed = handler.feeder(from_client) if handler is not None else None
         self.nxt: int | None = None
         self.ooo: dict[int, bytes] = {}
         self.ooo_bytes = 0
@@ -60,7 +65,7 @@ class _Conn:
         self.serial = serial
         self.handler = handler
         self.fwd_is_client = fwd_is_client
-        self.dirs = (_Dir(), _Dir())
+        self.dirs = (_Dir(handler, fwd_is_client), _Dir(handler, not fwd_is_client))
         self.last_ts = 0.0
         self.keys = keys
 
@@ -83,7 +88,7 @@ class Reassembler:
         self.max_buffer = max_buffer
         self.idle_timeout = idle_timeout
         self.keys: dict[bytes, tuple[_Conn, int]] = {}
-        self.lru: OrderedDict[int, _Conn] = OrderedDict()
+        self.lru: dict[int, _Conn] = {}
         self.serial = 0
         self.stats: dict[str, int] = {}
         self.next_sweep = 0.0
@@ -112,7 +117,6 @@ class Reassembler:
             conn.last_ts = ts
             return
         conn.last_ts = ts
-        self.lru.move_to_end(conn.serial)
         dr = conn.dirs[d]
         if flags & SYN:
             if dr.nxt is None:
@@ -133,7 +137,7 @@ class Reassembler:
             nxt = dr.nxt
             if seq == nxt and not dr.ooo:
                 dr.nxt = (nxt + len(payload)) & MASK
-                conn.handler.data(conn.fwd_is_client == (d == 0), payload, ts)
+                dr.feed(payload, ts)
             else:
                 self._deliver(conn, d, dr, seq, payload, ts)
         if flags & (FIN | RST):
@@ -150,9 +154,7 @@ class Reassembler:
 
     def _new_conn(self, key: bytes, flags: int, payload: bytes) -> tuple[_Conn, int] | None:
         if len(self.lru) >= self.max_connections:
-            _, old = self.lru.popitem(last=False)
-            self._count("evicted_connection_limit")
-            self._end(old, self.now, evicted=True)
+            self._evict()
         rkey = reverse_key(key)
         syn = bool(flags & SYN)
         if syn:
@@ -170,6 +172,16 @@ class Reassembler:
         if handler is None:
             self._count("connections_ignored")
         return conn, 0
+
+    def _evict(self) -> None:
+        """At the connection limit: end the least recently active 1% (at least one).
+
+        Batching keeps the cost amortised without an LRU update on every segment."""
+        n = max(1, self.max_connections // 100)
+        oldest = sorted(self.lru.values(), key=lambda c: c.last_ts)[:n]
+        for c in oldest:
+            self._count("evicted_connection_limit")
+            self._end(c, self.now)
 
     def _deliver(self, conn: _Conn, d: int, dr: _Dir, seq: int, payload: bytes,
                  ts: float) -> None:
@@ -198,8 +210,7 @@ class Reassembler:
                 self._skip_gap(conn, d, dr, ts)
             return
         dr.nxt = (nxt + len(payload)) & MASK
-        assert conn.handler is not None
-        conn.handler.data(conn.fwd_is_client == (d == 0), payload, ts)
+        dr.feed(payload, ts)
         if dr.ooo:
             self._drain(conn, d, dr, ts)
 
@@ -211,9 +222,7 @@ class Reassembler:
     def _drain(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
         """Deliver buffered segments that now follow on, trimming overlaps."""
         ooo = dr.ooo
-        handler = conn.handler
-        assert handler is not None
-        from_client = conn.fwd_is_client == (d == 0)
+        feed = dr.feed
         while ooo:
             nxt = dr.nxt
             assert nxt is not None
@@ -239,7 +248,7 @@ class Reassembler:
                 continue
             dr.ooo_bytes -= len(p)
             dr.nxt = (nxt + len(p)) & MASK
-            handler.data(from_client, p, ts)
+            feed(p, ts)
 
     def _skip_gap(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
         """Give up waiting for the hole before the earliest buffered segment: report a gap."""
@@ -250,7 +259,7 @@ class Reassembler:
         if n and n < HALF:
             self._count("gaps")
             self._count("gap_bytes", n)
-            conn.handler.gap(conn.fwd_is_client == (d == 0), n, ts)
+            conn.handler.gap(dr.from_client, n, ts)
             dr.nxt = first
         self._drain(conn, d, dr, ts)
 
@@ -259,7 +268,7 @@ class Reassembler:
             return
         dr.closed = True
         assert conn.handler is not None
-        conn.handler.close(conn.fwd_is_client == (d == 0), ts)
+        conn.handler.close(dr.from_client, ts)
         if conn.dirs[1 - d].closed:
             self._end(conn, ts)
 
@@ -284,7 +293,7 @@ class Reassembler:
                 if 0 < missing < HALF:
                     self._count("gaps")
                     self._count("gap_bytes", missing)
-                    h.gap(conn.fwd_is_client == (d == 0), missing, ts)
+                    h.gap(dr.from_client, missing, ts)
         h.finish(ts, timed_out=timed_out)
         if timed_out:
             self._count("connections_timed_out")
@@ -294,10 +303,7 @@ class Reassembler:
     def sweep(self, ts: float) -> None:
         """End connections idle longer than the timeout (capture time, not wall time)."""
         limit = ts - self.idle_timeout
-        while self.lru:
-            conn = next(iter(self.lru.values()))
-            if conn.last_ts > limit:
-                break
+        for conn in [c for c in self.lru.values() if c.last_ts <= limit]:
             self._end(conn, ts, timed_out=conn.handler is not None)
 
     def finish(self) -> None:
