@@ -8,8 +8,9 @@ Filters (protocol, ports, CIDRs) compile to u32 keys at fixed offsets from the I
 Port keys assume a 20-byte IP header and a first fragment, and say so with two extra keys
 (IHL == 5, fragment offset == 0): packets with IP options or later fragments are *not* copied
 by a port filter rather than copied wrongly. Alternatives (``port 80`` = sport 80 OR dport 80)
-become several u32 filters under one priority; u32 stops at the first match, so a packet that
-matches two alternatives is still copied once.
+become several u32 nodes under one priority, rewritten to be disjoint so a packet matching two
+alternatives is still copied once. Every node ends in ``continue``: a mirror never stops
+classification, so several mirrors on one interface (the lab's and a user's) all get copies.
 """
 
 from __future__ import annotations
@@ -78,16 +79,72 @@ class MirrorFilter:
         return " ".join(parts) or "all"
 
 
-def _net_key(cidr: str, offset: int) -> U32Key:
+def _net_key(cidr: str, offset: int) -> dict[int, tuple[int, int]]:
     net = ipaddress.ip_network(cidr, strict=False)
-    return (int(net.network_address), int(net.netmask), offset)
+    return {offset: (int(net.network_address), int(net.netmask))}
+
+
+Conj = dict[int, tuple[int, int]]  # word offset -> (value, mask), all ANDed
+
+
+def _and(a: Conj, b: Conj) -> Conj | None:
+    """Conjunction of two key sets, or None if no packet can match both."""
+    out = dict(a)
+    for off, (v, m) in b.items():
+        if off in out:
+            v0, m0 = out[off]
+            if (v0 ^ v) & m0 & m:
+                return None
+            out[off] = ((v0 & m0) | (v & m), m0 | m)
+        else:
+            out[off] = (v & m, m)
+    return out
+
+
+def _not(c: Conj) -> list[Conj]:
+    """The complement of ``c`` as *disjoint* conjunctions (first differing bit, MSB first)."""
+    out: list[Conj] = []
+    prefix: Conj = {}
+    for off, (v, m) in sorted(c.items()):
+        above = 0
+        for bit in range(31, -1, -1):
+            b = 1 << bit
+            if not m & b:
+                continue
+            term = _and(prefix, {off: ((v & above) | (~v & b), above | b)})
+            if term is not None:
+                out.append(term)
+            above |= b
+        nxt = _and(prefix, {off: (v, m)})
+        assert nxt is not None
+        prefix = nxt
+    return out
+
+
+def _disjoint(alts: list[Conj]) -> list[Conj]:
+    """Rewrite OR-ed alternatives so no packet matches two of them.
+
+    Mirror filters run with the ``continue`` verdict (so several mirrors on one interface all
+    fire), which means every matching u32 node copies the packet: overlapping alternatives
+    (``sport 80`` and ``dport 80`` for an 80->80 packet) would copy it twice. Alternative i
+    becomes ``alt_i AND NOT alt_1 AND ... AND NOT alt_(i-1)``, with each NOT expanded to
+    disjoint prefix keys and contradictions pruned, so the copy stays exactly-once.
+    """
+    out: list[Conj] = []
+    for i, alt in enumerate(alts):
+        pieces: list[Conj] = [alt]
+        for prev in alts[:i]:
+            pieces = [t for p in pieces for n in _not(prev) if (t := _and(p, n)) is not None]
+        out += pieces
+    return out
 
 
 def compile_u32(f: MirrorFilter) -> tuple[int, list[list[U32Key]]]:
     """(ethertype, alternatives): each alternative is a list of ANDed (value, mask, offset) keys.
 
     Offsets are from the start of the IPv4 header: protocol at 9 (word 8), saddr 12, daddr 16,
-    ports at 20 (sport high half, dport low half) when IHL is 5.
+    ports at 20 (sport high half, dport low half) when IHL is 5. No packet matches two
+    alternatives (see :func:`_disjoint`).
     """
     f.validate()
     if f.is_empty():
@@ -98,26 +155,32 @@ def compile_u32(f: MirrorFilter) -> tuple[int, list[list[U32Key]]]:
     else:
         protos = [socket.IPPROTO_TCP, socket.IPPROTO_UDP] if has_ports else [None]
     # Each "dimension" is a list of alternatives; the cross product ANDs one from each.
-    dims: list[list[list[U32Key]]] = []
-    dims.append([[(p << 16, 0x00FF0000, 8)] if p is not None else [] for p in protos])
+    dims: list[list[Conj]] = []
+    dims.append([{8: (p << 16, 0x00FF0000)} if p is not None else {} for p in protos])
     if has_ports:
-        alts: list[list[U32Key]] = []
-        alts += [[(int(p) << 16, 0xFFFF0000, 20)] for p in f.sports]
-        alts += [[(int(p), 0x0000FFFF, 20)] for p in f.dports]
+        alts: list[Conj] = []
+        alts += [{20: (int(p) << 16, 0xFFFF0000)} for p in f.sports]
+        alts += [{20: (int(p), 0x0000FFFF)} for p in f.dports]
         for p in f.ports:
-            alts += [[(int(p) << 16, 0xFFFF0000, 20)], [(int(p), 0x0000FFFF, 20)]]
+            alts += [{20: (int(p) << 16, 0xFFFF0000)}, {20: (int(p), 0x0000FFFF)}]
         dims.append(alts)
         # IHL == 5 and fragment offset == 0, or the port offsets would be wrong.
-        dims.append([[(0x05000000, 0x0F000000, 0), (0, 0x00001FFF, 4)]])
+        dims.append([{0: (0x05000000, 0x0F000000), 4: (0, 0x00001FFF)}])
     if f.srcs or f.dsts or f.nets:
-        alts = [[_net_key(c, 12)] for c in f.srcs] + [[_net_key(c, 16)] for c in f.dsts]
+        alts = [_net_key(c, 12) for c in f.srcs] + [_net_key(c, 16) for c in f.dsts]
         for c in f.nets:
-            alts += [[_net_key(c, 12)], [_net_key(c, 16)]]
+            alts += [_net_key(c, 12), _net_key(c, 16)]
         dims.append(alts)
-    out: list[list[U32Key]] = []
-    for combo in itertools.product(*dims):
-        keys = [k for part in combo for k in part]
-        out.append(keys or [(0, 0, 0)])
+    combos: list[Conj] = []
+    # Disjoint alternatives within each dimension make every combination disjoint too.
+    for combo in itertools.product(*(_disjoint(d) for d in dims)):
+        acc: Conj | None = {}
+        for part in combo:
+            acc = _and(acc, part) if acc is not None else None
+        if acc is not None:
+            combos.append(acc)
+    out = [[(v, m, off) for off, (v, m) in sorted(c.items())] or [(0, 0, 0)]
+           for c in combos]
     return ETH_P_IP, out
 
 

@@ -57,12 +57,23 @@ class Runner(Protocol):
     def nft(self, ns: str | None, batch: nft.Batch) -> None: ...
 
 
-def _pyroute2_key(key: U32Key) -> str:
-    """pyroute2's u32 key text; it strips leading zero mask bytes, so 0/0 must be spelt 0x0."""
+def _pyroute2_keys(key: U32Key) -> list[str]:
+    """pyroute2's u32 key text for one (value, mask, offset) key, one string per masked byte.
+
+    pyroute2 0.9.7 packs keys into a byte array but advances the offset only on non-zero mask
+    bytes, so a mask with a zero byte inside (0x8000ffff) lands shifted. A one-byte key cannot
+    be mangled; pyroute2 regroups the bytes into 32-bit keys itself. 0/0 is match-all.
+    """
     value, mask, off = key
     if mask == 0:
-        return f"0x0/0x0+{off}"
-    return f"{value:#010x}/{mask:#010x}+{off}"
+        return [f"0x0/0x0+{off}"]
+    out = []
+    for i in range(4):
+        shift = 24 - 8 * i
+        bmask = (mask >> shift) & 0xFF
+        if bmask:
+            out.append(f"{(value >> shift) & bmask:#x}/{bmask:#x}+{off + i}")
+    return out
 
 
 def _dst(dst: str) -> str:
@@ -140,7 +151,8 @@ class DryRunner:
             for value, mask, off in keyset:
                 match += ["match", "u32", f"{value:#010x}", f"{mask:#010x}", "at", str(off)]
             self._tc(ns, "filter", "add", "dev", dev, hook, "prio", str(prio), "protocol", proto,
-                     "u32", *match, "action", "mirred", "egress", "mirror", "dev", target)
+                     "u32", *match, "action", "mirred", "egress", "mirror", "dev", target,
+                     "continue")
 
     def filter_del(self, ns: str | None, dev: str, parent: int, prio: int, protocol: int) -> None:
         hook = "ingress" if parent == INGRESS else "egress"
@@ -150,6 +162,37 @@ class DryRunner:
         body = json.dumps({"nftables": batch}, indent=1)
         self.lines.append(shlex.join(nsmod.ns_argv(ns, ["nft", "-j", "-f", "-"]))
                           + " <<'EOF'\n" + body + "\nEOF")
+
+
+def _mirred_with_control() -> None:
+    """Teach pyroute2's mirred encoder a ``control`` verdict (it hard-codes ``pipe``).
+
+    A mirror must end in TC_ACT_UNSPEC ("continue"): with ``pipe`` the first mirror on an
+    interface ends classification and a second mirror there never sees a packet. This kernel
+    has no act_gact to append a ``continue``, so the verdict goes in mirred's own parms, as
+    ``tc ... action mirred egress mirror dev X continue`` does. Idempotent; other callers of
+    pyroute2 are unaffected unless they pass ``control`` themselves.
+    """
+    from pyroute2.netlink.rtnl.tcmsg import act_mirred, common_act
+    from pyroute2.netlink.rtnl.tcmsg.common import tc_actions
+
+    if getattr(common_act.plugins["mirred"], "shadowtap", False):
+        return
+
+    class Mirred:
+        shadowtap = True
+        options = act_mirred.options
+
+        @staticmethod
+        def get_parameters(kwarg: dict[str, Any]) -> dict[str, Any]:
+            ret = act_mirred.get_parameters(kwarg)
+            control = kwarg.get("control")
+            if control:
+                verdict = -1 if control == "continue" else tc_actions[control]
+                ret["attrs"][0][1]["action"] = verdict
+            return ret
+
+    common_act.plugins["mirred"] = Mirred
 
 
 class LiveRunner:
@@ -294,14 +337,16 @@ class LiveRunner:
         self, ns: str | None, dev: str, parent: int, prio: int, protocol: int,
         keys: list[list[U32Key]], target: str,
     ) -> None:
+        _mirred_with_control()
         idx, tgt = self.index(ns, dev), self.index(ns, target)
         self.filter_del(ns, dev, parent, prio, protocol)
         for keyset in keys:
             self.ipr(ns).tc(
                 "add-filter", "u32", idx, parent=parent, prio=prio, protocol=protocol, target=0x1,
-                keys=[_pyroute2_key(k) for k in keyset],
+                keys=[t for k in keyset for t in _pyroute2_keys(k)],
+                # verdict "continue": other filters (other mirrors) still see the packet
                 action={"kind": "mirred", "direction": "egress", "action": "mirror",
-                        "ifindex": tgt},
+                        "ifindex": tgt, "control": "continue"},
             )
 
     def filter_del(self, ns: str | None, dev: str, parent: int, prio: int, protocol: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
@@ -24,19 +25,59 @@ def test_empty_filter_is_match_all_on_every_ethertype() -> None:
     assert mirror.compile_u32(mirror.MirrorFilter()) == (ETH_P_ALL, [[(0, 0, 0)]])
 
 
-def test_port_filter_is_sport_or_dport_with_header_guards() -> None:
-    proto, alts = mirror.compile_u32(mirror.MirrorFilter(proto="tcp", ports=[80]))
+def _header(proto: int, sport: int, dport: int, src: str, dst: str, ihl: int = 5,
+            frag: int = 0) -> bytes:
+    return (struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 40, 1, frag, 64, proto, 0,
+                        socket.inet_aton(src), socket.inet_aton(dst))
+            + struct.pack("!HH", sport, dport))
+
+
+def _hits(alts: list[list[tuple[int, int, int]]], hdr: bytes) -> int:
+    """How many u32 nodes match, evaluated the way cls_u32 does (32-bit words)."""
+    word = lambda off: struct.unpack("!I", hdr[off:off + 4])[0]  # noqa: E731
+    return sum(all(word(o) & m == v for v, m, o in keys) for keys in alts)
+
+
+FILTERS = [
+    (mirror.MirrorFilter(proto="tcp", ports=[80]),
+     lambda p, sp, dp, s, d, ok: ok and p == 6 and 80 in (sp, dp)),
+    (mirror.MirrorFilter(ports=[80, 443]),
+     lambda p, sp, dp, s, d, ok: ok and p in (6, 17) and bool({sp, dp} & {80, 443})),
+    (mirror.MirrorFilter(proto="udp", sports=[53], dsts=["10.1.0.0/16"]),
+     lambda p, sp, dp, s, d, ok: ok and p == 17 and sp == 53 and d.startswith("10.1.")),
+    (mirror.MirrorFilter(proto="tcp", ports=[80], nets=["10.0.0.0/8"]),
+     lambda p, sp, dp, s, d, ok: ok and p == 6 and 80 in (sp, dp)
+     and (s.startswith("10.") or d.startswith("10."))),
+    (mirror.MirrorFilter(proto="icmp", srcs=["192.168.1.0/24", "192.168.0.0/16"]),
+     lambda p, sp, dp, s, d, ok: p == 1 and s.startswith("192.168.")),
+]
+
+
+@pytest.mark.parametrize(("flt", "want"), FILTERS, ids=[f.describe() for f, _ in FILTERS])
+def test_compiled_keys_match_exactly_once_what_the_filter_says(flt: Any, want: Any) -> None:
+    """Brute force over headers: 1 matching node when the filter holds, else 0 (never 2)."""
+    proto, alts = mirror.compile_u32(flt)
     assert proto == ETH_P_IP
-    guards = [(0x05000000, 0x0F000000, 0), (0, 0x1FFF, 4)]
-    assert alts == [[(6 << 16, 0xFF0000, 8), (80 << 16, 0xFFFF0000, 20), *guards],
-                    [(6 << 16, 0xFF0000, 8), (80, 0xFFFF, 20), *guards]]
+    ports = [80, 443, 53, 22, 33000]
+    addrs = ["10.1.2.3", "10.9.9.9", "192.168.1.5", "192.168.7.1", "172.16.0.1"]
+    for p, sp, dp, s, d, (ihl, frag) in itertools.product(
+            [6, 17, 1], ports, ports, addrs, addrs, [(5, 0), (6, 0), (5, 0x2001)]):
+        ok = ihl == 5 and frag & 0x1FFF == 0
+        hits = _hits(alts, _header(p, sp, dp, s, d, ihl, frag))
+        assert hits == int(bool(want(p, sp, dp, s, d, ok))), (p, sp, dp, s, d, ihl, frag, hits)
+
+
+def test_port_filter_stays_small() -> None:
+    """sport 80, or dport 80 with sport != 80 (16 disjoint prefixes): 17 nodes."""
+    assert len(mirror.compile_u32(mirror.MirrorFilter(proto="tcp", ports=[80]))[1]) == 17
 
 
 def test_ports_without_proto_mean_tcp_or_udp_and_cidrs_compile() -> None:
     _, alts = mirror.compile_u32(mirror.MirrorFilter(dports=[53], dsts=["10.1.0.0/16"]))
     assert len(alts) == 2
     assert all((0x0A010000, 0xFFFF0000, 16) in a for a in alts)
-    assert {a[0] for a in alts} == {(6 << 16, 0xFF0000, 8), (17 << 16, 0xFF0000, 8)}
+    assert {k for a in alts for k in a if k[2] == 8} == {(6 << 16, 0xFF0000, 8),
+                                                         (17 << 16, 0xFF0000, 8)}
 
 
 @pytest.mark.parametrize("bad", [
