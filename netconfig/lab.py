@@ -246,6 +246,9 @@ def parse_spec(data: Any) -> LabSpec:
         where = f"links[{i}]"
         if not isinstance(ln, dict):
             raise SpecError(f"{where}: expected a mapping")
+        extra = set(ln) - {"a", "b", "offloads"}
+        if extra:
+            raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
         for side in ("a", "b"):
             if side not in ln:
                 raise SpecError(f"{where}: missing end {side!r}")
