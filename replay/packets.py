@@ -257,9 +257,10 @@ class Decoder:
             self._skip("snaplen_cut")
         o = off + 40
         hops = 0
+        reassembled = False
         while nh in _IPV6_EXT or nh == 51 or nh == 44:
             hops += 1
-            if hops > 16 or o + 8 > end:
+            if hops > 16 or o + 8 > end or (nh == 44 and reassembled):
                 self._skip("bad_ipv6_ext")
                 return None
             if nh == 44:
@@ -270,7 +271,10 @@ class Decoder:
                                        data[o + 8 : end], self.ts, self.skipped)
                 if whole is None:
                     return None
-                return self._l4(inner, whole, 0, len(whole), addrs, depth)
+                # The fragmentable part may itself open with extension headers (destination
+                # options, RFC 8200 4.5): keep walking them in the reassembled payload.
+                data, o, end, nh, reassembled = whole, 0, len(whole), inner, True
+                continue
             if nh == 51:
                 ln = (data[o + 1] + 2) << 2
             else:

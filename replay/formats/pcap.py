@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +29,44 @@ _PCAP_MAGIC = {
     b"\xa1\xb2\x3c\x4d": (">", 1e-9),
 }
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+class _GzipChunks:
+    """``read(n)`` over a GzipFile that keeps what was decompressed before a failure.
+
+    ``GzipFile.read(n)`` discards everything it decompressed in that call when the stream turns
+    out cut short or corrupt, so a damaged gzip capture would lose up to ``n`` bytes (all of it,
+    for a small file) of good packets. This gathers ``read1`` pieces instead, returns what it
+    has, and raises the failure on the next call. ``delivered`` counts decompressed bytes.
+    """
+
+    __slots__ = ("_fp", "_pending", "delivered")
+
+    def __init__(self, fp: gzip.GzipFile) -> None:
+        self._fp = fp
+        self._pending: BaseException | None = None
+        self.delivered = 0
+
+    def read(self, n: int) -> bytes:
+        if self._pending is not None:
+            e, self._pending = self._pending, None
+            raise e
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            try:
+                b = self._fp.read1(n - got)
+            except (OSError, EOFError, zlib.error) as e:
+                if not parts:
+                    raise
+                self._pending = e
+                break
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+        self.delivered += got
+        return b"".join(parts)
 
 
 class CaptureReader:
@@ -57,7 +96,7 @@ class CaptureReader:
                 self._fp = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
                 try:
                     magic = self._fp.read(4)
-                except (OSError, EOFError) as e:
+                except (OSError, EOFError, zlib.error) as e:
                     raise FormatError(f"{self.path}: broken gzip data ({e})") from None
                 raw.seek(0)
                 self._fp = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
@@ -76,7 +115,11 @@ class CaptureReader:
             raise
         self.linktype: int | None = None
         if self.kind == "pcap":
-            self._head = self._fp.read(24)
+            try:
+                self._head = self._fp.read(24)
+            except (OSError, EOFError, zlib.error) as e:  # gzip cut or corrupt inside the header
+                raw.close()
+                raise FormatError(f"{self.path}: broken gzip data ({e})") from None
             if len(self._head) < 24:
                 raw.close()
                 raise FormatError(f"{self.path}: truncated pcap header ({len(self._head)} bytes)")
@@ -108,13 +151,25 @@ class CaptureReader:
         self.close()
 
     def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        gz = None
+        if isinstance(self._fp, gzip.GzipFile):
+            gz = _GzipChunks(self._fp)
+            self._read = gz.read
+        else:
+            self._read = self._fp.read
         try:
             if self.kind == "pcap":
                 yield from self._pcap()
             else:
                 yield from self._pcapng()
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            self.error = f"{self.path}: read failed ({e}); packets before it were processed"
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            where = ""
+            if gz is not None:
+                done = gz.delivered + (24 if self.kind == "pcap" else 0)
+                where = f" after byte {done} of the decompressed capture"
+            self.error = (
+                f"{self.path}: read failed{where} ({e}); packets before it were processed"
+            )
 
     # -- pcap ---------------------------------------------------------------------------------
     def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
@@ -123,7 +178,7 @@ class CaptureReader:
         unpack = rec.unpack_from
         lt = self.linktype
         assert lt is not None
-        read = self._fp.read
+        read = self._read
         buf = b""
         pos = 0
         offset = 24  # file offset of buf[0]
@@ -158,7 +213,7 @@ class CaptureReader:
 
     # -- pcapng -------------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
-        read = self._fp.read
+        read = self._read
         buf = b""
         pos = 0
         offset = 0
