@@ -35,6 +35,15 @@ WAIT, TUNNEL, RESYNC, DEAD = range(7, 11)
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 _REQUEST_START = re.compile(rb"[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,23} +(?:[^\s]|\r?\n)")
+KNOWN_METHODS = frozenset(
+    "GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH QUERY PROPFIND PROPPATCH MKCOL COPY "
+    "MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE "
+    "UNSUBSCRIBE PURGE LINK UNLINK BIND REBIND UNBIND ACL MKCALENDAR ORDERPATCH PRI".split()
+)
+"""Registered methods (IANA). Any token is accepted as a method in a full HTTP/1 request line;
+a bare method line or an HTTP/0.9 request must use one of these, or SMTP, FTP and friends
+("EHLO mail.example") would pass for HTTP."""
+_BARE_METHOD = re.compile(rb"([A-Z-]{3,12})\r?\n")
 _HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+[ \t]*:")
 _RESPONSE_START = re.compile(rb"HTTP/\d\.\d \d")
 _REQUEST_LINE = rb"(" + _TOKEN + rb"{1,24} [^\s]+ HTTP/[01]\.\d\r?\n)"
@@ -50,7 +59,10 @@ def looks_like_request(data: bytes) -> bool:
     """Does this stream start like an HTTP/1 request (method token, space, target)?"""
     if data[:3] == b"PRI" and data.startswith(b"PRI * HTTP/2"):
         return False
-    return _REQUEST_START.match(data) is not None
+    if _REQUEST_START.match(data) is not None:
+        return True
+    m = _BARE_METHOD.match(data)
+    return m is not None and m.group(1).decode() in KNOWN_METHODS
 
 
 def looks_like_response(data: bytes) -> bool:
@@ -631,7 +643,12 @@ class _Reader:
                 # header lines follow, which servers then read as a versionless HTTP/1 head.
                 after = data[nl + 1 : nl + 64]
                 if not after or not (_HEADER_LINE.match(after) or after[:1] in b"\r\n"):
-                    return self._http09_request(line, nl + 1, ts)
+                    method, _, target = line.partition(b" ")
+                    if method.decode("latin-1") in KNOWN_METHODS and (
+                        not target.strip() or target.startswith((b"/", b"http"))
+                    ):
+                        return self._http09_request(line, nl + 1, ts)
+                    return self._not_http(data, pos, ts)
         elif data[pos : pos + 5].upper() != b"HTTP/":
             if end - pos < 5 and b"HTTP/".startswith(data[pos:].upper()):
                 self.buf = data[pos:]

@@ -29,6 +29,7 @@ LINKTYPE_PPP_HDLC = 50
 LINKTYPE_RAW = 101
 LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
+LINKTYPE_ARCNET_LINUX = 129
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
@@ -43,6 +44,7 @@ LINKTYPE_NAMES = {
     LINKTYPE_RAW: "raw IP",
     LINKTYPE_LOOP: "OpenBSD loopback",
     LINKTYPE_LINUX_SLL: "Linux cooked v1",
+    LINKTYPE_ARCNET_LINUX: "Linux ARCnet",
     LINKTYPE_IPV4: "raw IPv4",
     LINKTYPE_IPV6: "raw IPv6",
     LINKTYPE_LINUX_SLL2: "Linux cooked v2",
@@ -63,12 +65,16 @@ Segment = tuple[bytes, int, int, bytes]
 class _Fragments:
     """IP fragment reassembly with bounded memory (datagrams pending, age)."""
 
-    __slots__ = ("max_pending", "pending", "timeout")
+    __slots__ = ("max_parts", "max_pending", "pending", "timeout")
 
-    def __init__(self, max_pending: int = 4096, timeout: float = 30.0) -> None:
+    def __init__(self, max_pending: int = 4096, timeout: float = 30.0,
+                 max_parts: int = 256) -> None:
         self.pending: dict[tuple, list] = {}
         self.max_pending = max_pending
         self.timeout = timeout
+        # Fragments kept per datagram: without a bound, a stream of duplicate fragments of a
+        # datagram that never completes grows memory without limit and costs a sort per fragment.
+        self.max_parts = max_parts
 
     def add(self, key: tuple, offset: int, more: bool, data: bytes, ts: float,
             skipped: dict[str, int]) -> bytes | None:
@@ -82,6 +88,10 @@ class _Fragments:
         if not more:
             entry[1] = offset + len(data)
         entry[2].append((offset, data))
+        if len(entry[2]) > self.max_parts:
+            del self.pending[key]
+            skipped["fragments_too_many"] = skipped.get("fragments_too_many", 0) + 1
+            return None
         total = entry[1]
         if total is None:
             return None
@@ -177,6 +187,16 @@ class Decoder:
                 fam = int.from_bytes(data[0:4], "little")
             et = 0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0
             off = 4
+        elif linktype == LINKTYPE_ARCNET_LINUX:
+            # src, dst, 2-byte offset, then the ARCnet protocol id: 0xF0 = IP in RFC 1051
+            # framing; 0xD4 = IP in RFC 1201 framing (split flag + 2-byte sequence follow).
+            proto = data[4]
+            if proto == 0xF0:
+                return self._ipv4(data, 5, depth)
+            if proto == 0xD4:
+                return self._ipv4(data, 8 if data[5] != 0xFF else 12, depth)
+            self._skip("not_ip")
+            return None
         elif linktype in (LINKTYPE_PPP, LINKTYPE_PPP_HDLC):
             off = 2 if data[0] == 0xFF and data[1] == 0x03 else 0
             proto = (data[off] << 8) | data[off + 1]

@@ -27,7 +27,7 @@ def _conv_frames(conv: Conv, req: bytes, resp: bytes, seg: int = 500, shuffle: b
 
 
 def test_in_order_body_is_exact() -> None:
-    exs, e = run(_conv_frames(Conv(), REQ, RESP))
+    exs, _e = run(_conv_frames(Conv(), REQ, RESP))
     assert len(exs) == 1
     ex = exs[0]
     assert ex.request is not None and ex.response is not None
@@ -86,7 +86,7 @@ def test_pickup_without_syn_mid_stream() -> None:
     frames.append(conv.s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
     frames.append(conv.c(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"))
     frames.append(conv.s(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
-    exs, e = run(frames)
+    exs, _e = run(frames)
     reqs = [x for x in exs if x.request is not None]
     assert [x.request.target for x in reqs] == ["/b"]  # type: ignore[union-attr]
     b = reqs[0]
@@ -217,6 +217,6 @@ def test_port_reuse_starts_a_new_connection() -> None:
         frames += [conv.c(f"GET /{isn} HTTP/1.1\r\nHost: h\r\n\r\n".encode()),
                    conv.s(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
                    conv.fin_c()]  # the server's FIN is not captured
-    exs, e = run(frames)
+    exs, _e = run(frames)
     assert sorted(x.request.target for x in exs) == ["/1000", "/900000"]  # type: ignore[union-attr]
     assert all(x.response is not None for x in exs)
