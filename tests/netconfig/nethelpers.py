@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import socket
 import struct
@@ -57,16 +58,20 @@ def force_cleanup(prefix: str) -> None:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
-def host_snapshot() -> dict[str, str]:
-    """What the host namespace looks like, to prove the lab touched nothing there."""
-    cmds = {"links": ["ip", "-o", "link"], "addrs": ["ip", "-o", "addr"],
-            "routes": ["ip", "route", "show", "table", "all"], "rules": ["ip", "rule"],
-            "nft": ["nft", "list", "tables"]}
-    out = {k: subprocess.run(v, capture_output=True, text=True).stdout for k, v in cmds.items()}
-    # link/addr lines carry counters and other tests' veths come and go: keep names only
-    out["links"] = "\n".join(sorted(ln.split(":")[1].strip() for ln in out["links"].splitlines()
-                                    if not ln.split(":")[1].strip().startswith(("veth", "st"))))
-    out["addrs"] = ""
+def host_traces(prefix: str) -> list[str]:
+    """Lines of the host namespace's state that could belong to a lab: it must have none.
+
+    Only lab-looking lines are compared (its prefix, its addresses, its interface names, our
+    nft tables), so other people's work on the same host cannot make the test flaky.
+    """
+    cmds = [["ip", "-o", "link"], ["ip", "-o", "addr"], ["ip", "route", "show", "table", "all"],
+            ["ip", "rule"], ["nft", "list", "tables"], ["tc", "qdisc"]]
+    devs = re.compile(r"\b(client0|prod0|canary0|shadow[12]|tap0|cap0|uplink0|stvx\d+)\b")
+    out = []
+    for argv in cmds:
+        for line in subprocess.run(argv, capture_output=True, text=True).stdout.splitlines():
+            if prefix in line or "10.77." in line or "shadowtap" in line or devs.search(line):
+                out.append(line)
     return out
 
 

@@ -16,7 +16,7 @@ from nethelpers import (
     connect,
     default_spec_dict,
     force_cleanup,
-    host_snapshot,
+    host_traces,
     namespaces_with,
     one_shot,
     parse_frame,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.root
 def test_up_request_capture_exactly_once_down_leaves_nothing(state_dir: Path) -> None:
     """1,000 requests client -> VIP; cap0 sees every request and response exactly once."""
     prefix = unique_prefix()
-    before = host_snapshot()
+    before = host_traces(prefix)
     spec = lab.parse_spec(default_spec_dict(prefix))
     try:
         lab.up(spec)
@@ -77,7 +77,7 @@ def test_up_request_capture_exactly_once_down_leaves_nothing(state_dir: Path) ->
     assert len(removed) == len(spec.nodes)
     assert namespaces_with(prefix) == []
     assert not lab.state_path(prefix).exists()
-    assert host_snapshot() == before
+    assert host_traces(prefix) == before == []
 
 
 def test_down_after_crash_halfway_removes_exactly_what_was_made(

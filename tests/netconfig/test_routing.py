@@ -77,6 +77,7 @@ def test_flip_takes_effect_for_new_connections_within_100ms(backends: Any) -> No
 
     to_canary = run_in(client, measure("canary", 100))
     to_prod = run_in(client, measure("prod", 0))
+    print(f"flip -> canary effective after {to_canary * 1000:.1f} ms, -> prod {to_prod * 1000:.1f} ms")
     assert to_canary < 0.1 and to_prod < 0.1, (to_canary, to_prod)
 
 
