@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,10 +171,10 @@ class Sanitiser:
                     lits.add(keys[-1].lower().encode("utf-8"))
                 else:
                     self._json_always_parse = True
-        # drop literals that contain another literal (the shorter one already triggers)
-        self._json_lits = [
-            lit for lit in sorted(lits, key=len) if not any(o != lit and o in lit for o in lits)
-        ]
+        # One pass over the lower-cased body: a quoted key from the rules, as a trie-shaped
+        # alternation (re tries the branches of one position by first byte, so the cost barely
+        # grows with the number of names).
+        self._json_key_rx = re.compile(b'"' + _trie(sorted(lits)) + b'"') if lits else None
         # The client address in the connection key is personal data too: it follows the first
         # IP-detector rule (pseudonymised like any address in a body).
         self._ip_rules: dict[str, Rule] = {}
@@ -351,8 +352,7 @@ class Sanitiser:
             else:
                 new = self.pseudo.pseudonym(det.fmt if rule.fmt == "auto" else rule.fmt, orig)
                 rep.count(rule.name, loc, new)
-            if len(orig) >= _ECHO_MIN:
-                ctx.echo[orig] = new or self._mask
+            # (no echo entry: the same detector finds the same value wherever it recurs)
             out.append(text[pos:s])
             out.append(new)
             pos = e
@@ -680,14 +680,20 @@ class Sanitiser:
     # -- JSON ------------------------------------------------------------------------------------
 
     def _json(self, data: bytes, ctx: _Ctx) -> bytes:
-        stripped = data.lstrip()
-        if not stripped or stripped[0] not in _JSON_START:
+        first = data[0]
+        if first not in _JSON_START:
+            stripped = data.lstrip()
+            first = stripped[0] if stripped else 0
+        if first not in _JSON_START:
             self.report.fallback("body is not JSON as Content-Type says")
             return self._mismatch(data, ctx)
         need_walk = bool(self._json_rules) and (
-            self._json_always_parse or _any_in(data.lower(), self._json_lits)
+            self._json_always_parse
+            or (
+                self._json_key_rx is not None and self._json_key_rx.search(data.lower()) is not None
+            )
         )
-        escaped = b"\\u" in data or b"\\/" in data
+        escaped = b"\\" in data and (b"\\u" in data or b"\\/" in data)
         text = data
         if need_walk or escaped:
             try:
@@ -922,8 +928,26 @@ class Sanitiser:
 _QSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~@:,/*")
 
 
-def _any_in(hay: bytes, needles: list[bytes]) -> bool:
-    return any(n in hay for n in needles)
+def _trie(words: list[bytes]) -> bytes:
+    """A regex matching exactly ``words``, factored by common prefixes (``pass(?:word|wd)?``)."""
+    root: dict[Any, Any] = {}
+    for w in words:
+        node = root
+        for c in w:
+            node = node.setdefault(c, {})
+        node[None] = True
+
+    def emit(node: dict[Any, Any]) -> bytes:
+        alts = [
+            re.escape(bytes([c])) + emit(child)
+            for c, child in sorted((k, v) for k, v in node.items() if k is not None)
+        ]
+        if not alts:
+            return b""
+        body = alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
+        return b"(?:" + body + b")?" if None in node else body
+
+    return emit(root)
 
 
 def _union(a: list[tuple[int, Detector]], b: list[tuple[int, Detector]]) -> list:

@@ -35,7 +35,12 @@ DEFAULT_POLICY_YAML = """\
 version: 1
 mask: "****"
 on_mismatch: scan          # a body that is not what its Content-Type says: scan it as text
-skip_headers: [host]       # besides framing headers, which are never touched
+# Headers that never carry personal data are not scanned (framing headers never are).
+skip_headers: [host, accept, accept-encoding, accept-language, accept-ranges, age,
+               cache-control, pragma, date, expires, last-modified, if-modified-since,
+               if-unmodified-since, etag, if-match, if-none-match, vary, server,
+               content-language, sec-fetch-dest, sec-fetch-mode, sec-fetch-site,
+               sec-fetch-user, upgrade-insecure-requests]
 rules:
   # Credentials by name. Scheme-aware: 'Bearer <jwt>' stays a Bearer JWT, Basic stays Basic.
   - name: authorization
@@ -61,13 +66,24 @@ rules:
     names: [token, access_token, refresh_token, id_token, auth_token, session_token,
             api_key, apikey, api-key, client_secret, secret, private_key, code_verifier,
             session, sessionid, session_id, sid, x-amz-signature, x-amz-credential,
-            x-amz-security-token, signature, sig]
+            x-amz-security-token, signature, sig, authorization, aws_access_key_id,
+            aws_secret_access_key, aws_session_token]
     action: pseudonym
   # Secrets and personal data by shape, everywhere (headers, cookies, query, path, bodies).
   - {name: jwt, location: any, detector: jwt, action: pseudonym}
-  - {name: bearer, location: any, detector: bearer, action: pseudonym}
-  - {name: basic, location: any, detector: basic, action: pseudonym}
-  - {name: api-key, location: any, detector: api_key, action: pseudonym}
+  # Credential shapes: where credentials travel (bodies get them by field name above).
+  - name: bearer
+    location: [header, cookie, query, form, multipart]
+    detector: bearer
+    action: pseudonym
+  - name: basic
+    location: [header, cookie, query, form, multipart]
+    detector: basic
+    action: pseudonym
+  - name: api-key
+    location: [header, cookie, query, form, multipart]
+    detector: api_key
+    action: pseudonym
   - {name: email, location: any, detector: email, action: pseudonym}
   - {name: iban, location: any, detector: iban, action: pseudonym}
   - {name: card, location: any, detector: card, action: pseudonym}
