@@ -403,3 +403,20 @@ def test_scapy_written_pcap_and_pcapng_agree(tmp_path):
         assert [lt for _, lt, _ in got] == [1] * 5
         assert [ts for ts, _, _ in got] == pytest.approx([float(p.time) for p in pkts],
                                                           abs=1e-6)
+
+
+def test_pcapng_epb_caplen_reaching_into_the_trailer_is_skipped(tmp_path):
+    # An EPB whose captured length claims 4 bytes more than the block holds: the extra bytes
+    # would be the block's trailing length field, not packet data.
+    good = epb(0, 1, FRAMES[0])
+    bad = bytearray(epb(0, 2, FRAMES[6]))  # 61-byte frame, 3 bytes padding
+    struct.pack_into("<I", bad, 20, len(FRAMES[6]) + 3 + 4)  # caplen up to the block's end
+    data = shb() + idb(1) + good + bytes(bad) + epb(0, 3, FRAMES[2])
+    got, r = read_all(write(tmp_path, "trail.pcapng", data))
+    assert [fr for *_, fr in got] == [FRAMES[0], FRAMES[2]]
+    assert r.skipped_blocks == 1
+    # The largest honest caplen (up to the padding) is still accepted.
+    ok = bytearray(epb(0, 2, FRAMES[6]))
+    struct.pack_into("<I", ok, 20, len(FRAMES[6]) + 3)
+    got, r = read_all(write(tmp_path, "pad.pcapng", shb() + idb(1) + bytes(ok)))
+    assert [fr for *_, fr in got] == [FRAMES[6] + b"\0\0\0"]

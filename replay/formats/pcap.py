@@ -259,7 +259,7 @@ class CaptureReader:
                     break
                 if t == 6:  # Enhanced Packet Block
                     iface, hi, lo, caplen, _wire = struct.unpack_from(order + "IIIII", buf, pos + 8)
-                    if iface >= len(ifaces) or 28 + caplen > blen:
+                    if iface >= len(ifaces) or 32 + caplen > blen:
                         self.skipped_blocks += 1
                     else:
                         lt, scale, tsoff = ifaces[iface]
@@ -282,7 +282,7 @@ class CaptureReader:
                     iface, _drops, hi, lo, caplen, _wire = struct.unpack_from(
                         order + "HHIIII", buf, pos + 8
                     )
-                    if iface < len(ifaces) and 28 + caplen <= blen and \
+                    if iface < len(ifaces) and 32 + caplen <= blen and \
                             ifaces[iface][0] in SUPPORTED_LINKTYPES:
                         lt, scale, tsoff = ifaces[iface]
                         yield (((hi << 32) | lo) * scale + tsoff, lt,
