@@ -362,12 +362,12 @@ def find_ipv4(p: Prep) -> list[Span]:
             pc = text[s - 1]
             if pc in _DIGITSET or pc == 46:
                 continue  # part of a longer dotted number (OID, version 1.2.3.4.5)
-            if pc == 47 and s > 1 and text[s - 2] in _ALNUM:
-                continue  # 'Chrome/120.0.0.0': a product version, not an address
         m = _IPV4.match(text, s)
         if m is None:
             continue
         e = m.end()
+        if text[e - 2 : e] == b".0" and s > 1 and text[s - 1] == 47 and text[s - 2] in _ALNUM:
+            continue  # 'Chrome/120.0.0.0': a product version, not a host address
         if e < n and (
             text[e] in _DIGITSET or (text[e] == 46 and e + 1 < n and text[e + 1] in _DIGITSET)
         ):
