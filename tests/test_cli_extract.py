@@ -266,3 +266,73 @@ def test_bad_second_file_writes_nothing(sample, tmp_path):
     p = run(path, f, "-q", "-o", out)
     assert_one_clean_error(p, f, "empty")
     assert not out.exists() or out.read_bytes() == b""
+
+
+# -- other encapsulations of the same traffic ------------------------------------------------------
+
+def rewrap(data: bytes, linktype: int, wrap) -> bytes:
+    """Re-encapsulate every Ethernet frame of a little-endian pcap with ``wrap(i, frame)``."""
+    out = [data[:20] + struct.pack("<I", linktype)]
+    for i, o in enumerate(record_offsets(data)):
+        sec, frac, caplen, _ = struct.unpack_from("<IIII", data, o)
+        fr = wrap(i, data[o + 16 : o + 16 + caplen])
+        out.append(struct.pack("<IIII", sec, frac, len(fr), len(fr)) + fr)
+    return b"".join(out)
+
+
+def vxlan(i: int, frame: bytes) -> bytes:
+    vx = struct.pack("!BBHI", 0x08, 0, 0, 42 << 8)
+    udp = struct.pack("!HHHH", 49152 + i % 1000, 4789, 8 + len(vx) + len(frame), 0) + vx + frame
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                     bytes([172, 16, 0, 1]), bytes([172, 16, 0, 2])) + udp
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip
+
+
+ENCAPS = {
+    "vxlan": (1, vxlan),
+    "sll": (113, lambda i, f: struct.pack("!HHH8s", 0, 1, 6, f[6:12]) + f[12:]),
+    "sll2": (276, lambda i, f: f[12:14] + struct.pack("!HIHBB8s", 0, 2, 1, 0, 6, f[6:12])
+             + f[14:]),
+    "raw": (101, lambda i, f: f[14:]),
+    "null-le": (0, lambda i, f: struct.pack("<I", 2 if f[12:14] == b"\x08\x00" else 30) + f[14:]),
+    "loop": (108, lambda i, f: struct.pack(">I", 2 if f[12:14] == b"\x08\x00" else 24) + f[14:]),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_sample(tmp_path_factory) -> tuple[Path, list]:
+    d = tmp_path_factory.mktemp("mixed")
+    truth: list = []
+    path = d / "mixed.pcap"
+    generate_pcap(path, connections=15, concurrency=5, seed=5, ipv6_share=0.4, truth=truth)
+    assert any(":" in row[0][0] for row in truth)
+    return path, truth
+
+
+@pytest.mark.parametrize("encap", sorted(ENCAPS))
+def test_same_exchanges_under_every_encapsulation(mixed_sample, tmp_path, encap):
+    from replay.extract import Summary, extract_file
+
+    path, truth = mixed_sample
+    lt, wrap = ENCAPS[encap]
+    f = tmp_path / f"{encap}.pcap"
+    f.write_bytes(rewrap(path.read_bytes(), lt, wrap))
+    s = Summary()
+    got = [(e.conn.client_ip, e.request.method, e.request.target, e.response.status)
+           for e in extract_file(f, summary=s)]
+    want = [(c[0], m, t, st) for c, m, t, _, st in truth]
+    assert Counter(got) == Counter(want)
+    assert s.errors == [] and s.incomplete_exchanges == 0
+    if encap == "vxlan":
+        assert s.vxlan_packets == s.packets
+
+
+def test_vxlan_capture_through_cli(sample, tmp_path):
+    path, truth, stats = sample
+    f = tmp_path / "mirror.pcap"
+    f.write_bytes(rewrap(path.read_bytes(), 1, vxlan))
+    p = run(f, "--summary-json")
+    assert p.returncode == 0, p.stderr
+    assert Counter(jsonl_requests(p.stdout)) == Counter(truth_requests(truth))
+    s = json.loads(next(ln for ln in p.stderr.splitlines() if ln.startswith(b"{")))
+    assert s["vxlan_packets"] == stats.packets
