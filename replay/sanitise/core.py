@@ -491,7 +491,7 @@ class Sanitiser:
         if is_set:
             out = kept[0] + (b";" + attrs if sep else b"")
         else:
-            out = b";".join(kept)
+            out = b";".join(kept).lstrip()
         return _dec(out, value)
 
     # -- request target, URLs --------------------------------------------------------------------
@@ -694,6 +694,8 @@ class Sanitiser:
             )
         )
         escaped = b"\\" in data and (b"\\u" in data or b"\\/" in data)
+        if escaped and self._json_rules:
+            need_walk = True  # a key written with escapes would slip past the literal check
         text = data
         if need_walk or escaped:
             try:

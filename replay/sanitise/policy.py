@@ -123,7 +123,7 @@ def compile_json_path(path: str) -> list[JsonStep]:
             steps.append(("desc", None))
             # '..name' and '..*' and '..[0]' are all written without the second dot
             nxt = path[m.end() : m.end() + 1]
-            if nxt.isalpha() or nxt in "_$@-*":
+            if nxt and (nxt.isalpha() or nxt in "_$@-*"):
                 j = m.end()
                 if nxt == "*":
                     steps.append(("any", None))
@@ -382,7 +382,7 @@ def _compile_rule(r: Any, i: int, detectors: dict[str, Detector], err: Any) -> R
             )
     if "exchange" in locset and len(locset) > 1:
         raise err(f"{where}: location 'exchange' cannot be combined with others")
-    action = r.get("action", "pseudonym")
+    action = r.get("action", "drop" if "exchange" in locset else "pseudonym")
     if action not in ACTIONS:
         raise err(f"{where}: unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
     fmt = r.get("format", "auto")
