@@ -60,9 +60,9 @@ IBAN_LENGTHS: dict[bytes, int] = {
 
 
 def is_card(v: bytes) -> bool:
-    """13-19 digits (optionally grouped by one kind of separator), network digit 2-6, Luhn."""
+    """13-19 digits (optionally grouped), a real network prefix and length, and Luhn."""
     d = v.replace(b" ", b"").replace(b"-", b"")
-    return 13 <= len(d) <= 19 and d.isdigit() and d[:1] in b"23456" and luhn_ok(d)
+    return 13 <= len(d) <= 19 and d.isdigit() and card_network_ok(d) and luhn_ok(d)
 
 
 def is_iban(v: bytes) -> bool:
@@ -229,7 +229,12 @@ def find_bearer(p: Prep) -> list[Span]:
     for m in _BEARER.finditer(text):
         s = m.start()
         if s > 0 and text[s - 1] in b"Bb":
-            out.append(m.span(1))
+            tok = m.group(1)
+            # 'bearer of good news': a token has a digit, punctuation, or mixed case
+            if len(tok) >= 12 and (
+                not tok.isalpha() or (tok.lower() != tok and tok.upper() != tok)
+            ):
+                out.append(m.span(1))
     return out
 
 
@@ -251,6 +256,32 @@ def find_basic(p: Prep) -> list[Span]:
     return out
 
 
+def card_network_ok(d: bytes) -> bool:
+    """Whether a digit string has the length a card network issues for its prefix (IIN).
+
+    Random ids pass Luhn one time in ten; requiring a real network prefix and length cuts
+    false positives on long numeric ids by a further factor of about five."""
+    n = len(d)
+    c1 = d[0]
+    if c1 == 52:  # '4' Visa
+        return n in (13, 16, 19)
+    two = int(d[:2])
+    if 51 <= two <= 55 or 2221 <= int(d[:4]) <= 2720:  # Mastercard
+        return n == 16
+    if two in (34, 37):  # Amex
+        return n == 15
+    if two in (36, 38, 39) or 300 <= int(d[:3]) <= 305:  # Diners
+        return 14 <= n <= 19
+    if two == 35:  # JCB
+        return 16 <= n <= 19
+    if d[:4] == b"6011" or two in (62, 65) or 644 <= int(d[:3]) <= 649:  # Discover, UnionPay
+        return 16 <= n <= 19
+    return False
+
+
+_CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 5), (4, 4, 4, 1)}
+
+
 def find_card(p: Prep) -> list[Span]:
     runs = p.runs
     if not runs:
@@ -261,25 +292,26 @@ def find_card(p: Prep) -> list[Span]:
     for rs, re_ in runs:
         for m in _CARD.finditer(text, rs, re_):
             s, e = m.span()
-            if (s > 0 and text[s - 1] in _DIGITSET) or (e < n and text[e] in _DIGITSET):
-                continue  # part of a longer number: an id, not a card
+            if s > 0 and (text[s - 1] in _DIGITSET or text[s - 1] == 46):
+                continue  # part of a longer number or the decimals of a float
+            if e < n and (
+                text[e] in _DIGITSET
+                or (text[e] in b".-" and e + 1 < n and text[e + 1] in _DIGITSET)
+            ):
+                continue  # an id, a float, or an order number with more groups
             cand = m.group()
-            if len(set(cand) - _DIGITSET) > 1:
-                continue  # mixed separators: not how cards are written
-            digits = cand.replace(b" ", b"").replace(b"-", b"")
-            if digits[:1] not in b"23456":
-                continue
-            # The full run, then shorter prefixes (a card followed by more grouped digits).
-            for k in range(len(digits), 12, -1):
-                if luhn_ok(digits[:k]):
-                    cnt = 0
-                    j = s
-                    while cnt < k:
-                        if text[j] in _DIGITSET:
-                            cnt += 1
-                        j += 1
-                    out.append((s, j))
-                    break
+            seps = set(cand) - _DIGITSET
+            if seps:
+                if len(seps) > 1:
+                    continue  # mixed separators: not how cards are written
+                groups = tuple(len(g) for g in cand.split(bytes(seps)))
+                if groups not in _CARD_GROUPS:
+                    continue
+                digits = cand.replace(b" ", b"").replace(b"-", b"")
+            else:
+                digits = cand
+            if card_network_ok(digits) and luhn_ok(digits):
+                out.append((s, e))
     return out
 
 

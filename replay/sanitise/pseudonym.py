@@ -209,13 +209,15 @@ class Pseudonymiser:
         return new_local + b"@" + b".".join(new_labels)
 
     def _fmt_card(self, value: bytes, salt: int) -> bytes:
-        """Same length and separators, first digit (network) kept, new Luhn check digit."""
+        """Same length and separators, the first four digits (the card network's prefix, which
+        PCI DSS allows to show) kept so the number still validates for its network, the rest
+        pseudo-random with a new Luhn check digit."""
         digits = bytes(c for c in value if 48 <= c <= 57)
-        if len(digits) < 2:
+        if len(digits) < 8:
             return self._fmt_token(value, salt)
         rnd = self._stream("card", digits, len(digits), salt)
-        body = bytearray(digits[:1])
-        for i in range(1, len(digits) - 1):
+        body = bytearray(digits[:4])
+        for i in range(4, len(digits) - 1):
             body.append(_DIGITS[rnd[i] % 10])
         body.append(48 + luhn_digit(bytes(body)))
         return _respread(value, bytes(body))

@@ -65,7 +65,7 @@ def test_pseudonyms_pass_the_validators_of_the_originals(kind: str) -> None:
             assert len(new) == len(orig)
             assert [c for c in new if not 48 <= c <= 57] == [c for c in orig if not 48 <= c <= 57]
         if kind == "card":
-            assert luhn_ok(_digits(new)) and new[:1] == orig[:1]
+            assert luhn_ok(_digits(new)) and new[:4] == orig[:4]
         if kind == "iban":
             assert new[:2] == orig[:2] and len(new) == len(orig)
         if kind == "email":
