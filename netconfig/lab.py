@@ -14,6 +14,7 @@ The whole spec is validated first; a bad spec changes nothing.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -430,7 +431,14 @@ def build(runner: Runner, spec: LabSpec) -> None:
             runner.route_replace(spec.ns(n.name), r.to, via=r.via, dev=r.dev, table=r.table)
     cr = spec.canary_route()
     if cr and spec.canary:
-        routing.install(runner, cr, float(spec.canary.percent))
+        percent = float(spec.canary.percent)
+        if isinstance(runner, LiveRunner) and nsmod.exists(cr.netns):
+            # re-running 'up' must not silently move production's split back to the spec's
+            try:
+                percent = float(routing.show(cr.netns)["canary_percent"])
+            except NetconfigError:
+                pass
+        routing.install(runner, cr, percent)
     for m in spec.mirror_list():
         mirror.install(runner, m)
     if spec.fences:
@@ -509,7 +517,7 @@ def status(spec: LabSpec) -> dict[str, Any]:
     rec = read_state(spec.prefix)
     out: dict[str, Any] = {"prefix": spec.prefix, "state": rec["status"] if rec else "down",
                            "nodes": [], "mirrors": [], "canary": None, "fences": {}}
-    live = LiveRunner() if nsmod.os.geteuid() == 0 else None
+    live = LiveRunner() if os.geteuid() == 0 else None
     try:
         for n in spec.nodes:
             ns = spec.ns(n.name)

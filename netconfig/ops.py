@@ -258,13 +258,15 @@ class LiveRunner:
         if have_a or have_b:
             raise NetconfigError(
                 f"only one end of veth {dev_a}/{dev_b} exists; run 'lab down' and 'lab up' again")
+        if ns_b is None and ns_a is not None:
+            raise NetconfigError("create host-namespace veths from the host side (ns_a=None)")
         if ns_a is None:
             self._note("link", netns=None, dev=dev_a)
-        if ns_b is None:
-            self._note("link", netns=None, dev=dev_b)
+            if ns_b is None:
+                self._note("link", netns=None, dev=dev_b)
         peer: dict[str, Any] = {"ifname": dev_b}
         if ns_b != ns_a:
-            peer["net_ns_fd"] = ns_b if ns_b else "/proc/1/ns/net"
+            peer["net_ns_fd"] = ns_b
         self.ipr(ns_a).link("add", ifname=dev_a, kind="veth", peer=peer)
 
     def vxlan_add(

@@ -4,7 +4,8 @@ Why (issue 3): the house rule is that production only ever pays the kernel's cop
 is at least 0.95 of the unmirrored rate. This script measures it in one run, interleaved so
 drift (thermal, noisy neighbours) hits both sides alike:
 
-1. builds the default lab under a unique prefix (its own state dir; torn down at the end);
+1. builds the default lab under a unique prefix (its own state dir; torn down at the end),
+   with offloads off (the lab default) and/or on;
 2. starts nginx (one worker, 180-byte responses, no access log) on the VIP in ``prod``;
 3. alternates mirror OFF / ON (the lab's clsact+u32+mirred copies of prod0 and canary0 to the
    capture veth), ``--rounds`` times, each time running ``wrk`` from ``client`` with keep-alive
@@ -15,8 +16,9 @@ drift (thermal, noisy neighbours) hits both sides alike:
 Nobody reads the capture port during the run: this isolates the cost of the copy itself
 (on a 2-core host a reader would compete with wrk and nginx for CPU and measure that instead).
 
-Run as root: ``.venv/bin/python bench/mirror/run.py [--rounds 3] [--duration 4]
-[--offloads off|on] [--no-docs]``. Needs ``wrk`` and ``nginx`` (Debian: wrk, nginx-light).
+Run as root: ``.venv/bin/python bench/mirror/run.py [--rounds 8] [--duration 3]
+[--offloads off|on|both] [--no-docs]`` (default both: the lab's offloads-off links, for
+wire-sized captured frames, and offloads on, the cheaper production setting). Needs ``wrk`` and ``nginx`` (Debian: wrk, nginx-light).
 """
 
 from __future__ import annotations
@@ -100,32 +102,20 @@ def update_docs(section: str) -> None:
     DOCS.write_text(text)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=4)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--offloads", choices=["off", "on"], default="off",
-                    help="off = the lab default (wire-sized frames in the capture)")
-    ap.add_argument("--no-docs", action="store_true")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("error: needs root (network namespaces)", file=sys.stderr)
-        return 2
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            print(f"error: {tool} not found (Debian: apt-get install wrk nginx-light)",
-                  file=sys.stderr)
-            return 2
+Row = tuple[str, str, float, float, float, float, float]  # offloads, workload, off, on, ratio, lo, hi
+
+
+def measure(args: Any, offloads: bool) -> list[Row]:
+    """One lab (offloads on or off on its links), interleaved rounds; rows per workload."""
     prefix = f"stb{secrets.token_hex(2)}-"
     tmp = Path(tempfile.mkdtemp(prefix="shadowtap-bench-"))
     os.environ["SHADOWTAP_STATE_DIR"] = str(tmp / "state")
     d = yaml.safe_load(lab.DEFAULT_SPEC_YAML)
     d["prefix"] = prefix
-    if args.offloads == "on":
-        for ln in d["links"]:
-            ln["offloads"] = True
+    for ln in d["links"]:
+        ln["offloads"] = offloads
     spec = lab.parse_spec(d)
+    label = "on" if offloads else "off"
     nginx: subprocess.Popen[bytes] | None = None
     results: dict[tuple[str, bool], list[float]] = {}
     try:
@@ -143,50 +133,79 @@ def main() -> int:
                     set_mirrors(spec, on)
                     rate = wrk(client, args.duration, close, args.connections)
                     results.setdefault((name, on), []).append(rate)
-                    print(f"round {r + 1} {name:16s} mirror {'on ' if on else 'off'} "
-                          f"{rate:10.0f} req/s", flush=True)
-        set_mirrors(spec, True)
+                    print(f"offloads {label:3s} round {r + 1} {name:16s} mirror "
+                          f"{'on ' if on else 'off'} {rate:10.0f} req/s", flush=True)
     finally:
         if nginx is not None:
             nginx.terminate()
             nginx.wait(5)
         lab.down(prefix)
         shutil.rmtree(tmp, ignore_errors=True)
-
-    rows = []
+    rows: list[Row] = []
     for name in ("keep-alive", "new connections"):
         offs, ons = results[(name, False)], results[(name, True)]
         # the ratio is the median of per-round paired ratios: robust to load that changes
         # between rounds (other jobs on a shared host), which a ratio of medians is not
-        ratio = statistics.median(b / a for a, b in zip(offs, ons, strict=True))
-        rows.append((name, statistics.median(offs), statistics.median(ons), ratio))
+        ratios = [b / a for a, b in zip(offs, ons, strict=True)]
+        rows.append((label, name, statistics.median(offs), statistics.median(ons),
+                     statistics.median(ratios), min(ratios), max(ratios)))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--duration", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--offloads", choices=["off", "on", "both"], default="both",
+                    help="off = the lab default (wire-sized frames in the capture)")
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("error: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            print(f"error: {tool} not found (Debian: apt-get install wrk nginx-light)",
+                  file=sys.stderr)
+            return 2
+    rows: list[Row] = []
+    for offloads in {"off": [False], "on": [True], "both": [False, True]}[args.offloads]:
+        rows += measure(args, offloads)
+    load = os.getloadavg()[0]
     print()
-    print(f"{'workload':18s} {'mirror off':>12s} {'mirror on':>12s} {'on/off':>8s}")
-    for name, off, on, ratio in rows:
-        print(f"{name:18s} {off:12.0f} {on:12.0f} {ratio:8.3f}")
+    print(f"{'offloads':9s} {'workload':16s} {'mirror off':>11s} {'mirror on':>10s} "
+          f"{'on/off':>7s}  paired range")
+    for label, name, off, on, ratio, lo, hi in rows:
+        print(f"{label:9s} {name:16s} {off:11.0f} {on:10.0f} {ratio:7.3f}  {lo:.2f}-{hi:.2f}")
+    print(f"load average at the end: {load:.1f}")
     if not args.no_docs:
-        update_docs(render(rows, args))
+        update_docs(render(rows, args, load))
         print(f"\nupdated {DOCS.relative_to(ROOT)}")
     return 0
 
 
-def render(rows: list[tuple[str, float, float, float]], args: Any) -> str:
+def render(rows: list[Row], args: Any, load: float) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## Mirror cost to production (`bench/mirror/run.py`)",
         "",
         f"wrk (1 thread, {args.connections} connections) in `client` -> gateway -> nginx "
         f"(1 worker, 180-byte body) on the VIP in `prod`; the gateway's prod0/canary0 links "
-        f"mirrored both ways with clsact + u32 + mirred to the capture veth. Offloads "
-        f"{args.offloads} on the lab links. Median of {args.rounds} interleaved rounds of "
-        f"{args.duration} s; on/off is the median of the per-round paired ratios. {when}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"kernel {platform.release()}. Target: mirror on >= 0.95 x mirror off.",
+        f"mirrored both ways with clsact + u32 + mirred to the capture veth (nobody reading). "
+        f"{args.rounds} interleaved off/on pairs of {args.duration} s per row; on/off is the "
+        f"median of the paired ratios, with their range. Offloads off is the lab default. "
+        f"{when}, {platform.machine()}, {os.cpu_count()} CPUs, kernel {platform.release()}, "
+        f"load average {load:.1f} at the end (a shared host: read the range). "
+        "Target: mirror on >= 0.95 x mirror off.",
         "",
-        "| workload | mirror off (req/s, median) | mirror on (req/s, median) | on / off |",
-        "|---|---:|---:|---:|",
+        "| lab offloads | workload | mirror off (req/s, median) | mirror on (req/s, median) "
+        "| on / off | paired range |",
+        "|---|---|---:|---:|---:|---|",
     ]
-    for name, off, on, ratio in rows:
-        lines.append(f"| {name} | {off:,.0f} | {on:,.0f} | {ratio:.3f} |")
+    for label, name, off, on, ratio, lo, hi in rows:
+        lines.append(f"| {label} | {name} | {off:,.0f} | {on:,.0f} | {ratio:.3f} | "
+                     f"{lo:.2f}-{hi:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -138,6 +138,9 @@ def test_status_reports_live_topology(state_dir: Path) -> None:
         assert {m["status"] for m in st["mirrors"]} == {"active"}
         assert st["canary"]["canary_percent"] == 0
         assert routing.show(spec.ns("gateway"))["vip"] == VIP
+        routing.set_canary(spec.ns("gateway"), 20)
+        lab.up(spec)  # re-running up keeps the live weight: it must not move production
+        assert routing.show(spec.ns("gateway"))["canary_percent"] == 20
     finally:
         lab.down(prefix)
         force_cleanup(prefix)
