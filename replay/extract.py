@@ -7,13 +7,16 @@ is the file edge.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
 from replay.model import ConnKey, Exchange
 from replay.packets import Decoder, describe_key, key_ports
@@ -201,8 +204,26 @@ def extract_file(
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
     before the damage, and the problem is added to ``summary.errors``.
     """
-    from replay.formats.pcap import CaptureReader
+    with _gc_tuned():
+        yield from _extract(path, port, summary, id_prefix, progress, limits)
 
+
+@contextmanager
+def _gc_tuned() -> Iterator[None]:
+    """Extraction allocates millions of short-lived small objects while holding long-lived
+    connection state: with the default thresholds the collector re-scans that state constantly
+    (~10% of the time). Raise the young-generation threshold for the duration."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], 100_000), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+def _extract(path: str | Path, port: int | None, summary: Summary | None, id_prefix: str,
+             progress: Callable[[int, int], None] | None,
+             limits: dict[str, Any]) -> Iterator[Exchange]:
     out: list[Exchange] = []
     ex = Extractor(out.append, port=port, id_prefix=id_prefix, **limits)
     t0 = time.perf_counter()

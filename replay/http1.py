@@ -91,15 +91,30 @@ class _UrlCollector:
         self.done = True
 
 
-def _split_headers(head: bytes) -> list[tuple[str, str]]:
-    """Header fields of a head that llhttp accepted (so: CRLF lines, ``name: value``)."""
+_FRAMING_NAME_LENGTHS = frozenset((7, 10, 14, 17))
+"""len() of upgrade, connection, content-length, transfer-encoding: a cheap pre-filter."""
+
+
+def _split_headers(head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Header fields of a head that llhttp accepted (so: CRLF lines, ``name: value``), and the
+    framing-relevant ones (lower-cased name) picked out on the way."""
     lines = head.decode("latin-1").split("\r\n")
     out = []
+    special = []
+    lens = _FRAMING_NAME_LENGTHS
     for line in lines[1:]:
         if line:
             k, _, v = line.partition(":")
-            out.append((k, v.strip(" \t")))
-    return out
+            v = v.strip(" \t")
+            out.append((k, v))
+            if len(k) in lens:
+                special.append((k.lower(), v))
+    return out, special
+
+
+def _special(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    lens = _FRAMING_NAME_LENGTHS
+    return [(k.lower(), v) for k, v in headers if len(k) in lens]
 
 
 def _parse_headers_lenient(lines: list[bytes]) -> list[tuple[str, str]]:
@@ -119,6 +134,18 @@ def _parse_headers_lenient(lines: list[bytes]) -> list[tuple[str, str]]:
 
 
 def parse_request_head(head: bytes) -> tuple[Request, str | None]:
+    """Parse a request head: (Request, None) or, if read leniently, (Request, why)."""
+    req, err, _ = _parse_request(head)
+    return req, err
+
+
+def parse_response_head(head: bytes) -> tuple[Response, str | None]:
+    """Parse a response head: (Response, None) or, if read leniently, (Response, why)."""
+    resp, err, _ = _parse_response(head)
+    return resp, err
+
+
+def _parse_request(head: bytes) -> tuple[Request, str | None, list[tuple[str, str]]]:
     """Parse a request head (request line + headers + blank line).
 
     llhttp (httptools) validates it strictly; a head it rejects (LF-only line ends, unknown
@@ -135,14 +162,16 @@ def parse_request_head(head: bytes) -> tuple[Request, str | None]:
     except httptools.HttpParserError as e:
         err = str(e) or type(e).__name__
     if err is None and c.done:
+        headers, special = _split_headers(head)
         return (
             Request(
                 method=p.get_method().decode("latin-1"),
                 target=c.url.decode("latin-1"),
                 version="HTTP/" + p.get_http_version(),
-                headers=_split_headers(head),
+                headers=headers,
             ),
             None,
+            special,
         )
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     first = lines[0].strip(b"\r")
@@ -158,19 +187,21 @@ def parse_request_head(head: bytes) -> tuple[Request, str | None]:
         target = b""
     else:
         target = b" ".join(parts[1:])
+    headers = _parse_headers_lenient(lines[1:])
     return (
         Request(
             method=method.decode("latin-1"),
             target=target.decode("latin-1"),
             version=version.decode("latin-1").upper(),
-            headers=_parse_headers_lenient(lines[1:]),
+            headers=headers,
         ),
         err or "incomplete head",
+        _special(headers),
     )
 
 
-def parse_response_head(head: bytes) -> tuple[Response, str | None]:
-    """Parse a response head; like ``parse_request_head``, strict first, then lenient."""
+def _parse_response(head: bytes) -> tuple[Response, str | None, list[tuple[str, str]]]:
+    """Parse a response head; like ``_parse_request``, strict first, then lenient."""
     c = _UrlCollector()
     p = httptools.HttpResponseParser(c)
     err: str | None = None
@@ -181,14 +212,16 @@ def parse_response_head(head: bytes) -> tuple[Response, str | None]:
     except httptools.HttpParserError as e:
         err = str(e) or type(e).__name__
     if err is None and c.done:
+        headers, special = _split_headers(head)
         return (
             Response(
                 status=p.get_status_code(),
                 reason=c.reason.decode("latin-1"),
                 version="HTTP/" + p.get_http_version(),
-                headers=_split_headers(head),
+                headers=headers,
             ),
             None,
+            special,
         )
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     first = lines[0].strip(b"\r")
@@ -198,14 +231,16 @@ def parse_response_head(head: bytes) -> tuple[Response, str | None]:
         status = int(code[:3])
     except ValueError:
         status = 0
+    headers = _parse_headers_lenient(lines[1:])
     return (
         Response(
             status=status,
             reason=reason.decode("latin-1"),
             version=version.decode("latin-1").upper(),
-            headers=_parse_headers_lenient(lines[1:]),
+            headers=headers,
         ),
         err or "incomplete head",
+        _special(headers),
     )
 
 
@@ -220,14 +255,14 @@ def _find_head_end(data: bytes, pos: int) -> int:
     return b + 2
 
 
-def _body_framing(headers: list[tuple[str, str]], notes: list[str]) -> tuple[str, int]:
-    """('chunked'|'length'|'none'|'close', length) from Transfer-Encoding / Content-Length."""
+def _body_framing(special: list[tuple[str, str]], notes: list[str]) -> tuple[str, int]:
+    """('chunked'|'length'|'none'|'close', length) from Transfer-Encoding / Content-Length.
+
+    ``special`` holds the framing-relevant fields with lower-cased names (``_split_headers``).
+    """
     te: list[str] = []
     cl: list[str] = []
-    for k, v in headers:
-        if len(k) not in (14, 17):  # len("content-length"), len("transfer-encoding")
-            continue
-        lk = k.lower()
+    for lk, v in special:
         if lk == "transfer-encoding":
             te.extend(x.strip().lower() for x in v.split(",") if x.strip())
         elif lk == "content-length":
@@ -259,7 +294,7 @@ class _Message:
     """A message being read: head, body pieces, gaps, timestamps."""
 
     __slots__ = ("body", "body_len", "capped", "gaps", "head", "trailers", "truncated", "ts_end",
-                 "ts_start")
+                 "ts_start", "upgrade")
 
     def __init__(self, head: Request | Response, ts: float) -> None:
         self.head = head
@@ -271,6 +306,7 @@ class _Message:
         self.ts_end = ts
         self.truncated = False
         self.capped = False
+        self.upgrade = False
 
 
 class HttpConnection:
@@ -509,9 +545,7 @@ class _Reader:
             self.conn.on_request_done(ex, msg)
             req = ex.request
             assert req is not None
-            if req.method.upper() == "CONNECT" or (
-                _has_upgrade(req.headers) and req.version != "HTTP/1.0"
-            ):
+            if msg.upgrade or req.method.upper() == "CONNECT":
                 self.state = WAIT  # wait for the response: tunnel or not
                 self.conn.wait_for = ex
         else:
@@ -520,6 +554,15 @@ class _Reader:
     # -- the state machine --------------------------------------------------------------------
     def feed(self, data: bytes, ts: float) -> None:
         self.last_ts = ts
+        if self.state == BODY_CL and len(data) < self.remaining:
+            # Hot path: a segment in the middle of a Content-Length body.
+            msg = self.msg
+            n = len(data)
+            if not msg.capped and msg.body_len + n <= self.conn.max_body:  # type: ignore[union-attr]
+                msg.body.append(data)  # type: ignore[union-attr]
+                msg.body_len += n  # type: ignore[union-attr]
+                self.remaining -= n
+                return
         if self.buf:
             data = self.buf + data
             self.buf = b""
@@ -625,7 +668,8 @@ class _Reader:
         if pos >= end:
             return -1
         conn = self.conn
-        if self.client:
+        client = self.client
+        if client:
             if not looks_like_request(data[pos : pos + 40]):
                 if end - pos < 40 and _could_be_request_prefix(data[pos:]):
                     self.buf = data[pos:]
@@ -637,19 +681,11 @@ class _Reader:
                     return self._not_http(data, pos, ts)
                 self.buf = data[pos:]
                 return -1
-            line = data[pos:nl].rstrip(b"\r")
-            if b" HTTP/" not in line.upper() and line.count(b" ") <= 1:
-                # No version: HTTP/0.9 ("GET /path", answered by raw bytes until close), unless
-                # header lines follow, which servers then read as a versionless HTTP/1 head.
-                after = data[nl + 1 : nl + 64]
-                if not after or not (_HEADER_LINE.match(after) or after[:1] in b"\r\n"):
-                    method, _, target = line.partition(b" ")
-                    if method.decode("latin-1") in KNOWN_METHODS and (
-                        not target.strip() or target.startswith((b"/", b"http"))
-                    ):
-                        return self._http09_request(line, nl + 1, ts)
-                    return self._not_http(data, pos, ts)
-        elif data[pos : pos + 5].upper() != b"HTTP/":
+            if data.find(b" HTTP/", pos, nl) < 0:
+                r = self._versionless(data, pos, nl, ts)
+                if r is not None:
+                    return r
+        elif not data.startswith(b"HTTP/", pos) and data[pos : pos + 5].upper() != b"HTTP/":
             if end - pos < 5 and b"HTTP/".startswith(data[pos:].upper()):
                 self.buf = data[pos:]
                 return -1
@@ -657,10 +693,18 @@ class _Reader:
                 conn.awaiting[0].request.version == "HTTP/0.9"  # type: ignore[union-attr]
                 or (self.first_message and not self.resyncing)
             ):
-                # An HTTP/0.9 answer (no status line), also to an HTTP/1 request (curl saw this).
+                # An HTTP/0.9 answer (no status line), also to an HTTP/1 request.
                 return self._http09_response(data, pos, ts)
             return self._not_http(data, pos, ts)
-        he = _find_head_end(data, pos)
+        # The blank line ending the head: CRLFCRLF, or (lenient) LFLF before it.
+        he = data.find(b"\r\n\r\n", pos)
+        if he >= 0:
+            lf = data.find(b"\n\n", pos, he + 2)
+            he = he + 4 if lf < 0 else lf + 2
+        else:
+            he = data.find(b"\n\n", pos)
+            if he >= 0:
+                he += 2
         if he < 0:
             if end - pos > MAX_HEAD:
                 self._count("heads_too_long")
@@ -668,58 +712,74 @@ class _Reader:
             self.buf = data[pos:]
             return -1
         head = data[pos:he]
-        notes: list[str] = []
-        if self.client:
-            req, err = parse_request_head(head)
-            if err:
-                notes.append(f"lenient-head: {err}")
-                self._count("lenient_heads")
+        if client:
+            req, err, special = _parse_request(head)
             msg = _Message(req, ts)
             ex = conn.on_request_head(msg)
-            ex.completeness.notes.extend(notes)
-            framing, length = _body_framing(req.headers, ex.completeness.notes)
-            if framing == "close":
-                # A request cannot be close-delimited; it has no body we can frame.
-                ex.completeness.notes.append("request-framing-invalid")
-                framing = "none"
-            self._start_body(msg, ex, framing, length, ts)
-        else:
-            resp, err = parse_response_head(head)
+            notes = ex.completeness.notes
             if err:
                 notes.append(f"lenient-head: {err}")
                 self._count("lenient_heads")
-            msg = _Message(resp, ts)
-            status = resp.status
-            if 100 <= status < 200 and status != 101:
-                conn.on_interim(msg)
-                return he
-            method, _ = conn.pending_method()
-            ex = conn.on_response_head(msg)
-            ex.completeness.notes.extend(notes)
-            m = (method or "").upper()
-            kind = None
-            if m == "CONNECT" and 200 <= status < 300:
-                kind = "connect"
-            elif status == 101:
-                kind = "upgrade:" + (_header(resp.headers, "upgrade") or "unknown").lower()
-            if kind is not None:
-                ex.tunnel = kind
-                self.msg, self.ex = msg, ex
-                self._finish_message(ts)
-                conn.start_tunnel(kind)
-                self.tunnel_bytes += len(data) - he
-                self._count("tunnel_bytes", len(data) - he)
-                return len(data)
-            if conn.wait_for is ex:
-                conn.refuse_tunnel()
-            if m == "HEAD" or status in (204, 304) or 100 <= status < 200:
-                framing, length = "none", 0
-            else:
-                framing, length = _body_framing(resp.headers, ex.completeness.notes)
-                if framing == "none":
-                    framing = "close"
+            framing, length = _body_framing(special, notes) if special else ("none", 0)
+            if framing == "close":
+                # A request cannot be close-delimited; it has no body we can frame.
+                notes.append("request-framing-invalid")
+                framing = "none"
+            if special and req.version != "HTTP/1.0" and _has_upgrade(special):
+                msg.upgrade = True
             self._start_body(msg, ex, framing, length, ts)
+            return he
+        resp, err, special = _parse_response(head)
+        msg = _Message(resp, ts)
+        status = resp.status
+        if 100 <= status < 200 and status != 101:
+            conn.on_interim(msg)
+            return he
+        method = conn.awaiting[0].request.method if conn.awaiting else ""  # type: ignore[union-attr]
+        ex = conn.on_response_head(msg)
+        notes = ex.completeness.notes
+        if err:
+            notes.append(f"lenient-head: {err}")
+            self._count("lenient_heads")
+        kind = None
+        if status == 101:
+            kind = "upgrade:" + (_header(resp.headers, "upgrade") or "unknown").lower()
+        elif 200 <= status < 300 and method.upper() == "CONNECT":
+            kind = "connect"
+        if kind is not None:
+            ex.tunnel = kind
+            self.msg, self.ex = msg, ex
+            self._finish_message(ts)
+            conn.start_tunnel(kind)
+            self.tunnel_bytes += end - he
+            self._count("tunnel_bytes", end - he)
+            return end
+        if conn.wait_for is ex:
+            conn.refuse_tunnel()
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            framing, length = "none", 0
+        else:
+            framing, length = _body_framing(special, notes) if special else ("none", 0)
+            if framing == "none":
+                framing = "close"
+        self._start_body(msg, ex, framing, length, ts)
         return he
+
+    def _versionless(self, data: bytes, pos: int, nl: int, ts: float) -> int | None:
+        """A request line without a version: HTTP/0.9, garbage, or (if header lines follow) a
+        versionless HTTP/1 head, which servers read as one. None means: parse it as a head."""
+        line = data[pos:nl].rstrip(b"\r")
+        if line.count(b" ") > 1:
+            return None
+        after = data[nl + 1 : nl + 64]
+        if after and (_HEADER_LINE.match(after) or after[:1] in b"\r\n"):
+            return None
+        method, _, target = line.partition(b" ")
+        if method.decode("latin-1") in KNOWN_METHODS and (
+            not target.strip() or target.startswith((b"/", b"http"))
+        ):
+            return self._http09_request(line, nl + 1, ts)
+        return self._not_http(data, pos, ts)
 
     def _start_body(self, msg: _Message, ex: Exchange, framing: str, length: int,
                     ts: float) -> None:
@@ -846,13 +906,10 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _has_upgrade(headers: list[tuple[str, str]]) -> bool:
+def _has_upgrade(special: list[tuple[str, str]]) -> bool:
     up = False
     conn_upgrade = False
-    for k, v in headers:
-        if len(k) not in (7, 10):  # "upgrade", "connection"
-            continue
-        lk = k.lower()
+    for lk, v in special:
         if lk == "upgrade":
             up = True
         elif lk == "connection" and "upgrade" in v.lower():

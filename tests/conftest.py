@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-CORPUS = Path(os.environ.get("SHADOWTAP_CORPUS", ROOT.parent / "shared" / "corpus"))
+from corpus_paths import CORPUS
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS
+from corpus_paths import CORPUS
 
 from replay.extract import Summary, extract_file
 
