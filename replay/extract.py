@@ -19,7 +19,7 @@ from typing import Any
 from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
 from replay.model import ConnKey, Exchange
-from replay.packets import Decoder, describe_key, key_ports
+from replay.packets import SUPPORTED_SUMMARY, Decoder, describe_key, key_ports
 from replay.tcp import Reassembler, _port_classify
 
 
@@ -254,5 +254,13 @@ def _extract(path: str | Path, port: int | None, summary: Summary | None, id_pre
                     summary.skipped_packets.get("unsupported_linktype_blocks", 0)
                     + reader.skipped_blocks
                 )
-                summary.warnings.append(f"{path}: interfaces with unsupported link types {lts} "
-                                      "were skipped")
+                if ex.packets == 0:
+                    summary.errors.append(
+                        f"{path}: no interface with a supported link type (found {lts}); "
+                        f"shadowtap reads {SUPPORTED_SUMMARY}"
+                    )
+                else:
+                    summary.warnings.append(
+                        f"{path}: packets of interfaces with unsupported link types {lts} "
+                        "were skipped"
+                    )

@@ -50,6 +50,8 @@ LINKTYPE_NAMES = {
     LINKTYPE_LINUX_SLL2: "Linux cooked v2",
 }
 SUPPORTED_LINKTYPES = frozenset(LINKTYPE_NAMES)
+SUPPORTED_SUMMARY = ("Ethernet (1), raw IP (12, 14, 101, 228, 229), BSD loopback (0, 108), "
+                     "PPP (9, 50), Linux cooked v1/v2 (113, 276), Linux ARCnet (129)")
 
 VXLAN_PORT = 4789
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -65,7 +67,7 @@ Segment = tuple[bytes, int, int, bytes]
 class _Fragments:
     """IP fragment reassembly with bounded memory (datagrams pending, age)."""
 
-    __slots__ = ("max_parts", "max_pending", "pending", "timeout")
+    __slots__ = ("max_parts", "max_pending", "next_expiry", "pending", "timeout")
 
     def __init__(self, max_pending: int = 4096, timeout: float = 30.0,
                  max_parts: int = 256) -> None:
@@ -75,10 +77,15 @@ class _Fragments:
         # Fragments kept per datagram: without a bound, a stream of duplicate fragments of a
         # datagram that never completes grows memory without limit and costs a sort per fragment.
         self.max_parts = max_parts
+        self.next_expiry = 0.0
 
     def add(self, key: tuple, offset: int, more: bool, data: bytes, ts: float,
             skipped: dict[str, int]) -> bytes | None:
         """Add one fragment; return the whole payload once every byte has arrived."""
+        if ts > self.next_expiry:  # age out stale datagrams now and then, not per fragment
+            if self.pending:
+                self._expire(ts, skipped)
+            self.next_expiry = ts + self.timeout / 2
         entry = self.pending.get(key)
         if entry is None:
             if len(self.pending) >= self.max_pending:
@@ -86,6 +93,12 @@ class _Fragments:
             entry = [ts, None, []]  # first-seen, total length, [(offset, data)]
             self.pending[key] = entry
         if not more:
+            if entry[1] is not None and entry[1] != offset + len(data):
+                skipped["fragments_conflicting_end"] = (
+                    skipped.get("fragments_conflicting_end", 0) + 1
+                )
+                del self.pending[key]
+                return None
             entry[1] = offset + len(data)
         entry[2].append((offset, data))
         if len(entry[2]) > self.max_parts:

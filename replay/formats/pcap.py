@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from replay.errors import FormatError
-from replay.packets import LINKTYPE_NAMES, SUPPORTED_LINKTYPES
+from replay.packets import SUPPORTED_LINKTYPES, SUPPORTED_SUMMARY
 
 CHUNK = 1 << 20
 MAX_RECORD = 1 << 24  # 16 MiB: larger records mean a corrupt length field
@@ -130,7 +130,7 @@ class CaptureReader:
                 raw.close()
                 raise FormatError(
                     f"{self.path}: unsupported link type {lt}; shadowtap reads "
-                    + ", ".join(sorted({f"{v} ({k})" for k, v in LINKTYPE_NAMES.items()}))
+                    + SUPPORTED_SUMMARY
                 )
 
     @property
