@@ -11,8 +11,10 @@ from pathlib import Path
 
 import typer
 
+from appliance import cli_appliance, cli_images
 from netconfig import cli as netconfig_cli
 from replay import cli as replay_cli
+from replay import cli_replay, cli_sanitise
 
 app = typer.Typer(
     name="shadowtap",
@@ -23,7 +25,11 @@ app = typer.Typer(
 )
 
 replay_cli.register(app)
+cli_sanitise.register(app)
+cli_replay.register(app)
 netconfig_cli.register(app)
+cli_appliance.register(app)
+cli_images.register(app)
 
 
 @app.command("demo")
