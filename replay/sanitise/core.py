@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +32,9 @@ from typing import Any
 import orjson
 
 from replay.errors import InputError
-from replay.model import Exchange, Headers, Request, Response, header_get
+from replay.model import ConnKey, Exchange, Headers, Request, Response
 from replay.sanitise import bodies
-from replay.sanitise.detectors import Detector, is_ipv4, is_ipv6, scan
+from replay.sanitise.detectors import Detector, DetSet, is_ipv4, is_ipv6, scan
 from replay.sanitise.policy import FRAMING_HEADERS, LOCATIONS, Policy, Rule, json_path_matches
 from replay.sanitise.pseudonym import Pseudonymiser, key_fingerprint
 
@@ -151,11 +150,12 @@ class Sanitiser:
                 else:
                     self._dets[loc].append((i, r.detector))
         body = self._dets["body"]
-        self._body_dets = body
         # Detectors for the JSON text scan: json's plus body's (whole-body patterns), once each.
-        self._json_text_dets = _union(self._dets["json"], body)
-        self._form_extra = _minus(body, self._dets["form"])
-        self._mp_extra = _minus(body, self._dets["multipart"])
+        self._json_text_dets = DetSet(_union(self._dets["json"], body))
+        self._form_extra = DetSet(_minus(body, self._dets["form"]))
+        self._mp_extra = DetSet(_minus(body, self._dets["multipart"]))
+        self._dets = {loc: DetSet(d) for loc, d in self._dets.items()}
+        self._body_dets = self._dets["body"]
         # Literal pre-check for JSON name/path rules.
         self._json_rules = self._whole["json"] + [r for _i, r in self._scoped["json"]]
         self._json_always_parse = False
@@ -210,7 +210,9 @@ class Sanitiser:
             rule = self._ip_rules.get(fmt)
             if rule is not None and (is_ipv4(ip) or is_ipv6(ip)):
                 new_ip = self.pseudo.pseudonym(fmt, ip)
-                conn = dataclasses.replace(conn, client_ip=new_ip.decode("ascii"))
+                conn = ConnKey(
+                    new_ip.decode("ascii"), conn.client_port, conn.server_ip, conn.server_port
+                )
                 rep.count(rule.name, "conn", new_ip)
         rep.exchanges_out += 1
         if (
@@ -223,7 +225,20 @@ class Sanitiser:
             )
         ):
             return ex
-        return dataclasses.replace(ex, request=req, response=resp, interim=list(interim), conn=conn)
+        return Exchange(
+            id=ex.id,
+            conn=conn,
+            request=req,
+            response=resp,
+            interim=list(interim),
+            ts_request_start=ex.ts_request_start,
+            ts_request_end=ex.ts_request_end,
+            ts_response_start=ex.ts_response_start,
+            ts_response_end=ex.ts_response_end,
+            completeness=ex.completeness,
+            tunnel=ex.tunnel,
+            meta=ex.meta,
+        )
 
     __call__ = apply
 
@@ -248,9 +263,9 @@ class Sanitiser:
 
     def _request(self, req: Request, ctx: _Ctx) -> Request:
         target = self._target(req.target, ctx)
-        headers = self._headers(req.headers, ctx)
-        trailers = self._headers(req.trailers, ctx) if req.trailers else req.trailers
-        body, headers = self._message_body(headers, req.body, ctx)
+        headers, ctype, cenc = self._headers(req.headers, ctx)
+        trailers = self._headers(req.trailers, ctx)[0] if req.trailers else req.trailers
+        body, headers = self._message_body(headers, req.body, ctype, cenc, ctx)
         if (
             target is req.target
             and headers is req.headers
@@ -261,9 +276,9 @@ class Sanitiser:
         return Request(req.method, target, req.version, headers, body, trailers)
 
     def _response(self, resp: Response, ctx: _Ctx) -> Response:
-        headers = self._headers(resp.headers, ctx)
-        trailers = self._headers(resp.trailers, ctx) if resp.trailers else resp.trailers
-        body, headers = self._message_body(headers, resp.body, ctx)
+        headers, ctype, cenc = self._headers(resp.headers, ctx)
+        trailers = self._headers(resp.trailers, ctx)[0] if resp.trailers else resp.trailers
+        body, headers = self._message_body(headers, resp.body, ctype, cenc, ctx)
         if headers is resp.headers and body is resp.body and trailers is resp.trailers:
             return resp
         return Response(resp.status, resp.reason, resp.version, headers, body, trailers)
@@ -409,15 +424,23 @@ class Sanitiser:
 
     # -- headers, cookies ------------------------------------------------------------------------
 
-    def _headers(self, headers: Headers, ctx: _Ctx) -> Headers:
+    def _headers(self, headers: Headers, ctx: _Ctx) -> tuple[Headers, str | None, str | None]:
+        """Sanitise header values; also returns Content-Type and Content-Encoding (framing
+        headers, never rewritten), found in the same pass."""
         items: list[tuple[str, bytes]] = []
         idx: list[int] = []
         cookie_idx: list[int] = []
         url_idx: list[int] = []
         skip = self._skip
+        ctype = cenc = None
         for i, (k, v) in enumerate(headers):
             lk = k.lower()
             if lk in skip:
+                if lk == "content-type":
+                    if ctype is None:
+                        ctype = v
+                elif lk == "content-encoding" and cenc is None:
+                    cenc = v
                 continue
             if lk == "cookie" or lk == "set-cookie":
                 cookie_idx.append(i)
@@ -428,7 +451,7 @@ class Sanitiser:
             idx.append(i)
         changes = self._items("header", items, ctx) if items else {}
         if not changes and not cookie_idx and not url_idx:
-            return headers
+            return headers, ctype, cenc
         new = list(headers)
         drop: set[int] = set()
         for j, val in changes.items():
@@ -454,8 +477,8 @@ class Sanitiser:
         if drop:
             new = [h for i, h in enumerate(new) if i not in drop]
         if new == headers:
-            return headers
-        return new
+            return headers, ctype, cenc
+        return new, ctype, cenc
 
     def _cookie_header(self, value: str, is_set: bool, ctx: _Ctx) -> str | None:
         """Cookie: every pair; Set-Cookie: the first pair (attributes are not personal)."""
@@ -611,11 +634,13 @@ class Sanitiser:
 
     # -- bodies ----------------------------------------------------------------------------------
 
-    def _message_body(self, headers: Headers, body: bytes, ctx: _Ctx) -> tuple[bytes, Headers]:
+    def _message_body(
+        self, headers: Headers, body: bytes, ctype: str | None, cenc: str | None, ctx: _Ctx
+    ) -> tuple[bytes, Headers]:
         """Sanitise a message body; returns (body, headers with Content-Length fixed)."""
         if not body:
             return body, headers
-        new = self._body(headers, body, ctx)
+        new = self._body(ctype, cenc, body, ctx)
         if new is body:
             return body, headers
         self.report.bodies_rewritten += 1
@@ -626,9 +651,9 @@ class Sanitiser:
             out.append((k, v))
         return new, out
 
-    def _body(self, headers: Headers, body: bytes, ctx: _Ctx) -> bytes:
-        codes = bodies.codings(header_get(headers, "content-encoding"))
-        mime, params = bodies.parse_content_type(header_get(headers, "content-type"))
+    def _body(self, ctype: str | None, cenc: str | None, body: bytes, ctx: _Ctx) -> bytes:
+        codes = bodies.codings(cenc) if cenc else []
+        mime, params = bodies.parse_content_type(ctype)
         inner = body
         if codes:
             try:

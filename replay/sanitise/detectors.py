@@ -574,13 +574,30 @@ _GATES: dict[tuple[str, ...], re.Pattern[bytes] | None] = {}
 
 
 def _gate_for(dets: list[tuple[int, Detector]]) -> re.Pattern[bytes] | None:
+    if type(dets) is DetSet:
+        return dets.gate
     key = tuple(d.name for _t, d in dets)
-    if key in _GATES:
-        return _GATES[key]
+    if key not in _GATES:
+        _GATES[key] = _make_gate(dets)
+    return _GATES[key]
+
+
+def _make_gate(dets: list[tuple[int, Detector]]) -> re.Pattern[bytes] | None:
     parts = [d.gate for _t, d in dets]
-    gate = None if any(g is None for g in parts) else re.compile(b"|".join(parts))  # type: ignore[arg-type]
-    _GATES[key] = gate
-    return gate
+    if not parts or any(g is None for g in parts):
+        return None
+    return re.compile(b"|".join(parts))  # type: ignore[arg-type]
+
+
+class DetSet(list):  # type: ignore[type-arg]
+    """A fixed list of ``(tag, detector)`` pairs with its short-text pre-check compiled once
+    (the sanitiser builds one per location at start-up)."""
+
+    __slots__ = ("gate",)
+
+    def __init__(self, items: list[tuple[int, Detector]]) -> None:
+        super().__init__(items)
+        self.gate = _make_gate(items)
 
 
 def scan(text: bytes, dets: list[tuple[int, Detector]]) -> list[tuple[int, int, int, Detector]]:
