@@ -145,7 +145,7 @@ def test_full_cycle_through_the_cli(tmp_path: Path) -> None:
         assert cli("mirror", "remove", mid, state=state).returncode == 0
         down = cli("lab", "down", "--spec", spec, state=state)
         assert down.returncode == 0 and "6 namespaces removed" in down.stdout
+        assert namespaces_with(prefix) == []
     finally:
         cli("lab", "down", "--spec", spec, state=state)
         force_cleanup(prefix)
-    assert namespaces_with(prefix) == []

@@ -73,9 +73,10 @@ def test_up_request_capture_exactly_once_down_leaves_nothing(state_dir: Path) ->
         assert all(len(f) <= 1514 for f in frames), "offloads should be off: wire-sized frames"
     finally:
         removed = lab.down(prefix)
+        left = namespaces_with(prefix)  # before the safety net below can hide anything
         force_cleanup(prefix)
     assert len(removed) == len(spec.nodes)
-    assert namespaces_with(prefix) == []
+    assert left == []
     assert not lab.state_path(prefix).exists()
     assert host_traces(prefix) == before == []
 
@@ -106,8 +107,9 @@ def test_down_after_crash_halfway_removes_exactly_what_was_made(
         assert lab.read_state(prefix)["status"] == "up"  # type: ignore[index]
     finally:
         lab.down(prefix)
+        left = namespaces_with(prefix)
         force_cleanup(prefix)
-    assert namespaces_with(prefix) == []
+    assert left == []
 
 
 def test_up_refuses_a_namespace_it_did_not_make(state_dir: Path) -> None:
@@ -144,3 +146,35 @@ def test_status_reports_live_topology(state_dir: Path) -> None:
     finally:
         lab.down(prefix)
         force_cleanup(prefix)
+
+
+@pytest.mark.parametrize("after", [2, 6])
+def test_down_after_sigkill_during_up(state_dir: Path, after: int) -> None:
+    """A real crash: 'lab up' killed mid-way; 'lab down' still leaves nothing."""
+    import os
+    import signal
+    import sys
+
+    from nethelpers import REPO, write_spec
+
+    prefix = unique_prefix()
+    spec_file = write_spec(state_dir.parent / "lab.yaml", default_spec_dict(prefix))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "appliance.cli", "lab", "up", "--spec",
+                          str(spec_file)], cwd=REPO, env=env)
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while len(namespaces_with(prefix)) < after and time.monotonic() < deadline:
+            time.sleep(0.002)
+        p.send_signal(signal.SIGKILL)  # once ``after`` namespaces exist: mid-way
+        p.wait(10)
+        made = lab.read_state(prefix)
+        lab.down(prefix)
+        left = namespaces_with(prefix)
+    finally:
+        force_cleanup(prefix)
+    assert made is not None and made["namespaces"]
+    assert left == []
+    assert not lab.state_path(prefix).exists()

@@ -191,3 +191,36 @@ def test_mirror_add_missing_interface_changes_nothing(running_lab: Any, state_di
         mirror.add(mirror.Mirror(netns=running_lab.prefix + "nope", dev="x", to="y"))
     assert not nsmod.exists(running_lab.prefix + "nope")
     assert mirror.load_all() == []
+
+
+@pytest.mark.root
+def test_directions_and_two_mirrors_on_one_interface(running_lab: Any, state_dir: Path) -> None:
+    """'in' copies only what arrives, 'out' only what leaves; both mirrors get their copies."""
+    spec = running_lab
+    gw, client, prod = spec.ns("gateway"), spec.ns("client"), spec.ns("prod")
+    with LiveRunner() as live:
+        for t, c in (("itap", "icap"), ("otap", "ocap")):
+            live.veth_add(gw, t, gw, c)
+            for dev in (t, c):
+                live.offloads_off(gw, dev)
+                live.link_up(gw, dev)
+    m_in = mirror.add(mirror.Mirror(netns=gw, dev="client0", direction="in", to="itap"))
+    m_out = mirror.add(mirror.Mirror(netns=gw, dev="client0", direction="out", to="otap",
+                                     filter=mirror.MirrorFilter(proto="tcp", ports=[80])))
+    try:
+        assert m_in.prio != m_out.prio
+        with Backend(prod, "prod"), Capture(gw, "icap") as ci, Capture(gw, "ocap") as co:
+            for i in range(30):
+                assert run_in(client, one_shot(f"/d/{i}")) == "prod"
+            ins = [p for p in map(parse_frame, ci.stop()) if p is not None]
+            outs = [p for p in map(parse_frame, co.stop(0)) if p is not None]
+        assert ins and all(p.src == "10.77.1.2" for p in ins)
+        assert outs and all(p.dst == "10.77.1.2" and p.sport == 80 for p in outs)
+        assert sum(p.payload.startswith(b"GET /d/") for p in ins) == 30
+        assert sum(b"prod /d/" in p.payload for p in outs) == 30
+    finally:
+        mirror.remove(m_in.id)
+        mirror.remove(m_out.id)
+        with LiveRunner() as live:
+            live.link_del(gw, "itap")
+            live.link_del(gw, "otap")
