@@ -81,6 +81,11 @@ class Run:
     def pps(self) -> float:
         return self.packets / self.wall if self.wall else 0.0
 
+    @property
+    def cpu_pps(self) -> float:
+        """Packets per CPU second: less disturbed than wall time when the machine is shared."""
+        return self.packets / self.cpu if self.cpu else 0.0
+
 
 class _Null:
     """A write-only sink that just counts, for sizing a capture without writing it."""
@@ -303,15 +308,17 @@ def fmt_rows(runs: list[Run]) -> list[list[str]]:
     for r in runs:
         if r.ok:
             rows.append([r.tool, r.capture, f"{r.packets:,}", f"{r.wall:.2f}", f"{r.cpu:.2f}",
-                         f"{r.pps:,.0f}", f"{r.rss_kib / 1024:,.0f}", r.result])
+                         f"{r.pps:,.0f}", f"{r.cpu_pps:,.0f}", f"{r.rss_kib / 1024:,.0f}",
+                         r.result])
         else:
-            rows.append([r.tool, r.capture, f"{r.packets:,}", "-", "-", "-", "-",
+            rows.append([r.tool, r.capture, f"{r.packets:,}", "-", "-", "-", "-", "-",
                          f"FAILED: {r.error[:120]}"])
     return rows
 
 
 FAIR_TSHARK = "tshark -Y http (req+resp), no body dissectors"
-HEAD = ["tool", "capture", "packets", "wall s", "CPU s", "packets/s", "peak RSS MiB", "result"]
+HEAD = ["tool", "capture", "packets", "wall s", "CPU s", "packets/s", "packets/CPU s",
+        "peak RSS MiB", "result"]
 
 
 def ratios(runs: list[Run], short: str, long: str | None) -> list[str]:
@@ -323,7 +330,8 @@ def ratios(runs: list[Run], short: str, long: str | None) -> list[str]:
         p = by.get((peer, short))
         if st and p:
             lines.append(f"shadowtap / {peer}: **{st.pps / p.pps:.2f}×** packets/s "
-                         f"({st.pps:,.0f} vs {p.pps:,.0f}); peak RSS "
+                         f"({st.pps:,.0f} vs {p.pps:,.0f}; per CPU second "
+                         f"{st.cpu_pps / p.cpu_pps:.2f}×); peak RSS "
                          f"{st.rss_kib / 1024:,.0f} vs {p.rss_kib / 1024:,.0f} MiB")
     if long:
         for tool in ("shadowtap extract", FAIR_TSHARK):
@@ -372,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep captures and outputs")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per tool run")
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="first wait up to this long for the 1-minute load average to drop "
+                    "below 1 (timings on a shared machine are otherwise noisy)")
     a = ap.parse_args(argv)
 
     from rich.console import Console
@@ -387,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{' '.join(missing)}); their rows will show as failed[/]")
     if not SHADOWTAP.exists():
         con.print(f"[red]{SHADOWTAP} not found: install the project (pip install -e .)[/]")
+
+    if a.wait_quiet > 0:
+        deadline = time.monotonic() + a.wait_quiet
+        while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+            time.sleep(5)
+    load_before = os.getloadavg()
 
     sizes = [("1x", a.packets)]
     if a.scale > 1:
@@ -465,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         for k in chk["extra_examples"]:
             con.print(f"  extra in extract:    {k}")
 
+    load_after = os.getloadavg()
+    load_note = (f"load average (1/5/15 min) {load_before[0]:.2f}/{load_before[1]:.2f}/"
+                 f"{load_before[2]:.2f} before, {load_after[0]:.2f}/{load_after[1]:.2f}/"
+                 f"{load_after[2]:.2f} after")
+    con.print(load_note)
     if not a.no_doc and any(r.ok for r in runs):
         _, st1, _ = caps["1x"]
         md = ["## `shadowtap extract` vs tshark vs tcpflow", "",
@@ -480,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
             _, stl, _ = caps[sizes[1][0]]
             md.append(f"Long capture ({sizes[1][0]}): {stl.packets:,} packets, "
                       f"{stl.connections:,} connections, same concurrency.")
-        md += ["", "Wall time and peak RSS of each child process (`os.wait4`), start-up "
-               "included; one tool at a time, page cache warm.", "",
+        md += ["", "Wall time, CPU time and peak RSS of each child process (`os.wait4`), "
+               "start-up included; one tool at a time, page cache warm; " + load_note
+               + " (CPU s close to wall s means the tool had its core to itself).", "",
                "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
         md += ["| " + " | ".join(row) + " |" for row in fmt_rows(runs)]
         md += [""] + [f"- {line}" for line in rat + truth_lines]
