@@ -44,6 +44,8 @@ _ECHO_MIN = 6
 replacements of ordinary short strings)."""
 _JSON_START = frozenset(b'{["-0123456789tfn')
 _SAMPLES = 3
+_CLEAN_MAX = 512
+_CLEAN_ENTRIES = 1 << 14
 
 
 @dataclass
@@ -182,6 +184,7 @@ class Sanitiser:
             det = r.detector
             if det is not None and det.name in ("ipv4", "ipv6") and r.action == "pseudonym":
                 self._ip_rules.setdefault(r.detector.name, r)
+        self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
         self._select_cache: dict[
             tuple[str, str], tuple[Rule | None, list[tuple[int, Detector]]]
         ] = {}
@@ -397,15 +400,24 @@ class Sanitiser:
         dets = self._dets[loc]
         if not dets or not pending:
             return out
+        clean = self._clean[loc]
+        pending = [i for i in pending if items[i][1] not in clean]
+        if not pending:
+            return out
         if len(pending) == 1:
             i = pending[0]
-            new = self._replace_hits(loc, items[i][1], dets, ctx)
-            if new is not items[i][1]:
+            v = items[i][1]
+            new = self._replace_hits(loc, v, dets, ctx)
+            if new is not v:
                 out[i] = new
+            else:
+                self._remember_clean(clean, v)
             return out
         blob = b"\n".join(items[i][1] for i in pending)
         hits = scan(blob, dets)
         if not hits:
+            for i in pending:
+                self._remember_clean(clean, items[i][1])
             return out
         starts = [h[0] for h in hits]
         pos = 0
@@ -421,6 +433,15 @@ class Sanitiser:
                     out[i] = new
             pos = end + 1
         return out
+
+    @staticmethod
+    def _remember_clean(clean: set[bytes], v: bytes) -> None:
+        """Remember a short value no detector fires on: user agents, accept lists and the like
+        recur in nearly every exchange, and a set lookup is far cheaper than a scan."""
+        if len(v) <= _CLEAN_MAX:
+            if len(clean) >= _CLEAN_ENTRIES:
+                clean.clear()
+            clean.add(v)
 
     # -- headers, cookies ------------------------------------------------------------------------
 
