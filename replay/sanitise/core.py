@@ -184,6 +184,7 @@ class Sanitiser:
             det = r.detector
             if det is not None and det.name in ("ipv4", "ipv6") and r.action == "pseudonym":
                 self._ip_rules.setdefault(r.detector.name, r)
+        self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
         self._select_cache: dict[
             tuple[str, str], tuple[Rule | None, list[tuple[int, Detector]]]
@@ -208,15 +209,7 @@ class Sanitiser:
             return None
         conn = ex.conn
         if conn is not None and self._ip_rules:
-            ip = conn.client_ip.encode("latin-1", "replace")
-            fmt = "ipv6" if b":" in ip else "ipv4"
-            rule = self._ip_rules.get(fmt)
-            if rule is not None and (is_ipv4(ip) or is_ipv6(ip)):
-                new_ip = self.pseudo.pseudonym(fmt, ip)
-                conn = ConnKey(
-                    new_ip.decode("ascii"), conn.client_port, conn.server_ip, conn.server_port
-                )
-                rep.count(rule.name, "conn", new_ip)
+            conn = self._conn(conn)
         rep.exchanges_out += 1
         if (
             req is ex.request
@@ -244,6 +237,27 @@ class Sanitiser:
         )
 
     __call__ = apply
+
+    def _conn(self, conn: ConnKey) -> ConnKey:
+        """The client address is personal data: pseudonymise it like any address in a body
+        (the server side is production's own address and stays, so replays can be routed)."""
+        hit = self._conn_cache.get(conn.client_ip)
+        if hit is None:
+            ip = conn.client_ip.encode("latin-1", "replace")
+            fmt = "ipv6" if b":" in ip else "ipv4"
+            rule = self._ip_rules.get(fmt)
+            if rule is None or not (is_ipv4(ip) or is_ipv6(ip)):
+                hit = (None, b"")
+            else:
+                hit = (rule, self.pseudo.pseudonym(fmt, ip))
+            if len(self._conn_cache) > 4096:
+                self._conn_cache.clear()
+            self._conn_cache[conn.client_ip] = hit
+        rule, new_ip = hit
+        if rule is None:
+            return conn
+        self.report.count(rule.name, "conn", new_ip)
+        return ConnKey(new_ip.decode("ascii"), conn.client_port, conn.server_ip, conn.server_port)
 
     # -- exchange rules --------------------------------------------------------------------------
 
