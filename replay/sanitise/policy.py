@@ -264,6 +264,11 @@ class Policy:
 
         if not isinstance(data, dict):
             raise err("policy must be a mapping with a 'rules' list")
+        ext = data.get("extends")
+        if ext is not None:
+            if ext != "default":
+                raise err(f"extends: {ext!r} is not supported (only 'default')")
+            data = _extend_default(data, err)
         known = {"version", "mask", "on_mismatch", "skip_headers", "key", "detectors", "rules"}
         extra = set(data) - known
         if extra:
@@ -347,6 +352,21 @@ class Policy:
     def needs_key(self) -> bool:
         """Whether any rule makes pseudonyms (mask/drop-only policies need no key)."""
         return any(r.action == "pseudonym" for r in self.rules)
+
+
+def _extend_default(data: dict[str, Any], err: Any) -> dict[str, Any]:
+    """``extends: default``: the built-in policy plus these rules. The user's rules come first
+    (for a named field the first matching rule wins), a user rule with a default rule's name
+    replaces it, and top-level settings given here override the default's."""
+    base = yaml.safe_load(DEFAULT_POLICY_YAML)
+    own = data.get("rules") or []
+    if not isinstance(own, list):
+        raise err("rules must be a list")
+    names = {r.get("name") for r in own if isinstance(r, dict)}
+    merged = {k: v for k, v in base.items() if k != "rules"}
+    merged.update({k: v for k, v in data.items() if k not in ("extends", "rules")})
+    merged["rules"] = own + [r for r in base["rules"] if r.get("name") not in names]
+    return merged
 
 
 _RULE_KEYS = {

@@ -111,6 +111,28 @@ def test_pseudonym_policy_needs_a_key() -> None:
     assert Sanitiser(masks_only, None).apply(_req(headers=[("X", "secret")])) is not None
 
 
+def test_extends_default(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        "extends: default\n"
+        "detectors: [{name: orderref, pattern: 'ORD-[0-9]{6}'}]\n"
+        "rules:\n"
+        "  - {name: orderref, location: any, detector: orderref}\n"
+        "  - {name: ipv4, location: any, detector: ipv4, action: mask}\n",
+    )
+    pol = Policy.load(p)
+    names = [r.name for r in pol.rules]
+    assert names[:2] == ["orderref", "ipv4"] and names.count("ipv4") == 1 and "email" in names
+    san = Sanitiser(pol, KEY)
+    out = san.apply(_req("/x?o=ORD-123456&ip=10.1.2.3&e=a@example.com"))
+    assert out is not None and out.request is not None
+    t = out.request.target
+    assert "ORD-123456" not in t and "ip=****" in t and "example.com" not in t.split("e=")[0]
+    assert "a@example.com" not in t
+    with pytest.raises(InputError, match="extends"):
+        Policy.load(_write(tmp_path, "extends: strict", "x.yaml"))
+
+
 def test_default_policy_loads_and_none_means_default() -> None:
     assert [r.name for r in Policy.load(None).rules] == [r.name for r in Policy.default().rules]
 
