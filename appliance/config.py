@@ -1,0 +1,429 @@
+"""The appliance's YAML configuration: parsed and validated completely before anything starts.
+
+Why so strict: a daemon that starts with a typo'd key silently ignored captures the wrong thing
+for days. Every problem raises ``ConfigError`` with the key's dotted path, what is wrong and how
+to fix it, e.g. ``pipeline.sinks[0].max_size: '10 parsecs' is not a size; use bytes or a number
+with KiB/MiB/GiB (e.g. 256MiB)``. Unknown keys are errors, with a suggestion when one is close.
+
+The schema (every key optional unless marked; see docs/appliance.md for the full reference)::
+
+    source:                      # exactly one of interface / vxlan / file
+      interface: cap0
+      netns: st-gateway          # capture inside this network namespace
+      filter: "tcp port 80"      # pcap filter language, compiled by tcpdump, run in the kernel
+      ring: {block_size: 1MiB, block_count: 64, retire_ms: 10}
+      rcvbuf: 64MiB
+      workers: 1                 # >1: processes sharing the port by PACKET_FANOUT_HASH
+      fanout_group: auto
+      vxlan: {listen: 0.0.0.0, port: 4789, vnis: [4242]}
+      file: capture.pcap
+    extract: {port: 80, idle_timeout: 120s, max_connections: 100000, max_buffer: 4MiB}
+    pipeline:
+      sample: {percent: 100}
+      filters: [{host: ["*.example.com"], method: [GET], path: "^/api/", port: [80],
+                 exclude: false}]
+      sanitise: {enabled: true, policy: null, key_file: null, key_env: null}
+      sinks:
+        - {type: jsonl, path: /var/lib/shadowtap/exchanges.jsonl, max_size: 256MiB,
+           max_age: 1h, keep: 24}
+        - {type: pcap, path: /var/lib/shadowtap/capture.pcap, raw_unsanitised: true}
+        - {type: handoff, size: 10000}
+    metrics: {listen: "127.0.0.1:9617"}
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.capture import RingConfig, SourceSpec
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message starts with the key's path and says the fix."""
+
+
+@dataclass
+class FilterConfig:
+    host: list[str] = field(default_factory=list)
+    method: list[str] = field(default_factory=list)
+    path: str | None = None
+    port: list[int] = field(default_factory=list)
+    exclude: bool = False
+
+
+@dataclass
+class SanitiseConfig:
+    enabled: bool = True
+    policy: str | None = None
+    key_file: str | None = None
+    key_env: str | None = None
+
+
+@dataclass
+class SinkConfig:
+    type: str
+    path: str | None = None
+    max_size: int = 256 << 20
+    max_age: float = 3600.0
+    keep: int = 24
+    size: int = 10_000
+    raw_unsanitised: bool = False
+
+
+@dataclass
+class PipelineConfig:
+    sample_percent: float = 100.0
+    filters: list[FilterConfig] = field(default_factory=list)
+    sanitise: SanitiseConfig = field(default_factory=SanitiseConfig)
+    sinks: list[SinkConfig] = field(default_factory=list)
+
+
+@dataclass
+class ExtractConfig:
+    port: int | None = None
+    idle_timeout: float = 120.0
+    max_connections: int = 100_000
+    max_buffer: int = 4 << 20
+
+
+@dataclass
+class ApplianceConfig:
+    source: SourceSpec
+    workers: int = 1
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    metrics_listen: str | None = "127.0.0.1:9617"
+    path: str | None = None
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 10**6, "mb": 10**6,
+          "mib": 1 << 20, "mi": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30, "gi": 1 << 30,
+          "t": 10**12, "tb": 10**12, "tib": 1 << 40, "ti": 1 << 40}
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DUR_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class _Reader:
+    """Reads one mapping, remembering which keys were used so leftovers can be reported."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping (key: value), "
+                              f"got {type(data).__name__}")
+        self.d = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.where}.{k}" if self.where else k
+
+    def get(self, k: str, default: Any = None) -> Any:
+        self.used.add(k)
+        return self.d.get(k, default)
+
+    def has(self, k: str) -> bool:
+        return k in self.d
+
+    def done(self) -> None:
+        for k in self.d:
+            if k not in self.used:
+                near = difflib.get_close_matches(str(k), sorted(self.used), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else (
+                    f"; known keys: {', '.join(sorted(self.used))}")
+                raise ConfigError(f"{self.key(str(k))}: unknown key{hint}")
+
+    def str_(self, k: str, default: str | None = None) -> str | None:
+        v = self.get(k, default)
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{self.key(k)}: expected a string, got {v!r}")
+        return v
+
+    def bool_(self, k: str, default: bool) -> bool:
+        v = self.get(k, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.key(k)}: expected true or false, got {v!r}")
+        return v
+
+    def int_(self, k: str, default: int | None, lo: int | None = None,
+             hi: int | None = None) -> int | None:
+        v = self.get(k, default)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{self.key(k)}: expected a whole number, got {v!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"{self.key(k)}: {v} is out of range; use {rng}")
+        return v
+
+    def size(self, k: str, default: int) -> int:
+        v = self.get(k, default)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+        m = _SIZE.match(str(v)) if isinstance(v, str) else None
+        if not m:
+            raise ConfigError(f"{self.key(k)}: {v!r} is not a size; use bytes or a number with "
+                              "KiB/MiB/GiB (e.g. 256MiB)")
+        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+        if n <= 0:
+            raise ConfigError(f"{self.key(k)}: size must be positive")
+        return n
+
+    def duration(self, k: str, default: float) -> float:
+        v = self.get(k, default)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return float(v)
+        m = _DUR.match(v) if isinstance(v, str) else None
+        if not m or float(m.group(1)) <= 0:
+            raise ConfigError(f"{self.key(k)}: {v!r} is not a duration; use seconds or a number "
+                              "with ms/s/m/h/d (e.g. 30s, 1h)")
+        return float(m.group(1)) * _DUR_UNITS[m.group(2)]
+
+    def list_(self, k: str, kind: type) -> list[Any]:
+        v = self.get(k, [])
+        if v is None:
+            return []
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool)
+                                               for x in v):
+            raise ConfigError(f"{self.key(k)}: expected a list of {kind.__name__}s, got {v!r}")
+        return list(v)
+
+    def sub(self, k: str) -> _Reader:
+        return _Reader(self.get(k), self.key(k))
+
+
+def parse(data: Any, path: str | None = None) -> ApplianceConfig:
+    """Validate a parsed YAML document; raises ConfigError naming the first bad key."""
+    top = _Reader(data, "")
+    src, workers = _source(top.sub("source"))
+    ext = _extract(top.sub("extract"))
+    pipe = _pipeline(top.sub("pipeline"), src)
+    m = top.sub("metrics")
+    listen = m.get("listen", "127.0.0.1:9617")
+    if listen is not None and (not isinstance(listen, str) or not _hostport(listen)):
+        raise ConfigError(f"metrics.listen: {listen!r} is not HOST:PORT; use e.g. "
+                          "127.0.0.1:9617 (or null to turn metrics off)")
+    m.done()
+    top.done()
+    if workers > 1 and src.kind == "file":
+        raise ConfigError("source.workers: a capture file is read by one worker; set workers: 1")
+    return ApplianceConfig(source=src, workers=workers, extract=ext, pipeline=pipe,
+                           metrics_listen=listen, path=path)
+
+
+def _hostport(s: str) -> bool:
+    host, sep, port = s.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and bool(host)
+
+
+def _source(r: _Reader) -> tuple[SourceSpec, int]:
+    kinds = [k for k in ("interface", "vxlan", "file") if r.has(k)]
+    if len(kinds) != 1:
+        raise ConfigError("source: give exactly one of interface (a mirror port), vxlan (a "
+                          f"VXLAN collector) or file (a capture file); found {kinds or 'none'}")
+    spec = SourceSpec(kind=kinds[0])
+    spec.netns = r.str_("netns")
+    if spec.netns is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", spec.netns):
+        raise ConfigError(f"source.netns: {spec.netns!r} is not a namespace name")
+    spec.bpf = r.str_("filter")
+    spec.rcvbuf = r.size("rcvbuf", 64 << 20)
+    workers = r.int_("workers", 1, 1, 64) or 1
+    fg = r.get("fanout_group", "auto")
+    if fg != "auto" and (isinstance(fg, bool) or not isinstance(fg, int) or not 0 <= fg < 65536):
+        raise ConfigError(f"source.fanout_group: {fg!r} must be auto or 0..65535")
+    ring = r.sub("ring")
+    spec.ring = RingConfig(block_size=ring.size("block_size", 1 << 20),
+                           block_count=ring.int_("block_count", 64, 2, 1 << 16) or 64,
+                           retire_ms=ring.int_("retire_ms", 10, 1, 10_000) or 10)
+    ring.done()
+    if spec.kind == "interface":
+        spec.interface = r.str_("interface")
+        if not spec.interface or len(spec.interface) > 15 or "/" in spec.interface:
+            raise ConfigError(f"source.interface: {spec.interface!r} is not an interface name "
+                              "(at most 15 characters, e.g. cap0)")
+        from appliance.capture import CaptureError
+
+        try:
+            spec.ring.validate()
+        except CaptureError as e:
+            raise ConfigError(f"source.ring: {e}") from None
+        if workers > 1:
+            spec.fanout_group = (hash_group(spec.netns, spec.interface) if fg == "auto"
+                                 else int(fg))
+        if spec.bpf:
+            from appliance.capture import CaptureError, compile_bpf
+
+            try:
+                compile_bpf(spec.bpf)
+            except CaptureError as e:
+                raise ConfigError(f"source.filter: {e}") from None
+    elif spec.kind == "vxlan":
+        v = r.sub("vxlan")
+        spec.listen = v.str_("listen", "0.0.0.0") or "0.0.0.0"
+        spec.port = v.int_("port", 4789, 1, 65535) or 4789
+        spec.vnis = v.list_("vnis", int)
+        for n in spec.vnis:
+            if not 0 <= n < 1 << 24:
+                raise ConfigError(f"source.vxlan.vnis: {n} is not a VNI (0..16777215)")
+        v.done()
+        if spec.bpf:
+            raise ConfigError("source.filter: a kernel filter applies to interfaces only; for "
+                              "VXLAN use vxlan.vnis and pipeline.filters")
+    else:
+        spec.path = r.str_("file")
+        if not spec.path or not Path(spec.path).is_file():
+            raise ConfigError(f"source.file: {spec.path!r} is not a readable file")
+    r.done()
+    return spec, workers
+
+
+def hash_group(netns: str | None, interface: str) -> int:
+    """A fanout group id derived from where we capture, so that workers of one appliance agree
+    on it and two appliances on different ports never collide by accident."""
+    import zlib
+
+    return zlib.crc32(f"{netns}/{interface}".encode()) & 0xFFFF
+
+
+def _extract(r: _Reader) -> ExtractConfig:
+    e = ExtractConfig(
+        port=r.int_("port", None, 1, 65535),
+        idle_timeout=r.duration("idle_timeout", 120.0),
+        max_connections=r.int_("max_connections", 100_000, 1) or 100_000,
+        max_buffer=r.size("max_buffer", 4 << 20),
+    )
+    r.done()
+    return e
+
+
+def _pipeline(r: _Reader, src: SourceSpec) -> PipelineConfig:
+    p = PipelineConfig()
+    s = r.get("sample")
+    if isinstance(s, dict):
+        sr = _Reader(s, "pipeline.sample")
+        pct = sr.get("percent", 100)
+        sr.done()
+    else:
+        pct = 100 if s is None else s
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 100:
+        raise ConfigError(f"pipeline.sample.percent: {pct!r} must be a number in (0, 100]")
+    p.sample_percent = float(pct)
+    flist = r.get("filters", [])
+    if not isinstance(flist, list):
+        raise ConfigError("pipeline.filters: expected a list of filters, e.g. "
+                          "[{method: [GET]}, {path: '^/api/'}]")
+    for i, fd in enumerate(flist):
+        fr = _Reader(fd, f"pipeline.filters[{i}]")
+        f = FilterConfig(host=fr.list_("host", str), method=[m.upper() for m in
+                                                             fr.list_("method", str)],
+                         path=fr.str_("path"), port=fr.list_("port", int),
+                         exclude=fr.bool_("exclude", False))
+        if f.path is not None:
+            try:
+                re.compile(f.path)
+            except re.error as e:
+                raise ConfigError(f"pipeline.filters[{i}].path: bad regular expression "
+                                  f"{f.path!r} ({e})") from None
+        for port in f.port:
+            if not 0 < port < 65536:
+                raise ConfigError(f"pipeline.filters[{i}].port: {port} is not a port (1..65535)")
+        if not (f.host or f.method or f.path or f.port):
+            raise ConfigError(f"pipeline.filters[{i}]: an empty filter; give host, method, "
+                              "path or port")
+        fr.done()
+        p.filters.append(f)
+    sr = r.sub("sanitise")
+    p.sanitise = SanitiseConfig(enabled=sr.bool_("enabled", True), policy=sr.str_("policy"),
+                                key_file=sr.str_("key_file"), key_env=sr.str_("key_env"))
+    sr.done()
+    if p.sanitise.enabled:
+        _check_sanitise(p.sanitise)
+    sinks = r.get("sinks", [])
+    if not isinstance(sinks, list) or not sinks:
+        raise ConfigError("pipeline.sinks: give at least one sink, e.g. "
+                          "[{type: jsonl, path: /var/lib/shadowtap/exchanges.jsonl}]")
+    paths: set[str] = set()
+    for i, sd in enumerate(sinks):
+        sk = _Reader(sd, f"pipeline.sinks[{i}]")
+        t = sk.str_("type")
+        if t not in ("jsonl", "pcap", "handoff"):
+            raise ConfigError(f"pipeline.sinks[{i}].type: {t!r}; use jsonl, pcap or handoff")
+        c = SinkConfig(type=t)
+        if t in ("jsonl", "pcap"):
+            c.path = sk.str_("path")
+            if not c.path:
+                raise ConfigError(f"pipeline.sinks[{i}].path: a {t} sink needs a file path")
+            if c.path in paths:
+                raise ConfigError(f"pipeline.sinks[{i}].path: {c.path} is used by another sink")
+            paths.add(c.path)
+            parent = Path(c.path).parent
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"pipeline.sinks[{i}].path: {parent} is not a directory")
+            c.max_size = sk.size("max_size", 256 << 20)
+            c.max_age = sk.duration("max_age", 3600.0)
+            c.keep = sk.int_("keep", 24, 1, 100_000) or 24
+        if t == "pcap":
+            c.raw_unsanitised = sk.bool_("raw_unsanitised", False)
+            if p.sanitise.enabled and not c.raw_unsanitised:
+                raise ConfigError(
+                    f"pipeline.sinks[{i}]: a pcap sink writes raw packets, which the sanitise "
+                    "stage cannot mask; set raw_unsanitised: true to accept that, or remove it")
+        if t == "handoff":
+            c.size = sk.int_("size", 10_000, 1, 10_000_000) or 10_000
+        sk.done()
+        p.sinks.append(c)
+    r.done()
+    return p
+
+
+def _check_sanitise(s: SanitiseConfig) -> None:
+    """Load the policy and key now, so a bad policy stops the start, not the first exchange."""
+    from replay.errors import InputError
+    from replay.sanitise import Policy, load_key
+
+    try:
+        pol = Policy.load(s.policy)
+    except InputError as e:
+        raise ConfigError(f"pipeline.sanitise.policy: {e}") from None
+    if s.key_file or s.key_env:
+        try:
+            load_key(s.key_file, s.key_env)
+        except InputError as e:
+            key = "key_file" if s.key_file else "key_env"
+            raise ConfigError(f"pipeline.sanitise.{key}: {e}") from None
+    elif pol.needs_key and not (pol.key_file or pol.key_env):
+        raise ConfigError("pipeline.sanitise: the policy makes pseudonyms and needs a key; set "
+                          "pipeline.sanitise.key_file (a file of >= 16 random bytes) or key_env, "
+                          "or enabled: false to keep exchanges unmasked")
+
+
+def load(path: str | Path) -> ApplianceConfig:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where} ({getattr(e, 'problem', e)})") from None
+    try:
+        return parse(data, str(p))
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
