@@ -360,9 +360,18 @@ class Sanitiser:
         return scheme + b" " + new
 
     def _replace_hits(
-        self, loc: str, text: bytes, dets: list[tuple[int, Detector]], ctx: _Ctx
+        self,
+        loc: str,
+        text: bytes,
+        dets: list[tuple[int, Detector]],
+        ctx: _Ctx,
+        json_text: bool = False,
     ) -> bytes:
-        """Scan ``text`` with ``dets`` and apply each hit's rule; returns ``text`` if no hit."""
+        """Scan ``text`` with ``dets`` and apply each hit's rule; returns ``text`` if no hit.
+
+        With ``json_text`` the text is a JSON document: a hit outside any string (a card number
+        written as a bare number) must stay valid JSON, so a mask becomes a quoted string, a drop
+        becomes ``null`` and a pseudonym that is not a valid number is quoted."""
         if not dets or not text:
             return text
         hits = scan(text, dets)
@@ -372,6 +381,7 @@ class Sanitiser:
         pos = 0
         rules = self._rules
         rep = self.report
+        strings: list[tuple[int, int]] | None = None
         for s, e, tag, det in hits:
             rule = rules[tag]
             orig = text[s:e]
@@ -384,6 +394,11 @@ class Sanitiser:
             else:
                 new = self.pseudo.pseudonym(det.fmt if rule.fmt == "auto" else rule.fmt, orig)
                 rep.count(rule.name, loc, new)
+            if json_text and (rule.action != "pseudonym" or not _JSON_NUM.fullmatch(new)):
+                if strings is None:
+                    strings = [m.span() for m in _JSON_STRING.finditer(text)]
+                if not any(a < s and e < b for a, b in strings):
+                    new = b"null" if rule.action == "drop" else b'"' + new + b'"'
             # (no echo entry: the same detector finds the same value wherever it recurs)
             out.append(text[pos:s])
             out.append(new)
@@ -770,11 +785,11 @@ class Sanitiser:
                 text = orjson.dumps(doc)
             if escaped and not changed:
                 # Normalising escapes rewrites the document; only keep that if a detector hits.
-                new = self._replace_hits("json", text, self._json_text_dets, ctx)
+                new = self._replace_hits("json", text, self._json_text_dets, ctx, json_text=True)
                 if new is text:
                     return self._echo_keep(data, ctx)
                 return self._echo(new, ctx)
-        new = self._replace_hits("json", text, self._json_text_dets, ctx)
+        new = self._replace_hits("json", text, self._json_text_dets, ctx, json_text=True)
         if new is data:
             return self._echo_keep(data, ctx)
         return self._echo(new, ctx)
@@ -987,6 +1002,8 @@ class Sanitiser:
         return bodies.build_multipart(mp)
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_NUM = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _QSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~@:,/*")
 
 

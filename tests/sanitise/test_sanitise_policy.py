@@ -359,3 +359,29 @@ def test_key_never_in_report_or_output(tmp_path: Path) -> None:
     assert KEY not in out.request.body
     assert KEY.decode() not in repr(san.report.to_dict())
     assert os.fsencode(KEY) not in repr(san.report).encode()
+
+
+@pytest.mark.parametrize("action", ["mask", "drop", "pseudonym"])
+def test_bare_json_numbers_stay_valid_json(action: str) -> None:
+    pol = Policy.from_dict(
+        {
+            "detectors": [{"name": "acct", "pattern": "[0-9]{7}", "format": "token"}],
+            "rules": [
+                {"name": "card", "location": "json", "detector": "card", "action": action},
+                {"name": "acct", "location": "json", "detector": "acct", "action": action},
+            ],
+        }
+    )
+    san = Sanitiser(pol, KEY)
+    body = b'{"card": 4111111111111111, "acct": [1234567, "x 7654321 y"], "s": "4111111111111111"}'
+    out = san.apply(_req(body=body, ctype="application/json"))
+    assert out is not None and out.request is not None
+    doc = orjson.loads(out.request.body)
+    assert b"4111111111111111" not in out.request.body and b"1234567" not in out.request.body
+    if action == "mask":
+        assert doc["card"] == "****" and doc["acct"][0] == "****" and doc["s"] == "****"
+        assert doc["acct"][1] == "x **** y"
+    elif action == "drop":
+        assert doc["card"] is None and doc["acct"][0] is None and doc["s"] == ""
+    else:
+        assert isinstance(doc["card"], int) and len(str(doc["card"])) == 16
