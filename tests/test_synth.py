@@ -55,6 +55,12 @@ def _tshark(path: Path, display_filter: str, *fields: str) -> list[list[str]]:
     ids=["ipv4", "ipv6-vlan", "small-mss-chunked-gzip"],
 )
 def test_tshark_dissects_exactly_the_truth(tmp_path: Path, variant: dict[str, object]) -> None:
+    """tshark's requests and final statuses equal the truth, exchange for exchange.
+
+    These seeds avoid one tshark 4.0 weakness seen at scale (1 request in 178,780): a chunked
+    request body whose closing CRLF arrives alone in the next segment is flagged malformed and
+    the request is lost. The bytes are valid HTTP; that is tshark's error, not the generator's.
+    """
     path, st, truth = _make(tmp_path, "t.pcap", **variant)
     assert st.requests == len(truth) > 200
     rows = _tshark(
