@@ -107,6 +107,9 @@ def is_email(v: bytes) -> bool:
 _EMAIL = re.compile(
     rb"[A-Za-z0-9._%+\-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
 )
+_EMAIL_PCT = re.compile(
+    rb"[A-Za-z0-9._+\-]{1,64}%40(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+)
 _JWT = re.compile(rb"eyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")
 _BEARER = re.compile(rb"earer[ \t]+([A-Za-z0-9\-._~+/]{8,}=*)")
 _BASIC = re.compile(rb"asic[ \t]+([A-Za-z0-9+/]{4,}={0,2})")
@@ -183,25 +186,35 @@ class Prep:
 # Each finder takes a Prep and returns spans in ascending order.
 
 
-def find_email(p: Prep) -> list[Span]:
-    text = p.text
-    i = text.find(b"@")
-    if i < 0:
-        return []
+def _find_around(text: bytes, sep: bytes, rx: re.Pattern[bytes]) -> list[Span]:
+    """Matches of ``rx`` that contain an occurrence of ``sep``, searched only in a window around
+    each occurrence (``sep`` is found at memchr speed; ``rx`` starts with a character class and
+    would cost ~30 ns per byte over the whole text)."""
+    i = text.find(sep)
     out: list[Span] = []
     n = len(text)
     prev = 0
     while i >= 0:
         end = min(n, i + 256)
-        m = _EMAIL.search(text, max(prev, i - 64), end)
+        m = rx.search(text, max(prev, i - 64), end)
         while m is not None and m.end() <= i:
-            m = _EMAIL.search(text, m.end(), end)
+            m = rx.search(text, m.end(), end)
         if m is not None and m.start() <= i:
             out.append(m.span())
             prev = m.end()
-            i = text.find(b"@", prev)
+            i = text.find(sep, prev)
         else:
-            i = text.find(b"@", i + 1)
+            i = text.find(sep, i + 1)
+    return out
+
+
+def find_email(p: Prep) -> list[Span]:
+    text = p.text
+    out = _find_around(text, b"@", _EMAIL) if b"@" in text else []
+    if b"%" in text and b"%40" in text:
+        # 'alice%40example.com' in a URL inside a body: the same address, percent-encoded
+        out.extend(_find_around(text, b"%40", _EMAIL_PCT))
+        out.sort()
     return out
 
 

@@ -69,6 +69,11 @@ rules:
             x-amz-security-token, signature, sig, authorization, aws_access_key_id,
             aws_secret_access_key, aws_session_token]
     action: pseudonym
+  # OAuth authorization codes travel as 'code' in redirects and token requests.
+  - name: oauth-code
+    location: [query, form]
+    names: [code]
+    action: pseudonym
   # Secrets and personal data by shape, everywhere (headers, cookies, query, path, bodies).
   - {name: jwt, location: any, detector: jwt, action: pseudonym}
   # Credential shapes: where credentials travel (bodies get them by field name above).

@@ -199,14 +199,15 @@ class Pseudonymiser:
     def _fmt_email(self, value: bytes, salt: int) -> bytes:
         """Local part and domain labels replaced class-preservingly; the TLD is kept so the
         address still has a plausible shape (and ``.com`` vs ``.de`` survives for diffs)."""
-        local, _, domain = value.rpartition(b"@")
+        at = b"@" if b"@" in value else b"%40"
+        local, _, domain = value.rpartition(at)
         if not local:
             return self._fmt_token(value, salt)
         labels = domain.split(b".")
         new_local = self._fmt_token(local, salt, "email-local")
         new_labels = [self._fmt_token(lb, salt, "email-domain") for lb in labels[:-1]]
         new_labels.append(labels[-1])
-        return new_local + b"@" + b".".join(new_labels)
+        return new_local + at + b".".join(new_labels)
 
     def _fmt_card(self, value: bytes, salt: int) -> bytes:
         """Same length and separators, the first four digits (the card network's prefix, which

@@ -385,3 +385,14 @@ def test_bare_json_numbers_stay_valid_json(action: str) -> None:
         assert doc["card"] is None and doc["acct"][0] is None and doc["s"] == ""
     else:
         assert isinstance(doc["card"], int) and len(str(doc["card"])) == 16
+
+
+def test_percent_encoded_email_in_html_and_oauth_code() -> None:
+    san = Sanitiser(Policy.default(), KEY)
+    html = b'<a href="/unsubscribe?e=jane.doe%40example.org&amp;t=1">unsubscribe</a>'
+    ex = _req("/callback?code=SplxlOBeZQQYbYS6WxSbIA&state=xyz", body=html, ctype="text/html")
+    out = san.apply(ex)
+    assert out is not None and out.request is not None
+    assert b"jane.doe" not in out.request.body and b"%40" in out.request.body
+    assert "SplxlOBeZQQYbYS6WxSbIA" not in out.request.target
+    assert out.request.target.endswith("&state=xyz")
