@@ -99,6 +99,19 @@ class Reassembler:
 
     # -- the per-segment path ------------------------------------------------------------------
     def segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes) -> None:
+        e = self.keys.get(key)
+        if e is not None and payload and not flags & 7 and ts <= self.next_sweep:
+            # Hot path: the next in-order data segment of a tracked connection.
+            conn, d = e
+            dr = conn.dirs[d]
+            if seq == dr.nxt and not dr.ooo and dr.feed is not None:
+                conn.last_ts = ts
+                dr.nxt = (seq + len(payload)) & MASK
+                dr.feed(payload, ts)
+                return
+        self._segment(ts, key, seq, flags, payload)
+
+    def _segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes) -> None:
         if ts > self.next_sweep:
             if self.next_sweep:
                 self.sweep(ts)
