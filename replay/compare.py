@@ -1,0 +1,874 @@
+"""Compare HTTP responses field by field, and tell regressions from noise (sans-I/O).
+
+Two layers:
+
+* ``Comparator``: one response against another. Status; headers by ``Rules`` (each header has a
+  mode: ``exact``, ``presence``, ``names`` for Set-Cookie, or ``ignore``; the defaults are data in
+  ``DEFAULT_HEADER_RULES``, written out with the rules file, not silence buried in code); bodies
+  by content type after undoing Content-Encoding (gzip, deflate, br): JSON structurally by field
+  path (``changed_value``, ``changed_type``, ``missing``, ``extra``, ``array_order``,
+  ``array_length``), text and HTML by lines, anything else by bytes (reported with hashes).
+* ``ThreeWay``: many comparisons, grouped by endpoint (method + path template with ids, uuids
+  and hashes collapsed), judged with a statistical test. ``primary`` is the production answer
+  recorded in the capture, ``secondary`` a shadow running production's build, ``candidate`` the
+  new build. A difference (endpoint, field, kind) is a regression only when the candidate differs
+  from primary significantly more often than the secondary does on the *same* requests: an exact
+  one-sided McNemar test (a binomial test on the discordant pairs), Holm-corrected across every
+  difference seen in the run, with a minimum number of compared requests per endpoint. Without a
+  secondary there is nothing to test against, so every difference not covered by the rules is
+  reported. Differences the secondary shares are noise, and can be written to a rules file.
+
+Speed: orjson parsing and a lean recursive walk that only descends into unequal subtrees (~50k
+pairs/s of 2 KB JSON on one core, docs/benchmarks.md). DeepDiff is ~200× slower. The walk uses
+Python equality to skip equal subtrees, so a ``true`` ↔ ``1`` swap inside an otherwise equal
+object is not seen (Python says ``True == 1``); a swap where the values differ is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from replay.errors import InputError
+from replay.model import Request, Response
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+HEADER_MODES = ("exact", "presence", "names", "ignore")
+
+DEFAULT_HEADER_RULES: dict[str, str] = {
+    # Hop-by-hop: they describe a connection, not the answer.
+    "connection": "ignore",
+    "keep-alive": "ignore",
+    "proxy-connection": "ignore",
+    "transfer-encoding": "ignore",
+    "te": "ignore",
+    "trailer": "ignore",
+    "upgrade": "ignore",
+    # Framing follows the body, which is compared itself (after decoding).
+    "content-length": "ignore",
+    # Volatile by design: different on every answer of every build.
+    "date": "ignore",
+    "age": "ignore",
+    "expires": "ignore",
+    "server-timing": "ignore",
+    "x-request-id": "ignore",
+    "x-correlation-id": "ignore",
+    "x-trace-id": "ignore",
+    "x-amzn-trace-id": "ignore",
+    "traceparent": "ignore",
+    "tracestate": "ignore",
+    "x-runtime": "ignore",
+    "x-response-time": "ignore",
+    "cf-ray": "ignore",
+    "via": "ignore",
+    # Compare what matters, not the value: is it there, which cookies are set.
+    "etag": "presence",
+    "last-modified": "presence",
+    "set-cookie": "names",
+}
+
+KINDS = (
+    "changed_value",
+    "changed_type",
+    "missing",
+    "extra",
+    "array_order",
+    "array_length",
+    "lines_changed",
+    "bytes_changed",
+    "no_response",
+)
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """``*`` matches anything; everything else is literal (paths contain ``[*]`` and ``$``)."""
+    return re.compile(".*".join(re.escape(p) for p in pattern.split("*")) + r"\Z", re.S)
+
+
+@dataclass(slots=True)
+class FieldRule:
+    """Differences to treat as noise: endpoint and field are globs (``*`` = anything),
+    ``kinds`` limits it to some kinds of difference (empty = all)."""
+
+    endpoint: str = "*"
+    field: str = "*"
+    kinds: tuple[str, ...] = ()
+    reason: str = ""
+    _ep: re.Pattern[str] | None = None
+    _fd: re.Pattern[str] | None = None
+
+    def __post_init__(self) -> None:
+        self._ep = _glob(self.endpoint)
+        self._fd = _glob(self.field)
+
+    def matches(self, endpoint: str, fld: str, kind: str) -> bool:
+        if self.kinds and kind not in self.kinds:
+            return False
+        return bool(self._fd.match(fld) and self._ep.match(endpoint))  # type: ignore[union-attr]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"endpoint": self.endpoint, "field": self.field}
+        if self.kinds:
+            d["kinds"] = list(self.kinds)
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+@dataclass(slots=True)
+class Rules:
+    """What to ignore: header modes, field rules, and whether new (extra) JSON fields in the
+    answer count. Loaded from and saved to YAML or JSON (see docs/replay.md)."""
+
+    headers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADER_RULES))
+    fields: list[FieldRule] = field(default_factory=list)
+    allow_extra_fields: bool = False
+    _cache: dict[tuple[str, str, str], FieldRule | None] = field(default_factory=dict)
+
+    def header_mode(self, name: str) -> str:
+        return self.headers.get(name, "exact")
+
+    def match(self, endpoint: str, fld: str, kind: str) -> FieldRule | None:
+        """The first field rule covering this difference (cached: the same keys recur)."""
+        key = (endpoint, fld, kind)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        hit = None
+        if self.allow_extra_fields and kind == "extra" and fld.startswith("body:"):
+            hit = _EXTRA_RULE
+        else:
+            for r in self.fields:
+                if r.matches(endpoint, fld, kind):
+                    hit = r
+                    break
+        if len(self._cache) < 100_000:
+            self._cache[key] = hit
+        return hit
+
+    def add(self, rule: FieldRule) -> None:
+        self.fields.append(rule)
+        self._cache.clear()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "allow_extra_fields": self.allow_extra_fields,
+            "headers": dict(sorted(self.headers.items())),
+            "fields": [r.to_dict() for r in self.fields],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "rules") -> Rules:
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: expected a mapping with 'headers' and/or 'fields'")
+        unknown = set(d) - {"version", "allow_extra_fields", "headers", "fields"}
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        headers = dict(DEFAULT_HEADER_RULES)
+        hd = d.get("headers") or {}
+        if not isinstance(hd, dict):
+            raise InputError(f"{where}: 'headers' must map header names to a mode")
+        for k, v in hd.items():
+            if v not in HEADER_MODES:
+                raise InputError(f"{where}: header {k!r}: mode {v!r} is not one of "
+                                 f"{', '.join(HEADER_MODES)}")
+            headers[str(k).lower()] = v
+        rules = []
+        fl = d.get("fields") or []
+        if not isinstance(fl, list):
+            raise InputError(f"{where}: 'fields' must be a list of rules")
+        for i, r in enumerate(fl):
+            if not isinstance(r, dict) or "field" not in r:
+                raise InputError(f"{where}: fields[{i}] needs at least a 'field'")
+            kinds = r.get("kinds") or []
+            if isinstance(kinds, str):
+                kinds = [kinds]
+            bad = [k for k in kinds if k not in KINDS]
+            if bad:
+                raise InputError(f"{where}: fields[{i}]: unknown kind(s) {', '.join(bad)} "
+                                 f"(kinds: {', '.join(KINDS)})")
+            rules.append(FieldRule(str(r.get("endpoint", "*")), str(r["field"]), tuple(kinds),
+                                   str(r.get("reason", ""))))
+        return cls(headers=headers, fields=rules,
+                   allow_extra_fields=bool(d.get("allow_extra_fields", False)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Rules:
+        """From a ``.yaml``/``.yml`` or ``.json`` file; a bad file is an ``InputError``."""
+        p = Path(path)
+        try:
+            text = p.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{p}: no such rules file") from None
+        except OSError as e:
+            raise InputError(f"{p}: cannot read ({e.strerror or e})") from None
+        try:
+            if p.suffix.lower() == ".json":
+                d = orjson.loads(text)
+            else:
+                import yaml
+
+                d = yaml.safe_load(text)
+        except Exception as e:
+            raise InputError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} "
+                             f"({str(e).splitlines()[0]})") from None
+        return cls.from_dict(d or {}, str(p))
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        d = self.to_dict()
+        if p.suffix.lower() == ".json":
+            p.write_bytes(orjson.dumps(d, option=orjson.OPT_INDENT_2) + b"\n")
+            return
+        import yaml
+
+        head = ("# shadowtap noise rules (docs/replay.md). Edit freely: header modes are exact,\n"
+                "# presence, names or ignore; field rules are globs over endpoint and field.\n")
+        p.write_text(head + yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=100))
+
+
+_EXTRA_RULE = FieldRule("*", "body:*", ("extra",), "allow_extra_fields")
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_INT = re.compile(r"[+-]?\d+\Z")
+_HEX = re.compile(r"(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\Z")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_TOKEN = re.compile(r"(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-]{24,}\Z")
+
+
+def _segment(s: str) -> str:
+    if not s:
+        return s
+    if _INT.match(s):
+        return "{id}"
+    if len(s) == 36 and _UUID.match(s):
+        return "{uuid}"
+    if _HEX.match(s):
+        return "{hash}"
+    if _DATE.match(s):
+        return "{date}"
+    if _TOKEN.match(s):
+        return "{token}"
+    return s
+
+
+_EP_CACHE: dict[tuple[str, str], str] = {}
+
+
+def endpoint_of(method: str, target: str) -> str:
+    """``GET /users/{id}/orders/{uuid}``: method + path template (query dropped), so requests to
+    the same handler are counted together."""
+    key = (method, target)
+    ep = _EP_CACHE.get(key)
+    if ep is not None:
+        return ep
+    path = target
+    if "://" in path:
+        rest = path.split("://", 1)[1]
+        i = rest.find("/")
+        path = rest[i:] if i >= 0 else "/"
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    ep = f"{method.upper()} " + "/".join(_segment(s) for s in path.split("/"))
+    if len(_EP_CACHE) > 200_000:
+        _EP_CACHE.clear()
+    _EP_CACHE[key] = ep
+    return ep
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing a response: decode, classify, parse (once, reused for every comparison)
+
+
+def decode_body(body: bytes, encodings: Iterable[str]) -> tuple[bytes, str | None]:
+    """Undo Content-Encoding (applied in order, so undone in reverse). Returns the bytes and an
+    error note when a coding is unknown or broken (the raw bytes are then compared)."""
+    codings = [c.strip().lower() for e in encodings for c in e.split(",") if c.strip()]
+    data = body
+    for c in reversed(codings):
+        try:
+            if c in ("gzip", "x-gzip"):
+                data = zlib.decompress(data, 47)  # gzip or zlib header, auto
+            elif c == "deflate":
+                try:
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    data = zlib.decompress(data, -15)  # raw deflate, as some servers send
+            elif c == "br":
+                import brotli
+
+                data = brotli.decompress(data)
+            elif c == "identity":
+                continue
+            else:
+                return body, f"unknown content-encoding {c!r}"
+        except Exception as e:
+            return body, f"broken {c} body ({e})"
+    return data, None
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A response ready to compare: lower-cased headers, decoded body, its kind and parsed form."""
+
+    status: int
+    headers: dict[str, list[str]]
+    kind: str
+    """``json``, ``text``, ``binary`` or ``empty``."""
+    body: bytes
+    doc: Any = None
+    decode_error: str | None = None
+
+
+_TEXTY = ("text/", "xml", "javascript", "x-www-form-urlencoded", "csv", "yaml")
+
+
+def prepare(resp: Response) -> Prepared:
+    headers: dict[str, list[str]] = {}
+    for k, v in resp.headers:
+        lk = k.lower()
+        lst = headers.get(lk)
+        if lst is None:
+            headers[lk] = [v]
+        else:
+            lst.append(v)
+    body = resp.body
+    err = None
+    ce = headers.get("content-encoding")
+    if ce and body:
+        body, err = decode_body(body, ce)
+    ct = headers.get("content-type", ("",))[0].lower()
+    if not body:
+        return Prepared(resp.status, headers, "empty", body, None, err)
+    if "json" in ct or (not ct and body[:1] in (b"{", b"[")):
+        try:
+            return Prepared(resp.status, headers, "json", body, orjson.loads(body), err)
+        except orjson.JSONDecodeError:
+            pass  # says JSON, is not: compare as text, the kinds will differ if the other parses
+    if any(t in ct for t in _TEXTY) or not ct:
+        try:
+            return Prepared(resp.status, headers, "text", body, body.decode("utf-8"), err)
+        except UnicodeDecodeError:
+            if ct:
+                return Prepared(resp.status, headers, "text", body, body.decode("latin-1"), err)
+    return Prepared(resp.status, headers, "binary", body, None, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing two prepared responses
+
+Diff = tuple[str, str, Any, Any]
+"""(field, kind, value in primary, value in other): values are for examples only."""
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
+
+
+def _jtype(v: Any) -> str:
+    t = type(v)
+    if t is dict:
+        return "object"
+    if t is list:
+        return "array"
+    if t is str:
+        return "string"
+    if t is bool:
+        return "boolean"
+    if t is int or t is float:
+        return "number"
+    return "null"
+
+
+_KEY_CACHE: dict[str, str] = {}
+
+
+def _key(path: str, k: str) -> str:
+    seg = _KEY_CACHE.get(k)
+    if seg is None:
+        seg = f".{k}" if _IDENT.match(k) else "[" + orjson.dumps(k).decode() + "]"
+        if len(_KEY_CACHE) < 50_000:
+            _KEY_CACHE[k] = seg
+    return path + seg
+
+
+def _canon(v: Any) -> bytes:
+    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+
+
+def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) -> list[Diff]:
+    """Structural differences between two parsed JSON values, by field path. Array elements
+    share one path (``[*]``) so that a field is counted once per response, whatever its index."""
+    if out is None:
+        out = []
+    ta, tb = type(a), type(b)
+    if ta is dict and tb is dict:
+        for k, va in a.items():
+            if k in b:
+                vb = b[k]
+                if va == vb and type(va) is type(vb):
+                    continue
+                diff_json(va, vb, _key(path, k), out)
+            else:
+                out.append((_key(path, k), "missing", va, None))
+        if len(b) != len(a) or any(k not in a for k in b):
+            for k, vb in b.items():
+                if k not in a:
+                    out.append((_key(path, k), "extra", None, vb))
+        return out
+    if ta is list and tb is list:
+        if len(a) != len(b):
+            out.append((path, "array_length", len(a), len(b)))
+            return out
+        if a == b:
+            return out
+        if sorted(map(_canon, a)) == sorted(map(_canon, b)):
+            out.append((path, "array_order", a, b))
+            return out
+        sub = path + "[*]"
+        for va, vb in zip(a, b, strict=True):
+            if va == vb and type(va) is type(vb):
+                continue
+            diff_json(va, vb, sub, out)
+        return out
+    ja, jb = _jtype(a), _jtype(b)
+    if ja != jb:
+        out.append((path, "changed_type", a, b))
+    elif a != b:
+        out.append((path, "changed_value", a, b))
+    return out
+
+
+class Comparator:
+    """Compares ``Prepared`` responses under ``Rules`` (header modes only; field rules are
+    applied by ``ThreeWay``, which knows the endpoint)."""
+
+    def __init__(self, rules: Rules | None = None) -> None:
+        self.rules = rules or Rules()
+
+    def diff(self, a: Prepared, b: Prepared) -> list[Diff]:
+        out: list[Diff] = []
+        if a.status != b.status:
+            # A different status is the difference: the headers and body of an error page
+            # differing from a normal answer's are its consequences, not more findings.
+            out.append(("status", "changed_value", a.status, b.status))
+            return out
+        self._headers(a.headers, b.headers, out)
+        self._body(a, b, out)
+        return out
+
+    def compare(self, a: Response, b: Response) -> list[Diff]:
+        """Convenience: prepare both and diff (the ``ThreeWay`` prepares primary once)."""
+        return self.diff(prepare(a), prepare(b))
+
+    def _headers(self, ha: dict[str, list[str]], hb: dict[str, list[str]], out: list[Diff]
+                 ) -> None:
+        mode_of = self.rules.headers
+        for name, va in ha.items():
+            mode = mode_of.get(name, "exact")
+            if mode == "ignore":
+                continue
+            vb = hb.get(name)
+            if vb is None:
+                out.append(("header:" + name, "missing", va, None))
+            elif va != vb:
+                if mode == "exact":
+                    out.append(("header:" + name, "changed_value", va, vb))
+                elif mode == "names" and _cookie_names(va) != _cookie_names(vb):
+                    out.append(("header:" + name, "changed_value", va, vb))
+        if len(hb) != len(ha) or any(n not in ha for n in hb):
+            for name, vb in hb.items():
+                if name not in ha and mode_of.get(name, "exact") != "ignore":
+                    out.append(("header:" + name, "extra", None, vb))
+
+    def _body(self, a: Prepared, b: Prepared, out: list[Diff]) -> None:
+        if a.body == b.body:
+            return
+        if a.kind != b.kind:
+            out.append(("body", "changed_type", a.kind, b.kind))
+            return
+        if a.kind == "json":
+            if a.doc == b.doc and type(a.doc) is type(b.doc):
+                return
+            for path, kind, va, vb in diff_json(a.doc, b.doc):
+                out.append(("body:" + path, kind, va, vb))
+        elif a.kind == "text":
+            if a.doc != b.doc:
+                out.append(("body", "lines_changed", a.doc, b.doc))
+        else:
+            out.append(("body", "bytes_changed", a.body, b.body))
+
+
+def _cookie_names(values: list[str]) -> list[str]:
+    return sorted(v.split("=", 1)[0].strip() for v in values)
+
+
+def describe_values(kind: str, va: Any, vb: Any, limit: int = 400) -> tuple[str, str]:
+    """Short human-readable forms of a difference's two sides (for reports)."""
+    if kind == "lines_changed" and isinstance(va, str) and isinstance(vb, str):
+        lines = list(difflib.unified_diff(va.splitlines(), vb.splitlines(), "primary", "other",
+                                          n=0, lineterm=""))[2:22]
+        minus = "\n".join(x for x in lines if x.startswith("-"))
+        plus = "\n".join(x for x in lines if x.startswith("+"))
+        return minus[:limit], plus[:limit]
+    if kind == "bytes_changed":
+        return (f"{len(va)} bytes sha256:{hashlib.sha256(va).hexdigest()[:16]}",
+                f"{len(vb)} bytes sha256:{hashlib.sha256(vb).hexdigest()[:16]}")
+
+    def show(v: Any) -> str:
+        if v is None and kind in ("extra", "missing"):
+            return "(absent)"
+        try:
+            s = orjson.dumps(v).decode()
+        except TypeError:
+            s = repr(v)
+        return s if len(s) <= limit else s[: limit - 1] + "…"
+
+    return show(va), show(vb)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def binom_sf_half(k: int, m: int) -> float:
+    """P(X >= k) for X ~ Binomial(m, 1/2): the one-sided exact McNemar p-value with k of m
+    discordant pairs going the candidate's way."""
+    if k <= 0:
+        return 1.0
+    if k > m:
+        return 0.0
+    if m <= 1000:
+        return min(1.0, sum(math.comb(m, i) for i in range(k, m + 1)) / 2**m)
+    # log-space sum for large m
+    lg = math.lgamma
+    base = lg(m + 1) - m * math.log(2)
+    terms = [base - lg(i + 1) - lg(m - i + 1) for i in range(k, m + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adj = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adj[i] = running
+    return adj
+
+
+# ---------------------------------------------------------------------------------------------
+# Three-way judgement
+
+
+@dataclass(slots=True)
+class _Key:
+    endpoint: str
+    field: str
+    kind: str
+    cand: int = 0
+    sec: int = 0
+    cand_only: int = 0
+    sec_only: int = 0
+    rule: FieldRule | None = None
+    ruled: int = 0
+    requests: list[int] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    name: str
+    compared: int = 0
+    candidate_errors: int = 0
+    not_compared: int = 0
+
+
+@dataclass
+class Finding:
+    """One (endpoint, field, kind) and its verdict: ``regression``, ``noise`` or ``undecided``."""
+
+    endpoint: str
+    field: str
+    kind: str
+    verdict: str
+    compared: int
+    candidate_diffs: int
+    secondary_diffs: int | None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    source: str = ""
+    reason: str = ""
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "field": self.field,
+            "kind": self.kind,
+            "compared": self.compared,
+            "candidate_diffs": self.candidate_diffs,
+            "secondary_diffs": self.secondary_diffs,
+            "candidate_rate": round(self.candidate_diffs / self.compared, 4)
+            if self.compared else None,
+            "secondary_rate": round(self.secondary_diffs / self.compared, 4)
+            if self.compared and self.secondary_diffs is not None else None,
+            "p_value": self.p_value,
+            "p_adjusted": self.p_adjusted,
+            "source": self.source,
+            "reason": self.reason,
+            "example_ids": [e["id"] for e in self.examples],
+            "examples": self.examples,
+        }
+
+
+@dataclass
+class Verdict:
+    """The outcome of a three-way comparison, ready for reports."""
+
+    regressions: list[Finding]
+    noise: list[Finding]
+    undecided: list[Finding]
+    endpoints: list[dict[str, Any]]
+    compared: int
+    regression_requests: int
+    three_way: bool
+    test: dict[str, Any]
+
+    @property
+    def regression_rate(self) -> float:
+        return self.regression_requests / self.compared if self.compared else 0.0
+
+
+def _short(text: bytes | str, limit: int = 4000) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more)"
+
+
+def _pretty(p: Prepared | None, err: str | None = None) -> dict[str, Any]:
+    if p is None:
+        return {"error": err or "no response"}
+    if p.kind == "json":
+        body = orjson.dumps(p.doc, option=orjson.OPT_INDENT_2).decode()
+    elif p.kind == "binary":
+        body = f"({len(p.body)} bytes, sha256 {hashlib.sha256(p.body).hexdigest()[:16]})"
+    else:
+        body = p.body.decode("utf-8", "replace")
+    return {
+        "status": p.status,
+        "headers": [[k, v] for k, vs in p.headers.items() for v in vs],
+        "body": _short(body),
+    }
+
+
+class ThreeWay:
+    """Accumulates comparisons of primary / candidate (/ secondary) and judges them.
+
+    ``alpha``: family-wise error rate (Holm). ``min_samples``: an endpoint with fewer compared
+    requests gets no verdict (its differences are ``undecided``), however strong they look.
+    """
+
+    def __init__(self, rules: Rules | None = None, *, alpha: float = 0.05,
+                 min_samples: int = 10, examples: int = 3, three_way: bool = True) -> None:
+        self.rules = rules or Rules()
+        self.comparator = Comparator(self.rules)
+        self.alpha = alpha
+        self.min_samples = max(1, min_samples)
+        self.max_examples = examples
+        self.three_way = three_way
+        self.keys: dict[tuple[str, str, str], _Key] = {}
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.compared = 0
+
+    def _ep(self, name: str) -> _Endpoint:
+        e = self.endpoints.get(name)
+        if e is None:
+            e = self.endpoints[name] = _Endpoint(name)
+        return e
+
+    def add(self, rid: str, request: Request, primary: Response,
+            candidate: Response | str, secondary: Response | str | None = None) -> None:
+        """One request: the captured answer and the replayed ones. A ``str`` in place of a
+        response is the error that replaced it (its kind). With ``three_way``, a request whose
+        secondary failed is not compared (there is nothing to weigh the candidate against)."""
+        ep = endpoint_of(request.method, request.target)
+        e = self._ep(ep)
+        if self.three_way and not isinstance(secondary, Response):
+            e.not_compared += 1
+            return
+        idx = self.compared
+        self.compared += 1
+        e.compared += 1
+        P = prepare(primary)
+        diff = self.comparator.diff
+        cd: dict[tuple[str, str], Diff] = {}
+        C: Prepared | None = None
+        if isinstance(candidate, Response):
+            C = prepare(candidate)
+            for d in diff(P, C):
+                cd.setdefault((d[0], d[1]), d)
+        else:
+            e.candidate_errors += 1
+            cd[("response", "no_response")] = ("response", "no_response", primary.status,
+                                               candidate)
+        sd: dict[tuple[str, str], Diff] = {}
+        S: Prepared | None = None
+        if isinstance(secondary, Response):
+            S = prepare(secondary)
+            for d in diff(P, S):
+                sd.setdefault((d[0], d[1]), d)
+        rules = self.rules
+        keys = self.keys
+        for fk in cd.keys() | sd.keys():
+            key = (ep, fk[0], fk[1])
+            k = keys.get(key)
+            if k is None:
+                k = keys[key] = _Key(ep, fk[0], fk[1])
+                k.rule = rules.match(ep, fk[0], fk[1])
+            if k.rule is not None:
+                k.ruled += 1
+                continue
+            in_c = fk in cd
+            in_s = fk in sd
+            if in_c:
+                k.cand += 1
+                k.requests.append(idx)
+                if not in_s:
+                    k.cand_only += 1
+                if len(k.examples) < self.max_examples:
+                    d = cd[fk]
+                    pa, pb = describe_values(fk[1], d[2], d[3])
+                    k.examples.append({
+                        "id": rid,
+                        "request": f"{request.method} {request.target}",
+                        "primary_value": pa,
+                        "candidate_value": pb,
+                        "primary": _pretty(P),
+                        "candidate": _pretty(C, candidate if isinstance(candidate, str) else None),
+                        "secondary": _pretty(S) if S is not None else None,
+                    })
+            if in_s:
+                k.sec += 1
+                if not in_c:
+                    k.sec_only += 1
+
+    def verdict(self) -> Verdict:
+        """Judge every difference seen (see the module docstring for the test)."""
+        regressions: list[Finding] = []
+        noise: list[Finding] = []
+        undecided: list[Finding] = []
+        tested: list[tuple[_Key, float]] = []
+        for k in self.keys.values():
+            n = self.endpoints[k.endpoint].compared
+            if k.rule is not None:
+                noise.append(Finding(k.endpoint, k.field, k.kind, "noise", n, k.ruled,
+                                     None, source="rules",
+                                     reason=k.rule.reason or f"rule {k.rule.field}"))
+                continue
+            if k.cand == 0:
+                noise.append(Finding(k.endpoint, k.field, k.kind, "noise", n, 0, k.sec,
+                                     source="secondary",
+                                     reason="only the secondary differs from production"))
+                continue
+            if self.three_way:
+                tested.append((k, binom_sf_half(k.cand_only, k.cand_only + k.sec_only)))
+            else:
+                regressions.append(self._finding(k, n, "regression", source="two-way",
+                                                 reason="differs from production; no secondary "
+                                                        "to tell noise, not covered by rules"))
+        if tested:
+            adjusted = holm([p for _, p in tested])
+            for (k, p), pa in zip(tested, adjusted, strict=True):
+                n = self.endpoints[k.endpoint].compared
+                if n < self.min_samples:
+                    undecided.append(self._finding(
+                        k, n, "undecided", p, pa, "three-way",
+                        f"{n} compared requests, fewer than the minimum {self.min_samples}"))
+                elif pa <= self.alpha:
+                    regressions.append(self._finding(
+                        k, n, "regression", p, pa, "three-way",
+                        f"candidate differs in {k.cand}/{n}, secondary in {k.sec}/{n}"))
+                elif k.sec > 0:
+                    noise.append(self._finding(
+                        k, n, "noise", p, pa, "secondary",
+                        f"secondary differs too ({k.sec}/{n}); candidate {k.cand}/{n} is not "
+                        f"significantly more (p={pa:.3g})"))
+                else:
+                    undecided.append(self._finding(
+                        k, n, "undecided", p, pa, "three-way",
+                        f"candidate differs in {k.cand}/{n}, not significant (p={pa:.3g})"))
+        reg_requests: set[int] = set()
+        for f in regressions:
+            reg_requests.update(self.keys[(f.endpoint, f.field, f.kind)].requests)
+        eps = []
+        for e in sorted(self.endpoints.values(), key=lambda x: x.name):
+            eps.append({
+                "endpoint": e.name,
+                "compared": e.compared,
+                "not_compared": e.not_compared,
+                "candidate_errors": e.candidate_errors,
+                "regressions": sum(1 for f in regressions if f.endpoint == e.name),
+                "noise": sum(1 for f in noise if f.endpoint == e.name),
+                "undecided": sum(1 for f in undecided if f.endpoint == e.name),
+            })
+        order = {"regression": 0}
+        for lst in (regressions, noise, undecided):
+            lst.sort(key=lambda f: (order.get(f.verdict, 1), f.endpoint, f.field, f.kind))
+        return Verdict(regressions, noise, undecided, eps, self.compared, len(reg_requests),
+                       self.three_way, self.test_description())
+
+    def _finding(self, k: _Key, n: int, verdict: str, p: float | None = None,
+                 pa: float | None = None, source: str = "", reason: str = "") -> Finding:
+        return Finding(k.endpoint, k.field, k.kind, verdict, n, k.cand,
+                       k.sec if self.three_way else None,
+                       None if p is None else float(f"{p:.6g}"),
+                       None if pa is None else float(f"{pa:.6g}"),
+                       source, reason, list(k.examples))
+
+    def test_description(self) -> dict[str, Any]:
+        if not self.three_way:
+            return {"name": "none (no secondary): differences not covered by rules are reported",
+                    "min_samples": None, "alpha": None, "correction": None}
+        return {
+            "name": "exact one-sided McNemar test (binomial on discordant pairs, p=1/2)",
+            "alpha": self.alpha,
+            "correction": "Holm-Bonferroni over every (endpoint, field, kind) the candidate "
+                          "changed",
+            "min_samples": self.min_samples,
+        }
+
+    def learned_rules(self, verdict: Verdict, base: Rules | None = None) -> Rules:
+        """``base`` (default: this run's rules) plus a field rule for every difference judged
+        noise because the secondary showed it too."""
+        src = base or self.rules
+        out = Rules(headers=dict(src.headers), fields=list(src.fields),
+                    allow_extra_fields=src.allow_extra_fields)
+        have = {(r.endpoint, r.field, r.kinds) for r in out.fields}
+        for f in verdict.noise:
+            if f.source != "secondary" or not f.secondary_diffs:
+                continue
+            key = (f.endpoint, f.field, (f.kind,))
+            if key in have:
+                continue
+            have.add(key)
+            out.add(FieldRule(f.endpoint, f.field, (f.kind,),
+                              f"learned: secondary differed from production in "
+                              f"{f.secondary_diffs}/{f.compared} requests"))
+        return out
