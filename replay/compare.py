@@ -484,11 +484,10 @@ class Comparator:
             vb = hb.get(name)
             if vb is None:
                 out.append(("header:" + name, "missing", va, None))
-            elif va != vb:
-                if mode == "exact":
-                    out.append(("header:" + name, "changed_value", va, vb))
-                elif mode == "names" and _cookie_names(va) != _cookie_names(vb):
-                    out.append(("header:" + name, "changed_value", va, vb))
+            elif va != vb and (mode == "exact" or (
+                mode == "names" and _cookie_names(va) != _cookie_names(vb)
+            )):
+                out.append(("header:" + name, "changed_value", va, vb))
         if len(hb) != len(ha) or any(n not in ha for n in hb):
             for name, vb in hb.items():
                 if name not in ha and mode_of.get(name, "exact") != "ignore":
