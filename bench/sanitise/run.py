@@ -73,7 +73,10 @@ def make_exchange(rng: random.Random, i: int, pii: bool) -> Exchange:
         f"/api/v1/orders/{rng.randrange(10**6)}?expand=items&page={i % 7}",
         headers=[
             ("Host", "shop.example.net"),
-            ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"),
+            (
+                "User-Agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+            ),
             ("Accept", "application/json"),
             ("Accept-Encoding", "gzip, br"),
             ("Authorization", f"Bearer tok{user:05d}abcdefghijklmnopqrstuvwxyz"),
@@ -94,8 +97,10 @@ def make_exchange(rng: random.Random, i: int, pii: bool) -> Exchange:
         body=body,
     )
     return Exchange(
-        id=str(i), conn=ConnKey("198.51.100.7", 40000 + i % 20000, "10.0.0.2", 443),
-        request=req, response=resp,
+        id=str(i),
+        conn=ConnKey("198.51.100.7", 40000 + i % 20000, "10.0.0.2", 443),
+        request=req,
+        response=resp,
     )
 
 
@@ -117,6 +122,39 @@ def run(n: int, pii: bool, repeat: int = 3) -> float:
     return best
 
 
+def naive_detect(corpus: list[Exchange]) -> float:
+    """The obvious design, for scale: every detector's exact pattern over every header value and
+    the whole body (detection only, no replacement, no JSON names). Exchanges per CPU-second."""
+    from replay.sanitise import detectors as d
+
+    pats = [
+        d._EMAIL,
+        d._JWT,
+        d._CARD,
+        d._SSN_C,
+        d._PHONE_INTL,
+        d._PHONE_NANP,
+        d._IPV4,
+        d._IPV6_CAND,
+        d._IBAN,
+    ]
+    t0 = time.process_time()
+    n = 0
+    for ex in corpus:
+        texts = []
+        for msg in (ex.request, ex.response):
+            if msg is None:
+                continue
+            texts += [v.encode("latin-1") for _k, v in msg.headers]
+            texts.append(msg.body)
+        for t in texts:
+            for rx in pats:
+                for _m in rx.finditer(t):
+                    pass
+        n += 1
+    return n / (time.process_time() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="exchanges per timed run")
@@ -124,6 +162,8 @@ def main() -> None:
     args = ap.parse_args()
     pii = run(args.n, True)
     clean = run(args.n, False)
+    naive = naive_detect([make_exchange(random.Random(5), i, True) for i in range(2000)])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cpu = platform.processor() or platform.machine()
     lines = [
         BEGIN,
@@ -131,15 +171,21 @@ def main() -> None:
         "",
         "Default policy, one core, one process, ~2 KB JSON response bodies, 7 request headers "
         "(Authorization, Cookie, ...), 5 response headers; best of 3 runs of "
-        f"{args.n} exchanges. No peer sanitises Exchanges in-process, so absolute figures only.",
+        f"{args.n} exchanges. No external peer sanitises Exchanges in-process, so absolute figures.",
         "",
         "| body | exchanges/s | target |",
         "|---|---:|---:|",
         f"| 2 KB JSON with e-mail, phone, IP (pseudonymised) | {pii:,.0f} | 20,000 |",
         f"| 2 KB JSON, no personal data | {clean:,.0f} | 20,000 |",
         "",
-        f"Python {platform.python_version()}, {platform.system()} {cpu}, "
-        f"{os.cpu_count()} CPUs visible (one used).",
+        f"For scale, the obvious design (each detector's exact pattern run over every header "
+        f"value and the whole body, detection only) manages {naive:,.0f}/s on the same "
+        f"exchanges: the anchored detectors are {pii / naive:.1f}x faster while also "
+        f"replacing, re-encoding and counting.",
+        "",
+        f"Exchanges per CPU-second (process time, so other load on the machine inflates it less "
+        f"than wall time would). Python {platform.python_version()}, {platform.system()} {cpu}, "
+        f"{os.cpu_count()} CPUs visible (one used), 1-min load average {load:.1f} at the run.",
         END,
     ]
     section = "\n".join(lines)
