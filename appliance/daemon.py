@@ -1,0 +1,438 @@
+"""Workers and the appliance daemon: capture -> Extractor -> pipeline, with reload and drain.
+
+A ``Worker`` owns one capture source, one ``replay.extract.Extractor`` (the same sans-I/O core as
+``shadowtap extract``) and one pipeline. Its loop polls the source, hands the frames to the frame
+sinks and the Extractor, and once a second flushes sinks, rotates by age, sweeps idle
+connections and refreshes the kernel counters.
+
+``Appliance`` runs workers: with one worker, in a thread of the calling process (what the demo
+and ``shadowtap capture`` use; the live hand-off queue is then ``appliance.handoff``); with
+several, in forked processes that join one PACKET_FANOUT_HASH group, each publishing a
+counter snapshot to the parent for the metrics endpoint. Dead worker processes are restarted.
+
+Signals (wired by ``run_daemon``): SIGHUP re-reads and validates the config and swaps each
+worker's pipeline (and kernel filter) without closing the capture socket, so not a packet is
+missed; a bad new config is logged and the old pipeline keeps running. SIGTERM/SIGINT stop the
+loop, drain what the ring still holds, close every open connection (their exchanges are emitted,
+marked incomplete where they are) and flush and fsync every sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+from appliance import config as cfgmod
+from appliance.capture import FileSource, Source
+from appliance.config import ApplianceConfig
+from appliance.pipeline import Handoff, Pipeline, Stats, build
+from replay.extract import Extractor, Summary
+from replay.model import Exchange
+
+log = logging.getLogger("shadowtap.appliance")
+
+
+class Worker:
+    """One capture source through one Extractor into one pipeline."""
+
+    def __init__(self, cfg: ApplianceConfig, index: int = 0, *, source: Source | None = None,
+                 handoff: Handoff | None = None) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.stats = Stats()
+        self.source = source if source is not None else cfg.source.open(
+            reuseport=cfg.workers > 1)
+        self.pipeline: Pipeline = build(cfg.pipeline, self.stats, linktype=self.source.linktype,
+                                        index=index, workers=cfg.workers, handoff=handoff)
+        boot = format(int(time.time() * 1000) % (36 ** 6), "x")
+        ex = cfg.extract
+        # The emit callback is a bound method of the worker, so a reload only swaps
+        # self.pipeline: the Extractor and its connection state live on.
+        self.extractor = Extractor(self._emit, port=ex.port, id_prefix=f"{boot}w{index}-",
+                                   max_connections=ex.max_connections, max_buffer=ex.max_buffer,
+                                   idle_timeout=ex.idle_timeout)
+        self.stop_event = threading.Event()
+        self.reload_requested = False
+        self.heartbeat = time.monotonic()
+        self.source_stats: dict[str, Any] = {}
+        self.live = not isinstance(self.source, FileSource)
+        self.done = False
+        self.extract_errors = 0
+
+    @property
+    def handoff(self) -> Handoff | None:
+        return self.pipeline.handoff
+
+    def _emit(self, ex: Exchange) -> None:
+        self.pipeline.emit(ex)
+
+    def run(self) -> None:
+        """The capture loop, until ``stop_event`` is set (or a file source ends); then drain."""
+        src = self.source
+        pipeline_frames = self.pipeline.frames
+        next_tick = 0.0
+        try:
+            while not self.stop_event.is_set():
+                if self.reload_requested:
+                    self._reload()
+                    pipeline_frames = self.pipeline.frames
+                frames = src.poll(0.05)
+                if frames:
+                    if self.pipeline.frame_sinks:
+                        pipeline_frames(frames)
+                    self._feed(frames)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + 1.0
+                    self._tick()
+                if not frames and not self.live and getattr(src, "done", False):
+                    break
+            self._drain()
+        finally:
+            self.done = True
+            self._tick()
+            self.pipeline.close()
+            src.close()
+
+    def _feed(self, frames: list[Any]) -> None:
+        try:
+            self.extractor.run(frames)
+        except Exception as e:  # one hostile packet must never stop capture
+            self.extract_errors += 1
+            self.stats.drop("extractor_error", len(frames))
+            if self.extract_errors <= 20:
+                log.warning("extractor failed on a batch of %d frames: %r", len(frames), e)
+
+    def _tick(self) -> None:
+        self.heartbeat = time.monotonic()
+        now = time.time()
+        if self.live:
+            with contextlib.suppress(Exception):
+                self.extractor.reasm.sweep(now)
+        try:
+            self.source_stats = self.source.stats()
+        except OSError:
+            pass
+        self.pipeline.tick(now)
+
+    def _drain(self) -> None:
+        """Whatever the ring or socket still holds, then close every connection."""
+        for _ in range(64):
+            frames = self.source.poll(0.0)
+            if not frames:
+                break
+            if self.pipeline.frame_sinks:
+                self.pipeline.frames(frames)
+            self._feed(frames)
+        try:
+            self.extractor.finish()
+        except Exception as e:
+            log.warning("closing connections failed: %r", e)
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+
+    def _reload(self) -> None:
+        """Re-read the config; on success swap the pipeline and kernel filter, else keep both."""
+        self.reload_requested = False
+        if self.cfg.path is None:
+            return
+        try:
+            new = cfgmod.load(self.cfg.path)
+        except cfgmod.ConfigError as e:
+            self.stats.reload_errors += 1
+            log.error("reload refused, keeping the running pipeline: %s", e)
+            return
+        if (new.source.kind, new.source.interface, new.source.netns, new.workers) != (
+                self.cfg.source.kind, self.cfg.source.interface, self.cfg.source.netns,
+                self.cfg.workers):
+            log.warning("reload: source changes (interface, namespace, workers) need a restart; "
+                        "applying the pipeline only")
+        if new.source.bpf != self.cfg.source.bpf and hasattr(self.source, "set_filter"):
+            try:
+                self.source.set_filter(new.source.bpf)  # type: ignore[attr-defined]
+            except Exception as e:
+                self.stats.reload_errors += 1
+                log.error("reload: cannot set the new filter (%s); keeping the old one", e)
+                new.source.bpf = self.cfg.source.bpf
+        old = self.pipeline
+        old.close()
+        try:
+            self.pipeline = build(new.pipeline, self.stats, linktype=self.source.linktype,
+                                  index=self.index, workers=self.cfg.workers,
+                                  handoff=old.handoff)
+        except Exception as e:
+            self.stats.reload_errors += 1
+            log.error("reload: cannot build the new pipeline (%s); rebuilding the old one", e)
+            self.pipeline = build(self.cfg.pipeline, self.stats, linktype=self.source.linktype,
+                                  index=self.index, workers=self.cfg.workers,
+                                  handoff=old.handoff)
+            return
+        new.source.kind = self.cfg.source.kind
+        self.cfg = new
+        self.stats.reloads += 1
+        log.info("reloaded %s", new.path)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter of this worker, as plain data (it may travel between processes)."""
+        for attempt in range(5):
+            s = Summary()
+            try:
+                self.extractor.fill(s)  # may run in the metrics thread while capture goes on
+                break
+            except RuntimeError:  # a dict changed size under us: take the numbers again
+                if attempt == 4:
+                    raise
+        st = self.stats
+        drops = dict(st.drops)
+        for k, v in s.skipped_packets.items():
+            if k != "fragments_reassembled":
+                drops[f"packet_{k}"] = drops.get(f"packet_{k}", 0) + v
+        for k in ("evicted", "buffer_overflow", "overflow", "evicted_connections"):
+            if s.tcp.get(k):
+                drops[f"tcp_{k}"] = s.tcp[k]
+        src = self.source_stats or {}
+        for k, v in (src.get("drops") or {}).items():
+            drops[f"capture_{k}"] = v
+        return {
+            "worker": self.index,
+            "packets": s.packets,
+            "bytes": s.bytes,
+            "kernel_packets": src.get("kernel_packets", 0),
+            "kernel_drops": src.get("kernel_drops", 0),
+            "drops": drops,
+            "filtered": dict(st.filtered),
+            "connections_tracked": self.extractor.reasm.tracked,
+            "connections": s.connections,
+            "exchanges": s.exchanges,
+            "incomplete": s.incomplete_exchanges,
+            "gaps": s.gaps,
+            "retransmits": s.retransmits,
+            "sink_written": dict(st.sink_written),
+            "sink_rotations": dict(st.sink_rotations),
+            "queues": {k: list(v) for k, v in st.queues.items()},
+            "latency_counts": list(st.latency_counts),
+            "latency_sum": st.latency_sum,
+            "reloads": st.reloads,
+            "reload_errors": st.reload_errors,
+            "heartbeat_age": time.monotonic() - self.heartbeat,
+            "done": self.done,
+        }
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a worker whose supervisor is killed (-9) goes too, freeing the port."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+def _worker_process(cfg: ApplianceConfig, index: int, out: Any) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        w = Worker(cfg, index)
+    except Exception as e:
+        out.put(("error", index, str(e)))
+        return
+    signal.signal(signal.SIGTERM, lambda *_: w.stop_event.set())
+    signal.signal(signal.SIGHUP, lambda *_: w.request_reload())
+
+    def publish() -> None:
+        while not w.done:
+            with contextlib.suppress(Exception):
+                out.put(("stats", index, w.snapshot()))
+            time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            out.put(("stats", index, w.snapshot()))
+
+    threading.Thread(target=publish, daemon=True).start()
+    w.run()
+    with contextlib.suppress(Exception):
+        out.put(("stats", index, w.snapshot()))
+    out.close()
+    out.join_thread()
+
+
+class Appliance:
+    """Capture + pipeline workers and their counters; the API the CLI and the demo use.
+
+    >>> app = Appliance(config.load("appliance.yaml")); app.start()
+    >>> ex = app.handoff.get(timeout=1.0)      # live exchanges (one-worker mode)
+    >>> app.snapshots(); app.reload(); app.stop()
+    """
+
+    def __init__(self, cfg: ApplianceConfig) -> None:
+        self.cfg = cfg
+        self.worker: Worker | None = None
+        self._thread: threading.Thread | None = None
+        self._procs: dict[int, Any] = {}
+        self._snaps: dict[int, dict[str, Any]] = {}
+        self._q: Any = None
+        self._stopping = False
+        self.restarts = 0
+        self.errors: list[str] = []
+
+    @property
+    def handoff(self) -> Handoff | None:
+        """The live hand-off queue (one-worker mode): ``get(timeout)`` gives Exchanges."""
+        return self.worker.handoff if self.worker is not None else None
+
+    def start(self) -> Appliance:
+        """Open the capture (errors raise here, before anything runs) and start the workers."""
+        if self.cfg.workers == 1:
+            self.worker = Worker(self.cfg)
+            self._thread = threading.Thread(target=self.worker.run, name="capture", daemon=True)
+            self._thread.start()
+            return self
+        ctx = mp.get_context("fork")
+        self._q = ctx.Queue()
+        for i in range(self.cfg.workers):
+            self._spawn(i)
+        threading.Thread(target=self._collect, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while len(self._snaps) < self.cfg.workers and time.monotonic() < deadline:
+            if self.errors:
+                self.stop()
+                raise RuntimeError(self.errors[0])
+            time.sleep(0.05)
+        return self
+
+    def _spawn(self, i: int) -> None:
+        ctx = mp.get_context("fork")
+        p = ctx.Process(target=_worker_process, args=(self.cfg, i, self._q),
+                        name=f"shadowtap-capture-{i}", daemon=True)
+        p.start()
+        self._procs[i] = p
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                kind, i, data = self._q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError, ValueError):
+                return
+            if kind == "stats":
+                self._snaps[i] = data
+            else:
+                self.errors.append(data)
+                log.error("worker %d failed to start: %s", i, data)
+
+    def supervise(self) -> None:
+        """Restart worker processes that died (not when stopping)."""
+        if self._stopping:
+            return
+        for i, p in list(self._procs.items()):
+            if not p.is_alive():
+                self.restarts += 1
+                log.warning("worker %d exited (code %s); restarting", i, p.exitcode)
+                self._spawn(i)
+
+    def reload(self) -> bool:
+        """Validate the config file again; if good, every worker swaps its pipeline."""
+        if self.cfg.path is None:
+            return False
+        try:
+            cfgmod.load(self.cfg.path)
+        except cfgmod.ConfigError as e:
+            log.error("reload refused, keeping the running pipeline: %s", e)
+            if self.worker is not None:
+                self.worker.stats.reload_errors += 1
+            return False
+        if self.worker is not None:
+            self.worker.request_reload()
+        for p in self._procs.values():
+            if p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGHUP)
+        return True
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        if self.worker is not None:
+            return [self.worker.snapshot()]
+        return [self._snaps[i] for i in sorted(self._snaps)]
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.worker is not None:
+            t = self._thread
+            if t is None or not t.is_alive():
+                return False, "capture thread stopped"
+            age = time.monotonic() - self.worker.heartbeat
+            return (age < 5, f"heartbeat {age:.1f}s ago")
+        dead = [i for i, p in self._procs.items() if not p.is_alive()]
+        if dead:
+            return False, f"workers {dead} not running"
+        old = [s["worker"] for s in self._snaps.values() if s.get("heartbeat_age", 0) > 5]
+        if old or len(self._snaps) < len(self._procs):
+            return False, "workers not reporting"
+        return True, f"{len(self._procs)} workers"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain and flush every worker (SIGTERM semantics) and wait for them."""
+        self._stopping = True
+        if self.worker is not None:
+            self.worker.stop_event.set()
+            if self._thread is not None:
+                self._thread.join(timeout)
+            return
+        for p in self._procs.values():
+            if p.is_alive() and p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self._procs.values():
+            p.join(max(0.1, deadline - time.monotonic()))
+        time.sleep(0.1)  # let the collector take the final snapshots
+
+    def wait(self) -> None:
+        """Block until a one-worker appliance's source ends (capture files)."""
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_daemon(cfg: ApplianceConfig) -> int:
+    """``shadowtap appliance run``: start, serve metrics, handle signals, drain on SIGTERM."""
+    from appliance.metrics import MetricsServer
+
+    app = Appliance(cfg)
+    stop = threading.Event()
+    hup = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    app.start()
+    server = None
+    if cfg.metrics_listen:
+        server = MetricsServer(cfg.metrics_listen, app.snapshots, app.healthy,
+                               lambda: app.restarts)
+        server.start()
+        log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+    src = cfg.source
+    log.info("capturing from %s%s with %d worker(s)",
+             src.interface or (f"vxlan {src.listen}:{src.port}" if src.kind == "vxlan"
+                               else src.path),
+             f" in {src.netns}" if src.netns else "", cfg.workers)
+    log.info("ready")
+    try:
+        while not stop.is_set():
+            stop.wait(0.2)
+            if hup.is_set():
+                hup.clear()
+                app.reload()
+            app.supervise()
+            if app.worker is not None and app.worker.done:
+                break
+    finally:
+        app.stop()
+        if server is not None:
+            server.stop()
+    log.info("stopped; sinks flushed")
+    return 0

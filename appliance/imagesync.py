@@ -1,0 +1,561 @@
+"""Images, snapshots and deltas: keep every shadow in step with an image while it is built.
+
+An *image* is a directory tree a build writes (a rootfs, an application tree) with a manifest,
+``shadowtap-image.yaml``, at its root that names it and declares its service::
+
+    name: shop
+    service: {command: "python3 -m http.server 8080", port: 8080, health: /}
+    checks: checks.yaml          # optional, relative to the image root
+    ignore: ["*.tmp", ".git/"]   # changes to these never trigger a push
+
+Why the machinery is shaped the way it is:
+
+* **A delta is computed once.** ``rsync --only-write-batch`` against the last snapshot writes a
+  batch file (what changed, as rsync deltas); each shadow replays it with ``--read-batch``. The
+  sender's work (checksums, delta search) is not repeated per shadow: measured here, 4 shadows
+  cost 0.62 s instead of 0.85 s (docs/benchmarks.md has ours).
+* **Snapshots are frozen copies.** The build keeps writing while we work, so the delta is taken
+  between two snapshots (hard-linked to each other, so unchanged files cost nothing), never
+  against the live build directory. The last N are kept for rollback.
+* **A batch is only ever run where it fits.** ``--read-batch`` on a drifted destination was seen
+  to hang forever after applying part of the batch, and a drifted file of the same size and
+  mtime is silently left wrong. So each shadow is checked first (its release is the batch's
+  parent and its tree hashes to the parent's manifest hash), the batch is applied to a *staging*
+  copy, the result is hashed again, and only then does ``current`` move: a symlink replaced by
+  rename, atomic. Every child runs under a hard time limit (the process group is killed). A
+  shadow that fails any of this gets a full rsync of the snapshot instead, and the report says
+  why. A shadow is therefore always on a whole release, old or new, never half of one.
+* **Staging copies are hard links, with the files the delta touches un-shared first.** A
+  ``cp -al`` copy costs no data, but rsync changes metadata (mode, mtime) in place, which would
+  reach the running release through a shared inode; the paths that differ between the two
+  snapshot manifests get their own inode in staging before the batch runs.
+
+The tree hash (``TREE_SCRIPT``) is a POSIX sh + GNU find pipeline run the same way on the
+appliance and on every shadow, so lab namespaces and real VMs are verified by one definition:
+type, mode, size, mtime (ns) and link target of every entry; with ``deep`` the content too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance import procs
+from appliance.shadows import ShadowHost, home
+from netconfig import state
+
+MANIFEST_NAME = "shadowtap-image.yaml"
+RSYNC_DELTA_OPTS = ["-a", "--delete", "--no-whole-file"]
+
+TREE_SCRIPT = r"""
+cd "$1" || exit 3
+{
+  find . -mindepth 1 \( -type d -printf 'd %m\t%P\0' \) -o -printf '%y %m %s %T@ %l\t%P\0' |
+    LC_ALL=C sort -z
+  if [ "$2" = deep ]; then
+    find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
+  fi
+} | sha256sum | cut -c1-64
+"""
+
+LIST_SCRIPT = r"""
+cd "$1" && find . -mindepth 1 \( -type d -printf 'd %m\t%P\0' \) -o -printf '%y %m %s %T@ %l\t%P\0'
+"""
+
+# $1 shadow root, $2 current release dir, $3 new release dir; stdin: NUL-separated paths the
+# delta changes, which get their own inode in staging before rsync touches them.
+PREP_SCRIPT = r"""
+cd "$1/releases" || exit 3
+rm -rf -- "$3.staging" && cp -al -- "$2" "$3.staging" || exit 4
+cd "$3.staging" || exit 5
+xargs -0r -n 64 sh -c 'for p; do
+  [ -f "$p" ] && [ ! -L "$p" ] && cp -p -- "$p" "$p.st~" && mv -f -- "$p.st~" "$p"; done' sh
+"""
+
+READ_BATCH_SCRIPT = r"""
+cd "$1" || exit 3
+rsync -a --delete --no-whole-file --read-batch="incoming/$2.batch" "releases/$3.staging/"
+"""
+
+# $1 root, $2 new release dir, $3 releases to keep besides current
+SWITCH_SCRIPT = r"""
+cd "$1" || exit 3
+mv -T -- "releases/$2.staging" "releases/$2" || exit 4
+ln -sfn -- "releases/$2" .current.new && mv -T -- .current.new current || exit 5
+rm -f incoming/*.batch
+ls -1 releases | LC_ALL=C sort | grep -vx -- "$2" | head -n -"$3" | while IFS= read -r d; do
+  rm -rf -- "releases/$d"; done
+exit 0
+"""
+
+
+class ImageError(Exception):
+    """A user-facing failure of image handling."""
+
+
+# ---- manifest ---------------------------------------------------------------------------------
+
+@dataclass
+class ImageManifest:
+    """What an image says about itself."""
+
+    name: str
+    service_command: str | None = None
+    service_port: int | None = None
+    health_path: str = "/"
+    checks: str | None = None
+    ignore: list[str] = field(default_factory=list)
+
+
+def load_manifest(root: Path) -> ImageManifest:
+    """Read ``shadowtap-image.yaml`` (optional: without it the image is named after its dir)."""
+    p = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ImageError(f"{root}: not a directory")
+    if not p.exists():
+        return ImageManifest(name=_clean_name(root.resolve().name))
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ImageError(f"{p}: cannot read the image manifest ({e})") from e
+    if not isinstance(d, dict):
+        raise ImageError(f"{p}: the manifest must be a mapping (name, service, checks)")
+    svc = d.get("service") or {}
+    if not isinstance(svc, dict):
+        raise ImageError(f"{p}: 'service' must be a mapping with 'command' and 'port'")
+    cmd = svc.get("command")
+    if isinstance(cmd, list):
+        import shlex
+
+        cmd = shlex.join(str(c) for c in cmd)
+    return ImageManifest(
+        name=_clean_name(str(d.get("name") or root.resolve().name)),
+        service_command=cmd, service_port=int(svc["port"]) if svc.get("port") else None,
+        health_path=str(svc.get("health", "/")), checks=d.get("checks"),
+        ignore=[str(x) for x in d.get("ignore") or []])
+
+
+def _clean_name(s: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", s.lower()).strip("-") or "image"
+
+
+def ignored(rel: str, patterns: Iterable[str]) -> bool:
+    """Does a change to ``rel`` (path relative to the image) not count?"""
+    parts = rel.split("/")
+    for pat in patterns:
+        if pat.endswith("/"):
+            if pat.rstrip("/") in parts[:-1] or pat.rstrip("/") == rel:
+                return True
+        elif fnmatch.fnmatch(parts[-1], pat) or fnmatch.fnmatch(rel, pat):
+            return True
+    return False
+
+
+# ---- tree hashing -----------------------------------------------------------------------------
+
+def tree_hash(path: Path, deep: bool = False, timeout: float = 300) -> str:
+    """The manifest hash of a local tree (same definition as on the shadows)."""
+    r = procs.run(["sh", "-c", TREE_SCRIPT, "sh", str(path), "deep" if deep else ""],
+                  timeout=timeout)
+    if not r.ok:
+        raise ImageError(f"cannot hash {path}: {r.why()}")
+    return r.stdout.strip()
+
+
+def tree_listing(path: Path) -> dict[str, str]:
+    """path -> 'type mode size mtime link' for every entry (to name what a delta changes)."""
+    r = procs.run(["sh", "-c", LIST_SCRIPT, "sh", str(path)], timeout=300)
+    if not r.ok:
+        raise ImageError(f"cannot list {path}: {r.why()}")
+    out = {}
+    for rec in r.stdout.split("\0"):
+        if rec:
+            meta, _, rel = rec.partition("\t")
+            out[rel] = meta
+    return out
+
+
+def remote_hash(host: ShadowHost, rel: str, deep: bool = False, timeout: float = 120
+                ) -> str | None:
+    r = host.exec(TREE_SCRIPT, f"{host.root}/{rel}", "deep" if deep else "", timeout=timeout)
+    return r.stdout.strip() if r.ok else None
+
+
+# ---- snapshots --------------------------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """One frozen state of an image, and the delta that leads to it from its parent."""
+
+    id: str
+    image: str
+    hash: str
+    parent: str | None
+    created: float
+    stage: str
+    batch_bytes: int = 0
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    snapshot_seconds: float = 0.0
+
+
+class ImageStore:
+    """Snapshots of one image under ``$SHADOWTAP_HOME/images/<name>``."""
+
+    def __init__(self, name: str, root: Path | None = None, keep: int = 5) -> None:
+        self.name = name
+        self.dir = (root or home()) / "images" / name
+        self.keep = max(2, keep)
+        self._lock = threading.Lock()
+
+    def tree(self, sid: str) -> Path:
+        return self.dir / "snapshots" / sid
+
+    def batch(self, sid: str) -> Path:
+        return self.dir / "batches" / f"{sid}.batch"
+
+    def snapshots(self) -> list[Snapshot]:
+        d = self.dir / "snapshots"
+        if not d.is_dir():
+            return []
+        out = []
+        for p in sorted(d.glob("*.json")):
+            try:
+                out.append(Snapshot(**json.loads(p.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue
+        return [s for s in out if self.tree(s.id).is_dir()]
+
+    def latest(self) -> Snapshot | None:
+        snaps = self.snapshots()
+        return snaps[-1] if snaps else None
+
+    def get(self, sid: str) -> Snapshot:
+        for s in self.snapshots():
+            if s.id == sid:
+                return s
+        have = ", ".join(s.id for s in self.snapshots()) or "none"
+        raise ImageError(f"image {self.name} has no snapshot {sid!r} (kept: {have})")
+
+    def take(self, src: Path, stage: str, ignore: Iterable[str] = ()) -> Snapshot | None:
+        """Freeze ``src`` as a new snapshot and write the delta from the last one.
+
+        Returns None when nothing significant changed (the tree hashes as the last snapshot).
+        """
+        t0 = time.monotonic()
+        with self._lock, state.locked(self.dir / "store"):
+            parent = self.latest()
+            (self.dir / "snapshots").mkdir(parents=True, exist_ok=True)
+            (self.dir / "batches").mkdir(parents=True, exist_ok=True)
+            seq = int(parent.id) + 1 if parent else 1
+            sid = f"{seq:06d}"
+            tmp = self.dir / "snapshots" / f".{sid}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            argv = ["rsync", "-a", "--delete"]
+            for pat in ignore:
+                argv.append(f"--exclude={pat}")
+            if parent:
+                argv.append(f"--link-dest={self.tree(parent.id)}")
+            r = procs.run([*argv, f"{src}/", f"{tmp}/"], timeout=1800)
+            if not r.ok:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ImageError(f"cannot snapshot {src}: {r.why()}")
+            h = tree_hash(tmp)
+            if parent and h == parent.hash:
+                shutil.rmtree(tmp)
+                return None
+            os.rename(tmp, self.tree(sid))
+            snap = Snapshot(id=sid, image=self.name, hash=h, parent=parent.id if parent else None,
+                            created=time.time(), stage=stage)
+            if parent:
+                r = procs.run(["rsync", *RSYNC_DELTA_OPTS, f"--only-write-batch={self.batch(sid)}",
+                               f"{self.tree(sid)}/", f"{self.tree(parent.id)}/"], timeout=1800)
+                if not r.ok:
+                    shutil.rmtree(self.tree(sid), ignore_errors=True)
+                    raise ImageError(f"cannot compute the delta: {r.why()}")
+                self.batch(sid).with_name(f"{sid}.batch.sh").unlink(missing_ok=True)
+                snap.batch_bytes = self.batch(sid).stat().st_size
+                old, new = tree_listing(self.tree(parent.id)), tree_listing(self.tree(sid))
+                snap.changed = sorted(p for p, m in new.items() if old.get(p) != m)
+                snap.removed = sorted(p for p in old if p not in new)
+            snap.snapshot_seconds = time.monotonic() - t0
+            state.write(self.dir / "snapshots" / f"{sid}.json", asdict(snap))
+            self.prune()
+            return snap
+
+    def prune(self) -> None:
+        """Keep the last ``keep`` snapshots (rollback targets); drop older ones and batches."""
+        snaps = self.snapshots()
+        for s in snaps[:-self.keep]:
+            shutil.rmtree(self.tree(s.id), ignore_errors=True)
+            (self.dir / "snapshots" / f"{s.id}.json").unlink(missing_ok=True)
+            self.batch(s.id).unlink(missing_ok=True)
+
+
+# ---- applying to shadows ----------------------------------------------------------------------
+
+@dataclass
+class ShadowApply:
+    """What happened on one shadow for one snapshot."""
+
+    shadow: str
+    snapshot: str
+    mode: str  # batch | full | unchanged | failed
+    ok: bool
+    seconds: float
+    note: str = ""
+    release: str | None = None
+    service: str | None = None
+
+
+def release_snapshot(release: str | None) -> str | None:
+    """Release dirs are ``<snapshot>~<nonce>``: unique, so a repair never removes ``current``."""
+    return release.split("~", 1)[0] if release else None
+
+
+class Replicator:
+    """Applies snapshots to shadows: batch where it is safe, full rsync where it is not."""
+
+    def __init__(self, store: ImageStore, *, timeout: float = 60.0, keep_releases: int = 2,
+                 deep_verify: bool = False, restart_service: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.keep_releases = keep_releases
+        self.deep = deep_verify
+        self.restart = restart_service
+        self.log = log or (lambda _m: None)
+
+    def apply(self, hosts: list[ShadowHost], snap: Snapshot, **kw: Any) -> list[ShadowApply]:
+        """Every shadow in parallel (they are independent machines)."""
+        if not hosts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as ex:
+            return list(ex.map(lambda h: self.apply_one(h, snap, **kw), hosts))
+
+    def apply_one(self, host: ShadowHost, snap: Snapshot, *, verify: bool = True,
+                  allow_full: bool = True) -> ShadowApply:
+        t0 = time.monotonic()
+        cur = host.current_release()
+        cur_snap = release_snapshot(cur)
+        reason: str | None = None
+        if snap.parent is None or not self.store.batch(snap.id).exists():
+            reason = "no delta for this snapshot (first release)"
+        elif cur is None:
+            reason = "shadow has no release yet"
+        elif cur_snap == snap.id:
+            if remote_hash(host, f"releases/{cur}", self.deep) == snap.hash:
+                return ShadowApply(host.name, snap.id, "unchanged", True,
+                                   time.monotonic() - t0, "already at this snapshot", cur)
+            reason = f"tampered: release {cur} no longer matches snapshot {snap.id}"
+        elif verify and cur_snap != snap.parent:
+            reason = f"at snapshot {cur_snap}, the delta starts from {snap.parent}"
+        elif verify:
+            parent = self.store.get(snap.parent)
+            got = remote_hash(host, f"releases/{cur}", self.deep)
+            if got is None:
+                reason = "could not hash the current release"
+            elif got != parent.hash:
+                reason = f"drifted: release {cur} differs from snapshot {snap.parent}"
+        if reason is None:
+            assert cur is not None
+            ok, note, rel = self._batch(host, snap, cur, verify)
+            if ok:
+                res = ShadowApply(host.name, snap.id, "batch", True, time.monotonic() - t0,
+                                  note, rel)
+                self._activate(host, snap, res)
+                return res
+            reason = note
+        if not allow_full:
+            self.log(f"{host.name}: {reason}; full sync not allowed, left on {cur}")
+            return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
+                               reason, cur)
+        self.log(f"{host.name}: {reason}: falling back to a full rsync")
+        res = self.full_sync(host, snap, reason=reason)
+        res.seconds = time.monotonic() - t0
+        return res
+
+    def _batch(self, host: ShadowHost, snap: Snapshot, cur: str, verify: bool
+               ) -> tuple[bool, str, str | None]:
+        new = f"{snap.id}~{secrets.token_hex(3)}"
+        lst = self.store.dir / "batches" / f".{snap.id}.{host.name}.changed"
+        lst.write_bytes(b"".join(p.encode() + b"\0" for p in snap.changed))
+        try:
+            r = host.exec(PREP_SCRIPT, host.root, cur, new, timeout=self.timeout,
+                          stdin_file=str(lst))
+        finally:
+            lst.unlink(missing_ok=True)
+        if not r.ok:
+            return False, f"staging copy failed: {r.why()}", None
+        r = host.rsync(str(self.store.batch(snap.id)), f"incoming/{snap.id}.batch",
+                       timeout=self.timeout)
+        if not r.ok:
+            return False, f"sending the batch failed: {r.why()}", None
+        r = host.exec(READ_BATCH_SCRIPT, host.root, snap.id, new, timeout=self.timeout)
+        if r.timed_out:
+            return False, (f"batch timed out after {self.timeout:.0f} s and was killed "
+                           "(a drifted destination makes --read-batch hang)"), None
+        if not r.ok:
+            return False, f"batch failed: {r.why()}", None
+        if verify and remote_hash(host, f"releases/{new}.staging", self.deep) != snap.hash:
+            return False, "after the batch the staging tree differs from the snapshot", None
+        r = host.exec(SWITCH_SCRIPT, host.root, new, str(self.keep_releases),
+                      timeout=self.timeout)
+        if not r.ok:
+            return False, f"switch failed: {r.why()}", None
+        return True, f"batch {snap.batch_bytes:,} bytes", new
+
+    def full_sync(self, host: ShadowHost, snap: Snapshot, *, reason: str = "",
+                  link_current: bool = False) -> ShadowApply:
+        """Copy the whole snapshot into a fresh staging tree, verify, switch.
+
+        ``link_current`` (rollback) lets rsync hard-link unchanged files from the current
+        release; a repair never does, since the current release is what cannot be trusted.
+        """
+        t0 = time.monotonic()
+        new = f"{snap.id}~{secrets.token_hex(3)}"
+        cur = host.current_release()
+        r = host.exec('mkdir -p "$1/releases" "$1/incoming" && rm -rf -- "$1/releases/$2.staging"',
+                      host.root, new, timeout=self.timeout)
+        extra = ["--delete"]
+        if link_current and cur:
+            extra.append(f"--link-dest=../{cur}")
+        if r.ok:
+            r = host.rsync(f"{self.store.tree(snap.id)}/", f"releases/{new}.staging/",
+                           timeout=self.timeout, extra=extra)
+        note = f"full rsync ({reason})" if reason else "full rsync"
+        if not r.ok:
+            host.exec('rm -rf -- "$1/releases/$2.staging"', host.root, new, timeout=30)
+            return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
+                               f"{note} failed: {r.why()}; still on {cur}", cur)
+        if remote_hash(host, f"releases/{new}.staging", self.deep) != snap.hash:
+            return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
+                               f"{note}: copy does not match the snapshot; still on {cur}", cur)
+        r = host.exec(SWITCH_SCRIPT, host.root, new, str(self.keep_releases),
+                      timeout=self.timeout)
+        if not r.ok:
+            return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
+                               f"{note}: switch failed: {r.why()}", cur)
+        res = ShadowApply(host.name, snap.id, "full", True, time.monotonic() - t0, note, new)
+        self._activate(host, snap, res)
+        return res
+
+    def _activate(self, host: ShadowHost, snap: Snapshot, res: ShadowApply) -> None:
+        """Restart the image's service on the new release and wait until it answers."""
+        if not self.restart:
+            return
+        m = load_manifest(self.store.tree(snap.id))
+        if not m.service_command:
+            res.service = "none declared"
+            return
+        r = host.start_service(m.service_command, m.service_port)
+        if not r.ok:
+            res.service = f"failed to start: {r.why()}"
+            return
+        if m.service_port:
+            ok, why = host.wait_http(m.service_port, m.health_path, timeout=15)
+            res.service = "up" if ok else f"not answering: {why}"
+        else:
+            res.service = "started"
+
+    def rollback(self, hosts: list[ShadowHost], sid: str) -> list[ShadowApply]:
+        snap = self.store.get(sid)
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(hosts)))) as ex:
+            return list(ex.map(lambda h: self.full_sync(h, snap, reason=f"rollback to {sid}",
+                                                        link_current=True), hosts))
+
+
+# ---- watching a build directory ----------------------------------------------------------------
+
+class TreeWatcher:
+    """Calls ``on_settled()`` once a build directory has been quiet for ``settle`` seconds.
+
+    inotify (through watchdog) reports every write of a build; pushing on each would ship
+    half-written files. Waiting until the tree settles turns a burst of writes into one delta.
+    """
+
+    def __init__(self, root: Path, on_settled: Callable[[], None], *, settle: float = 2.0,
+                 ignore: Iterable[str] = ()) -> None:
+        self.root = root.resolve()
+        self.on_settled = on_settled
+        self.settle = settle
+        self.ignore = list(ignore)
+        self.last_event: float | None = None
+        self.events = 0
+        self._stop = threading.Event()
+        self._cv = threading.Condition()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+
+    def _event(self, path: str) -> None:
+        try:
+            rel = str(Path(path).resolve().relative_to(self.root))
+        except ValueError:
+            return
+        if rel == "." or ignored(rel, self.ignore):
+            return
+        with self._cv:
+            self.last_event = time.monotonic()
+            self.events += 1
+            self._cv.notify()
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                watcher._event(str(event.src_path))
+                dest = getattr(event, "dest_path", "")
+                if dest:
+                    watcher._event(str(dest))
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(self.root), recursive=True)
+        self._observer.start()
+        self._thread = threading.Thread(target=self._loop, name="tree-watcher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                if self.last_event is None:
+                    self._cv.wait(0.5)
+                    continue
+                quiet = time.monotonic() - self.last_event
+                if quiet < self.settle:
+                    self._cv.wait(self.settle - quiet)
+                    continue
+                self.last_event = None
+            try:
+                self.on_settled()
+            except Exception as e:  # keep watching; the callback reports its own failures
+                print(f"error: push after change failed: {e}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+        if self._thread is not None:
+            self._thread.join(5)

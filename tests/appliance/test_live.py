@@ -1,0 +1,226 @@
+"""The appliance on a real mirrored link: exactly-once exchanges, VXLAN, kill -9, SIGHUP,
+SIGTERM, fanout, kernel drop counters and the metrics endpoint, all in private namespaces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from apphelpers import (
+    Daemon,
+    Server,
+    Topo,
+    check_exactly_once,
+    free_port,
+    log_files,
+    read_log,
+    run_load,
+    topology,
+    wait_for,
+    write_config,
+)
+
+from appliance.capture import RingConfig, RingSource
+from netconfig import netns as nsmod
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topo]:
+    with topology(tmp_path_factory.mktemp("topo"), vxlan=True) as t, Server(t.server):
+        yield t
+
+
+def _daemon(tmp: Path, topo: Topo, **kw: object) -> tuple[Daemon, Path]:
+    out = tmp / "out"
+    port = free_port()
+    cfg = write_config(tmp / "appliance.yaml", topo, out, metrics_port=port, **kw)  # type: ignore[arg-type]
+    return Daemon(cfg, port, tmp / "daemon.log"), out
+
+
+def _hostile_frames(topo: Topo, n: int = 500) -> None:
+    """Garbage on the capture port: truncated headers, bad lengths, random bytes."""
+    s = nsmod.socket_in_netns(topo.server, socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind(("tapm", 0))
+    eth = b"\x02" * 6 + b"\x04" * 6
+    shapes = [eth + b"\x08\x00" + b"\x45", eth + b"\x08\x00" + b"\x4f" + os.urandom(60),
+              eth + b"\x08\x00" + b"\x45\x00\xff\xff" + os.urandom(16) + b"\x06" + os.urandom(30),
+              eth + b"\x86\xdd" + os.urandom(30), eth + b"\x81\x00" + os.urandom(4),
+              eth + b"\x08\x00" + b"\x45\x00\x00\x28" + b"\0" * 5 + b"\x06" + b"\0" * 10
+              + b"\0\x50\0\x50" + os.urandom(8) + b"\xf0\x02" + os.urandom(6)]
+    for i in range(n):
+        s.send(shapes[i % len(shapes)] if i % 7 else os.urandom(14 + i % 200))
+    s.close()
+
+
+def test_mirrored_http_exactly_once_with_metrics(topo: Topo, tmp_path: Path) -> None:
+    """2,000 requests on the mirrored link: each logged once, paired, byte-identical; hostile
+    frames on the port are counted, not fatal; /metrics and /healthz answer for real."""
+    d, out = _daemon(tmp_path, topo)
+    d.start()
+    try:
+        _hostile_frames(topo)
+        load = run_load(topo.client, "m", connections=100, per_conn=20)
+        assert not load.failures and len(load.sent) == 2000
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 15,
+                 "2000 exchanges emitted")
+        m = d.metrics()
+        assert d.get("/healthz")[0] == 200
+        assert d.total("shadowtap_capture_kernel_drops_total") == 0
+        assert any(n == "shadowtap_capture_kernel_drops_total" for n, _ in m)
+        assert d.total("shadowtap_capture_packets_total") > 4000
+        assert d.total("shadowtap_capture_bytes_total") > 1_000_000
+        assert d.total("shadowtap_exchanges_incomplete_total") == 0
+        assert d.total("shadowtap_pipeline_latency_seconds_count") >= 2000
+        assert d.total("shadowtap_userspace_drops_total") > 0, "hostile frames are counted"
+        assert d.get("/nope")[0] == 404
+    finally:
+        assert d.stop() == 0
+    check_exactly_once(load, read_log(log_files(out)))
+
+
+def test_vxlan_collector_gets_the_same_exchanges(topo: Topo, tmp_path: Path) -> None:
+    d, out = _daemon(tmp_path, topo, vxlan=True)
+    d.start()
+    try:
+        load = run_load(topo.client, "v", connections=100, per_conn=20)
+        assert not load.failures
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 15,
+                 "2000 exchanges over VXLAN")
+        assert d.total("shadowtap_capture_kernel_drops_total") == 0
+    finally:
+        assert d.stop() == 0
+    check_exactly_once(load, read_log(log_files(out)))
+
+
+def test_kill_9_costs_production_nothing_and_restart_resumes(topo: Topo, tmp_path: Path) -> None:
+    d, out = _daemon(tmp_path, topo)
+    d.start()
+    stop = threading.Event()
+    box: dict[str, object] = {}
+    t = threading.Thread(target=lambda: box.update(
+        load=run_load(topo.client, "k", connections=400, per_conn=25, concurrency=40,
+                      stop=stop)))
+    t.start()
+    time.sleep(0.6)
+    d.kill()  # SIGKILL mid-load
+    time.sleep(0.4)
+    t.join(60)
+    load = box["load"]
+    assert not load.failures, load.failures[:3]  # type: ignore[attr-defined]
+    assert len(load.sent) == 10_000  # type: ignore[attr-defined]
+    d.start()  # same config, no operator action: the left-over log is rotated away
+    try:
+        after = run_load(topo.client, "r", connections=20, per_conn=10)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 10, "resumed")
+    finally:
+        assert d.stop() == 0
+    exchanges = read_log(log_files(out))  # every file, including the killed run's, parses
+    check_exactly_once(after, exchanges, tag="r")
+
+
+def test_sighup_reload_keeps_capturing_and_refuses_bad_config(topo: Topo,
+                                                              tmp_path: Path) -> None:
+    d, out = _daemon(tmp_path, topo)
+    d.start()
+    try:
+        a = run_load(topo.client, "a", connections=20, per_conn=10)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 10, "first batch")
+        before = d.total("shadowtap_capture_packets_total")
+        # New pipeline: only POSTs from now on.
+        write_config(d.config, topo, out, metrics_port=d.port,
+                     extra_pipeline={"filters": [{"method": ["POST"]}]})
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.total("shadowtap_reloads_total") == 1, 10, "reload")
+        b = run_load(topo.client, "b", connections=20, per_conn=10)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 400, 10, "second batch")
+        assert d.total("shadowtap_capture_packets_total") > before, "capture never reset"
+        # A broken config is refused; the running pipeline stays.
+        d.config.write_text("source: {interface: cap0}\npipeline: {sinks: [{type: nope}]}\n")
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.total("shadowtap_reload_errors_total") >= 1, 10, "refused reload")
+        c = run_load(topo.client, "c", connections=5, per_conn=3)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 415, 10, "third batch")
+        assert d.total("shadowtap_capture_kernel_drops_total") == 0
+    finally:
+        assert d.stop() == 0
+    exchanges = read_log(log_files(out))
+    check_exactly_once(a, exchanges, tag="a")
+    posts = {k: v for k, v in b.sent.items() if v.startswith(b"POST")}
+    assert {ex.request.method for ex in exchanges if ex.request
+            and ex.request.path.startswith("/b/")} == {"POST"}
+    b.sent = posts
+    check_exactly_once(b, exchanges, tag="b")
+    assert "reload refused" in d.log.read_text()
+    assert sum(1 for ex in exchanges if ex.request and ex.request.path.startswith("/c/")) == \
+        sum(1 for v in c.sent.values() if v.startswith(b"POST"))
+
+
+def test_sigterm_drains_and_flushes_open_exchanges(topo: Topo, tmp_path: Path) -> None:
+    """An exchange still waiting for its response is written, marked, when SIGTERM arrives;
+    and the sinks hold everything although the flush timer has not fired (max_age is long)."""
+    d, out = _daemon(tmp_path, topo)
+    d.start()
+    s = nsmod.socket_in_netns(topo.client)
+    try:
+        load = run_load(topo.client, "t", connections=10, per_conn=5)
+        s.connect(("10.99.1.2", 80))
+        s.sendall(b"GET /hang/1 HTTP/1.1\r\nHost: prod.test\r\n\r\n")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 50, 10, "batch")
+        time.sleep(0.3)
+    finally:
+        assert d.stop() == 0
+        s.close()
+    exchanges = read_log(log_files(out))
+    check_exactly_once(load, exchanges, tag="t")
+    hang = [ex for ex in exchanges if ex.request and ex.request.path == "/hang/1"]
+    assert len(hang) == 1 and hang[0].response is None and not hang[0].completeness.complete
+
+
+def test_fanout_two_workers_never_split_a_connection(topo: Topo, tmp_path: Path) -> None:
+    d, out = _daemon(tmp_path, topo, workers=2)
+    d.start()
+    try:
+        load = run_load(topo.client, "f", connections=200, per_conn=5)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 1000, 15, "fanout")
+        per_worker = {w: d.total("shadowtap_exchanges_emitted_total", worker=w)
+                      for w in ("0", "1")}
+        assert all(v > 100 for v in per_worker.values()), per_worker
+    finally:
+        assert d.stop() == 0
+    files = log_files(out)
+    assert {f.name for f in files} == {"exchanges-w0.jsonl", "exchanges-w1.jsonl"}
+    where: dict[int, set[str]] = {}
+    for f in files:
+        for ex in read_log([f]):
+            assert ex.conn is not None
+            where.setdefault(ex.conn.client_port, set()).add(f.name)
+    assert all(len(v) == 1 for v in where.values()), "a connection was split across workers"
+    check_exactly_once(load, read_log(files))
+
+
+def test_kernel_drop_counters_from_packet_statistics(topo: Topo) -> None:
+    """A tiny ring nobody reads overflows: PACKET_STATISTICS shows drops, tp_packets includes
+    them, and reading resets the kernel's count (we accumulate)."""
+    ring = RingSource("cap0", netns=topo.app, bpf="tcp port 80",
+                      ring=RingConfig(block_size=131072, block_count=2, retire_ms=5),
+                      rcvbuf=1 << 16)
+    try:
+        run_load(topo.client, "d", connections=20, per_conn=20)
+        time.sleep(0.2)
+        s1 = ring.stats()
+        assert s1["kernel_drops"] > 0
+        assert s1["kernel_packets"] > s1["kernel_drops"]
+        s2 = ring.stats()
+        assert s2["kernel_drops"] == s1["kernel_drops"], "accumulated, not re-added"
+        frames = ring.poll(0.1)
+        assert frames and all(f[1] == 1 for f in frames)
+    finally:
+        ring.close()
