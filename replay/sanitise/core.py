@@ -45,6 +45,7 @@ replacements of ordinary short strings)."""
 _JSON_START = frozenset(b'{["-0123456789tfn')
 _SAMPLES = 3
 _CLEAN_MAX = 512
+_MEMO_ENTRIES = 1 << 13
 _CLEAN_ENTRIES = 1 << 14
 
 
@@ -62,8 +63,12 @@ class SanitiseReport:
     exchanges_dropped: int = 0
     bodies_rewritten: int = 0
     key_id: str = ""
+    _rec: list[tuple[str, str, bytes | None]] | None = field(default=None, repr=False)
+    """While set, every count is also appended here (the sanitiser memoises whole results)."""
 
     def count(self, rule: str, loc: str, sample: bytes | None) -> None:
+        if self._rec is not None:
+            self._rec.append((rule, loc, sample))
         k = (rule, loc)
         self.counts[k] = self.counts.get(k, 0) + 1
         if sample is not None:
@@ -185,6 +190,7 @@ class Sanitiser:
             if det is not None and det.name in ("ipv4", "ipv6") and r.action == "pseudonym":
                 self._ip_rules.setdefault(r.detector.name, r)
         self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
+        self._cookie_cache: dict[tuple[str, bool], tuple[Any, list[Any], dict[bytes, bytes]]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
         self._select_cache: dict[
             tuple[str, str], tuple[Rule | None, list[tuple[int, Detector]]]
@@ -394,7 +400,12 @@ class Sanitiser:
             else:
                 new = self.pseudo.pseudonym(det.fmt if rule.fmt == "auto" else rule.fmt, orig)
                 rep.count(rule.name, loc, new)
-            if json_text and (rule.action != "pseudonym" or not _JSON_NUM.fullmatch(new)):
+            # Only a number-shaped hit can stand outside a string in valid JSON.
+            if (
+                json_text
+                and _JSON_NUM.fullmatch(orig)
+                and (rule.action != "pseudonym" or not _JSON_NUM.fullmatch(new))
+            ):
                 if strings is None:
                     strings = [m.span() for m in _JSON_STRING.finditer(text)]
                 if not any(a < s and e < b for a, b in strings):
@@ -519,7 +530,7 @@ class Sanitiser:
                 new[i] = (new[i][0], nv)
         for i in cookie_idx:
             k, v = headers[i]
-            nv = self._cookie_header(v, k.lower() == "set-cookie", ctx)
+            nv = self._cookie_memo(v, k.lower() == "set-cookie", ctx)
             if nv is None:
                 drop.add(i)
             elif nv is not v:
@@ -529,6 +540,32 @@ class Sanitiser:
         if new == headers:
             return headers, ctype, cenc
         return new, ctype, cenc
+
+    def _cookie_memo(self, value: str, is_set: bool, ctx: _Ctx) -> str | None:
+        """``_cookie_header`` memoised: a session sends the same Cookie header with every
+        request. The result is a pure function of the value (and key), so a hit replays the
+        recorded counts and echo entries and returns the same output."""
+        key = (value, is_set)
+        hit = self._cookie_cache.get(key)
+        rep = self.report
+        if hit is None:
+            sub = _Ctx()
+            rec: list[tuple[str, str, bytes | None]] = []
+            rep._rec = rec
+            try:
+                new = self._cookie_header(value, is_set, sub)
+            finally:
+                rep._rec = None
+            hit = (new, rec, sub.echo)
+            if len(self._cookie_cache) >= _MEMO_ENTRIES:
+                self._cookie_cache.clear()
+            self._cookie_cache[key] = hit
+        else:
+            for r, loc, smp in hit[1]:
+                rep.count(r, loc, smp)
+        if hit[2]:
+            ctx.echo.update(hit[2])
+        return hit[0]
 
     def _cookie_header(self, value: str, is_set: bool, ctx: _Ctx) -> str | None:
         """Cookie: every pair; Set-Cookie: the first pair (attributes are not personal)."""

@@ -134,6 +134,8 @@ def rand_ipv4(rng: random.Random) -> str:
 
 def rand_ipv6(rng: random.Random) -> str:
     groups = [f"{rng.randrange(1, 0x10000):x}" for _ in range(8)]
+    if rng.random() < 0.2:
+        return f"::ffff:{rand_ipv4(rng)}"
     if rng.random() < 0.5:
         return ":".join(groups)
     return ":".join(groups[:3]) + "::" + ":".join(groups[6:])

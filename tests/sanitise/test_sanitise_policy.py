@@ -396,3 +396,14 @@ def test_percent_encoded_email_in_html_and_oauth_code() -> None:
     assert b"jane.doe" not in out.request.body and b"%40" in out.request.body
     assert "SplxlOBeZQQYbYS6WxSbIA" not in out.request.target
     assert out.request.target.endswith("&state=xyz")
+
+
+def test_ipv6_at_start_of_json_string() -> None:
+    san = Sanitiser(Policy.default(), KEY)
+    body = b'{"a":"::ffff:10.9.8.7","b":"fe80::1ff:fe23:4567:890a","c":{"d":"2001:db8::77"}}'
+    out = san.apply(_req(body=body, ctype="application/json"))
+    assert out is not None and out.request is not None
+    doc = orjson.loads(out.request.body)
+    assert (
+        doc["a"] != "::ffff:10.9.8.7" and "fe23" not in doc["b"] and doc["c"]["d"] != "2001:db8::77"
+    )
