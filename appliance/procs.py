@@ -106,7 +106,6 @@ def run(
     finally:
         if fin:
             fin.close()
-    _kill_group(proc)  # nothing of ours outlives the call (a daemonised grandchild aside)
     if isinstance(out, bytes):
         out = out.decode(errors="replace")
         err = err.decode(errors="replace")
