@@ -35,7 +35,14 @@ from replay.errors import InputError
 from replay.model import ConnKey, Exchange, Headers, Request, Response
 from replay.sanitise import bodies
 from replay.sanitise.detectors import Detector, DetSet, is_ipv4, is_ipv6, scan
-from replay.sanitise.policy import FRAMING_HEADERS, LOCATIONS, Policy, Rule, json_path_matches
+from replay.sanitise.policy import (
+    FRAMING_HEADERS,
+    LOCATIONS,
+    Policy,
+    Rule,
+    json_path_matches,
+    norm_name,
+)
 from replay.sanitise.pseudonym import Pseudonymiser, key_fingerprint
 
 _URL_HEADERS = frozenset({"referer", "location", "content-location", "origin", "refresh"})
@@ -170,8 +177,11 @@ class Sanitiser:
         for r in self._json_rules:
             if r.name_rx is not None:
                 self._json_always_parse = True
-            for n in r.names or ():
-                lits.add(n.encode("utf-8"))
+            for n in r.raw_names:
+                # the spellings a document may use: access_token, access-token, accesstoken
+                # (the body is lower-cased first, so accessToken is the last one)
+                for v in (n, n.replace("-", "_"), n.replace("_", "-"), norm_name(n)):
+                    lits.add(v.encode("utf-8"))
             for steps in r.json_paths or ():
                 keys = [a for k, a in steps if k == "key"]
                 if keys:

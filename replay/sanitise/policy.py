@@ -99,6 +99,11 @@ rules:
 """
 
 
+def norm_name(name: str) -> str:
+    """A field name without case, '_' and '-': ``accessToken`` == ``access_token``."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 # -- JSON paths -----------------------------------------------------------------------------
 
 JsonStep = tuple[str, Any]
@@ -193,6 +198,9 @@ class Rule:
     action: str
     fmt: str = "auto"
     names: frozenset[str] | None = None
+    """Normalised (``norm_name``) field names this rule selects."""
+    raw_names: frozenset[str] = frozenset()
+    """The names as written (lower-cased), for the JSON pre-check."""
     name_rx: re.Pattern[str] | None = None
     json_paths: list[list[JsonStep]] | None = None
     segments: frozenset[int] | None = None
@@ -216,8 +224,11 @@ class Rule:
         )
 
     def selects_name(self, lname: str) -> bool:
-        """Whether a field/header/cookie named ``lname`` (lower-cased) is selected by name."""
-        if self.names is not None and lname in self.names:
+        """Whether a field/header/cookie named ``lname`` (lower-cased) is selected by name.
+
+        ``names`` are compared without case, '_' and '-', so ``access_token`` also selects
+        ``accessToken`` and ``Access-Token`` (APIs spell the same field every way)."""
+        if self.names is not None and norm_name(lname) in self.names:
             return True
         return self.name_rx is not None and self.name_rx.search(lname) is not None
 
@@ -453,7 +464,8 @@ def _compile_rule(r: Any, i: int, detectors: dict[str, Detector], err: Any) -> R
             names = [names]
         if not isinstance(names, list) or not names:
             raise err(f"{where}: names must be a list of field names")
-        rule.names = frozenset(str(n).lower() for n in names)
+        rule.names = frozenset(norm_name(str(n)) for n in names)
+        rule.raw_names = frozenset(str(n).lower() for n in names)
     rule.name_rx = rx("name_regex", re.I)
     paths = r.get("paths")
     if paths is not None:

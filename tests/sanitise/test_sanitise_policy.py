@@ -407,3 +407,23 @@ def test_ipv6_at_start_of_json_string() -> None:
     assert (
         doc["a"] != "::ffff:10.9.8.7" and "fe23" not in doc["b"] and doc["c"]["d"] != "2001:db8::77"
     )
+
+
+def test_field_names_match_in_every_spelling() -> None:
+    san = Sanitiser(Policy.default(), KEY)
+    doc = {
+        "accessToken": "tok-aaaaaaaaaaaa",
+        "Refresh-Token": "tok-bbbbbbbbbbbb",
+        "NEW_PASSWORD": "hunter2hunter2",
+        "user": {"clientSecret": "cs-cccccccccccc"},
+    }
+    out = san.apply(_req(body=orjson.dumps(doc), ctype="application/json"))
+    assert out is not None and out.request is not None
+    body = out.request.body
+    for v in (b"aaaaaaaaaaaa", b"bbbbbbbbbbbb", b"hunter2", b"cccccccccccc"):
+        assert v not in body
+    got = orjson.loads(body)
+    assert got["NEW_PASSWORD"] == "****" and got["accessToken"][3] == "-"
+    out = san.apply(_req("/cb?apiKey=k1k1k1k1k1k1&Session-Id=s2s2s2s2s2"))
+    assert out is not None and out.request is not None
+    assert "k1k1k1" not in out.request.target and "s2s2s2" not in out.request.target
