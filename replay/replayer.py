@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import ssl
 import time
@@ -98,15 +99,14 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.fut: asyncio.Future | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.closed = False
         self.reused = False
         self.uses = 0
         self.is_head = False
         self.head_done = False
         self._reset_message()
-        self.local: tuple[str, int] = ("", 0)
-        self.peer: tuple[str, int] = ("", 0)
+        self.key: ConnKey | None = None
 
     def _reset_message(self) -> None:
         self.got_bytes = False
@@ -124,10 +124,9 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sn = transport.get_extra_info("sockname")
         pn = transport.get_extra_info("peername")
-        if sn:
-            self.local = (sn[0], sn[1])
-        if pn:
-            self.peer = (pn[0], pn[1])
+        if sn and pn and isinstance(sn, tuple):
+            # One key per connection, shared by every exchange recorded on it.
+            self.key = ConnKey(sn[0], sn[1], pn[0], pn[1])
 
     def data_received(self, data: bytes) -> None:
         if self.fut is None:
@@ -158,7 +157,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.open -= 1
-        self._cancel_timer()
+        self.pool.conns.discard(self)
         fut = self.fut
         if fut is None or fut.done():
             return
@@ -218,10 +217,10 @@ class _Conn(asyncio.Protocol):
         self._reset_message()
         self.reused = self.uses > 0
         self.uses += 1
-        self.t_sent = time.perf_counter()
+        self.t_sent = t = time.perf_counter()
         self.wall_sent = time.time()
-        if timeout is not None:
-            self.timer = self.loop.call_later(timeout, self._on_timeout, timeout)
+        # Checked by the replayer's sweeper (one timer for all connections, not one per request).
+        self.deadline = t + timeout if timeout is not None else float("inf")
         try:
             assert self.transport is not None
             self.transport.write(data)
@@ -229,20 +228,13 @@ class _Conn(asyncio.Protocol):
             self._fail("write_error", f"write failed: {e}", self.reused)
         return fut
 
-    def _on_timeout(self, timeout: float) -> None:
-        self.timer = None
+    def on_timeout(self, timeout: float) -> None:
         self._fail("timeout", f"no complete answer within {timeout:g} s")
         self._close(abort=True)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def _finish(self) -> None:
         fut = self.fut
         self.fut = None
-        self._cancel_timer()
         if fut is None or fut.done():
             return
         resp = Response(
@@ -260,12 +252,11 @@ class _Conn(asyncio.Protocol):
             self.pool.idle.append(self)
         else:
             self._close()
-        fut.set_result((resp, interim, self.t_sent, t_done, self.wall_sent, self.local, self.peer))
+        fut.set_result((resp, interim, self.t_sent, t_done, self.wall_sent, self.key))
 
     def _fail(self, kind: str, message: str, stale: bool = False) -> None:
         fut = self.fut
         self.fut = None
-        self._cancel_timer()
         if fut is not None and not fut.done():
             fut.set_exception(_Fail(kind, message, stale))
 
@@ -294,6 +285,7 @@ class _Pool:
         self.connect_timeout = connect_timeout
         self.ssl_ctx = ssl_ctx
         self.idle: deque[_Conn] = deque()
+        self.conns: set[_Conn] = set()
         self.open = 0
 
     def get_idle(self) -> _Conn | None:
@@ -334,11 +326,19 @@ class _Pool:
         except OSError as e:
             raise _Fail("connect_error", f"{t.authority}: {e.strerror or e}") from None
         self.open += 1
+        self.conns.add(proto)  # type: ignore[arg-type]
         return proto  # type: ignore[return-value]
 
     async def connect_and_send(self, data: bytes, is_head: bool) -> Any:
         c = await self.connect()
         return await c.send(data, is_head, self.timeout)
+
+    def sweep(self, now: float) -> None:
+        """Fail requests past their deadline (and drop their connections)."""
+        if self.timeout is None:
+            return
+        for c in [c for c in self.conns if c.fut is not None and c.deadline < now]:
+            c.on_timeout(self.timeout)
 
     def close(self) -> None:
         while self.idle:
@@ -356,7 +356,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted sequence (None when empty)."""
     if not sorted_values:
         return None
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -502,7 +502,7 @@ class Replayer:
         self._pools: list[_Pool] = []
         self._queue: asyncio.Queue | None = None
         self._workers: list[asyncio.Task] = []
-        self._sem: asyncio.Semaphore | None = None
+        self._sweeper: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # lifecycle
@@ -518,9 +518,20 @@ class Replayer:
             for t in self.targets
         ]
         self._queue = asyncio.Queue(self.queue_size)
-        self._sem = asyncio.Semaphore(self.concurrency)
+        if self.timeout is not None:
+            self._sweeper = asyncio.ensure_future(self._sweep(self.timeout))
         if not self.stats.started:
             self.stats.started = time.perf_counter()
+
+    async def _sweep(self, timeout: float) -> None:
+        # Timeouts fire within ~10 % of their value: one wake-up per interval for the whole
+        # replayer is far cheaper than a timer armed and cancelled for every request.
+        interval = min(max(timeout / 10, 0.005), 0.25)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.perf_counter()
+            for p in self._pools:
+                p.sweep(now)
 
     async def close(self) -> None:
         """Stop the queue workers (after the queue drains) and close every connection."""
@@ -532,6 +543,11 @@ class Replayer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w
             self._workers = []
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         for p in self._pools:
             p.close()
         if not self.stats.finished:
@@ -614,7 +630,7 @@ class Replayer:
         ts.error_examples.setdefault(err.kind, err.message)
 
     def _record(self, ex: Exchange, i: int, req: Request, got: Any, loop_no: int) -> Exchange:
-        resp, interim, t_sent, t_done, wall_sent, local, peer = got
+        resp, interim, t_sent, t_done, wall_sent, key = got
         url = self.targets[i].url
         ts = self.stats.targets[url]
         lat = t_done - t_sent
@@ -625,7 +641,7 @@ class Replayer:
         rid = f"{ex.id}@{i}" if loop_no == 0 else f"{ex.id}@{i}.{loop_no}"
         return Exchange(
             id=rid,
-            conn=ConnKey(local[0], local[1], peer[0], peer[1]) if peer[0] else None,
+            conn=key,
             request=req,
             response=resp,
             interim=interim,
