@@ -180,8 +180,6 @@ def dead_url() -> str:
 # ---------------------------------------------------------------------------------------------
 # The services under comparison
 
-NOISY_HEADERS = True
-
 
 def _json(status: int, doc: object, gz: bool = False) -> Reply:
     body = orjson.dumps(doc)
