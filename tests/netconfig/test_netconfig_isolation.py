@@ -14,7 +14,7 @@ from netconfig import isolation
 
 pytestmark = pytest.mark.root
 
-PROBES: dict[str, Callable[[str, str], bool]] = {
+PROBES: dict[str, Callable[..., bool]] = {
     "tcp": probe_tcp, "udp": probe_udp, "icmp": probe_icmp}
 
 
@@ -29,11 +29,12 @@ def _targets(spec: Any) -> dict[str, str]:
     }
 
 
-def _probe_all(ns: str, targets: dict[str, str]) -> dict[tuple[str, str], bool]:
+def _probe_all(ns: str, targets: dict[str, str], timeout: float = 0.5,
+               ) -> dict[tuple[str, str], bool]:
     jobs = {(name, proto): (fn, addr) for name, addr in targets.items()
             for proto, fn in PROBES.items()}
     with ThreadPoolExecutor(len(jobs)) as pool:
-        futs = {k: pool.submit(fn, ns, addr) for k, (fn, addr) in jobs.items()}
+        futs = {k: pool.submit(fn, ns, addr, timeout=timeout) for k, (fn, addr) in jobs.items()}
         return {k: f.result() for k, f in futs.items()}
 
 
@@ -51,9 +52,9 @@ def listening(running_lab: Any) -> Any:
 def test_probes_work_where_allowed(listening: Any) -> None:
     """Positive controls: the probes do detect reachability."""
     spec = listening
-    ok = _probe_all(spec.ns("shadow-1"), {"appliance": "10.77.11.1"})
+    ok = _probe_all(spec.ns("shadow-1"), {"appliance": "10.77.11.1"}, timeout=3)
     assert all(ok.values()), ok
-    ok = _probe_all(spec.ns("client"), {"outside": "10.77.200.2", "prod": "10.77.2.2"})
+    ok = _probe_all(spec.ns("client"), {"outside": "10.77.200.2", "prod": "10.77.2.2"}, timeout=3)
     assert all(ok.values()), ok
 
 
@@ -80,7 +81,7 @@ def test_gateway_fence_holds_even_if_the_shadow_adds_a_route_and_drops_its_own_f
         leaked = [k for k, v in got.items() if v]
         assert leaked == [], f"shadow-1 reached {leaked} through the gateway"
         assert sum(isolation.drop_counts(gw).values()) > before, "drops are counted"
-        ok = _probe_all(sh, {"appliance": "10.77.11.1"})
+        ok = _probe_all(sh, {"appliance": "10.77.11.1"}, timeout=3)
         assert all(ok.values()), ok
     finally:
         subprocess.run(["ip", "-n", sh, "route", "del", "default"], check=False)
