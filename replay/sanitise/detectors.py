@@ -40,6 +40,7 @@ Digits and the two usual group separators share a class so that one literal sear
 
 _ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _DIGITSET = frozenset(b"0123456789")
+_LOCAL = _ALNUM | frozenset(b"._%+-")
 
 # -- validators (also used by tests and by ``format: auto``) ---------------------------------
 
@@ -111,6 +112,7 @@ _EMAIL_PCT = re.compile(
     rb"[A-Za-z0-9._+\-]{1,64}%40(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
 )
 _JWT = re.compile(rb"eyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")
+_B64URL_RUN = re.compile(rb"[A-Za-z0-9_\-]*")
 _BEARER = re.compile(rb"earer[ \t]+([A-Za-z0-9\-._~+/]{8,}=*)")
 _BASIC = re.compile(rb"asic[ \t]+([A-Za-z0-9+/]{4,}={0,2})")
 _RUN = re.compile(rb"00000000000+")  # on the class map: 11+ digits/separators in a row
@@ -197,7 +199,12 @@ def _find_around(text: bytes, sep: bytes, rx: re.Pattern[bytes]) -> list[Span]:
     out: list[Span] = []
     n = len(text)
     prev = 0
+    k = len(sep)
     while i >= 0:
+        # an address needs a local-part character before and a domain character after
+        if i == 0 or text[i - 1] not in _LOCAL or i + k >= n or text[i + k] not in _ALNUM:
+            i = text.find(sep, i + 1)
+            continue
         end = min(n, i + 256)
         m = rx.search(text, max(prev, i - 64), end)
         while m is not None and m.end() <= i:
@@ -233,6 +240,12 @@ def find_jwt(p: Prep) -> list[Span]:
                 out.append(m.span())
                 end = m.end()
                 j = text.find(b"J", end)
+                continue
+            # Every later start inside this base64url run fails the same way (same dots after
+            # it), so skip the run: keeps 'eyJeyJeyJ...' from costing quadratic time.
+            r = _B64URL_RUN.match(text, j)
+            if r is not None:
+                j = text.find(b"J", r.end())
                 continue
         j = text.find(b"J", j + 1)
     return out
@@ -435,6 +448,7 @@ def find_ipv6(p: Prep) -> list[Span]:
         if found is None:
             continue
         s, e = found.span()
+        last = e  # the anchors inside this candidate lead to it again: look at it once
         # Boundaries: not glued to identifiers (std::vector) or to more hex/colons.
         if s > 0 and (text[s - 1] in _ALNUM or text[s - 1] in b":._"):
             continue
@@ -444,7 +458,6 @@ def find_ipv6(p: Prep) -> list[Span]:
         if cand.count(b":") < 2 or not is_ipv6(cand):
             continue
         out.append((s, e))
-        last = e
     return out
 
 
