@@ -261,7 +261,7 @@ class RingSource:
         if fanout_group is not None:
             val = (fanout_group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
             try:
-                s.setsockopt(SOL_PACKET, PACKET_FANOUT, val)
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", val))
             except OSError as e:
                 raise CaptureError(f"cannot join fanout group {fanout_group} on "
                                    f"{self.interface}: {e.strerror} (another program uses that "

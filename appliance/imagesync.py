@@ -57,7 +57,9 @@ from appliance.shadows import ShadowHost, home
 from netconfig import state
 
 MANIFEST_NAME = "shadowtap-image.yaml"
-RSYNC_DELTA_OPTS = ["-a", "--delete", "--no-whole-file"]
+# -@-1: mtimes compared to the nanosecond; rsync otherwise treats a file rewritten within the
+# same second, with the same size, as unchanged (a build does that all the time).
+RSYNC_DELTA_OPTS = ["-a", "--delete", "--no-whole-file", "--modify-window=-1"]
 
 TREE_SCRIPT = r"""
 cd "$1" || exit 3
@@ -81,12 +83,14 @@ cd "$1/releases" || exit 3
 rm -rf -- "$3.staging" && cp -al -- "$2" "$3.staging" || exit 4
 cd "$3.staging" || exit 5
 xargs -0r -n 64 sh -c 'for p; do
-  [ -f "$p" ] && [ ! -L "$p" ] && cp -p -- "$p" "$p.st~" && mv -f -- "$p.st~" "$p"; done' sh
+  if [ -f "$p" ] && [ ! -L "$p" ]; then
+    cp -p -- "$p" "$p.st~" && mv -f -- "$p.st~" "$p" || exit 1
+  fi; done' sh
 """
 
 READ_BATCH_SCRIPT = r"""
 cd "$1" || exit 3
-rsync -a --delete --no-whole-file --read-batch="incoming/$2.batch" "releases/$3.staging/"
+rsync -a --delete --no-whole-file --modify-window=-1 --read-batch="incoming/$2.batch" "releases/$3.staging/"
 """
 
 # $1 root, $2 new release dir, $3 releases to keep besides current
@@ -265,7 +269,7 @@ class ImageStore:
             sid = f"{seq:06d}"
             tmp = self.dir / "snapshots" / f".{sid}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            argv = ["rsync", "-a", "--delete"]
+            argv = ["rsync", "-a", "--delete", "--modify-window=-1"]
             for pat in ignore:
                 argv.append(f"--exclude={pat}")
             if parent:
@@ -320,6 +324,7 @@ class ShadowApply:
     note: str = ""
     release: str | None = None
     service: str | None = None
+    service_seconds: float = 0.0
 
 
 def release_snapshot(release: str | None) -> str | None:
@@ -332,13 +337,27 @@ class Replicator:
 
     def __init__(self, store: ImageStore, *, timeout: float = 60.0, keep_releases: int = 2,
                  deep_verify: bool = False, restart_service: bool = True,
+                 bwlimit_kbps: int | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.store = store
+        # a shadow link shared with other traffic (a VM's only NIC) may need a cap
+        self.extra = [f"--bwlimit={bwlimit_kbps}"] if bwlimit_kbps else []
         self.timeout = timeout
         self.keep_releases = keep_releases
         self.deep = deep_verify
         self.restart = restart_service
         self.log = log or (lambda _m: None)
+        self._deep_hashes: dict[str, str] = {}
+        self._deep_lock = threading.Lock()
+
+    def expected(self, sid: str) -> str:
+        """The hash a shadow's copy of snapshot ``sid`` must have (content too when deep)."""
+        if not self.deep:
+            return self.store.get(sid).hash
+        with self._deep_lock:
+            if sid not in self._deep_hashes:
+                self._deep_hashes[sid] = tree_hash(self.store.tree(sid), deep=True)
+            return self._deep_hashes[sid]
 
     def apply(self, hosts: list[ShadowHost], snap: Snapshot, **kw: Any) -> list[ShadowApply]:
         """Every shadow in parallel (they are independent machines)."""
@@ -358,18 +377,17 @@ class Replicator:
         elif cur is None:
             reason = "shadow has no release yet"
         elif cur_snap == snap.id:
-            if remote_hash(host, f"releases/{cur}", self.deep) == snap.hash:
+            if remote_hash(host, f"releases/{cur}", self.deep) == self.expected(snap.id):
                 return ShadowApply(host.name, snap.id, "unchanged", True,
                                    time.monotonic() - t0, "already at this snapshot", cur)
             reason = f"tampered: release {cur} no longer matches snapshot {snap.id}"
         elif verify and cur_snap != snap.parent:
             reason = f"at snapshot {cur_snap}, the delta starts from {snap.parent}"
         elif verify:
-            parent = self.store.get(snap.parent)
             got = remote_hash(host, f"releases/{cur}", self.deep)
             if got is None:
                 reason = "could not hash the current release"
-            elif got != parent.hash:
+            elif got != self.expected(snap.parent):
                 reason = f"drifted: release {cur} differs from snapshot {snap.parent}"
         if reason is None:
             assert cur is not None
@@ -402,7 +420,7 @@ class Replicator:
         if not r.ok:
             return False, f"staging copy failed: {r.why()}", None
         r = host.rsync(str(self.store.batch(snap.id)), f"incoming/{snap.id}.batch",
-                       timeout=self.timeout)
+                       timeout=self.timeout, extra=self.extra)
         if not r.ok:
             return False, f"sending the batch failed: {r.why()}", None
         r = host.exec(READ_BATCH_SCRIPT, host.root, snap.id, new, timeout=self.timeout)
@@ -411,7 +429,8 @@ class Replicator:
                            "(a drifted destination makes --read-batch hang)"), None
         if not r.ok:
             return False, f"batch failed: {r.why()}", None
-        if verify and remote_hash(host, f"releases/{new}.staging", self.deep) != snap.hash:
+        if verify and remote_hash(host, f"releases/{new}.staging", self.deep) != self.expected(
+                snap.id):
             return False, "after the batch the staging tree differs from the snapshot", None
         r = host.exec(SWITCH_SCRIPT, host.root, new, str(self.keep_releases),
                       timeout=self.timeout)
@@ -431,7 +450,7 @@ class Replicator:
         cur = host.current_release()
         r = host.exec('mkdir -p "$1/releases" "$1/incoming" && rm -rf -- "$1/releases/$2.staging"',
                       host.root, new, timeout=self.timeout)
-        extra = ["--delete"]
+        extra = ["--delete", "--modify-window=-1", *self.extra]
         if link_current and cur:
             extra.append(f"--link-dest=../{cur}")
         if r.ok:
@@ -442,7 +461,7 @@ class Replicator:
             host.exec('rm -rf -- "$1/releases/$2.staging"', host.root, new, timeout=30)
             return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
                                f"{note} failed: {r.why()}; still on {cur}", cur)
-        if remote_hash(host, f"releases/{new}.staging", self.deep) != snap.hash:
+        if remote_hash(host, f"releases/{new}.staging", self.deep) != self.expected(snap.id):
             return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
                                f"{note}: copy does not match the snapshot; still on {cur}", cur)
         r = host.exec(SWITCH_SCRIPT, host.root, new, str(self.keep_releases),
@@ -458,6 +477,13 @@ class Replicator:
         """Restart the image's service on the new release and wait until it answers."""
         if not self.restart:
             return
+        t0 = time.monotonic()
+        try:
+            self._start(host, snap, res)
+        finally:
+            res.service_seconds = time.monotonic() - t0
+
+    def _start(self, host: ShadowHost, snap: Snapshot, res: ShadowApply) -> None:
         m = load_manifest(self.store.tree(snap.id))
         if not m.service_command:
             res.service = "none declared"
@@ -559,3 +585,20 @@ class TreeWatcher:
             self._observer.join(5)
         if self._thread is not None:
             self._thread.join(5)
+
+
+def push(src: Path, stage: str, *, pool: Any = None, keep: int = 5, timeout: float = 60.0,
+         log: Callable[[str], None] | None = None) -> tuple[Snapshot | None, list[ShadowApply]]:
+    """Snapshot ``src`` and bring every ready shadow following its image to the new snapshot.
+
+    Returns (None, []) when nothing significant changed since the last snapshot.
+    """
+    from appliance.shadows import Pool
+
+    pool = pool or Pool()
+    m = load_manifest(src)
+    store = ImageStore(m.name, pool.home, keep)
+    snap = store.take(src, stage, m.ignore)
+    if snap is None:
+        return None, []
+    return snap, Replicator(store, timeout=timeout, log=log).apply(pool.hosts(m.name), snap)

@@ -69,7 +69,7 @@ def test_mirrored_http_exactly_once_with_metrics(topo: Topo, tmp_path: Path) -> 
         _hostile_frames(topo)
         load = run_load(topo.client, "m", connections=100, per_conn=20)
         assert not load.failures and len(load.sent) == 2000
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 15,
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 40,
                  "2000 exchanges emitted")
         m = d.metrics()
         assert d.get("/healthz")[0] == 200
@@ -92,7 +92,7 @@ def test_vxlan_collector_gets_the_same_exchanges(topo: Topo, tmp_path: Path) -> 
     try:
         load = run_load(topo.client, "v", connections=100, per_conn=20)
         assert not load.failures
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 15,
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 40,
                  "2000 exchanges over VXLAN")
         assert d.total("shadowtap_capture_kernel_drops_total") == 0
     finally:
@@ -119,10 +119,12 @@ def test_kill_9_costs_production_nothing_and_restart_resumes(topo: Topo, tmp_pat
     d.start()  # same config, no operator action: the left-over log is rotated away
     try:
         after = run_load(topo.client, "r", connections=20, per_conn=10)
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 10, "resumed")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 30, "resumed")
     finally:
         assert d.stop() == 0
     exchanges = read_log(log_files(out))  # every file, including the killed run's, parses
+    killed = sum(1 for ex in exchanges if ex.request and ex.request.path.startswith("/k/"))
+    assert 0 < killed < 10_000, f"the kill was not mid-load ({killed} logged)"
     check_exactly_once(after, exchanges, tag="r")
 
 
@@ -132,22 +134,22 @@ def test_sighup_reload_keeps_capturing_and_refuses_bad_config(topo: Topo,
     d.start()
     try:
         a = run_load(topo.client, "a", connections=20, per_conn=10)
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 10, "first batch")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 30, "first batch")
         before = d.total("shadowtap_capture_packets_total")
         # New pipeline: only POSTs from now on.
         write_config(d.config, topo, out, metrics_port=d.port,
                      extra_pipeline={"filters": [{"method": ["POST"]}]})
         d.signal(signal.SIGHUP)
-        wait_for(lambda: d.total("shadowtap_reloads_total") == 1, 10, "reload")
+        wait_for(lambda: d.total("shadowtap_reloads_total") == 1, 30, "reload")
         b = run_load(topo.client, "b", connections=20, per_conn=10)
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 400, 10, "second batch")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 400, 30, "second batch")
         assert d.total("shadowtap_capture_packets_total") > before, "capture never reset"
         # A broken config is refused; the running pipeline stays.
         d.config.write_text("source: {interface: cap0}\npipeline: {sinks: [{type: nope}]}\n")
         d.signal(signal.SIGHUP)
-        wait_for(lambda: d.total("shadowtap_reload_errors_total") >= 1, 10, "refused reload")
+        wait_for(lambda: d.total("shadowtap_reload_errors_total") >= 1, 30, "refused reload")
         c = run_load(topo.client, "c", connections=5, per_conn=3)
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 415, 10, "third batch")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 415, 30, "third batch")
         assert d.total("shadowtap_capture_kernel_drops_total") == 0
     finally:
         assert d.stop() == 0
@@ -173,7 +175,7 @@ def test_sigterm_drains_and_flushes_open_exchanges(topo: Topo, tmp_path: Path) -
         load = run_load(topo.client, "t", connections=10, per_conn=5)
         s.connect(("10.99.1.2", 80))
         s.sendall(b"GET /hang/1 HTTP/1.1\r\nHost: prod.test\r\n\r\n")
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 50, 10, "batch")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 50, 30, "batch")
         time.sleep(0.3)
     finally:
         assert d.stop() == 0
@@ -189,7 +191,7 @@ def test_fanout_two_workers_never_split_a_connection(topo: Topo, tmp_path: Path)
     d.start()
     try:
         load = run_load(topo.client, "f", connections=200, per_conn=5)
-        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 1000, 15, "fanout")
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 1000, 40, "fanout")
         per_worker = {w: d.total("shadowtap_exchanges_emitted_total", worker=w)
                       for w in ("0", "1")}
         assert all(v > 100 for v in per_worker.values()), per_worker
