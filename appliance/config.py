@@ -338,10 +338,10 @@ def _pipeline(r: _Reader, src: SourceSpec) -> PipelineConfig:
         for port in f.port:
             if not 0 < port < 65536:
                 raise ConfigError(f"pipeline.filters[{i}].port: {port} is not a port (1..65535)")
+        fr.done()
         if not (f.host or f.method or f.path or f.port):
             raise ConfigError(f"pipeline.filters[{i}]: an empty filter; give host, method, "
                               "path or port")
-        fr.done()
         p.filters.append(f)
     sr = r.sub("sanitise")
     p.sanitise = SanitiseConfig(enabled=sr.bool_("enabled", True), policy=sr.str_("policy"),
