@@ -1,0 +1,208 @@
+"""Image sync for real: rsync daemons in fenced namespaces, batch deltas, drift, kills, hangs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Env, make_image
+
+from appliance.imagesync import (
+    ImageStore,
+    Replicator,
+    load_manifest,
+    push,
+    release_snapshot,
+    remote_hash,
+    tree_hash,
+)
+from appliance.shadows import LabShadow, Pool
+
+pytestmark = pytest.mark.root
+
+
+def _pool(env: Env, n: int) -> tuple[Pool, list[LabShadow]]:
+    pool = Pool(env.home, prefix=env.prefix)
+    hosts = [pool.create(f"s{i}", image="demo") for i in range(n)]
+    return pool, hosts  # type: ignore[return-value]
+
+
+def _served_version(h: LabShadow) -> str:
+    status, body = h.http_get(8080, "/VERSION")
+    assert status == 200
+    return body.decode().strip()
+
+
+def _daemon_log(h: LabShadow) -> str:
+    p = Path(h.root).parent / f"{h.name}.d" / "rsyncd.log"
+    return p.read_text() if p.exists() else ""
+
+
+def _procs_with(needle: bytes) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+def test_small_change_in_100mb_image_reaches_three_shadows(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=50, size=2_000_000)  # 100 MB
+    pool, hosts = _pool(env, 3)
+    snap, res = push(img, "base", pool=pool)
+    assert snap and all(r.ok and r.mode == "full" and r.service == "up" for r in res), res
+    assert {_served_version(h) for h in hosts} == {"v1"}
+
+    (img / "VERSION").write_text("v2\n")
+    (img / "data" / "blob007").write_bytes(os.urandom(300_000))
+    (img / "data" / "new-file").write_bytes(os.urandom(50_000))
+    (img / "data" / "blob013").unlink()
+    t0 = time.monotonic()
+    snap2, res2 = push(img, "install packages", pool=pool)
+    took = time.monotonic() - t0
+    assert snap2 is not None and snap2.parent == snap.id
+    assert snap2.batch_bytes < 1_000_000  # a delta, not the image
+    assert [r.mode for r in res2] == ["batch"] * 3, res2
+    want = tree_hash(img, deep=True)  # content included: byte-identical
+    for h, r in zip(hosts, res2, strict=True):
+        assert r.ok and r.service == "up", r
+        assert release_snapshot(h.current_release()) == snap2.id
+        assert remote_hash(h, "current", deep=True) == want
+        assert _served_version(h) == "v2"  # the service runs the new build
+        assert f"incoming/{snap2.id}.batch" in _daemon_log(h)  # the batch crossed the veth
+    assert took < 20
+
+    # nothing significant changed: no snapshot, nothing sent
+    assert push(img, "noop", pool=pool) == (None, [])
+
+
+def test_drifted_shadow_is_fully_resynced_and_never_gets_the_batch(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=8)
+    pool, (good, bad) = _pool(env, 2)
+    push(img, "base", pool=pool)
+    # tamper: one byte more in a file of the running release
+    with open(Path(bad.root) / "current" / "data" / "blob002", "ab") as fh:
+        fh.write(b"x")
+    (img / "VERSION").write_text("v2\n")
+    snap, res = push(img, "next", pool=pool)
+    assert snap is not None
+    by = {r.shadow: r for r in res}
+    assert by["s0"].mode == "batch" and by["s0"].ok
+    assert by["s1"].mode == "full" and by["s1"].ok, by["s1"]
+    assert "drifted" in by["s1"].note and "full rsync" in by["s1"].note
+    assert f"incoming/{snap.id}.batch" not in _daemon_log(bad)
+    want = tree_hash(img, deep=True)
+    assert remote_hash(good, "current", deep=True) == want
+    assert remote_hash(bad, "current", deep=True) == want
+    assert _served_version(bad) == "v2"
+
+
+def test_same_size_same_mtime_tamper_needs_deep_verify(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=4)
+    pool, (h,) = _pool(env, 1)
+    push(img, "base", pool=pool)
+    f = Path(h.root) / "current" / "data" / "blob001"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (img / "VERSION").write_text("v2\n")
+    store = ImageStore("demo", env.home)
+    snap = store.take(img, "next")
+    assert snap is not None
+    res = Replicator(store, deep_verify=True).apply_one(h, snap)
+    assert res.mode == "full" and "drifted" in res.note
+    assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
+
+
+def test_hanging_batch_is_cut_off_and_shadow_stays_on_its_release(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=6, size=1_000_000)
+    pool, (h,) = _pool(env, 1)
+    push(img, "base", pool=pool)
+    before = h.current_release()
+    # a file the delta patches disappears on the shadow: --read-batch then hangs (FACTS)
+    with open(img / "data" / "blob003", "r+b") as fh:
+        fh.seek(500_000)
+        fh.write(os.urandom(10_000))
+    (Path(h.root) / "current" / "data" / "blob003").unlink()
+    store = ImageStore("demo", env.home)
+    snap = store.take(img, "patch")
+    assert snap is not None
+    rep = Replicator(store, timeout=3)
+    t0 = time.monotonic()
+    res = rep.apply_one(h, snap, verify=False, allow_full=False)
+    assert time.monotonic() - t0 < 10
+    assert not res.ok and res.mode == "failed" and "timed out" in res.note, res
+    assert h.current_release() == before  # never switched to the half-applied staging tree
+    assert _served_version(h) == "v1"
+    assert not _procs_with(b"--read-batch=incoming/")  # killed, not left hanging
+    # with verification the drift is seen first, and repaired by a full copy
+    res = rep.apply_one(h, snap)
+    assert res.ok and res.mode == "full" and "drifted" in res.note
+    assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
+
+
+def test_killed_sync_leaves_every_shadow_on_its_previous_image(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=4)
+    pool, hosts = _pool(env, 2)
+    push(img, "base", pool=pool)
+    before = [h.current_release() for h in hosts]
+    (img / "VERSION").write_text("v2\n")
+    (img / "data" / "big").write_bytes(os.urandom(6_000_000))
+    store = ImageStore("demo", env.home)
+    snap = store.take(img, "big")
+    assert snap is not None
+    rep = Replicator(store, timeout=60, bwlimit_kbps=1500)  # ~4 s per upload
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(rep.apply(hosts, snap, allow_full=False)))
+    t.start()
+    killed = 0
+    deadline = time.monotonic() + 10
+    while killed < 2 and time.monotonic() < deadline:  # kill each transfer mid-way
+        for pid in _procs_with(f"incoming/{snap.id}.batch".encode()):
+            time.sleep(1.0)
+            os.kill(pid, 9)
+            killed += 1
+        time.sleep(0.1)
+    t.join(60)
+    assert killed == 2
+    assert [r.ok for r in out] == [False, False], out
+    assert [h.current_release() for h in hosts] == before
+    assert [_served_version(h) for h in hosts] == ["v1", "v1"]
+    # the next attempt works and switches both
+    res = Replicator(store).apply(hosts, snap)
+    assert all(r.ok for r in res) and {_served_version(h) for h in hosts} == {"v2"}
+
+
+def test_rollback_to_an_earlier_snapshot(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=3)
+    pool, hosts = _pool(env, 2)
+    s1, _ = push(img, "base", pool=pool)
+    (img / "VERSION").write_text("v2\n")
+    push(img, "v2", pool=pool)
+    assert {_served_version(h) for h in hosts} == {"v2"}
+    store = ImageStore(load_manifest(img).name, env.home)
+    assert s1 is not None
+    res = Replicator(store).rollback(hosts, s1.id)
+    assert all(r.ok and r.mode == "full" for r in res), res
+    assert {_served_version(h) for h in hosts} == {"v1"}
+    assert {release_snapshot(h.current_release()) for h in hosts} == {s1.id}
+
+
+def test_snapshots_are_pruned_to_keep(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=2)
+    store = ImageStore("demo", env.home, keep=3)
+    for i in range(5):
+        (img / "VERSION").write_text(f"v{i}\n")
+        assert store.take(img, f"step {i}") is not None
+    assert [s.id for s in store.snapshots()] == ["000003", "000004", "000005"]
+    shutil.rmtree(img)
