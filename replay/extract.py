@@ -126,14 +126,19 @@ class Extractor:
         self.packets += 1
         self.bytes += len(frame)
         seg = self.decoder.decode(frame, linktype, ts)
-        if seg is not None and (seg[3] or seg[2] & 7):
-            self.segments += 1
-            self.reasm.segment(ts, seg[0], seg[1], seg[2], seg[3])
+        if seg is not None:
+            if seg[3] or seg[2] & 7:
+                self.segments += 1
+                self.reasm.segment(ts, seg[0], seg[1], seg[2], seg[3], seg[4])
+            elif self.reasm.has_holes():
+                self.reasm.ack_only(ts, seg[0], seg[4])
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> int:
         """The hot loop: ``feed`` for every frame, with lookups hoisted. Returns frames read."""
         decode = self.decoder.decode
         segment = self.reasm.segment
+        ack_only = self.reasm.ack_only
+        holes = self.reasm.has_holes
         packets = nbytes = segs = 0
         for ts, lt, frame in frames:
             packets += 1
@@ -148,15 +153,21 @@ class Extractor:
                 if 54 <= po <= end <= n:
                     flags = frame[47] & 0x3F
                     if po == end and not flags & 7:
-                        continue  # a bare ACK: nothing to reassemble
+                        # A bare ACK: nothing to reassemble, but it can close a capture hole.
+                        if ack_only is not None and holes():
+                            ack_only(ts, frame[26:38], int.from_bytes(frame[42:46], "big"))
+                        continue
                     segs += 1
                     segment(ts, frame[26:38], int.from_bytes(frame[38:42], "big"), flags,
-                            frame[po:end])
+                            frame[po:end], int.from_bytes(frame[42:46], "big"))
                     continue
             seg = decode(frame, lt, ts)
-            if seg is not None and (seg[3] or seg[2] & 7):
-                segs += 1
-                segment(ts, seg[0], seg[1], seg[2], seg[3])
+            if seg is not None:
+                if seg[3] or seg[2] & 7:
+                    segs += 1
+                    segment(ts, seg[0], seg[1], seg[2], seg[3], seg[4])
+                elif holes():
+                    self.reasm.ack_only(ts, seg[0], seg[4])
         self.packets += packets
         self.bytes += nbytes
         self.segments += segs

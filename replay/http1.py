@@ -340,6 +340,8 @@ class HttpConnection:
         self.retransmits = 0
         self.tunnel: str | None = None
         self.wait_for: Exchange | None = None
+        self.client_gap_ts: float | None = None
+        """When the client stream last lost data where a request head could have been."""
         """The CONNECT/Upgrade request whose answer decides if the stream becomes a tunnel."""
         self.non_http = False
         self.client = _Reader(self, True, RESYNC if resync else HEAD)
@@ -416,9 +418,50 @@ class HttpConnection:
         else:
             self.stats["interim_without_request"] = self.stats.get("interim_without_request", 0) + 1
 
+    def after_server_gap(self, ts: float) -> None:
+        """The server stream lost data since its last response; a response starts at ``ts``.
+
+        Keep-alive clients send a request after the answer to the previous one. So if the
+        client stream also lost data after the newest waiting request, that lost data held the
+        request this response answers, and every waiting request had its answer in the server's
+        gap. Otherwise the response answers the latest request started before it."""
+        awaiting = self.awaiting
+        if not awaiting:
+            return
+        newest = awaiting[-1].ts_request_start
+        if self.client_gap_ts is not None and newest is not None and self.client_gap_ts > newest:
+            self.skip_lost_responses(ts, keep=0)
+            return
+        if len(awaiting) > 1:
+            self.skip_lost_responses(ts)
+
+    def skip_lost_responses(self, ts: float, keep: int = 1) -> None:
+        """The server stream lost data where responses were, so how many is unknown. Keep-alive
+        clients send the next request after the previous answer: the response starting at
+        ``ts`` belongs to the latest request started before it, and the earlier ones waiting
+        lost their responses (marked, never paired with someone else's answer)."""
+        awaiting = self.awaiting
+        i = len(awaiting)
+        if keep:
+            i = 0
+            for j, cand in enumerate(awaiting):
+                if cand.ts_request_start is not None and cand.ts_request_start <= ts:
+                    i = j
+        for _ in range(i):
+            lost = awaiting.popleft()
+            lost.completeness.unpaired = True
+            lost.completeness.notes.append("response-lost-in-gap")
+            self.stats["responses_lost_in_gap"] = self.stats.get("responses_lost_in_gap", 0) + 1
+            self.done_resp.add(id(lost))
+        if i and awaiting:
+            awaiting[0].completeness.notes.append("paired-after-gap")
+        if i:
+            self._flush()
+
     def on_response_head(self, msg: _Message) -> Exchange:
-        if self.awaiting:
-            ex = self.awaiting.popleft()
+        awaiting = self.awaiting
+        if awaiting:
+            ex = awaiting.popleft()
         else:
             ex = self._new_exchange()
             ex.completeness.unpaired = True
@@ -485,8 +528,8 @@ class HttpConnection:
 class _Reader:
     """Reads one direction's messages: head, body framing, tunnel, resynchronisation."""
 
-    __slots__ = ("buf", "client", "conn", "ex", "first_message", "last_ts", "msg", "remaining",
-                 "resyncing", "skipped", "state", "tunnel_bytes")
+    __slots__ = ("after_gap", "buf", "client", "conn", "ex", "first_message", "last_ts", "msg",
+                 "remaining", "resyncing", "skipped", "state", "tunnel_bytes")
 
     def __init__(self, conn: HttpConnection, client: bool, state: int) -> None:
         self.conn = conn
@@ -501,6 +544,8 @@ class _Reader:
         self.last_ts = 0.0
         self.first_message = True
         self.resyncing = state == RESYNC
+        self.after_gap = False
+        """Data was lost where a head could have been: the next response pairs by time."""
 
     def _count(self, key: str, n: int = 1) -> None:
         st = self.conn.stats
@@ -735,6 +780,9 @@ class _Reader:
         if 100 <= status < 200 and status != 101:
             conn.on_interim(msg)
             return he
+        if self.after_gap:
+            self.after_gap = False
+            conn.after_server_gap(ts)
         method = conn.awaiting[0].request.method if conn.awaiting else ""  # type: ignore[union-attr]
         ex = conn.on_response_head(msg)
         notes = ex.completeness.notes
@@ -823,6 +871,7 @@ class _Reader:
         self._count("resyncs")
         self.state = RESYNC
         self.resyncing = True
+        self.after_gap = True
         return pos
 
     def _resync(self, data: bytes, pos: int) -> int:
@@ -854,6 +903,7 @@ class _Reader:
             self.ex.completeness.notes.append(what)
             self._finish_message(ts)
         self.state = RESYNC
+        self.after_gap = True
 
     def gap(self, n: int, ts: float) -> None:
         """``n`` bytes of this direction were never captured."""
@@ -882,6 +932,9 @@ class _Reader:
             self._finish_message(ts)
         self.buf = b""
         self.state = RESYNC
+        self.after_gap = True
+        if self.client:
+            self.conn.client_gap_ts = ts
 
     def close(self, ts: float) -> None:
         """This direction ended (FIN, RST or end of capture)."""

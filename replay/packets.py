@@ -10,7 +10,7 @@ link types, BSD loopback (NULL and LOOP), PPP; IPv4 with fragment reassembly; IP
 headers (hop-by-hop, routing, destination options, AH, fragment reassembly); TCP; and VXLAN (UDP
 4789) decapsulated to the inner Ethernet frame, as AWS VPC Traffic Mirroring sends it.
 
-A segment is ``(key, seq, flags, payload)`` where ``key`` is ``src_ip + dst_ip + sport + dport``
+A segment is ``(key, seq, flags, payload, ack)`` where ``key`` is ``src_ip + dst_ip + sport + dport``
 as raw bytes (12 bytes for IPv4, 36 for IPv6): hashable, cheap, and reversible with
 ``reverse_key`` / ``describe_key``.
 """
@@ -61,7 +61,7 @@ _IPV6_EXT = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
 _unpack_tcp = struct.Struct("!HHIIH").unpack_from
 _MAX_DEPTH = 3  # VXLAN in VXLAN in VXLAN is already absurd
 
-Segment = tuple[bytes, int, int, bytes]
+Segment = tuple[bytes, int, int, bytes, int]
 
 
 class _Fragments:
@@ -259,7 +259,7 @@ class Decoder:
             if end - o < 20:
                 self._skip("short_tcp")
                 return None
-            _sport, _dport, seq, _ack, offflags = _unpack_tcp(data, o)
+            _sport, _dport, seq, ack, offflags = _unpack_tcp(data, o)
             doff = (offflags >> 12) << 2
             if doff < 20 or o + doff > end:
                 self._skip("bad_tcp_header")
@@ -269,6 +269,7 @@ class Decoder:
                 seq,
                 offflags & 0x3F,
                 data[o + doff : end],
+                ack,
             )
         return self._l4(proto, data, off + ihl, end, data[off + 12 : off + 20], depth)
 
@@ -322,12 +323,12 @@ class Decoder:
             if end - o < 20:
                 self._skip("short_tcp")
                 return None
-            _sport, _dport, seq, _ack, offflags = _unpack_tcp(data, o)
+            _sport, _dport, seq, ack, offflags = _unpack_tcp(data, o)
             doff = (offflags >> 12) << 2
             if doff < 20 or o + doff > end:
                 self._skip("bad_tcp_header")
                 return None
-            return addrs + data[o : o + 4], seq, offflags & 0x3F, data[o + doff : end]
+            return addrs + data[o : o + 4], seq, offflags & 0x3F, data[o + doff : end], ack
         if proto == 17:
             if end - o >= 16 and ((data[o + 2] << 8) | data[o + 3]) == VXLAN_PORT:
                 if data[o + 8] & 0x08 and depth < _MAX_DEPTH:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from replay.packets import ACK as ACK_FLAG
 from replay.packets import FIN, RST, SYN, key_ports, reverse_key
 
 MASK = 0xFFFFFFFF
@@ -51,7 +52,8 @@ class _Dir:
         self.from_client = from_client
         self.feed = handler.feeder(from_client) if handler is not None else None
         self.nxt: int | None = None
-        self.ooo: dict[int, bytes] = {}
+        self.ooo: dict[int, tuple[bytes, float]] = {}
+        """seq -> (payload, capture timestamp): bytes delivered late keep their own time."""
         self.ooo_bytes = 0
         self.fin_seq: int | None = None
         self.closed = False
@@ -93,25 +95,75 @@ class Reassembler:
         self.stats: dict[str, int] = {}
         self.next_sweep = 0.0
         self.now = 0.0
+        self.hole_count = 0
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
 
     # -- the per-segment path ------------------------------------------------------------------
-    def segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes) -> None:
+    def segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes,
+                ack: int | None = None) -> None:
+        """One TCP segment. ``ack`` (the acknowledgement number, when ACK is set) lets holes
+        the peer has already acknowledged be declared at once: the receiver got those bytes,
+        so they will never be retransmitted; only the capture missed them."""
         e = self.keys.get(key)
         if e is not None and payload and not flags & 7 and ts <= self.next_sweep:
-            # Hot path: the next in-order data segment of a tracked connection.
+            # Hot path: the next in-order data segment of a connection without holes.
             conn, d = e
-            dr = conn.dirs[d]
-            if seq == dr.nxt and not dr.ooo and dr.feed is not None:
+            dirs = conn.dirs
+            dr = dirs[d]
+            odr = dirs[1 - d]
+            onxt = odr.nxt
+            # ...whose ACK does not run ahead of what we saw of the peer (that means loss).
+            if (seq == dr.nxt and not dr.ooo and not odr.ooo and dr.feed is not None
+                    and (ack is None or onxt is None or not 0 < (ack - onxt) & MASK < HALF)):
                 conn.last_ts = ts
                 dr.nxt = (seq + len(payload)) & MASK
                 dr.feed(payload, ts)
                 return
-        self._segment(ts, key, seq, flags, payload)
+        self._segment(ts, key, seq, flags, payload, ack)
 
-    def _segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes) -> None:
+    def ack_only(self, ts: float, key: bytes, ack: int) -> None:
+        """A bare ACK: only of interest while the other direction waits on a hole."""
+        e = self.keys.get(key)
+        if e is not None:
+            conn, d = e
+            odr = conn.dirs[1 - d]
+            if odr.ooo and conn.handler is not None:
+                self._acked(conn, 1 - d, odr, ack, ts)
+
+    def _acked(self, conn: _Conn, d: int, dr: _Dir, ack: int, ts: float) -> None:
+        """The peer acknowledged up to ``ack``: bytes of ``dr`` below it that we never saw were
+        received by the peer but lost by the capture (they will never be retransmitted). Report
+        them as gaps now rather than at the close, so what follows stays in step."""
+        while dr.nxt is not None:
+            nxt = dr.nxt
+            upto = (ack - nxt) & MASK
+            if not upto or upto >= HALF:
+                return
+            if dr.ooo:
+                first = min(dr.ooo, key=lambda s: (s - nxt) & MASK)
+                hole = (first - nxt) & MASK
+                gap_ts = dr.ooo[first][1]
+            else:
+                first, hole, gap_ts = None, upto, ts
+            if hole == 0:
+                self._drain(conn, d, dr, ts)
+                continue
+            n = min(upto, hole)
+            self._count("gaps")
+            self._count("gaps_acked")
+            self._count("gap_bytes", n)
+            assert conn.handler is not None
+            conn.handler.gap(dr.from_client, n, gap_ts)
+            dr.nxt = (nxt + n) & MASK
+            if first is not None and n == hole:
+                self._drain(conn, d, dr, ts)
+            else:
+                return
+
+    def _segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes,
+                 ack: int | None) -> None:
         if ts > self.next_sweep:
             if self.next_sweep:
                 self.sweep(ts)
@@ -144,6 +196,12 @@ class Reassembler:
                 dr = conn.dirs[d]
                 dr.nxt = (seq + 1) & MASK
             seq = (seq + 1) & MASK
+        if ack is not None and flags & ACK_FLAG:
+            # First what the peer acknowledged (it may release the other direction's data that
+            # this segment answers, or show that the capture lost some), then this segment.
+            odr = conn.dirs[1 - d]
+            if odr.nxt is not None and not odr.closed:
+                self._acked(conn, 1 - d, odr, ack, ts)
         if payload:
             if dr.nxt is None:
                 dr.nxt = seq
@@ -211,11 +269,14 @@ class Reassembler:
             seq = nxt
             diff = 0
         if diff:
-            old = dr.ooo.get(seq)
+            prev = dr.ooo.get(seq)
+            old = prev[0] if prev is not None else None
             if old is not None and len(old) >= len(payload):
                 self._retransmit(conn)
                 return
-            dr.ooo[seq] = payload
+            if not dr.ooo:
+                self.hole_count += 1
+            dr.ooo[seq] = (payload, ts)
             dr.ooo_bytes += len(payload) - (len(old) if old is not None else 0)
             self._count("out_of_order")
             if dr.ooo_bytes > self.max_buffer:
@@ -234,22 +295,32 @@ class Reassembler:
 
     def _drain(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
         """Deliver buffered segments that now follow on, trimming overlaps."""
+        had = bool(dr.ooo)
+        self._drain_buffer(conn, dr)
+        if had and not dr.ooo:
+            self.hole_count -= 1
+
+    def has_holes(self) -> bool:
+        """Does any direction of any connection wait on a hole? (Bare ACKs matter only then.)"""
+        return self.hole_count > 0
+
+    def _drain_buffer(self, conn: _Conn, dr: _Dir) -> None:
         ooo = dr.ooo
         feed = dr.feed
         while ooo:
             nxt = dr.nxt
             assert nxt is not None
-            p = ooo.pop(nxt, None)
-            if p is None:
+            e = ooo.pop(nxt, None)
+            if e is None:
                 # Any buffered segment that starts before nxt overlaps what we delivered.
                 found = False
                 for s in list(ooo):
                     if (s - nxt) & MASK >= HALF:
-                        q = ooo.pop(s)
+                        q, qts = ooo.pop(s)
                         dr.ooo_bytes -= len(q)
                         overlap = (nxt - s) & MASK
                         if overlap < len(q):
-                            ooo[nxt] = q[overlap:]
+                            ooo[nxt] = (q[overlap:], qts)
                             dr.ooo_bytes += len(q) - overlap
                             self._count("overlaps_trimmed")
                         else:
@@ -259,9 +330,10 @@ class Reassembler:
                 if not found:
                     return
                 continue
+            p, pts = e
             dr.ooo_bytes -= len(p)
             dr.nxt = (nxt + len(p)) & MASK
-            feed(p, ts)
+            feed(p, pts)
 
     def _skip_gap(self, conn: _Conn, d: int, dr: _Dir, ts: float) -> None:
         """Give up waiting for the hole before the earliest buffered segment: report a gap."""
@@ -272,7 +344,7 @@ class Reassembler:
         if n and n < HALF:
             self._count("gaps")
             self._count("gap_bytes", n)
-            conn.handler.gap(dr.from_client, n, ts)
+            conn.handler.gap(dr.from_client, n, dr.ooo[first][1])
             dr.nxt = first
         self._drain(conn, d, dr, ts)
 

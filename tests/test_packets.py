@@ -90,7 +90,7 @@ def dec(frame, linktype: int = LINKTYPE_ETHERNET, decoder: Decoder | None = None
 
 def as_tuple(seg):
     assert seg is not None
-    key, seq, flags, payload = seg
+    key, seq, flags, payload, _ack = seg
     return bytes(key), seq, flags, bytes(payload)
 
 
@@ -574,7 +574,7 @@ def test_fuzz_truncations_and_bit_flips_never_raise():
             lt = rng.choice(sorted(SUPPORTED_LINKTYPES))
         seg = d.decode(bytes(buf), lt, ts=float(n))
         if seg is not None:
-            key, seq, flags, payload = seg
+            key, seq, flags, payload, _ack = seg
             assert len(key) in (12, 36)
             assert 0 <= seq < 2**32 and 0 <= flags < 64
             assert isinstance(payload, (bytes, bytearray, memoryview))
