@@ -226,3 +226,39 @@ def test_kernel_drop_counters_from_packet_statistics(topo: Topo) -> None:
         assert frames and all(f[1] == 1 for f in frames)
     finally:
         ring.close()
+
+
+def test_capture_cli_count_duration_and_errors(topo: Topo, tmp_path: Path) -> None:
+    """``shadowtap capture``: tcpdump for exchanges, with tcpdump-like stop conditions."""
+    import subprocess
+
+    from apphelpers import SHADOWTAP
+
+    out = tmp_path / "c.jsonl"
+    p = subprocess.Popen([*SHADOWTAP, "capture", "-i", "cap0", "--netns", topo.app, "-f",
+                          "tcp port 80", "--count", "50", "-o", str(out)],
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    assert "capturing on cap0" in p.stderr.readline()
+    load = run_load(topo.client, "cli", connections=10, per_conn=10)
+    assert p.wait(20) == 0, p.stderr.read()
+    got = read_log([out])
+    assert len(got) == 50
+    assert all(ex.request and ex.response and ex.request.path.split("?")[0] in load.sent
+               for ex in got)
+    t0 = time.monotonic()
+    p = subprocess.run([*SHADOWTAP, "capture", "-i", "cap0", "--netns", topo.app,
+                        "--duration", "0.5", "-o", str(tmp_path / "d.jsonl")],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0 and time.monotonic() - t0 < 10
+    assert "kernel:" in p.stderr
+    for argv, msg in [(["-f", "tcp port"], "bad capture filter 'tcp port'"),
+                      (["--netns", "sa-nope-x"], "namespace 'sa-nope-x' does not exist"),
+                      (["-i", "nope0"], "no interface 'nope0'")]:
+        base = {"-i": "cap0", "--netns": topo.app}
+        base.update(dict(zip(argv[::2], argv[1::2], strict=True)))
+        args = [x for kv in base.items() for x in kv]
+        p = subprocess.run([*SHADOWTAP, "capture", *args, "-o", str(tmp_path / "e.jsonl")],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.startswith("error: ") and msg in p.stderr, p.stderr
