@@ -359,7 +359,9 @@ def prepare(resp: Response) -> Prepared:
         try:
             return Prepared(resp.status, headers, "json", body, orjson.loads(body), err)
         except orjson.JSONDecodeError:
-            pass  # says JSON, is not: compare as text, the kinds will differ if the other parses
+            # Says JSON, is not: compare as text (the kinds differ if the other one parses).
+            return Prepared(resp.status, headers, "text", body,
+                            body.decode("utf-8", "replace"), err)
     if any(t in ct for t in _TEXTY) or not ct:
         try:
             return Prepared(resp.status, headers, "text", body, body.decode("utf-8"), err)
