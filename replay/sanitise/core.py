@@ -122,10 +122,13 @@ class SanitiseReport:
 class _Ctx:
     """Per-exchange state: originals already replaced, to be chased through later text."""
 
-    __slots__ = ("echo",)
+    __slots__ = ("echo", "produced")
 
     def __init__(self) -> None:
         self.echo: dict[bytes, bytes] = {}
+        self.produced: set[bytes] = set()
+        """Replacements written so far: a second, safety-net scan of the same text must not
+        pseudonymise a pseudonym (which passes the same validators by design)."""
 
 
 class _Drop(Exception):
@@ -358,6 +361,8 @@ class Sanitiser:
             self.report.count(rule.name, loc, new)
         if len(value) >= _ECHO_MIN:
             ctx.echo[value] = self._mask if new is None else new
+        if new:
+            ctx.produced.add(new)
         return new
 
     def _authorization(self, value: bytes) -> bytes:
@@ -382,6 +387,7 @@ class Sanitiser:
         dets: list[tuple[int, Detector]],
         ctx: _Ctx,
         json_text: bool = False,
+        skip: set[bytes] | None = None,
     ) -> bytes:
         """Scan ``text`` with ``dets`` and apply each hit's rule; returns ``text`` if no hit.
 
@@ -398,9 +404,12 @@ class Sanitiser:
         rules = self._rules
         rep = self.report
         strings: list[tuple[int, int]] | None = None
+        produced = ctx.produced
         for s, e, tag, det in hits:
             rule = rules[tag]
             orig = text[s:e]
+            if skip is not None and orig in skip:
+                continue
             if rule.action == "drop":
                 new = b""
                 rep.count(rule.name, loc, None)
@@ -421,9 +430,13 @@ class Sanitiser:
                 if not any(a < s and e < b for a, b in strings):
                     new = b"null" if rule.action == "drop" else b'"' + new + b'"'
             # (no echo entry: the same detector finds the same value wherever it recurs)
+            if new:
+                produced.add(new)
             out.append(text[pos:s])
             out.append(new)
             pos = e
+        if not out:
+            return text  # every hit was skipped
         out.append(text[pos:])
         return b"".join(out)
 
@@ -703,31 +716,55 @@ class Sanitiser:
     def _query(self, query: bytes, ctx: _Ctx) -> bytes:
         if not query:
             return query
-        pairs = query.split(b"&")
+        return self._pairs("query", query, ctx, b"@:,/")
+
+    def _pairs(self, loc: str, data: bytes, ctx: _Ctx, safe: bytes) -> bytes:
+        """``k=v&k=v`` (query strings, form bodies): rules on the decoded names and values,
+        then a safety-net scan of the raw text for what decoding hides or creates (a key
+        without a value, '+' that decodes to a space in front of a phone number).
+
+        Only changed pairs are re-encoded; the rest stay byte for byte."""
+        pairs = data.split(b"&")
         items = []
         encoded = []
         for p in pairs:
             k, _eq, v = p.partition(b"=")
             enc = b"%" in v or b"+" in v
             encoded.append(enc)
-            name = bodies.unquote(k).decode("utf-8", "replace").lower()
+            name = bodies.unquote(k).decode("utf-8", "replace").lower() if k else ""
             items.append((name, bodies.unquote(v) if enc else v))
-        changes = self._items("query", items, ctx)
-        if not changes:
-            return query
-        out = []
+        changes = self._items(loc, items, ctx)
+        dets = self._dets[loc]
+        # names written percent-encoded get their own look (the raw scan cannot see them)
         for j, p in enumerate(pairs):
-            if j not in changes:
-                out.append(p)
-                continue
-            if changes[j] is _DROP:
-                continue
-            k, _eq, _v = p.partition(b"=")
-            nv = changes[j]
-            if encoded[j] or any(c not in _QSAFE for c in nv):
-                nv = bodies.quote(nv, plus=True, safe=b"@:,/")
-            out.append(k + b"=" + nv)
-        return b"&".join(out)
+            if b"%" in p.partition(b"=")[0] and dets and changes.get(j) is not _DROP:
+                k = p.partition(b"=")[0]
+                dk = bodies.unquote(k)
+                nk = self._replace_hits(loc, dk, dets, ctx)
+                if nk is not dk:
+                    pairs[j] = bodies.quote(nk, plus=True, safe=safe) + p[len(k) :]
+                    changes.setdefault(j, None)
+        out = data
+        if changes:
+            parts = []
+            for j, p in enumerate(pairs):
+                c = changes.get(j, p) if j in changes else p
+                if c is p or c is None:
+                    parts.append(p)
+                elif c is not _DROP:
+                    k, _eq, _v = p.partition(b"=")
+                    if encoded[j] or any(ch not in _QSAFE for ch in c):
+                        c = bodies.quote(c, plus=True, safe=safe)
+                    parts.append(k + b"=" + c)
+            out = b"&".join(parts)
+        if dets and out not in self._clean[loc]:
+            new = self._replace_hits(loc, out, dets, ctx, skip=ctx.produced)
+            if new is out:
+                if out is data:
+                    self._remember_clean(self._clean[loc], out)
+            else:
+                out = new
+        return data if out == data else out
 
     # -- bodies ----------------------------------------------------------------------------------
 
@@ -972,33 +1009,7 @@ class Sanitiser:
         if b"\0" in data:
             self.report.fallback("body is not a form as Content-Type says")
             return self._mismatch(data, ctx)
-        pairs = data.split(b"&")
-        items = []
-        encoded = []
-        for p in pairs:
-            k, _eq, v = p.partition(b"=")
-            enc = b"%" in v or b"+" in v
-            encoded.append(enc)
-            items.append(
-                (
-                    bodies.unquote(k).decode("utf-8", "replace").lower(),
-                    bodies.unquote(v) if enc else v,
-                )
-            )
-        changes = self._items("form", items, ctx)
-        out = data
-        if changes:
-            parts = []
-            for j, p in enumerate(pairs):
-                if j not in changes:
-                    parts.append(p)
-                elif changes[j] is not _DROP:
-                    k, _eq, _v = p.partition(b"=")
-                    nv = changes[j]
-                    if encoded[j] or any(c not in _QSAFE for c in nv):
-                        nv = bodies.quote(nv, plus=True)
-                    parts.append(k + b"=" + nv)
-            out = b"&".join(parts)
+        out = self._pairs("form", data, ctx, b"")
         if self._form_extra:
             out = self._replace_hits("body", out, self._form_extra, ctx)
         new = self._echo(out, ctx)

@@ -20,8 +20,10 @@ from urllib.parse import quote, quote_plus
 
 import brotli
 import orjson
+import yaml
 
 from replay.model import ConnKey, Exchange, Request, Response
+from replay.sanitise import DEFAULT_POLICY_YAML, Policy
 from replay.sanitise.pseudonym import iban_mod97, luhn_digit
 
 KINDS = (
@@ -62,6 +64,14 @@ USER_DETECTOR_POLICY = {
     "detectors": [{"name": "orderref", "pattern": "ORDREF-[0-9A-F]{10}", "format": "token"}],
     "rules": [{"name": "orderref", "location": "any", "detector": "orderref"}],
 }
+
+
+def corpus_policy() -> Policy:
+    """The default policy plus the corpus's user-supplied pattern detector (ORDREF-...)."""
+    d = yaml.safe_load(DEFAULT_POLICY_YAML)
+    d["detectors"] = USER_DETECTOR_POLICY["detectors"]
+    d["rules"] += USER_DETECTOR_POLICY["rules"]
+    return Policy.from_dict(d, "<corpus>")
 
 
 def rand_email(rng: random.Random) -> str:

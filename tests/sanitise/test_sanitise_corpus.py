@@ -15,22 +15,13 @@ from collections import Counter
 from urllib.parse import parse_qsl, quote, quote_plus
 
 import pytest
-import yaml
-from sanitise_corpus import KINDS, USER_DETECTOR_POLICY, VALUE_KINDS, VALUE_LOCATIONS, build_seeded
+from sanitise_corpus import KINDS, VALUE_KINDS, VALUE_LOCATIONS, build_seeded, corpus_policy
 
 from replay.formats.jsonl import JsonlWriter, read_jsonl
 from replay.model import Exchange, header_get
-from replay.sanitise import DEFAULT_POLICY_YAML, Policy, Sanitiser, bodies
+from replay.sanitise import Policy, Sanitiser, bodies
 
 KEY = b"corpus-test-key-0123456789abcdef"
-
-
-def corpus_policy() -> Policy:
-    """The default policy plus one user-supplied pattern detector."""
-    d = yaml.safe_load(DEFAULT_POLICY_YAML)
-    d["detectors"] = USER_DETECTOR_POLICY["detectors"]
-    d["rules"] += USER_DETECTOR_POLICY["rules"]
-    return Policy.from_dict(d, "<corpus>")
 
 
 def wire_view(ex: Exchange) -> bytes:
