@@ -284,7 +284,7 @@ class Shop:
         tag_list = tags.split(",")
         random.shuffle(tag_list)  # a set: its order is not part of the contract
         return {"id": pid, "name": name, "sku": sku, "price": _money(cents), "stock": stock,
-                "in_stock": stock > 0, "tags": tag_list, "currency": CURRENCY}
+                "in_stock": stock > 0, "tags": tag_list, "currency": CURRENCY}  # v2: CHANGES.md #1
 
     def product_detail_json(self, row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
         out = self.product_json(row)
