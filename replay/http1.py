@@ -392,16 +392,19 @@ class HttpConnection:
         return ex
 
     def on_request_done(self, ex: Exchange, msg: _Message) -> None:
-        req: Request = ex.request  # type: ignore[assignment]
-        req.body = b"".join(msg.body) if len(msg.body) != 1 else msg.body[0]
-        req.trailers = msg.trailers
         ex.ts_request_end = msg.ts_end
         c = ex.completeness
-        c.request_gaps = msg.gaps
-        c.request_truncated = msg.truncated
+        c.request_gaps, c.request_truncated = msg.gaps, msg.truncated
+        self._complete(ex, msg, "request", self.done_req)
+
+    def _complete(self, ex: Exchange, msg: _Message, side: str, done: set[int]) -> None:
+        """A message is over: its body and trailers go onto the model, then flush in order."""
+        head = msg.head
+        head.body = b"".join(msg.body) if len(msg.body) != 1 else msg.body[0]
+        head.trailers = msg.trailers
         if msg.capped:
-            c.notes.append("request-body-capped")
-        self.done_req.add(id(ex))
+            ex.completeness.notes.append(f"{side}-body-capped")
+        done.add(id(ex))
         self._flush()
 
     def pending_method(self) -> tuple[str | None, str]:
@@ -476,17 +479,10 @@ class HttpConnection:
         return ex
 
     def on_response_done(self, ex: Exchange, msg: _Message) -> None:
-        resp: Response = ex.response  # type: ignore[assignment]
-        resp.body = b"".join(msg.body) if len(msg.body) != 1 else msg.body[0]
-        resp.trailers = msg.trailers
         ex.ts_response_end = msg.ts_end
         c = ex.completeness
-        c.response_gaps = msg.gaps
-        c.response_truncated = msg.truncated
-        if msg.capped:
-            c.notes.append("response-body-capped")
-        self.done_resp.add(id(ex))
-        self._flush()
+        c.response_gaps, c.response_truncated = msg.gaps, msg.truncated
+        self._complete(ex, msg, "response", self.done_resp)
 
     def start_tunnel(self, kind: str) -> None:
         """The response switched protocols (101) or accepted a CONNECT (2xx)."""

@@ -254,23 +254,6 @@ class Decoder:
             if whole is None:
                 return None
             return self._l4(proto, whole, 0, len(whole), data[off + 12 : off + 20], depth)
-        if proto == 6:
-            o = off + ihl
-            if end - o < 20:
-                self._skip("short_tcp")
-                return None
-            _sport, _dport, seq, ack, offflags = _unpack_tcp(data, o)
-            doff = (offflags >> 12) << 2
-            if doff < 20 or o + doff > end:
-                self._skip("bad_tcp_header")
-                return None
-            return (
-                data[off + 12 : off + 20] + data[o : o + 4],
-                seq,
-                offflags & 0x3F,
-                data[o + doff : end],
-                ack,
-            )
         return self._l4(proto, data, off + ihl, end, data[off + 12 : off + 20], depth)
 
     def _ipv6(self, data: bytes, off: int, depth: int) -> Segment | None:
