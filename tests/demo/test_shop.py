@@ -373,6 +373,7 @@ def test_noise_differs_between_identical_calls(c1: Client, c2: Client) -> None:
         assert a.doc["meta"]["server_time"] != b.doc["meta"]["server_time"]
         assert "date" in a.headers
         assert a.raw != b.raw and settled(a.doc) == settled(b.doc)
+        assert a.headers["server"] == "shop"  # the same in both builds: not a difference
         # tags are a set: over a few calls the order changes (P(same) for 3+ tags < 1e-9)
         orders = {tuple(p["tags"]) for _ in range(12)
                   for p in c.call("GET", "/products?per_page=20").data if len(p["tags"]) >= 3}
@@ -399,7 +400,8 @@ def test_changes_md_lists_every_seeded_change_with_its_verdict() -> None:
             "2": ("`GET /products/{id}`", "$.data.price", "regression"),
             "3": ("`GET /products?page=N`", "$.data[*].id", "regression"),
             "4": ("`GET /users/{id}/orders`", "500", "regression"),
-            "5": ("`GET /orders/{id}`", "80 ms", "regression")}
+            "5": ("`GET /orders/{id}`", "80 ms", "regression"),
+            "6": ("`GET /healthz`", "$.data.version", "harmless")}
     assert set(rows) == set(want)
     for num, needles in want.items():
         text = " | ".join(rows[num])
