@@ -71,21 +71,25 @@ class SanitiseReport:
     bodies_rewritten: int = 0
     key_id: str = ""
     _rec: list[tuple[str, str, bytes | None]] | None = field(default=None, repr=False)
+    _full: set[str] = field(default_factory=set, repr=False)
+    """Rules that have all their samples (the common case after the first few exchanges)."""
     """While set, every count is also appended here (the sanitiser memoises whole results)."""
 
     def count(self, rule: str, loc: str, sample: bytes | None) -> None:
         if self._rec is not None:
             self._rec.append((rule, loc, sample))
         k = (rule, loc)
-        self.counts[k] = self.counts.get(k, 0) + 1
-        if sample is not None:
+        counts = self.counts
+        counts[k] = counts.get(k, 0) + 1
+        if sample is not None and rule not in self._full:
             s = self.samples.get(rule)
             if s is None:
                 s = self.samples[rule] = []
-            if len(s) < _SAMPLES:
-                txt = sample[:80].decode("latin-1")
-                if txt not in s:
-                    s.append(txt)
+            txt = sample[:80].decode("latin-1")
+            if txt not in s:
+                s.append(txt)
+                if len(s) >= _SAMPLES:
+                    self._full.add(rule)
 
     def fallback(self, reason: str) -> None:
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
@@ -422,6 +426,7 @@ class Sanitiser:
             # Only a number-shaped hit can stand outside a string in valid JSON.
             if (
                 json_text
+                and orig[0] in _NUM_START
                 and _JSON_NUM.fullmatch(orig)
                 and (rule.action != "pseudonym" or not _JSON_NUM.fullmatch(new))
             ):
@@ -1061,6 +1066,7 @@ class Sanitiser:
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NUM_START = frozenset(b"-0123456789")
 _JSON_NUM = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _QSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~@:,/*")
 

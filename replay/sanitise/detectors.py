@@ -341,6 +341,8 @@ def find_ssn(p: Prep) -> list[Span]:
     n = len(text)
     out = []
     for rs, re_ in runs:
+        if text.find(b"-", rs, re_) < 0:
+            continue
         for m in _SSN_C.finditer(text, rs, re_):
             s, e = m.span()
             if s > 0 and (text[s - 1] in _DIGITSET or text[s - 1] == 45):
