@@ -56,7 +56,7 @@ def invoke(app: typer.Typer, *args: str | Path, env: dict[str, str] | None = Non
     return CliRunner().invoke(app, ["sanitise", *map(str, args)], env=env)
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".har"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".har", ".mitm"])
 def test_sanitise_end_to_end(app, inputs, tmp_path: Path, suffix: str) -> None:
     src, key, secrets, policy = inputs
     out = tmp_path / f"out{suffix}"

@@ -454,3 +454,26 @@ def test_pathological_bodies_stay_linear(blob: bytes) -> None:
     out = san.apply(_req(body=blob, ctype="text/plain"))
     assert out is not None
     assert time.process_time() - t0 < 5.0
+
+
+def test_session_cookie_detector_selects_by_name() -> None:
+    pol = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "sess",
+                    "location": "cookie",
+                    "detector": "session_cookie",
+                    "action": "pseudonym",
+                }
+            ]
+        }
+    )
+    san = Sanitiser(pol, KEY)
+    cookie = "JSESSIONID=abc123def456; theme=dark; csrftoken=zzzzyyyyxxxx; lang=en-GB"
+    out = san.apply(_req(headers=[("Cookie", cookie)]))
+    assert out is not None and out.request is not None
+    got = dict(p.strip().split("=", 1) for p in out.request.headers[0][1].split(";"))
+    assert got["theme"] == "dark" and got["lang"] == "en-GB"
+    assert got["JSESSIONID"] != "abc123def456" and len(got["JSESSIONID"]) == 12
+    assert got["csrftoken"] != "zzzzyyyyxxxx"
