@@ -45,6 +45,7 @@ from replay.sanitise.policy import (
 )
 from replay.sanitise.pseudonym import Pseudonymiser, key_fingerprint
 
+_H_VALUE, _H_SKIP, _H_COOKIE, _H_URL, _H_CTYPE, _H_CENC = range(6)
 _URL_HEADERS = frozenset({"referer", "location", "content-location", "origin", "refresh"})
 _ECHO_MIN = 6
 """Values shorter than this are not chased through the rest of the exchange (too many false
@@ -207,6 +208,7 @@ class Sanitiser:
             if det is not None and det.name in ("ipv4", "ipv6") and r.action == "pseudonym":
                 self._ip_rules.setdefault(r.detector.name, r)
         self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
+        self._hkind: dict[str, tuple[int, str]] = {}
         self._cookie_cache: dict[tuple[str, bool], tuple[Any, list[Any], dict[bytes, bytes]]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
         self._select_cache: dict[
@@ -520,24 +522,32 @@ class Sanitiser:
         idx: list[int] = []
         cookie_idx: list[int] = []
         url_idx: list[int] = []
-        skip = self._skip
+        kinds = self._hkind
         ctype = cenc = None
         for i, (k, v) in enumerate(headers):
-            lk = k.lower()
-            if lk in skip:
-                if lk == "content-type":
-                    if ctype is None:
-                        ctype = v
-                elif lk == "content-encoding" and cenc is None:
-                    cenc = v
+            kk = kinds.get(k)
+            if kk is None:
+                kk = self._classify_header(k)
+            kind, lk = kk
+            if kind == _H_VALUE:
+                try:
+                    items.append((lk, v.encode("latin-1")))
+                except UnicodeEncodeError:
+                    items.append((lk, v.encode("utf-8")))
+                idx.append(i)
+            elif kind == _H_SKIP:
                 continue
-            if lk == "cookie" or lk == "set-cookie":
+            elif kind == _H_COOKIE:
                 cookie_idx.append(i)
-                continue
-            if lk in _URL_HEADERS:
+            elif kind == _H_URL:
                 url_idx.append(i)
-            items.append((lk, _enc(v)))
-            idx.append(i)
+                items.append((lk, _enc(v)))
+                idx.append(i)
+            elif kind == _H_CTYPE:
+                if ctype is None:
+                    ctype = v
+            elif cenc is None:  # _H_CENC
+                cenc = v
         changes = self._items("header", items, ctx) if items else {}
         if not changes and not cookie_idx and not url_idx:
             return headers, ctype, cenc
@@ -568,6 +578,26 @@ class Sanitiser:
         if new == headers:
             return headers, ctype, cenc
         return new, ctype, cenc
+
+    def _classify_header(self, name: str) -> tuple[int, str]:
+        """What to do with a header of this name (cached: names repeat in every message)."""
+        lk = name.lower()
+        if lk == "content-type":
+            kind = _H_CTYPE
+        elif lk == "content-encoding":
+            kind = _H_CENC
+        elif lk in self._skip:
+            kind = _H_SKIP
+        elif lk in ("cookie", "set-cookie"):
+            kind = _H_COOKIE
+        elif lk in _URL_HEADERS:
+            kind = _H_URL
+        else:
+            kind = _H_VALUE
+        if len(self._hkind) > 4096:
+            self._hkind.clear()
+        self._hkind[name] = (kind, lk)
+        return kind, lk
 
     def _cookie_memo(self, value: str, is_set: bool, ctx: _Ctx) -> str | None:
         """``_cookie_header`` memoised: a session sends the same Cookie header with every
