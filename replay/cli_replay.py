@@ -9,6 +9,7 @@ at most ``--fail-on``, 1 when above, 2 when the run itself failed (nothing could
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -80,6 +81,10 @@ def _load(input_path: Path, port: int | None, flt: Any, *, include_incomplete: b
             stats.filtered += 1
             continue
         items.append(ex)
+    # The capture stays in memory for the whole run: move it out of the collector's way, or
+    # every full collection would walk all of it again while the replay allocates responses.
+    gc.collect()
+    gc.freeze()
     return order_by_time(items, lambda e: e.ts_request_start)
 
 

@@ -33,6 +33,8 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import ne
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +413,14 @@ def _canon(v: Any) -> bytes:
     return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
 
 
+def _same_multiset(xs: list[Any], ys: list[Any]) -> bool:
+    t = type(xs[0])
+    if t in (str, int, float) and all(type(v) is t for v in xs) and all(
+            type(v) is t for v in ys):
+        return sorted(xs) == sorted(ys)
+    return sorted(map(_canon, xs)) == sorted(map(_canon, ys))
+
+
 def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) -> list[Diff]:
     """Structural differences between two parsed JSON values, by field path. Array elements
     share one path (``[*]``) so that a field is counted once per response, whatever its index."""
@@ -418,6 +428,7 @@ def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) ->
         out = []
     ta, tb = type(a), type(b)
     if ta is dict and tb is dict:
+        missing = 0
         for k, va in a.items():
             if k in b:
                 vb = b[k]
@@ -425,8 +436,9 @@ def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) ->
                     continue
                 diff_json(va, vb, _key(path, k), out)
             else:
+                missing += 1
                 out.append((_key(path, k), "missing", va, None))
-        if len(b) != len(a) or any(k not in a for k in b):
+        if len(b) > len(a) - missing:  # b has keys a lacks
             for k, vb in b.items():
                 if k not in a:
                     out.append((_key(path, k), "extra", None, vb))
@@ -435,16 +447,17 @@ def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) ->
         if len(a) != len(b):
             out.append((path, "array_length", len(a), len(b)))
             return out
-        if a == b:
+        # Positions that differ; the array is a reordering when the elements at those positions
+        # are the same multiset (equal positions match already), which needs at least two.
+        diff_at = list(compress(range(len(a)), map(ne, a, b)))  # all in C
+        if not diff_at:
             return out
-        if sorted(map(_canon, a)) == sorted(map(_canon, b)):
+        if len(diff_at) > 1 and _same_multiset([a[i] for i in diff_at], [b[i] for i in diff_at]):
             out.append((path, "array_order", a, b))
             return out
         sub = path + "[*]"
-        for va, vb in zip(a, b, strict=True):
-            if va == vb and type(va) is type(vb):
-                continue
-            diff_json(va, vb, sub, out)
+        for i in diff_at:
+            diff_json(a[i], b[i], sub, out)
         return out
     ja, jb = _jtype(a), _jtype(b)
     if ja != jb:

@@ -4,13 +4,20 @@ Why not nginx: it is not installed here, and this server answers ~100k small req
 core, like one nginx worker, so it is not what the benchmark measures. Answers every request with
 a fixed small JSON body. Pipelining-safe (answers in order).
 
+It also counts what it serves, so every client is measured the same way, where the requests
+arrive: ``GET /__stats`` answers ``{"count", "first", "last"}`` (perf_counter seconds) and
+``GET /__reset`` zeroes them. (mitmdump exits before its replay finishes, so its own timing
+cannot be trusted; wrk's and locust's own figures are printed next to these.)
+
 Usage: ``python bench/replay/server.py PORT`` (prints ``ready`` when listening).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import time
 
 import httptools
 
@@ -22,12 +29,22 @@ RESPONSE = (
     + BODY
 )
 CLOSE_RESPONSE = RESPONSE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+STATS = {"count": 0, "first": 0.0, "last": 0.0}
+
+
+def _plain(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
 class Proto(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -36,6 +53,16 @@ class Proto(asyncio.Protocol):
             self.transport.close()
 
     def on_message_complete(self) -> None:
+        if self.url.startswith(b"/__"):
+            if self.url == b"/__reset":
+                STATS.update(count=0, first=0.0, last=0.0)
+            self.transport.write(_plain(json.dumps(STATS).encode()))
+            return
+        now = time.perf_counter()
+        if not STATS["count"]:
+            STATS["first"] = now
+        STATS["count"] += 1
+        STATS["last"] = now
         if self.parser.should_keep_alive():
             self.transport.write(RESPONSE)
         else:
