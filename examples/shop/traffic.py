@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,6 +88,31 @@ class TrafficConfig:
     timeout: float = 10.0
     gzip_share: float = 0.75
     """Share of virtual users whose client accepts gzip."""
+    record: Callable[[Recorded], None] | None = None
+    """Called (from the virtual users' threads) with every request and its answer: the
+    client's own record of the traffic, e.g. the 'production' side of a comparison without a
+    capture. Must be quick and thread-safe (``list.append`` is)."""
+
+
+@dataclass
+class Recorded:
+    """One request as sent and its answer as received (body still content-coded)."""
+
+    vu: int
+    seq: int
+    """Per virtual user, from 0: (vu, seq) orders each customer's requests."""
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    status: int | None
+    """None: the request failed (``failure`` says how)."""
+    response_headers: list[tuple[str, str]]
+    response_body: bytes
+    t_start: float
+    """time.time() when the request was sent; ``t_end`` when the answer was read."""
+    t_end: float
+    failure: str | None = None
 
 
 @dataclass
@@ -191,6 +217,7 @@ class _VirtualUser:
                  quota: int | None, interval: float | None) -> None:
         cfg = driver.cfg
         self.d = driver
+        self.index = index
         self.rng = random.Random(cfg.seed * 1_000_003 + index)
         self.customers = [_Customer(uid) for uid in customers]
         self.quota = quota
@@ -221,16 +248,21 @@ class _VirtualUser:
             self._pace()
         self.sent += 1
         t0 = time.perf_counter()
+        wall0 = time.time()
         status: int | None = None
         failure = None
         data: Any = None
+        wire = b""
+        resp_headers: list[tuple[str, str]] = []
+        target = self.d.prefix + path
         try:
             if self.conn is None:
                 self.conn = self._connect()
-            self.conn.request(method, self.d.prefix + path, body=raw, headers=headers)
+            self.conn.request(method, target, body=raw, headers=headers)
             resp = self.conn.getresponse()
-            payload = resp.read()
+            payload = wire = resp.read()
             status = resp.status
+            resp_headers = resp.getheaders()
             if resp.getheader("Content-Encoding", "").lower() == "gzip":
                 payload = gzip.decompress(payload)
             if resp.will_close:
@@ -244,6 +276,13 @@ class _VirtualUser:
             self._drop()
         ms = (time.perf_counter() - t0) * 1000
         self.d.rec.add(endpoint, ms, status, expected, failure)
+        if self.d.cfg.record is not None:
+            sent = [("Host", self.d.host_header), *headers.items()]
+            if raw is not None:
+                sent.append(("Content-Length", str(len(raw))))
+            self.d.cfg.record(Recorded(self.index, self.sent - 1, method, target, sent,
+                                       raw or b"", status, resp_headers, wire, wall0,
+                                       wall0 + ms / 1000, failure))
         return (status if failure is None else None), data
 
     def _pace(self) -> None:
@@ -378,6 +417,8 @@ class TrafficDriver:
         self.host = u.hostname
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.prefix = u.path.rstrip("/")
+        default_port = 443 if u.scheme == "https" else 80
+        self.host_header = u.hostname if self.port == default_port else f"{u.hostname}:{self.port}"
         self.rec = _Recorder()
         self.stop_event = threading.Event()
         self.t_start = 0.0
