@@ -209,6 +209,7 @@ class Sanitiser:
                 self._ip_rules.setdefault(r.detector.name, r)
         self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
         self._hkind: dict[str, tuple[int, str]] = {}
+        self._ctype_cache: dict[str | None, tuple[str, dict[str, str]]] = {}
         self._cookie_cache: dict[tuple[str, bool], tuple[Any, list[Any], dict[bytes, bytes]]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
         self._select_cache: dict[
@@ -822,7 +823,13 @@ class Sanitiser:
 
     def _body(self, ctype: str | None, cenc: str | None, body: bytes, ctx: _Ctx) -> bytes:
         codes = bodies.codings(cenc) if cenc else []
-        mime, params = bodies.parse_content_type(ctype)
+        ct = self._ctype_cache.get(ctype)
+        if ct is None:
+            ct = bodies.parse_content_type(ctype)
+            if len(self._ctype_cache) > 1024:
+                self._ctype_cache.clear()
+            self._ctype_cache[ctype] = ct
+        mime, params = ct
         inner = body
         if codes:
             try:
