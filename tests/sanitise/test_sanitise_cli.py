@@ -126,3 +126,45 @@ def test_missing_input_is_an_error(app, inputs, tmp_path: Path) -> None:
     r = invoke(app, tmp_path / "nope.jsonl", "-o", tmp_path / "o.jsonl", "--key-file", key)
     assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.jsonl.part").exists()
+
+
+def test_console_script(inputs, tmp_path: Path) -> None:
+    """The real ``shadowtap sanitise`` (root app mounts ``register``), in a subprocess."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "shadowtap"
+    if not exe.exists():
+        pytest.skip(f"console script not installed at {exe}")
+    src, key, secrets, policy = inputs
+    out = tmp_path / "o.jsonl"
+    p = subprocess.run(
+        [
+            str(exe),
+            "sanitise",
+            str(src),
+            "-o",
+            str(out),
+            "--key-file",
+            str(key),
+            "--policy",
+            str(policy),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"sanitise:" in p.stderr and b"email" in p.stderr
+    assert not [v for *_x, v in secrets if v.encode() in out.read_bytes()]
+    p = subprocess.run(
+        [str(exe), "sanitise", str(src), "-o", str(out), "--key-file", str(tmp_path / "nokey")],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: {tmp_path / 'nokey'}: key file not found"
+    ]
