@@ -103,11 +103,12 @@ def _argv(cmd: str) -> list[str]:
     return argv
 
 
-def start_build(build: str, data_dir: Path, *extra: str) -> Instance:
-    """Start a build the way the demo does: the manifest's ``start`` template, cwd = image."""
+def start_build(build: str, data_dir: Path, *extra: str, key: str = "start") -> Instance:
+    """Start a build the way the demo does: a manifest template (``start`` for production,
+    ``shadow_start`` for a shadow), cwd = the image root."""
     root = SHOP / build
     manifest = yaml.safe_load((root / "shadowtap-image.yaml").read_text())
-    cmd = manifest["start"].format(host="127.0.0.1", port=0, data_dir=shlex.quote(str(data_dir)))
+    cmd = manifest[key].format(host="127.0.0.1", port=0, data_dir=shlex.quote(str(data_dir)))
     proc, port = _spawn([*_argv(cmd), *extra], root, data_dir.parent / f"{data_dir.name}.log")
     return Instance(build, proc, port, data_dir)
 

@@ -61,8 +61,8 @@ def _replay(inst: Instance, exchanges: list[Exchange], out: list[Response | str]
 
 def test_three_way_finds_exactly_the_seeded_regressions(tmp_path: Path) -> None:
     prod = start_build("v1", tmp_path / "prod")
-    shadow1 = start_build("v1", tmp_path / "shadow1", "--trust-tokens")
-    shadow2 = start_build("v2", tmp_path / "shadow2", "--trust-tokens")
+    shadow1 = start_build("v1", tmp_path / "shadow1", key="shadow_start")
+    shadow2 = start_build("v2", tmp_path / "shadow2", key="shadow_start")
     try:
         records: list = []
         report = traffic.run_traffic(prod.base, users=6, requests=900, duration=None, seed=11,

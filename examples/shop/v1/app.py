@@ -37,6 +37,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -630,12 +631,17 @@ class Server(ThreadingHTTPServer):
     verbose = False
 
 
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
 def serve(host: str, port: int, data_dir: Path, trust_tokens: bool = False,
           keep_data: bool = False, verbose: bool = False) -> Server:
     """Build (not start) the server; ``serve_forever()`` it, ``shutdown()`` to stop."""
     shop = Shop(data_dir, trust_tokens=trust_tokens, keep_data=keep_data)
     handler = type("ShopHandler", (Handler,), {"shop": shop})
-    srv = Server((host, port), handler)
+    server_cls = Server6 if ":" in host else Server
+    srv = server_cls((host, port), handler)
     srv.verbose = verbose
     return srv
 
