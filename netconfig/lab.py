@@ -358,7 +358,11 @@ def validate(spec: LabSpec) -> None:
         c = spec.canary
         for key in ("node", "prod", "canary"):
             known(getattr(c, key), f"canary.{key}")
-        routing.check_percent(float(c.percent))
+        try:
+            c.percent = float(c.percent)
+        except (TypeError, ValueError):
+            raise SpecError(f"canary.percent must be a number, not {c.percent!r}") from None
+        routing.check_percent(c.percent)
         spec.canary_route()
     for i, f in enumerate(spec.fences):
         known(f.shadow, f"fences[{i}].shadow")
