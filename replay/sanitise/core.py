@@ -288,6 +288,7 @@ class Sanitiser:
     # -- exchange rules --------------------------------------------------------------------------
 
     def _exchange_dropped(self, ex: Exchange) -> bool:
+        """Whether an ``exchange`` rule drops this exchange (conditions are ANDed)."""
         req = ex.request
         for r in self.policy.exchange_rules:
             if r.method is not None and (req is None or req.method.upper() not in r.method):
@@ -305,6 +306,7 @@ class Sanitiser:
     # -- messages --------------------------------------------------------------------------------
 
     def _request(self, req: Request, ctx: _Ctx) -> Request:
+        """A sanitised copy of a request (target, headers, body, trailers), or the same one."""
         target = self._target(req.target, ctx)
         headers, ctype, cenc = self._headers(req.headers, ctx)
         trailers = self._headers(req.trailers, ctx)[0] if req.trailers else req.trailers
@@ -319,6 +321,7 @@ class Sanitiser:
         return Request(req.method, target, req.version, headers, body, trailers)
 
     def _response(self, resp: Response, ctx: _Ctx) -> Response:
+        """A sanitised copy of a response (headers, body, trailers), or the same one."""
         headers, ctype, cenc = self._headers(resp.headers, ctx)
         trailers = self._headers(resp.trailers, ctx)[0] if resp.trailers else resp.trailers
         body, headers = self._message_body(headers, resp.body, ctype, cenc, ctx)
@@ -666,6 +669,7 @@ class Sanitiser:
     # -- request target, URLs --------------------------------------------------------------------
 
     def _target(self, target: str, ctx: _Ctx) -> str:
+        """The request-target: userinfo, path segments, query, fragment."""
         return self._url(target, ctx)
 
     def _url(self, url: str, ctx: _Ctx) -> str:
@@ -711,6 +715,7 @@ class Sanitiser:
         return _dec(prefix + new_path + qm + new_query + new_frag, url)
 
     def _path(self, path: bytes, ctx: _Ctx) -> bytes:
+        """Path segments: segment rules by position or value, then detectors."""
         whole = self._whole["path"]
         dets = self._dets["path"]
         if not whole and not dets:
@@ -750,6 +755,7 @@ class Sanitiser:
         return b"/".join(segs)
 
     def _query(self, query: bytes, ctx: _Ctx) -> bytes:
+        """Query parameters (see ``_pairs``)."""
         if not query:
             return query
         return self._pairs("query", query, ctx, b"@:,/")
@@ -822,6 +828,7 @@ class Sanitiser:
         return new, out
 
     def _body(self, ctype: str | None, cenc: str | None, body: bytes, ctx: _Ctx) -> bytes:
+        """Undo content codings, sanitise by media type, redo the codings if changed."""
         codes = bodies.codings(cenc) if cenc else []
         ct = self._ctype_cache.get(ctype)
         if ct is None:
@@ -856,6 +863,7 @@ class Sanitiser:
         return self._text(data, ctx)
 
     def _text(self, data: bytes, ctx: _Ctx) -> bytes:
+        """A body of no structure we parse: the whole-body scan (and the echo pass)."""
         new = self._replace_hits("body", data, self._body_dets, ctx)
         return self._echo(new, ctx)
 
@@ -870,6 +878,7 @@ class Sanitiser:
         return data
 
     def _content(self, kind: str, params: dict[str, str], data: bytes, ctx: _Ctx) -> bytes:
+        """Dispatch a decoded body to its structured handler by media type."""
         if kind == "json":
             return self._json(data, ctx)
         if kind == "form":
@@ -881,6 +890,8 @@ class Sanitiser:
     # -- JSON ------------------------------------------------------------------------------------
 
     def _json(self, data: bytes, ctx: _Ctx) -> bytes:
+        """A JSON body: name/path rules only when the pre-check says they may apply, then the
+        detectors over the document text (safe: no detector matches a quote or backslash)."""
         first = data[0]
         if first not in _JSON_START:
             stripped = data.lstrip()
@@ -928,6 +939,7 @@ class Sanitiser:
         return data if new == data else new
 
     def _json_rule(self, path: tuple[Any, ...], key: Any) -> tuple[Rule | None, list]:
+        """(first whole-value rule, scoped detector rules) for one JSON member or element."""
         lname = key.lower() if isinstance(key, str) else None
         whole = None
         for r in self._whole["json"]:
@@ -1013,6 +1025,7 @@ class Sanitiser:
         return self._json_pseudo(rule, v, ctx)
 
     def _json_pseudo(self, rule: Rule, v: Any, ctx: _Ctx) -> Any:
+        """A pseudonym that keeps the JSON type: strings stay strings, ints keep digit count."""
         if isinstance(v, bool) or v is None:
             return v
         if isinstance(v, str):
@@ -1048,6 +1061,7 @@ class Sanitiser:
     # -- forms and multipart -----------------------------------------------------------------------
 
     def _form(self, data: bytes, ctx: _Ctx) -> bytes:
+        """A urlencoded form body: the query-string treatment, then body-only patterns."""
         if b"\0" in data:
             self.report.fallback("body is not a form as Content-Type says")
             return self._mismatch(data, ctx)
@@ -1058,6 +1072,7 @@ class Sanitiser:
         return data if new == data else new
 
     def _multipart(self, data: bytes, boundary: str, ctx: _Ctx) -> bytes:
+        """Each part by name and media type; rebuilt with the original boundary if changed."""
         try:
             mp = bodies.parse_multipart(data, boundary)
         except bodies.BodyError as e:

@@ -77,11 +77,13 @@ def is_iban(v: bytes) -> bool:
 
 
 def is_ipv4(v: bytes) -> bool:
+    """Whether the whole value is a dotted quad with octets up to 255."""
     m = _IPV4.fullmatch(v)
     return m is not None
 
 
 def is_ipv6(v: bytes) -> bool:
+    """Whether the whole value parses as an IPv6 address (not just '::')."""
     if v == b"::" or len(v) > 45:
         return False
     try:
@@ -92,14 +94,17 @@ def is_ipv6(v: bytes) -> bool:
 
 
 def is_ssn(v: bytes) -> bool:
+    """Whether the whole value is a structurally valid dashed US SSN."""
     return _SSN.fullmatch(v) is not None
 
 
 def is_jwt(v: bytes) -> bool:
+    """Whether the whole value has the JWT shape this module detects."""
     return _JWT.fullmatch(v) is not None
 
 
 def is_email(v: bytes) -> bool:
+    """Whether the whole value is an address the e-mail detector would find."""
     return _EMAIL.fullmatch(v) is not None
 
 
@@ -219,6 +224,7 @@ def _find_around(text: bytes, sep: bytes, rx: re.Pattern[bytes]) -> list[Span]:
 
 
 def find_email(p: Prep) -> list[Span]:
+    """E-mail addresses, plain and percent-encoded (``%40``), found around each '@'."""
     text = p.text
     out = _find_around(text, b"@", _EMAIL) if b"@" in text else []
     if b"%" in text and b"%40" in text:
@@ -229,6 +235,7 @@ def find_email(p: Prep) -> list[Span]:
 
 
 def find_jwt(p: Prep) -> list[Span]:
+    """JWTs: 'eyJ' header and payload (base64 of '{"'), found from each 'J' by memchr."""
     text = p.text
     j = text.find(b"J")  # memchr: far cheaper than searching for 'eyJ'
     out: list[Span] = []
@@ -252,6 +259,7 @@ def find_jwt(p: Prep) -> list[Span]:
 
 
 def find_bearer(p: Prep) -> list[Span]:
+    """The token after 'Bearer' (any case of B), if it looks like a token, not a word."""
     text = p.text
     if b"earer" not in text:
         return []
@@ -269,6 +277,7 @@ def find_bearer(p: Prep) -> list[Span]:
 
 
 def find_basic(p: Prep) -> list[Span]:
+    """The credentials after 'Basic', only if they decode to ``user:password``."""
     text = p.text
     if b"asic" not in text:
         return []
@@ -310,6 +319,7 @@ def card_network_ok(d: bytes) -> bool:
 
 
 def find_card(p: Prep) -> list[Span]:
+    """Card numbers inside the digit regions: printed groupings, network prefix, Luhn."""
     runs = p.runs
     if not runs:
         return []
@@ -334,6 +344,7 @@ def find_card(p: Prep) -> list[Span]:
 
 
 def find_ssn(p: Prep) -> list[Span]:
+    """US SSNs (dashed) inside the digit regions, with the SSA's impossible values out."""
     runs = p.runs
     if not runs:
         return []
@@ -357,6 +368,7 @@ def find_ssn(p: Prep) -> list[Span]:
 
 
 def find_phone(p: Prep) -> list[Span]:
+    """International (+CC) and NANP numbers; bare digit runs are not phones (ids)."""
     text = p.text
     n = len(text)
     out: list[Span] = []
@@ -396,6 +408,7 @@ def find_phone(p: Prep) -> list[Span]:
 
 
 def find_ipv4(p: Prep) -> list[Span]:
+    """Dotted quads from the '.d.' places of the class map, not parts of longer numbers."""
     dots = p.dots
     if not dots:
         return []
@@ -430,6 +443,7 @@ def find_ipv4(p: Prep) -> list[Span]:
 
 
 def find_ipv6(p: Prep) -> list[Span]:
+    """IPv6 around '::' or three ':hex' groups, confirmed by ``ipaddress``."""
     text = p.text
     out: list[Span] = []
     last = 0
@@ -464,6 +478,7 @@ def find_ipv6(p: Prep) -> list[Span]:
 
 
 def find_iban(p: Prep) -> list[Span]:
+    """IBANs: known country, that country's length, mod-97 checksum."""
     t = p.t
     text = p.text
     out: list[Span] = []
@@ -495,6 +510,7 @@ def find_iban(p: Prep) -> list[Span]:
 
 
 def find_api_key(p: Prep) -> list[Span]:
+    """Vendor key shapes (AWS, GitHub, Stripe, Slack, Google), each behind a literal."""
     text = p.text
     out: list[Span] = []
     if b"_" in text:
