@@ -358,6 +358,17 @@ def test_shadow_mode_from_the_manifest_service_command(tmp_path: Path) -> None:
         assert me.status == 200 and me.data["id"] == 2
         assert c.call("GET", "/users/me", token="garbage").status == 401
         assert c.call("POST", "/login", {"username": "nobody", "password": "x"}).status == 401
+        made = c.call("POST", "/orders", {"items": [{"product_id": 2}]}, token=forged)
+        assert made.status == 201
+    finally:
+        c.close()
+        inst.stop()
+    # restarted by the pool (a crash, a new release): the shadow keeps its state
+    proc, port = _spawn(["sh", "-c", cmd], root, tmp_path / "service2.log", env)
+    inst = Instance("v1", proc, port, tmp_path / "data")
+    c = Client(inst)
+    try:
+        assert c.call("GET", f"/orders/{made.data['id']}", token=forged).status == 200
     finally:
         c.close()
         inst.stop()
