@@ -361,7 +361,8 @@ class Pool:
         self.home = root or home()
         self.path = self.home / "pool.json"
         rec = state.read(self.path) or {}
-        self.prefix = rec.get("prefix") or prefix or DEFAULT_PREFIX
+        self.prefix = (rec.get("prefix") or prefix or os.environ.get("SHADOWTAP_POOL_PREFIX")
+                       or DEFAULT_PREFIX)
         self.subnet = rec.get("subnet") or subnet
         self.attach_lab = rec.get("attach_lab", attach_lab)
 
@@ -409,6 +410,13 @@ class Pool:
                                   "'shadowtap lab up' first or create the pool without attaching")
             d = copy.deepcopy(base)
             gw = "gateway"
+            # the lab's record holds the spec last applied, pool shadows ("sh-*") included:
+            # start from the lab's own nodes so a deleted shadow is not re-created
+            d["nodes"] = [n for n in d.get("nodes", []) if not n["name"].startswith("sh-")]
+            d["links"] = [ln for ln in d.get("links", [])
+                          if not (ln["a"]["node"].startswith("sh-")
+                                  or ln["b"]["node"].startswith("sh-"))]
+            d["fences"] = [f for f in d.get("fences") or [] if not f["shadow"].startswith("sh-")]
         else:
             d = {"prefix": self.prefix, "nodes": [{"name": GATEWAY_NODE}], "links": []}
             gw = GATEWAY_NODE
@@ -458,7 +466,8 @@ class Pool:
                 if idx is None:
                     raise ShadowError("the lab pool is full (250 shadows)")
                 sd = self.home / "shadows" / name
-                r.update(index=idx, node=f"sh-{name}", ns=f"{self.prefix}sh-{name}",
+                net_prefix = self.attach_lab or self.prefix  # lab.up names namespaces so
+                r.update(index=idx, node=f"sh-{name}", ns=f"{net_prefix}sh-{name}",
                          gw_ns=self.gateway_ns(), addr=f"{self.subnet}.{idx}.2",
                          appliance_addr=f"{self.subnet}.{idx}.1", root=str(sd))
             else:
