@@ -236,8 +236,8 @@ class _VirtualUser:
                 body: Any = None, token: str | None = None) -> tuple[int | None, Any]:
         """Send one request on the kept-alive connection; (status, parsed JSON data) or None."""
         headers = {"Accept": "application/json", "User-Agent": "shop-traffic/1"}
-        if self.gzip:
-            headers["Accept-Encoding"] = "gzip"
+        # explicit either way: http.client would add "identity" itself, unrecorded
+        headers["Accept-Encoding"] = "gzip" if self.gzip else "identity"
         raw = None
         if body is not None:
             raw = json.dumps(body).encode()
