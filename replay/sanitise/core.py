@@ -259,7 +259,7 @@ class Sanitiser:
             ts_response_end=ex.ts_response_end,
             completeness=ex.completeness,
             tunnel=ex.tunnel,
-            meta=ex.meta,
+            meta=dict(ex.meta),  # later stages may annotate the copy, never the original
         )
 
     __call__ = apply
