@@ -28,6 +28,15 @@ route_app = typer.Typer(help="Canary weights for new connections to the VIP.",
 SpecOpt = typer.Option(None, "--spec", help="Lab spec (YAML); default: the built-in lab.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 DryOpt = typer.Option(False, "--dry-run", help="Print the equivalent ip/tc/nft commands only.")
+PrefixOpt = typer.Option(None, "--prefix", help="Namespace prefix (overrides the spec's; "
+                         "several labs can coexist).")
+
+
+def _load(spec: Path | None, prefix: str | None) -> Any:
+    from netconfig import lab
+
+    s = lab.load_spec(spec)
+    return lab.parse_spec({**s.raw, "prefix": prefix}) if prefix else s
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -65,11 +74,14 @@ def _print_json(data: Any) -> None:
 
 @lab_app.command("up")
 @friendly
-def lab_up(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool = DryOpt) -> None:
+def lab_up(
+    spec: Path | None = SpecOpt, prefix: str | None = PrefixOpt, as_json: bool = JsonOpt,
+    dry_run: bool = DryOpt,
+) -> None:
     """Build the lab (idempotent: running it again completes or re-asserts it)."""
     from netconfig import lab
 
-    s = lab.load_spec(spec)
+    s = _load(spec, prefix)
     lines = lab.up(s, dry_run=dry_run)
     if dry_run:
         if as_json:
@@ -86,11 +98,14 @@ def lab_up(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool =
 
 @lab_app.command("down")
 @friendly
-def lab_down(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool = DryOpt) -> None:
+def lab_down(
+    spec: Path | None = SpecOpt, prefix: str | None = PrefixOpt, as_json: bool = JsonOpt,
+    dry_run: bool = DryOpt,
+) -> None:
     """Remove exactly what 'lab up' made (also after a crash halfway through)."""
     from netconfig import lab
 
-    s = lab.load_spec(spec)
+    s = _load(spec, prefix)
     done = lab.down(s.prefix, dry_run=dry_run)
     if as_json:
         _print_json({"prefix": s.prefix, "removed": done, "dry_run": dry_run})
@@ -103,11 +118,14 @@ def lab_down(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool
 
 @lab_app.command("status")
 @friendly
-def lab_status(spec: Path | None = SpecOpt, as_json: bool = JsonOpt, dry_run: bool = DryOpt) -> None:
+def lab_status(
+    spec: Path | None = SpecOpt, prefix: str | None = PrefixOpt, as_json: bool = JsonOpt,
+    dry_run: bool = DryOpt,
+) -> None:
     """Draw the topology with what exists now."""
     from netconfig import lab
 
-    s = lab.load_spec(spec)
+    s = _load(spec, prefix)
     st = lab.status(s)
     if as_json:
         _print_json(st)
@@ -227,13 +245,12 @@ def mirror_remove(mirror_id: str = typer.Argument(..., help="Id from 'mirror lis
 
 # ---- route -----------------------------------------------------------------------------
 
-def _gateway_ns(spec: Path | None, netns: str | None) -> str | None:
+def _gateway_ns(spec: Path | None, netns: str | None, prefix: str | None) -> str | None:
     if netns:
         return netns
-    from netconfig import lab
     from netconfig.errors import NetconfigError
 
-    s = lab.load_spec(spec)
+    s = _load(spec, prefix)
     cr = s.canary_route()
     if cr is None:
         raise NetconfigError("the lab spec has no canary section")
@@ -245,6 +262,7 @@ def _gateway_ns(spec: Path | None, netns: str | None) -> str | None:
 def route_set(
     canary: float = typer.Option(..., "--canary", help="Percent of NEW connections to canary."),
     spec: Path | None = SpecOpt,
+    prefix: str | None = PrefixOpt,
     netns: str | None = typer.Option(None, "--netns", help="Gateway namespace (overrides spec)."),
     dry_run: bool = DryOpt,
 ) -> None:
@@ -253,7 +271,7 @@ def route_set(
     from netconfig.errors import require_root
     from netconfig.ops import DryRunner
 
-    ns = _gateway_ns(spec, netns)
+    ns = _gateway_ns(spec, netns, prefix)
     if dry_run:
         dry = DryRunner()
         routing.set_canary(ns, canary, dry)
@@ -268,6 +286,7 @@ def route_set(
 @friendly
 def route_show(
     spec: Path | None = SpecOpt,
+    prefix: str | None = PrefixOpt,
     netns: str | None = typer.Option(None, "--netns", help="Gateway namespace (overrides spec)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -276,7 +295,7 @@ def route_show(
     from netconfig.errors import require_root
 
     require_root()
-    st = routing.show(_gateway_ns(spec, netns))
+    st = routing.show(_gateway_ns(spec, netns, prefix))
     if as_json:
         _print_json(st)
         return

@@ -512,7 +512,7 @@ def down(prefix: str, dry_run: bool = False) -> list[str]:
             raise NetconfigError(f"could not remove namespace(s) {', '.join(left)}: a process "
                                  "may hold them; retry 'lab down'")
         path.unlink(missing_ok=True)
-    mirror.forget_owner(f"lab:{prefix}")
+    mirror.forget_owner(f"lab:{prefix}", rec["namespaces"])
     return [f"ip netns del {ns}" for ns in todo]
 
 

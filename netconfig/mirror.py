@@ -299,6 +299,17 @@ def pick_prio(runner: LiveRunner, ns: str | None, dev: str, taken: Iterable[int]
     return prio
 
 
+def _refuse_loop(live: LiveRunner, m: Mirror) -> None:
+    """Copying an interface into its own veth peer (or a peer into the interface) would send
+    every copy back through the mirror: a packet storm. Refuse it."""
+    src, dst = live.index(m.netns, m.dev), live.index(m.netns, str(m.to))
+    for a, b in ((src, dst), (dst, src)):
+        link = live.ipr(m.netns).get_links(a)[0]
+        if link.get_attr("IFLA_LINK") == b and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth":
+            raise NetconfigError(f"{m.to} is the veth peer of {m.dev}: the mirror would copy its "
+                                 "own copies forever; use another capture interface")
+
+
 def add(m: Mirror, runner: Runner | None = None) -> Mirror:
     """Validate, install and record a mirror; with a DryRunner only print the commands."""
     m.validate()
@@ -314,6 +325,8 @@ def add(m: Mirror, runner: Runner | None = None) -> Mirror:
     with state.locked(_store_path()), LiveRunner() as live:
         for dev in [m.dev] + ([m.to] if m.to else []):
             live.index(m.netns, dev)  # clear error for a missing interface
+        if m.to:
+            _refuse_loop(live, m)
         if m.vxlan_remote:
             m.vxlan_dev_existed = live.has_link(m.netns, m.target_dev)
         mirrors = load_all()
@@ -351,10 +364,12 @@ def remove(mirror_id: str) -> Mirror:
     return m
 
 
-def forget_owner(owner: str) -> None:
-    """Drop the records of mirrors made by ``owner`` (a lab that was torn down with its netns)."""
+def forget_owner(owner: str, netns: Iterable[str] = ()) -> None:
+    """Drop the records of mirrors made by ``owner`` (a lab torn down with its namespaces), and
+    of any mirror that lived in one of ``netns`` (their filters went with the namespace)."""
+    gone = set(netns)
     with state.locked(_store_path()):
-        _save_all([m for m in load_all() if m.owner != owner])
+        _save_all([m for m in load_all() if m.owner != owner and m.netns not in gone])
 
 
 def record(m: Mirror) -> None:

@@ -127,6 +127,9 @@ def test_full_cycle_through_the_cli(tmp_path: Path) -> None:
         assert cli("lab", "up", "--spec", spec, state=state).returncode == 0
         st = json.loads(cli("lab", "status", "--json", "--spec", spec, state=state).stdout)
         assert st["state"] == "up" and all(n["exists"] for n in st["nodes"])
+        # the default spec under --prefix is the same lab
+        st2 = json.loads(cli("lab", "status", "--json", "--prefix", prefix, state=state).stdout)
+        assert st2["state"] == "up" and st2["nodes"] == st["nodes"]
         table = cli("lab", "status", "--spec", spec, state=state).stdout
         assert f"{prefix}gateway" in table and "cap0" in table
         assert cli("route", "set", "--canary", "12.5", "--spec", spec, state=state).returncode == 0

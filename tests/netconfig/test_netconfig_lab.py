@@ -24,7 +24,7 @@ from nethelpers import (
     unique_prefix,
 )
 
-from netconfig import lab, routing
+from netconfig import lab, mirror, routing
 from netconfig import netns as nsmod
 from netconfig.errors import NetconfigError
 from netconfig.ops import LiveRunner
@@ -143,9 +143,12 @@ def test_status_reports_live_topology(state_dir: Path) -> None:
         routing.set_canary(spec.ns("gateway"), 20)
         lab.up(spec)  # re-running up keeps the live weight: it must not move production
         assert routing.show(spec.ns("gateway"))["canary_percent"] == 20
+        mirror.add(mirror.Mirror(netns=spec.ns("gateway"), dev="client0", to="tap0"))
+        assert len(mirror.load_all()) == 3  # the lab's two and ours
     finally:
         lab.down(prefix)
         force_cleanup(prefix)
+    assert mirror.load_all() == []  # down forgets mirrors that lived in its namespaces
 
 
 @pytest.mark.parametrize("after", [2, 6])

@@ -224,3 +224,12 @@ def test_directions_and_two_mirrors_on_one_interface(running_lab: Any, state_dir
         with LiveRunner() as live:
             live.link_del(gw, "itap")
             live.link_del(gw, "otap")
+
+
+@pytest.mark.root
+def test_mirror_into_its_own_veth_peer_is_refused(running_lab: Any, state_dir: Path) -> None:
+    gw = running_lab.ns("gateway")
+    for dev, to in (("cap0", "tap0"), ("tap0", "cap0")):
+        with pytest.raises(NetconfigError, match="veth peer"):
+            mirror.add(mirror.Mirror(netns=gw, dev=dev, to=to))
+    assert mirror.load_all() == []
