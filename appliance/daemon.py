@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -79,6 +80,11 @@ class Worker:
         src = self.source
         pipeline_frames = self.pipeline.frames
         next_tick = 0.0
+        # Extraction makes millions of short-lived objects next to long-lived connection state;
+        # with default thresholds the collector rescans that state constantly (the same tuning
+        # as replay.extract for files, ~10 % of the time).
+        old_gc = gc.get_threshold()
+        gc.set_threshold(max(old_gc[0], 100_000), old_gc[1], old_gc[2])
         try:
             while not self.stop_event.is_set():
                 if self.reload_requested:
@@ -101,6 +107,7 @@ class Worker:
             self._tick()
             self.pipeline.close()
             src.close()
+            gc.set_threshold(*old_gc)
 
     def _feed(self, frames: list[Any]) -> None:
         try:
