@@ -88,12 +88,14 @@ def _load(input_path: Path, port: int | None, flt: Any, *, include_incomplete: b
     return order_by_time(items, lambda e: e.ts_request_start)
 
 
-def _error_record(ex: Any, i: int, err: Any, loop_no: int = 0) -> Any:
+def _error_record(ex: Any, i: int, err: Any) -> Any:
+    """The record of a request that got no answer (same id scheme as answered ones)."""
     from replay.model import Completeness, Exchange
 
     c = Completeness(unpaired=True, timed_out=err.kind == "timeout")
-    return Exchange(id=f"{ex.id}@{i}", request=ex.request, response=None, completeness=c,
-                    meta={"original_id": ex.id, "target": err.target, "loop": loop_no,
+    rid = f"{ex.id}@{i}" if not err.loop else f"{ex.id}@{i}.{err.loop}"
+    return Exchange(id=rid, request=ex.request, response=None, completeness=c,
+                    meta={"original_id": ex.id, "target": err.target, "loop": err.loop,
                           "error": err.to_dict()})
 
 
@@ -198,11 +200,10 @@ def replay_cmd(
     def sink(ex: Exchange, results: dict[str, Any]) -> None:
         if writer is None:
             return
-        for i, (url, out) in enumerate(results.items()):
+        for i, out in enumerate(results.values()):
             if isinstance(out, Exchange):
                 writer.write(out)
             else:
-                out.target = url
                 writer.write(_error_record(ex, i, out))
 
     async def main() -> None:
@@ -343,11 +344,10 @@ def diff_cmd(
                c.response if isinstance(c, Exchange) and c.response else getattr(c, "kind", "?"),
                None if s is None else s.response if isinstance(s, Exchange) else s.kind)
         if writer is not None:
-            for i, (url, out) in enumerate(results.items()):
+            for i, out in enumerate(results.values()):
                 if isinstance(out, Exchange):
                     writer.write(out)
                 else:
-                    out.target = url
                     writer.write(_error_record(ex, i, out))
 
     async def main() -> None:

@@ -66,6 +66,7 @@ class ReplayError:
     message: str
     target: str = ""
     elapsed: float = 0.0
+    loop: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "elapsed": round(self.elapsed, 6)}
@@ -221,10 +222,15 @@ class _Conn(asyncio.Protocol):
         self.wall_sent = time.time()
         # Checked by the replayer's sweeper (one timer for all connections, not one per request).
         self.deadline = t + timeout if timeout is not None else float("inf")
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            # Closed (or reset) by the target before we could write; connection_lost is queued.
+            self._fail("closed", "target closed the connection before the request was sent",
+                       self.reused)
+            return fut
         try:
-            assert self.transport is not None
-            self.transport.write(data)
-        except Exception as e:  # a transport closed under us
+            tr.write(data)
+        except Exception as e:
             self._fail("write_error", f"write failed: {e}", self.reused)
         return fut
 
@@ -604,7 +610,8 @@ class Replayer:
             except _Fail as f:
                 got = await self._retry(pool, prepared[i][1], is_head, f)
             if isinstance(got, _Fail):
-                err = ReplayError(got.kind, str(got), url, time.perf_counter() - started)
+                err = ReplayError(got.kind, str(got), url, time.perf_counter() - started,
+                                  loop_no)
                 results[url] = err
                 self._count_error(url, err)
             else:
