@@ -131,6 +131,21 @@ def compile_bpf(expr: str, linktype: int = LINKTYPE_ETHERNET) -> BpfProgram:
     return prog
 
 
+_VLAN_WORD = re.compile(r"\bvlan\b")
+
+
+def check_live_filter(expr: str) -> None:
+    """Refuse what cannot work on a live Linux socket with a tcpdump -dd program.
+
+    The receive path moves 802.1Q tags out of the frame *before* socket filters run, and
+    ``tcpdump -dd`` (compiled offline) tests the tag inside the frame, so ``vlan`` would match
+    nothing. Filters on the inner headers match tagged and untagged frames alike."""
+    if _VLAN_WORD.search(expr):
+        raise CaptureError(f"bad capture filter {expr!r}: 'vlan' cannot match on a live Linux "
+                           "capture (the kernel removes 802.1Q tags before the filter runs); "
+                           "filter on the inner headers, which match tagged frames too")
+
+
 def attach_bpf(sock: socket.socket, prog: BpfProgram) -> None:
     """SO_ATTACH_FILTER: the kernel replaces any previous filter atomically."""
     insns = b"".join(struct.pack("HBBI", *i) for i in prog)
@@ -241,6 +256,7 @@ class RingSource:
         except PermissionError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if bpf:
+            check_live_filter(bpf)
             attach_bpf(s, compile_bpf(bpf, self.linktype))
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         r = self.ring
@@ -269,6 +285,8 @@ class RingSource:
 
     def set_filter(self, bpf: str | None) -> None:
         """Replace the kernel filter on the live socket (SIGHUP reload); None accepts all."""
+        if bpf:
+            check_live_filter(bpf)
         attach_bpf(self.sock, compile_bpf(bpf, self.linktype) if bpf else [(6, 0, 0, 0x40000)])
 
     def poll(self, timeout: float) -> list[Frame]:

@@ -262,9 +262,10 @@ def _source(r: _Reader) -> tuple[SourceSpec, int]:
             spec.fanout_group = (hash_group(spec.netns, spec.interface) if fg == "auto"
                                  else int(fg))
         if spec.bpf:
-            from appliance.capture import CaptureError, compile_bpf
+            from appliance.capture import CaptureError, check_live_filter, compile_bpf
 
             try:
+                check_live_filter(spec.bpf)
                 compile_bpf(spec.bpf)
             except CaptureError as e:
                 raise ConfigError(f"source.filter: {e}") from None

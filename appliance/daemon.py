@@ -368,6 +368,8 @@ class Appliance:
         return [self._snaps[i] for i in sorted(self._snaps)]
 
     def healthy(self) -> tuple[bool, str]:
+        if self.worker is None and not self._procs:
+            return False, "not started"
         if self.worker is not None:
             t = self._thread
             if t is None or not t.is_alive():
@@ -415,13 +417,24 @@ def run_daemon(cfg: ApplianceConfig) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
-    app.start()
     server = None
     if cfg.metrics_listen:
+        # Bound before capture starts: a port in use is a start-up error, not a half-started
+        # appliance.
         server = MetricsServer(cfg.metrics_listen, app.snapshots, app.healthy,
                                lambda: app.restarts)
-        server.start()
+        try:
+            server.start()
+        except OSError as e:
+            raise RuntimeError(f"metrics.listen: cannot listen on {cfg.metrics_listen} "
+                               f"({e.strerror or e}); pick a free address") from None
         log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+    try:
+        app.start()
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     src = cfg.source
     log.info("capturing from %s%s with %d worker(s)",
              src.interface or (f"vxlan {src.listen}:{src.port}" if src.kind == "vxlan"

@@ -262,3 +262,26 @@ def test_capture_cli_count_duration_and_errors(topo: Topo, tmp_path: Path) -> No
                            capture_output=True, text=True, timeout=20)
         assert p.returncode == 2, p.stderr
         assert p.stderr.startswith("error: ") and msg in p.stderr, p.stderr
+
+
+def test_vlan_tags_stripped_by_the_kernel_are_put_back(topo: Topo) -> None:
+    """The receive path moves 802.1Q tags out of the frame; the ring gives them back in place,
+    so captured frames are what was on the wire."""
+    ring = RingSource("cap0", netns=topo.app)
+    s = nsmod.socket_in_netns(topo.server, socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind(("tapm", 0))
+    sent = []
+    for vid in (5, 100, 4000):
+        f = (b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x81\x00"
+             + ((3 << 13) | vid).to_bytes(2, "big") + b"\x08\x00" + b"\x45" + bytes(40))
+        s.send(f)
+        sent.append(f)
+    s.close()
+    got: list[bytes] = []
+    deadline = time.monotonic() + 3
+    try:
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += [f for _, _, f in ring.poll(0.1)]
+    finally:
+        ring.close()
+    assert got == sent

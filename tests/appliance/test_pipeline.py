@@ -210,6 +210,8 @@ def _with(path: str, value: object) -> dict:
 @pytest.mark.parametrize(("path", "value", "message"), [
     ("source.interfcae", "x", "source.interfcae: unknown key; did you mean 'interface'?"),
     ("source.filter", "tcp port", "source.filter: bad capture filter 'tcp port'"),
+    ("source.filter", "vlan and tcp", "source.filter: bad capture filter 'vlan and tcp': 'vlan' "
+     "cannot match"),
     ("source.ring.block_size", "1 parsec", "source.ring.block_size: '1 parsec' is not a size"),
     ("source.ring.block_size", 4096, "source.ring: ring block_size 4096 is too small"),
     ("source.workers", 0, "source.workers: 0 is out of range"),
