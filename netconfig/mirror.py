@@ -305,6 +305,8 @@ def _refuse_loop(live: LiveRunner, m: Mirror) -> None:
     src, dst = live.index(m.netns, m.dev), live.index(m.netns, str(m.to))
     for a, b in ((src, dst), (dst, src)):
         link = live.ipr(m.netns).get_links(a)[0]
+        if link.get_attr("IFLA_LINK_NETNSID") is not None:
+            continue  # the peer lives in another namespace: its ifindex means nothing here
         if link.get_attr("IFLA_LINK") == b and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "veth":
             raise NetconfigError(f"{m.to} is the veth peer of {m.dev}: the mirror would copy its "
                                  "own copies forever; use another capture interface")

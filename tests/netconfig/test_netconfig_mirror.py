@@ -233,3 +233,25 @@ def test_mirror_into_its_own_veth_peer_is_refused(running_lab: Any, state_dir: P
         with pytest.raises(NetconfigError, match="veth peer"):
             mirror.add(mirror.Mirror(netns=gw, dev=dev, to=to))
     assert mirror.load_all() == []
+
+
+@pytest.mark.root
+def test_same_ifindex_in_another_namespace_is_not_a_loop(state_dir: Path) -> None:
+    """A veth peer's IFLA_LINK is an index in the *peer's* namespace: no false alarm."""
+    from nethelpers import force_cleanup, unique_prefix
+
+    prefix = unique_prefix()
+    a, b, c = (prefix + x for x in "abc")
+    try:
+        with LiveRunner() as live:
+            for ns in (a, b, c):
+                live.netns_add(ns)
+            live.veth_add(a, "eth0", b, "eth0")  # index 2 on both sides
+            live.veth_add(a, "tapx", c, "capx")  # tapx's peer capx is index 2 in c
+            for ns, dev in ((a, "eth0"), (a, "tapx")):
+                live.link_up(ns, dev)
+        m = mirror.add(mirror.Mirror(netns=a, dev="eth0", to="tapx"))
+        assert mirror.live_status(m) == "active"
+        mirror.remove(m.id)
+    finally:
+        force_cleanup(prefix)
