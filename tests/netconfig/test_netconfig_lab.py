@@ -42,13 +42,15 @@ def test_up_request_capture_exactly_once_down_leaves_nothing(state_dir: Path) ->
         lab.up(spec)  # idempotent: a second run re-asserts and changes nothing
         assert sorted(namespaces_with(prefix)) == sorted(spec.ns(n.name) for n in spec.nodes)
         gw, client, prod = spec.ns("gateway"), spec.ns("client"), spec.ns("prod")
-        with Backend(prod, "prod"), Capture(gw, "cap0") as cap:
+        with Backend(prod, "prod"), Backend(spec.ns("canary"), "canary"), \
+                Capture(gw, "cap0") as cap:
             assert run_in(client, one_shot("/first")) == "prod"
+            routing.set_canary(gw, 50)  # both mirrored links (prod0, canary0) carry traffic
 
             async def traffic() -> None:
-                conns = [await connect() for _ in range(10)]
-                for j in range(100):
-                    await asyncio.gather(*(c.get(f"/r/{i * 100 + j}") for i, c in enumerate(conns)))
+                conns = [await connect() for _ in range(20)]
+                for j in range(50):
+                    await asyncio.gather(*(c.get(f"/r/{i * 50 + j}") for i, c in enumerate(conns)))
                 for c in conns:
                     c.close()
 
@@ -56,6 +58,7 @@ def test_up_request_capture_exactly_once_down_leaves_nothing(state_dir: Path) ->
             frames = cap.stop()
         requests: collections.Counter[str] = collections.Counter()
         responses: collections.Counter[str] = collections.Counter()
+        backends: collections.Counter[str] = collections.Counter()
         seen: collections.Counter[tuple[Any, ...]] = collections.Counter()
         for f in frames:
             p = parse_frame(f)
@@ -64,12 +67,15 @@ def test_up_request_capture_exactly_once_down_leaves_nothing(state_dir: Path) ->
             seen[(p.src, p.dst, p.sport, p.dport, p.seq, p.flags, len(p.payload), p.ip_id)] += 1
             if p.dst == VIP and p.payload.startswith(b"GET /r/"):
                 requests[p.payload.split(b" ")[1].decode()] += 1
-            elif p.src == VIP and b"prod /r/" in p.payload:
-                responses[p.payload.split(b"prod ")[1].split()[0].decode()] += 1
+            elif p.src == VIP and b" /r/" in p.payload:
+                backend, path = p.payload.rsplit(b"\r\n\r\n", 1)[-1].split()[:2]
+                backends[backend.decode()] += 1
+                responses[path.decode()] += 1
         want = {f"/r/{i}" for i in range(1000)}
         assert set(requests) == want and set(requests.values()) == {1}
         assert set(responses) == want and set(responses.values()) == {1}
         assert max(seen.values()) == 1, "a segment was copied twice"
+        assert backends["prod"] > 0 and backends["canary"] > 0, backends
         assert all(len(f) <= 1514 for f in frames), "offloads should be off: wire-sized frames"
     finally:
         removed = lab.down(prefix)
