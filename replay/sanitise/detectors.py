@@ -128,6 +128,7 @@ _SSN_C = re.compile(rb"\d{3}-\d{2}-\d{4}")
 _SSN = re.compile(rb"(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}")
 _PHONE_INTL = re.compile(rb"\+[ ]?\(?[1-9](?:[ .\-]?\(?\d\)?){7,14}")
 _PHONE_NANP = re.compile(rb"\d{3}[\- ]\d{3}[\- ]\d{4}")
+_PHONE_NAT = re.compile(rb"0\d{1,4}(?:[ \-]\d{2,8}){1,4}")
 _PHONE_DOT = re.compile(rb"\d{3}\.\d{3}\.\d{4}")
 _PHONE_PAREN = re.compile(rb"\(\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}")
 _OCT = rb"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -387,6 +388,11 @@ def find_phone(p: Prep) -> list[Span]:
     cands: list[tuple[int, int]] = []
     for rs, re_ in p.runs:
         cands.extend(m.span() for m in _PHONE_NANP.finditer(text, rs, re_))
+        # national ('020 7946 0958', '07700 900123') and '00'-international numbers
+        for m in _PHONE_NAT.finditer(text, rs, re_):
+            d = len(m.group()) - m.group().count(b" ") - m.group().count(b"-")
+            if 10 <= d <= (15 if m.group().startswith(b"00") else 12):
+                cands.append(m.span())
     if b"(" in text:
         cands.extend(m.span() for m in _PHONE_PAREN.finditer(text))
     for ds, de in p.dots:
@@ -394,9 +400,12 @@ def find_phone(p: Prep) -> list[Span]:
             m = _PHONE_DOT.match(text, max(0, ds - 3))
             if m is not None:
                 cands.append(m.span())
-    for s, e in cands:
-        if (s > 0 and text[s - 1] in _DIGITSET) or (e < n and text[e] in _DIGITSET):
-            continue
+    intl = list(out)
+    for s, e in sorted(set(cands)):
+        if (s > 0 and text[s - 1] in _ALNUM) or (e < n and text[e] in _ALNUM):
+            continue  # glued to an identifier (a UUID, a hash): not a phone number
+        if any(a < e and s < b for a, b in intl):
+            continue  # the tail of an international number already found
         if s > 0 and text[s - 1] in b"-.":
             continue
         if e < n and text[e] in b"-." and e + 1 < n and text[e + 1] in _DIGITSET:

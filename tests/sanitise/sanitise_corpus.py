@@ -84,8 +84,12 @@ def rand_email(rng: random.Random) -> str:
 
 
 def rand_phone(rng: random.Random) -> str:
-    style = rng.randrange(4)
+    style = rng.randrange(6)
     d = [str(rng.randrange(10)) for _ in range(10)]
+    if style == 4:
+        return f"0{rng.randint(20, 79)} {''.join(d[:4])} {''.join(d[4:8])}"  # UK national
+    if style == 5:
+        return f"0049 {rng.randint(150, 179)} {''.join(d[:7])}"  # '00' international
     if style == 0:
         return f"+44 20 {''.join(d[:4])} {''.join(d[4:8])}"
     if style == 1:
