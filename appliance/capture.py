@@ -93,6 +93,9 @@ class Source(Protocol):
     """What the worker loop needs from a capture source."""
 
     linktype: int
+    packets: int
+    """Frames delivered to user space so far (before any sampling)."""
+    bytes: int
 
     def poll(self, timeout: float) -> list[Frame]: ...
 
@@ -219,6 +222,8 @@ class RingSource:
         self.kernel_packets = 0
         self.kernel_drops = 0
         self.kernel_freezes = 0
+        self.packets = 0
+        self.bytes = 0
         self.drops: dict[str, int] = {}
         self.sock = _ns_socket(netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
@@ -303,7 +308,7 @@ class RingSource:
         append = out.append
         unpack_pkt = _PKT_HDR.unpack_from
         lt = self.linktype
-        truncated = 0
+        truncated = nbytes = 0
         # Walk at most one ring's worth per call, so the caller's loop stays responsive.
         for _ in range(nblocks):
             status, npkts, first = _BLOCK_HDR.unpack_from(mm, off + _BLOCK_STATUS)
@@ -319,12 +324,15 @@ class RingSource:
                     append((sec + nsec * 1e-9, lt, mm[start:start + snap]))
                 if snap != length:
                     truncated += 1
+                nbytes += snap
                 p += nxt
             mm[off + _BLOCK_STATUS:off + _BLOCK_STATUS + 4] = b"\0\0\0\0"  # back to the kernel
             self._block = (self._block + 1) % nblocks
             off = self._block * bs
         if truncated:
             self.drops["truncated_frames"] = self.drops.get("truncated_frames", 0) + truncated
+        self.packets += len(out)
+        self.bytes += nbytes
         return out
 
     @staticmethod
@@ -384,6 +392,8 @@ class VxlanSource:
         self.vnis = frozenset(vnis or ())
         self.drops: dict[str, int] = {}
         self.received = 0
+        self.packets = 0
+        self.bytes = 0
         family = socket.AF_INET6 if ":" in listen else socket.AF_INET
         self.sock = _ns_socket(netns, family, socket.SOCK_DGRAM, 0)
         try:
@@ -428,6 +438,8 @@ class VxlanSource:
                 drops["vni_not_selected"] = drops.get("vni_not_selected", 0) + 1
                 continue
             out.append((ts, LINKTYPE_ETHERNET, d[8:]))
+            self.bytes += len(d) - 8
+        self.packets += len(out)
         return out
 
     def _udp_drops(self) -> int:
@@ -483,6 +495,7 @@ class FileSource:
         self.done = False
         self.linktype = LINKTYPE_ETHERNET
         self.packets = 0
+        self.bytes = 0
 
     def poll(self, timeout: float) -> list[Frame]:
         if self.done:
@@ -490,6 +503,7 @@ class FileSource:
             return []
         out = list(islice(self._it, self.batch))
         self.packets += len(out)
+        self.bytes += sum(len(f[2]) for f in out)
         if len(out) < self.batch:
             self.done = True
         return out
@@ -521,7 +535,7 @@ def conn_hash(a: bytes, b: bytes) -> int:
 
 def frame_conn_hash(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> int | None:
     """``conn_hash`` of a TCP/UDP frame's endpoints (Ethernet with VLAN tags, or raw IP), or
-    None when it is not IP/TCP/UDP. Agrees with ``conn_hash`` over an Exchange's ConnKey, so the
+    None when it cannot tell (not IP/TCP/UDP, a fragment, VXLAN) and the frame must pass. Agrees with ``conn_hash`` over an Exchange's ConnKey, so the
     pcap sink samples the same connections as the exchange sinks."""
     if linktype == LINKTYPE_ETHERNET:
         o = 12
@@ -534,6 +548,8 @@ def frame_conn_hash(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> int | No
         o = 0
         et = b"\x08\x00" if frame[:1] and frame[0] >> 4 == 4 else b"\x86\xdd"
     if et == b"\x08\x00" and len(frame) >= o + 20:
+        if frame[o + 6] & 0x3F or frame[o + 7]:
+            return None  # a fragment: later ones carry no ports; let reassembly decide
         ihl = (frame[o] & 0xF) * 4
         proto = frame[o + 9]
         src, dst = frame[o + 12:o + 16], frame[o + 16:o + 20]
@@ -546,6 +562,8 @@ def frame_conn_hash(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> int | No
         return None
     if proto not in (6, 17) or len(frame) < l4 + 4:
         return None
+    if proto == 17 and b"\x12\xb5" in (frame[l4:l4 + 2], frame[l4 + 2:l4 + 4]):
+        return None  # VXLAN (4789): the connection is inside; the decoder unwraps it
     return conn_hash(src + frame[l4:l4 + 2], dst + frame[l4 + 2:l4 + 4])
 
 

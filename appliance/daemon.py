@@ -110,6 +110,8 @@ class Worker:
             gc.set_threshold(*old_gc)
 
     def _feed(self, frames: list[Any]) -> None:
+        if self.pipeline.sample is not None:
+            frames = self.pipeline.sample.frames(frames)
         try:
             self.extractor.run(frames)
         except Exception as e:  # one hostile packet must never stop capture
@@ -211,8 +213,9 @@ class Worker:
             drops[f"capture_{k}"] = v
         return {
             "worker": self.index,
-            "packets": s.packets,
-            "bytes": s.bytes,
+            "packets": self.source.packets,
+            "bytes": self.source.bytes,
+            "extracted_packets": s.packets,
             "kernel_packets": src.get("kernel_packets", 0),
             "kernel_drops": src.get("kernel_drops", 0),
             "drops": drops,

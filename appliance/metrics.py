@@ -38,6 +38,9 @@ _COUNTERS = [
     ("shadowtap_capture_packets_total", "packets",
      "Frames read from the capture source into user space."),
     ("shadowtap_capture_bytes_total", "bytes", "Bytes of the frames read from the source."),
+    ("shadowtap_extract_packets_total", "extracted_packets",
+     "Frames given to the extractor (fewer than captured when connection sampling is on: "
+     "unsampled connections are dropped as frames, before extraction)."),
     ("shadowtap_capture_kernel_packets_total", "kernel_packets",
      "Packets the kernel passed the filter for this socket, including those it dropped."),
     ("shadowtap_capture_kernel_drops_total", "kernel_drops",

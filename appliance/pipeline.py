@@ -91,6 +91,18 @@ class Sample:
     def keep_hash(self, h: int) -> bool:
         return h % 10_000 < self.threshold
 
+    def frames(self, batch: list[Frame]) -> list[Frame]:
+        """Drop frames of connections not sampled *before* extraction, so unsampled traffic
+        costs a hash instead of reassembly and parsing. Frames it cannot place pass; the
+        exchange-level decision (same hash) still applies to them."""
+        keep = self.keep_hash
+        out = []
+        for f in batch:
+            h = frame_conn_hash(f[2], f[1])
+            if h is None or keep(h):
+                out.append(f)
+        return out
+
     def process(self, ex: Exchange) -> Exchange | None:
         c = ex.conn
         if c is None or self.threshold >= 10_000:
@@ -363,6 +375,7 @@ class Pipeline:
     def __init__(self, stages: list[Any], sinks: list[Any], stats: Stats,
                  handoff: Handoff | None = None) -> None:
         self.stages = stages
+        self.sample: Sample | None = next((s for s in stages if isinstance(s, Sample)), None)
         self.sinks = sinks
         self.frame_sinks = [s for s in sinks if hasattr(s, "frames")]
         self.stats = stats

@@ -273,3 +273,33 @@ def test_bpf_compiles_with_tcpdump() -> None:
     assert prog[-1][0] == 6 and len(prog) > 5  # ends in a 'ret'
     with pytest.raises(CaptureError, match="bad capture filter 'port 99999'"):
         compile_bpf("port 99999")
+
+
+def test_sampling_before_extraction_keeps_whole_connections(tmp_path: Path) -> None:
+    """With sample < 100 % unsampled connections are dropped as frames, before extraction; what
+    comes out is exactly the exchanges of the sampled connections, all of them, complete."""
+    pcap = tmp_path / "in.pcap"
+    generate_pcap(pcap, connections=400, seed=5)
+    s = Sample(40)
+
+    def chosen(e: Exchange) -> bool:
+        c = e.conn
+        assert c is not None
+        return s.keep_hash(conn_hash(endpoint_bytes(c.client_ip, c.client_port),
+                                     endpoint_bytes(c.server_ip, c.server_port)))
+
+    want = sorted((e.id.split("c", 1)[0], e.request.target) for e in extract_file(pcap)
+                  if e.request and chosen(e))
+    cfg = cfgmod.parse({"source": {"file": str(pcap)}, "metrics": {"listen": None},
+                        "pipeline": {"sample": 40, "sanitise": {"enabled": False},
+                                     "sinks": [{"type": "jsonl",
+                                                "path": str(tmp_path / "o/ex.jsonl")}]}})
+    app = Appliance(cfg).start()
+    app.wait()
+    got = list(read_jsonl(tmp_path / "o/ex.jsonl"))
+    assert sorted(("", e.request.target) for e in got if e.request) == \
+        sorted(("", t) for _, t in want)
+    assert all(e.completeness.complete for e in got)
+    snap = app.snapshots()[0]
+    total = sum(1 for _ in CaptureReader(pcap))
+    assert snap["packets"] == total and snap["extracted_packets"] < 0.7 * total
