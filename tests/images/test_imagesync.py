@@ -65,6 +65,8 @@ def test_small_change_in_100mb_image_reaches_three_shadows(env: Env) -> None:
     (img / "data" / "blob007").write_bytes(os.urandom(300_000))
     (img / "data" / "new-file").write_bytes(os.urandom(50_000))
     (img / "data" / "blob013").unlink()
+    os.chmod(img / "data" / "blob020", 0o600)  # metadata only: rsync changes it in place
+    old_release = Path(hosts[0].root) / "releases" / str(hosts[0].current_release())
     t0 = time.monotonic()
     snap2, res2 = push(img, "install packages", pool=pool)
     took = time.monotonic() - t0
@@ -79,6 +81,10 @@ def test_small_change_in_100mb_image_reaches_three_shadows(env: Env) -> None:
         assert _served_version(h) == "v2"  # the service runs the new build
         assert f"incoming/{snap2.id}.batch" in _daemon_log(h)  # the batch crossed the veth
     assert took < 20
+    assert snap2.meta_only == ["data/blob020"]
+    # the previous release (the rollback target, and what ran until the switch) is untouched
+    assert (old_release / "data" / "blob020").stat().st_mode & 0o777 == 0o644
+    assert (old_release / "VERSION").read_text() == "v1\n"
 
     # nothing significant changed: no snapshot, nothing sent
     assert push(img, "noop", pool=pool) == (None, [])
@@ -134,7 +140,7 @@ def test_hanging_batch_is_cut_off_and_shadow_stays_on_its_release(env: Env) -> N
         fh.seek(500_000)
         fh.write(os.urandom(10_000))
     (Path(h.root) / "current" / "data" / "blob003").unlink()
-    store = ImageStore("demo", env.home)
+    store = ImageStore("demo", env.home, block_delta=True)  # a patch inside the file
     snap = store.take(img, "patch")
     assert snap is not None
     rep = Replicator(store, timeout=3)
