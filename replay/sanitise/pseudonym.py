@@ -188,12 +188,15 @@ class Pseudonymiser:
         return self._fmt_token(value, salt, "digits")
 
     def _fmt_phone(self, value: bytes, salt: int) -> bytes:
-        """Digits replaced, separators and the first digit (country/area class) kept."""
+        """Digits replaced; separators kept, and the digits up to the first non-zero one (the
+        trunk '0' or international '00' and the first digit of the country or area code), so
+        the pseudonym is dialled the same way as the original."""
         out = bytearray(self._fmt_token(value, salt, "phone"))
         for i, c in enumerate(value):
             if 48 <= c <= 57:
                 out[i] = c
-                break
+                if c != 48:
+                    break
         return bytes(out)
 
     def _fmt_email(self, value: bytes, salt: int) -> bytes:
