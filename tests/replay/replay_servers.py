@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any
 
 import httptools
 import orjson
@@ -117,6 +118,7 @@ class HttpServer:
     app: App = ok_app
     behaviour: str = "normal"
     port: int = 0
+    ssl_context: Any = None
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
 
@@ -128,7 +130,8 @@ class HttpServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> HttpServer:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -144,7 +147,8 @@ class HttpServer:
         self._loop = loop
         asyncio.set_event_loop(loop)
         server = loop.run_until_complete(
-            loop.create_server(lambda: _Proto(self), "127.0.0.1", self.port, backlog=1024)
+            loop.create_server(lambda: _Proto(self), "127.0.0.1", self.port, backlog=1024,
+                               ssl=self.ssl_context)
         )
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -257,3 +261,34 @@ def make_service(version: str) -> App:
         return 404, [("Content-Type", "text/plain")], b"not found"
 
     return app
+
+
+def self_signed_context(tmp: Any) -> Any:
+    """A server SSLContext with a fresh self-signed certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cp, kp = tmp / "cert.pem", tmp / "key.pem"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cp, kp)
+    return ctx

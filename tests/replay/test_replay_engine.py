@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli, write_jsonl
-from replay_servers import HttpServer, Seen, dead_url
+from replay_servers import HttpServer, Seen, dead_url, self_signed_context
 
 from replay.extract import extract_file
 from replay.model import Completeness, Exchange, Request, Response
@@ -237,3 +237,21 @@ def test_dead_target_is_a_counted_failure_not_a_crash(tmp_path: Path) -> None:
     s = json.loads(p.stdout)
     assert s["targets"][srv.url]["answered"] == 20
     assert s["targets"][dead]["errors"] == {"connect_refused": 20}
+
+
+def test_https_target_verified_or_insecure(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    f = write_jsonl(tmp_path / "t.jsonl", [_ex(i, target=f"/tls/{i}") for i in range(5)])
+    with HttpServer(ssl_context=self_signed_context(tmp_path)) as srv:
+        assert srv.url.startswith("https://")
+        # A self-signed certificate fails verification: counted, not a crash.
+        p = run_cli("replay", f, "-t", srv.url, "--speed", "max", "--summary-json")
+        assert p.returncode == 1 and b"Traceback" not in p.stderr
+        s = json.loads(p.stdout)
+        assert s["targets"][srv.url]["errors"] == {"connect_error": 5}
+        assert "TLS" in s["targets"][srv.url]["error_examples"]["connect_error"]
+        p = run_cli("replay", f, "-t", srv.url, "--speed", "max", "--summary-json",
+                    "--insecure")
+        assert p.returncode == 0, p.stderr.decode()
+        assert json.loads(p.stdout)["targets"][srv.url]["answered"] == 5
+        assert sorted(x.path for x in srv.seen) == [f"/tls/{i}" for i in range(5)]
