@@ -13,6 +13,7 @@ The whole spec is validated first; a bad spec changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -214,7 +215,7 @@ def _ip(cidr: str | None) -> str:
 def _obj(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise SpecError(f"{where}: expected a mapping, got {type(d).__name__}")
-    fields = cls.__dataclass_fields__
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")

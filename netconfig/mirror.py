@@ -150,6 +150,7 @@ def compile_u32(f: MirrorFilter) -> tuple[int, list[list[U32Key]]]:
     if f.is_empty():
         return ETH_P_ALL, [[(0, 0, 0)]]
     has_ports = bool(f.ports or f.sports or f.dports)
+    protos: list[int | None]
     if f.proto is not None:
         protos = [PROTOS.get(str(f.proto)) or int(f.proto)]
     else:
