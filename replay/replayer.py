@@ -584,11 +584,29 @@ class Replayer:
             await self.start()
         if prepared is None:
             prepared = self.prepare(ex)
-        is_head = ex.request is not None and ex.request.method.upper() == "HEAD"
+        is_head = prepared[0][0].method == "HEAD"
         pools = self._pools
         started = time.perf_counter()
         if len(pools) == 1:
-            pending: list[Awaitable[Any]] = [pools[0].start(prepared[0][1], is_head)]
+            # The common case, kept short: one target, an idle connection, an answer.
+            pool = pools[0]
+            req, data = prepared[0]
+            try:
+                got = await pool.start(data, is_head)
+            except _Fail as f:
+                got = await self._after_fail(pool, data, is_head, f)
+            url = pool.target.url
+            if isinstance(got, _Fail):
+                out: Outcome = ReplayError(got.kind, str(got), url,
+                                           time.perf_counter() - started, loop_no)
+                self._count_error(url, out)
+            else:
+                out = self._record(ex, 0, req, got, loop_no)
+            results = {url: out}
+            self.stats.completed += 1
+            if self.on_result is not None:
+                self.on_result(ex, results)
+            return results
         else:
             pending = []
             for pool, (_, data) in zip(pools, prepared, strict=True):
@@ -601,14 +619,9 @@ class Replayer:
             pool = pools[i]
             url = pool.target.url
             try:
-                try:
-                    got = await a
-                except _Fail as f:
-                    if not f.stale:
-                        raise
-                    got = await pool.connect_and_send(prepared[i][1], is_head)
+                got = await a
             except _Fail as f:
-                got = await self._retry(pool, prepared[i][1], is_head, f)
+                got = await self._after_fail(pool, prepared[i][1], is_head, f)
             if isinstance(got, _Fail):
                 err = ReplayError(got.kind, str(got), url, time.perf_counter() - started,
                                   loop_no)
@@ -620,6 +633,16 @@ class Replayer:
         if self.on_result is not None:
             self.on_result(ex, results)
         return results
+
+    async def _after_fail(self, pool: _Pool, data: bytes, is_head: bool, f: _Fail) -> Any:
+        """A stale pooled connection gets one fresh try; anything else the configured retries.
+        Returns the answer, or the last ``_Fail``."""
+        if f.stale:
+            try:
+                return await pool.connect_and_send(data, is_head)
+            except _Fail as e:
+                f = e
+        return await self._retry(pool, data, is_head, f)
 
     async def _retry(self, pool: _Pool, data: bytes, is_head: bool, f: _Fail) -> Any:
         last: _Fail = f
