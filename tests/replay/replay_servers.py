@@ -95,7 +95,7 @@ class _Proto(asyncio.Protocol):
         if seen.method == "HEAD":
             body = b""
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)  # type: ignore
-        if not keep:
+        if not keep or b == "drop_idle":
             self.transport.close()  # type: ignore[union-attr]
 
 
@@ -112,7 +112,8 @@ class HttpServer:
     """``with HttpServer(app) as srv: srv.url`` — serves on 127.0.0.1 in a background thread.
 
     ``behaviour``: ``normal`` (call ``app``), ``slow`` (never answer), ``reset`` (abort every
-    connection), ``garbage`` (answer with non-HTTP bytes), ``close`` (close without answering).
+    connection), ``garbage`` (answer with non-HTTP bytes), ``close`` (close without answering),
+    ``drop_idle`` (answer as keep-alive, then close: what an idle timeout does to a pool).
     """
 
     app: App = ok_app

@@ -255,3 +255,18 @@ def test_https_target_verified_or_insecure(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr.decode()
         assert json.loads(p.stdout)["targets"][srv.url]["answered"] == 5
         assert sorted(x.path for x in srv.seen) == [f"/tls/{i}" for i in range(5)]
+
+
+def test_connections_closed_by_the_server_between_requests_are_not_failures() -> None:
+    # The server promises keep-alive and then closes every connection once it has answered:
+    # the pool must notice or resend once on a fresh connection, never report an error.
+    items = [_ex(i, target=f"/idle/{i}") for i in range(100)]
+    with HttpServer(behaviour="drop_idle") as srv:
+        async def go() -> Replayer:
+            async with Replayer([srv.url], concurrency=4) as rp:
+                await rp.run(items, Schedule(Pacing(), [None] * 100))
+            return rp
+
+        rp = run_async(go())
+    st = rp.stats.targets[srv.url]
+    assert st.ok == 100 and not st.errors
