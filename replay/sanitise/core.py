@@ -196,6 +196,8 @@ class Sanitiser:
                     lits.add(keys[-1].lower().encode("utf-8"))
                 else:
                     self._json_always_parse = True
+        # Array elements have no name: only rules with JSON paths can select them.
+        self._json_by_path = any(r.json_paths for r in self._json_rules)
         # One pass over the lower-cased body: a quoted key from the rules, as a trie-shaped
         # alternation (re tries the branches of one position by first byte, so the cost barely
         # grows with the number of names).
@@ -992,17 +994,23 @@ class Sanitiser:
         if isinstance(node, list):
             changed = False
             items: list[Any] = []
+            by_path = self._json_by_path
             for i, v in enumerate(node):
                 p = (*path, i)
-                whole = None
-                if self._whole["json"] and any(r.json_paths for r in self._whole["json"]):
-                    whole, _ = self._json_rule(p, None)
+                whole, scoped = self._json_rule(p, None) if by_path else (None, [])
                 if whole is not None:
                     nv = self._json_whole(whole, v, ctx)
                     changed = True
                     if nv is not _DROP:
                         items.append(nv)
                     continue
+                if scoped and isinstance(v, str):
+                    b = v.encode("utf-8")
+                    nb = self._replace_hits("json", b, scoped, ctx)
+                    if nb is not b:
+                        items.append(nb.decode("utf-8", "replace"))
+                        changed = True
+                        continue
                 if isinstance(v, (dict, list)):
                     nv, c = self._walk(v, p, ctx)
                     changed |= c

@@ -477,3 +477,25 @@ def test_session_cookie_detector_selects_by_name() -> None:
     assert got["theme"] == "dark" and got["lang"] == "en-GB"
     assert got["JSESSIONID"] != "abc123def456" and len(got["JSESSIONID"]) == 12
     assert got["csrftoken"] != "zzzzyyyyxxxx"
+
+
+def test_scoped_detector_rule_on_array_elements() -> None:
+    pol = Policy.from_dict(
+        {
+            "rules": [
+                {
+                    "name": "notes-mail",
+                    "location": "json",
+                    "paths": ["$.notes[*]"],
+                    "detector": "email",
+                    "action": "mask",
+                }
+            ]
+        }
+    )
+    san = Sanitiser(pol, KEY)
+    body = orjson.dumps({"notes": ["write to a@example.com", "ok"], "other": "b@example.com"})
+    out = san.apply(_req(body=body, ctype="application/json"))
+    assert out is not None and out.request is not None
+    doc = orjson.loads(out.request.body)
+    assert doc["notes"] == ["write to ****", "ok"] and doc["other"] == "b@example.com"
