@@ -166,10 +166,10 @@ def replay_cmd(
     summary_json: SummaryJson = False,
     quiet: Quiet = False,
 ) -> None:
-    """Replay captured requests to one or more targets, paced like the capture (``--speed 1``,
-    the default), at a fixed ``--rate``, or ``--speed max``.
+    """Replay captured requests to one or more HTTP targets and record their answers.
 
-    Every target gets the same request at the same time over keep-alive connections. Exchanges
+    Paced like the capture (--speed 1, the default), scaled (--speed F), at a fixed --rate, or
+    as fast as allowed (--speed max). Every target gets the same request at the same time over keep-alive connections. Exchanges
     the capture did not see whole are skipped and counted. With ``-o`` every answer (or error)
     is recorded as an exchange whose ``meta.original_id`` names the captured one.
     """
@@ -295,7 +295,7 @@ def diff_cmd(
 ) -> None:
     """Does the new build answer real traffic the way production did?
 
-    Replays the input to the candidate (and the secondary) as fast as allowed (``--speed max``
+    Replays the input to the candidate (and the secondary) as fast as allowed (--speed max
     unless told otherwise), compares each answer with the production answer in the capture, and
     reports per endpoint which fields regressed. With ``--secondary``, a field counts as a
     regression only when the candidate differs from production significantly more often than
