@@ -270,3 +270,30 @@ def test_connections_closed_by_the_server_between_requests_are_not_failures() ->
         rp = run_async(go())
     st = rp.stats.targets[srv.url]
     assert st.ok == 100 and not st.errors
+
+
+def test_live_diff_judges_offered_exchanges(production: HttpServer, candidate: HttpServer,
+                                            secondary: HttpServer) -> None:
+    from conftest import capture_requests, record_capture
+
+    from replay.livediff import LiveDiff
+
+    captured = record_capture(production.url, capture_requests(per_endpoint=12))
+    incomplete = Exchange(id="broken", request=Request("GET", "/api/health"), response=None,
+                          completeness=Completeness(unpaired=True))
+
+    async def go() -> dict:
+        async with LiveDiff(candidate.url, secondary=secondary.url) as live:
+            assert not live.offer(incomplete)
+            assert all(live.offer(ex) for ex in captured)
+            await live.drain()
+            return live.report(fail_on=0.01)
+
+    doc = run_async(go())
+    assert doc["summary"]["compared"] == len(captured)
+    assert doc["summary"]["skipped"] == {"no response captured": 1}
+    found = {(f["endpoint"], f["field"], f["kind"]) for f in doc["regressions"]}
+    assert ("GET /api/users/{id}", "body:$.age", "changed_type") in found
+    assert ("GET /api/orders/{id}", "body:$.currency", "missing") in found
+    assert not any("generated_at" in f["field"] for f in doc["regressions"])
+    assert doc["summary"]["verdict"] == "fail"
