@@ -224,7 +224,7 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
 
 def _hostport(s: str) -> bool:
     host, sep, port = s.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and bool(host)
+    return bool(sep) and port.isdigit() and 0 <= int(port) < 65536 and bool(host)
 
 
 def _source(r: _Reader) -> tuple[SourceSpec, int]:

@@ -299,7 +299,8 @@ class Appliance:
         """Open the capture (errors raise here, before anything runs) and start the workers."""
         if self.cfg.workers == 1:
             self.worker = Worker(self.cfg)
-            self._thread = threading.Thread(target=self.worker.run, name="capture", daemon=True)
+            self._thread = threading.Thread(target=self._run_worker, name="capture",
+                                            daemon=True)
             self._thread.start()
             return self
         ctx = mp.get_context("fork")
@@ -314,6 +315,30 @@ class Appliance:
                 raise RuntimeError(self.errors[0])
             time.sleep(0.05)
         return self
+
+    def _run_worker(self) -> None:
+        assert self.worker is not None
+        try:
+            self.worker.run()
+        except Exception as e:  # reported by /healthz too (the thread is gone)
+            self.errors.append(repr(e))
+            log.exception("capture worker failed")
+
+    def serve_metrics(self, listen: str | None = None) -> Any:
+        """Serve /metrics and /healthz for this appliance (``metrics.listen`` by default);
+        returns the server (``.stop()``; ``.port`` is the bound port, useful with port 0)."""
+        from appliance.metrics import MetricsServer
+
+        addr = listen or self.cfg.metrics_listen
+        if not addr:
+            raise ValueError("no metrics address: set metrics.listen or pass listen=")
+        server = MetricsServer(addr, self.snapshots, self.healthy, lambda: self.restarts)
+        try:
+            server.start()
+        except OSError as e:
+            raise RuntimeError(f"metrics.listen: cannot listen on {addr} "
+                               f"({e.strerror or e}); pick a free address") from None
+        return server
 
     def _spawn(self, i: int) -> None:
         ctx = mp.get_context("fork")
@@ -412,8 +437,6 @@ class Appliance:
 
 def run_daemon(cfg: ApplianceConfig) -> int:
     """``shadowtap appliance run``: start, serve metrics, handle signals, drain on SIGTERM."""
-    from appliance.metrics import MetricsServer
-
     app = Appliance(cfg)
     stop = threading.Event()
     hup = threading.Event()
@@ -424,13 +447,7 @@ def run_daemon(cfg: ApplianceConfig) -> int:
     if cfg.metrics_listen:
         # Bound before capture starts: a port in use is a start-up error, not a half-started
         # appliance.
-        server = MetricsServer(cfg.metrics_listen, app.snapshots, app.healthy,
-                               lambda: app.restarts)
-        try:
-            server.start()
-        except OSError as e:
-            raise RuntimeError(f"metrics.listen: cannot listen on {cfg.metrics_listen} "
-                               f"({e.strerror or e}); pick a free address") from None
+        server = app.serve_metrics()
         log.info("metrics on http://%s/metrics", cfg.metrics_listen)
     try:
         app.start()

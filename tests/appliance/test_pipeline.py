@@ -303,3 +303,29 @@ def test_sampling_before_extraction_keeps_whole_connections(tmp_path: Path) -> N
     snap = app.snapshots()[0]
     total = sum(1 for _ in CaptureReader(pcap))
     assert snap["packets"] == total and snap["extracted_packets"] < 0.7 * total
+
+
+def test_in_process_appliance_serves_metrics_and_health(tmp_path: Path) -> None:
+    """The demo's path: an in-process appliance with its own /metrics and /healthz."""
+    import urllib.request
+
+    pcap = tmp_path / "in.pcap"
+    generate_pcap(pcap, connections=50, seed=2)
+    cfg = cfgmod.parse({"source": {"file": str(pcap)}, "metrics": {"listen": "127.0.0.1:0"},
+                        "pipeline": {"sanitise": {"enabled": False},
+                                     "sinks": [{"type": "handoff", "size": 10}]}})
+    app = Appliance(cfg)
+    server = app.serve_metrics()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(base + "/healthz")  # not started yet: 503
+        app.start()
+        app.wait()
+        with urllib.request.urlopen(base + "/metrics") as r:
+            text = r.read().decode()
+        assert "shadowtap_exchanges_emitted_total" in text
+        assert 'shadowtap_queue_capacity{queue="handoff",worker="0"} 10.0' in text
+        assert 'shadowtap_userspace_drops_total{reason="handoff_overflow",worker="0"}' in text
+    finally:
+        server.stop()
