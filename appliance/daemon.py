@@ -356,6 +356,7 @@ class Appliance:
             except (EOFError, OSError, ValueError):
                 return
             if kind == "stats":
+                data["received"] = time.monotonic()
                 self._snaps[i] = data
             else:
                 self.errors.append(data)
@@ -369,6 +370,10 @@ class Appliance:
             if not p.is_alive():
                 self.restarts += 1
                 log.warning("worker %d exited (code %s); restarting", i, p.exitcode)
+                # Healthy again only once the new worker reports. Its joining the fanout group
+                # re-maps flows among workers: connections in flight at that moment may be
+                # split (their exchanges come out incomplete, counted, not silently lost).
+                self._snaps.pop(i, None)
                 self._spawn(i)
 
     def reload(self) -> bool:
@@ -407,7 +412,9 @@ class Appliance:
         dead = [i for i, p in self._procs.items() if not p.is_alive()]
         if dead:
             return False, f"workers {dead} not running"
-        old = [s["worker"] for s in self._snaps.values() if s.get("heartbeat_age", 0) > 5]
+        now = time.monotonic()
+        old = [s["worker"] for s in self._snaps.values()
+               if s.get("heartbeat_age", 0) > 5 or now - s.get("received", now) > 5]
         if old or len(self._snaps) < len(self._procs):
             return False, "workers not reporting"
         return True, f"{len(self._procs)} workers"

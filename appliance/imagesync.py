@@ -61,41 +61,68 @@ MANIFEST_NAME = "shadowtap-image.yaml"
 # same second, with the same size, as unchanged (a build does that all the time).
 RSYNC_DELTA_OPTS = ["-a", "--delete", "--modify-window=-1"]
 
-TREE_SCRIPT = r"""
-cd "$1" || exit 3
-{
-  find . -mindepth 1 \( -type d -printf 'd %m %U:%G\t%P\0' \) -o -printf '%y %m %U:%G %s %T@ %l\t%P\0' |
-    LC_ALL=C sort -z
-  if [ "$2" = deep ]; then
-    find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
-  fi
-} | sha256sum | cut -c1-64
+TREE_FN = r"""
+tree_hash() (
+  cd "$1" || exit 3
+  {
+    find . -mindepth 1 \( -type d -printf 'd %m %U:%G\t%P\0' \) \
+      -o -printf '%y %m %U:%G %s %T@ %l\t%P\0' | LC_ALL=C sort -z
+    if [ "$2" = deep ]; then
+      find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
+    fi
+  } | sha256sum | cut -c1-64
+)
 """
+TREE_SCRIPT = TREE_FN + 'tree_hash "$1" "$2"\n'
 
 LIST_SCRIPT = r"""
 cd "$1" && find . -mindepth 1 \( -type d -printf 'd %m %U:%G\t%P\0' \) -o -printf '%y %m %U:%G %s %T@ %l\t%P\0'
 """
 
-# $1 shadow root, $2 current release dir, $3 new release dir; stdin: NUL-separated paths whose
-# metadata (not content) the delta changes: rsync would change them in place, so they get their
-# own inode in staging first. Changed content always arrives in a new inode (temp file+rename).
-PREP_SCRIPT = r"""
+# One round trip per phase (an ssh round trip to a VM costs far more than the work):
+#
+# STAGE: $1 root, $2 snapshot the current release must be ("*": any), $3 its expected hash
+# ("-": do not check), $4 new release dir, $5 deep|"". Prints "ok:<cur>", or exits 10 (no
+# release), 11 (at another snapshot), 12 (drifted). Then a hard-linked staging copy; stdin:
+# NUL-separated paths whose metadata (not content) the delta changes: rsync would change them
+# in place, through the inode the running release shares, so they get their own inode first.
+# Changed content always arrives in a new inode (temp file + rename).
+STAGE_SCRIPT = TREE_FN + r"""
+cd "$1" || exit 3
+cur=$(readlink current 2>/dev/null) || { echo none; exit 10; }
+cur=${cur##*/}
+case "$cur" in "$2"~*) ;; *) [ "$2" = "*" ] || { echo "at:$cur"; exit 11; } ;; esac
+if [ "$3" != "-" ]; then
+  h=$(tree_hash "$1/releases/$cur" "$5")
+  [ "$h" = "$3" ] || { echo "drift:$cur"; exit 12; }
+fi
 cd "$1/releases" || exit 3
-rm -rf -- "$3.staging" && cp -al -- "$2" "$3.staging" || exit 4
-cd "$3.staging" || exit 5
+rm -rf -- "$4.staging" && cp -al -- "$cur" "$4.staging" || exit 4
+cd "$4.staging" || exit 5
 xargs -0r -n 64 sh -c 'for p; do
   if [ -f "$p" ] && [ ! -L "$p" ]; then
     cp -p -- "$p" "$p.st~" && mv -f -- "$p.st~" "$p" || exit 1
-  fi; done' sh
+  fi; done' sh || exit 6
+echo "ok:$cur"
 """
 
-READ_BATCH_SCRIPT = r"""
+# APPLY: $1 root, $2 snapshot id, $3 new release dir, $4 --whole-file|--no-whole-file,
+# $5 expected hash of the result ("-": do not check), $6 deep|"", $7 releases kept besides
+# current. Exits 20 (batch failed), 21 (result differs from the snapshot), else switches.
+APPLY_SCRIPT = TREE_FN + r"""
 cd "$1" || exit 3
-rsync -a --delete "$4" --modify-window=-1 --read-batch="incoming/$2.batch" "releases/$3.staging/"
+rsync -a --delete "$4" --modify-window=-1 --read-batch="incoming/$2.batch" \
+  "releases/$3.staging/" || exit 20
+if [ "$5" != "-" ]; then
+  h=$(tree_hash "$1/releases/$3.staging" "$6")
+  [ "$h" = "$5" ] || exit 21
+fi
+""" + r"""
+set -- "$1" "$3" "$7"
 """
 
 # $1 root, $2 new release dir, $3 releases to keep besides current
-SWITCH_SCRIPT = r"""
+SWITCH_BODY = r"""
 cd "$1" || exit 3
 mv -T -- "releases/$2.staging" "releases/$2" || exit 4
 ln -sfn -- "releases/$2" .current.new && mv -T -- .current.new current || exit 5
@@ -104,6 +131,8 @@ ls -1 releases | LC_ALL=C sort | grep -vx -- "$2" | head -n -"$3" | while IFS= r
   rm -rf -- "releases/$d"; done
 exit 0
 """
+SWITCH_SCRIPT = SWITCH_BODY
+APPLY_SCRIPT += SWITCH_BODY
 
 
 class ImageError(Exception):
@@ -388,77 +417,77 @@ class Replicator:
 
     def apply_one(self, host: ShadowHost, snap: Snapshot, *, verify: bool = True,
                   allow_full: bool = True) -> ShadowApply:
+        """Batch if the shadow is provably at the batch's parent, else a full rsync.
+
+        ``verify=False`` skips the checks (only for tests that need a batch to hang).
+        """
         t0 = time.monotonic()
-        cur = host.current_release()
-        cur_snap = release_snapshot(cur)
         reason: str | None = None
+        cur: str | None = None
         if snap.parent is None or not self.store.batch(snap.id).exists():
             reason = "no delta for this snapshot (first release)"
-        elif cur is None:
-            reason = "shadow has no release yet"
-        elif cur_snap == snap.id:
-            if remote_hash(host, f"releases/{cur}", self.deep) == self.expected(snap.id):
-                return ShadowApply(host.name, snap.id, "unchanged", True,
-                                   time.monotonic() - t0, "already at this snapshot", cur)
-            reason = f"tampered: release {cur} no longer matches snapshot {snap.id}"
-        elif verify and cur_snap != snap.parent:
-            reason = f"at snapshot {cur_snap}, the delta starts from {snap.parent}"
-        elif verify:
-            got = remote_hash(host, f"releases/{cur}", self.deep)
-            if got is None:
-                reason = "could not hash the current release"
-            elif got != self.expected(snap.parent):
-                reason = f"drifted: release {cur} differs from snapshot {snap.parent}"
-        if reason is None:
-            assert cur is not None
-            ok, note, rel = self._batch(host, snap, cur, verify)
+        else:
+            ok, reason, cur, rel = self._batch(host, snap, verify)
             if ok:
                 res = ShadowApply(host.name, snap.id, "batch", True, time.monotonic() - t0,
-                                  note, rel)
+                                  reason or "", rel)
                 self._activate(host, snap, res)
                 return res
-            reason = note
+            if cur and release_snapshot(cur) == snap.id:
+                if remote_hash(host, f"releases/{cur}", self.deep) == self.expected(snap.id):
+                    return ShadowApply(host.name, snap.id, "unchanged", True,
+                                       time.monotonic() - t0, "already at this snapshot", cur)
+                reason = f"tampered: release {cur} no longer matches snapshot {snap.id}"
         if not allow_full:
             self.log(f"{host.name}: {reason}; full sync not allowed, left on {cur}")
             return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
-                               reason, cur)
+                               reason or "", cur or host.current_release())
         self.log(f"{host.name}: {reason}: falling back to a full rsync")
-        res = self.full_sync(host, snap, reason=reason)
+        res = self.full_sync(host, snap, reason=reason or "")
         res.seconds = time.monotonic() - t0
         return res
 
-    def _batch(self, host: ShadowHost, snap: Snapshot, cur: str, verify: bool
-               ) -> tuple[bool, str, str | None]:
+    def _batch(self, host: ShadowHost, snap: Snapshot, verify: bool
+               ) -> tuple[bool, str, str | None, str | None]:
+        """(ok, note or why not, current release, new release): three round trips."""
+        assert snap.parent is not None
         new = f"{snap.id}~{secrets.token_hex(3)}"
-        lst = self.store.dir / "batches" / f".{snap.id}.{host.name}.changed"
+        deep = "deep" if self.deep else ""
+        lst = self.store.dir / "batches" / f".{snap.id}.{host.name}.meta"
         lst.write_bytes(b"".join(p.encode() + b"\0" for p in snap.meta_only))
         try:
-            r = host.exec(PREP_SCRIPT, host.root, cur, new, timeout=self.timeout,
-                          stdin_file=str(lst))
+            r = host.exec(STAGE_SCRIPT, host.root, snap.parent if verify else "*",
+                          self.expected(snap.parent) if verify else "-", new, deep,
+                          timeout=self.timeout, stdin_file=str(lst))
         finally:
             lst.unlink(missing_ok=True)
-        if not r.ok:
-            return False, f"staging copy failed: {r.why()}", None
+        tag, _, cur = r.stdout.strip().rpartition("\n")[2].partition(":")
+        if r.returncode == 10:
+            return False, "shadow has no release yet", None, None
+        if r.returncode == 11:
+            return (False, f"at snapshot {release_snapshot(cur)}, the delta starts from "
+                    f"{snap.parent}", cur, None)
+        if r.returncode == 12:
+            return (False, f"drifted: release {cur} differs from snapshot {snap.parent}",
+                    cur, None)
+        if not r.ok or tag != "ok":
+            return False, f"staging copy failed: {r.why()}", None, None
         r = host.rsync(str(self.store.batch(snap.id)), f"incoming/{snap.id}.batch",
                        timeout=self.timeout, extra=self.extra)
         if not r.ok:
-            return False, f"sending the batch failed: {r.why()}", None
-        r = host.exec(READ_BATCH_SCRIPT, host.root, snap.id, new,
+            return False, f"sending the batch failed: {r.why()}", cur, None
+        r = host.exec(APPLY_SCRIPT, host.root, snap.id, new,
                       "--no-whole-file" if snap.block_delta else "--whole-file",
+                      self.expected(snap.id) if verify else "-", deep, str(self.keep_releases),
                       timeout=self.timeout)
         if r.timed_out:
             return False, (f"batch timed out after {self.timeout:.0f} s and was killed "
-                           "(a drifted destination makes --read-batch hang)"), None
+                           "(a drifted destination makes --read-batch hang)"), cur, None
+        if r.returncode == 21:
+            return False, "after the batch the staging tree differs from the snapshot", cur, None
         if not r.ok:
-            return False, f"batch failed: {r.why()}", None
-        if verify and remote_hash(host, f"releases/{new}.staging", self.deep) != self.expected(
-                snap.id):
-            return False, "after the batch the staging tree differs from the snapshot", None
-        r = host.exec(SWITCH_SCRIPT, host.root, new, str(self.keep_releases),
-                      timeout=self.timeout)
-        if not r.ok:
-            return False, f"switch failed: {r.why()}", None
-        return True, f"batch {snap.batch_bytes:,} bytes", new
+            return False, f"batch failed: {r.why()}", cur, None
+        return True, f"batch {snap.batch_bytes:,} bytes", cur, new
 
     def full_sync(self, host: ShadowHost, snap: Snapshot, *, reason: str = "",
                   link_current: bool = False) -> ShadowApply:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from apphelpers import (
+    COLLECTOR,
     Daemon,
     Server,
     Topo,
@@ -95,6 +96,15 @@ def test_vxlan_collector_gets_the_same_exchanges(topo: Topo, tmp_path: Path) -> 
         wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 2000, 40,
                  "2000 exchanges over VXLAN")
         assert d.total("shadowtap_capture_kernel_drops_total") == 0
+        # Datagrams that are not VXLAN, or carry another session's VNI, are counted and skipped.
+        u = nsmod.socket_in_netns(topo.server, socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(10):
+            u.sendto(b"\x08\0\0\0\0\0\x07\0" + os.urandom(60), (COLLECTOR, 4789))
+            u.sendto(b"\0" * 30, (COLLECTOR, 4789))
+        u.close()
+        wait_for(lambda: d.total("shadowtap_userspace_drops_total",
+                                 reason="capture_vni_not_selected") == 10, 30, "VNI drops")
+        assert d.total("shadowtap_userspace_drops_total", reason="capture_not_vxlan") == 10
     finally:
         assert d.stop() == 0
     check_exactly_once(load, read_log(log_files(out)))
@@ -197,7 +207,7 @@ def test_fanout_two_workers_never_split_a_connection(topo: Topo, tmp_path: Path)
         assert all(v > 100 for v in per_worker.values()), per_worker
     finally:
         assert d.stop() == 0
-    files = log_files(out)
+    files = [f for f in log_files(out) if f.name.count(".") == 1]  # the live files
     assert {f.name for f in files} == {"exchanges-w0.jsonl", "exchanges-w1.jsonl"}
     where: dict[int, set[str]] = {}
     for f in files:
@@ -285,3 +295,22 @@ def test_vlan_tags_stripped_by_the_kernel_are_put_back(topo: Topo) -> None:
     finally:
         ring.close()
     assert got == sent
+
+
+def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> None:
+    """With fanout workers, the supervisor restarts a worker that dies; capture goes on."""
+    d, out = _daemon(tmp_path, topo, workers=2)
+    d.start()
+    try:
+        assert d.proc is not None
+        kids = [int(p) for p in Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children")
+                .read_text().split()]
+        assert len(kids) == 2
+        os.kill(kids[0], signal.SIGKILL)
+        wait_for(lambda: d.total("shadowtap_worker_restarts_total") == 1, 30, "restart")
+        wait_for(lambda: d.get("/healthz")[0] == 200, 30, "healthy again")
+        load = run_load(topo.client, "w", connections=40, per_conn=5)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 30, "capturing")
+    finally:
+        assert d.stop() == 0
+    check_exactly_once(load, read_log(log_files(out)), tag="w")
