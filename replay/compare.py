@@ -432,8 +432,13 @@ def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) ->
         for k, va in a.items():
             if k in b:
                 vb = b[k]
-                if va == vb and type(va) is type(vb):
-                    continue
+                tv = type(va)
+                if tv is type(vb):
+                    if va == vb:
+                        continue
+                    if tv is not dict and tv is not list:  # a leaf: no need to recurse
+                        out.append((_key(path, k), "changed_value", va, vb))
+                        continue
                 diff_json(va, vb, _key(path, k), out)
             else:
                 missing += 1
