@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,10 +199,18 @@ class Sanitiser:
                     self._json_always_parse = True
         # Array elements have no name: only rules with JSON paths can select them.
         self._json_by_path = any(r.json_paths for r in self._json_rules)
+        self._json_name_cache: dict[str, tuple[Rule | None, list[tuple[int, Detector]]]] = {}
+        self._json_splice_ok = (
+            bool(self._json_rules) and not self._json_by_path and not self._json_always_parse
+        )
         # One pass over the lower-cased body: a quoted key from the rules, as a trie-shaped
         # alternation (re tries the branches of one position by first byte, so the cost barely
         # grows with the number of names).
         self._json_key_rx = re.compile(b'"' + _trie(sorted(lits)) + b'"') if lits else None
+        # The same keys followed by ':' (a member name, not a value) for in-place edits.
+        self._json_kv_rx = (
+            re.compile(b'"(' + _trie(sorted(lits)) + rb')"[ \t\r\n]*:[ \t\r\n]*') if lits else None
+        )
         # The client address in the connection key is personal data too: it follows the first
         # IP-detector rule (pseudonymised like any address in a body).
         self._ip_rules: dict[str, Rule] = {}
@@ -901,16 +910,26 @@ class Sanitiser:
         if first not in _JSON_START:
             self.report.fallback("body is not JSON as Content-Type says")
             return self._mismatch(data, ctx)
+        lo = b""
         need_walk = bool(self._json_rules) and (
             self._json_always_parse
             or (
-                self._json_key_rx is not None and self._json_key_rx.search(data.lower()) is not None
+                self._json_key_rx is not None
+                and self._json_key_rx.search(lo := data.lower()) is not None
             )
         )
-        escaped = b"\\" in data and (b"\\u" in data or b"\\/" in data)
+        backslash = b"\\" in data
+        escaped = backslash and (b"\\u" in data or b"\\/" in data)
         if escaped and self._json_rules:
             need_walk = True  # a key written with escapes would slip past the literal check
         text = data
+        skip = None
+        if need_walk and not backslash and self._json_splice_ok:
+            spliced = self._json_splice(data, lo, ctx)
+            if spliced is not None:
+                need_walk = False
+                text = spliced
+                skip = ctx.produced  # never pseudonymise what a name rule just wrote
         if need_walk or escaped:
             try:
                 doc = orjson.loads(data)
@@ -928,10 +947,93 @@ class Sanitiser:
                 if new is text:
                     return self._echo_keep(data, ctx)
                 return self._echo(new, ctx)
-        new = self._replace_hits("json", text, self._json_text_dets, ctx, json_text=True)
+        new = self._replace_hits("json", text, self._json_text_dets, ctx, json_text=True, skip=skip)
         if new is data:
             return self._echo_keep(data, ctx)
         return self._echo(new, ctx)
+
+    def _json_splice(self, data: bytes, lo: bytes, ctx: _Ctx) -> bytes | None:
+        """Name rules without parsing: find ``"name":`` with the key pattern and replace the
+        string or number after it in place, keeping the document's formatting. Returns None
+        (parse and walk instead) for anything less simple: a container or a drop.
+
+        Only used for documents without backslashes, so every quote is a real delimiter and a
+        match is a real key (or, at worst, a key that merely ends in the name: masked too)."""
+        out: list[bytes] = []
+        pos = 0
+        cache = self._json_name_cache
+        for m in self._json_kv_rx.finditer(lo):
+            lname = m.group(1).decode("utf-8", "replace")
+            hit = cache.get(lname)
+            if hit is None:
+                hit = self._json_rule((), lname)
+                cache[lname] = hit
+            whole, scoped = hit
+            if whole is None and not scoped:
+                continue
+            vs = m.end()
+            if vs >= len(data):
+                return None
+            c = data[vs]
+            if c == 34:  # '"'
+                ve = data.find(b'"', vs + 1) + 1
+                if ve == 0:
+                    return None
+                raw = data[vs + 1 : ve - 1]
+                is_str = True
+            elif c in _NUM_START:
+                nm = _JSON_NUM.match(data, vs)
+                if nm is None:
+                    return None
+                ve = nm.end()
+                raw = data[vs:ve]
+                is_str = False
+            elif c in b"tfn":
+                continue  # true/false/null: nothing personal
+            else:
+                return None  # an object or array: the walk handles containers
+            if whole is not None:
+                if whole.action == "drop":
+                    return None
+                if whole.action == "mask":
+                    new = b'"' + self._mask + b'"'
+                    self.report.count(whole.name, "json", self._mask)
+                    if len(raw) >= _ECHO_MIN:
+                        ctx.echo[raw] = self._mask
+                    ctx.produced.add(self._mask)
+                elif not raw:
+                    continue
+                elif is_str:
+                    ps = self.pseudo.pseudonym(whole.fmt, raw)
+                    self.report.count(whole.name, "json", ps)
+                    if len(raw) >= _ECHO_MIN:
+                        ctx.echo[raw] = ps
+                    ctx.produced.add(ps)
+                    new = b'"' + ps + b'"'
+                else:
+                    digits = raw.lstrip(b"-")
+                    if not digits.isdigit():
+                        return None  # a float or exponent: the walk keeps its type
+                    ps = self.pseudo.pseudonym("digits", digits)
+                    if len(ps) > 1 and ps[:1] == b"0":
+                        ps = b"1" + ps[1:]
+                    self.report.count(whole.name, "json", ps)
+                    ctx.produced.add(ps)
+                    new = raw[: len(raw) - len(digits)] + ps
+            else:
+                if not is_str:
+                    continue
+                nb = self._replace_hits("json", raw, scoped, ctx)
+                if nb is raw:
+                    continue
+                new = b'"' + nb + b'"'
+            out.append(data[pos:vs])
+            out.append(new)
+            pos = ve
+        if not out:
+            return data
+        out.append(data[pos:])
+        return b"".join(out)
 
     def _echo_keep(self, data: bytes, ctx: _Ctx) -> bytes:
         """``_echo`` that returns the very same object when nothing changed."""
@@ -966,31 +1068,42 @@ class Sanitiser:
     def _walk(self, node: Any, path: tuple[Any, ...], ctx: _Ctx) -> tuple[Any, bool]:
         """Apply JSON name/path rules in one pass. Returns (node, changed)."""
         if isinstance(node, dict):
-            changed = False
-            out: dict[str, Any] = {}
-            for k, v in node.items():
-                p = (*path, k)
-                whole, scoped = self._json_rule(p, k)
+            out: dict[str, Any] | None = None  # made at the first change: most dicts have none
+            by_path = self._json_by_path
+            cache = self._json_name_cache
+            p = path
+            for idx, (k, v) in enumerate(node.items()):
+                if by_path:
+                    p = (*path, k)
+                    whole, scoped = self._json_rule(p, k)
+                else:
+                    # selection depends on the key alone: cached (documents repeat their keys)
+                    hit = cache.get(k)
+                    if hit is None:
+                        hit = self._json_rule((), k)
+                        if len(cache) > 4096:
+                            cache.clear()
+                        cache[k] = hit
+                    whole, scoped = hit
+                nv: Any = v
                 if whole is not None:
                     nv = self._json_whole(whole, v, ctx)
-                    changed = True
-                    if nv is not _DROP:
-                        out[k] = nv
-                    continue
-                if scoped and isinstance(v, str):
+                elif scoped and isinstance(v, str):
                     b = v.encode("utf-8")
                     nb = self._replace_hits("json", b, scoped, ctx)
                     if nb is not b:
-                        out[k] = nb.decode("utf-8", "replace")
-                        changed = True
-                        continue
-                if isinstance(v, (dict, list)):
+                        nv = nb.decode("utf-8", "replace")
+                elif isinstance(v, (dict, list)):
                     nv, c = self._walk(v, p, ctx)
-                    changed |= c
+                    if not c:
+                        nv = v
+                if out is None:
+                    if nv is v:
+                        continue
+                    out = dict(itertools.islice(node.items(), idx))
+                if nv is not _DROP:
                     out[k] = nv
-                else:
-                    out[k] = v
-            return (out if changed else node), changed
+            return (node, False) if out is None else (out, True)
         if isinstance(node, list):
             changed = False
             items: list[Any] = []
@@ -1026,6 +1139,8 @@ class Sanitiser:
             self.report.count(rule.name, "json", None)
             return _DROP
         if rule.action == "mask":
+            if v is None or isinstance(v, bool):
+                return v  # nothing personal in null/true/false (and the splice path agrees)
             self.report.count(rule.name, "json", self._mask)
             if isinstance(v, str) and len(v) >= _ECHO_MIN:
                 ctx.echo[v.encode("utf-8")] = self._mask

@@ -499,3 +499,20 @@ def test_scoped_detector_rule_on_array_elements() -> None:
     assert out is not None and out.request is not None
     doc = orjson.loads(out.request.body)
     assert doc["notes"] == ["write to ****", "ok"] and doc["other"] == "b@example.com"
+
+
+def test_name_rules_edit_json_in_place() -> None:
+    """Name rules on strings and numbers are spliced in: the document keeps its formatting."""
+    san = Sanitiser(Policy.default(), KEY)
+    body = b'{\n  "user": "jo",\n  "password" : "hunter2hunter2",\n  "pin": 1234,\n  "x": [1, 2]\n}'
+    out = san.apply(_req(body=body, ctype="application/json"))
+    assert out is not None and out.request is not None
+    assert out.request.body == (
+        b'{\n  "user": "jo",\n  "password" : "****",\n  "pin": "****",\n  "x": [1, 2]\n}'
+    )
+    body = b'{"session_id": 987654321, "token": {"a": "b"}, "otp": null}'
+    out = san.apply(_req(body=body, ctype="application/json"))
+    assert out is not None and out.request is not None
+    doc = orjson.loads(out.request.body)  # a container value: parsed and walked instead
+    assert doc["otp"] is None and isinstance(doc["session_id"], int)
+    assert doc["session_id"] != 987654321 and doc["token"] != {"a": "b"}
