@@ -298,7 +298,8 @@ def test_vlan_tags_stripped_by_the_kernel_are_put_back(topo: Topo) -> None:
 
 
 def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> None:
-    """With fanout workers, the supervisor restarts a worker that dies; capture goes on."""
+    """With fanout workers, the supervisor restarts a worker that dies; capture goes on, and
+    SIGHUP reaches every worker."""
     d, out = _daemon(tmp_path, topo, workers=2)
     d.start()
     try:
@@ -311,6 +312,8 @@ def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> Non
         wait_for(lambda: d.get("/healthz")[0] == 200, 30, "healthy again")
         load = run_load(topo.client, "w", connections=40, per_conn=5)
         wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 200, 30, "capturing")
+        d.signal(signal.SIGHUP)  # the supervisor validates, then every worker reloads
+        wait_for(lambda: d.total("shadowtap_reloads_total") == 2, 30, "both workers reload")
     finally:
         assert d.stop() == 0
     check_exactly_once(load, read_log(log_files(out)), tag="w")
