@@ -171,7 +171,7 @@ def appliance_run(
         if not nsmod.exists(netns):
             raise _fail(f"--netns: network namespace {netns!r} does not exist "
                         "(ip netns list shows the ones that do)")
-        cfg.source.netns = netns
+        cfg.source.netns = cfg.netns_override = netns
     try:
         code = run_daemon(cfg)
     except (CaptureError, InputError, RuntimeError) as e:

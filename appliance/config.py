@@ -100,6 +100,8 @@ class ApplianceConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics_listen: str | None = "127.0.0.1:9617"
     path: str | None = None
+    netns_override: str | None = None
+    """``--netns`` from the command line: wins over the file's source.netns, also on reload."""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)

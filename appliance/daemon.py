@@ -160,6 +160,8 @@ class Worker:
             self.stats.reload_errors += 1
             log.error("reload refused, keeping the running pipeline: %s", e)
             return
+        if self.cfg.netns_override is not None:
+            new.source.netns = new.netns_override = self.cfg.netns_override
         if (new.source.kind, new.source.interface, new.source.netns, new.workers) != (
                 self.cfg.source.kind, self.cfg.source.interface, self.cfg.source.netns,
                 self.cfg.workers):

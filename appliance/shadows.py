@@ -245,7 +245,7 @@ class LabShadow(ShadowHost):
     def shell_argv(self) -> list[str]:
         sh = os.environ.get("SHELL", "/bin/bash")
         return ["nsenter", f"--net={nsmod.NETNS_DIR}/{self.ns}", "--", "sh", "-c",
-                f'cd "$1/current" 2>/dev/null || cd "$1"; exec {shlex.quote(sh)} -i', "sh",
+                f'cd -P "$1/current" 2>/dev/null || cd "$1"; exec {shlex.quote(sh)} -i', "sh",
                 self.root]
 
 
