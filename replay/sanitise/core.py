@@ -910,26 +910,24 @@ class Sanitiser:
         if first not in _JSON_START:
             self.report.fallback("body is not JSON as Content-Type says")
             return self._mismatch(data, ctx)
-        lo = b""
-        need_walk = bool(self._json_rules) and (
-            self._json_always_parse
-            or (
-                self._json_key_rx is not None
-                and self._json_key_rx.search(lo := data.lower()) is not None
-            )
-        )
         backslash = b"\\" in data
         escaped = backslash and (b"\\u" in data or b"\\/" in data)
-        if escaped and self._json_rules:
-            need_walk = True  # a key written with escapes would slip past the literal check
         text = data
         skip = None
-        if need_walk and not backslash and self._json_splice_ok:
-            spliced = self._json_splice(data, lo, ctx)
-            if spliced is not None:
-                need_walk = False
-                text = spliced
-                skip = ctx.produced  # never pseudonymise what a name rule just wrote
+        need_walk = False
+        if self._json_rules:
+            if self._json_always_parse or escaped:
+                # name_regex rules need every key; escapes could hide a key from the pattern
+                need_walk = True
+            elif self._json_splice_ok and not backslash:
+                spliced = self._json_splice(data, data.lower(), ctx)
+                if spliced is None:
+                    need_walk = True
+                elif spliced is not data:
+                    text = spliced
+                    skip = ctx.produced  # never pseudonymise what a name rule just wrote
+            elif self._json_key_rx is not None:
+                need_walk = self._json_key_rx.search(data.lower()) is not None
         if need_walk or escaped:
             try:
                 doc = orjson.loads(data)
@@ -955,13 +953,16 @@ class Sanitiser:
     def _json_splice(self, data: bytes, lo: bytes, ctx: _Ctx) -> bytes | None:
         """Name rules without parsing: find ``"name":`` with the key pattern and replace the
         string or number after it in place, keeping the document's formatting. Returns None
-        (parse and walk instead) for anything less simple: a container or a drop.
+        (parse and walk instead) for anything less simple: a container, a float, a drop.
 
         Only used for documents without backslashes, so every quote is a real delimiter and a
-        match is a real key (or, at worst, a key that merely ends in the name: masked too)."""
-        out: list[bytes] = []
-        pos = 0
+        match is a real key (or, at worst, a key that merely ends in the name: masked too).
+        Everything is planned first, so a fallback leaves no counts behind."""
+        if self._json_kv_rx is None:
+            return data
+        plan: list[tuple[int, int, Rule | None, list[tuple[int, Detector]], bytes, bool]] = []
         cache = self._json_name_cache
+        n = len(data)
         for m in self._json_kv_rx.finditer(lo):
             lname = m.group(1).decode("utf-8", "replace")
             hit = cache.get(lname)
@@ -972,32 +973,38 @@ class Sanitiser:
             if whole is None and not scoped:
                 continue
             vs = m.end()
-            if vs >= len(data):
+            if vs >= n:
                 return None
             c = data[vs]
             if c == 34:  # '"'
                 ve = data.find(b'"', vs + 1) + 1
                 if ve == 0:
                     return None
-                raw = data[vs + 1 : ve - 1]
-                is_str = True
+                plan.append((vs, ve, whole, scoped, data[vs + 1 : ve - 1], True))
             elif c in _NUM_START:
                 nm = _JSON_NUM.match(data, vs)
                 if nm is None:
                     return None
-                ve = nm.end()
-                raw = data[vs:ve]
-                is_str = False
+                raw = nm.group()
+                if whole is not None and not raw.lstrip(b"-").isdigit():
+                    return None  # a float or exponent: the walk keeps its type
+                plan.append((vs, nm.end(), whole, scoped, raw, False))
             elif c in b"tfn":
                 continue  # true/false/null: nothing personal
             else:
                 return None  # an object or array: the walk handles containers
+            if whole is not None and whole.action == "drop":
+                return None  # removing a member (and its comma) is the walk's job
+        if not plan:
+            return data
+        out: list[bytes] = []
+        pos = 0
+        rep = self.report
+        for vs, ve, whole, scoped, raw, is_str in plan:
             if whole is not None:
-                if whole.action == "drop":
-                    return None
                 if whole.action == "mask":
                     new = b'"' + self._mask + b'"'
-                    self.report.count(whole.name, "json", self._mask)
+                    rep.count(whole.name, "json", self._mask)
                     if len(raw) >= _ECHO_MIN:
                         ctx.echo[raw] = self._mask
                     ctx.produced.add(self._mask)
@@ -1005,19 +1012,17 @@ class Sanitiser:
                     continue
                 elif is_str:
                     ps = self.pseudo.pseudonym(whole.fmt, raw)
-                    self.report.count(whole.name, "json", ps)
+                    rep.count(whole.name, "json", ps)
                     if len(raw) >= _ECHO_MIN:
                         ctx.echo[raw] = ps
                     ctx.produced.add(ps)
                     new = b'"' + ps + b'"'
                 else:
                     digits = raw.lstrip(b"-")
-                    if not digits.isdigit():
-                        return None  # a float or exponent: the walk keeps its type
                     ps = self.pseudo.pseudonym("digits", digits)
                     if len(ps) > 1 and ps[:1] == b"0":
                         ps = b"1" + ps[1:]
-                    self.report.count(whole.name, "json", ps)
+                    rep.count(whole.name, "json", ps)
                     ctx.produced.add(ps)
                     new = raw[: len(raw) - len(digits)] + ps
             else:
