@@ -88,3 +88,16 @@ def test_bad_weights_are_refused_and_change_nothing(backends: Any) -> None:
         with pytest.raises(NetconfigError, match="between 0 and 100"):
             routing.set_canary(gw, bad)
     assert routing.show(gw)["canary_percent"] == 25
+
+
+def test_nft_cli_fallback_gives_the_same_result(backends: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without libnftables the same JSON goes through ``nft -j -f -``."""
+    from netconfig import nft
+
+    gw = backends.ns("gateway")
+    monkeypatch.setattr(nft, "_lib", False)
+    routing.set_canary(gw, 33.3)
+    assert routing.show(gw)["canary_percent"] == 33.3
+    monkeypatch.undo()
+    assert routing.show(gw)["canary_percent"] == 33.3
