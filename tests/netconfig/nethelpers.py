@@ -212,9 +212,16 @@ class Capture:
         return self
 
     def stop(self, settle: float = 0.3) -> list[bytes]:
+        """Stop, then drain whatever is still queued (a loaded host may lag behind)."""
         time.sleep(settle)
         self._stop.set()
-        self._thread.join(2)
+        self._thread.join(5)
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self.frames.append(self.sock.recv(262144))
+            except BlockingIOError:
+                break
         self.sock.close()
         return self.frames
 
