@@ -52,6 +52,14 @@ FORMATS = (
 )
 """Pseudonym formats a rule may ask for (``format:``); ``auto`` picks one from the value's shape."""
 
+_CLASS_ALPHABET: list[bytes | None] = [None] * 256
+"""Per input byte: a 256-entry table from a random byte to a replacement of the same class
+(digit, lower, upper), or None to keep the byte. One lookup per character."""
+for _alpha, _range in ((_DIGITS, range(48, 58)), (_LOWER, range(97, 123)), (_UPPER, range(65, 91))):
+    _table = bytes(_alpha[r % len(_alpha)] for r in range(256))
+    for _c in _range:
+        _CLASS_ALPHABET[_c] = _table
+
 _CACHE_MAX = 1 << 16
 
 
@@ -171,16 +179,10 @@ class Pseudonymiser:
     def _fmt_token(self, value: bytes, salt: int, kind: str = "token") -> bytes:
         """Character-class preserving: digit->digit, lower->lower, upper->upper, rest kept."""
         rnd = self._stream(kind, value, len(value), salt)
-        out = bytearray(value)
-        for i, c in enumerate(value):
-            r = rnd[i]
-            if 48 <= c <= 57:
-                out[i] = _DIGITS[r % 10]
-            elif 97 <= c <= 122:
-                out[i] = _LOWER[r % 26]
-            elif 65 <= c <= 90:
-                out[i] = _UPPER[r % 26]
-        return bytes(out)
+        alpha = _CLASS_ALPHABET
+        return bytes(
+            [c if (a := alpha[c]) is None else a[r] for c, r in zip(value, rnd, strict=True)]
+        )
 
     _fmt_hex = _fmt_token
 
