@@ -210,6 +210,8 @@ def main() -> int:
         change(files, args.change_mb, rnd, img)
         b = build(img, "verdict", pool=pool, checks_file=cdir / "checks.yaml")
         verdict = (b.verdict_seconds, b.push_seconds, b.ok, [c.name for c in b.checks if not c.ok])
+        per_check = ", ".join(f"{c.name}@{c.shadow} {c.seconds:.1f} s" for c in b.checks)
+        load = os.getloadavg()[0]
         print(f"verdict: {b.verdict_seconds:.1f} s (push incl. service restarts "
               f"{b.push_seconds:.1f} s), ok={b.ok} {verdict[3]}")
     finally:
@@ -240,7 +242,8 @@ def main() -> int:
         "symlink switch. Plain rsync does none of the checks and switches nothing atomically.",
         f"- change → tested verdict on 4 shadows (push with service restarts, HTTP smoke on all, "
         f"pytest, security scan, 5 s locust): **{verdict[0]:.1f} s** (push part "
-        f"{verdict[1]:.1f} s); verdict {'pass' if verdict[2] else 'FAIL ' + str(verdict[3])}.",
+        f"{verdict[1]:.1f} s); verdict {'pass' if verdict[2] else 'FAIL ' + str(verdict[3])}. "
+        f"Checks one after another: {per_check}. 1-min load average {load:.1f} at the end.",
     ]
     if notes:
         lines.append(f"- rounds where a shadow did not take the batch: {'; '.join(notes)}")

@@ -63,6 +63,21 @@ def test_ephemeral_shadows_ttl_gc_and_merge_webhook(env: Env) -> None:
     h = Pool(env.home).get("e2")
     assert h.http_get(8080, "/VERSION") == (200, b"v1\n")  # the image's service runs
 
+    # debugging: a shell inside the shadow (its namespace, its release) and a port forward
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "shadow", "shell", "e2"],
+                       input="ip -o -4 addr show dev eth0; pwd; cat VERSION; exit\n",
+                       capture_output=True, text=True, timeout=30, cwd=REPO,
+                       env=dict(os.environ, SHADOWTAP_HOME=str(env.home), SHELL="/bin/sh"))
+    assert h.addr in r.stdout and "/shadows/e2/releases/" in r.stdout and "v1" in r.stdout, r
+    from appliance.cli_images import forward
+
+    srv = forward(h, 8080, ("127.0.0.1", 0))
+    try:
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/VERSION"
+        assert urllib.request.urlopen(url, timeout=10).read() == b"v1\n"
+    finally:
+        srv.close()
+
     time.sleep(max(0.0, recs["e1"]["expires"] - time.time()) + 0.1)
     r = cli(env, "shadow", "gc")
     assert r.returncode == 0 and "e1" in r.stderr
