@@ -35,8 +35,42 @@ cli_images.register(app)
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path("out/demo"), help="Where the demo writes its files"),
-    connections: int = typer.Option(400, help="Connections in the sample capture"),
+    duration: float = typer.Option(20.0, help="Seconds of client traffic"),
+    users: int = typer.Option(6, help="Concurrent virtual users"),
+    baseline: float = typer.Option(4.0, help="Seconds of traffic before the appliance starts "
+                                   "(to compare client latency); 0 skips it"),
+    keep: bool = typer.Option(False, "--keep", help="Leave the lab running afterwards"),
+    prefix: str = typer.Option("st-", help="Namespace name prefix of the lab"),
+    seed: int = typer.Option(1, help="Traffic seed (same seed, same requests)"),
+    stop_shadow_at: float | None = typer.Option(
+        None, help="Stop shadow-2 this many seconds into the traffic (to see it marked down)"),
+    offline: bool = typer.Option(False, "--offline", help="No lab, no root: make a sample "
+                                 "capture with the generator and extract it"),
+    connections: int = typer.Option(400, help="--offline: connections in the sample capture"),
 ) -> None:
+    """The end-to-end demo: lab, production traffic, live shadowing, three-way comparison.
+
+    Needs root (namespaces, veths, tc). Writes report.json, report.html and exchanges.jsonl to
+    the work directory and tears the lab down (also on Ctrl-C) unless --keep.
+    """
+    if not offline:
+        from appliance.demo import DemoError, run_demo
+
+        try:
+            report = run_demo(duration=duration, users=users, baseline=baseline,
+                              workdir=workdir, prefix=prefix, keep=keep, seed=seed,
+                              stop_shadow_at=stop_shadow_at)
+        except DemoError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: the lab was torn down", err=True)
+            raise typer.Exit(130) from None
+        raise typer.Exit(0 if report else 1)
+    _offline_demo(workdir, connections)
+
+
+def _offline_demo(workdir: Path, connections: int) -> None:
     """Make a sample capture of realistic HTTP traffic, extract it, and show what came out."""
     from rich.console import Console
     from rich.table import Table
