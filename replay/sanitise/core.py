@@ -23,8 +23,6 @@ to a whole-body scan (or, by policy, its removal) and is counted in the report.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -1297,13 +1295,3 @@ def _dec(b: bytes, like: str) -> str:
     except UnicodeEncodeError:
         return b.decode("utf-8", "replace")
     return b.decode("latin-1")
-
-
-def basic_credentials(value: bytes) -> tuple[bytes, bytes] | None:
-    """(user, password) of an HTTP Basic credential string, or None (used by tests)."""
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (ValueError, binascii.Error):
-        return None
-    user, sep, pw = raw.partition(b":")
-    return (user, pw) if sep else None
