@@ -44,6 +44,8 @@ def demo(
     seed: int = typer.Option(1, help="Traffic seed (same seed, same requests)"),
     stop_shadow_at: float | None = typer.Option(
         None, help="Stop shadow-2 this many seconds into the traffic (to see it marked down)"),
+    restart_shadow_after: float | None = typer.Option(
+        None, help="Restart shadow-2 this many seconds after stopping it"),
     offline: bool = typer.Option(False, "--offline", help="No lab, no root: make a sample "
                                  "capture with the generator and extract it"),
     connections: int = typer.Option(400, help="--offline: connections in the sample capture"),
@@ -59,7 +61,8 @@ def demo(
         try:
             report = run_demo(duration=duration, users=users, baseline=baseline,
                               workdir=workdir, prefix=prefix, keep=keep, seed=seed,
-                              stop_shadow_at=stop_shadow_at)
+                              stop_shadow_at=stop_shadow_at,
+                              restart_shadow_after=restart_shadow_after)
         except DemoError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

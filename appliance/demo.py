@@ -460,7 +460,7 @@ def _run_traffic(procs: _Procs, ns: str, seconds: float, users: int, seed: int,
 def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
              workdir: Path = Path("out/demo"), prefix: str = "st-", keep: bool = False,
              seed: int = 1, stop_shadow_at: float | None = None,
-             console: Any = None) -> dict[str, Any]:
+             restart_shadow_after: float | None = None, console: Any = None) -> dict[str, Any]:
     """Run the whole demo; returns the JSON report. Tears everything down unless ``keep``."""
     from rich.console import Console
     from rich.live import Live
@@ -491,11 +491,17 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
         procs.start("prod", _netns_exec(ns["prod"], [
             sys.executable, "app.py", "--host", "0.0.0.0", "--port", "80", "--data-dir",
             str(workdir / "data-prod")], prod_cpu), cwd=SHOP / "v1", log=workdir / "prod.log")
+
+        def start_shadow(name: str, build: str, keep_data: bool = False) -> None:
+            argv = [sys.executable, "app.py", "--host", "0.0.0.0", "--port", str(SHADOW_PORT),
+                    "--data-dir", str(workdir / f"data-{name}"), "--trust-tokens"]
+            if keep_data:  # a restarted shadow keeps its state, like a rebooted VM
+                argv.append("--keep-data")
+            procs.start(name, _netns_exec(ns[name], argv, app_cpu), cwd=SHOP / build,
+                        log=workdir / f"{name}.log")
+
         for name, build in (("shadow-1", "v1"), ("shadow-2", "v2")):
-            procs.start(name, _netns_exec(ns[name], [
-                sys.executable, "app.py", "--host", "0.0.0.0", "--port", str(SHADOW_PORT),
-                "--data-dir", str(workdir / f"data-{name}"), "--trust-tokens"], app_cpu),
-                cwd=SHOP / build, log=workdir / f"{name}.log")
+            start_shadow(name, build)
         _wait_http(ns["client"], f"http://{VIP}/healthz")
         for addr in SHADOW_ADDRS.values():
             _wait_http(ns["gateway"], f"http://{addr}:{SHADOW_PORT}/healthz")
@@ -528,11 +534,17 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
 
         def tick() -> None:
             live.update(_progress_table(workdir, time.monotonic() - tstart, duration))
-            if (stop_shadow_at is not None and not stopped["done"]
-                    and time.monotonic() - tstart >= stop_shadow_at):
+            now = time.monotonic() - tstart
+            if stop_shadow_at is not None and not stopped["done"] and now >= stop_shadow_at:
                 stopped["done"] = True
                 procs.stop("shadow-2")
                 con.print("   (shadow-2 stopped mid-run, as asked)")
+            if (restart_shadow_after is not None and stopped["done"]
+                    and not stopped.get("restarted")
+                    and now >= (stop_shadow_at or 0) + restart_shadow_after):
+                stopped["restarted"] = True
+                start_shadow("shadow-2", "v2", keep_data=True)
+                con.print("   (shadow-2 restarted)")
 
         with Live(_progress_table(workdir, 0, duration), console=con,
                   refresh_per_second=4, transient=False) as live:
@@ -605,10 +617,25 @@ def _progress_table(workdir: Path, elapsed: float, duration: float) -> Any:
 def _print_results(con: Any, report: dict[str, Any], workdir: Path) -> None:
     from rich.table import Table
 
-    from replay.report import diff_tables
-
-    for t in diff_tables(report):
-        con.print(t)
+    rt = Table(title="regressions: candidate (v2) differs from production significantly more "
+               "often than shadow-1 (v1) does", title_justify="left")
+    for col in ("endpoint", "field", "kind", "v2 differs", "v1 differs", "p (Holm)"):
+        rt.add_column(col, justify="left" if col in ("endpoint", "field", "kind") else "right")
+    for f in report.get("regressions", []):
+        rt.add_row(f["endpoint"], f["field"], f["kind"],
+                   f"{f['candidate_diffs']}/{f['compared']}",
+                   f"{f['secondary_diffs']}/{f['compared']}", f"{f['p_adjusted']:.1e}")
+    con.print(rt)
+    noise = report.get("noise", [])
+    if noise:
+        by_field: dict[str, int] = {}
+        for f in noise:
+            name = f["field"].split(":", 1)[-1]
+            by_field[name] = by_field.get(name, 0) + 1
+        top = ", ".join(f"{k} ({v} endpoints)" for k, v in
+                        sorted(by_field.items(), key=lambda kv: -kv[1])[:6])
+        con.print(f"noise suppressed: {len(noise)} (endpoint, field) pairs differed as often in "
+                  f"shadow-1 (production's build) as in v2, e.g. {top}")
     lt = Table(title="latency per endpoint (p50, ms): production vs shadows",
                title_justify="left")
     for col in ("endpoint", "n", "production", "shadow-1 (v1)", "shadow-2 (v2)", "verdict"):
