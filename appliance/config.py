@@ -11,6 +11,7 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       interface: cap0
       netns: st-gateway          # capture inside this network namespace
       filter: "tcp port 80"      # pcap filter language, compiled by tcpdump, run in the kernel
+      skip_bare_acks: false      # true: payload-less ACKs stay in the kernel (faster; worse under loss)
       ring: {block_size: 1MiB, block_count: 64, retire_ms: 10}
       rcvbuf: 64MiB
       workers: 1                 # >1: processes sharing the port by PACKET_FANOUT_HASH
@@ -239,6 +240,10 @@ def _source(r: _Reader) -> tuple[SourceSpec, int]:
     if spec.netns is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", spec.netns):
         raise ConfigError(f"source.netns: {spec.netns!r} is not a namespace name")
     spec.bpf = r.str_("filter")
+    skip = r.get("skip_bare_acks")
+    if skip is not None and not isinstance(skip, bool):
+        raise ConfigError(f"source.skip_bare_acks: expected true or false, got {skip!r}")
+    spec.skip_bare_acks = bool(skip)
     spec.rcvbuf = r.size("rcvbuf", 64 << 20)
     workers = r.int_("workers", 1, 1, 64) or 1
     fg = r.get("fanout_group", "auto")

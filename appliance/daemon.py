@@ -167,13 +167,17 @@ class Worker:
                 self.cfg.workers):
             log.warning("reload: source changes (interface, namespace, workers) need a restart; "
                         "applying the pipeline only")
-        if new.source.bpf != self.cfg.source.bpf and hasattr(self.source, "set_filter"):
+        if ((new.source.bpf, new.source.skip_bare_acks)
+                != (self.cfg.source.bpf, self.cfg.source.skip_bare_acks)
+                and hasattr(self.source, "set_filter")):
             try:
-                self.source.set_filter(new.source.bpf)  # type: ignore[attr-defined]
+                self.source.set_filter(new.source.bpf,  # type: ignore[attr-defined]
+                                       new.source.skip_bare_acks)
             except Exception as e:
                 self.stats.reload_errors += 1
                 log.error("reload: cannot set the new filter (%s); keeping the old one", e)
                 new.source.bpf = self.cfg.source.bpf
+                new.source.skip_bare_acks = self.cfg.source.skip_bare_acks
         old = self.pipeline
         old.close()
         try:

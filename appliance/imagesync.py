@@ -421,6 +421,13 @@ class Replicator:
 
         ``verify=False`` skips the checks (only for tests that need a batch to hang).
         """
+        # One apply per shadow at a time, across processes (a watcher and a build-hook may push
+        # together): otherwise two switches could race and leave the older snapshot current.
+        with state.locked(self.store.dir.parent.parent / "locks" / f"{host.name}"):
+            return self._apply_locked(host, snap, verify, allow_full)
+
+    def _apply_locked(self, host: ShadowHost, snap: Snapshot, verify: bool, allow_full: bool
+                      ) -> ShadowApply:
         t0 = time.monotonic()
         reason: str | None = None
         cur: str | None = None
@@ -433,7 +440,11 @@ class Replicator:
                                   reason or "", rel)
                 self._activate(host, snap, res)
                 return res
-            if cur and release_snapshot(cur) == snap.id:
+            at = release_snapshot(cur)
+            if at and at.isdigit() and int(at) > int(snap.id):  # never go backwards (rollback
+                return ShadowApply(host.name, snap.id, "unchanged", True,  # is explicit)
+                                   time.monotonic() - t0, f"already at newer snapshot {at}", cur)
+            if cur and at == snap.id:
                 if remote_hash(host, f"releases/{cur}", self.deep) == self.expected(snap.id):
                     return ShadowApply(host.name, snap.id, "unchanged", True,
                                        time.monotonic() - t0, "already at this snapshot", cur)
@@ -552,8 +563,11 @@ class Replicator:
     def rollback(self, hosts: list[ShadowHost], sid: str) -> list[ShadowApply]:
         snap = self.store.get(sid)
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(hosts)))) as ex:
-            return list(ex.map(lambda h: self.full_sync(h, snap, reason=f"rollback to {sid}",
-                                                        link_current=True), hosts))
+            return list(ex.map(lambda h: self._rollback_one(h, snap), hosts))
+
+    def _rollback_one(self, host: ShadowHost, snap: Snapshot) -> ShadowApply:
+        with state.locked(self.store.dir.parent.parent / "locks" / f"{host.name}"):
+            return self.full_sync(host, snap, reason=f"rollback to {snap.id}", link_current=True)
 
 
 # ---- watching a build directory ----------------------------------------------------------------
