@@ -212,3 +212,36 @@ def test_snapshots_are_pruned_to_keep(env: Env) -> None:
         assert store.take(img, f"step {i}") is not None
     assert [s.id for s in store.snapshots()] == ["000003", "000004", "000005"]
     shutil.rmtree(img)
+
+
+def test_concurrent_pushes_never_leave_an_older_snapshot_current(env: Env) -> None:
+    img = make_image(env.tmp / "img", files=3)
+    pool, (h,) = _pool(env, 1)
+    push(img, "base", pool=pool)
+    store = ImageStore("demo", env.home)
+    (img / "VERSION").write_text("v2\n")
+    s2 = store.take(img, "two")
+    (img / "VERSION").write_text("v3\n")
+    s3 = store.take(img, "three")
+    assert s2 and s3
+    rep = Replicator(store)
+    # the newer push wins the race; the older one must not switch the shadow back
+    assert rep.apply_one(h, s3).ok
+    late = rep.apply_one(h, s2)
+    assert late.ok and late.mode == "unchanged" and "newer snapshot 000003" in late.note
+    assert release_snapshot(h.current_release()) == s3.id
+    # both at once, from two threads: serialised per shadow, the newest ends up current
+    (img / "VERSION").write_text("v4\n")
+    s4 = store.take(img, "four")
+    (img / "VERSION").write_text("v5\n")
+    s5 = store.take(img, "five")
+    assert s4 and s5
+    out: list = []
+    ts = [threading.Thread(target=lambda s=s: out.append(rep.apply_one(h, s))) for s in (s4, s5)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert all(r.ok for r in out) and len(out) == 2
+    assert release_snapshot(h.current_release()) == s5.id
+    assert _served_version(h) == "v5"
