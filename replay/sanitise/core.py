@@ -221,6 +221,7 @@ class Sanitiser:
         self._ctype_cache: dict[str | None, tuple[str, dict[str, str]]] = {}
         self._cookie_cache: dict[tuple[str, bool], tuple[Any, list[Any], dict[bytes, bytes]]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
+        self._clean_whole: dict[str, set[bytes]] = {"query": set(), "form": set()}
         self._select_cache: dict[
             tuple[str, str], tuple[Rule | None, list[tuple[int, Detector]]]
         ] = {}
@@ -729,7 +730,11 @@ class Sanitiser:
         dets = self._dets["path"]
         if not whole and not dets:
             return path
+        clean = self._clean["path"]
+        if path in clean:
+            return path  # this exact path went through unchanged before
         if not whole and not scan(bodies.unquote(path, plus=False), dets):
+            self._remember_clean(clean, path)
             return path
         segs = path.split(b"/")
         changed = False
@@ -760,6 +765,7 @@ class Sanitiser:
                 )
                 changed = True
         if not changed:
+            self._remember_clean(clean, path)
             return path
         return b"/".join(segs)
 
@@ -775,6 +781,9 @@ class Sanitiser:
         without a value, '+' that decodes to a space in front of a phone number).
 
         Only changed pairs are re-encoded; the rest stay byte for byte."""
+        clean = self._clean_whole[loc]  # whole strings: never mixed with single values
+        if data in clean:
+            return data  # this exact string went through unchanged before
         pairs = data.split(b"&")
         items = []
         encoded = []
@@ -808,14 +817,12 @@ class Sanitiser:
                         c = bodies.quote(c, plus=True, safe=safe)
                     parts.append(k + b"=" + c)
             out = b"&".join(parts)
-        if dets and out not in self._clean[loc]:
-            new = self._replace_hits(loc, out, dets, ctx, skip=ctx.produced)
-            if new is out:
-                if out is data:
-                    self._remember_clean(self._clean[loc], out)
-            else:
-                out = new
-        return data if out == data else out
+        if dets:
+            out = self._replace_hits(loc, out, dets, ctx, skip=ctx.produced)
+        if out == data:
+            self._remember_clean(clean, data)
+            return data
+        return out
 
     # -- bodies ----------------------------------------------------------------------------------
 

@@ -516,3 +516,17 @@ def test_name_rules_edit_json_in_place() -> None:
     doc = orjson.loads(out.request.body)  # a container value: parsed and walked instead
     assert doc["otp"] is None and isinstance(doc["session_id"], int)
     assert doc["session_id"] != 987654321 and doc["token"] != {"a": "b"}
+
+
+def test_clean_caches_do_not_mix_values_and_whole_strings() -> None:
+    san = Sanitiser(Policy.default(), KEY)
+    # 'token=abcdefghij' as a decoded *value* is clean (no name rule applies to values) ...
+    out = san.apply(_req("/x?q=token%3Dabcdefghij"))
+    assert out is not None and out.request is not None
+    # ... but as a query string it is a token parameter, whatever was seen before
+    out = san.apply(_req("/x?token=abcdefghij"))
+    assert out is not None and out.request is not None
+    assert "abcdefghij" not in out.request.target
+    out = san.apply(_req("/x?token=abcdefghij"))  # and again, from the cache
+    assert out is not None and out.request is not None
+    assert "abcdefghij" not in out.request.target
