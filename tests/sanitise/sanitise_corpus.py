@@ -57,6 +57,10 @@ VALUE_LOCATIONS = (
     "text",
     "cookie",
     "response_echo",
+    "referer",
+    "trailer",
+    "location_header",
+    "set_cookie",
 )
 ENCODINGS = ("identity", "gzip", "br", "deflate")
 
@@ -248,6 +252,7 @@ def build_seeded(seed: int = 6, n: int = 1100) -> Seeded:
         req_headers: list[tuple[str, str]] = [("Host", "api.example.net"), ("Accept", "*/*")]
         target = f"/api/v1/items/{rng.randrange(10**6)}"
         req_body = b""
+        req_trailers: list[tuple[str, str]] = []
         resp_headers: list[tuple[str, str]] = []
         resp_body = b""
         if kind in VALUE_KINDS:
@@ -304,6 +309,14 @@ def build_seeded(seed: int = 6, n: int = 1100) -> Seeded:
                     "text/plain; charset=utf-8", _encode(raw, enc), enc, chunked
                 )
                 resp_body = _encode(raw, enc)
+            elif loc == "referer":
+                req_headers.append(("Referer", f"https://shop.example.net/s?q={quote_plus(v)}"))
+            elif loc == "trailer":
+                req_trailers.append(("X-Audit", f"approved by {v}"))
+            elif loc == "location_header":
+                resp_headers.append(("Location", f"/welcome?contact={quote_plus(v)}&x=1"))
+            elif loc == "set_cookie":
+                resp_headers.append(("Set-Cookie", f"pref={quote(v, safe='@')}; Path=/; Secure"))
             elif loc == "response_echo":
                 target += f"?contact={quote_plus(v)}"
                 raw = orjson.dumps({"echo": {"contact": v}, "ok": True})
@@ -359,7 +372,9 @@ def build_seeded(seed: int = 6, n: int = 1100) -> Seeded:
             Exchange(
                 id=f"ex{i}",
                 conn=ConnKey(rand_ipv4(rng), 40000 + i, "10.0.0.2", 80),
-                request=Request(method, target, headers=req_headers, body=req_body),
+                request=Request(
+                    method, target, headers=req_headers, body=req_body, trailers=req_trailers
+                ),
                 response=Response(200, "OK", headers=resp_headers, body=resp_body),
                 ts_request_start=1700000000.0 + i,
             )

@@ -32,7 +32,7 @@ def wire_view(ex: Exchange) -> bytes:
             continue
         if hasattr(msg, "target"):
             out.append(msg.target.encode("latin-1"))
-        out += [f"{k}: {v}".encode("latin-1") for k, v in msg.headers]
+        out += [f"{k}: {v}".encode("latin-1") for k, v in msg.headers + msg.trailers]
         codes = bodies.codings(header_get(msg.headers, "content-encoding"))
         out.append(bodies.decode(msg.body, codes) if codes else msg.body)
     return b"\n".join(out)
