@@ -295,9 +295,9 @@ class RingSource:
         self.size = r.block_size * r.block_count
         self.mm = mmap.mmap(s.fileno(), self.size, mmap.MAP_SHARED,
                             mmap.PROT_READ | mmap.PROT_WRITE)
-        s.bind((self.interface, ETH_P_ALL))
-        self.stats()  # reset counters: what came before the filter is not ours
+        self.stats()  # reset the kernel's counters (reading does) before packets flow
         self.kernel_packets = self.kernel_drops = self.kernel_freezes = 0
+        s.bind((self.interface, ETH_P_ALL))
         if fanout_group is not None:
             val = (fanout_group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
             try:

@@ -488,9 +488,14 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
         lab.up(spec)
         con.print("[bold]2.[/] services: v1 in prod (VIP :80) and shadow-1, v2 in shadow-2")
         prod_cpu, app_cpu = _cpus()
-        procs.start("prod", _netns_exec(ns["prod"], [
-            sys.executable, "app.py", "--host", "0.0.0.0", "--port", "80", "--data-dir",
-            str(workdir / "data-prod")], prod_cpu), cwd=SHOP / "v1", log=workdir / "prod.log")
+
+        def start_prod() -> None:
+            procs.start("prod", _netns_exec(ns["prod"], [
+                sys.executable, "app.py", "--host", "0.0.0.0", "--port", "80", "--data-dir",
+                str(workdir / "data-prod")], prod_cpu), cwd=SHOP / "v1",
+                log=workdir / "prod.log")
+
+        start_prod()
 
         def start_shadow(name: str, build: str, keep_data: bool = False) -> None:
             argv = [sys.executable, "app.py", "--host", "0.0.0.0", "--port", str(SHADOW_PORT),
@@ -511,6 +516,11 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
                       "appliance reading the mirror")
             base = _run_traffic(procs, ns["client"], baseline, users, seed + 100, workdir,
                                 "traffic-baseline")
+            # The baseline wrote to production; the shadows never saw it. Start production
+            # again from the seed, so all three begin from the same state.
+            procs.stop("prod")
+            start_prod()
+            _wait_http(ns["client"], f"http://{VIP}/healthz")
         key = secrets.token_bytes(32)
         con.print("[bold]4.[/] appliance on cap0 in the gateway: capture -> sanitise -> "
                   "exchange log + live replay to both shadows -> three-way comparison")

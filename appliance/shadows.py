@@ -250,7 +250,16 @@ class LabShadow(ShadowHost):
 
 
 class SshShadow(ShadowHost):
-    """A real machine reached with ssh (its config file names host, user, key, port)."""
+    """A real machine reached with ssh (its config file names host, user, key, port).
+
+    ``via_netns`` (optional) runs the ssh side in a namespace, for VMs on a lab network that
+    only the gateway namespace reaches.
+    """
+
+    @property
+    def client_netns(self) -> str | None:
+        v = self.rec.get("via_netns")
+        return str(v) if v else None
 
     def _ssh(self) -> list[str]:
         argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
@@ -262,7 +271,7 @@ class SshShadow(ShadowHost):
              stdin_file: str | None = None) -> procs.Result:
         remote = shlex.join(["sh", "-c", script, "sh", *args])
         return procs.run([*self._ssh(), str(self.rec["host"]), remote], timeout=timeout,
-                         stdin_file=stdin_file)
+                         stdin_file=stdin_file, netns=self.client_netns)
 
     def rsync_target(self, rel: str) -> str:
         return f"{self.rec['host']}:{self.root}/{rel}"
@@ -271,8 +280,11 @@ class SshShadow(ShadowHost):
         return ["-e", shlex.join(self._ssh())]
 
     def shell_argv(self) -> list[str]:
-        return [*self._ssh()[:1], "-t", *self._ssh()[1:], str(self.rec["host"]),
-                f"cd {shlex.quote(self.root)}/current 2>/dev/null; exec $SHELL -l"]
+        argv = [*self._ssh()[:1], "-t", *self._ssh()[1:], str(self.rec["host"]),
+                f"cd -P {shlex.quote(self.root)}/current 2>/dev/null; exec $SHELL -l"]
+        if self.client_netns:
+            argv = ["nsenter", f"--net={nsmod.NETNS_DIR}/{self.client_netns}", "--", *argv]
+        return argv
 
 
 def host_for(rec: dict[str, Any]) -> ShadowHost:
@@ -446,7 +458,7 @@ class Pool:
     def create(self, name: str, *, image: str, backend: str = "lab", ttl: float | None = None,
                branch: str | None = None, ssh_host: str | None = None,
                ssh_config: str | None = None, remote_root: str = "/srv/shadowtap",
-               role: str = "pool") -> ShadowHost:
+               role: str = "pool", via_netns: str | None = None) -> ShadowHost:
         """Make a shadow (empty: image sync gives it its first release) and record it first."""
         if not NAME_RE.match(name):
             raise ShadowError(f"bad shadow name {name!r}: lower-case letters, digits and '-', "
@@ -473,7 +485,7 @@ class Pool:
             else:
                 if not ssh_host:
                     raise ShadowError("an ssh shadow needs --host (an ssh config alias or host)")
-                r.update(host=ssh_host, ssh_config=ssh_config, root=remote_root,
+                r.update(host=ssh_host, ssh_config=ssh_config, root=remote_root, via_netns=via_netns,
                          addr=ssh_host if not ssh_config else _ssh_hostname(ssh_config, ssh_host))
             rec["shadows"].append(r)
             all_lab = [x for x in rec["shadows"] if x["backend"] == "lab"]
