@@ -348,3 +348,60 @@ def test_port_probe_helper_reports_refused(tmp_path: Path) -> None:
     port = s.getsockname()[1]
     s.close()
     assert _probe(None, "127.0.0.1", port) == errno.ECONNREFUSED  # type: ignore[arg-type]
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server is not installed")
+def test_ssh_backend_against_a_real_sshd_in_a_namespace(env: Env) -> None:
+    """A 'VM' = a fenced namespace running a real sshd; the ssh side runs in the gateway
+    namespace (via_netns), as it would for VMs on a lab network."""
+    from appliance import procs
+
+    pool = Pool(env.home, prefix=env.prefix)
+    vm = pool.create("vm-host", image="(none)")  # only provides the namespace and the fence
+    d = env.tmp / "sshd"
+    d.mkdir()
+    for name in ("host_key", "id"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "id.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    (d / "sshd_config").write_text(
+        f"Port 22\nListenAddress {vm.addr}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nSubsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    procs.popen_detached([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], netns=vm.rec["ns"],
+                         log=str(d / "sshd.log"))
+    cfg = d / "ssh_config"
+    cfg.write_text(f"Host build-vm\n  HostName {vm.addr}\n  User root\n  IdentityFile {d}/id\n"
+                   "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                   "  LogLevel ERROR\n")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            vm.connect(22, 0.5).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, (d / "sshd.log").read_text()
+            time.sleep(0.1)
+
+    img = make_image(env.tmp / "img", files=5)
+    h = pool.create("vm1", image="demo", backend="ssh", ssh_host="build-vm",
+                    ssh_config=str(cfg), remote_root=str(env.tmp / "vmroot"),
+                    via_netns=vm.client_netns)
+    assert h.addr == vm.addr
+    _, res = push(img, "base", pool=pool)
+    assert [(a.mode, a.ok, a.service) for a in res] == [("full", True, "up")], res
+    assert h.http_get(8080, "/VERSION") == (200, b"v1\n")  # the service runs on the "VM"
+    (img / "VERSION").write_text("v2\n")
+    (img / "data" / "blob002").write_bytes(os.urandom(5000))
+    _, res = push(img, "next", pool=pool)
+    assert [(a.mode, a.ok) for a in res] == [("batch", True)], res
+    assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
+    assert h.http_get(8080, "/VERSION") == (200, b"v2\n")
+    assert "Accepted publickey" in (d / "sshd.log").read_text()  # it really went through sshd
