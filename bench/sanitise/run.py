@@ -126,6 +126,19 @@ def run(n: int, pii: bool | str, repeat: int = 3) -> float:
     return best
 
 
+def calibrate() -> float:
+    """CPU microseconds for ``sum(range(1000))`` (best of many): a yardstick for how fast this
+    core is right now, so figures from a loaded shared host can be put in proportion."""
+    xs = list(range(1000))
+    best = float("inf")
+    for _ in range(200):
+        t0 = time.process_time()
+        for _ in range(100):
+            sum(xs)
+        best = min(best, (time.process_time() - t0) / 100)
+    return best * 1e6
+
+
 def naive_detect(corpus: list[Exchange]) -> float:
     """The obvious design, for scale: every detector's exact pattern over every header value and
     the whole body (detection only, no replacement, no JSON names). Exchanges per CPU-second."""
@@ -169,6 +182,7 @@ def main() -> None:
     tokens = run(args.n, "tokens")
     naive = naive_detect([make_exchange(random.Random(5), i, True) for i in range(2000)])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    yard = calibrate()
     cpu = platform.processor() or platform.machine()
     lines = [
         BEGIN,
@@ -192,7 +206,10 @@ def main() -> None:
         "",
         f"Exchanges per CPU-second (process time, so other load on the machine inflates it less "
         f"than wall time would). Python {platform.python_version()}, {platform.system()} {cpu}, "
-        f"{os.cpu_count()} CPUs visible (one used), 1-min load average {load:.1f} at the run.",
+        f"{os.cpu_count()} CPUs visible (one used), 1-min load average {load:.1f} at the run; "
+        f"yardstick: `sum(range(1000))` takes {yard:.1f} µs at best on this core (3-4 µs is "
+        f"typical), so the core is not slow; with a load average above the CPU count the runs "
+        f"share it, and the figures are lower than a dedicated core would give.",
         END,
     ]
     section = "\n".join(lines)
