@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc tshark tcpdump tcpflow rsync nftables
-              iproute2 ethtool wrk procps)
+              iproute2 ethtool wrk procps nginx-light)
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
