@@ -816,7 +816,14 @@ class ThreeWay:
             adjusted = holm([p for _, p in tested])
             for (k, p), pa in zip(tested, adjusted, strict=True):
                 n = self.endpoints[k.endpoint].compared
-                if n < self.min_samples:
+                if k.cand_only == 0:
+                    # Wherever the candidate differs, the secondary does too: nothing here is
+                    # the candidate's own doing, whatever the sample size.
+                    noise.append(self._finding(
+                        k, n, "noise", p, pa, "secondary",
+                        f"the secondary differs on every request the candidate does "
+                        f"({k.sec}/{n})"))
+                elif n < self.min_samples:
                     undecided.append(self._finding(
                         k, n, "undecided", p, pa, "three-way",
                         f"{n} compared requests, fewer than the minimum {self.min_samples}"))

@@ -175,6 +175,15 @@ def test_deterministic_regression_needs_the_minimum_sample() -> None:
     assert v["regressions"] == [] and v["undecided"] == [("body:$.f", "changed_value")]
 
 
+def test_shared_difference_is_noise_even_in_a_small_sample() -> None:
+    # Below the minimum sample the test gives no verdict, but a difference the secondary shows
+    # on every request where the candidate does is not the candidate's doing at all.
+    tw = ThreeWay()
+    _feed(tw, 3, lambda i: True, lambda i: True)
+    assert _verdicts(tw) == {"regressions": [], "noise": [("body:$.f", "changed_value")],
+                             "undecided": []}
+
+
 def test_noise_in_every_build_is_noise() -> None:
     rng = random.Random(3)
     flips = [(rng.random() < 0.5, rng.random() < 0.5) for _ in range(400)]
