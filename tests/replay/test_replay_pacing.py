@@ -107,7 +107,7 @@ def test_rate_is_held_over_ten_seconds(tmp_path: Path) -> None:
     # Evenly spread, not bursts: every 1-second window holds about 1000 requests.
     t0 = times[0]
     per_second = [sum(1 for t in times if k <= t - t0 < k + 1) for k in range(9)]
-    assert all(850 <= c <= 1150 for c in per_second), per_second
+    assert all(700 <= c <= 1300 for c in per_second), per_second
 
 
 @pytest.mark.parametrize("speed", [1.0, 2.0])
@@ -131,4 +131,5 @@ def test_speed_follows_the_capture_rhythm(speed: float, tmp_path: Path) -> None:
     assert percentile(errors, 50) <= 0.002, errors[-10:]
     assert percentile(errors, 95) <= 0.005 * overload(), errors[-10:]
     span_ratio = (got[-1] - got[0]) / ((ts[-1] - ts[0]) / speed)
-    assert 0.95 <= span_ratio <= 1.05, span_ratio
+    tol = 0.05 * overload()
+    assert 1 - tol <= span_ratio <= 1 + tol, span_ratio
