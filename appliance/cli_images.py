@@ -247,6 +247,13 @@ def build_hook(
         "--webhook", help="POST the result as JSON (Slack-compatible 'text') here; repeat")] = None,
     timeout: TimeoutOpt = 120.0,
     keep: KeepOpt = 5,
+    min_shadows: Annotated[int | None, typer.Option(
+        "--min-shadows", help="Scale the image's pool first: at least this many lab shadows")
+    ] = None,
+    max_shadows: Annotated[int | None, typer.Option(
+        "--max-shadows", help="... and at most this many (one more per build waiting)")] = None,
+    idle_after: Annotated[float, typer.Option(
+        "--idle-after", help="Seconds without builds before the pool shrinks by one")] = 600.0,
     as_json: Json = False,
 ) -> None:
     """For build pipelines: push the delta, wait for the checks, print a summary, exit 0 or 1."""
@@ -257,7 +264,8 @@ def build_hook(
     con = _console()
     try:
         res = build(image, stage, pool=Pool(), checks_file=checks, webhooks=webhook or [],
-                    timeout=timeout, keep=keep, log=lambda m: con.print(f"[yellow]{m}[/]"))
+                    timeout=timeout, keep=keep, log=lambda m: con.print(f"[yellow]{m}[/]"),
+                    min_shadows=min_shadows, max_shadows=max_shadows, idle_after=idle_after)
     except _errors() as e:
         raise _fail(str(e)) from None
     if as_json:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import sqlite3
 import time
 import urllib.error
@@ -263,12 +264,83 @@ def write_metrics(b: BuildResult, path: Path) -> None:
 
 # ---- the loop ---------------------------------------------------------------------------------
 
+class BuildQueue:
+    """Builds of one image waiting or running, as files named by pid under ``queue/<image>``.
+
+    The pool grows with this number (more shadows while builds queue). Files of dead
+    processes are ignored and removed, so a killed build-hook does not inflate it forever.
+    """
+
+    def __init__(self, home: Path, image: str) -> None:
+        self.dir = home / "queue" / image
+        self.me = self.dir / str(os.getpid())
+
+    def __enter__(self) -> BuildQueue:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.me.write_text(str(time.time()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.me.unlink(missing_ok=True)
+
+    def others(self) -> int:
+        n = 0
+        for p in self.dir.glob("*"):
+            if p == self.me or not p.name.isdigit():
+                continue
+            try:
+                os.kill(int(p.name), 0)
+                n += 1
+            except ProcessLookupError:
+                p.unlink(missing_ok=True)
+            except PermissionError:
+                n += 1
+        return n
+
+
+def scale_for_build(pool: Pool, store: ImageStore, image: str, *, minimum: int, maximum: int,
+                    queued: int, idle_after: float, timeout: float, log: Any = None
+                    ) -> list[str]:
+    """Before a build: grow the image's pool shadows with the queue, shrink after idle.
+
+    New shadows get the latest snapshot (the build's delta then reaches them as a batch)."""
+    rows = History(pool_home=pool.home).builds(image, 1)
+    idle = time.time() - rows[0]["started"] if rows else 0.0
+    rep = Replicator(store, timeout=timeout, log=log)
+
+    def provision(h: Any) -> None:
+        snap = store.latest()
+        if snap is not None:
+            rep.apply_one(h, snap)
+
+    return pool.autoscale(image, minimum=minimum, maximum=maximum, queued=queued,
+                          idle_seconds=idle, idle_after=idle_after, provision=provision)
+
+
 def build(image_dir: Path, stage: str, *, pool: Pool | None = None,
           checks_file: Path | None = None, webhooks: list[str] | None = None,
-          timeout: float = 120.0, keep: int = 5, log: Any = None) -> BuildResult:
-    """Push ``image_dir`` and judge it. Never raises for a failed shadow or check."""
+          timeout: float = 120.0, keep: int = 5, log: Any = None,
+          min_shadows: int | None = None, max_shadows: int | None = None,
+          idle_after: float = 600.0) -> BuildResult:
+    """Push ``image_dir`` and judge it. Never raises for a failed shadow or check.
+
+    With ``min_shadows`` the image's pool is scaled first (see :func:`scale_for_build`).
+    """
     pool = pool or Pool()
     m = load_manifest(image_dir)
+    with BuildQueue(pool.home, m.name) as q:
+        if min_shadows is not None:
+            changes = scale_for_build(
+                pool, ImageStore(m.name, pool.home, keep), m.name, minimum=min_shadows,
+                maximum=max(min_shadows, max_shadows or min_shadows), queued=q.others(),
+                idle_after=idle_after, timeout=timeout, log=log)
+            if changes and log:
+                log(f"pool {m.name}: {' '.join(changes)}")
+        return _build(pool, m, image_dir, stage, checks_file, webhooks, timeout, keep, log)
+
+
+def _build(pool: Pool, m: Any, image_dir: Path, stage: str, checks_file: Path | None,
+           webhooks: list[str] | None, timeout: float, keep: int, log: Any) -> BuildResult:
     t0 = time.monotonic()
     cf: ChecksFile | None = None
     cpath = checks_file or ((image_dir / m.checks) if m.checks else None)

@@ -405,3 +405,33 @@ def test_ssh_backend_against_a_real_sshd_in_a_namespace(env: Env) -> None:
     assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
     assert h.http_get(8080, "/VERSION") == (200, b"v2\n")
     assert "Accepted publickey" in (d / "sshd.log").read_text()  # it really went through sshd
+
+
+@pytest.mark.root
+def test_build_scales_the_pool_with_queued_builds_and_idle_time(env: Env) -> None:
+    from appliance.feedback import build
+
+    img = make_image(env.tmp / "img", files=2)
+    pool = Pool(env.home, prefix=env.prefix)
+    queue = env.home / "queue" / "demo"
+    queue.mkdir(parents=True)
+    waiting = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]  # two builds waiting
+    try:
+        for p in waiting:
+            (queue / str(p.pid)).write_text("0")
+        res = build(img, "one", pool=pool, min_shadows=1, max_shadows=4)
+        assert sorted(h.name for h in pool.hosts("demo")) == ["demo-1", "demo-2"]
+    finally:
+        for p in waiting:
+            p.kill()
+            p.wait()
+    assert res.ok and [a.mode for a in res.applies] == ["full", "full"]
+    (img / "VERSION").write_text("v2\n")
+    res = build(img, "two", pool=pool, min_shadows=1, max_shadows=4)
+    assert len(pool.hosts("demo")) == 2  # nothing queued, not idle: keep
+    assert res.ok and [a.mode for a in res.applies] == ["batch", "batch"]
+    assert not list(queue.iterdir())  # dead waiters and our own entry are gone
+    (img / "VERSION").write_text("v3\n")
+    res = build(img, "three", pool=pool, min_shadows=1, max_shadows=4, idle_after=0)
+    assert [h.name for h in pool.hosts("demo")] == ["demo-1"]  # idle: one fewer
+    assert res.ok and [a.mode for a in res.applies] == ["batch"]
