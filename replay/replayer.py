@@ -77,6 +77,20 @@ Results = dict[str, Outcome]
 """Per target URL (``Target.url``, as given), the recorded exchange or the error."""
 
 
+_VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_REASONS: dict[bytes, str] = {}
+
+
+def _reason(raw: bytes) -> str:
+    """Reason phrases repeat ('OK' a million times): decode each distinct one once."""
+    r = _REASONS.get(raw)
+    if r is None:
+        r = raw.decode("latin-1")
+        if len(_REASONS) < 1000:
+            _REASONS[raw] = r
+    return r
+
+
 class _Fail(Exception):
     """Internal: a request failed; ``stale`` = nothing came back on a reused connection."""
 
@@ -117,8 +131,8 @@ class _Conn(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.keep_alive = True
-        self.version = "1.1"
-        self.interim: list[Response] = []
+        self.version = "HTTP/1.1"
+        self.interim: list[Response] | None = None  # made on the rare 1xx
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,7 +201,8 @@ class _Conn(asyncio.Protocol):
         p = self.parser
         self.status = p.get_status_code()
         self.keep_alive = p.should_keep_alive()
-        self.version = p.get_http_version()
+        v = p.get_http_version()
+        self.version = _VERSIONS.get(v) or "HTTP/" + v
         self.headers_done = True
         if self.is_head and self.status >= 200:
             self.head_done = True
@@ -197,11 +212,9 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self.status < 200 and self.status != 101:
-            self.interim.append(
-                Response(self.status, self.reason.decode("latin-1"), "HTTP/" + self.version,
-                         self.headers)
-            )
-            interim = self.interim
+            interim = self.interim or []
+            interim.append(Response(self.status, self.reason.decode("latin-1"), self.version,
+                                    self.headers))
             self._reset_message()
             self.interim = interim
             self.got_bytes = True
@@ -243,14 +256,15 @@ class _Conn(asyncio.Protocol):
         self.fut = None
         if fut is None or fut.done():
             return
+        body = self.body
         resp = Response(
             self.status,
-            self.reason.decode("latin-1"),
-            "HTTP/" + self.version,
+            _reason(self.reason),
+            self.version,
             self.headers,
-            b"".join(self.body) if self.body else b"",
+            (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
         )
-        interim = self.interim
+        interim = self.interim or []
         t_done = time.perf_counter()
         keep = self.keep_alive and not self.closed
         # Give the connection back before the waiter runs, so the next request can use it.

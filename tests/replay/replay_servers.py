@@ -94,6 +94,9 @@ class _Proto(asyncio.Protocol):
             head.append("Connection: close")
         if seen.method == "HEAD":
             body = b""
+        if b == "early_hints":
+            self.transport.write(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload"  # type: ignore
+                                 b"\r\n\r\n")
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)  # type: ignore
         if not keep or b == "drop_idle":
             self.transport.close()  # type: ignore[union-attr]
@@ -113,7 +116,8 @@ class HttpServer:
 
     ``behaviour``: ``normal`` (call ``app``), ``slow`` (never answer), ``reset`` (abort every
     connection), ``garbage`` (answer with non-HTTP bytes), ``close`` (close without answering),
-    ``drop_idle`` (answer as keep-alive, then close: what an idle timeout does to a pool).
+    ``drop_idle`` (answer as keep-alive, then close: what an idle timeout does to a pool),
+    ``early_hints`` (a 103 interim response before each answer).
     """
 
     app: App = ok_app

@@ -297,3 +297,17 @@ def test_live_diff_judges_offered_exchanges(production: HttpServer, candidate: H
     assert ("GET /api/orders/{id}", "body:$.currency", "missing") in found
     assert not any("generated_at" in f["field"] for f in doc["regressions"])
     assert doc["summary"]["verdict"] == "fail"
+
+
+def test_interim_responses_are_kept_apart() -> None:
+    with HttpServer(behaviour="early_hints") as srv:
+        async def go() -> list:
+            async with Replayer([srv.url]) as rp:
+                return [(await rp.send(_ex(i)))[srv.url] for i in range(3)]
+
+        got = run_async(go())
+    for rec in got:
+        assert isinstance(rec, Exchange)
+        assert rec.response.status == 200 and rec.response.body == b"ok"
+        assert [r.status for r in rec.interim] == [103]
+        assert rec.interim[0].headers == [("Link", "</app.css>; rel=preload")]
