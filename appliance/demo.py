@@ -569,6 +569,7 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
                 except subprocess.TimeoutExpired:
                     pass
             live.update(_progress_table(workdir, time.monotonic() - tstart, duration))
+        con.print()
         try:
             report = json.loads((workdir / "report.json").read_text())
         except (OSError, ValueError):
