@@ -317,3 +317,24 @@ def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> Non
     finally:
         assert d.stop() == 0
     check_exactly_once(load, read_log(log_files(out)), tag="w")
+
+
+def test_kernel_drops_reach_the_metrics_endpoint(topo: Topo, tmp_path: Path) -> None:
+    """A frozen appliance (SIGSTOP) with a tiny ring loses packets in the kernel; once it runs
+    again /metrics shows the drops (and production never noticed)."""
+    d, _ = _daemon(tmp_path, topo, ring={"block_size": 131072, "block_count": 2,
+                                         "retire_ms": 5}, rcvbuf=65536)
+    d.start()
+    try:
+        assert d.total("shadowtap_capture_kernel_drops_total") == 0
+        d.signal(signal.SIGSTOP)
+        try:
+            load = run_load(topo.client, "z", connections=20, per_conn=20)
+        finally:
+            d.signal(signal.SIGCONT)
+        assert not load.failures  # production never waits for the appliance
+        wait_for(lambda: d.total("shadowtap_capture_kernel_drops_total") > 0, 30, "drops")
+        assert d.total("shadowtap_capture_kernel_packets_total") > \
+            d.total("shadowtap_capture_packets_total")
+    finally:
+        assert d.stop() == 0
