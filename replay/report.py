@@ -39,6 +39,8 @@ def build_report(verdict: Any, stats: Any, *, input_path: str, candidate: str,
         "test": verdict.test,
         "summary": {
             "compared": verdict.compared,
+            "not_compared": sum(e["not_compared"] for e in verdict.endpoints),
+            "candidate_errors": sum(e["candidate_errors"] for e in verdict.endpoints),
             "skipped": skipped,
             "regressions": len(verdict.regressions),
             "noise": len(verdict.noise),
@@ -135,6 +137,10 @@ def diff_tables(report: dict[str, Any]) -> list[Any]:
     head.add_column(style="bold")
     head.add_column(justify="right")
     head.add_row("compared requests", f"{s['compared']:,}")
+    if s.get("not_compared"):
+        head.add_row("not compared (secondary failed)", f"{s['not_compared']:,}")
+    if s.get("candidate_errors"):
+        head.add_row("candidate errors (no answer)", f"{s['candidate_errors']:,}")
     for reason, n in sorted(s["skipped"].items()):
         head.add_row(f"skipped: {reason}", f"{n:,}")
     head.add_row("regressions", str(s["regressions"]))
