@@ -267,3 +267,13 @@ def test_learned_rules_hold_only_secondary_noise() -> None:
     fields = [(r.endpoint, r.field, r.kinds) for r in learned.fields]
     assert fields == [("GET /u/{id}", "body:$.ts", ("changed_value",))]
     assert [(f.field, f.kind) for f in v.regressions] == [("body:$.v", "changed_type")]
+
+
+def test_requests_without_a_secondary_answer_are_not_compared() -> None:
+    tw = ThreeWay()
+    _feed(tw, 12, lambda i: True, lambda i: False)
+    tw.add("lost", Request("GET", "/thing/1"), _resp({"f": 0}), _resp({"f": 1}), "timeout")
+    v = tw.verdict()
+    (ep,) = v.endpoints
+    assert ep["compared"] == 12 and ep["not_compared"] == 1
+    assert v.regressions[0].candidate_diffs == 12
