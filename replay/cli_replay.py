@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from replay.cli import _stderr_console, fail
+from replay.cli import fail
 from replay.errors import InputError
 
 EXIT_REGRESSION = 1
@@ -61,6 +61,14 @@ Output = Annotated[Path | None, typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No summary tables")]
 SummaryJson = Annotated[bool, typer.Option("--summary-json",
                                            help="Print the summary as JSON on stdout")]
+
+
+def _stderr_console() -> Any:
+    """Rich console on stderr; when it is not a terminal (CI logs, pipes) wide enough for the
+    tables instead of rich's 80-column default."""
+    from rich.console import Console
+
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _load(input_path: Path, port: int | None, flt: Any, *, include_incomplete: bool,
