@@ -616,19 +616,18 @@ class Replayer:
                 self._count_error(url, out)
             else:
                 out = self._record(ex, 0, req, got, loop_no)
-            results = {url: out}
+            results: Results = {url: out}
             self.stats.completed += 1
             if self.on_result is not None:
                 self.on_result(ex, results)
             return results
-        else:
-            pending = []
-            for pool, (_, data) in zip(pools, prepared, strict=True):
-                a = pool.start(data, is_head)
-                # A coroutine (connect first) must run as a task, or it would only start when
-                # awaited, after the earlier targets have answered.
-                pending.append(asyncio.ensure_future(a) if isinstance(a, Coroutine) else a)
-        results: Results = {}
+        pending: list[Awaitable[Any]] = []
+        for pool, (_, data) in zip(pools, prepared, strict=True):
+            a = pool.start(data, is_head)
+            # A coroutine (connect first) must run as a task, or it would only start when
+            # awaited, after the earlier targets have answered.
+            pending.append(asyncio.ensure_future(a) if isinstance(a, Coroutine) else a)
+        results = {}
         for i, a in enumerate(pending):
             pool = pools[i]
             url = pool.target.url
