@@ -57,6 +57,7 @@ PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+SO_ATTACH_REUSEPORT_CBPF = 51
 ETH_P_ALL = 0x0003
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -165,12 +166,35 @@ def kernel_filter(expr: str | None, skip_bare_acks: bool) -> str | None:
     return f"({expr}) and not ({BARE_ACK})" if expr else f"not ({BARE_ACK})"
 
 
-def attach_bpf(sock: socket.socket, prog: BpfProgram) -> None:
-    """SO_ATTACH_FILTER: the kernel replaces any previous filter atomically."""
+def attach_bpf(sock: socket.socket, prog: BpfProgram, option: int = SO_ATTACH_FILTER) -> None:
+    """SO_ATTACH_FILTER (or another classic-BPF option): the kernel copies the program and
+    replaces any previous one atomically."""
     insns = b"".join(struct.pack("HBBI", *i) for i in prog)
     buf = ctypes.create_string_buffer(insns, len(insns))
     fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    sock.setsockopt(socket.SOL_SOCKET, option, fprog)
+
+
+def vxlan_reuseport_program(workers: int) -> BpfProgram:
+    """Classic BPF for SO_ATTACH_REUSEPORT_CBPF: pick the worker by a *symmetric* hash of the
+    inner flow, so both directions of a mirrored connection reach the same worker.
+
+    Without it the kernel picks by the outer 4-tuple, whose source port the sender derives from
+    a direction-dependent flow hash (Linux VXLAN), which would split connections. The program
+    sees the UDP payload: VXLAN header (8) + inner Ethernet (14) + IPv4; it XORs the inner
+    addresses (offsets 34, 38) and ports (42, 44; IHL 5 assumed), then mixes the bits with a
+    multiplicative hash before taking it modulo the worker count (Linux picks even ephemeral
+    ports for connect(), so the low bit of a plain XOR is the same for every connection).
+    Anything shorter (ARP, runts) aborts the program, which returns socket 0."""
+    return [
+        (0x20, 0, 0, 34), (0x07, 0, 0, 0),                     # A = src; X = A
+        (0x20, 0, 0, 38), (0xAC, 0, 0, 0), (0x07, 0, 0, 0),    # A = dst ^ X; X = A
+        (0x28, 0, 0, 42), (0xAC, 0, 0, 0), (0x07, 0, 0, 0),    # A = sport ^ X; X = A
+        (0x28, 0, 0, 44), (0xAC, 0, 0, 0),                     # A = dport ^ X
+        (0x24, 0, 0, 0x9E3779B1), (0x74, 0, 0, 16),            # mix: A *= golden; A >>= 16
+        (0x94, 0, 0, workers),                                 # A %= workers
+        (0x16, 0, 0, 0),                                       # return A
+    ]
 
 
 # ---- AF_PACKET ring ----------------------------------------------------------------------
@@ -422,7 +446,7 @@ class VxlanSource:
         vnis: list[int] | None = None,
         netns: str | None = None,
         rcvbuf: int = 64 << 20,
-        reuseport: bool = False,
+        workers: int = 1,
     ) -> None:
         self.netns = netns
         self.vnis = frozenset(vnis or ())
@@ -437,11 +461,12 @@ class VxlanSource:
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            if reuseport:
-                # Several workers share the port; the kernel hashes by the outer 4-tuple, which
-                # for one mirror session is constant, so this spreads sessions, not flows.
+            if workers > 1:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self.sock.bind((listen, port))
+            if workers > 1:
+                attach_bpf(self.sock, vxlan_reuseport_program(workers),
+                           SO_ATTACH_REUSEPORT_CBPF)
         except OSError as e:
             self.sock.close()
             raise CaptureError(f"cannot listen for VXLAN on {listen}:{port}: {e.strerror} "
@@ -620,7 +645,8 @@ class SourceSpec:
     vnis: list[int] = field(default_factory=list)
     path: str | None = None
 
-    def open(self, reuseport: bool = False) -> Source:
+    def open(self, workers: int = 1) -> Source:
+        """Open the source for one of ``workers`` workers (fanout / reuseport group size)."""
         if self.kind == "interface":
             assert self.interface
             return RingSource(self.interface, netns=self.netns, bpf=self.bpf, ring=self.ring,
@@ -628,7 +654,7 @@ class SourceSpec:
                               skip_bare_acks=self.skip_bare_acks)
         if self.kind == "vxlan":
             return VxlanSource(listen=self.listen, port=self.port, vnis=self.vnis,
-                               netns=self.netns, rcvbuf=self.rcvbuf, reuseport=reuseport)
+                               netns=self.netns, rcvbuf=self.rcvbuf, workers=workers)
         if self.kind == "file":
             assert self.path
             return FileSource(self.path)

@@ -49,8 +49,7 @@ class Worker:
         self.cfg = cfg
         self.index = index
         self.stats = Stats()
-        self.source = source if source is not None else cfg.source.open(
-            reuseport=cfg.workers > 1)
+        self.source = source if source is not None else cfg.source.open(cfg.workers)
         self.pipeline: Pipeline = build(cfg.pipeline, self.stats, linktype=self.source.linktype,
                                         index=index, workers=cfg.workers, handoff=handoff)
         boot = format(int(time.time() * 1000) % (36 ** 6), "x")

@@ -108,11 +108,23 @@ echo "ok:$cur"
 
 # APPLY: $1 root, $2 snapshot id, $3 new release dir, $4 --whole-file|--no-whole-file,
 # $5 expected hash of the result ("-": do not check), $6 deep|"", $7 releases kept besides
-# current. Exits 20 (batch failed), 21 (result differs from the snapshot), else switches.
+# current, $8 where the batch comes from: "tcp:ADDR:PORT" (streamed from the appliance's batch
+# server over the shadow's link: bash's /dev/tcp), "stdin" (ssh carries it), else
+# "incoming/<id>.batch" sent earlier through the rsync daemon.
+# Exits 20 (batch failed), 21 (result differs from the snapshot), else switches.
 APPLY_SCRIPT = TREE_FN + r"""
 cd "$1" || exit 3
-rsync -a --delete "$4" --modify-window=-1 --read-batch="incoming/$2.batch" \
-  "releases/$3.staging/" || exit 20
+case "$8" in
+  tcp:*)
+    bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf "%s\n" "$2" >&3 &&
+      exec rsync -a --delete "$3" --modify-window=-1 --read-batch=- "$4" <&3' \
+      bash "${8#tcp:}" "$2" "$4" "releases/$3.staging/" || exit 20 ;;
+  stdin)
+    rsync -a --delete "$4" --modify-window=-1 --read-batch=- "releases/$3.staging/" || exit 20 ;;
+  *)
+    rsync -a --delete "$4" --modify-window=-1 --read-batch="incoming/$2.batch" \
+      "releases/$3.staging/" || exit 20 ;;
+esac
 if [ "$5" != "-" ]; then
   h=$(tree_hash "$1/releases/$3.staging" "$6")
   [ "$h" = "$5" ] || exit 21
@@ -381,16 +393,91 @@ def release_snapshot(release: str | None) -> str | None:
     return release.split("~", 1)[0] if release else None
 
 
+class BatchServer:
+    """Serves batch files on a TCP port in the appliance's (gateway) namespace.
+
+    A lab shadow's apply step connects from inside its namespace to the appliance address on
+    its link (the one place its fence lets it reach), names a snapshot, and pipes the answer
+    straight into ``rsync --read-batch=-``: the batch crosses the veth once and is never
+    written to the shadow's disk as a file. Only ids of existing batches are served.
+    """
+
+    def __init__(self, store: ImageStore, netns: str | None, addr: str, timeout: float,
+                 served: list[tuple[str, str]], rate_kbps: int | None = None) -> None:
+        import socket
+
+        from netconfig import netns as nsmod
+
+        self.store = store
+        self.timeout = timeout
+        self.served = served
+        self.rate = rate_kbps
+        self.sock = nsmod.socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._loop, name="batch-server", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, peer[0]), daemon=True).start()
+
+    def _serve(self, conn: Any, peer: str) -> None:
+        import re
+
+        try:
+            conn.settimeout(self.timeout)
+            line = b""
+            while not line.endswith(b"\n") and len(line) < 64:
+                chunk = conn.recv(64 - len(line))
+                if not chunk:
+                    return
+                line += chunk
+            sid = line.strip().decode(errors="replace")
+            path = self.store.batch(sid)
+            if not re.fullmatch(r"\d{6}", sid) or not path.exists():
+                return
+            with path.open("rb") as fh:
+                if not self.rate:
+                    conn.sendfile(fh)
+                else:  # throttled, like rsync --bwlimit (a link shared with other traffic)
+                    while chunk := fh.read(64 << 10):
+                        conn.sendall(chunk)
+                        time.sleep(len(chunk) / (self.rate * 1024))
+            self.served.append((peer, sid))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(2)
+
+
 class Replicator:
     """Applies snapshots to shadows: batch where it is safe, full rsync where it is not."""
 
     def __init__(self, store: ImageStore, *, timeout: float = 60.0, keep_releases: int = 2,
                  deep_verify: bool = False, restart_service: bool = True,
-                 bwlimit_kbps: int | None = None,
+                 bwlimit_kbps: int | None = None, transport: str = "auto",
                  log: Callable[[str], None] | None = None) -> None:
         self.store = store
         # a shadow link shared with other traffic (a VM's only NIC) may need a cap
         self.extra = [f"--bwlimit={bwlimit_kbps}"] if bwlimit_kbps else []
+        self.bwlimit = bwlimit_kbps
         self.timeout = timeout
         self.keep_releases = keep_releases
         self.deep = deep_verify
@@ -398,6 +485,13 @@ class Replicator:
         self.log = log or (lambda _m: None)
         self._deep_hashes: dict[str, str] = {}
         self._deep_lock = threading.Lock()
+        if transport not in ("auto", "tcp", "stdin", "daemon"):
+            raise ImageError(f"unknown transport {transport!r}: auto, tcp, stdin or daemon")
+        self.transport = transport
+        self._servers: dict[tuple[str | None, str], BatchServer] = {}
+        self._in_apply = False
+        self._servers_lock = threading.Lock()
+        self.served: list[tuple[str, str]] = []  # (peer address, snapshot): for reports/tests
 
     def expected(self, sid: str) -> str:
         """The hash a shadow's copy of snapshot ``sid`` must have (content too when deep)."""
@@ -412,8 +506,39 @@ class Replicator:
         """Every shadow in parallel (they are independent machines)."""
         if not hosts:
             return []
-        with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as ex:
-            return list(ex.map(lambda h: self.apply_one(h, snap, **kw), hosts))
+        self._in_apply = True
+        try:
+            with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as ex:
+                return list(ex.map(lambda h: self.apply_one(h, snap, **kw), hosts))
+        finally:
+            self._in_apply = False
+            self.close()
+
+    def _transport(self, host: ShadowHost) -> str:
+        """How the batch reaches ``host``: ``tcp`` (lab: streamed into --read-batch=- over
+        the shadow's link, one pass on the shadow instead of write-then-read), ``stdin``
+        (ssh: the same stream, carried by ssh), ``daemon`` (sent as a file first)."""
+        if self.transport != "auto":
+            return self.transport
+        return "tcp" if host.backend == "lab" else "stdin"
+
+    def _server(self, host: ShadowHost) -> BatchServer:
+        # bound to the appliance address on this shadow's link only: on a gateway that also
+        # faces production and clients, nobody else can fetch the image's deltas
+        key = (host.client_netns, str(host.rec["appliance_addr"]))
+        with self._servers_lock:
+            srv = self._servers.get(key)
+            if srv is None:
+                srv = self._servers[key] = BatchServer(self.store, key[0], key[1],
+                                                       self.timeout, self.served, self.bwlimit)
+            return srv
+
+    def close(self) -> None:
+        """Stop the batch servers (one per gateway namespace, started on first use)."""
+        with self._servers_lock:
+            for srv in self._servers.values():
+                srv.close()
+            self._servers.clear()
 
     def apply_one(self, host: ShadowHost, snap: Snapshot, *, verify: bool = True,
                   allow_full: bool = True) -> ShadowApply:
@@ -423,8 +548,12 @@ class Replicator:
         """
         # One apply per shadow at a time, across processes (a watcher and a build-hook may push
         # together): otherwise two switches could race and leave the older snapshot current.
-        with state.locked(self.store.dir.parent.parent / "locks" / f"{host.name}"):
-            return self._apply_locked(host, snap, verify, allow_full)
+        try:
+            with state.locked(self.store.dir.parent.parent / "locks" / f"{host.name}"):
+                return self._apply_locked(host, snap, verify, allow_full)
+        finally:
+            if not self._in_apply:
+                self.close()
 
     def _apply_locked(self, host: ShadowHost, snap: Snapshot, verify: bool, allow_full: bool
                       ) -> ShadowApply:
@@ -483,14 +612,23 @@ class Replicator:
                     cur, None)
         if not r.ok or tag != "ok":
             return False, f"staging copy failed: {r.why()}", None, None
-        r = host.rsync(str(self.store.batch(snap.id)), f"incoming/{snap.id}.batch",
-                       timeout=self.timeout, extra=self.extra)
-        if not r.ok:
-            return False, f"sending the batch failed: {r.why()}", cur, None
+        how = self._transport(host)
+        stdin = None
+        if how == "daemon":
+            r = host.rsync(str(self.store.batch(snap.id)), f"incoming/{snap.id}.batch",
+                           timeout=self.timeout, extra=self.extra)
+            if not r.ok:
+                return False, f"sending the batch failed: {r.why()}", cur, None
+            source = f"incoming/{snap.id}.batch"
+        elif how == "stdin":
+            source, stdin = "stdin", str(self.store.batch(snap.id))
+        else:
+            port = self._server(host).port
+            source = f"tcp:{host.rec['appliance_addr']}:{port}"
         r = host.exec(APPLY_SCRIPT, host.root, snap.id, new,
                       "--no-whole-file" if snap.block_delta else "--whole-file",
                       self.expected(snap.id) if verify else "-", deep, str(self.keep_releases),
-                      timeout=self.timeout)
+                      source, timeout=self.timeout, stdin_file=stdin)
         if r.timed_out:
             return False, (f"batch timed out after {self.timeout:.0f} s and was killed "
                            "(a drifted destination makes --read-batch hang)"), cur, None

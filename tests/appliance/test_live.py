@@ -297,6 +297,29 @@ def test_vlan_tags_stripped_by_the_kernel_are_put_back(topo: Topo) -> None:
     assert got == sent
 
 
+def test_vxlan_with_two_workers_never_splits_a_connection(topo: Topo, tmp_path: Path) -> None:
+    """Two workers share UDP 4789 (SO_REUSEPORT) and a classic-BPF program picks the worker by
+    a symmetric hash of the *inner* flow: the sender's outer source port differs per direction,
+    so the kernel's own choice would split connections."""
+    d, out = _daemon(tmp_path, topo, vxlan=True, workers=2)
+    d.start()
+    try:
+        load = run_load(topo.client, "x", connections=200, per_conn=5)
+        wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 1000, 40, "vxlan x2")
+        per_worker = [d.total("shadowtap_exchanges_emitted_total", worker=w) for w in "01"]
+        assert all(v > 100 for v in per_worker), per_worker
+    finally:
+        assert d.stop() == 0
+    files = log_files(out)
+    where: dict[int, set[str]] = {}
+    for f in files:
+        for ex in read_log([f]):
+            assert ex.conn is not None
+            where.setdefault(ex.conn.client_port, set()).add(f.name.split(".")[0])
+    assert all(len(v) == 1 for v in where.values()), "a connection was split across workers"
+    check_exactly_once(load, read_log(files))
+
+
 def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> None:
     """With fanout workers, the supervisor restarts a worker that dies; capture goes on, and
     SIGHUP reaches every worker."""
