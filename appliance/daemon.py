@@ -486,5 +486,8 @@ def run_daemon(cfg: ApplianceConfig) -> int:
         app.stop()
         if server is not None:
             server.stop()
+    if app.errors:
+        log.error("stopped after a capture failure: %s", app.errors[0])
+        return 1  # systemd restarts the unit
     log.info("stopped; sinks flushed")
     return 0
