@@ -908,6 +908,8 @@ class Sanitiser:
     def _json(self, data: bytes, ctx: _Ctx) -> bytes:
         """A JSON body: name/path rules only when the pre-check says they may apply, then the
         detectors over the document text (safe: no detector matches a quote or backslash)."""
+        if not data:
+            return data  # e.g. a compressed empty body
         first = data[0]
         if first not in _JSON_START:
             stripped = data.lstrip()

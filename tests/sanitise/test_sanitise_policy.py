@@ -530,3 +530,20 @@ def test_clean_caches_do_not_mix_values_and_whole_strings() -> None:
     out = san.apply(_req("/x?token=abcdefghij"))  # and again, from the cache
     assert out is not None and out.request is not None
     assert "abcdefghij" not in out.request.target
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=B",
+        "text/plain",
+    ],
+)
+def test_compressed_empty_bodies(ctype: str) -> None:
+    san = Sanitiser(Policy.default(), KEY)
+    body = gzip.compress(b"")
+    out = san.apply(_req(body=body, ctype=ctype, headers=[("Content-Encoding", "gzip")]))
+    assert out is not None and out.request is not None
+    assert header_get(out.request.headers, "content-length") == str(len(out.request.body))

@@ -80,7 +80,7 @@ def _decoded(body: bytes, coding: str | None) -> bytes:
         return body
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_random_exchanges_never_raise_and_keep_framing(seed: int) -> None:
     rng = random.Random(seed)
     san = Sanitiser(corpus_policy(), KEY)
