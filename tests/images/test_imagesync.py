@@ -54,7 +54,9 @@ def _procs_with(needle: bytes) -> list[int]:
     return out
 
 
-def test_small_change_in_100mb_image_reaches_three_shadows(env: Env) -> None:
+def test_small_change_in_100mb_image_reaches_three_shadows(env: Env,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
     img = make_image(env.tmp / "img", files=50, size=2_000_000)  # 100 MB
     pool, hosts = _pool(env, 3)
     snap, res = push(img, "base", pool=pool)
@@ -67,6 +69,14 @@ def test_small_change_in_100mb_image_reaches_three_shadows(env: Env) -> None:
     (img / "data" / "blob013").unlink()
     os.chmod(img / "data" / "blob020", 0o600)  # metadata only: rsync changes it in place
     old_release = Path(hosts[0].root) / "releases" / str(hosts[0].current_release())
+    served: list = []
+    real_close = Replicator.close
+
+    def close(self: Replicator) -> None:  # keep what the batch servers served
+        served.extend(self.served)
+        real_close(self)
+
+    monkeypatch.setattr(Replicator, "close", close)
     t0 = time.monotonic()
     snap2, res2 = push(img, "install packages", pool=pool)
     took = time.monotonic() - t0
@@ -79,7 +89,7 @@ def test_small_change_in_100mb_image_reaches_three_shadows(env: Env) -> None:
         assert release_snapshot(h.current_release()) == snap2.id
         assert remote_hash(h, "current", deep=True) == want
         assert _served_version(h) == "v2"  # the service runs the new build
-        assert f"incoming/{snap2.id}.batch" in _daemon_log(h)  # the batch crossed the veth
+        assert (h.addr, snap2.id) in served  # streamed over the veth from the appliance side
     assert took < 20
     assert snap2.meta_only == ["data/blob020"]
     # the previous release (the rollback target, and what ran until the switch) is untouched
@@ -98,12 +108,16 @@ def test_drifted_shadow_is_fully_resynced_and_never_gets_the_batch(env: Env) -> 
     with open(Path(bad.root) / "current" / "data" / "blob002", "ab") as fh:
         fh.write(b"x")
     (img / "VERSION").write_text("v2\n")
-    snap, res = push(img, "next", pool=pool)
+    store = ImageStore("demo", env.home)
+    snap = store.take(img, "next")
     assert snap is not None
+    rep = Replicator(store)
+    res = rep.apply([good, bad], snap)
     by = {r.shadow: r for r in res}
     assert by["s0"].mode == "batch" and by["s0"].ok
     assert by["s1"].mode == "full" and by["s1"].ok, by["s1"]
     assert "drifted" in by["s1"].note and "full rsync" in by["s1"].note
+    assert (good.addr, snap.id) in rep.served and (bad.addr, snap.id) not in rep.served
     assert f"incoming/{snap.id}.batch" not in _daemon_log(bad)
     want = tree_hash(img, deep=True)
     assert remote_hash(good, "current", deep=True) == want
@@ -157,7 +171,10 @@ def test_hanging_batch_is_cut_off_and_shadow_stays_on_its_release(env: Env) -> N
     assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
 
 
-def test_killed_sync_leaves_every_shadow_on_its_previous_image(env: Env) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "daemon"])
+def test_killed_sync_leaves_every_shadow_on_its_previous_image(env: Env, transport: str) -> None:
+    """Kill each shadow's transfer mid-way: the stream into --read-batch=- (tcp) or the rsync
+    sending the batch file to the shadow's daemon."""
     img = make_image(env.tmp / "img", files=4)
     pool, hosts = _pool(env, 2)
     push(img, "base", pool=pool)
@@ -167,20 +184,28 @@ def test_killed_sync_leaves_every_shadow_on_its_previous_image(env: Env) -> None
     store = ImageStore("demo", env.home)
     snap = store.take(img, "big")
     assert snap is not None
-    rep = Replicator(store, timeout=60, bwlimit_kbps=1500)  # ~4 s per upload
+    rep = Replicator(store, timeout=60, bwlimit_kbps=1500, transport=transport)  # ~4 s each
+    needle = (b"--read-batch=-" if transport == "tcp"
+              else f"incoming/{snap.id}.batch".encode())
     out: list = []
     t = threading.Thread(target=lambda: out.extend(rep.apply(hosts, snap, allow_full=False)))
     t.start()
-    killed = 0
+    killed: set[bytes] = set()  # destinations (one per shadow) whose transfer was killed
     deadline = time.monotonic() + 10
-    while killed < 2 and time.monotonic() < deadline:  # kill each transfer mid-way
-        for pid in _procs_with(f"incoming/{snap.id}.batch".encode()):
+    while len(killed) < 2 and time.monotonic() < deadline:  # kill each transfer mid-way
+        for pid in _procs_with(needle):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0] != b"rsync" or argv[-2] in killed:
+                continue
             time.sleep(1.0)
             os.kill(pid, 9)
-            killed += 1
+            killed.add(argv[-2])
         time.sleep(0.1)
     t.join(60)
-    assert killed == 2
+    assert len(killed) == 2
     assert [r.ok for r in out] == [False, False], out
     assert [h.current_release() for h in hosts] == before
     assert [_served_version(h) for h in hosts] == ["v1", "v1"]
