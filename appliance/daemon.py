@@ -66,6 +66,7 @@ class Worker:
         self.live = not isinstance(self.source, FileSource)
         self.done = False
         self.extract_errors = 0
+        self._warned_at: tuple[int, int, float] = (0, 0, -1e9)
 
     @property
     def handoff(self) -> Handoff | None:
@@ -130,6 +131,23 @@ class Worker:
         except OSError:
             pass
         self.pipeline.tick(now)
+        self._warn_losses()
+
+    def _warn_losses(self) -> None:
+        """At most once a minute, say in the log what is being lost and what to do about it."""
+        kd = int(self.source_stats.get("kernel_drops", 0))
+        ho = self.stats.drops.get("handoff_overflow", 0)
+        if (kd, ho) == self._warned_at[:2] or time.monotonic() - self._warned_at[2] < 60:
+            return
+        if kd > self._warned_at[0]:
+            log.warning("worker %d: the kernel dropped %d packets (%d in all): the capture "
+                        "cannot keep up; raise source.ring.block_count, add workers, or narrow "
+                        "source.filter", self.index, kd - self._warned_at[0], kd)
+        if ho > self._warned_at[1]:
+            log.warning("worker %d: %d exchanges did not fit the hand-off queue (its consumer "
+                        "is slower than the traffic); raise its size or sample less",
+                        self.index, ho - self._warned_at[1])
+        self._warned_at = (kd, ho, time.monotonic())
 
     def _drain(self) -> None:
         """Whatever the ring or socket still holds, then close every connection."""

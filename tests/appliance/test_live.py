@@ -361,3 +361,4 @@ def test_kernel_drops_reach_the_metrics_endpoint(topo: Topo, tmp_path: Path) -> 
             d.total("shadowtap_capture_packets_total")
     finally:
         assert d.stop() == 0
+    assert "the kernel dropped" in d.log.read_text()  # and the log says what to do
