@@ -96,6 +96,11 @@ def test_rewrites_on_the_wire() -> None:
     rec = results[0][srv.url + "/base"]
     assert rec.meta["original_id"] == "e0" and rec.request.target == "/base/api/v2/users/7?x=1"
     assert rec.response.status == 200 and rec.response.body == b"ok"
+    assert rec.completeness.complete and rec.tunnel is None and rec.interim == []
+    assert rec.ts_request_start is not None and rec.ts_response_start is None
+    assert rec.ts_response_end >= rec.ts_request_start
+    assert rec.meta["target"] == srv.url + "/base" and rec.meta["latency_ms"] >= 0
+    assert rec.conn is not None and rec.conn.server_port == int(srv.url.rsplit(":", 1)[1])
 
 
 def test_misbehaving_targets_are_counted_by_kind_and_the_run_completes() -> None:
