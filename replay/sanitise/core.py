@@ -724,6 +724,18 @@ class Sanitiser:
             return url
         return _dec(prefix + new_path + qm + new_query + new_frag, url)
 
+    def _decoded_hits(
+        self, loc: str, raw: bytes, dets: list[tuple[int, Detector]], ctx: _Ctx, safe: bytes
+    ) -> bytes | None:
+        """Detector hits in an encoded name, with '+' read as a space and as a literal; the
+        re-encoded name, or None if neither reading has a hit."""
+        for plus in (True, False):
+            dec = bodies.unquote(raw, plus=plus)
+            new = self._replace_hits(loc, dec, dets, ctx)
+            if new is not dec:
+                return bodies.quote(new, plus=plus, safe=safe if plus else safe + b"+")
+        return None
+
     def _path(self, path: bytes, ctx: _Ctx) -> bytes:
         """Path segments: segment rules by position or value, then detectors."""
         whole = self._whole["path"]
@@ -733,7 +745,11 @@ class Sanitiser:
         clean = self._clean["path"]
         if path in clean:
             return path  # this exact path went through unchanged before
-        if not whole and not scan(bodies.unquote(path, plus=False), dets):
+        if (
+            not whole
+            and not scan(bodies.unquote(path, plus=False), dets)
+            and (b"+" not in path or not scan(bodies.unquote(path, plus=True), dets))
+        ):
             self._remember_clean(clean, path)
             return path
         segs = path.split(b"/")
@@ -759,6 +775,14 @@ class Sanitiser:
                 break
             if not done:
                 new = self._replace_hits("path", dec, dets, ctx)
+                if new is dec and b"+" in seg:
+                    # '+' is a literal in a path, but some clients write spaces that way
+                    dplus = bodies.unquote(seg, plus=True)
+                    np = self._replace_hits("path", dplus, dets, ctx)
+                    if np is not dplus:
+                        segs[i] = bodies.quote(np, plus=True, safe=b"@:!$&'()*,;=")
+                        changed = True
+                        continue
             if new is not dec:
                 segs[i] = (
                     new if dec is seg else bodies.quote(new, plus=False, safe=b"@:!$&'()*+,;=")
@@ -795,15 +819,26 @@ class Sanitiser:
             items.append((name, bodies.unquote(v) if enc else v))
         changes = self._items(loc, items, ctx)
         dets = self._dets[loc]
-        # names written percent-encoded get their own look (the raw scan cannot see them)
-        for j, p in enumerate(pairs):
-            if b"%" in p.partition(b"=")[0] and dets and changes.get(j) is not _DROP:
-                k = p.partition(b"=")[0]
-                dk = bodies.unquote(k)
-                nk = self._replace_hits(loc, dk, dets, ctx)
-                if nk is not dk:
-                    pairs[j] = bodies.quote(nk, plus=True, safe=safe) + p[len(k) :]
-                    changes.setdefault(j, None)
+        # Names written encoded ('%', '+') get their own look (the raw scan cannot see them),
+        # and a '+' is tried both ways: clients write spaces as '+' but also a literal '+'
+        # unencoded ('+44 20...' as '+44%2020...').
+        if dets:
+            for j, p in enumerate(pairs):
+                if changes.get(j) is _DROP:
+                    continue
+                k, eq, v = p.partition(b"=")
+                if b"%" in k or b"+" in k:
+                    nk = self._decoded_hits(loc, k, dets, ctx, safe)
+                    if nk is not None:
+                        k = nk
+                        pairs[j] = p = k + eq + v
+                        changes.setdefault(j, None)
+                if b"+" in v and changes.get(j) is None:  # value not already replaced
+                    lit = bodies.unquote(v, plus=False)
+                    nv = self._replace_hits(loc, lit, dets, ctx)
+                    if nv is not lit:
+                        pairs[j] = k + eq + bodies.quote(nv, plus=False, safe=safe + b"+")
+                        changes[j] = None
         out = data
         if changes:
             parts = []

@@ -172,3 +172,55 @@ def test_random_json_documents_stay_valid_and_leak_nothing(seed: int) -> None:
         decoded = json.dumps(json.loads(got), ensure_ascii=False).encode()
         for s in secrets:
             assert s.encode() not in got and s.encode() not in decoded, (i, s)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_random_urls_forms_and_cookies_leak_nothing(seed: int) -> None:
+    """Secrets as query/form names and values, in paths and cookies, encoded every way
+    clients do it ('%20', '+' for space, a literal '+' left unencoded), echoed in Referer,
+    Location and Set-Cookie: nothing survives, raw or decoded."""
+    from urllib.parse import quote, quote_plus
+
+    rng = random.Random(2000 + seed)
+    san = Sanitiser(corpus_policy(), KEY)
+    encoders = [quote, quote_plus, lambda x: x, lambda x: quote(x, safe="@:+")]
+    for i in range(500):
+        secrets: list[str] = []
+
+        def sec(found: list[str] = secrets) -> str:
+            v = GENERATORS[rng.choice(list(GENERATORS))](rng)
+            found.append(v)
+            return v
+
+        enc = rng.choice(encoders)
+        pairs = []
+        for _ in range(rng.randint(1, 5)):
+            k = enc(sec()) if rng.random() < 0.2 else rng.choice(["a", "q", "password", "Token"])
+            v = enc(sec()) if rng.random() < 0.6 else rng.choice(["1", "", "abc", "%zz", "a+b"])
+            pairs.append(k if rng.random() < 0.1 else f"{k}={v}")
+        qs = "&".join(pairs)
+        target = rng.choice(["/p?", f"/u/{enc(sec())}/x?", "http://h/p?"]) + qs
+        form = qs.encode()
+        req_h = [
+            ("X-Note", f"hi {sec()} there"),
+            ("Referer", "http://r/?" + qs),
+            ("Cookie", f"a={enc(sec())}; b=2"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Content-Length", str(len(form))),
+        ]
+        resp_h = [("Location", "/x?" + qs), ("Set-Cookie", f"s={enc(secrets[0])}; Path=/")]
+        ex = Exchange(
+            id=str(i),
+            request=Request("POST", target, headers=req_h, body=form),
+            response=Response(302, headers=resp_h),
+        )
+        out = san.apply(ex)
+        assert out is not None and out.request is not None and out.response is not None
+        hdrs = out.request.headers + out.response.headers
+        view = (out.request.target + "\n" + "\n".join(f"{k}: {v}" for k, v in hdrs)).encode()
+        view += b"\n" + out.request.body
+        decoded = bodies.unquote(view)
+        for s in secrets:
+            forms = {s, quote(s), quote_plus(s), quote(s, safe="@:+")}
+            assert not any(f.encode() in view for f in forms), (i, s, target)
+            assert s.encode() not in decoded, (i, s, target)
