@@ -295,9 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=50_000, help="exchanges replayed")
     ap.add_argument("--mitm-n", type=int, default=5_000, help="flows for mitmdump (slow)")
-    ap.add_argument("--seconds", type=int, default=8, help="wrk and locust duration")
+    ap.add_argument("--seconds", type=int, default=8, help="locust duration")
+    ap.add_argument("--wrk-seconds", type=int, default=2,
+                    help="wrk duration: about as long as the 50,000-request replay, so that "
+                         "both get the same chances of a quiet window on a shared host")
     ap.add_argument("--pairs", type=int, default=50_000, help="comparator pairs")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per client")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per client")
     ap.add_argument("--no-peers", action="store_true", help="skip locust and mitmdump")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     a = ap.parse_args(argv)
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             jsonl = write("jsonl", tmp / "ex.jsonl", exs)
             flows = write("mitm", tmp / "ex.flows", exs[: a.mitm_n])
             clients: dict[str, Any] = {
-                "wrk": lambda: bench_wrk(port, a.seconds),
+                "wrk": lambda: bench_wrk(port, a.wrk_seconds),
                 "shadowtap": lambda: bench_shadowtap(port, jsonl, a.n),
             }
             if not a.no_peers:
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling_med = res["wrk"].get("median")
     rows = []
     labels = {
-        "wrk": "wrk -t1 -c32 (ceiling)",
+        "wrk": f"wrk -t1 -c32 -d{a.wrk_seconds}s (ceiling)",
         "shadowtap": f"shadowtap replay --speed max -c 32 ({a.n:,} exchanges)",
         "locust": f"locust FastHttpUser, 1 process, 32 users ({a.seconds} s)",
         "mitmdump": f"mitmdump -C, client_replay_concurrency=-1 ({a.mitm_n:,} flows)",
