@@ -435,3 +435,38 @@ def test_build_scales_the_pool_with_queued_builds_and_idle_time(env: Env) -> Non
     res = build(img, "three", pool=pool, min_shadows=1, max_shadows=4, idle_after=0)
     assert [h.name for h in pool.hosts("demo")] == ["demo-1"]  # idle: one fewer
     assert res.ok and [a.mode for a in res.applies] == ["batch"]
+
+
+@pytest.mark.root
+def test_image_watch_pushes_when_the_build_tree_settles(env: Env) -> None:
+    import signal
+
+    img = make_image(env.tmp / "img", files=2)
+    pool = Pool(env.home, prefix=env.prefix)
+    h = pool.create("w0", image="demo")
+    push(img, "base", pool=pool)
+    e = dict(os.environ, SHADOWTAP_HOME=str(env.home), SHADOWTAP_STATE_DIR=str(env.tmp / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "image", "watch", str(img),
+                             "--settle", "0.5"], cwd=REPO, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2.0)  # watcher up (imports, inotify watches)
+        for i in range(5):  # a build step writing for a while
+            (img / "data" / f"pkg{i}").write_bytes(os.urandom(10_000))
+            time.sleep(0.1)
+        (img / "VERSION").write_text("v2\n")
+        deadline = time.monotonic() + 30
+        got = None
+        while time.monotonic() < deadline and got != (200, b"v2\n"):
+            time.sleep(0.2)
+            try:
+                got = h.http_get(8080, "/VERSION")
+            except OSError:  # the service restarting on the new release
+                got = None
+        assert got == (200, b"v2\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=20)[0]
+    assert "watching" in out and "passed" in out, out
+    snaps = ImageStore("demo", env.home).snapshots()
+    assert [s.stage for s in snaps] == ["base", "watch #1"]  # one push for the whole burst
