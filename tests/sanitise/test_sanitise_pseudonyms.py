@@ -189,3 +189,41 @@ def test_authorization_scheme_kept() -> None:
     assert out is not None and out.request is not None
     scheme, tok = out.request.headers[0][1].split(" ")
     assert scheme == "Bearer" and is_jwt(tok.encode()) and tok != jwt
+
+
+def test_same_value_same_pseudonym_in_every_location() -> None:
+    import gzip
+
+    san = Sanitiser(Policy.default(), KEY)
+    email = "alice.smith@example.com"
+    form = b"email=alice.smith%40example.com&n=1"
+    body = gzip.compress(orjson.dumps({"e": email}))
+    ex = Exchange(
+        id="c",
+        request=Request(
+            "POST",
+            "/u/alice.smith@example.com?e=alice.smith%40example.com",
+            headers=[
+                ("X-Contact", f"mail {email} now"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Content-Length", str(len(form))),
+            ],
+            body=form,
+        ),
+        response=Response(
+            200,
+            headers=[
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "gzip"),
+                ("Content-Length", str(len(body))),
+            ],
+            body=body,
+        ),
+    )
+    out = san.apply(ex)
+    assert out is not None and out.request is not None and out.response is not None
+    p = orjson.loads(gzip.decompress(out.response.body))["e"]
+    assert p != email
+    assert out.request.target == f"/u/{p}?e={p}"
+    assert out.request.headers[0][1] == f"mail {p} now"
+    assert out.request.body == f"email={p}&n=1".encode()
