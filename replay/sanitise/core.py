@@ -428,7 +428,7 @@ class Sanitiser:
         for s, e, tag, det in hits:
             rule = rules[tag]
             orig = text[s:e]
-            if skip is not None and orig in skip:
+            if skip is not None and _already_done(orig, skip):
                 continue
             if rule.action == "drop":
                 new = b""
@@ -1315,6 +1315,24 @@ def _trie(words: list[bytes]) -> bytes:
         return b"(?:" + body + b")?" if None in node else body
 
     return emit(root)
+
+
+def _already_done(hit: bytes, produced: set[bytes]) -> bool:
+    """Whether a hit of a second (safety-net) scan is something this exchange already wrote:
+    a replacement itself, part of one (a phone pseudonym's digits can look like a card), or
+    one in its URL-encoded form ('a%2Bb@x.com' for 'a+b@x.com')."""
+    if hit in produced:
+        return True
+    forms = [hit]
+    if b"%" in hit or b"+" in hit:
+        forms += [bodies.unquote(hit, plus=True), bodies.unquote(hit, plus=False)]
+    for p in produced:
+        if len(p) < 6:
+            continue
+        for f in forms:
+            if f in p or p in f:
+                return True
+    return False
 
 
 def _union(a: list[tuple[int, Detector]], b: list[tuple[int, Detector]]) -> list:

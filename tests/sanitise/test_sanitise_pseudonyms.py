@@ -227,3 +227,52 @@ def test_same_value_same_pseudonym_in_every_location() -> None:
     assert out.request.target == f"/u/{p}?e={p}"
     assert out.request.headers[0][1] == f"mail {p} now"
     assert out.request.body == f"email={p}&n=1".encode()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_every_kind_gets_one_pseudonym_across_locations(seed: int) -> None:
+    """Path, query ('+' and '%20' spellings), header, form, JSON value and JSON text: one value,
+    one pseudonym (a safety-net scan must never pseudonymise a pseudonym again)."""
+    import json
+    import re
+    from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+    from sanitise_corpus import corpus_policy
+
+    rng = random.Random(300 + seed)
+    san = Sanitiser(corpus_policy(), KEY)
+    for i in range(400):
+        v = GENERATORS[rng.choice(list(GENERATORS))](rng)
+        form = f"a=1&v={quote_plus(v)}&z=2".encode()
+        ex = Exchange(
+            id=str(i),
+            request=Request(
+                "POST",
+                f"/p/{quote(v, safe='@:')}/x?v={quote_plus(v)}&w={quote(v)}",
+                headers=[
+                    ("X-V", f"[{v}]"),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Content-Length", str(len(form))),
+                ],
+                body=form,
+            ),
+            response=Response(
+                200,
+                headers=[("Content-Type", "application/json")],
+                body=json.dumps({"v": v, "t": f"<{v}>"}).encode(),
+            ),
+        )
+        out = san.apply(ex)
+        assert out is not None and out.request is not None and out.response is not None
+        t = out.request.target
+        doc = json.loads(out.response.body)
+        got = {
+            unquote(t.split("?")[0].split("/")[2]),
+            unquote_plus(re.search(r"[?&]v=([^&]*)", t).group(1)),  # type: ignore[union-attr]
+            unquote_plus(re.search(r"[?&]w=([^&]*)", t).group(1)),  # type: ignore[union-attr]
+            out.request.headers[0][1][1:-1],
+            unquote_plus(re.search(r"v=([^&]*)", out.request.body.decode()).group(1)),  # type: ignore[union-attr]
+            doc["v"],
+            doc["t"][1:-1],
+        }
+        assert len(got) == 1 and v not in got, (v, got)
