@@ -52,6 +52,13 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
+def escape(text: str) -> str:
+    """User text (stage names, notes) must not be read as rich markup: '[install]' is a tag."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _apply_table(applies: list[Any], title: str) -> Any:
     from rich.table import Table
 
@@ -60,7 +67,7 @@ def _apply_table(applies: list[Any], title: str) -> Any:
         t.add_column(c)
     for a in applies:
         t.add_row(a.shadow, a.mode, "yes" if a.ok else "[red]NO[/]", f"{a.seconds:.2f} s",
-                  a.service or "-", a.note)
+                  escape(a.service or "-"), escape(a.note))
     return t
 
 
@@ -71,8 +78,8 @@ def _checks_table(checks: list[Any]) -> Any:
     for c in ("check", "type", "shadow", "result", "time", "summary"):
         t.add_column(c)
     for c in checks:
-        t.add_row(c.name, c.kind, c.shadow, "pass" if c.ok else "[red]FAIL[/]",
-                  f"{c.seconds:.1f} s", c.summary)
+        t.add_row(escape(c.name), c.kind, c.shadow, "pass" if c.ok else "[red]FAIL[/]",
+                  f"{c.seconds:.1f} s", escape(c.summary))
     return t
 
 
@@ -95,7 +102,7 @@ def image_push(
     con = _console()
     try:
         snap, applies = push(directory, stage, pool=Pool(), keep=keep, timeout=timeout,
-                             log=lambda m: con.print(f"[yellow]{m}[/]"))
+                             log=lambda m: con.print(f"[yellow]{escape(m)}[/]"))
     except _errors() as e:
         raise _fail(str(e)) from None
     if as_json:
@@ -104,7 +111,7 @@ def image_push(
     elif snap is None:
         con.print("no significant change since the last snapshot: nothing pushed")
     else:
-        con.print(f"snapshot {snap.id} [{stage}]: {len(snap.changed)} changed, "
+        con.print(f"snapshot {snap.id} ({escape(stage)}): {len(snap.changed)} changed, "
                   f"{len(snap.removed)} removed, delta {snap.batch_bytes:,} bytes")
         con.print(_apply_table(applies, f"push {snap.id}"))
     if any(not a.ok for a in applies):
@@ -135,8 +142,8 @@ def image_watch(
     def on_settled() -> None:
         n[0] += 1
         res = build(directory, f"watch #{n[0]}", pool=Pool(), checks_file=checks,
-                    webhooks=webhook, timeout=timeout, log=lambda s: con.print(f"[yellow]{s}"))
-        con.print(res.text())
+                    webhooks=webhook, timeout=timeout, log=lambda s: con.print(f"[yellow]{escape(s)}[/]"))
+        con.print(escape(res.text()))
 
     w = TreeWatcher(directory, on_settled, settle=settle, ignore=m.ignore)
     w.start()
@@ -169,7 +176,7 @@ def image_list(
     for c in ("id", "parent", "stage", "created", "changed", "removed", "delta bytes"):
         t.add_column(c)
     for s in snaps:
-        t.add_row(s.id, s.parent or "-", s.stage, time.strftime("%F %T", time.localtime(s.created)),
+        t.add_row(s.id, s.parent or "-", escape(s.stage), time.strftime("%F %T", time.localtime(s.created)),
                   str(len(s.changed)), str(len(s.removed)), f"{s.batch_bytes:,}")
     _console().print(t)
 
@@ -225,14 +232,14 @@ def history_cmd(
         tr_push = trend([x["push_seconds"] for x in later])
         tr_verdict = trend([x["verdict_seconds"] for x in later])
         tr_p95 = trend([p95(x) for x in later])
-        failed = [c["name"] for c in r["checks"] if not c["ok"]]
+        failed = sorted({c["name"] for c in r["checks"] if not c["ok"]})
         pv = p95(r)
-        t.add_row(str(r["id"]), time.strftime("%F %T", time.localtime(r["started"])), r["image"],
-                  r["snapshot"] or "-", r["stage"],
+        t.add_row(str(r["id"]), time.strftime("%F %T", time.localtime(r["started"])),
+                  escape(r["image"]), r["snapshot"] or "-", escape(r["stage"]),
                   "pass" if r["verdict"] == "pass" else "[red]FAIL[/]",
                   f"{r['switched']}/{r['shadows']}", f"{r['batch_bytes'] or 0:,}",
                   f"{r['push_seconds']:.2f} {tr_push}", f"{r['verdict_seconds']:.1f} {tr_verdict}",
-                  f"{pv:.0f} {tr_p95}" if pv is not None else "-", ", ".join(failed))
+                  f"{pv:.0f} {tr_p95}" if pv is not None else "-", escape(", ".join(failed)))
     _console().print(t)
 
 
@@ -264,29 +271,30 @@ def build_hook(
     con = _console()
     try:
         res = build(image, stage, pool=Pool(), checks_file=checks, webhooks=webhook or [],
-                    timeout=timeout, keep=keep, log=lambda m: con.print(f"[yellow]{m}[/]"),
+                    timeout=timeout, keep=keep, log=lambda m: con.print(f"[yellow]{escape(m)}[/]"),
                     min_shadows=min_shadows, max_shadows=max_shadows, idle_after=idle_after)
     except _errors() as e:
         raise _fail(str(e)) from None
     if as_json:
         print(json.dumps(res.to_dict(), indent=1, default=str))
     if res.snapshot is None:
-        con.print(res.note)
+        con.print(escape(res.note))
         raise typer.Exit(0 if res.ok else EXIT_FAIL)
     if not as_json:
         s = res.snapshot
-        con.print(f"[bold]{res.image}[/] snapshot {s.id} [{stage}]: {len(s.changed)} changed, "
+        con.print(f"[bold]{escape(res.image)}[/] snapshot {s.id} ({escape(stage)}): "
+                  f"{len(s.changed)} changed, "
                   f"{len(s.removed)} removed, delta {s.batch_bytes:,} bytes; pushed in "
                   f"{res.push_seconds:.2f} s, verdict in {res.verdict_seconds:.1f} s")
         con.print(_apply_table(res.applies, "shadows"))
         if res.checks:
             con.print(_checks_table(res.checks))
         if res.note:
-            con.print(res.note)
+            con.print(escape(res.note))
     if res.ok:
         con.print(f"[green]PASS[/] (build #{res.build_id})")
         raise typer.Exit(0)
-    con.print(f"[red]FAIL[/] (build #{res.build_id}): " + "; ".join(res.failed))
+    con.print(f"[red]FAIL[/] (build #{res.build_id}): " + escape("; ".join(res.failed)))
     raise typer.Exit(EXIT_FAIL)
 
 
@@ -339,7 +347,7 @@ def shadow_create(
                         ssh_host=host, ssh_config=cfg, remote_root=remote_root,
                         role="ephemeral" if ttl_s or branch else "pool")
         store = ImageStore(m.name, pool.home)
-        rep = Replicator(store, timeout=timeout, log=lambda s: con.print(f"[yellow]{s}"))
+        rep = Replicator(store, timeout=timeout, log=lambda s: con.print(f"[yellow]{escape(s)}[/]"))
         snap = store.take(image, f"shadow create {name}", m.ignore)
         if snap is not None:  # everyone following the image moves together
             res = rep.apply(pool.hosts(m.name), snap)

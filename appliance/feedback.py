@@ -76,9 +76,9 @@ class BuildResult:
     def text(self) -> str:
         """One Slack-friendly message."""
         if self.snapshot is None:
-            return f"shadowtap: {self.image} [{self.stage}]: {self.note}"
+            return f"shadowtap: {self.image} ({self.stage}): {self.note}"
         head = (f"{'✅' if self.ok else '❌'} shadowtap: {self.image} snapshot {self.snapshot.id} "
-                f"[{self.stage}] {'passed' if self.ok else 'FAILED'} on {len(self.applies)} "
+                f"({self.stage}) {'passed' if self.ok else 'FAILED'} on {len(self.applies)} "
                 f"shadow(s) in {self.verdict_seconds:.1f} s")
         lines = [head]
         lines += [f"• {f}" for f in self.failed[:10]]
