@@ -554,9 +554,12 @@ class Sanitiser:
             elif kind == _H_COOKIE:
                 cookie_idx.append(i)
             elif kind == _H_URL:
-                url_idx.append(i)
-                items.append((lk, _enc(v)))
-                idx.append(i)
+                whole, scoped = self._select("header", lk)
+                if whole is None and not scoped:
+                    url_idx.append(i)  # sanitised as a URL below, not twice
+                else:
+                    items.append((lk, _enc(v)))  # a rule picks this header by name
+                    idx.append(i)
             elif kind == _H_CTYPE:
                 if ctype is None:
                     ctype = v
@@ -574,10 +577,16 @@ class Sanitiser:
             else:
                 new[i] = (headers[i][0], _dec(val, headers[i][1]))
         for i in url_idx:
-            if i in drop:
-                continue
             cur = new[i][1]
             nv = self._url(cur, ctx)
+            # then the header detectors over the whole URL (host, fragment...), skipping what
+            # the URL pass already wrote
+            raw = _enc(nv)
+            checked = self._replace_hits(
+                "header", raw, self._dets["header"], ctx, skip=ctx.produced
+            )
+            if checked is not raw:
+                nv = _dec(checked, cur)
             if nv is not cur:
                 new[i] = (new[i][0], nv)
         for i in cookie_idx:

@@ -276,3 +276,53 @@ def test_every_kind_gets_one_pseudonym_across_locations(seed: int) -> None:
             doc["t"][1:-1],
         }
         assert len(got) == 1 and v not in got, (v, got)
+
+
+def test_one_pseudonym_in_url_headers_multipart_trailers_and_text() -> None:
+    import gzip
+    import re
+    from urllib.parse import quote, quote_plus, unquote_plus
+
+    from sanitise_corpus import corpus_policy
+
+    rng = random.Random(77)
+    san = Sanitiser(corpus_policy(), KEY)
+    for i in range(300):
+        v = GENERATORS[rng.choice(list(GENERATORS))](rng)
+        mp = f'--BB\r\nContent-Disposition: form-data; name="c"\r\n\r\n[{v}]\r\n--BB--\r\n'.encode()
+        txt = gzip.compress(f"line [{v}] end".encode())
+        ex = Exchange(
+            id=str(i),
+            request=Request(
+                "POST",
+                "/",
+                headers=[
+                    ("Referer", f"http://r/x?q={quote_plus(v)}"),
+                    ("Content-Type", "multipart/form-data; boundary=BB"),
+                    ("Content-Length", str(len(mp))),
+                ],
+                body=mp,
+                trailers=[("X-T", f"[{v}]")],
+            ),
+            response=Response(
+                302,
+                headers=[
+                    ("Location", f"/y?q={quote(v)}"),
+                    ("Content-Type", "text/plain"),
+                    ("Content-Encoding", "gzip"),
+                    ("Content-Length", str(len(txt))),
+                ],
+                body=txt,
+            ),
+        )
+        out = san.apply(ex)
+        assert out is not None and out.request is not None and out.response is not None
+        h, rh = dict(out.request.headers), dict(out.response.headers)
+        got = {
+            unquote_plus(re.search(r"q=([^&]*)", h["Referer"]).group(1)),  # type: ignore[union-attr]
+            unquote_plus(re.search(r"q=([^&]*)", rh["Location"]).group(1)),  # type: ignore[union-attr]
+            re.search(rb"\[(.*)\]", out.request.body).group(1).decode(),  # type: ignore[union-attr]
+            out.request.trailers[0][1][1:-1],
+            re.search(rb"\[(.*)\]", gzip.decompress(out.response.body)).group(1).decode(),  # type: ignore[union-attr]
+        }
+        assert len(got) == 1 and v not in got, (v, got)
