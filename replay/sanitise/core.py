@@ -988,11 +988,14 @@ class Sanitiser:
             changed = False
             if need_walk:
                 doc, changed = self._walk(doc, (), ctx)
+                skip = ctx.produced  # the detectors must not redo what a name rule wrote
             if changed or escaped:
                 text = orjson.dumps(doc)
             if escaped and not changed:
                 # Normalising escapes rewrites the document; only keep that if a detector hits.
-                new = self._replace_hits("json", text, self._json_text_dets, ctx, json_text=True)
+                new = self._replace_hits(
+                    "json", text, self._json_text_dets, ctx, json_text=True, skip=skip
+                )
                 if new is text:
                     return self._echo_keep(data, ctx)
                 return self._echo(new, ctx)
@@ -1215,6 +1218,7 @@ class Sanitiser:
             self.report.count(rule.name, "json", nb)
             if len(b) >= _ECHO_MIN:
                 ctx.echo[b] = nb
+            ctx.produced.add(nb)
             return nb.decode("utf-8", "replace")
         if isinstance(v, int):
             s = str(abs(v)).encode()
@@ -1222,11 +1226,13 @@ class Sanitiser:
             if len(ns) > 1 and ns[:1] == b"0":
                 ns = b"1" + ns[1:]
             self.report.count(rule.name, "json", ns)
+            ctx.produced.add(ns)
             return -int(ns) if v < 0 else int(ns)
         if isinstance(v, float):
             s = repr(v).encode()
             ns = self.pseudo.pseudonym("digits", s)
             self.report.count(rule.name, "json", ns)
+            ctx.produced.add(ns)
             try:
                 return float(ns)
             except ValueError:

@@ -326,3 +326,23 @@ def test_one_pseudonym_in_url_headers_multipart_trailers_and_text() -> None:
             re.search(rb"\[(.*)\]", gzip.decompress(out.response.body)).group(1).decode(),  # type: ignore[union-attr]
         }
         assert len(got) == 1 and v not in got, (v, got)
+
+
+def test_named_field_and_detector_agree_when_the_document_is_walked() -> None:
+    san = Sanitiser(Policy.default(), KEY)
+    for body in (
+        b'{"token": "alice@example.com", "y": {"token": [1]}, "e": "alice@example.com"}',
+        b'{"a\\u0040": 1, "token": "alice@example.com", "e": "alice@example.com"}',
+        b'{"token": "alice@example.com", "e": "alice@example.com"}',
+    ):
+        out = san.apply(
+            Exchange(
+                id="w",
+                request=Request(
+                    "POST", "/", headers=[("Content-Type", "application/json")], body=body
+                ),
+            )
+        )
+        assert out is not None and out.request is not None
+        doc = orjson.loads(out.request.body)
+        assert doc["token"] == doc["e"] != "alice@example.com"
