@@ -1345,8 +1345,13 @@ def _already_done(hit: bytes, produced: set[bytes]) -> bool:
         if len(p) < 6:
             continue
         for f in forms:
-            if f in p or p in f:
-                return True
+            if f in p:
+                return True  # part of a pseudonym: the text is the pseudonym's either way
+            i = f.find(p)
+            if i >= 0 and (i == 0 or f[i - 1] == 32) and (
+                i + len(p) == len(f) or f[i + len(p)] == 32
+            ):
+                return True  # the pseudonym as a whole word ('call+x%2By@z.com' decoded)
     return False
 
 
