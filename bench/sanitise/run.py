@@ -47,7 +47,7 @@ def make_body(rng: random.Random, user: int, pii: bool | str) -> bytes:
         for _ in range(11)
     ]
     doc: dict = {"order_id": rng.randrange(10**9), "status": "shipped", "items": items}
-    if pii:
+    if pii is True:
         doc["customer"] = {
             "id": user,
             "name": f"User Number{user}",

@@ -1342,14 +1342,19 @@ def _already_done(hit: bytes, produced: set[bytes]) -> bool:
     if b"%" in hit or b"+" in hit:
         forms += [bodies.unquote(hit, plus=True), bodies.unquote(hit, plus=False)]
     for p in produced:
-        if len(p) < 6:
+        lp = len(p)
+        if lp < 6:
             continue
         for f in forms:
-            if f in p:
-                return True  # part of a pseudonym: the text is the pseudonym's either way
+            if len(f) <= lp:
+                if f in p:
+                    return True  # part of a pseudonym: the text is the pseudonym's either way
+                continue
             i = f.find(p)
-            if i >= 0 and (i == 0 or f[i - 1] == 32) and (
-                i + len(p) == len(f) or f[i + len(p)] == 32
+            if (
+                i >= 0
+                and (i == 0 or f[i - 1] == 32)
+                and (i + len(p) == len(f) or f[i + len(p)] == 32)
             ):
                 return True  # the pseudonym as a whole word ('call+x%2By@z.com' decoded)
     return False
