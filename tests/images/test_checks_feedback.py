@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, make_image
+from imagehelpers import Env, make_image
 
 from appliance.checks import ChecksFile, load_checks, run_checks
 from appliance.feedback import History

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Env, make_image
+from imagehelpers import Env, make_image
 
 from appliance.imagesync import (
     ImageStore,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Env, make_image
+from imagehelpers import Env, make_image
 
 from appliance.feedback import merge_webhook_server, merged_branch, verify_signature
 from appliance.imagesync import ImageStore, Replicator, push, remote_hash, tree_hash
