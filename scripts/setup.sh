@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc tshark tcpdump tcpflow rsync nftables
-              iproute2 ethtool wrk procps nginx-light)
+              iproute2 ethtool wrk procps nginx-light openssh-server openssh-client)
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
