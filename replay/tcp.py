@@ -141,6 +141,14 @@ class Reassembler:
             upto = (ack - nxt) & MASK
             if not upto or upto >= HALF:
                 return
+            if dr.fin_seq is not None:
+                # The FIN takes one sequence number but carries no byte: an ACK of the FIN
+                # must not count as one more missing byte.
+                data_left = (dr.fin_seq - nxt) & MASK
+                if data_left < HALF:
+                    upto = min(upto, data_left)
+                    if not upto:
+                        return
             if dr.ooo:
                 first = min(dr.ooo, key=lambda s: (s - nxt) & MASK)
                 hole = (first - nxt) & MASK

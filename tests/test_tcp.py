@@ -220,3 +220,19 @@ def test_port_reuse_starts_a_new_connection() -> None:
     exs, _e = run(frames)
     assert sorted(x.request.target for x in exs) == ["/1000", "/900000"]  # type: ignore[union-attr]
     assert all(x.response is not None for x in exs)
+
+
+def test_ack_of_fin_is_not_a_missing_byte() -> None:
+    """A lost data segment before the server's FIN, declared from the client's ACK that also
+    covers the FIN: the gap is the segment's bytes, not one more for the FIN's sequence slot."""
+    conv = Conv()
+    frames = [*conv.handshake(), conv.c(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")]
+    body = b"x" * 3000
+    frames.append(conv.s(b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + body[:1000]))
+    conv.s(body[1000:2000])  # lost by the capture
+    frames.append(conv.s(body[2000:]))
+    frames.append(conv.fin_s())
+    frames.append(conv.fin_c())  # its ACK covers the server's data and its FIN
+    exs, e = run(frames)
+    assert e.reasm.stats["gaps"] == 1 and e.reasm.stats["gap_bytes"] == 1000
+    assert exs[0].completeness.response_gaps == [(1000, 1000)]
