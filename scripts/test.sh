@@ -3,5 +3,5 @@
 # when those are absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check replay netconfig appliance tests bench
+.venv/bin/ruff check replay netconfig appliance tests bench examples
 exec .venv/bin/python -m pytest "$@"
