@@ -163,6 +163,9 @@ class Engine:
         self.replayed = 0
         self.chains: dict[Any, asyncio.Future] = {}
         self.metrics: Any = None
+        self.registry: Any = None
+        self.last_verdict = time.time()
+        self.regressions = 0
 
     def _config(self) -> Any:
         from appliance import config
@@ -192,6 +195,7 @@ class Engine:
             "captured": self.captured,
             "replayed": self.replayed,
             "compared": tw.compared,
+            "regressions": self.regressions,
             "shadows": {n: {"up": h.up, "answered": h.answered, "failed": h.failed}
                         for n, h in self.health.items()},
             "dropped": rp.stats.dropped,
@@ -200,19 +204,29 @@ class Engine:
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.workdir / "progress.json")
 
-    def _metrics(self) -> dict[str, Any]:
-        from prometheus_client import Counter, Gauge, Histogram
+    def _metrics(self, registry: Any = None) -> dict[str, Any]:
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+        reg = registry if registry is not None else REGISTRY
         return {
             "requests": Counter("shadowtap_shadow_requests_total",
-                                "Requests replayed to a shadow, by result", ["shadow", "result"]),
-            "up": Gauge("shadowtap_shadow_up", "1 while the shadow answers", ["shadow"]),
-            "diffs": Counter("shadowtap_compare_differences_total",
-                             "Fields that differed from production, per endpoint",
-                             ["endpoint", "shadow"]),
+                                "Requests replayed to a shadow, by result", ["shadow", "result"],
+                                registry=reg),
+            "up": Gauge("shadowtap_shadow_up", "1 while the shadow answers", ["shadow"],
+                        registry=reg),
+            "compared": Counter("shadowtap_compared_requests_total",
+                                "Requests compared three ways (production, shadow-1, shadow-2)",
+                                registry=reg),
+            "field_diffs": Gauge("shadowtap_field_differences",
+                                 "Requests whose answer differed from production's, per endpoint "
+                                 "and field (rolling)", ["endpoint", "field", "shadow"],
+                                 registry=reg),
+            "field_regression": Gauge("shadowtap_field_regression",
+                                      "1 while the candidate's difference is judged a regression",
+                                      ["endpoint", "field"], registry=reg),
             "latency": Histogram("shadowtap_http_latency_seconds",
                                  "Response latency: production (captured) and each shadow",
-                                 ["target"],
+                                 ["target"], registry=reg,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)),
         }
 
@@ -262,6 +276,8 @@ class Engine:
                 outs.append(getattr(r, "kind", "no response"))
         secondary, candidate = outs
         tw.add(ex.id, ex.request, ex.response, candidate, secondary)
+        if self.metrics:
+            self.metrics["compared"].inc()
 
     async def run(self) -> int:
         from appliance.daemon import Appliance
@@ -270,9 +286,13 @@ class Engine:
 
         cfg = self._config()
         app = Appliance(cfg).start()
+        server = None
         with contextlib.suppress(Exception):
-            app.serve_metrics(METRICS)
-        self.metrics = self._metrics()
+            server = app.serve_metrics(METRICS)
+        # The shadow and comparison series go into the appliance's own registry, so one
+        # /metrics shows capture, pipeline, shadows and differences together.
+        self.registry = getattr(server, "registry", None)
+        self.metrics = self._metrics(self.registry)
         handoff = app.handoff
         assert handoff is not None
         urls = [f"http://{a}:{SHADOW_PORT}" for a in SHADOW_ADDRS.values()]
@@ -315,11 +335,28 @@ class Engine:
                 if time.time() - last > 0.5:
                     self._progress(tw, rp)
                     last = time.time()
+                if time.time() - self.last_verdict > 5:
+                    self._rolling_verdict(tw)
             if tasks:
                 await asyncio.wait(tasks, timeout=30)
             self._progress(tw, rp)
             self._report(tw, rp, app)
         return 0
+
+    def _rolling_verdict(self, tw: Any) -> None:
+        """Judge what has been compared so far: the gauges and the live view follow the run."""
+        self.last_verdict = time.time()
+        v = tw.verdict()
+        self.regressions = len(v.regressions)
+        if not self.metrics:
+            return
+        for f in [*v.regressions, *v.noise, *v.undecided]:
+            self.metrics["field_diffs"].labels(f.endpoint, f.field, "shadow-2").set(
+                f.candidate_diffs)
+            self.metrics["field_diffs"].labels(f.endpoint, f.field, "shadow-1").set(
+                f.secondary_diffs)
+        for f in v.regressions:
+            self.metrics["field_regression"].labels(f.endpoint, f.field).set(1)
 
     def _stop(self, app: Any) -> None:
         if not self.stop_event.is_set():
@@ -344,6 +381,11 @@ class Engine:
         doc["capture"] = snaps[0] if snaps else {}
         doc["captured_exchanges"] = self.captured
         write_report(self.workdir / "report.json", doc)
+        with contextlib.suppress(Exception):  # what /metrics showed at the end of the run
+            from prometheus_client import REGISTRY, generate_latest
+
+            reg = self.registry if self.registry is not None else REGISTRY
+            (self.workdir / "metrics.prom").write_bytes(generate_latest(reg))
         with contextlib.suppress(Exception):
             (self.workdir / "report.html").write_text(render_html(doc))
 
@@ -609,7 +651,8 @@ def _progress_table(workdir: Path, elapsed: float, duration: float) -> Any:
         p = {}
     t = Table(title=f"live: {min(elapsed, duration):4.1f} / {duration:.0f} s",
               title_justify="left")
-    for col in ("captured", "replayed", "compared", "shadow-1 (v1)", "shadow-2 (v2)"):
+    for col in ("captured", "replayed", "compared", "regressions so far", "shadow-1 (v1)",
+                "shadow-2 (v2)"):
         t.add_column(col, justify="right")
     sh = p.get("shadows", {})
 
@@ -621,7 +664,7 @@ def _progress_table(workdir: Path, elapsed: float, duration: float) -> Any:
         return f"{tag} {s['answered']}/{s['answered'] + s['failed']}"
 
     t.add_row(str(p.get("captured", 0)), str(p.get("replayed", 0)), str(p.get("compared", 0)),
-              state("shadow-1"), state("shadow-2"))
+              str(p.get("regressions", 0)), state("shadow-1"), state("shadow-2"))
     return t
 
 

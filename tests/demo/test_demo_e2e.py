@@ -55,6 +55,10 @@ def test_demo_finds_every_seeded_regression_and_no_noise(tmp_path: Path) -> None
     assert "-pw" not in "\n".join(log)  # login passwords never reach disk unmasked
     assert (tmp_path / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert "verdict:" in err and rep["client"]["with_appliance"]["errors"] == 0
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert 'shadowtap_field_regression{endpoint="GET /products/{id}",field="body:$.data.price"}' \
+        in metrics
+    assert "shadowtap_http_latency_seconds_bucket" in metrics
 
 
 def test_stopped_shadow_is_marked_down_and_comes_back(tmp_path: Path) -> None:
@@ -67,3 +71,8 @@ def test_stopped_shadow_is_marked_down_and_comes_back(tmp_path: Path) -> None:
     assert rep["shadows"]["shadow-1"]["failed"] == 0  # the other shadow went on
     assert rep["client"]["with_appliance"]["errors"] == 0  # so did production
     assert "stopped mid-run" in err and "restarted" in err
+    metrics = (tmp_path / "metrics.prom").read_text()
+    failed = [ln for ln in metrics.splitlines()
+              if ln.startswith("shadowtap_shadow_requests_total{")
+              and 'result="failed"' in ln and 'shadow="shadow-2"' in ln]
+    assert failed and float(failed[0].split()[-1]) > 0, metrics[:2000]
