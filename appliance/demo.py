@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("shadowtap.demo")
 SHOP = ROOT / "examples" / "shop"
 VIP = "10.77.100.10"
 SHADOW_PORT = 8080
@@ -336,7 +338,10 @@ class Engine:
                     self._progress(tw, rp)
                     last = time.time()
                 if time.time() - self.last_verdict > 5:
-                    self._rolling_verdict(tw)
+                    try:
+                        self._rolling_verdict(tw)
+                    except Exception:  # a live view must never stop the comparison
+                        log.exception("rolling verdict failed")
             if tasks:
                 await asyncio.wait(tasks, timeout=30)
             self._progress(tw, rp)
@@ -351,10 +356,9 @@ class Engine:
         if not self.metrics:
             return
         for f in [*v.regressions, *v.noise, *v.undecided]:
-            self.metrics["field_diffs"].labels(f.endpoint, f.field, "shadow-2").set(
-                f.candidate_diffs)
-            self.metrics["field_diffs"].labels(f.endpoint, f.field, "shadow-1").set(
-                f.secondary_diffs)
+            for shadow, n in (("shadow-2", f.candidate_diffs), ("shadow-1", f.secondary_diffs)):
+                if n is not None:  # None: not measured (a rule decided without a secondary)
+                    self.metrics["field_diffs"].labels(f.endpoint, f.field, shadow).set(n)
         for f in v.regressions:
             self.metrics["field_regression"].labels(f.endpoint, f.field).set(1)
 
