@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import httptools
 
@@ -145,6 +146,19 @@ def parse_response_head(head: bytes) -> tuple[Response, str | None]:
     return resp, err
 
 
+def _strict(parser_cls: Any, head: bytes) -> tuple[Any, _UrlCollector, str | None]:
+    """Run llhttp over a whole head: (parser, collected url/reason, None or why it refused)."""
+    c = _UrlCollector()
+    p = parser_cls(c)
+    try:
+        p.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as e:
+        return p, c, str(e) or type(e).__name__
+    return p, c, None if c.done else "incomplete head"
+
+
 def _parse_request(head: bytes) -> tuple[Request, str | None, list[tuple[str, str]]]:
     """Parse a request head (request line + headers + blank line).
 
@@ -152,16 +166,8 @@ def _parse_request(head: bytes) -> tuple[Request, str | None, list[tuple[str, st
     methods, bytes not allowed in headers, odd versions) is read leniently, and the reason is
     returned so the anomaly can be noted on the exchange.
     """
-    c = _UrlCollector()
-    p = httptools.HttpRequestParser(c)
-    err: str | None = None
-    try:
-        p.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError as e:
-        err = str(e) or type(e).__name__
-    if err is None and c.done:
+    p, c, err = _strict(httptools.HttpRequestParser, head)
+    if err is None:
         headers, special = _split_headers(head)
         return (
             Request(
@@ -202,16 +208,8 @@ def _parse_request(head: bytes) -> tuple[Request, str | None, list[tuple[str, st
 
 def _parse_response(head: bytes) -> tuple[Response, str | None, list[tuple[str, str]]]:
     """Parse a response head; like ``_parse_request``, strict first, then lenient."""
-    c = _UrlCollector()
-    p = httptools.HttpResponseParser(c)
-    err: str | None = None
-    try:
-        p.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError as e:
-        err = str(e) or type(e).__name__
-    if err is None and c.done:
+    p, c, err = _strict(httptools.HttpResponseParser, head)
+    if err is None:
         headers, special = _split_headers(head)
         return (
             Response(
