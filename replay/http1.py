@@ -47,7 +47,7 @@ a bare method line or an HTTP/0.9 request must use one of these, or SMTP, FTP an
 _BARE_METHOD = re.compile(rb"([A-Z-]{3,12})\r?\n")
 _HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+[ \t]*:")
 _RESPONSE_START = re.compile(rb"HTTP/\d\.\d \d")
-_REQUEST_LINE = rb"(" + _TOKEN + rb"{1,24} [^\s]+ HTTP/[01]\.\d\r?\n)"
+_REQUEST_LINE = rb"([A-Za-z]" + _TOKEN + rb"{0,23} [^\s]+ HTTP/[01]\.\d\r?\n)"
 _RESPONSE_LINE = rb"(HTTP/[01]\.\d \d\d\d[ \r\n])"
 _RESYNC = {
     True: (re.compile(_REQUEST_LINE), re.compile(rb"\n" + _REQUEST_LINE)),
@@ -279,7 +279,7 @@ def _body_framing(special: list[tuple[str, str]], notes: list[str]) -> tuple[str
             notes.append("conflicting-content-length")
             return "close", 0
         v = cl[0]
-        if not v.isdigit() or int(v) >= 1 << 63:
+        if not (v.isascii() and v.isdigit()) or int(v) >= 1 << 63:
             notes.append("bad-content-length")
             return "close", 0
         if len(v) > 1 and v[0] == "0":
@@ -866,7 +866,10 @@ class _Reader:
         self.state = RESYNC
         self.resyncing = True
         self.after_gap = True
-        return pos
+        # Step past the byte that failed: resynchronisation must find a *later* start, or a
+        # start the head parser then rejects (a head too long, say) would loop forever.
+        self._count("bytes_skipped")
+        return pos + 1
 
     def _resync(self, data: bytes, pos: int) -> int:
         """Skip to the next thing that looks like a message start; -1 if none yet."""
