@@ -482,7 +482,7 @@ def _wait_http(ns: str, url: str, timeout: float = 20.0) -> None:
                     "(see the service logs in the demo's work directory)")
 
 
-def _traffic(ns: str, seconds: float, users: int, seed: int, log: Path) -> list[str]:
+def _traffic(ns: str, seconds: float, users: int, seed: int) -> list[str]:
     return _netns_exec(ns, [sys.executable, str(SHOP / "traffic.py"), f"http://{VIP}",
                             "--users", str(users), "--duration", str(seconds),
                             "--seed", str(seed), "--json"], _cpus()[0])
@@ -491,7 +491,7 @@ def _traffic(ns: str, seconds: float, users: int, seed: int, log: Path) -> list[
 def _run_traffic(procs: _Procs, ns: str, seconds: float, users: int, seed: int,
                  workdir: Path, name: str, on_tick: Any = None) -> dict[str, Any]:
     out = workdir / f"{name}.json"
-    p = procs.start(name, _traffic(ns, seconds, users, seed, out), log=out)
+    p = procs.start(name, _traffic(ns, seconds, users, seed), log=out)
     while p.poll() is None:
         if on_tick is not None:
             on_tick()

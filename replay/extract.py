@@ -123,15 +123,8 @@ class Extractor:
         return _port_classify(key, payload)
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
-        self.packets += 1
-        self.bytes += len(frame)
-        seg = self.decoder.decode(frame, linktype, ts)
-        if seg is not None:
-            if seg[3] or seg[2] & 7:
-                self.segments += 1
-                self.reasm.segment(ts, seg[0], seg[1], seg[2], seg[3], seg[4])
-            elif self.reasm.has_holes():
-                self.reasm.ack_only(ts, seg[0], seg[4])
+        """One frame. (Loops should hand ``run`` an iterable: it hoists the lookups.)"""
+        self.run(((ts, linktype, frame),))
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> int:
         """The hot loop: ``feed`` for every frame, with lookups hoisted. Returns frames read."""

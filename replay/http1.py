@@ -405,14 +405,6 @@ class HttpConnection:
         done.add(id(ex))
         self._flush()
 
-    def pending_method(self) -> tuple[str | None, str]:
-        """Method and version of the request the next response answers (None if unknown)."""
-        if self.awaiting:
-            r = self.awaiting[0].request
-            assert r is not None
-            return r.method, r.version
-        return None, ""
-
     def on_interim(self, msg: _Message) -> None:
         if self.awaiting:
             self.awaiting[0].interim.append(msg.head)  # type: ignore[arg-type]
@@ -523,7 +515,7 @@ class _Reader:
     """Reads one direction's messages: head, body framing, tunnel, resynchronisation."""
 
     __slots__ = ("after_gap", "buf", "client", "conn", "ex", "first_message", "last_ts", "msg",
-                 "remaining", "resyncing", "skipped", "state", "tunnel_bytes")
+                 "remaining", "resyncing", "skipped", "state")
 
     def __init__(self, conn: HttpConnection, client: bool, state: int) -> None:
         self.conn = conn
@@ -534,7 +526,6 @@ class _Reader:
         self.ex: Exchange | None = None
         self.remaining = 0
         self.skipped = 0
-        self.tunnel_bytes = 0
         self.last_ts = 0.0
         self.first_message = True
         self.resyncing = state == RESYNC
@@ -547,7 +538,7 @@ class _Reader:
 
     def enter_tunnel(self) -> None:
         if self.buf:
-            self.tunnel_bytes += len(self.buf)
+            self._count("tunnel_bytes", len(self.buf))
             self.buf = b""
         self.state = TUNNEL
 
@@ -680,7 +671,6 @@ class _Reader:
                 self.msg.ts_end = ts
                 return
             if state == TUNNEL:
-                self.tunnel_bytes += end - pos
                 self._count("tunnel_bytes", end - pos)
                 return
             if state == WAIT:
@@ -793,7 +783,6 @@ class _Reader:
             self.msg, self.ex = msg, ex
             self._finish_message(ts)
             conn.start_tunnel(kind)
-            self.tunnel_bytes += end - he
             self._count("tunnel_bytes", end - he)
             return end
         if conn.wait_for is ex:

@@ -365,8 +365,7 @@ class Reassembler:
         if conn.dirs[1 - d].closed:
             self._end(conn, ts)
 
-    def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False,
-             evicted: bool = False) -> None:
+    def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False) -> None:
         """Finish a connection: flush what is buffered (with gaps) and drop its state."""
         for k in conn.keys:
             e = self.keys.get(k)
