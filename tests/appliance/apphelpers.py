@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -276,8 +277,37 @@ def log_files(d: Path, stem: str = "exchanges") -> list[Path]:
     return sorted(d.glob(f"{stem}*.jsonl"))
 
 
-def check_exactly_once(load: Load, exchanges: list[Exchange], tag: str | None = None) -> None:
-    """Every request of ``load`` appears once, paired, byte-identical both ways."""
+def kernel_path_drops(topo: Topo) -> int:
+    """Mirror copies the kernel itself dropped before they reached the appliance's socket.
+
+    A veth whose peer's backlog is full (``netdev_max_backlog``, a host-wide sysctl the tests
+    leave alone) drops the frame and counts it as ``tx_dropped`` on the sending side; that is
+    loss on the mirror path, which the appliance can only see as a TCP gap."""
+    out = subprocess.run(["ip", "-n", topo.server, "-s", "-j", "link", "show"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(link.get("stats64", {}).get("tx", {}).get("dropped", 0)
+               for link in json.loads(out))
+
+
+def check_exactly_once(load: Load, exchanges: list[Exchange], tag: str | None = None,
+                       path_drops: int = 0) -> None:
+    """Every request of ``load`` appears once, paired, byte-identical both ways.
+
+    ``path_drops`` is how far :func:`kernel_path_drops` rose during the load. Where the kernel lost mirror
+    copies, a request may be missing or incomplete only on a connection for which the log holds
+    an exchange marked with a gap, and no more such requests than copies were dropped: the
+    appliance must say what it did not see, never invent or silently lose."""
+    if path_drops:
+        gapped = {ex.conn.client_port for ex in exchanges
+                  if ex.completeness.request_gaps or ex.completeness.response_gaps
+                  or ex.completeness.unpaired or ex.request is None}
+        excused = {rid for rid in load.sent if load.conns.get(rid) in gapped}
+        excused_sent = {rid: load.sent[rid] for rid in load.sent if rid not in excused}
+        kept = [ex for ex in exchanges if ex.conn.client_port not in gapped]
+        # One lost copy can damage one connection, not more.
+        assert len(gapped) <= path_drops, (len(gapped), path_drops)
+        load = Load(sent=excused_sent, received=load.received, conns=load.conns)
+        exchanges = kept
     seen: dict[str, int] = {}
     for ex in exchanges:
         if ex.request is None:
@@ -294,7 +324,14 @@ def check_exactly_once(load: Load, exchanges: list[Exchange], tag: str | None = 
         assert wire_response(ex) == load.received[rid], rid
     missing = set(load.sent) - set(seen)
     dup = {k: v for k, v in seen.items() if v != 1}
-    assert not missing, f"{len(missing)} requests missing from the log, e.g. {sorted(missing)[:3]}"
+    if missing:
+        rid = sorted(missing)[0]
+        port = load.conns.get(rid)
+        same = [(ex.request.path if ex.request else None, ex.completeness.to_dict())
+                for ex in exchanges if ex.conn is not None and ex.conn.client_port == port]
+        raise AssertionError(f"{len(missing)} requests missing from the log, e.g. "
+                             f"{sorted(missing)[:3]}; kernel path drops {path_drops}; "
+                             f"logged on {rid}'s connection (port {port}): {same}")
     assert not dup, f"requests logged more than once: {list(dup.items())[:3]}"
 
 

@@ -19,6 +19,7 @@ from apphelpers import (
     Topo,
     check_exactly_once,
     free_port,
+    kernel_path_drops,
     log_files,
     read_log,
     run_load,
@@ -65,6 +66,7 @@ def test_mirrored_http_exactly_once_with_metrics(topo: Topo, tmp_path: Path) -> 
     """2,000 requests on the mirrored link: each logged once, paired, byte-identical; hostile
     frames on the port are counted, not fatal; /metrics and /healthz answer for real."""
     d, out = _daemon(tmp_path, topo)
+    drops0 = kernel_path_drops(topo)
     d.start()
     try:
         _hostile_frames(topo)
@@ -78,17 +80,20 @@ def test_mirrored_http_exactly_once_with_metrics(topo: Topo, tmp_path: Path) -> 
         assert any(n == "shadowtap_capture_kernel_drops_total" for n, _ in m)
         assert d.total("shadowtap_capture_packets_total") > 4000
         assert d.total("shadowtap_capture_bytes_total") > 1_000_000
-        assert d.total("shadowtap_exchanges_incomplete_total") == 0
+        if kernel_path_drops(topo) == drops0:  # else the kernel lost copies: gaps are right
+            assert d.total("shadowtap_exchanges_incomplete_total") == 0
         assert d.total("shadowtap_pipeline_latency_seconds_count") >= 2000
         assert d.total("shadowtap_userspace_drops_total") > 0, "hostile frames are counted"
         assert d.get("/nope")[0] == 404
     finally:
         assert d.stop() == 0
-    check_exactly_once(load, read_log(log_files(out)))
+    check_exactly_once(load, read_log(log_files(out)),
+                       path_drops=kernel_path_drops(topo) - drops0)
 
 
 def test_vxlan_collector_gets_the_same_exchanges(topo: Topo, tmp_path: Path) -> None:
     d, out = _daemon(tmp_path, topo, vxlan=True)
+    drops0 = kernel_path_drops(topo)
     d.start()
     try:
         load = run_load(topo.client, "v", connections=100, per_conn=20)
@@ -107,11 +112,13 @@ def test_vxlan_collector_gets_the_same_exchanges(topo: Topo, tmp_path: Path) -> 
         assert d.total("shadowtap_userspace_drops_total", reason="capture_not_vxlan") == 10
     finally:
         assert d.stop() == 0
-    check_exactly_once(load, read_log(log_files(out)))
+    check_exactly_once(load, read_log(log_files(out)),
+                       path_drops=kernel_path_drops(topo) - drops0)
 
 
 def test_kill_9_costs_production_nothing_and_restart_resumes(topo: Topo, tmp_path: Path) -> None:
     d, out = _daemon(tmp_path, topo)
+    drops0 = kernel_path_drops(topo)
     d.start()
     stop = threading.Event()
     box: dict[str, object] = {}
@@ -135,12 +142,14 @@ def test_kill_9_costs_production_nothing_and_restart_resumes(topo: Topo, tmp_pat
     exchanges = read_log(log_files(out))  # every file, including the killed run's, parses
     killed = sum(1 for ex in exchanges if ex.request and ex.request.path.startswith("/k/"))
     assert 0 < killed < 10_000, f"the kill was not mid-load ({killed} logged)"
-    check_exactly_once(after, exchanges, tag="r")
+    check_exactly_once(after, exchanges, tag="r",
+                       path_drops=kernel_path_drops(topo) - drops0)
 
 
 def test_sighup_reload_keeps_capturing_and_refuses_bad_config(topo: Topo,
                                                               tmp_path: Path) -> None:
     d, out = _daemon(tmp_path, topo)
+    drops0 = kernel_path_drops(topo)
     d.start()
     try:
         a = run_load(topo.client, "a", connections=20, per_conn=10)
@@ -164,12 +173,14 @@ def test_sighup_reload_keeps_capturing_and_refuses_bad_config(topo: Topo,
     finally:
         assert d.stop() == 0
     exchanges = read_log(log_files(out))
-    check_exactly_once(a, exchanges, tag="a")
+    check_exactly_once(a, exchanges, tag="a",
+                       path_drops=kernel_path_drops(topo) - drops0)
     posts = {k: v for k, v in b.sent.items() if v.startswith(b"POST")}
     assert {ex.request.method for ex in exchanges if ex.request
             and ex.request.path.startswith("/b/")} == {"POST"}
     b.sent = posts
-    check_exactly_once(b, exchanges, tag="b")
+    check_exactly_once(b, exchanges, tag="b",
+                       path_drops=kernel_path_drops(topo) - drops0)
     assert "reload refused" in d.log.read_text()
     assert sum(1 for ex in exchanges if ex.request and ex.request.path.startswith("/c/")) == \
         sum(1 for v in c.sent.values() if v.startswith(b"POST"))
@@ -179,6 +190,7 @@ def test_sigterm_drains_and_flushes_open_exchanges(topo: Topo, tmp_path: Path) -
     """An exchange still waiting for its response is written, marked, when SIGTERM arrives
     (the drain closes every open connection), and the log holds everything after exit 0."""
     d, out = _daemon(tmp_path, topo)
+    drops0 = kernel_path_drops(topo)
     d.start()
     s = nsmod.socket_in_netns(topo.client)
     try:
@@ -191,13 +203,15 @@ def test_sigterm_drains_and_flushes_open_exchanges(topo: Topo, tmp_path: Path) -
         assert d.stop() == 0
         s.close()
     exchanges = read_log(log_files(out))
-    check_exactly_once(load, exchanges, tag="t")
+    check_exactly_once(load, exchanges, tag="t",
+                       path_drops=kernel_path_drops(topo) - drops0)
     hang = [ex for ex in exchanges if ex.request and ex.request.path == "/hang/1"]
     assert len(hang) == 1 and hang[0].response is None and not hang[0].completeness.complete
 
 
 def test_fanout_two_workers_never_split_a_connection(topo: Topo, tmp_path: Path) -> None:
     d, out = _daemon(tmp_path, topo, workers=2)
+    drops0 = kernel_path_drops(topo)
     d.start()
     try:
         load = run_load(topo.client, "f", connections=200, per_conn=5)
@@ -215,7 +229,8 @@ def test_fanout_two_workers_never_split_a_connection(topo: Topo, tmp_path: Path)
             assert ex.conn is not None
             where.setdefault(ex.conn.client_port, set()).add(f.name)
     assert all(len(v) == 1 for v in where.values()), "a connection was split across workers"
-    check_exactly_once(load, read_log(files))
+    check_exactly_once(load, read_log(files),
+                       path_drops=kernel_path_drops(topo) - drops0)
 
 
 def test_kernel_drop_counters_from_packet_statistics(topo: Topo) -> None:
@@ -302,6 +317,7 @@ def test_vxlan_with_two_workers_never_splits_a_connection(topo: Topo, tmp_path: 
     a symmetric hash of the *inner* flow: the sender's outer source port differs per direction,
     so the kernel's own choice would split connections."""
     d, out = _daemon(tmp_path, topo, vxlan=True, workers=2)
+    drops0 = kernel_path_drops(topo)
     d.start()
     try:
         load = run_load(topo.client, "x", connections=200, per_conn=5)
@@ -317,13 +333,15 @@ def test_vxlan_with_two_workers_never_splits_a_connection(topo: Topo, tmp_path: 
             assert ex.conn is not None
             where.setdefault(ex.conn.client_port, set()).add(f.name.split(".")[0])
     assert all(len(v) == 1 for v in where.values()), "a connection was split across workers"
-    check_exactly_once(load, read_log(files))
+    check_exactly_once(load, read_log(files),
+                       path_drops=kernel_path_drops(topo) - drops0)
 
 
 def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> None:
     """With fanout workers, the supervisor restarts a worker that dies; capture goes on, and
     SIGHUP reaches every worker."""
     d, out = _daemon(tmp_path, topo, workers=2)
+    drops0 = kernel_path_drops(topo)
     d.start()
     try:
         assert d.proc is not None
@@ -339,7 +357,8 @@ def test_a_killed_worker_process_is_restarted(topo: Topo, tmp_path: Path) -> Non
         wait_for(lambda: d.total("shadowtap_reloads_total") == 2, 30, "both workers reload")
     finally:
         assert d.stop() == 0
-    check_exactly_once(load, read_log(log_files(out)), tag="w")
+    check_exactly_once(load, read_log(log_files(out)), tag="w",
+                       path_drops=kernel_path_drops(topo) - drops0)
 
 
 def test_kernel_drops_reach_the_metrics_endpoint(topo: Topo, tmp_path: Path) -> None:
