@@ -30,6 +30,18 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
         - {type: pcap, path: /var/lib/shadowtap/capture.pcap, raw_unsanitised: true}
         - {type: handoff, size: 10000}
     metrics: {listen: "127.0.0.1:9617"}
+    shadowing:                   # live replay to shadows + continuous comparison (one worker)
+      candidate: http://10.77.12.2:8080     # required: the build under test
+      secondary: http://10.77.11.2:8080     # production's build: what differs there is noise
+      concurrency: 32
+      timeout: 5s
+      connect_timeout: 1s
+      verdict_every: 5s
+      min_samples: 8
+      allow_extra_fields: true   # a new field in the candidate is not a regression
+      down_after: 3              # failures in a row before a shadow is marked down
+      max_in_flight: 2048        # beyond: the hand-off queue fills and counts its overflow
+      report: /var/lib/shadowtap/report.json   # rewritten at every verdict (+ .html)
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from typing import Any
 import yaml
 
 from appliance.capture import RingConfig, SourceSpec
+from appliance.shadowing import ShadowingConfig, ShadowTarget
 
 
 class ConfigError(Exception):
@@ -103,6 +116,7 @@ class ApplianceConfig:
     path: str | None = None
     netns_override: str | None = None
     """``--netns`` from the command line: wins over the file's source.netns, also on reload."""
+    shadowing: ShadowingConfig | None = None
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -218,11 +232,75 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
         raise ConfigError(f"metrics.listen: {listen!r} is not HOST:PORT; use e.g. "
                           "127.0.0.1:9617 (or null to turn metrics off)")
     m.done()
+    shadowing = _shadowing(top.sub("shadowing")) if top.get("shadowing") is not None else None
     top.done()
     if workers > 1 and src.kind == "file":
         raise ConfigError("source.workers: a capture file is read by one worker; set workers: 1")
+    if shadowing is not None:
+        if workers > 1:
+            raise ConfigError("shadowing: live comparison runs in one process (its statistics "
+                              "need every exchange); set source.workers: 1")
+        if not any(sk.type == "handoff" for sk in pipe.sinks):
+            pipe.sinks.append(SinkConfig(type="handoff"))  # what shadowing consumes
     return ApplianceConfig(source=src, workers=workers, extract=ext, pipeline=pipe,
-                           metrics_listen=listen, path=path)
+                           metrics_listen=listen, path=path, shadowing=shadowing)
+
+
+def _shadow_target(r: _Reader, role: str, required: bool) -> ShadowTarget | None:
+    from replay.errors import InputError
+    from replay.rewrite import Target
+
+    v = r.get(role)
+    if v is None:
+        if required:
+            raise ConfigError(f"shadowing.{role}: required; the URL of the shadow running the "
+                              "build under test, e.g. http://10.77.12.2:8080")
+        return None
+    name = "shadow-2" if role == "candidate" else "shadow-1"
+    label = ""
+    if isinstance(v, dict):
+        tr = _Reader(v, r.key(role))
+        url = tr.str_("url")
+        name = tr.str_("name", name) or name
+        label = tr.str_("label", "") or ""
+        tr.done()
+    else:
+        url = v
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"shadowing.{role}: expected a URL (http://HOST:PORT) or "
+                          "{url: ..., name: ...}")
+    try:
+        t = Target.parse(url)
+    except InputError as e:
+        raise ConfigError(f"shadowing.{role}: {str(e).replace('--target ', '')}") from None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ConfigError(f"shadowing.{role}.name: {name!r}; use letters, digits, . _ -")
+    return ShadowTarget(name=name, url=t.url, role=role, label=label or role)
+
+
+def _shadowing(r: _Reader) -> ShadowingConfig:
+    cand = _shadow_target(r, "candidate", True)
+    assert cand is not None
+    sec = _shadow_target(r, "secondary", False)
+    if sec is not None and (sec.url == cand.url or sec.name == cand.name):
+        raise ConfigError("shadowing.secondary: must be another shadow than the candidate "
+                          "(its own URL and name)")
+    c = ShadowingConfig(candidate=cand, secondary=sec)
+    c.concurrency = r.int_("concurrency", 32, 1, 4096) or 32
+    c.timeout = r.duration("timeout", 5.0)
+    c.connect_timeout = r.duration("connect_timeout", 1.0)
+    c.verdict_every = r.duration("verdict_every", 5.0)
+    c.min_samples = r.int_("min_samples", 8, 1, 1_000_000) or 8
+    c.allow_extra_fields = r.bool_("allow_extra_fields", True)
+    c.down_after = r.int_("down_after", 3, 1, 1000) or 3
+    c.max_in_flight = r.int_("max_in_flight", 2048, 1, 1_000_000) or 2048
+    c.report = r.str_("report")
+    if c.report is not None:
+        parent = Path(c.report).parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"shadowing.report: {parent} is not a directory")
+    r.done()
+    return c
 
 
 def _hostport(s: str) -> bool:

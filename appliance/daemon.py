@@ -196,6 +196,11 @@ class Worker:
                 new.source.bpf = self.cfg.source.bpf
                 new.source.skip_bare_acks = self.cfg.source.skip_bare_acks
         old = self.pipeline
+        if old.handoff is not None and not any(sk.type == "handoff" for sk in new.pipeline.sinks):
+            # Its consumer (live shadowing) runs on: the queue stays until a restart.
+            log.warning("reload: the hand-off queue stays until a restart (live shadowing "
+                        "consumes it; shadowing changes take effect at restart)")
+            new.pipeline.sinks.append(cfgmod.SinkConfig(type="handoff", size=old.handoff.size))
         old.close()
         try:
             self.pipeline = build(new.pipeline, self.stats, linktype=self.source.linktype,
@@ -490,6 +495,17 @@ def run_daemon(cfg: ApplianceConfig) -> int:
              src.interface or (f"vxlan {src.listen}:{src.port}" if src.kind == "vxlan"
                                else src.path),
              f" in {src.netns}" if src.netns else "", cfg.workers)
+    shadowing = None
+    if cfg.shadowing is not None:
+        from appliance.shadowing import LiveShadowing
+
+        sh = cfg.shadowing
+        shadowing = LiveShadowing(
+            sh, app.handoff, registry=server.registry if server is not None else False,
+            source=f"live capture ({src.interface or src.kind})",
+            capture_snapshot=lambda: app.snapshots()[0]).start()
+        log.info("shadowing: replaying to %s", ", ".join(f"{t.name} ({t.role}) {t.url}"
+                                                       for t in sh.targets))
     log.info("ready")
     try:
         while not stop.is_set():
@@ -502,6 +518,13 @@ def run_daemon(cfg: ApplianceConfig) -> int:
                 break
     finally:
         app.stop()
+        if shadowing is not None:
+            # After the capture: what it drained is still replayed; then the final verdict.
+            shadowing.stop()
+            if shadowing.error:
+                log.error("shadowing failed: %s", shadowing.error)
+            elif sh.report:
+                log.info("shadowing: final report in %s", sh.report)
         if server is not None:
             server.stop()
     if app.errors:

@@ -18,11 +18,9 @@ orchestrator renders, and on SIGTERM drains, judges and writes the reports.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import secrets
 import signal
@@ -30,10 +28,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The latency judge lives with the live-shadowing loop (the daemon runs it too); the names stay
+# importable from here.
+from appliance.shadowing import judge_latency, mann_whitney_p  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("shadowtap.demo")
@@ -43,113 +44,14 @@ SHADOW_PORT = 8080
 SHADOW_ADDRS = {"shadow-1": "10.77.11.2", "shadow-2": "10.77.12.2"}
 METRICS = "10.77.1.1:9617"  # on the gateway's client-facing address: reachable from `client`
 
-
-# ---------------------------------------------------------------------------------------------
-# Latency judge (sans-I/O)
-
-
-def mann_whitney_p(a: list[float], b: list[float]) -> float:
-    """One-sided p-value that ``a`` tends to be larger than ``b`` (Mann-Whitney U, normal
-    approximation with tie correction). Used for latency: no distribution assumed."""
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
-        return 1.0
-    allv = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
-    ranks = [0.0] * len(allv)
-    i = 0
-    ties = 0.0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1][0] == allv[i][0]:
-            j += 1
-        r = (i + j) / 2 + 1
-        for k in range(i, j + 1):
-            ranks[k] = r
-        t = j - i + 1
-        ties += t ** 3 - t
-        i = j + 1
-    r1 = sum(r for r, (_, g) in zip(ranks, allv, strict=True) if g == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2
-    n = n1 + n2
-    mu = n1 * n2 / 2
-    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
-    if var <= 0:
-        return 1.0
-    z = (u1 - mu - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def _median(v: list[float]) -> float | None:
-    if not v:
-        return None
-    s = sorted(v)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
-
-
-def judge_latency(samples: dict[str, dict[str, list[float]]], *, alpha: float = 0.01,
-                  min_samples: int = 10, min_ms: float = 20.0,
-                  min_ratio: float = 1.3) -> list[dict[str, Any]]:
-    """Per endpoint, is the candidate slower than the secondary (same host, same moment, so the
-    only difference is the build)? A regression needs a significant Mann-Whitney test
-    (Bonferroni over endpoints) AND a difference that matters (>= ``min_ms`` and
-    >= ``min_ratio`` in medians): significance alone flags harmless microseconds."""
-    eps = [e for e, s in samples.items()
-           if len(s.get("candidate", [])) >= min_samples
-           and len(s.get("secondary", [])) >= min_samples]
-    out = []
-    for ep, s in sorted(samples.items()):
-        row: dict[str, Any] = {"endpoint": ep}
-        for k in ("production", "secondary", "candidate"):
-            v = s.get(k, [])
-            row[f"{k}_n"] = len(v)
-            m = _median(v)
-            row[f"{k}_p50_ms"] = None if m is None else round(m * 1000, 2)
-        if ep in eps:
-            p = mann_whitney_p(s["candidate"], s["secondary"])
-            mc, ms = _median(s["candidate"]) or 0.0, _median(s["secondary"]) or 0.0
-            row["p_value"] = p
-            row["regression"] = bool(p < alpha / max(1, len(eps))
-                                     and (mc - ms) * 1000 >= min_ms
-                                     and mc >= ms * min_ratio)
-        else:
-            row["p_value"] = None
-            row["regression"] = False
-        out.append(row)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # The engine: runs inside the gateway namespace
 
 
-@dataclass
-class _Health:
-    """A shadow is down after 3 failures in a row, up again at its first answer."""
-
-    up: bool = True
-    fails_in_row: int = 0
-    answered: int = 0
-    failed: int = 0
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-
-    def record(self, ok: bool, now: float, why: str = "") -> None:
-        if ok:
-            self.answered += 1
-            self.fails_in_row = 0
-            if not self.up:
-                self.up = True
-                self.transitions.append({"t": now, "state": "up"})
-        else:
-            self.failed += 1
-            self.fails_in_row += 1
-            if self.up and self.fails_in_row >= 3:
-                self.up = False
-                self.transitions.append({"t": now, "state": "down", "why": why})
-
-
 class Engine:
-    """Capture -> pipeline (sanitise, exchange log, hand-off) -> live replay -> comparison."""
+    """The appliance as the demo runs it: capture on the mirror port -> pipeline (sanitise,
+    exchange log, hand-off) -> ``LiveShadowing`` (replay to both shadows, three-way comparison),
+    with a progress file for the orchestrator's live view and the reports at the end."""
 
     def __init__(self, workdir: Path, key: bytes, *, interface: str = "cap0",
                  concurrency: int = 32) -> None:
@@ -157,17 +59,7 @@ class Engine:
         self.key = key
         self.interface = interface
         self.concurrency = concurrency
-        self.started = time.time()
         self.stop_event = threading.Event()
-        self.health = {name: _Health() for name in SHADOW_ADDRS}
-        self.latency: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        self.captured = 0
-        self.replayed = 0
-        self.chains: dict[Any, asyncio.Future] = {}
-        self.metrics: Any = None
-        self.registry: Any = None
-        self.last_verdict = time.time()
-        self.regressions = 0
 
     def _config(self) -> Any:
         from appliance import config
@@ -175,6 +67,7 @@ class Engine:
         keyfile = self.workdir / "pseudonym.key"
         keyfile.write_bytes(self.key)
         os.chmod(keyfile, 0o600)
+        s1, s2 = SHADOW_ADDRS["shadow-1"], SHADOW_ADDRS["shadow-2"]
         return config.parse({
             "source": {"interface": self.interface, "filter": "tcp port 80",
                        "ring": {"block_size": "512KiB", "block_count": 128, "retire_ms": 60},
@@ -188,214 +81,54 @@ class Engine:
                           {"type": "handoff", "size": 20000}],
             },
             "metrics": {"listen": METRICS},
+            "shadowing": {
+                "secondary": {"url": f"http://{s1}:{SHADOW_PORT}", "name": "shadow-1",
+                              "label": "secondary (v1)"},
+                "candidate": {"url": f"http://{s2}:{SHADOW_PORT}", "name": "shadow-2",
+                              "label": "candidate (v2)"},
+                "concurrency": self.concurrency, "timeout": "5s", "connect_timeout": "1s",
+                "verdict_every": "5s", "min_samples": 8,
+                # a new field is not a regression (docs/replay.md)
+                "allow_extra_fields": True,
+            },
         })
 
-    def _progress(self, tw: Any, rp: Any) -> None:
-        doc = {
-            "ready": True,
-            "elapsed": round(time.time() - self.started, 1),
-            "captured": self.captured,
-            "replayed": self.replayed,
-            "compared": tw.compared,
-            "regressions": self.regressions,
-            "shadows": {n: {"up": h.up, "answered": h.answered, "failed": h.failed}
-                        for n, h in self.health.items()},
-            "dropped": rp.stats.dropped,
-        }
+    def _progress(self, doc: dict[str, Any]) -> None:
         tmp = self.workdir / "progress.json.tmp"
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.workdir / "progress.json")
 
-    def _metrics(self, registry: Any = None) -> dict[str, Any]:
-        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-
-        reg = registry if registry is not None else REGISTRY
-        return {
-            "requests": Counter("shadowtap_shadow_requests_total",
-                                "Requests replayed to a shadow, by result", ["shadow", "result"],
-                                registry=reg),
-            "up": Gauge("shadowtap_shadow_up", "1 while the shadow answers", ["shadow"],
-                        registry=reg),
-            "compared": Counter("shadowtap_compared_requests_total",
-                                "Requests compared three ways (production, shadow-1, shadow-2)",
-                                registry=reg),
-            "field_diffs": Gauge("shadowtap_field_differences",
-                                 "Requests whose answer differed from production's, per endpoint "
-                                 "and field (rolling)", ["endpoint", "field", "shadow"],
-                                 registry=reg),
-            "field_regression": Gauge("shadowtap_field_regression",
-                                      "1 while the candidate's difference is judged a regression",
-                                      ["endpoint", "field"], registry=reg),
-            "latency": Histogram("shadowtap_http_latency_seconds",
-                                 "Response latency: production (captured) and each shadow",
-                                 ["target"], registry=reg,
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)),
-        }
-
-    async def _one(self, ex: Any, rp: Any, tw: Any) -> None:
-        from replay.compare import endpoint_of
-        from replay.model import Exchange as Ex
-
-        key = (ex.conn.client_ip, ex.conn.client_port) if ex.conn else None
-        prev = self.chains.get(key)
-        done = asyncio.get_running_loop().create_future()
-        self.chains[key] = done
-        try:
-            if prev is not None:  # keep each client connection's requests in order
-                await prev
-            results = await rp.submit(ex)
-        finally:
-            done.set_result(None)
-            if self.chains.get(key) is done:
-                del self.chains[key]
-        self.replayed += 1
-        ep = endpoint_of(ex.request.method, ex.request.target)
-        lat = (ex.ts_response_end - ex.ts_request_end
-               if ex.ts_response_end is not None and ex.ts_request_end is not None else None)
-        if lat is not None:
-            self.latency[ep]["production"].append(lat)
-            if self.metrics:
-                self.metrics["latency"].labels("production").observe(lat)
-        now = time.time()
-        outs = []
-        for (name, _addr), url in zip(SHADOW_ADDRS.items(), rp_urls(rp), strict=True):
-            r = results.get(url)
-            ok = isinstance(r, Ex) and r.response is not None
-            self.health[name].record(ok, now, "" if ok else getattr(r, "kind", "no response"))
-            if self.metrics:
-                self.metrics["requests"].labels(name, "answered" if ok else "failed").inc()
-                self.metrics["up"].labels(name).set(1 if self.health[name].up else 0)
-            if ok:
-                ms = r.meta.get("latency_ms")
-                rl = ms / 1000 if ms is not None else None
-                if rl is not None:
-                    role = "secondary" if name == "shadow-1" else "candidate"
-                    self.latency[ep][role].append(rl)
-                    if self.metrics:
-                        self.metrics["latency"].labels(name).observe(rl)
-                outs.append(r.response)
-            else:
-                outs.append(getattr(r, "kind", "no response"))
-        secondary, candidate = outs
-        tw.add(ex.id, ex.request, ex.response, candidate, secondary)
-        if self.metrics:
-            self.metrics["compared"].inc()
-
-    async def run(self) -> int:
+    def run(self) -> int:
         from appliance.daemon import Appliance
-        from replay.compare import Rules, ThreeWay
-        from replay.replayer import Replayer
+        from appliance.shadowing import LiveShadowing, write_reports
 
         cfg = self._config()
         app = Appliance(cfg).start()
         server = None
         with contextlib.suppress(Exception):
             server = app.serve_metrics(METRICS)
-        # The shadow and comparison series go into the appliance's own registry, so one
-        # /metrics shows capture, pipeline, shadows and differences together.
-        self.registry = getattr(server, "registry", None)
-        self.metrics = self._metrics(self.registry)
-        handoff = app.handoff
-        assert handoff is not None
-        urls = [f"http://{a}:{SHADOW_PORT}" for a in SHADOW_ADDRS.values()]
-        rules = Rules()
-        rules.allow_extra_fields = True  # a new field is not a regression (docs/replay.md)
-        tw = ThreeWay(rules, min_samples=8)
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue = asyncio.Queue()
-
-        def pump() -> None:
-            while not self.stop_event.is_set():
-                ex = handoff.get(timeout=0.2)
-                if ex is not None:
-                    loop.call_soon_threadsafe(inbox.put_nowait, ex)
-            # drain what is left after the capture stopped
-            while (ex := handoff.get(timeout=0.05)) is not None:
-                loop.call_soon_threadsafe(inbox.put_nowait, ex)
-            loop.call_soon_threadsafe(inbox.put_nowait, None)
-
-        loop.add_signal_handler(signal.SIGTERM, self._stop, app)
-        loop.add_signal_handler(signal.SIGINT, self._stop, app)
-        threading.Thread(target=pump, daemon=True).start()
-        tasks: set[asyncio.Task] = set()
-        async with Replayer(urls, concurrency=self.concurrency, timeout=5.0,
-                            connect_timeout=1.0) as rp:
-            self._progress(tw, rp)
-            last = 0.0
-            while True:
-                try:
-                    ex = await asyncio.wait_for(inbox.get(), 0.5)
-                except TimeoutError:
-                    ex = False
-                if ex is None:
-                    break
-                if ex is not False and ex.request is not None and ex.response is not None:
-                    self.captured += 1
-                    t = asyncio.create_task(self._one(ex, rp, tw))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-                if time.time() - last > 0.5:
-                    self._progress(tw, rp)
-                    last = time.time()
-                if time.time() - self.last_verdict > 5:
-                    try:
-                        self._rolling_verdict(tw)
-                    except Exception:  # a live view must never stop the comparison
-                        log.exception("rolling verdict failed")
-            if tasks:
-                await asyncio.wait(tasks, timeout=30)
-            self._progress(tw, rp)
-            self._report(tw, rp, app)
-        return 0
-
-    def _rolling_verdict(self, tw: Any) -> None:
-        """Judge what has been compared so far: the gauges and the live view follow the run."""
-        self.last_verdict = time.time()
-        v = tw.verdict()
-        self.regressions = len(v.regressions)
-        if not self.metrics:
-            return
-        for f in [*v.regressions, *v.noise, *v.undecided]:
-            for shadow, n in (("shadow-2", f.candidate_diffs), ("shadow-1", f.secondary_diffs)):
-                if n is not None:  # None: not measured (a rule decided without a secondary)
-                    self.metrics["field_diffs"].labels(f.endpoint, f.field, shadow).set(n)
-        for f in v.regressions:
-            self.metrics["field_regression"].labels(f.endpoint, f.field).set(1)
-
-    def _stop(self, app: Any) -> None:
-        if not self.stop_event.is_set():
-            threading.Thread(target=lambda: (app.stop(), self.stop_event.set()),
-                             daemon=True).start()
-
-    def _report(self, tw: Any, rp: Any, app: Any) -> None:
-        from replay.report import build_report, render_html, write_report
-
-        verdict = tw.verdict()
-        urls = rp_urls(rp)
-        doc = build_report(verdict, rp.stats, input_path=f"live capture ({self.interface})",
-                           candidate=urls[1], secondary=urls[0], fail_on=0.0, skipped={})
+        registry = getattr(server, "registry", None)
+        ls = LiveShadowing(cfg.shadowing, app.handoff, registry=registry,
+                           source=f"live capture ({self.interface})",
+                           capture_snapshot=lambda: app.snapshots()[0]).start()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        self._progress(ls.status())
+        while not self.stop_event.wait(0.5):
+            self._progress(ls.status())
+        app.stop()
+        doc = ls.stop() or {}
+        self._progress(ls.status())
         doc["shadowtap"] = "demo"
-        doc["latency"] = judge_latency({k: dict(v) for k, v in self.latency.items()})
-        doc["latency_regressions"] = [r["endpoint"] for r in doc["latency"] if r["regression"]]
-        doc["shadows"] = {n: {"role": "secondary (v1)" if n == "shadow-1" else "candidate (v2)",
-                              "url": u, "up": h.up, "answered": h.answered, "failed": h.failed,
-                              "transitions": h.transitions}
-                          for (n, h), u in zip(self.health.items(), urls, strict=True)}
-        snaps = app.snapshots()
-        doc["capture"] = snaps[0] if snaps else {}
-        doc["captured_exchanges"] = self.captured
-        write_report(self.workdir / "report.json", doc)
+        write_reports(self.workdir / "report.json", doc)
         with contextlib.suppress(Exception):  # what /metrics showed at the end of the run
             from prometheus_client import REGISTRY, generate_latest
 
-            reg = self.registry if self.registry is not None else REGISTRY
+            reg = registry if registry is not None else REGISTRY
             (self.workdir / "metrics.prom").write_bytes(generate_latest(reg))
-        with contextlib.suppress(Exception):
-            (self.workdir / "report.html").write_text(render_html(doc))
-
-
-def rp_urls(rp: Any) -> list[str]:
-    return [t.url for t in rp.targets]
+        if server is not None:
+            server.stop()
+        return 0 if ls.error is None else 1
 
 
 def engine_main(argv: list[str]) -> int:
@@ -404,10 +137,9 @@ def engine_main(argv: list[str]) -> int:
     ap.add_argument("--key-hex", required=True)
     ap.add_argument("--interface", default="cap0")
     a = ap.parse_args(argv)
-    import uvloop
-
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     eng = Engine(a.workdir, bytes.fromhex(a.key_hex), interface=a.interface)
-    return uvloop.run(eng.run())
+    return eng.run()
 
 
 # ---------------------------------------------------------------------------------------------

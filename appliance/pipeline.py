@@ -476,8 +476,8 @@ def build(cfg: PipelineConfig, stats: Stats, *, linktype: int = 1, index: int = 
         elif sc.type == "pcap":
             sinks.append(PcapSink(sc, linktype, sample))
         elif sc.type == "handoff":
-            ho = handoff if handoff is not None and handoff.size == sc.size else Handoff(sc.size,
-                                                                                       stats)
+            # A kept queue stays as it is (its consumer holds it; a new size needs a restart).
+            ho = handoff if handoff is not None else Handoff(sc.size, stats)
             ho.stats = stats
             sinks.append(ho)
     return Pipeline(stages, sinks, stats, ho)
