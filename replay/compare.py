@@ -34,14 +34,14 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import ne
+from operator import itemgetter, ne
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from replay.errors import InputError
-from replay.model import Request, Response
+from replay.model import Headers, Request, Response
 
 # ---------------------------------------------------------------------------------------------
 # Rules
@@ -324,53 +324,101 @@ def decode_body(body: bytes, encodings: Iterable[str]) -> tuple[bytes, str | Non
     return data, None
 
 
+class _Layout:
+    """What a list of header names says, worked out once per distinct list: one server answers
+    with the same names in the same order again and again, so lower-casing the names and finding
+    Content-Type and Content-Encoding is one dict lookup per response instead of a loop."""
+
+    __slots__ = ("ctype", "encodings", "lower")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.lower = tuple(n.lower() for n in names)
+        self.ctype = self.lower.index("content-type") if "content-type" in self.lower else -1
+        self.encodings = tuple(i for i, n in enumerate(self.lower) if n == "content-encoding")
+
+
+_LAYOUTS: dict[tuple[str, ...], _Layout] = {}
+_name = itemgetter(0)
+
+
+def _layout(headers: Headers) -> _Layout:
+    names = tuple(map(_name, headers))
+    lay = _LAYOUTS.get(names)
+    if lay is None:
+        if len(_LAYOUTS) >= 4096:  # bounded: a client sending random header names cannot grow it
+            _LAYOUTS.clear()
+        lay = _LAYOUTS[names] = _Layout(names)
+    return lay
+
+
 @dataclass(slots=True)
 class Prepared:
-    """A response ready to compare: lower-cased headers, decoded body, its kind and parsed form."""
+    """A response ready to compare: its headers as received with their names' layout, the
+    decoded body, its kind and parsed form. The lower-cased header dict is built only when
+    asked for (reports, and headers whose names differ between the two sides)."""
 
     status: int
-    headers: dict[str, list[str]]
+    raw_headers: Headers
+    layout: _Layout
+    ctype: str
+    """The first Content-Type, lower-cased ("" when absent): with the body, it fixes the kind."""
     kind: str
     """``json``, ``text``, ``binary`` or ``empty``."""
     body: bytes
     doc: Any = None
     decode_error: str | None = None
 
+    @property
+    def headers(self) -> dict[str, list[str]]:
+        """Lower-cased name → its values in order."""
+        out: dict[str, list[str]] = {}
+        for lk, (_, v) in zip(self.layout.lower, self.raw_headers, strict=True):
+            lst = out.get(lk)
+            if lst is None:
+                out[lk] = [v]
+            else:
+                lst.append(v)
+        return out
+
 
 _TEXTY = ("text/", "xml", "javascript", "x-www-form-urlencoded", "csv", "yaml")
 
 
-def prepare(resp: Response) -> Prepared:
-    headers: dict[str, list[str]] = {}
-    for k, v in resp.headers:
-        lk = k.lower()
-        lst = headers.get(lk)
-        if lst is None:
-            headers[lk] = [v]
-        else:
-            lst.append(v)
+def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
+    """Decode, classify and parse ``resp``. ``like``: an already prepared answer to the same
+    request (the primary); when the decoded body is the same bytes under the same Content-Type,
+    its kind and parsed document are reused instead of parsing again (a secondary running
+    production's build often answers byte for byte what production did)."""
+    raw = resp.headers
+    lay = _layout(raw)
     body = resp.body
     err = None
-    ce = headers.get("content-encoding")
-    if ce and body:
-        body, err = decode_body(body, ce)
-    ct = headers.get("content-type", ("",))[0].lower()
+    if lay.encodings and body:
+        body, err = decode_body(body, [raw[i][1] for i in lay.encodings])
+    ct = raw[lay.ctype][1].lower() if lay.ctype >= 0 else ""
     if not body:
-        return Prepared(resp.status, headers, "empty", body, None, err)
+        return Prepared(resp.status, raw, lay, ct, "empty", body, None, err)
+    if like is not None and like.ctype == ct and like.body == body:
+        return Prepared(resp.status, raw, lay, ct, like.kind, body, like.doc, err)
+    kind, doc = _parse(body, ct)
+    return Prepared(resp.status, raw, lay, ct, kind, body, doc, err)
+
+
+def _parse(body: bytes, ct: str) -> tuple[str, Any]:
+    """The kind of a non-empty decoded body and its parsed form (JSON document, or text)."""
     if "json" in ct or (not ct and body[:1] in (b"{", b"[")):
         try:
-            return Prepared(resp.status, headers, "json", body, orjson.loads(body), err)
+            return "json", orjson.loads(body)
         except orjson.JSONDecodeError:
             # Says JSON, is not: compare as text (the kinds differ if the other one parses).
-            return Prepared(resp.status, headers, "text", body,
-                            body.decode("utf-8", "replace"), err)
+            return "text", body.decode("utf-8", "replace")
     if any(t in ct for t in _TEXTY) or not ct:
         try:
-            return Prepared(resp.status, headers, "text", body, body.decode("utf-8"), err)
+            return "text", body.decode("utf-8")
         except UnicodeDecodeError:
             if ct:
-                return Prepared(resp.status, headers, "text", body, body.decode("latin-1"), err)
-    return Prepared(resp.status, headers, "binary", body, None, err)
+                return "text", body.decode("latin-1")
+    return "binary", None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,79 +445,116 @@ def _jtype(v: Any) -> str:
     return "null"
 
 
-_KEY_CACHE: dict[str, str] = {}
+_SEGS: dict[str, str] = {}
 
 
-def _key(path: str, k: str) -> str:
-    seg = _KEY_CACHE.get(k)
+def _seg(k: str) -> str:
+    """A key's path segment (``.name`` or ``["odd key"]``), cached: the same keys recur."""
+    seg = _SEGS.get(k)
     if seg is None:
         seg = f".{k}" if _IDENT.match(k) else "[" + orjson.dumps(k).decode() + "]"
-        if len(_KEY_CACHE) < 50_000:
-            _KEY_CACHE[k] = seg
-    return path + seg
+        if len(_SEGS) < 50_000:
+            _SEGS[k] = seg
+    return seg
 
 
 def _canon(v: Any) -> bytes:
     return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
 
 
-def _same_multiset(xs: list[Any], ys: list[Any]) -> bool:
-    t = type(xs[0])
-    if t in (str, int, float) and all(type(v) is t for v in xs) and all(
-            type(v) is t for v in ys):
+_SORTABLE = frozenset((str, int, float))
+
+
+def _same_multiset(xs: list[Any] | tuple[Any, ...], ys: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether two sequences hold the same elements, counted, in any order. Those of one scalar
+    type sort directly; anything else (mixed types, where ``1`` and ``1.0`` or ``true`` must
+    stay apart) by canonical JSON bytes."""
+    types = {*map(type, xs), *map(type, ys)}
+    if len(types) == 1 and types <= _SORTABLE:
         return sorted(xs) == sorted(ys)
     return sorted(map(_canon, xs)) == sorted(map(_canon, ys))
 
 
+_ABSENT = object()
+
+
 def diff_json(a: Any, b: Any, path: str = "$", out: list[Diff] | None = None) -> list[Diff]:
     """Structural differences between two parsed JSON values, by field path. Array elements
-    share one path (``[*]``) so that a field is counted once per response, whatever its index."""
+    share one path (``[*]``) so that a field is counted once per response, whatever its index.
+
+    Equal subtrees are skipped with one C-level ``==`` (the walk only descends where values
+    differ), and path strings are only built for differences found."""
     if out is None:
         out = []
-    ta, tb = type(a), type(b)
-    if ta is dict and tb is dict:
-        missing = 0
-        for k, va in a.items():
-            if k in b:
-                vb = b[k]
-                tv = type(va)
-                if tv is type(vb):
-                    if va == vb:
-                        continue
-                    if tv is not dict and tv is not list:  # a leaf: no need to recurse
-                        out.append((_key(path, k), "changed_value", va, vb))
-                        continue
-                diff_json(va, vb, _key(path, k), out)
-            else:
-                missing += 1
-                out.append((_key(path, k), "missing", va, None))
-        if len(b) > len(a) - missing:  # b has keys a lacks
-            for k, vb in b.items():
-                if k not in a:
-                    out.append((_key(path, k), "extra", None, vb))
-        return out
-    if ta is list and tb is list:
-        if len(a) != len(b):
-            out.append((path, "array_length", len(a), len(b)))
-            return out
-        # Positions that differ; the array is a reordering when the elements at those positions
-        # are the same multiset (equal positions match already), which needs at least two.
-        diff_at = list(compress(range(len(a)), map(ne, a, b)))  # all in C
-        if not diff_at:
-            return out
-        if len(diff_at) > 1 and _same_multiset([a[i] for i in diff_at], [b[i] for i in diff_at]):
-            out.append((path, "array_order", a, b))
-            return out
-        sub = path + "[*]"
-        for i in diff_at:
-            diff_json(a[i], b[i], sub, out)
-        return out
-    ja, jb = _jtype(a), _jtype(b)
-    if ja != jb:
+    ta = type(a)
+    if ta is type(b):
+        if ta is dict:
+            _diff_dict(a, b, path, out)
+        elif ta is list:
+            _diff_list(a, b, path, out)
+        elif a != b:
+            out.append((path, "changed_value", a, b))
+    elif (ja := _jtype(a)) != _jtype(b):
         out.append((path, "changed_type", a, b))
-    elif a != b:
+    elif ja != "object" and ja != "array" and a != b:  # int against float: one number type
         out.append((path, "changed_value", a, b))
     return out
+
+
+def _diff_dict(a: dict[str, Any], b: dict[str, Any], path: str, out: list[Diff]) -> None:
+    missing = 0
+    get = b.get
+    for k, va in a.items():
+        vb = get(k, _ABSENT)
+        if vb is _ABSENT:
+            missing += 1
+            out.append((path + (_SEGS.get(k) or _seg(k)), "missing", va, None))
+            continue
+        tv = type(va)
+        if tv is type(vb):
+            if va == vb:
+                continue
+            if tv is dict:
+                _diff_dict(va, vb, path + (_SEGS.get(k) or _seg(k)), out)
+            elif tv is list:
+                _diff_list(va, vb, path + (_SEGS.get(k) or _seg(k)), out)
+            else:  # a leaf: no need to recurse
+                out.append((path + (_SEGS.get(k) or _seg(k)), "changed_value", va, vb))
+        else:  # ``true`` against ``1`` is equal to Python yet a changed type to JSON
+            diff_json(va, vb, path + (_SEGS.get(k) or _seg(k)), out)
+    if len(b) > len(a) - missing:  # b has keys a lacks
+        for k, vb in b.items():
+            if k not in a:
+                out.append((path + (_SEGS.get(k) or _seg(k)), "extra", None, vb))
+
+
+def _diff_list(a: list[Any], b: list[Any], path: str, out: list[Diff]) -> None:
+    if len(a) != len(b):
+        out.append((path, "array_length", len(a), len(b)))
+        return
+    # Positions that differ; the array is a reordering when the elements at those positions
+    # are the same multiset (equal positions match already), which needs at least two.
+    diff_at = list(compress(range(len(a)), map(ne, a, b)))  # all in C
+    if not diff_at:
+        return
+    if len(diff_at) > 1:
+        if len(diff_at) == len(a):
+            xs, ys = a, b
+        else:
+            pick = itemgetter(*diff_at)
+            xs, ys = pick(a), pick(b)
+        if _same_multiset(xs, ys):
+            out.append((path, "array_order", a, b))
+            return
+    sub = path + "[*]"
+    for i in diff_at:
+        va = a[i]
+        vb = b[i]
+        tv = type(va)
+        if tv is type(vb) and tv is not dict and tv is not list:
+            out.append((sub, "changed_value", va, vb))
+        else:
+            diff_json(va, vb, sub, out)
 
 
 class Comparator:
@@ -486,13 +571,38 @@ class Comparator:
             # differing from a normal answer's are its consequences, not more findings.
             out.append(("status", "changed_value", a.status, b.status))
             return out
-        self._headers(a.headers, b.headers, out)
-        self._body(a, b, out)
+        if a.raw_headers != b.raw_headers:  # the same list is the same in every mode
+            if a.layout is b.layout:
+                self._header_values(a.raw_headers, b.raw_headers, a.layout.lower, out)
+            else:
+                self._headers(a.headers, b.headers, out)
+        if a.body != b.body:
+            self._body(a, b, out)
         return out
 
     def compare(self, a: Response, b: Response) -> list[Diff]:
         """Convenience: prepare both and diff (the ``ThreeWay`` prepares primary once)."""
-        return self.diff(prepare(a), prepare(b))
+        pa = prepare(a)
+        return self.diff(pa, prepare(b, like=pa))
+
+    def _header_values(self, ha: Headers, hb: Headers, lower: tuple[str, ...],
+                       out: list[Diff]) -> None:
+        """Both sides carry the same names in the same order, so the per-name value lists
+        differ exactly for the names at positions whose values differ: only those are looked
+        at (no dicts built, nothing missing or extra)."""
+        mode_of = self.rules.headers
+        names: list[str] = []
+        for name in compress(lower, map(ne, ha, hb)):
+            mode = mode_of.get(name, "exact")
+            if mode != "ignore" and mode != "presence" and name not in names:
+                names.append(name)
+        if len(names) > 1:
+            names.sort(key=lower.index)  # in order of first appearance, as the dicts give
+        for name in names:
+            va = [v for n, (_, v) in zip(lower, ha, strict=True) if n == name]
+            vb = [v for n, (_, v) in zip(lower, hb, strict=True) if n == name]
+            if mode_of.get(name, "exact") == "exact" or _cookie_names(va) != _cookie_names(vb):
+                out.append(("header:" + name, "changed_value", va, vb))
 
     def _headers(self, ha: dict[str, list[str]], hb: dict[str, list[str]], out: list[Diff]
                  ) -> None:
@@ -514,16 +624,19 @@ class Comparator:
                     out.append(("header:" + name, "extra", None, vb))
 
     def _body(self, a: Prepared, b: Prepared, out: list[Diff]) -> None:
-        if a.body == b.body:
-            return
+        """Bodies whose decoded bytes differ, by kind."""
         if a.kind != b.kind:
             out.append(("body", "changed_type", a.kind, b.kind))
             return
         if a.kind == "json":
-            if a.doc == b.doc and type(a.doc) is type(b.doc):
-                return
-            for path, kind, va, vb in diff_json(a.doc, b.doc):
-                out.append(("body:" + path, kind, va, vb))
+            n = len(out)
+            diff_json(a.doc, b.doc, "body:$", out)
+            # Python-equal documents are the same answer (``true`` against ``1`` deep inside
+            # is not told apart, see the module docstring). Only changed types can be found in
+            # such a pair, so any other first finding proves them unequal without the test.
+            if len(out) > n and out[n][1] == "changed_type" and type(a.doc) is type(b.doc) \
+                    and a.doc == b.doc:
+                del out[n:]
         elif a.kind == "text":
             if a.doc != b.doc:
                 out.append(("body", "lines_changed", a.doc, b.doc))
@@ -740,7 +853,7 @@ class ThreeWay:
         cd: dict[tuple[str, str], Diff] = {}
         C: Prepared | None = None
         if isinstance(candidate, Response):
-            C = prepare(candidate)
+            C = prepare(candidate, like=P)
             for d in diff(P, C):
                 cd.setdefault((d[0], d[1]), d)
         else:
@@ -750,7 +863,7 @@ class ThreeWay:
         sd: dict[tuple[str, str], Diff] = {}
         S: Prepared | None = None
         if isinstance(secondary, Response):
-            S = prepare(secondary)
+            S = prepare(secondary, like=P)
             for d in diff(P, S):
                 sd.setdefault((d[0], d[1]), d)
         rules = self.rules
