@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from appliance import cli_appliance, cli_images
+from appliance import cli_appliance, cli_canary, cli_images
 from netconfig import cli as netconfig_cli
 from replay import cli as replay_cli
 from replay import cli_replay, cli_sanitise
@@ -30,6 +30,7 @@ cli_replay.register(app)
 netconfig_cli.register(app)
 cli_appliance.register(app)
 cli_images.register(app)
+cli_canary.register(app)
 
 
 @app.command("demo")

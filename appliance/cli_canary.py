@@ -1,0 +1,164 @@
+"""``shadowtap canary run``: a progressive rollout judged on live traffic, with automatic rollback.
+
+A thin face over ``appliance.canary``: it opens the appliance's capture on the mirror port (no
+sanitising, nothing written but the report: the exchanges are only counted), reads which
+backend served each connection from the gateway's conntrack, steps the canary weight through
+``netconfig.routing`` and shows each step as it is judged. Exit 0 when promoted, 1 when rolled
+back, 2 for a usage mistake (one ``error:`` line).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Progressive canary rollout with automatic rollback.",
+                        no_args_is_help=True)
+    group.command("run")(canary_run)
+    app.add_typer(group, name="canary")
+
+
+def _steps(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise _fail(f"--steps {text!r}: give increasing percentages, e.g. 5,25,50,100") from None
+
+
+def canary_run(
+    netns: Annotated[str | None, typer.Option(
+        "--netns", help="The gateway's namespace (where the split and the mirror port are)")
+    ] = "st-gateway",
+    interface: Annotated[str, typer.Option("--interface", "-i",
+                                           help="The mirror port to judge from")] = "cap0",
+    port: Annotated[int, typer.Option(help="The service's TCP port")] = 80,
+    steps: Annotated[str, typer.Option(help="Canary weights, percent of new connections")
+                     ] = "5,25,50,100",
+    step_seconds: Annotated[float, typer.Option(help="Seconds each step runs before promotion")
+                            ] = 30.0,
+    min_requests: Annotated[int, typer.Option(help="Canary requests a step needs to be judged")
+                            ] = 50,
+    max_error_rate: Annotated[float, typer.Option(
+        help="Allowed excess of the canary's error share over production's (0.01 = 1 point)")
+    ] = 0.01,
+    max_latency_ratio: Annotated[float, typer.Option(
+        help="Allowed canary p95 / production p95")] = 1.5,
+    min_latency_ms: Annotated[float, typer.Option(
+        help="A latency regression must also be this many ms at p95")] = 10.0,
+    canary_ip: Annotated[list[str] | None, typer.Option(
+        "--canary-ip", help="Tell backends apart by server address (repeatable) instead of "
+        "by the gateway's conntrack marks")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+) -> None:
+    """Move new connections to the canary step by step; roll back on errors or latency.
+
+    Each step sets the canary's share of new connections (established ones never move), then
+    compares the canary's answers with production's over the same seconds, as seen on the
+    mirror port. Errors or latency beyond the limits roll back at once; a step is promoted after
+    --step-seconds with at least --min-requests canary requests; a step that never gets them
+    rolls back at 4x --step-seconds. Ctrl-C rolls back too.
+    """
+    import os
+
+    from rich.console import Console
+
+    from appliance.canary import (
+        AddressBackends,
+        CanaryPolicy,
+        ConntrackBackends,
+        Rollout,
+        run_rollout,
+    )
+    from appliance.capture import CaptureError
+    from netconfig import routing
+    from netconfig.errors import NetconfigError
+
+    con = Console(stderr=True)
+    policy = CanaryPolicy(steps=_steps(steps), step_seconds=step_seconds,
+                          min_requests=min_requests, max_error_rate=max_error_rate,
+                          max_latency_ratio=max_latency_ratio, min_latency_ms=min_latency_ms)
+    try:
+        policy.validate()
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    if os.geteuid() != 0:
+        raise _fail("a rollout changes the gateway's nftables split and captures on its mirror "
+                    "port: run it as root")
+    try:
+        live = routing.show(netns)
+    except NetconfigError as e:
+        raise _fail(str(e)) from None
+    if live["canary_percent"] != 0:
+        raise _fail(f"the canary already has {live['canary_percent']:g} % of new connections; "
+                    f"set it to 0 first (shadowtap route set --canary 0"
+                    f"{' --netns ' + netns if netns else ''})")
+    backend_of: Any = (AddressBackends(canary_ip) if canary_ip
+                       else ConntrackBackends(netns, live["vip"]))
+
+    from appliance import config
+    from appliance.daemon import Appliance
+
+    try:
+        cfg = config.parse({
+            "source": {"interface": interface, "netns": netns, "filter": f"tcp port {port}"},
+            "extract": {"port": port},
+            "pipeline": {"sanitise": {"enabled": False},
+                         "sinks": [{"type": "handoff", "size": 50000}]},
+            "metrics": {"listen": None},
+        })
+        app = Appliance(cfg).start()
+    except (config.ConfigError, CaptureError, RuntimeError, OSError) as e:
+        raise _fail(str(e)) from None
+
+    def set_weight(pct: float) -> None:
+        routing.set_canary(netns, pct)
+
+    rollout = Rollout(policy, set_weight)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    last_step = [0]
+
+    def on_tick(r: Rollout, j: Any) -> None:
+        if r.history and r.history[-1]["step"] != last_step[0]:
+            h = r.history[-1]
+            last_step[0] = h["step"]
+            c, p = h["canary"], h["prod"]
+            mark = "[green]ok[/]" if h["decision"] == "promote" else "[red]ROLLBACK[/]"
+            con.print(f"step {h['step']}: {h['weight']:g} % for {h['seconds']:.0f} s  {mark}  "
+                      f"canary {c['requests']} req, {c['error_rate']:.1%} errors, p95 "
+                      f"{c['p95_ms']} ms | prod {p['requests']} req, {p['error_rate']:.1%} "
+                      f"errors, p95 {p['p95_ms']} ms")
+            for reason in h["reasons"]:
+                con.print(f"   {reason}")
+
+    con.print(f"canary rollout in {netns or 'the host namespace'}: steps {policy.steps} "
+              f"(% of new connections), {policy.step_seconds:g} s each, judged on {interface}")
+    try:
+        doc = run_rollout(rollout, app.handoff, backend_of, stop=stop, on_tick=on_tick)
+    finally:
+        app.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(doc, indent=2))
+    if rollout.state == "promoted":
+        con.print("[bold green]promoted[/]: the canary takes 100 % of new connections")
+        raise typer.Exit(0)
+    con.print(f"[bold red]rolled back[/]: new connections go to production "
+              f"({'; '.join(rollout.reasons)})")
+    raise typer.Exit(1)
