@@ -385,9 +385,13 @@ def exchange_outcome(ex: Any) -> tuple[int | None, float | None]:
 def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str | None], *,
                 stop: threading.Event | None = None,
                 on_tick: Callable[[Rollout, Judgement | None], None] | None = None,
-                tick_every: float = 0.5) -> dict[str, Any]:
+                tick_every: float = 0.5,
+                tee: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Feed exchanges from ``handoff`` to ``rollout`` until it is promoted or rolled back.
 
+    ``tee`` also gets every exchange production served (the live shadow comparison behind the
+    divergence veto: production's recorded answer is the reference the shadows are weighed
+    against, so the canary's own answers must not be it).
     Anything that ends the loop early (``stop`` set, an exception) rolls back first."""
     stop = stop or threading.Event()
     rollout.start(time.monotonic())
@@ -407,13 +411,18 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
                     pending.append((ex, status, lat))  # retried after the next table read
                 else:
                     rollout.add(b, status, lat)
+                    if tee is not None and b == PROD:
+                        tee(ex)
             now = time.monotonic()
             if now >= nxt:
                 nxt = now + tick_every
                 if pending:
                     refresh()
                     for pex, status, lat in pending:
-                        rollout.add(backend_of(pex), status, lat)
+                        b = backend_of(pex)
+                        rollout.add(b, status, lat)
+                        if tee is not None and b == PROD:
+                            tee(pex)
                     pending.clear()
                 j = rollout.tick(now)
                 if on_tick is not None:

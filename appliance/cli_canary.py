@@ -62,6 +62,12 @@ def canary_run(
     canary_ip: Annotated[list[str] | None, typer.Option(
         "--canary-ip", help="Tell backends apart by server address (repeatable) instead of "
         "by the gateway's conntrack marks")] = None,
+    shadow_candidate: Annotated[str | None, typer.Option(
+        help="Divergence veto: a shadow running the canary's build; production's traffic is "
+        "replayed to it live and any regression found rolls back")] = None,
+    shadow_secondary: Annotated[str | None, typer.Option(
+        help="With --shadow-candidate: a shadow running production's build (noise baseline)")
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
 ) -> None:
     """Move new connections to the canary step by step; roll back on errors or latency.
@@ -112,22 +118,40 @@ def canary_run(
     from appliance import config
     from appliance.daemon import Appliance
 
+    doc_cfg: dict[str, Any] = {
+        "source": {"interface": interface, "netns": netns, "filter": f"tcp port {port}"},
+        "extract": {"port": port},
+        "pipeline": {"sanitise": {"enabled": False},
+                     "sinks": [{"type": "handoff", "size": 50000}]},
+        "metrics": {"listen": None},
+    }
+    if shadow_secondary and not shadow_candidate:
+        raise _fail("--shadow-secondary needs --shadow-candidate (the canary's build)")
+    if shadow_candidate:
+        doc_cfg["shadowing"] = {"candidate": shadow_candidate, "verdict_every": "1s"}
+        if shadow_secondary:
+            doc_cfg["shadowing"]["secondary"] = shadow_secondary
     try:
-        cfg = config.parse({
-            "source": {"interface": interface, "netns": netns, "filter": f"tcp port {port}"},
-            "extract": {"port": port},
-            "pipeline": {"sanitise": {"enabled": False},
-                         "sinks": [{"type": "handoff", "size": 50000}]},
-            "metrics": {"listen": None},
-        })
+        cfg = config.parse(doc_cfg)
         app = Appliance(cfg).start()
     except (config.ConfigError, CaptureError, RuntimeError, OSError) as e:
         raise _fail(str(e)) from None
+    shadows = None
+    tee = None
+    if cfg.shadowing is not None:
+        from appliance.pipeline import Handoff, Stats
+        from appliance.shadowing import LiveShadowing
+
+        feed = Handoff(50000, Stats())
+        shadows = LiveShadowing(cfg.shadowing, feed, registry=False,
+                                source=f"canary rollout ({interface})").start()
+        tee = feed.process
 
     def set_weight(pct: float) -> None:
         routing.set_canary(netns, pct)
 
-    rollout = Rollout(policy, set_weight)
+    rollout = Rollout(policy, set_weight,
+                      divergence=shadows.regression_names if shadows is not None else None)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     last_step = [0]
@@ -148,11 +172,18 @@ def canary_run(
     con.print(f"canary rollout in {netns or 'the host namespace'}: steps {policy.steps} "
               f"(% of new connections), {policy.step_seconds:g} s each, judged on {interface}")
     try:
-        doc = run_rollout(rollout, app.handoff, backend_of, stop=stop, on_tick=on_tick)
+        doc = run_rollout(rollout, app.handoff, backend_of, stop=stop, on_tick=on_tick,
+                          tee=tee)
     finally:
         app.stop()
+        if shadows is not None:
+            shadows.stop(timeout=10)
         for s, h in old.items():
             signal.signal(s, h)
+    last = shadows.last_report if shadows is not None else None
+    if last:
+        doc["shadow_comparison"] = {k: last.get(k) for k in ("summary", "regressions",
+                                                              "shadows")}
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(doc, indent=2))

@@ -487,6 +487,17 @@ class LiveShadowing:
             "error": self.error,
         }
 
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """The report of the latest verdict (None before the first)."""
+        return self._report
+
+    def regression_names(self) -> list[str]:
+        """The regressions of the latest verdict, one line each (the canary's divergence
+        veto)."""
+        doc = self._report or {}
+        return [f"{f['endpoint']} {f['field']} {f['kind']}" for f in doc.get("regressions", [])]
+
     def build_report(self) -> dict[str, Any]:
         from replay.report import build_report
 

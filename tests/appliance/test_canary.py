@@ -159,10 +159,13 @@ def test_an_interrupted_rollout_rolls_back() -> None:
 class _Svc(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     fail_rate = 0.0
+    build = "v1"
 
     def do_GET(self) -> None:
         bad = random.random() < self.fail_rate
-        body = json.dumps({"path": self.path, "ok": not bad}).encode()
+        price: object = "10.50" if self.build == "v2" else 10.5  # v2's seeded type change
+        body = json.dumps({"path": self.path, "ok": not bad, "price": price,
+                           "ts": time.time()}).encode()
         self.send_response(500 if bad else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -174,11 +177,12 @@ class _Svc(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def service(ns: str, addr: str, fail_rate: float) -> Iterator[None]:
+def service(ns: str, addr: str, fail_rate: float, build: str = "v1",
+            port: int = 80) -> Iterator[None]:
     from netconfig import netns as nsmod
 
-    handler = type("Svc", (_Svc,), {"fail_rate": fail_rate})
-    srv = ThreadingHTTPServer((addr, 80), handler, bind_and_activate=False)
+    handler = type("Svc", (_Svc,), {"fail_rate": fail_rate, "build": build})
+    srv = ThreadingHTTPServer((addr, port), handler, bind_and_activate=False)
     srv.socket.close()
     srv.socket = nsmod.socket_in_netns(ns)
     srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -319,3 +323,36 @@ def test_lab_refuses_to_start_when_the_canary_already_has_traffic(lab_up: Any) -
     finally:
         routing.set_canary(gw, 0)
     assert p.returncode == 2 and p.stderr.startswith("error: the canary already has 10 %")
+
+
+def test_lab_divergence_in_the_shadows_rolls_back_a_canary_that_answers_fine(
+        lab_up: Any, tmp_path: Path) -> None:
+    """The canary's build changes a field's type: no errors, no latency, but production's
+    traffic replayed live to a shadow of that build shows it, and the rollout is vetoed."""
+    from netconfig import routing
+
+    pre = lab_up.prefix
+    gw, vip = pre + "gateway", lab_up.canary.vip
+    report = tmp_path / "canary.json"
+    with service(pre + "prod", vip, 0.0), service(pre + "canary", vip, 0.0, "v2"), \
+            service(pre + "shadow-1", "10.77.11.2", 0.0, "v1", 8080), \
+            service(pre + "shadow-2", "10.77.12.2", 0.0, "v2", 8080), \
+            traffic(pre + "client", vip):
+        time.sleep(0.3)
+        # The fenced shadows are reachable from the gateway only: run there, as the demo does.
+        p = subprocess.run(["ip", "netns", "exec", gw, *SHADOWTAP, "canary", "run", "--netns",
+                            gw, "--steps", "20,50,100", "--step-seconds", "6",
+                            "--min-requests", "20", "--shadow-candidate",
+                            "http://10.77.12.2:8080", "--shadow-secondary",
+                            "http://10.77.11.2:8080", "--report", str(report)],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ})
+        after = routing.show(gw)["canary_percent"]
+    assert "Traceback" not in p.stderr, p.stderr
+    doc = json.loads(report.read_text())
+    assert p.returncode == 1 and doc["state"] == "rolled_back" and after == 0, p.stderr
+    assert doc["reasons"][0].startswith("divergence: "), doc["reasons"]
+    assert "body:$.price changed_type" in doc["reasons"][0]
+    assert all(h["canary"]["errors"] == 0 for h in doc["history"])  # it answered fine
+    regs = doc["shadow_comparison"]["regressions"]
+    assert [(r["field"], r["kind"]) for r in regs] == [("body:$.price", "changed_type")]
