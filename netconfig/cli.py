@@ -307,6 +307,9 @@ def route_show(
 
 def register(app: typer.Typer) -> None:
     """Mount netconfig's commands on the root app."""
+    from netconfig import vagrant_cli
+
+    lab_app.add_typer(vagrant_cli.app, name="vagrant")
     app.add_typer(lab_app, name="lab")
     app.add_typer(mirror_app, name="mirror")
     app.add_typer(route_app, name="route")
