@@ -178,6 +178,31 @@ class Server:
         self._thread.join(5)
 
 
+def serve_http(handler: type, addr: str, port: int,
+               ns: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """A threaded ``http.server`` with ``handler``, listening on ``addr:port`` inside ``ns``
+    (the socket is made there; the threads run here), shut down when the block ends."""
+    from http.server import ThreadingHTTPServer
+
+    @contextlib.contextmanager
+    def run() -> Iterator[None]:
+        srv = ThreadingHTTPServer((addr, port), handler, bind_and_activate=False)
+        srv.socket.close()
+        srv.socket = nsmod.socket_in_netns(ns) if ns else socket.socket()
+        srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.server_bind()
+        srv.server_activate()
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            yield
+        finally:
+            srv.shutdown()
+            srv.server_close()
+
+    return run()
+
+
 # ---- recording client ---------------------------------------------------------------------
 
 @dataclass

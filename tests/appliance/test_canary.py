@@ -10,17 +10,17 @@ import json
 import os
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from apphelpers import serve_http
 
 from appliance.canary import CANARY, PROD, CanaryJudge, CanaryPolicy, Rollout, run_rollout
 
@@ -176,25 +176,10 @@ class _Svc(BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
 def service(ns: str, addr: str, fail_rate: float, build: str = "v1",
-            port: int = 80) -> Iterator[None]:
-    from netconfig import netns as nsmod
-
+            port: int = 80) -> contextlib.AbstractContextManager[None]:
     handler = type("Svc", (_Svc,), {"fail_rate": fail_rate, "build": build})
-    srv = ThreadingHTTPServer((addr, port), handler, bind_and_activate=False)
-    srv.socket.close()
-    srv.socket = nsmod.socket_in_netns(ns)
-    srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.server_bind()
-    srv.server_activate()
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    return serve_http(handler, addr, port, ns)
 
 
 @contextlib.contextmanager

@@ -7,17 +7,25 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
-from apphelpers import SERVER, Daemon, Topo, free_port, log_files, read_log, topology, wait_for
+from apphelpers import (
+    SERVER,
+    Daemon,
+    Topo,
+    free_port,
+    log_files,
+    read_log,
+    serve_http,
+    topology,
+    wait_for,
+)
 
 from appliance import config
 from netconfig import netns as nsmod
@@ -53,23 +61,9 @@ class _Api(BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def api(build: str, addr: str, port: int, ns: str | None = None) -> Iterator[None]:
-    handler = type(f"Api{build}", (_Api,), {"build": build})
-    srv = ThreadingHTTPServer((addr, port), handler, bind_and_activate=False)
-    srv.socket.close()
-    srv.socket = (nsmod.socket_in_netns(ns) if ns else socket.socket())
-    srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.server_bind()
-    srv.server_activate()
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        srv.shutdown()
-        srv.server_close()
+def api(build: str, addr: str, port: int,
+        ns: str | None = None) -> contextlib.AbstractContextManager[None]:
+    return serve_http(type(f"Api{build}", (_Api,), {"build": build}), addr, port, ns)
 
 
 def client_load(topo: Topo, n_conn: int = 10, per_conn: int = 30) -> int:
