@@ -28,6 +28,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,23 @@ class Server:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1 handler base: ``send_json(status, doc)``, no access log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_json(self, status: int, doc: object) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a: object) -> None:
+        pass
 
 
 def serve_http(handler: type, addr: str, port: int,

@@ -15,12 +15,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apphelpers import serve_http
+from apphelpers import JsonHandler, serve_http
 
 from appliance.canary import CANARY, PROD, CanaryJudge, CanaryPolicy, Rollout, run_rollout
 
@@ -156,24 +155,15 @@ def test_an_interrupted_rollout_rolls_back() -> None:
 
 # ---- in the lab ------------------------------------------------------------------------------
 
-class _Svc(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Svc(JsonHandler):
     fail_rate = 0.0
     build = "v1"
 
     def do_GET(self) -> None:
         bad = random.random() < self.fail_rate
         price: object = "10.50" if self.build == "v2" else 10.5  # v2's seeded type change
-        body = json.dumps({"path": self.path, "ok": not bad, "price": price,
-                           "ts": time.time()}).encode()
-        self.send_response(500 if bad else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: object) -> None:
-        pass
+        self.send_json(500 if bad else 200, {"path": self.path, "ok": not bad, "price": price,
+                                             "ts": time.time()})
 
 
 def service(ns: str, addr: str, fail_rate: float, build: str = "v1",

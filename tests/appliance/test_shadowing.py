@@ -10,7 +10,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import yaml
 from apphelpers import (
     SERVER,
     Daemon,
+    JsonHandler,
     Topo,
     free_port,
     log_files,
@@ -33,11 +33,10 @@ from netconfig import netns as nsmod
 pytestmark = pytest.mark.root
 
 
-class _Api(BaseHTTPRequestHandler):
+class _Api(JsonHandler):
     """A JSON API with honest noise (a timestamp, a uuid) and, in build "v2", one seeded
     regression: ``price`` on /items/{id} turns from a number into a string."""
 
-    protocol_version = "HTTP/1.1"
     build = "v1"
 
     def do_GET(self) -> None:
@@ -50,15 +49,7 @@ class _Api(BaseHTTPRequestHandler):
                            "price": f"{price:.2f}" if self.build == "v2" else price}
         else:
             doc["user"] = {"id": n, "name": f"user {n}", "orders": n % 3}
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a: object) -> None:
-        pass
+        self.send_json(200, doc)
 
 
 def api(build: str, addr: str, port: int,
