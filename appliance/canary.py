@@ -189,6 +189,8 @@ class Rollout:
         self.history: list[dict[str, Any]] = []
         self.reasons: list[str] = []
         self.unattributed = 0
+        self.totals = {PROD: [0, 0], CANARY: [0, 0]}
+        """Requests and errors per backend over the whole rollout (for metrics)."""
 
     @property
     def done(self) -> bool:
@@ -210,6 +212,10 @@ class Rollout:
         if backend is None:
             self.unattributed += 1
             return
+        t = self.totals.get(backend)
+        if t is not None:
+            t[0] += 1
+            t[1] += status is None or status >= 500
         if self.state == "running":
             self.judge.add(backend, status, latency)
 
@@ -431,3 +437,35 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
         rollout.rollback([f"the rollout loop failed ({e!r}): traffic back to production"])
         raise
     return rollout.report()
+
+
+class RolloutCollector:
+    """Prometheus view of a rollout, read at scrape time (no locks on the judging path)."""
+
+    STATES = ("pending", "running", "promoted", "rolled_back")
+
+    def __init__(self, rollout: Rollout) -> None:
+        self.rollout = rollout
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        r = self.rollout
+        yield GaugeMetricFamily("shadowtap_canary_weight_percent",
+                                "Share of new connections the split gives the canary", r.weight)
+        yield GaugeMetricFamily("shadowtap_canary_step", "Current step (1-based; 0 before)",
+                                r.step + 1)
+        st = GaugeMetricFamily("shadowtap_canary_state", "1 for the rollout's state",
+                               labels=["state"])
+        for s in self.STATES:
+            st.add_metric([s], 1.0 if r.state == s else 0.0)
+        yield st
+        req = CounterMetricFamily("shadowtap_canary_requests",
+                                  "Exchanges judged, by backend and result",
+                                  labels=["backend", "result"])
+        for b, (n, e) in r.totals.items():
+            req.add_metric([b, "ok"], n - e)
+            req.add_metric([b, "error"], e)
+        yield req
+        yield CounterMetricFamily("shadowtap_canary_unattributed",
+                                  "Exchanges whose backend could not be told", r.unattributed)

@@ -68,6 +68,9 @@ def canary_run(
     shadow_secondary: Annotated[str | None, typer.Option(
         help="With --shadow-candidate: a shadow running production's build (noise baseline)")
     ] = None,
+    metrics: Annotated[str | None, typer.Option(
+        help="Serve /metrics (rollout, capture, shadows) on HOST:PORT, e.g. 127.0.0.1:9618")
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
 ) -> None:
     """Move new connections to the canary step by step; roll back on errors or latency.
@@ -123,7 +126,7 @@ def canary_run(
         "extract": {"port": port},
         "pipeline": {"sanitise": {"enabled": False},
                      "sinks": [{"type": "handoff", "size": 50000}]},
-        "metrics": {"listen": None},
+        "metrics": {"listen": metrics},
     }
     if shadow_secondary and not shadow_candidate:
         raise _fail("--shadow-secondary needs --shadow-candidate (the canary's build)")
@@ -131,11 +134,18 @@ def canary_run(
         doc_cfg["shadowing"] = {"candidate": shadow_candidate, "verdict_every": "1s"}
         if shadow_secondary:
             doc_cfg["shadowing"]["secondary"] = shadow_secondary
+    server = None
     try:
         cfg = config.parse(doc_cfg)
-        app = Appliance(cfg).start()
+        app = Appliance(cfg)
+        if metrics:
+            server = app.serve_metrics()
+        app.start()
     except (config.ConfigError, CaptureError, RuntimeError, OSError) as e:
-        raise _fail(str(e)) from None
+        if server is not None:
+            server.stop()
+        raise _fail(str(e).replace("metrics.listen", "--metrics")) from None
+    registry = server.registry if server is not None else False
     shadows = None
     tee = None
     if cfg.shadowing is not None:
@@ -143,7 +153,7 @@ def canary_run(
         from appliance.shadowing import LiveShadowing
 
         feed = Handoff(50000, Stats())
-        shadows = LiveShadowing(cfg.shadowing, feed, registry=False,
+        shadows = LiveShadowing(cfg.shadowing, feed, registry=registry,
                                 source=f"canary rollout ({interface})").start()
         tee = feed.process
 
@@ -152,6 +162,10 @@ def canary_run(
 
     rollout = Rollout(policy, set_weight,
                       divergence=shadows.regression_names if shadows is not None else None)
+    if server is not None:
+        from appliance.canary import RolloutCollector
+
+        server.registry.register(RolloutCollector(rollout))
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     last_step = [0]
@@ -178,6 +192,8 @@ def canary_run(
         app.stop()
         if shadows is not None:
             shadows.stop(timeout=10)
+        if server is not None:
+            server.stop()
         for s, h in old.items():
             signal.signal(s, h)
     last = shadows.last_report if shadows is not None else None

@@ -132,6 +132,32 @@ def test_no_traffic_is_no_evidence_and_divergence_vetoes() -> None:
     assert d.tick(0.5).decision == "rollback" and "divergence" in d.reasons[0]  # type: ignore[union-attr]
 
 
+def test_the_rollout_is_exported_to_prometheus() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from appliance.canary import RolloutCollector
+
+    r = Rollout(CanaryPolicy(steps=[10, 100], step_seconds=5, min_requests=5), lambda w: None)
+    reg = CollectorRegistry()
+    reg.register(RolloutCollector(r))
+    r.start(0.0)
+    _feed(r, 100, canary_err=0.5, share=0.5)
+    r.add(None, 200, 0.01)
+    r.tick(1.0)
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(generate_latest(reg).decode())
+           for s in f.samples}
+    assert got[("shadowtap_canary_weight_percent", ())] == 0  # rolled back
+    assert got[("shadowtap_canary_state", (("state", "rolled_back"),))] == 1
+    n_c, e_c = r.totals[CANARY]
+    assert got[("shadowtap_canary_requests_total", (("backend", "canary"), ("result", "error")))
+               ] == e_c > 0
+    assert got[("shadowtap_canary_requests_total", (("backend", "canary"), ("result", "ok")))
+               ] == n_c - e_c
+    assert got[("shadowtap_canary_unattributed_total", ())] == 1
+
+
 @pytest.mark.parametrize("steps", [[], [0, 50], [50, 25], [10, 101]])
 def test_bad_steps_are_refused(steps: list[float]) -> None:
     with pytest.raises(ValueError, match="steps"):
@@ -229,7 +255,14 @@ def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             os.environ["SHADOWTAP_STATE_DIR"] = old
 
 
-def _rollout(spec: Any, tmp: Path, canary_fail: float, *extra: str
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        return r.read().decode()
+
+
+def _rollout(spec: Any, tmp: Path, canary_fail: float, *extra: str, scrape: int | None = None
              ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], dict[str, int]]:
     from netconfig import routing
 
@@ -240,15 +273,24 @@ def _rollout(spec: Any, tmp: Path, canary_fail: float, *extra: str
             service(spec.prefix + "canary", vip, canary_fail), \
             traffic(spec.prefix + "client", vip) as seen:
         time.sleep(0.3)
-        p = subprocess.run([*SHADOWTAP, "canary", "run", "--netns", gw, "--steps", "20,50,100",
-                            "--step-seconds", "2", "--min-requests", "20", "--report",
-                            str(report), *extra], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "SHADOWTAP_STATE_DIR":
-                                os.environ["SHADOWTAP_STATE_DIR"]})
+        proc = subprocess.Popen([*SHADOWTAP, "canary", "run", "--netns", gw, "--steps",
+                                 "20,50,100", "--step-seconds", "2", "--min-requests", "20",
+                                 "--report", str(report), *extra], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        scraped = ""
+        if scrape is not None:  # mid-run, as Prometheus would
+            deadline = time.monotonic() + 20
+            while "shadowtap_canary_step 2" not in scraped and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    scraped = _scrape(scrape)
+                time.sleep(0.2)
+        out, err = proc.communicate(timeout=120)
+        p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         after = routing.show(gw)
     assert "Traceback" not in p.stderr, p.stderr
     doc = json.loads(report.read_text())
     doc["weight_after"] = after["canary_percent"]
+    doc["scraped"] = scraped
     return p, doc, seen
 
 
@@ -268,8 +310,16 @@ def test_lab_a_failing_canary_is_rolled_back_and_production_recovers(lab_up: Any
 
 def test_lab_a_healthy_canary_is_promoted_to_all_new_connections(lab_up: Any,
                                                                  tmp_path: Path) -> None:
-    p, doc, seen = _rollout(lab_up, tmp_path, 0.0)
+    from apphelpers import free_port
+
+    port = free_port()
+    p, doc, seen = _rollout(lab_up, tmp_path, 0.0, "--metrics", f"127.0.0.1:{port}",
+                            scrape=port)
     try:
+        m = doc["scraped"]  # one /metrics: the rollout, the capture under it
+        assert "shadowtap_canary_weight_percent 50.0" in m, m[-2000:]
+        assert 'shadowtap_canary_state{state="running"} 1.0' in m
+        assert "shadowtap_capture_packets_total" in m
         assert p.returncode == 0, p.stderr
         assert doc["state"] == "promoted" and doc["weight_after"] == 100
         assert [h["weight"] for h in doc["history"]] == [20, 50, 100]
