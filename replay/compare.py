@@ -43,6 +43,21 @@ from typing import Any
 
 import orjson
 
+try:  # the shallow parse (see ``_shallow``); without these, orjson parses every body whole
+    import msgspec
+    import simdjson
+
+    _Raw: Any = msgspec.Raw
+    _shallow_top: Any = msgspec.json.Decoder(
+        dict[str, list[_Raw] | dict[str, _Raw] | str | int | float | bool | None]).decode
+    _raw_object: Any = msgspec.json.Decoder(dict[str, _Raw]).decode
+    _raw_array: Any = msgspec.json.Decoder(list[_Raw]).decode
+    _simd: Any = simdjson.Parser()
+    _MsgspecError: Any = msgspec.MsgspecError
+except ImportError:  # pragma: no cover
+    _Raw = _shallow_top = _raw_object = _raw_array = _simd = None
+    _MsgspecError = ValueError
+
 from replay.errors import InputError
 from replay.model import Headers, Request, Response
 
@@ -354,22 +369,73 @@ def _layout(headers: Headers) -> _Layout:
     return lay
 
 
-@dataclass(slots=True)
+_UNSET: Any = object()
+
+
 class Prepared:
     """A response ready to compare: its headers as received with their names' layout, the
     decoded body, its kind and parsed form. The lower-cased header dict is built only when
-    asked for (reports, and headers whose names differ between the two sides)."""
+    asked for (reports, and headers whose names differ between the two sides).
 
-    status: int
-    raw_headers: Headers
-    layout: _Layout
-    ctype: str
-    """The first Content-Type, lower-cased ("" when absent): with the body, it fixes the kind."""
-    kind: str
-    """``json``, ``text``, ``binary`` or ``empty``."""
-    body: bytes
-    doc: Any = None
-    decode_error: str | None = None
+    A JSON object or array body is held *shallow* (``lazy``, see ``_shallow``) and parsed whole
+    with orjson only if ``doc`` is asked for: a comparison parses just the members whose bytes
+    differ from the other side's. Whether such a body is JSON to orjson is settled when first
+    needed (``kind``; see ``_check``), and a comparison settles it for one side by the other."""
+
+    __slots__ = ("_checked", "_doc", "_kind", "body", "ctype", "decode_error", "layout", "lazy",
+                 "raw_headers", "status")
+
+    def __init__(self, status: int, raw_headers: Headers, layout: _Layout, ctype: str, kind: str,
+                 body: bytes, doc: Any = None, decode_error: str | None = None,
+                 lazy: Any = None, checked: bool = True) -> None:
+        self.status = status
+        self.raw_headers = raw_headers
+        self.layout = layout
+        self.ctype = ctype
+        """The first Content-Type, lower-cased ("" when absent): with the body, it fixes the
+        kind."""
+        self._kind = kind
+        self.body = body
+        self._doc = doc
+        self.decode_error = decode_error
+        self.lazy = lazy
+        """A JSON body's top level as decoded by ``_shallow``, or None."""
+        self._checked = checked
+
+    @property
+    def kind(self) -> str:
+        """``json``, ``text``, ``binary`` or ``empty``."""
+        if not self._checked:
+            self._check()
+        return self._kind
+
+    @property
+    def doc(self) -> Any:
+        """The parsed form: the JSON document (orjson), the text, or None."""
+        d = self._doc
+        if d is _UNSET:
+            d = self._doc = orjson.loads(self.body)
+        return d
+
+    def _check(self) -> None:
+        """Settle a shallow body's kind: msgspec skips nested values without checking all that
+        orjson checks (UTF-8 inside strings, numbers overflowing to infinity) and decodes
+        integers beyond 64 bits as ``int`` where orjson gives a float, so the whole body goes
+        through simdjson, which accepts nothing orjson refuses (a byte-order mark cannot come
+        first here) and refuses integers beyond 64 bits. What it refuses, orjson decides, as
+        for any other body."""
+        self._checked = True
+        try:
+            _simd.parse(self.body)  # the proxy it returns is dropped at once
+            return
+        except Exception:
+            pass
+        self.lazy = None
+        self._kind, self._doc = _parse(self.body, self.ctype)
+
+    def __repr__(self) -> str:
+        return (f"Prepared(status={self.status}, kind={self._kind!r}, ctype={self.ctype!r}, "
+                f"body={len(self.body)} bytes)")
 
     @property
     def headers(self) -> dict[str, list[str]]:
@@ -402,14 +468,39 @@ def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
     if not body:
         return Prepared(resp.status, raw, lay, ct, "empty", body, None, err)
     if like is not None and like.ctype == ct and like.body == body:
-        return Prepared(resp.status, raw, lay, ct, like.kind, body, like.doc, err)
-    if "json" in ct:  # the common case, without a call and a tuple
+        return Prepared(resp.status, raw, lay, ct, like._kind, body, like._doc, err, like.lazy,
+                        like._checked)
+    if "json" in ct or (not ct and body[:1] in (b"{", b"[")):
+        top = _shallow(body)
+        if top is not None:
+            return Prepared(resp.status, raw, lay, ct, "json", body, _UNSET, err, top, False)
+    if "json" in ct:  # not an object or array, or not parsed shallow: orjson decides
         try:
             return Prepared(resp.status, raw, lay, ct, "json", body, orjson.loads(body), err)
         except orjson.JSONDecodeError:
             pass
     kind, doc = _parse(body, ct)
     return Prepared(resp.status, raw, lay, ct, kind, body, doc, err)
+
+
+def _shallow(body: bytes) -> dict[str, Any] | list[Any] | None:
+    """A JSON object body one level deep (scalar members as values, arrays as ``list[Raw]``,
+    objects as ``dict[str, Raw]``) or an array body as ``list[Raw]``, where each ``msgspec.Raw``
+    is a member's or element's JSON text, a slice of ``body``; None when ``body`` is neither or
+    msgspec refuses it (then orjson decides). Provisional until ``Prepared._check``."""
+    c = body[:1]
+    if c == b"{":
+        dec = _shallow_top
+    elif c == b"[":
+        dec = _raw_array
+    else:
+        return None
+    if dec is None:
+        return None
+    try:
+        return dec(body)
+    except Exception:
+        return None
 
 
 def _parse(body: bytes, ct: str) -> tuple[str, Any]:
@@ -565,6 +656,163 @@ def _diff_list(a: list[Any], b: list[Any], path: str, out: list[Diff]) -> None:
             diff_json(va, vb, sub, out)
 
 
+# The same walk over shallow documents (``Prepared.lazy``). A JSON object body is decoded one
+# level deep: its scalar members as values, its arrays as ``list[Raw]`` and its objects as
+# ``dict[str, Raw]``, where each ``Raw`` is an element's or member's JSON text (a slice of the
+# body); an array body is a ``list[Raw]``. Equal bytes are equal values and are skipped
+# unparsed; raw text whose bytes differ is parsed with orjson and handed to the walk above, or,
+# when both sides are large objects or arrays, split one level further the same way. Unequal
+# bytes need not be unequal values (key order, ``1.0`` against ``1``, escapes, whitespace): the
+# parsed values decide, so every finding is the one ``diff_json`` makes on the whole parsed
+# documents, values included.
+
+_SPLIT_MIN = 96
+"""Raw members at least this long on both sides are split a level further instead of parsed
+whole (below it, parsing both is cheaper than splitting)."""
+
+
+def _loads(r: Any) -> Any:
+    return orjson.loads(bytes(r))
+
+
+def _loads_all(raws: Any) -> list[Any]:
+    """Several raw values parsed in one orjson call (each as it would be on its own)."""
+    return orjson.loads(b"[" + b",".join(raws) + b"]")
+
+
+def _full(v: Any) -> Any:
+    """A shallow value parsed whole."""
+    t = type(v)
+    if t is _Raw:
+        return orjson.loads(bytes(v))
+    if t is list:
+        return _loads_all(v) if v else []
+    if t is dict:
+        return {k: orjson.loads(bytes(r)) for k, r in v.items()}
+    return v
+
+
+def _member(va: Any, vb: Any, path: str, out: list[Diff]) -> None:
+    """A member of two parsed objects, as ``_diff_dict`` treats one present on both sides."""
+    tv = type(va)
+    if tv is type(vb):
+        if va == vb:
+            return
+        if tv is dict:
+            _diff_dict(va, vb, path, out)
+        elif tv is list:
+            _diff_list(va, vb, path, out)
+        else:
+            out.append((path, "changed_value", va, vb))
+    else:
+        diff_json(va, vb, path, out)
+
+
+def _raw_member(ra: Any, rb: Any, path: str, out: list[Diff]) -> None:
+    """``_member`` for two members' raw text whose bytes differ."""
+    if len(ra) >= _SPLIT_MIN and len(rb) >= _SPLIT_MIN:
+        ca = memoryview(ra)[0]
+        if ca == memoryview(rb)[0]:
+            if ca == 91:  # "[": equal arrays give no finding, no equality test needed
+                _shallow_list(_raw_array(ra), _raw_array(rb), path, out)
+                return
+            if ca == 123:  # "{"
+                _shallow_object(_raw_object(ra), _raw_object(rb), path, out)
+                return
+    _member(_loads(ra), _loads(rb), path, out)
+
+
+def _shallow_object(a: dict[str, Any], b: dict[str, Any], path: str, out: list[Diff]) -> None:
+    """``_member`` for two shallow objects: nothing when they are equal (``==``), else
+    ``_diff_dict``'s findings. A per-member walk sees ``true`` against ``1`` where ``==`` on
+    the whole objects does not; only then can the first finding be a changed type."""
+    n = len(out)
+    _shallow_dict(a, b, path, out)
+    if len(out) > n and out[n][1] == "changed_type" and _full(a) == _full(b):
+        del out[n:]
+
+
+def _shallow_dict(a: dict[str, Any], b: dict[str, Any], path: str, out: list[Diff]) -> None:
+    """``_diff_dict`` over shallow members (msgspec keeps a repeated key's last value in its
+    first place, as orjson does)."""
+    missing = 0
+    get = b.get
+    for k, va in a.items():
+        vb = get(k, _ABSENT)
+        if vb is _ABSENT:
+            missing += 1
+            out.append((path + (_SEGS.get(k) or _seg(k)), "missing", _full(va), None))
+            continue
+        tv = type(va)
+        if tv is type(vb):
+            if va == vb:  # raw text: the same bytes; a parsed scalar: equal
+                continue
+            if tv is _Raw:
+                _raw_member(va, vb, path + (_SEGS.get(k) or _seg(k)), out)
+            elif tv is list:
+                _shallow_list(va, vb, path + (_SEGS.get(k) or _seg(k)), out)
+            elif tv is dict:
+                _shallow_object(va, vb, path + (_SEGS.get(k) or _seg(k)), out)
+            else:
+                out.append((path + (_SEGS.get(k) or _seg(k)), "changed_value", va, vb))
+        else:
+            diff_json(_full(va), _full(vb), path + (_SEGS.get(k) or _seg(k)), out)
+    if len(b) > len(a) - missing:
+        for k, vb in b.items():
+            if k not in a:
+                out.append((path + (_SEGS.get(k) or _seg(k)), "extra", None, _full(vb)))
+
+
+def _shallow_list(a: list[Any], b: list[Any], path: str, out: list[Diff]) -> None:
+    """``_diff_list`` over raw elements: only those whose bytes differ are parsed."""
+    n = len(a)
+    if n != len(b):
+        out.append((path, "array_length", n, len(b)))
+        return
+    at = list(compress(range(n), map(ne, a, b)))  # positions whose bytes differ
+    if not at:
+        return
+    if len(at) == 1:  # the common case: one element changed (a single one is no reordering)
+        i = at[0]
+        va = _loads(a[i])
+        vb = _loads(b[i])
+        if va == vb:
+            return
+        tv = type(va)
+        if tv is type(vb) and tv is not dict and tv is not list:
+            out.append((path + "[*]", "changed_value", va, vb))
+        else:
+            diff_json(va, vb, path + "[*]", out)
+        return
+    if len(at) == n:
+        xs = whole_a = _loads_all(a)
+        ys = whole_b = _loads_all(b)
+    else:
+        pick = itemgetter(*at)
+        xs = _loads_all(pick(a))
+        ys = _loads_all(pick(b))
+        whole_a = whole_b = None
+    differ = list(map(ne, xs, ys))  # of those, positions whose values differ too
+    if False in differ:
+        if True not in differ:
+            return
+        xs = list(compress(xs, differ))
+        ys = list(compress(ys, differ))
+    if len(xs) > 1 and _same_multiset(xs, ys):
+        if whole_a is None:
+            whole_a = _loads_all(a)
+            whole_b = _loads_all(b)
+        out.append((path, "array_order", whole_a, whole_b))
+        return
+    sub = path + "[*]"
+    for va, vb in zip(xs, ys, strict=True):
+        tv = type(va)
+        if tv is type(vb) and tv is not dict and tv is not list:
+            out.append((sub, "changed_value", va, vb))
+        else:
+            diff_json(va, vb, sub, out)
+
+
 class Comparator:
     """Compares ``Prepared`` responses under ``Rules`` (header modes only; field rules are
     applied by ``ThreeWay``, which knows the endpoint)."""
@@ -633,23 +881,75 @@ class Comparator:
 
     def _body(self, a: Prepared, b: Prepared, out: list[Diff]) -> None:
         """Bodies whose decoded bytes differ, by kind."""
+        if a.lazy is not None and b.lazy is not None and _shallow_json(a, b, out):
+            return
         if a.kind != b.kind:
             out.append(("body", "changed_type", a.kind, b.kind))
             return
         if a.kind == "json":
-            n = len(out)
-            diff_json(a.doc, b.doc, "body:$", out)
-            # Python-equal documents are the same answer (``true`` against ``1`` deep inside
-            # is not told apart, see the module docstring). Only changed types can be found in
-            # such a pair, so any other first finding proves them unequal without the test.
-            if len(out) > n and out[n][1] == "changed_type" and type(a.doc) is type(b.doc) \
-                    and a.doc == b.doc:
-                del out[n:]
+            _json_body(a, b, out)
         elif a.kind == "text":
             if a.doc != b.doc:
                 out.append(("body", "lines_changed", a.doc, b.doc))
         else:
             out.append(("body", "bytes_changed", a.body, b.body))
+
+
+def _json_body(a: Prepared, b: Prepared, out: list[Diff]) -> None:
+    """Two JSON bodies: the walk over their shallow forms when both have one, else over the
+    parsed documents."""
+    n = len(out)
+    la = a.lazy
+    lb = b.lazy
+    if la is not None and lb is not None and type(la) is type(lb):
+        if type(la) is dict:
+            _shallow_dict(la, lb, "body:$", out)
+        else:
+            _shallow_list(la, lb, "body:$", out)
+    else:
+        diff_json(a.doc, b.doc, "body:$", out)
+    # Python-equal documents are the same answer (``true`` against ``1`` deep inside is not
+    # told apart, see the module docstring). Only changed types can be found in such a pair,
+    # so any other first finding proves them unequal without the test.
+    if len(out) > n and out[n][1] == "changed_type" and type(a.doc) is type(b.doc) \
+            and a.doc == b.doc:
+        del out[n:]
+
+
+_I64_MIN = -(2**63)
+_U64_MAX = 2**64 - 1
+
+
+def _shallow_json(a: Prepared, b: Prepared, out: list[Diff]) -> bool:
+    """Two shallow JSON bodies, at least one not yet checked (``Prepared._check``). ``a`` is
+    checked whole; ``b`` is then checked by the walk itself where that is enough: every part
+    of ``b`` the walk does not parse with orjson (or split further) has the same bytes as the
+    part of ``a`` it is compared with, which is known good. So when the walk completes, with
+    no orjson error, no ``array_length`` finding (arrays whose elements it did not look at)
+    and no top-level integer beyond 64 bits in a finding (msgspec's ``int`` where orjson gives
+    a float), ``b`` is JSON to orjson and its findings are exact. Otherwise ``b`` is checked
+    whole and compared again the ordinary way. False: not done here (the caller goes on)."""
+    if not a._checked:
+        a._check()
+    la = a.lazy
+    lb = b.lazy
+    if la is None or b._checked or type(la) is not type(lb):
+        return False  # the ordinary way settles whatever is left
+    n = len(out)
+    try:
+        _json_body(a, b, out)
+    except (ValueError, _MsgspecError):
+        del out[n:]
+        b._check()
+        return False
+    for d in out[n:]:
+        v = d[3]
+        if d[1] == "array_length" or (type(v) is int and not _I64_MIN <= v <= _U64_MAX):
+            del out[n:]
+            b._check()
+            return False
+    b._checked = True
+    return True
 
 
 def _cookie_names(values: list[str]) -> list[str]:
