@@ -37,6 +37,7 @@ from netconfig.ops import INGRESS, DryRunner, U32Key
 
 FORMAT = 1
 BOX = "shadowtap/debian"
+BOX_PYTHON = "3.11"  # Debian 12's python3, what the gateway VM runs shadowtap with
 # Must match vagrant/guest/box.Vagrantfile: the lab Vagrantfile appends the interface names.
 CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
 TUNNEL_IP = "127.0.0.1"  # the UDP tunnels live on the loopback of the lab's private namespace

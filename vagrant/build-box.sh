@@ -109,6 +109,9 @@ for unit in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.tim
             systemd-networkd-wait-online.service getty@tty1.service; do
     chroot "$ROOT" systemctl mask "$unit" >/dev/null 2>&1 || true
 done
+# an empty machine-id: each VM makes its own at first boot (not one shared by all of them)
+: > "$ROOT/etc/machine-id"
+rm -f "$ROOT/var/lib/dbus/machine-id"
 chroot "$ROOT" apt-get clean
 rm -rf "$ROOT/var/lib/apt/lists/"* "$ROOT/usr/share/doc/"* "$ROOT/usr/share/man/"*
 
