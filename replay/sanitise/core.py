@@ -54,6 +54,8 @@ _SAMPLES = 3
 _CLEAN_MAX = 512
 _MEMO_ENTRIES = 1 << 13
 _CLEAN_ENTRIES = 1 << 14
+_HMEMO_VALUE_MAX = 4096
+"""Header lines up to this long are remembered (a session's Authorization, a user agent)."""
 
 
 @dataclass
@@ -90,6 +92,11 @@ class SanitiseReport:
                 s.append(txt)
                 if len(s) >= _SAMPLES:
                     self._full.add(rule)
+
+    def replay(self, recorded: tuple[tuple[str, str, bytes | None], ...]) -> None:
+        """Count again what a memoised step counted the first time."""
+        for rule, loc, sample in recorded:
+            self.count(rule, loc, sample)
 
     def fallback(self, reason: str) -> None:
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
@@ -218,6 +225,8 @@ class Sanitiser:
                 self._ip_rules.setdefault(r.detector.name, r)
         self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
         self._hkind: dict[str, tuple[int, str]] = {}
+        self._hmemo: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._clean_targets: set[str] = set()
         self._ctype_cache: dict[str | None, tuple[str, dict[str, str]]] = {}
         self._cookie_cache: dict[tuple[str, bool], tuple[Any, list[Any], dict[bytes, bytes]]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
@@ -531,76 +540,131 @@ class Sanitiser:
 
     def _headers(self, headers: Headers, ctx: _Ctx) -> tuple[Headers, str | None, str | None]:
         """Sanitise header values; also returns Content-Type and Content-Encoding (framing
-        headers, never rewritten), found in the same pass."""
-        items: list[tuple[str, bytes]] = []
-        idx: list[int] = []
-        cookie_idx: list[int] = []
-        url_idx: list[int] = []
-        kinds = self._hkind
+        headers, never rewritten), found in the same pass.
+
+        Most header lines recur verbatim (user agents, accept lists, a session's Authorization),
+        so what a line needs is remembered per (name, value): skipped, clean, or its replacement
+        with the counts, echo entries and pseudonyms it produced (replayed on a hit). URL
+        headers depend on what this exchange already wrote and are done each time."""
+        memo = self._hmemo
         ctype = cenc = None
-        for i, (k, v) in enumerate(headers):
-            kk = kinds.get(k)
-            if kk is None:
-                kk = self._classify_header(k)
-            kind, lk = kk
-            if kind == _H_VALUE:
-                try:
-                    items.append((lk, v.encode("latin-1")))
-                except UnicodeEncodeError:
-                    items.append((lk, v.encode("utf-8")))
-                idx.append(i)
-            elif kind == _H_SKIP:
+        new: list[tuple[str, str]] | None = None
+        drop: list[int] | None = None
+        later: list[tuple[int, int]] | None = None  # URL and cookie lines, after the values
+        rep = self.report
+        for i, kv in enumerate(headers):
+            rec = memo.get(kv)
+            if rec is None:
+                rec = self._header_rec(kv)
+            kind = rec[0]
+            if kind == _H_SKIP:
                 continue
-            elif kind == _H_COOKIE:
-                cookie_idx.append(i)
-            elif kind == _H_URL:
-                whole, scoped = self._select("header", lk)
-                if whole is None and not scoped:
-                    url_idx.append(i)  # sanitised as a URL below, not twice
-                else:
-                    items.append((lk, _enc(v)))  # a rule picks this header by name
-                    idx.append(i)
+            if kind == _H_VALUE:
+                nv, counts, echo, produced = rec[1], rec[2], rec[3], rec[4]
+                if counts:
+                    rep.replay(counts)
+                if echo:
+                    ctx.echo.update(echo)
+                if produced:
+                    ctx.produced.update(produced)
+                if nv is not kv[1]:
+                    if new is None:
+                        new = list(headers)
+                    if nv is None:
+                        if drop is None:
+                            drop = []
+                        drop.append(i)
+                    else:
+                        new[i] = (kv[0], nv)
             elif kind == _H_CTYPE:
                 if ctype is None:
-                    ctype = v
-            elif cenc is None:  # _H_CENC
-                cenc = v
-        changes = self._items("header", items, ctx) if items else {}
-        if not changes and not cookie_idx and not url_idx:
-            return headers, ctype, cenc
-        new = list(headers)
-        drop: set[int] = set()
-        for j, val in changes.items():
-            i = idx[j]
-            if val is _DROP:
-                drop.add(i)
+                    ctype = kv[1]
+            elif kind == _H_CENC:
+                if cenc is None:
+                    cenc = kv[1]
+            elif later is None:
+                later = [(i, kind)]
             else:
-                new[i] = (headers[i][0], _dec(val, headers[i][1]))
-        for i in url_idx:
-            cur = new[i][1]
-            nv = self._url(cur, ctx)
-            # then the header detectors over the whole URL (host, fragment...), skipping what
-            # the URL pass already wrote
-            raw = _enc(nv)
-            checked = self._replace_hits(
-                "header", raw, self._dets["header"], ctx, skip=ctx.produced
-            )
-            if checked is not raw:
-                nv = _dec(checked, cur)
-            if nv is not cur:
-                new[i] = (new[i][0], nv)
-        for i in cookie_idx:
-            k, v = headers[i]
-            nv = self._cookie_memo(v, k.lower() == "set-cookie", ctx)
-            if nv is None:
-                drop.add(i)
-            elif nv is not v:
-                new[i] = (k, nv)
+                later.append((i, kind))
+        if later is not None:
+            for i, kind in later:
+                if kind == _H_URL:
+                    new = self._url_header(headers, new, i, ctx)
+            for i, kind in later:
+                k, v = headers[i]
+                if kind == _H_COOKIE:
+                    nv = self._cookie_memo(v, k.lower() == "set-cookie", ctx)
+                    if nv is v:
+                        continue
+                    if new is None:
+                        new = list(headers)
+                    if nv is None:
+                        if drop is None:
+                            drop = []
+                        drop.append(i)
+                    else:
+                        new[i] = (k, nv)
+        if new is None:
+            return headers, ctype, cenc
         if drop:
-            new = [h for i, h in enumerate(new) if i not in drop]
+            gone = set(drop)
+            new = [h for i, h in enumerate(new) if i not in gone]
         if new == headers:
             return headers, ctype, cenc
         return new, ctype, cenc
+
+    def _url_header(
+        self, headers: Headers, new: list[tuple[str, str]] | None, i: int, ctx: _Ctx
+    ) -> list[tuple[str, str]] | None:
+        """A URL header (Referer, Location...): sanitised as a URL, then the header detectors
+        over the whole URL (host, fragment...), skipping what the URL pass already wrote."""
+        cur = headers[i][1]
+        nv = self._url(cur, ctx)
+        raw = _enc(nv)
+        checked = self._replace_hits("header", raw, self._dets["header"], ctx, skip=ctx.produced)
+        if checked is not raw:
+            nv = _dec(checked, cur)
+        if nv is cur:
+            return new
+        if new is None:
+            new = list(headers)
+        new[i] = (headers[i][0], nv)
+        return new
+
+    def _header_rec(self, kv: tuple[str, str]) -> tuple[Any, ...]:
+        """What a header line needs (see ``_headers``), computed once and remembered.
+
+        (kind,) for skipped, URL, cookie, Content-Type and Content-Encoding lines; for plain
+        values (_H_VALUE, new value or the same str or None to drop, recorded counts, echo
+        entries, pseudonyms written). A value is done on its own, like a value that a joined
+        scan found a hit in; a clean one is remembered like ``_remember_clean`` does."""
+        k, v = kv
+        kk = self._hkind.get(k)
+        kind, lk = kk if kk is not None else self._classify_header(k)
+        if kind != _H_VALUE:
+            rec: tuple[Any, ...] = (kind,)
+        else:
+            vb = _enc(v)
+            sub = _Ctx()
+            counts: list[tuple[str, str, bytes | None]] = []
+            rep = self.report
+            rep._rec = counts
+            try:
+                changes = self._items("header", [(lk, vb)], sub)
+            finally:
+                rep._rec = None
+            if not changes:
+                nv: str | None = v
+            elif changes[0] is _DROP:
+                nv = None
+            else:
+                nv = _dec(changes[0], v)
+            rec = (_H_VALUE, nv, tuple(counts), dict(sub.echo), frozenset(sub.produced))
+        if len(kv[1]) <= _HMEMO_VALUE_MAX:
+            if len(self._hmemo) >= _MEMO_ENTRIES:
+                self._hmemo.clear()
+            self._hmemo[kv] = rec
+        return rec
 
     def _classify_header(self, name: str) -> tuple[int, str]:
         """What to do with a header of this name (cached: names repeat in every message)."""
@@ -614,7 +678,9 @@ class Sanitiser:
         elif lk in ("cookie", "set-cookie"):
             kind = _H_COOKIE
         elif lk in _URL_HEADERS:
-            kind = _H_URL
+            whole, scoped = self._select("header", lk)
+            # a rule that picks this header by name treats it as a plain value
+            kind = _H_URL if whole is None and not scoped else _H_VALUE
         else:
             kind = _H_VALUE
         if len(self._hkind) > 4096:
@@ -688,8 +754,29 @@ class Sanitiser:
     # -- request target, URLs --------------------------------------------------------------------
 
     def _target(self, target: str, ctx: _Ctx) -> str:
-        """The request-target: userinfo, path segments, query, fragment."""
-        return self._url(target, ctx)
+        """The request-target: userinfo, path segments, query, fragment.
+
+        Targets that went through untouched (no count, nothing written) are remembered: health
+        checks, listings and asset URLs recur. Only while nothing was written in this exchange
+        yet, since a safety-net scan skips what was (the request target comes first)."""
+        if ctx.produced or ctx.echo:
+            return self._url(target, ctx)
+        clean = self._clean_targets
+        if target in clean:
+            return target
+        rep = self.report
+        rec: list[tuple[str, str, bytes | None]] = []
+        rep._rec = rec
+        try:
+            new = self._url(target, ctx)
+        finally:
+            rep._rec = None
+        clean_now = new is target and not rec and not ctx.produced and not ctx.echo
+        if clean_now and len(target) <= _CLEAN_MAX:
+            if len(clean) >= _CLEAN_ENTRIES:
+                clean.clear()
+            clean.add(target)
+        return new
 
     def _url(self, url: str, ctx: _Ctx) -> str:
         """Sanitise userinfo, path segments and query parameters of a URL or request-target."""
