@@ -18,9 +18,14 @@ Two layers:
   secondary there is nothing to test against, so every difference not covered by the rules is
   reported. Differences the secondary shares are noise, and can be written to a rules file.
 
-Speed: orjson parsing and a lean recursive walk that only descends into unequal subtrees
-(docs/benchmarks.md: ~33k pairs/s of 2 KB JSON on one core of the 2-CPU host, where parsing
-both bodies alone is ~58k/s). DeepDiff is ~200× slower. Work that cannot change a result is
+Speed: JSON bodies are not parsed whole. msgspec splits an object body one level deep (an array
+body into its elements), each member or element kept as its raw JSON text; members whose bytes
+are equal on both sides are equal and never parsed, the others are parsed with orjson and go
+to the same lean recursive walk, which only descends into unequal subtrees. Whether a body is
+JSON to orjson is settled by simdjson for one side and by the walk for the other (see
+``Prepared._check`` and ``_shallow_json``). Findings, values included, are exactly those of the
+walk over two orjson documents (tests/replay/test_replay_compare_fast.py). docs/benchmarks.md
+has the figures; DeepDiff is a few hundred times slower. Work that cannot change a result is
 skipped: equal header lists, header names compared by position when both sides list the same
 names in the same order, a body identical to the primary's (its parse is reused). The walk uses
 Python equality to skip equal subtrees, so a ``true`` ↔ ``1`` swap inside an otherwise equal
@@ -43,7 +48,7 @@ from typing import Any
 
 import orjson
 
-try:  # the shallow parse (see ``_shallow``); without these, orjson parses every body whole
+try:  # the shallow parse (see ``prepare``); without these, orjson parses every body whole
     import msgspec
     import simdjson
 
@@ -377,7 +382,7 @@ class Prepared:
     decoded body, its kind and parsed form. The lower-cased header dict is built only when
     asked for (reports, and headers whose names differ between the two sides).
 
-    A JSON object or array body is held *shallow* (``lazy``, see ``_shallow``) and parsed whole
+    A JSON object or array body is held *shallow* (``lazy``, see ``prepare``) and parsed whole
     with orjson only if ``doc`` is asked for: a comparison parses just the members whose bytes
     differ from the other side's. Whether such a body is JSON to orjson is settled when first
     needed (``kind``; see ``_check``), and a comparison settles it for one side by the other."""
@@ -399,7 +404,10 @@ class Prepared:
         self._doc = doc
         self.decode_error = decode_error
         self.lazy = lazy
-        """A JSON body's top level as decoded by ``_shallow``, or None."""
+        """A JSON object body one level deep (scalar members as values, arrays as
+        ``list[Raw]``, objects as ``dict[str, Raw]``) or an array body as ``list[Raw]``, where
+        each ``msgspec.Raw`` is a member's or element's JSON text, a slice of ``body``; or
+        None (the body is parsed whole, or is not JSON)."""
         self._checked = checked
 
     @property
@@ -470,10 +478,14 @@ def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
     if like is not None and like.ctype == ct and like.body == body:
         return Prepared(resp.status, raw, lay, ct, like._kind, body, like._doc, err, like.lazy,
                         like._checked)
-    if "json" in ct or (not ct and body[:1] in (b"{", b"[")):
-        top = _shallow(body)
-        if top is not None:
-            return Prepared(resp.status, raw, lay, ct, "json", body, _UNSET, err, top, False)
+    if "json" in ct or not ct:
+        c = body[0]  # an object or an array: held shallow, JSON to msgspec (``Prepared.lazy``)
+        if (c == 123 or c == 91) and _shallow_top is not None:  # "{" or "["
+            try:
+                top = _shallow_top(body) if c == 123 else _raw_array(body)
+                return Prepared(resp.status, raw, lay, ct, "json", body, _UNSET, err, top, False)
+            except Exception:
+                pass
     if "json" in ct:  # not an object or array, or not parsed shallow: orjson decides
         try:
             return Prepared(resp.status, raw, lay, ct, "json", body, orjson.loads(body), err)
@@ -481,26 +493,6 @@ def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
             pass
     kind, doc = _parse(body, ct)
     return Prepared(resp.status, raw, lay, ct, kind, body, doc, err)
-
-
-def _shallow(body: bytes) -> dict[str, Any] | list[Any] | None:
-    """A JSON object body one level deep (scalar members as values, arrays as ``list[Raw]``,
-    objects as ``dict[str, Raw]``) or an array body as ``list[Raw]``, where each ``msgspec.Raw``
-    is a member's or element's JSON text, a slice of ``body``; None when ``body`` is neither or
-    msgspec refuses it (then orjson decides). Provisional until ``Prepared._check``."""
-    c = body[:1]
-    if c == b"{":
-        dec = _shallow_top
-    elif c == b"[":
-        dec = _raw_array
-    else:
-        return None
-    if dec is None:
-        return None
-    try:
-        return dec(body)
-    except Exception:
-        return None
 
 
 def _parse(body: bytes, ct: str) -> tuple[str, Any]:
@@ -671,8 +663,14 @@ _SPLIT_MIN = 96
 whole (below it, parsing both is cheaper than splitting)."""
 
 
+_SMALL_ARRAY = 6
+"""Arrays of at most this many elements are parsed whole once their bytes differ."""
+
+_orjson_loads = orjson.loads
+
+
 def _loads(r: Any) -> Any:
-    return orjson.loads(bytes(r))
+    return _orjson_loads(bytes(r))
 
 
 def _loads_all(raws: Any) -> list[Any]:
@@ -769,29 +767,35 @@ def _shallow_list(a: list[Any], b: list[Any], path: str, out: list[Diff]) -> Non
     if n != len(b):
         out.append((path, "array_length", n, len(b)))
         return
+    if n <= _SMALL_ARRAY:  # parsing all of a few elements is cheaper than looking first
+        _diff_list(_loads_all(a), _loads_all(b), path, out)
+        return
     at = list(compress(range(n), map(ne, a, b)))  # positions whose bytes differ
     if not at:
         return
     if len(at) == 1:  # the common case: one element changed (a single one is no reordering)
         i = at[0]
-        va = _loads(a[i])
-        vb = _loads(b[i])
+        va = _orjson_loads(bytes(a[i]))
+        vb = _orjson_loads(bytes(b[i]))
         if va == vb:
             return
         tv = type(va)
-        if tv is type(vb) and tv is not dict and tv is not list:
-            out.append((path + "[*]", "changed_value", va, vb))
+        if tv is type(vb):
+            if tv is dict:
+                _diff_dict(va, vb, path + "[*]", out)
+            elif tv is list:
+                _diff_list(va, vb, path + "[*]", out)
+            else:
+                out.append((path + "[*]", "changed_value", va, vb))
         else:
             diff_json(va, vb, path + "[*]", out)
         return
-    if len(at) == n:
-        xs = whole_a = _loads_all(a)
-        ys = whole_b = _loads_all(b)
-    else:
-        pick = itemgetter(*at)
-        xs = _loads_all(pick(a))
-        ys = _loads_all(pick(b))
-        whole_a = whole_b = None
+    if len(at) == n:  # every element's bytes differ: the arrays whole, the parsed walk
+        _diff_list(_loads_all(a), _loads_all(b), path, out)
+        return
+    pick = itemgetter(*at)
+    xs = _loads_all(pick(a))
+    ys = _loads_all(pick(b))
     differ = list(map(ne, xs, ys))  # of those, positions whose values differ too
     if False in differ:
         if True not in differ:
@@ -799,10 +803,7 @@ def _shallow_list(a: list[Any], b: list[Any], path: str, out: list[Diff]) -> Non
         xs = list(compress(xs, differ))
         ys = list(compress(ys, differ))
     if len(xs) > 1 and _same_multiset(xs, ys):
-        if whole_a is None:
-            whole_a = _loads_all(a)
-            whole_b = _loads_all(b)
-        out.append((path, "array_order", whole_a, whole_b))
+        out.append((path, "array_order", _loads_all(a), _loads_all(b)))
         return
     sub = path + "[*]"
     for va, vb in zip(xs, ys, strict=True):
@@ -832,7 +833,8 @@ class Comparator:
                 self._header_values(a.raw_headers, b.raw_headers, a.layout.lower, out)
             else:
                 self._headers(a.headers, b.headers, out)
-        if a.body != b.body:
+        if a.body != b.body and not (a.lazy is not None and b.lazy is not None
+                                     and _shallow_json(a, b, out)):
             self._body(a, b, out)
         return out
 
@@ -880,9 +882,8 @@ class Comparator:
                     out.append(("header:" + name, "extra", None, vb))
 
     def _body(self, a: Prepared, b: Prepared, out: list[Diff]) -> None:
-        """Bodies whose decoded bytes differ, by kind."""
-        if a.lazy is not None and b.lazy is not None and _shallow_json(a, b, out):
-            return
+        """Bodies whose decoded bytes differ, by kind (two shallow JSON bodies go to
+        ``_shallow_json`` first)."""
         if a.kind != b.kind:
             out.append(("body", "changed_type", a.kind, b.kind))
             return
@@ -921,34 +922,43 @@ _U64_MAX = 2**64 - 1
 
 
 def _shallow_json(a: Prepared, b: Prepared, out: list[Diff]) -> bool:
-    """Two shallow JSON bodies, at least one not yet checked (``Prepared._check``). ``a`` is
-    checked whole; ``b`` is then checked by the walk itself where that is enough: every part
-    of ``b`` the walk does not parse with orjson (or split further) has the same bytes as the
-    part of ``a`` it is compared with, which is known good. So when the walk completes, with
-    no orjson error, no ``array_length`` finding (arrays whose elements it did not look at)
-    and no top-level integer beyond 64 bits in a finding (msgspec's ``int`` where orjson gives
-    a float), ``b`` is JSON to orjson and its findings are exact. Otherwise ``b`` is checked
-    whole and compared again the ordinary way. False: not done here (the caller goes on)."""
-    if not a._checked:
-        a._check()
-    la = a.lazy
-    lb = b.lazy
-    if la is None or b._checked or type(la) is not type(lb):
+    """Two shallow JSON bodies, at least one not yet checked (``Prepared._check``). One side is
+    checked whole (the other one when it already is); the other is then checked by the walk
+    itself where that is enough: every part of it the walk does not parse with orjson (or
+    split further) has the same bytes as the part of the checked side it is compared with,
+    known good. So when the walk completes, with no orjson error, no ``array_length`` finding
+    (arrays whose elements it did not look at) and no top-level integer beyond 64 bits from
+    that side in a finding (msgspec's ``int`` where orjson gives a float), that side is JSON to
+    orjson and the findings are exact. Otherwise it is checked whole and the two compared
+    again the ordinary way. False: not done here (the caller goes on)."""
+    if a._checked:
+        other, side = b, 3
+    else:
+        if not b._checked:
+            b._check()  # the one prepared last: its bytes are likelier still in the cache
+        other, side = a, 2
+    if a.lazy is None or b.lazy is None or other._checked or type(a.lazy) is not type(b.lazy):
         return False  # the ordinary way settles whatever is left
     n = len(out)
     try:
-        _json_body(a, b, out)
+        if type(a.lazy) is dict:
+            _shallow_dict(a.lazy, b.lazy, "body:$", out)
+        else:
+            _shallow_list(a.lazy, b.lazy, "body:$", out)
+        if len(out) > n and out[n][1] == "changed_type" and type(a.doc) is type(b.doc) \
+                and a.doc == b.doc:  # as in ``_json_body``
+            del out[n:]
     except (ValueError, _MsgspecError):
         del out[n:]
-        b._check()
+        other._check()
         return False
     for d in out[n:]:
-        v = d[3]
+        v = d[side]
         if d[1] == "array_length" or (type(v) is int and not _I64_MIN <= v <= _U64_MAX):
             del out[n:]
-            b._check()
+            other._check()
             return False
-    b._checked = True
+    other._checked = True
     return True
 
 

@@ -282,8 +282,8 @@ def odd_value(rng: random.Random, depth: int = 0) -> Any:
     r = rng.random()
     if depth < 4 and r < 0.25:
         return {rng.choice(KEYS): odd_value(rng, depth + 1) for _ in range(rng.randrange(6))}
-    if depth < 4 and r < 0.45:
-        return [odd_value(rng, depth + 1) for _ in range(rng.randrange(6))]
+    if depth < 4 and r < 0.45:  # long enough, at times, to be split element by element
+        return [odd_value(rng, depth + 1) for _ in range(rng.randrange(12))]
     return rng.choice(ODD_SCALARS if r < 0.6 else SCALARS)
 
 
@@ -392,6 +392,19 @@ def test_shallow_path_edge_cases() -> None:
         (b'{"a": [' + b",".join(b'"' + bytes([65 + i]) * 100 + b'"' for i in range(5)) + b']}',
          b'{"a": [' + b",".join(b'"' + bytes([69 - i]) * 100 + b'"' for i in range(5)) + b']}'),
     ]
+    longer = [  # arrays long enough to be compared element by element
+        (b"[1,2,3,4,5,6,7,true]", b"[1,2,3,4,5,6,7,1]"), (b"[1,2,3,4,5,6,7,true]", b"[1,2,3,4,5,6,7,2]"),
+        (b"[1,2,3,4,5,6,7,8]", b"[8,7,6,5,4,3,2,1]"), (b"[1,2,3,4,5,6,7,8]", b"[2,1,3,4,5,6,7,8]"),
+        (b"[1,2,3,4,5,6,7,8]", b"[1.0,2,3,4,5,6,7,9]"), (b"[1,2,3,4,5,6,7,8]", b"[1.0,2,3,4,5,6,7,8]"),
+        (b'[1,2,3,4,5,6,7,"a","b"]', b'[1,2,3,4,5,6,7,"b","a"]'),
+        (b"[1,2,3,4,5,6,7,{}]", b"[1,2,3,4,5,6,7,[]]"), (b'[1,2,3,4,5,6,7,{"a":1}]',
+                                                         b'[1,2,3,4,5,6,7,{"a":2}]'),
+        (b"[1,2,3,4,5,6,7,[1,2]]", b"[1,2,3,4,5,6,7,[2,1]]"),
+        (b"[1,2,3,4,5,6,7,8]", b"[1,2,3,4,5,6,7,1e400]"), (b'[1,2,3,4,5,6,7,"x"]',
+                                                          b'[1,2,3,4,5,6,7,"\xff"]'),
+    ]
+    cases += longer + [(b'{"a": ' + x + b', "b": 1}', b'{"a": ' + y + b', "b": 1}')
+                       for x, y in longer]
     for ta, tb in cases:
         for ha in ([("Content-Type", "application/json")], []):
             for x, y in ((ta, tb), (tb, ta)):
