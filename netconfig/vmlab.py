@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -361,8 +363,19 @@ def up(spec: lab.LabSpec, nodes: list[str] | None = None, install: bool = True,
             _wait_libvirt(rec)
             _ensure_box(box, say)
             say(f"vagrant up: {', '.join(selected)} (QEMU TCG; expect ~1-3 minutes)")
-            _ns_run(["vagrant", "up", "--provider", "libvirt"], timeout=timeout,
-                    say=lambda line: None if "Progress:" in line else say(f"  {line}"))
+            log = open(w / "vagrant-up.log", "w")  # noqa: SIM115 - closed below
+
+            def progress(line: str) -> None:
+                """Everything to the log; to the user, less the box upload and VM settings."""
+                log.write(line + "\n")
+                if "Progress:" not in line and not re.search(r"^==> [\w-]+:  -- ", line):
+                    say(f"  {line}")
+
+            try:
+                _ns_run(["vagrant", "up", "--provider", "libvirt"], timeout=timeout,
+                        say=progress)
+            finally:
+                log.close()
             cfg = _ns_run(["vagrant", "ssh-config"], timeout=120).stdout
             (w / "ssh_config").write_text(cfg)
             rec["status"] = "up"
@@ -491,8 +504,9 @@ def ssh(node: str, command: list[str], timeout: float = 600,
     cfg = work_dir() / "ssh_config"
     if not cfg.exists() or not nsmod.exists(NETNS):
         raise NetconfigError("the Vagrant lab is not up: run 'scripts/vagrant-lab.sh up'")
+    # ssh hands the remote shell one string: quote each word so it arrives as given
     argv = ["ip", "netns", "exec", NETNS, "ssh", "-F", str(cfg), "-o", "LogLevel=ERROR",
-            "-o", "BatchMode=yes", node, "--", *command]
+            "-o", "BatchMode=yes", node, "--", shlex.join(command)]
     try:
         return subprocess.run(argv, text=True, timeout=timeout, capture_output=capture)
     except subprocess.TimeoutExpired:
