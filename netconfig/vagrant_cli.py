@@ -85,8 +85,7 @@ def vm_ssh(ctx: typer.Context, node: str = typer.Argument(..., help="VM (a node 
     """Run a command in a VM (after '--'), or open a shell there."""
     from netconfig import vmlab
 
-    cmd = list(ctx.args)
-    p = vmlab.ssh(node, cmd or ["bash", "-l"], timeout=24 * 3600)
+    p = vmlab.ssh(node, list(ctx.args) or None, timeout=24 * 3600)
     raise typer.Exit(p.returncode)
 
 

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,22 +138,31 @@ def _ns_run(argv: list[str], timeout: float, check: bool = True, capture: bool =
         proc = subprocess.Popen(full, env=env(), text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         lines: list[str] = []
-        deadline = time.monotonic() + timeout
+        expired = threading.Event()
+
+        def expire() -> None:  # a silent vagrant is stopped too, not only a chatty one
+            expired.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
                 lines.append(line)
                 say(line.rstrip())
-                if time.monotonic() > deadline:
-                    raise subprocess.TimeoutExpired(full, timeout)
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:  # interrupted (Ctrl-C): stop vagrant before tearing down
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+        if expired.is_set():
             raise NetconfigError(f"'{' '.join(argv[:3])}' did not finish in {timeout:.0f} s "
                                  "(TCG guests are slow on a loaded host): raise --timeout, or "
-                                 "boot fewer nodes with --nodes") from None
+                                 "boot fewer nodes with --nodes")
         p = subprocess.CompletedProcess(full, proc.returncode, "".join(lines), "")
     if check and p.returncode != 0:
         tail = "\n".join(((p.stdout or "") + (p.stderr or "")).strip().splitlines()[-15:])
@@ -229,6 +239,17 @@ def _wait_libvirt(rec: dict[str, Any], timeout: float = 60) -> None:
 def _virsh(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
                           text=True, timeout=120, check=check)
+
+
+def _box_volumes() -> list[str]:
+    """The box's base volumes in libvirt's 'default' pool (started first: it is no autostart)."""
+    if _virsh("pool-info", "default").returncode != 0:
+        return []
+    _virsh("pool-start", "default")  # fails harmlessly when it is active already
+    _virsh("pool-refresh", "default")
+    prefix = vagrant.BOX.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+    return [v for v in _virsh("vol-list", "default", "--name").stdout.split()
+            if v.startswith(prefix)]
 
 
 def build_box(say: Say, timeout: float = 1800) -> Path:
@@ -320,11 +341,9 @@ def _ensure_box(box: Path, say: Say) -> None:
         return
     say(f"adding the box {vagrant.BOX} to Vagrant")
     _ns_run(["vagrant", "box", "add", "--force", "--name", vagrant.BOX, str(box)], timeout=600)
-    # a stale base volume in libvirt's pool would keep the old image: remove it
-    vols = _virsh("vol-list", "default", "--name").stdout.split()
-    for v in vols:
-        if v.startswith(vagrant.BOX.replace("/", "-VAGRANTSLASH-")):
-            _virsh("vol-delete", v, "--pool", "default")
+    # the old box's base volume (700 MB) would stay in libvirt's pool for ever: remove it
+    for v in _box_volumes():
+        _virsh("vol-delete", v, "--pool", "default")
     vhome.mkdir(parents=True, exist_ok=True)
     added.write_text(recipe)
 
@@ -450,10 +469,9 @@ def down(purge: bool = False, say: Say = _say) -> list[str]:
                 if net.startswith("shadowtap-"):
                     _virsh("net-undefine", net)
             if purge:
-                for v in _virsh("vol-list", "default", "--name").stdout.split():
-                    if v.startswith(vagrant.BOX.replace("/", "-VAGRANTSLASH-")):
-                        _virsh("vol-delete", v, "--pool", "default")
-                        done.append(f"volume {v}")
+                for v in _box_volumes():
+                    _virsh("vol-delete", v, "--pool", "default")
+                    done.append(f"volume {v}")
         for name in ("libvirtd", "virtlogd"):
             pid = rec["pids"].get(name)
             if pid:
@@ -498,15 +516,19 @@ def status() -> dict[str, Any]:
     return out
 
 
-def ssh(node: str, command: list[str], timeout: float = 600,
+def ssh(node: str, command: list[str] | None, timeout: float = 600,
         capture: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in VM ``node`` over plain ssh (Vagrant's own 'ssh -c' costs seconds)."""
+    """Run ``command`` in VM ``node`` over plain ssh (Vagrant's own 'ssh -c' costs seconds).
+
+    No command: an interactive login shell.
+    """
     cfg = work_dir() / "ssh_config"
     if not cfg.exists() or not nsmod.exists(NETNS):
         raise NetconfigError("the Vagrant lab is not up: run 'scripts/vagrant-lab.sh up'")
     # ssh hands the remote shell one string: quote each word so it arrives as given
-    argv = ["ip", "netns", "exec", NETNS, "ssh", "-F", str(cfg), "-o", "LogLevel=ERROR",
-            "-o", "BatchMode=yes", node, "--", shlex.join(command)]
+    argv = ["ip", "netns", "exec", NETNS, "ssh", "-F", str(cfg), "-o", "LogLevel=ERROR", node]
+    if command:
+        argv += ["-o", "BatchMode=yes", "--", shlex.join(command)]
     try:
         return subprocess.run(argv, text=True, timeout=timeout, capture_output=capture)
     except subprocess.TimeoutExpired:
