@@ -381,7 +381,9 @@ def up(spec: lab.LabSpec, nodes: list[str] | None = None, install: bool = True,
             _start_daemon(rec, "libvirtd", say)
             _wait_libvirt(rec)
             _ensure_box(box, say)
-            say(f"vagrant up: {', '.join(selected)} (QEMU TCG; expect ~1-3 minutes)")
+            say(f"vagrant up: {', '.join(selected)} (QEMU TCG on a busy 2-core host: ~3 "
+                "minutes for 3 VMs, ~4 for all 6; full output in "
+                f"{w / 'vagrant-up.log'})")
             log = open(w / "vagrant-up.log", "w")  # noqa: SIM115 - closed below
 
             def progress(line: str) -> None:
