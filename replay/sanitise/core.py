@@ -554,14 +554,15 @@ class Sanitiser:
         rep = self.report
         for i, kv in enumerate(headers):
             rec = memo.get(kv)
-            if rec is None:
-                rec = self._header_rec(kv)
+            fresh = rec is None
+            if fresh:
+                rec = self._header_rec(kv)  # counted while it was worked out
             kind = rec[0]
             if kind == _H_SKIP:
                 continue
             if kind == _H_VALUE:
                 nv, counts, echo, produced = rec[1], rec[2], rec[3], rec[4]
-                if counts:
+                if counts and not fresh:
                     rep.replay(counts)
                 if echo:
                     ctx.echo.update(echo)
