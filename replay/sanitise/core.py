@@ -224,6 +224,7 @@ class Sanitiser:
             if det is not None and det.name in ("ipv4", "ipv6") and r.action == "pseudonym":
                 self._ip_rules.setdefault(r.detector.name, r)
         self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
+        self._conn_memo: dict[ConnKey, tuple[Rule | None, bytes, ConnKey]] = {}
         self._hkind: dict[str, tuple[int, str]] = {}
         self._hmemo: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._clean_targets: set[str] = set()
@@ -266,26 +267,44 @@ class Sanitiser:
             )
         ):
             return ex
-        return Exchange(
-            id=ex.id,
-            conn=conn,
-            request=req,
-            response=resp,
-            interim=list(interim),
-            ts_request_start=ex.ts_request_start,
-            ts_request_end=ex.ts_request_end,
-            ts_response_start=ex.ts_response_start,
-            ts_response_end=ex.ts_response_end,
-            completeness=ex.completeness,
-            tunnel=ex.tunnel,
-            meta=dict(ex.meta),  # later stages may annotate the copy, never the original
+        return Exchange(  # positional (hot path): the field order of replay.model.Exchange
+            ex.id,
+            conn,
+            req,
+            resp,
+            list(interim),
+            ex.ts_request_start,
+            ex.ts_request_end,
+            ex.ts_response_start,
+            ex.ts_response_end,
+            ex.completeness,
+            ex.tunnel,
+            dict(ex.meta),  # later stages may annotate the copy, never the original
         )
 
     __call__ = apply
 
     def _conn(self, conn: ConnKey) -> ConnKey:
         """The client address is personal data: pseudonymise it like any address in a body
-        (the server side is production's own address and stays, so replays can be routed)."""
+        (the server side is production's own address and stays, so replays can be routed).
+
+        The new key is remembered per connection key (a connection carries many exchanges,
+        and building a frozen dataclass costs more than looking one up)."""
+        done = self._conn_memo.get(conn)
+        if done is None:
+            done = self._conn_new(conn)
+            if done[0] is None:
+                return conn
+            if len(self._conn_memo) >= _MEMO_ENTRIES:
+                self._conn_memo.clear()
+            self._conn_memo[conn] = done
+        rule, new_ip, new = done
+        self.report.count(rule.name, "conn", new_ip)
+        return new
+
+    def _conn_new(self, conn: ConnKey) -> tuple[Rule | None, bytes, ConnKey]:
+        """(rule, pseudonym, new key) for ``_conn``; the address pseudonym is cached per address
+        (rule None: the address stays)."""
         hit = self._conn_cache.get(conn.client_ip)
         if hit is None:
             ip = conn.client_ip.encode("latin-1", "replace")
@@ -300,9 +319,9 @@ class Sanitiser:
             self._conn_cache[conn.client_ip] = hit
         rule, new_ip = hit
         if rule is None:
-            return conn
-        self.report.count(rule.name, "conn", new_ip)
-        return ConnKey(new_ip.decode("ascii"), conn.client_port, conn.server_ip, conn.server_port)
+            return None, b"", conn
+        new = ConnKey(new_ip.decode("ascii"), conn.client_port, conn.server_ip, conn.server_port)
+        return rule, new_ip, new
 
     # -- exchange rules --------------------------------------------------------------------------
 

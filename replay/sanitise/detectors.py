@@ -414,11 +414,12 @@ def find_phone(p: Prep) -> list[Span]:
         i = text.find(b"+", i + 1)
     cands: list[tuple[int, int]] = []
     for rs, re_ in p.runs:
-        cands.extend(m.span() for m in _PHONE_NANP.finditer(text, rs, re_))
+        cands.extend([m.span() for m in _PHONE_NANP.finditer(text, rs, re_)])
         # national ('020 7946 0958', '07700 900123') and '00'-international numbers
         for m in _PHONE_NAT.finditer(text, rs, re_):
-            d = len(m.group()) - m.group().count(b" ") - m.group().count(b"-")
-            if 10 <= d <= (15 if m.group().startswith(b"00") else 12):
+            g = m.group()
+            d = len(g) - g.count(b" ") - g.count(b"-")
+            if 10 <= d <= (15 if g.startswith(b"00") else 12):
                 cands.append(m.span())
     if b"(" in text:
         cands.extend(m.span() for m in _PHONE_PAREN.finditer(text))
