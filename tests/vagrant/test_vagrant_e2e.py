@@ -53,6 +53,32 @@ print(json.dumps(out))
 """
 
 
+def test_a_failed_up_leaves_nothing_behind(tmp_path: Path) -> None:
+    """'vagrant up' cut short (a 5 s limit): everything up made is removed, nothing else.
+
+    First in the module: the lab of the tests below is up until the module ends.
+    """
+    from netconfig.errors import NetconfigError
+
+    if nsmod.exists(vmlab.NETNS):
+        pytest.skip(f"namespace {vmlab.NETNS} exists: a Vagrant lab is running")
+    old = os.environ.get("SHADOWTAP_STATE_DIR")
+    os.environ["SHADOWTAP_STATE_DIR"] = str(tmp_path)
+    try:
+        with pytest.raises(NetconfigError, match="did not finish in 5 s"):
+            vmlab.up(lab.load_spec(None), ["client"], install=False, timeout=5, say=print)
+        assert not nsmod.exists(vmlab.NETNS)
+        assert vmlab.status()["state"] == "down"
+        assert vmlab.down(say=print) == []  # nothing left to remove
+    finally:
+        if old is None:
+            os.environ.pop("SHADOWTAP_STATE_DIR", None)
+        else:
+            os.environ["SHADOWTAP_STATE_DIR"] = old
+    assert not list(Path("/var/lib/libvirt/images").glob("shadowtap-client*"))
+    assert not [d for d in Path("/etc/libvirt/qemu").glob("shadowtap-*.xml")]
+
+
 @pytest.fixture(scope="module")
 def vmlab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = tmp_path_factory.mktemp("vmstate")
@@ -124,25 +150,3 @@ def test_shadowtap_in_the_gateway_is_this_tree(vmlab_up: dict[str, Any]) -> None
 
     assert json.loads(p.stdout) == vagrant.describe(lab.load_spec(None), ["gateway"])
 
-
-def test_a_failed_up_leaves_nothing_behind(tmp_path: Path) -> None:
-    """'vagrant up' cut short (a 5 s limit): everything up made is removed, nothing else."""
-    from netconfig.errors import NetconfigError
-
-    if nsmod.exists(vmlab.NETNS):
-        pytest.skip(f"namespace {vmlab.NETNS} exists: a Vagrant lab is running")
-    old = os.environ.get("SHADOWTAP_STATE_DIR")
-    os.environ["SHADOWTAP_STATE_DIR"] = str(tmp_path)
-    try:
-        with pytest.raises(NetconfigError, match="did not finish in 5 s"):
-            vmlab.up(lab.load_spec(None), ["client"], install=False, timeout=5, say=print)
-        assert not nsmod.exists(vmlab.NETNS)
-        assert vmlab.status()["state"] == "down"
-        assert vmlab.down(say=print) == []  # nothing left to remove
-    finally:
-        if old is None:
-            os.environ.pop("SHADOWTAP_STATE_DIR", None)
-        else:
-            os.environ["SHADOWTAP_STATE_DIR"] = old
-    assert not list(Path("/var/lib/libvirt/images").glob("shadowtap-client*"))
-    assert not [d for d in Path("/etc/libvirt/qemu").glob("shadowtap-*.xml")]
