@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
+from types import ModuleType
 
 import orjson
 
@@ -92,6 +93,19 @@ def class_replace(value: bytes, rnd: bytes) -> bytes:
         | f(value.translate(_KEEP))
     )
     return out.to_bytes(n)
+
+
+_DETECTORS: list[ModuleType] = []
+
+
+def _detectors() -> ModuleType:
+    """``replay.sanitise.detectors`` (which imports this module), imported on first use and
+    kept: an import statement in a hot function costs a module lookup on every call."""
+    if not _DETECTORS:
+        from replay.sanitise import detectors
+
+        _DETECTORS.append(detectors)
+    return _DETECTORS[0]
 
 
 def luhn_ok(digits: bytes) -> bool:
@@ -196,8 +210,7 @@ class Pseudonymiser:
 
     def classify(self, value: bytes) -> str:
         """The format a whole value looks like (used by ``format: auto``)."""
-        from replay.sanitise import detectors  # local: detectors imports this module
-
+        detectors = _detectors()
         v = value.strip()
         if not v:
             return "token"
