@@ -205,6 +205,7 @@ class Sanitiser:
         # Array elements have no name: only rules with JSON paths can select them.
         self._json_by_path = any(r.json_paths for r in self._json_rules)
         self._json_name_cache: dict[str, tuple[Rule | None, list[tuple[int, Detector]]]] = {}
+        self._json_bname_cache: dict[bytes, tuple[Rule | None, list[tuple[int, Detector]]]] = {}
         self._json_splice_ok = (
             bool(self._json_rules) and not self._json_by_path and not self._json_always_parse
         )
@@ -229,6 +230,7 @@ class Sanitiser:
         self._hmemo: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._clean_targets: set[str] = set()
         self._ctype_cache: dict[str | None, tuple[str, dict[str, str]]] = {}
+        """Content-Type value -> (body kind: json/form/multipart/text, parameters)."""
         self._cookie_cache: dict[tuple[str, bool], tuple[Any, list[Any], dict[bytes, bytes]]] = {}
         self._clean: dict[str, set[bytes]] = {loc: set() for loc in LOCATIONS}
         self._clean_whole: dict[str, set[bytes]] = {"query": set(), "form": set()}
@@ -988,10 +990,12 @@ class Sanitiser:
             return body, headers
         self.report.bodies_rewritten += 1
         out = []
-        for k, v in headers:
-            if k.lower() == "content-length":
-                v = str(len(new))
-            out.append((k, v))
+        kinds = self._hkind  # (kind, lower-case name) of every name _headers has seen
+        n = str(len(new))
+        for h in headers:
+            kk = kinds.get(h[0])
+            lk = kk[1] if kk is not None else h[0].lower()
+            out.append((h[0], n) if lk == "content-length" else h)
         return new, out
 
     def _body(self, ctype: str | None, cenc: str | None, body: bytes, ctx: _Ctx) -> bytes:
@@ -999,11 +1003,12 @@ class Sanitiser:
         codes = bodies.codings(cenc) if cenc else []
         ct = self._ctype_cache.get(ctype)
         if ct is None:
-            ct = bodies.parse_content_type(ctype)
+            mime, params = bodies.parse_content_type(ctype)
+            ct = (bodies.body_kind(mime), params)
             if len(self._ctype_cache) > 1024:
                 self._ctype_cache.clear()
             self._ctype_cache[ctype] = ct
-        mime, params = ct
+        kind, params = ct
         inner = body
         if codes:
             try:
@@ -1011,7 +1016,7 @@ class Sanitiser:
             except bodies.BodyError as e:
                 self.report.fallback(f"undecodable content-encoding: {str(e).split(' (')[0]}")
                 return self._mismatch(body, ctx)
-        new = self._content(bodies.body_kind(mime), params, inner, ctx)
+        new = self._content(kind, params, inner, ctx)
         if new is inner:
             return body
         if not codes:
@@ -1122,14 +1127,16 @@ class Sanitiser:
         if self._json_kv_rx is None:
             return data
         plan: list[tuple[int, int, Rule | None, list[tuple[int, Detector]], bytes, bool]] = []
-        cache = self._json_name_cache
+        cache = self._json_bname_cache  # by the matched bytes: no decode per member
         n = len(data)
         for m in self._json_kv_rx.finditer(lo):
-            lname = m.group(1).decode("utf-8", "replace")
-            hit = cache.get(lname)
+            bname = m.group(1)
+            hit = cache.get(bname)
             if hit is None:
-                hit = self._json_rule((), lname)
-                cache[lname] = hit
+                hit = self._json_rule((), bname.decode("utf-8", "replace"))
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[bname] = hit
             whole, scoped = hit
             if whole is None and not scoped:
                 continue
