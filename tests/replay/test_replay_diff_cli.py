@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import capture_requests, record_capture, run_cli, write_jsonl
+from replay_helpers import capture_requests, record_capture, run_cli, write_jsonl
 from replay_servers import HttpServer, dead_url
 
 SEEDED = {

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_jsonl
+from replay_helpers import run_cli, write_jsonl
 from replay_servers import HttpServer, Seen, dead_url, self_signed_context
 
 from replay.extract import extract_file
@@ -279,7 +279,7 @@ def test_connections_closed_by_the_server_between_requests_are_not_failures() ->
 
 def test_live_diff_judges_offered_exchanges(production: HttpServer, candidate: HttpServer,
                                             secondary: HttpServer) -> None:
-    from conftest import capture_requests, record_capture
+    from replay_helpers import capture_requests, record_capture
 
     from replay.livediff import LiveDiff
 

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_jsonl
+from replay_helpers import run_cli, write_jsonl
 from replay_servers import HttpServer
 
 from replay.model import Exchange, Request
