@@ -41,6 +41,7 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       allow_extra_fields: true   # a new field in the candidate is not a regression
       down_after: 3              # failures in a row before a shadow is marked down
       max_in_flight: 2048        # beyond: the hand-off queue fills and counts its overflow
+      drain_timeout: 30s         # at stop, how long taken exchanges may still wait to be replayed
       report: /var/lib/shadowtap/report.json   # rewritten at every verdict (+ .html)
 """
 
@@ -294,6 +295,7 @@ def _shadowing(r: _Reader) -> ShadowingConfig:
     c.allow_extra_fields = r.bool_("allow_extra_fields", True)
     c.down_after = r.int_("down_after", 3, 1, 1000) or 3
     c.max_in_flight = r.int_("max_in_flight", 2048, 1, 1_000_000) or 2048
+    c.drain_timeout = r.duration("drain_timeout", 30.0)
     c.report = r.str_("report")
     if c.report is not None:
         parent = Path(c.report).parent

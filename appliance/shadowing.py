@@ -65,6 +65,8 @@ class ShadowingConfig:
     allow_extra_fields: bool = True
     down_after: int = 3
     max_in_flight: int = 2048
+    drain_timeout: float = 30.0
+    """At stop, how long exchanges already taken may still wait for the shadows."""
     latency_window: int = 5000
     report: str | None = None
     """JSON report path, rewritten at every verdict and at stop (the HTML next to it)."""
@@ -424,7 +426,16 @@ class LiveShadowing:
                     last_verdict = time.monotonic()
                     self._rolling()
             if tasks:
-                await asyncio.wait(tasks, timeout=30)
+                await asyncio.wait(tasks, timeout=self.cfg.drain_timeout)
+            if tasks:  # still queued for the shadows when time ran out: say so, then stop
+                left = [t for t in tasks if not t.done()]
+                for _ in left:
+                    self._skip("not_replayed_at_stop")
+                for t in left:
+                    t.cancel()
+                await asyncio.gather(*left, return_exceptions=True)
+                log.warning("%d exchanges were still waiting for the shadows at stop "
+                            "(drain_timeout %.0fs)", len(left), self.cfg.drain_timeout)
             self._rolling(final=True)
 
     def _take(self, ex: Any, rp: Any, tw: Any, tasks: set[asyncio.Task],

@@ -152,6 +152,35 @@ def test_dead_shadow_is_marked_down_and_capture_goes_on(topo: Topo, tmp_path: Pa
     assert len(read_log(log_files(out))) == 100
 
 
+class _Slow(JsonHandler):
+    def do_GET(self) -> None:
+        time.sleep(1.0)
+        self.send_json(200, {"slow": True})
+
+
+def test_what_the_shadows_could_not_take_before_stop_is_counted(topo: Topo,
+                                                                tmp_path: Path) -> None:
+    """A slow candidate and a short drain: the exchanges still queued at SIGTERM are counted
+    as not replayed (and the daemon still exits 0, its log complete)."""
+    port = free_port()
+    with serve_http(_Slow, "127.0.0.1", port):
+        d, out = _daemon(tmp_path, topo, {"candidate": f"http://127.0.0.1:{port}",
+                                          "concurrency": 2, "drain_timeout": "1s"})
+        d.start()
+        try:
+            assert client_load(topo, 4, 15) == 60
+            wait_for(lambda: d.total("shadowtap_exchanges_emitted_total") >= 60, 30, "captured")
+        finally:
+            t0 = time.monotonic()
+            assert d.stop() == 0
+            assert time.monotonic() - t0 < 20  # the drain is bounded
+    rep = json.loads((out / "report.json").read_text())
+    late = rep["summary"]["skipped"].get("not_replayed_at_stop", 0)
+    assert late > 0 and late + rep["summary"]["compared"] <= 60, rep["summary"]
+    assert len(read_log(log_files(out))) == 60
+    assert "still waiting for the shadows at stop" in d.log.read_text()
+
+
 def test_a_shadow_url_that_is_production_is_refused(topo: Topo, tmp_path: Path) -> None:
     """A typo that points the candidate at production must not replay production's traffic
     (writes included) back into production."""
