@@ -189,6 +189,8 @@ class Rollout:
         self.history: list[dict[str, Any]] = []
         self.reasons: list[str] = []
         self.unattributed = 0
+        self.holes = 0
+        """Exchanges not judged because the capture lost part of them."""
         self.totals = {PROD: [0, 0], CANARY: [0, 0]}
         """Requests and errors per backend over the whole rollout (for metrics)."""
 
@@ -254,7 +256,8 @@ class Rollout:
                 "steps": self.policy.steps, "history": self.history, "reasons": self.reasons,
                 "current": {"step": self.step + 1, **{k: v.to_dict()
                                                       for k, v in self.judge.sides.items()}},
-                "unattributed_exchanges": self.unattributed}
+                "unattributed_exchanges": self.unattributed,
+                "exchanges_with_capture_holes": self.holes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +382,13 @@ class ConntrackBackends:
 # The rollout as a command (I/O edge)
 
 
+def captured_with_holes(ex: Any) -> bool:
+    """The capture lost part of this exchange (a mirror copy dropped): what the server did is
+    unknown, so it is neither an answer nor an error."""
+    c = ex.completeness
+    return bool(c.request_gaps or c.response_gaps)
+
+
 def exchange_outcome(ex: Any) -> tuple[int | None, float | None]:
     """(status or None when unanswered, seconds from the request's end to the response's)."""
     if ex.response is None:
@@ -410,7 +420,9 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
                 rollout.rollback(["interrupted: traffic back to production"])
                 break
             ex = handoff.get(timeout=0.05)
-            if ex is not None and ex.request is not None:
+            if ex is not None and ex.request is not None and captured_with_holes(ex):
+                rollout.holes += 1
+            elif ex is not None and ex.request is not None:
                 status, lat = exchange_outcome(ex)
                 b = backend_of(ex)
                 if b is None and refresh is not None and len(pending) < 100_000:

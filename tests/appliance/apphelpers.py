@@ -208,6 +208,10 @@ def serve_http(handler: type, addr: str, port: int,
         srv.socket.close()
         srv.socket = nsmod.socket_in_netns(ns) if ns else socket.socket()
         srv.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # http.server listens with a backlog of 5: a replayer opening 32 connections at once
+        # on a loaded host would see refused or timed-out connects that are the test
+        # server's, not the code's under test.
+        srv.request_queue_size = 1024
         srv.server_bind()
         srv.server_activate()
         srv.daemon_threads = True
