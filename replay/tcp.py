@@ -7,6 +7,13 @@ connection whose SYN was not captured is picked up at its first data segment. Wh
 be filled (the buffer limit is hit, the connection ends, or it goes idle) the handler is told
 ``gap(n)``: the missing bytes are recorded, never papered over.
 
+Copies of the two directions can reach the capture out of order (a mirror port, a SPAN session
+or a multi-queue NIC hands them over on different CPUs): the server's answer may arrive before
+the client's request it acknowledges. A segment whose ACK runs ahead of what was seen of the
+peer is therefore *parked* for up to ``reorder_window`` seconds of capture time: if the peer's
+bytes arrive meanwhile, both are delivered in order; if not, the capture lost them and the gap
+is declared then.
+
 Memory is bounded: at most ``max_connections`` tracked (the least recently active is evicted),
 and at most ``max_buffer`` bytes waiting out of order per direction. Everything dropped or evicted
 is counted in ``stats`` by reason. No clocks inside: time is the capture's timestamps.
@@ -60,7 +67,7 @@ class _Dir:
 
 
 class _Conn:
-    __slots__ = ("dirs", "fwd_is_client", "handler", "keys", "last_ts", "serial")
+    __slots__ = ("dirs", "fwd_is_client", "handler", "keys", "last_ts", "parked", "serial")
 
     def __init__(self, serial: int, handler: StreamHandler | None, fwd_is_client: bool,
                  keys: tuple[bytes, bytes]) -> None:
@@ -70,6 +77,9 @@ class _Conn:
         self.dirs = (_Dir(handler, fwd_is_client), _Dir(handler, not fwd_is_client))
         self.last_ts = 0.0
         self.keys = keys
+        self.parked: list[tuple[float, int, int, int, bytes, int | None, float]] | None = None
+        """Segments waiting for the peer's bytes their ACK covers (see the module docstring):
+        (ts, direction, seq, flags, payload, ack, deadline), in arrival order."""
 
 
 class Reassembler:
@@ -83,8 +93,12 @@ class Reassembler:
         max_connections: int = 100_000,
         max_buffer: int = 4 * 1024 * 1024,
         idle_timeout: float = 120.0,
+        reorder_window: float = 0.2,
     ) -> None:
         self.factory = factory
+        self.reorder_window = reorder_window
+        self.parked: dict[int, _Conn] = {}
+        self.sweep_due = 0.0
         self.classify = classify or _port_classify
         self.max_connections = max_connections
         self.max_buffer = max_buffer
@@ -116,6 +130,7 @@ class Reassembler:
             onxt = odr.nxt
             # ...whose ACK does not run ahead of what we saw of the peer (that means loss).
             if (seq == dr.nxt and not dr.ooo and not odr.ooo and dr.feed is not None
+                    and conn.parked is None
                     and (ack is None or onxt is None or not 0 < (ack - onxt) & MASK < HALF)):
                 conn.last_ts = ts
                 dr.nxt = (seq + len(payload)) & MASK
@@ -170,12 +185,25 @@ class Reassembler:
             else:
                 return
 
+    def _timers(self, ts: float) -> None:
+        """Parked segments whose window has passed, then the idle sweep when it is due.
+        ``next_sweep`` is the earliest of the two (the hot path's one comparison)."""
+        if self.parked:
+            self._expire_parked(ts)
+        if ts > self.sweep_due:
+            if self.sweep_due:
+                self.sweep(ts)
+            self.sweep_due = ts + max(1.0, self.idle_timeout / 4)
+        nxt = self.sweep_due
+        for c in self.parked.values():
+            if c.parked and c.parked[0][6] < nxt:
+                nxt = c.parked[0][6]
+        self.next_sweep = nxt
+
     def _segment(self, ts: float, key: bytes, seq: int, flags: int, payload: bytes,
                  ack: int | None) -> None:
         if ts > self.next_sweep:
-            if self.next_sweep:
-                self.sweep(ts)
-            self.next_sweep = ts + max(1.0, self.idle_timeout / 4)
+            self._timers(ts)
         self.now = ts
         e = self.keys.get(key)
         if e is None:
@@ -190,12 +218,92 @@ class Reassembler:
             conn.last_ts = ts
             return
         conn.last_ts = ts
+        if conn.parked is not None:
+            pd = conn.parked[0][1]
+            if pd == d:  # behind a parked segment of the same direction
+                self._park(conn, ts, d, seq, flags, payload, ack, conn.parked[0][6])
+                return
+            pnxt = conn.dirs[pd].nxt
+            if (ack is not None and flags & ACK_FLAG and pnxt is not None
+                    and 0 < (ack - pnxt) & MASK < HALF):
+                # The peer acknowledges what is parked: it got the answer, so the bytes that
+                # answer was waiting for are not coming (they come from the same queue as this
+                # segment). Stop waiting: apply the parked segments (declaring that gap) first.
+                self._count("parked_flushed_by_ack")
+                self._flush_parked(conn)
+                if conn.serial not in self.lru:
+                    return
+                self._apply(conn, d, ts, seq, flags, payload, ack)
+                return
+            self._apply(conn, d, ts, seq, flags, payload, ack)
+            self._release(conn, ts)
+            return
+        if (ack is not None and flags & ACK_FLAG and (payload or flags & (FIN | RST))
+                and self.reorder_window > 0):
+            odr = conn.dirs[1 - d]
+            onxt = odr.nxt
+            if (onxt is not None and not odr.closed and 0 < (ack - onxt) & MASK < HALF
+                    and not flags & SYN):
+                self._count("parked_for_reorder")
+                self._park(conn, ts, d, seq, flags, payload, ack, ts + self.reorder_window)
+                return
+        self._apply(conn, d, ts, seq, flags, payload, ack)
+
+    def _park(self, conn: _Conn, ts: float, d: int, seq: int, flags: int, payload: bytes,
+              ack: int | None, deadline: float) -> None:
+        if conn.parked is None:
+            conn.parked = []
+            self.parked[conn.serial] = conn
+            if deadline < self.next_sweep:
+                self.next_sweep = deadline
+        conn.parked.append((ts, d, seq, flags, payload, ack, deadline))
+        if len(conn.parked) > 256:  # bounded: stop waiting, apply what is parked
+            self._count("parked_limit")
+            self._flush_parked(conn)
+
+    def _release(self, conn: _Conn, ts: float) -> None:
+        """The peer's bytes arrived: apply parked segments whose ACK they now cover."""
+        while conn.parked:
+            pts, d, seq, flags, payload, ack, _dl = conn.parked[0]
+            odr = conn.dirs[1 - d]
+            onxt = odr.nxt
+            if (ack is not None and onxt is not None and not odr.closed
+                    and 0 < (ack - onxt) & MASK < HALF):
+                return  # still ahead: keep waiting (until the deadline)
+            conn.parked.pop(0)
+            self._apply(conn, d, pts, seq, flags, payload, ack)
+        self._unpark(conn)
+
+    def _unpark(self, conn: _Conn) -> None:
+        if conn.parked is not None and not conn.parked:
+            conn.parked = None
+            self.parked.pop(conn.serial, None)
+
+    def _flush_parked(self, conn: _Conn) -> None:
+        """Apply every parked segment now (the window passed: what the ACKs cover and we never
+        saw is a capture loss, declared as gaps by ``_acked``)."""
+        items, conn.parked = conn.parked or [], None
+        self.parked.pop(conn.serial, None)
+        for i, (pts, d, seq, flags, payload, ack, _dl) in enumerate(items):
+            if conn.serial not in self.lru:  # an RST or a port reuse among them ended it
+                self._count("parked_after_end", len(items) - i)
+                return
+            self._apply(conn, d, pts, seq, flags, payload, ack)
+
+    def _expire_parked(self, ts: float) -> None:
+        for conn in [c for c in self.parked.values() if c.parked and c.parked[0][6] < ts]:
+            self._count("parked_expired")
+            self._flush_parked(conn)
+
+    def _apply(self, conn: _Conn, d: int, ts: float, seq: int, flags: int, payload: bytes,
+               ack: int | None) -> None:
         dr = conn.dirs[d]
         if flags & SYN:
             if dr.nxt is None:
                 dr.nxt = (seq + 1) & MASK
             elif (seq + 1) & MASK != dr.nxt and (dr.closed or conn.dirs[1 - d].closed):
                 # A new connection on the same 4-tuple (port reuse): close the old one.
+                key = conn.keys[d]
                 self._end(conn, ts)
                 e = self._new_conn(key, flags, payload)
                 if e is None:
@@ -367,6 +475,12 @@ class Reassembler:
 
     def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False) -> None:
         """Finish a connection: flush what is buffered (with gaps) and drop its state."""
+        if conn.parked:
+            self._flush_parked(conn)
+            if conn.serial not in self.lru:
+                return  # the parked segments ended it
+        conn.parked = None
+        self.parked.pop(conn.serial, None)
         for k in conn.keys:
             e = self.keys.get(k)
             if e is not None and e[0] is conn:
@@ -394,14 +508,18 @@ class Reassembler:
 
     def sweep(self, ts: float) -> None:
         """End connections idle longer than the timeout (capture time, not wall time)."""
+        if self.parked:
+            self._expire_parked(ts)
         limit = ts - self.idle_timeout
         for conn in [c for c in self.lru.values() if c.last_ts <= limit]:
             self._end(conn, ts, timed_out=conn.handler is not None)
 
     def finish(self) -> None:
-        """End of input: finish every connection still open."""
-        for conn in list(self.lru.values()):
-            self._end(conn, self.now)
+        """End of input: finish every connection still open (applying what was parked may
+        open one more, on a reused port: loop until none is left)."""
+        while self.lru:
+            for conn in list(self.lru.values()):
+                self._end(conn, self.now)
 
     @property
     def tracked(self) -> int:
