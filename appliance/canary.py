@@ -414,6 +414,11 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
     nxt = time.monotonic() + tick_every
     pending: list[tuple[Any, int | None, float | None]] = []
     refresh = getattr(backend_of, "refresh", None)
+
+    def judge(ex: Any, b: str | None, status: int | None, lat: float | None) -> None:
+        rollout.add(b, status, lat)
+        if tee is not None and b == PROD:
+            tee(ex)
     try:
         while not rollout.done:
             if stop.is_set():
@@ -428,19 +433,14 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
                 if b is None and refresh is not None and len(pending) < 100_000:
                     pending.append((ex, status, lat))  # retried after the next table read
                 else:
-                    rollout.add(b, status, lat)
-                    if tee is not None and b == PROD:
-                        tee(ex)
+                    judge(ex, b, status, lat)
             now = time.monotonic()
             if now >= nxt:
                 nxt = now + tick_every
                 if pending:
                     refresh()
                     for pex, status, lat in pending:
-                        b = backend_of(pex)
-                        rollout.add(b, status, lat)
-                        if tee is not None and b == PROD:
-                            tee(pex)
+                        judge(pex, backend_of(pex), status, lat)
                     pending.clear()
                 j = rollout.tick(now)
                 if on_tick is not None:

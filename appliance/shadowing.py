@@ -458,18 +458,20 @@ class LiveShadowing:
     def _rolling(self, final: bool = False) -> None:
         """Judge what has been compared so far: gauges, the report file, the live view."""
         try:
-            doc = self.build_report()
+            if self._tw is None:
+                return
+            v = self._tw.verdict()  # once per tick: the report and the gauges share it
+            doc = self.build_report(v)
             self._report = doc
             self.regressions = len(doc.get("regressions", []))
             if self.metrics:
-                self._gauges()
+                self._gauges(v)
             if self.cfg.report:
                 write_reports(Path(self.cfg.report), doc)
         except Exception:  # a live view must never stop the comparison
             log.exception("verdict failed%s", " (final)" if final else "")
 
-    def _gauges(self) -> None:
-        v = self._tw.verdict()
+    def _gauges(self, v: Any) -> None:
         names = {t.role: t.name for t in self.cfg.targets}
         for f in [*v.regressions, *v.noise, *v.undecided]:
             for role, n in (("candidate", f.candidate_diffs), ("secondary", f.secondary_diffs)):
@@ -509,7 +511,8 @@ class LiveShadowing:
         doc = self._report or {}
         return [f"{f['endpoint']} {f['field']} {f['kind']}" for f in doc.get("regressions", [])]
 
-    def build_report(self) -> dict[str, Any]:
+    def build_report(self, verdict: Any = None) -> dict[str, Any]:
+        """The report of what was compared so far (``verdict``: one already computed)."""
         from replay.report import build_report
 
         if self._tw is None or self._rp is None:
@@ -518,7 +521,8 @@ class LiveShadowing:
             if len(ts.latencies) > 2 * self.cfg.latency_window:
                 del ts.latencies[: -self.cfg.latency_window]
         sec = self.cfg.secondary
-        doc = build_report(self._tw.verdict(), self._rp.stats, input_path=self.source,
+        v = verdict if verdict is not None else self._tw.verdict()
+        doc = build_report(v, self._rp.stats, input_path=self.source,
                            candidate=self.cfg.candidate.url,
                            secondary=sec.url if sec else None, fail_on=0.0,
                            skipped=dict(self.skipped))
