@@ -1,0 +1,68 @@
+"""Which modules are compiled at install (``setup.py``), and a guard against stale builds.
+
+The compiled modules are the same ``.py`` files run through Cython (see ``setup.py``). Python
+prefers an extension module to a source file of the same name, so after an edit to one of these
+files the old build would silently keep running. ``install()`` puts a finder in front of the
+import system that loads the source instead whenever it is newer than its build, and says so
+once. ``SHADOWTAP_PURE_PYTHON=1`` loads every one of them from source (for debugging, and for
+the tests that compare the two).
+
+No project imports here: ``setup.py`` reads ``NATIVE`` from this file before anything is built.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+NATIVE = (
+    "replay.compare",
+    "replay.sanitise.core",
+    "replay.sanitise.detectors",
+    "replay.sanitise.bodies",
+    "replay.sanitise.pseudonym",
+)
+"""Modules compiled when the project is installed (per exchange, interpreter-bound)."""
+
+_warned: set[str] = set()
+
+
+class _SourceIfStale(importlib.abc.MetaPathFinder):
+    """Find one of ``NATIVE``: its build when that is at least as new as its source (or the
+    default finders' answer when there is no build), else the source."""
+
+    def find_spec(self, fullname: str, path: object = None, target: ModuleType | None = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in NATIVE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)  # type: ignore[arg-type]
+        if spec is None or spec.origin is None or spec.origin.endswith(".py"):
+            return spec
+        src = os.path.join(os.path.dirname(spec.origin), fullname.rpartition(".")[2] + ".py")
+        try:
+            stale = os.path.getmtime(src) > os.path.getmtime(spec.origin)
+        except OSError:
+            return spec  # no source next to the build (an installed wheel): the build
+        if not (stale or os.environ.get("SHADOWTAP_PURE_PYTHON")):
+            return spec
+        if stale and fullname not in _warned:
+            _warned.add(fullname)
+            print(f"shadowtap: {src} is newer than its compiled build; using the source "
+                  "(slower). Rebuild with: pip install -e . (or bash scripts/setup.sh)",
+                  file=sys.stderr)
+        return importlib.util.spec_from_file_location(fullname, src)
+
+
+def install() -> None:
+    """Put the finder first in ``sys.meta_path`` (once)."""
+    if not any(isinstance(f, _SourceIfStale) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SourceIfStale())
+
+
+def compiled(module: ModuleType) -> bool:
+    """Whether ``module`` was loaded from a compiled build."""
+    return not (getattr(module, "__file__", None) or "").endswith(".py")
