@@ -19,7 +19,9 @@ import runpy
 
 from setuptools import setup
 
-NATIVE = [m.replace(".", "/") + ".py" for m in runpy.run_path("replay/_native.py")["NATIVE"]]
+_LISTS = runpy.run_path("replay/_native.py")
+NATIVE = [m.replace(".", "/") + ".py" for m in _LISTS["NATIVE"]]
+NATIVE += [m.replace(".", "/") + ".pyx" for m in _LISTS["PYX"]]
 
 
 def native_modules() -> list:

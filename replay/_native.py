@@ -28,6 +28,10 @@ NATIVE = (
 )
 """Modules compiled when the project is installed (per exchange, interpreter-bound)."""
 
+PYX = ("replay.sanitise._keyscan",)
+"""Helpers written in Cython itself (``.pyx``, C types), each with a pure-Python equivalent
+in the module that loads it (``load_pyx``)."""
+
 _warned: set[str] = set()
 
 
@@ -55,6 +59,31 @@ class _SourceIfStale(importlib.abc.MetaPathFinder):
                   "(slower). Rebuild with: pip install -e . (or bash scripts/setup.sh)",
                   file=sys.stderr)
         return importlib.util.spec_from_file_location(fullname, src)
+
+
+def load_pyx(module: str, attr: str) -> object | None:
+    """``module.attr`` from a compiled ``.pyx`` helper, or None (the caller's pure-Python
+    equivalent is used) when it is not built, is older than its ``.pyx``, or
+    ``SHADOWTAP_PURE_PYTHON`` is set."""
+    if os.environ.get("SHADOWTAP_PURE_PYTHON"):
+        return None
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    origin = getattr(mod, "__file__", None) or ""
+    src = os.path.join(os.path.dirname(origin), module.rpartition(".")[2] + ".pyx")
+    try:
+        if os.path.getmtime(src) > os.path.getmtime(origin):
+            if module not in _warned:
+                _warned.add(module)
+                print(f"shadowtap: {src} is newer than its compiled build; using the "
+                      "pure-Python equivalent (slower). Rebuild with: pip install -e . "
+                      "(or bash scripts/setup.sh)", file=sys.stderr)
+            return None
+    except OSError:
+        pass  # no source next to the build (an installed wheel): the build
+    return getattr(mod, attr, None)
 
 
 def install() -> None:

@@ -208,15 +208,16 @@ def extract_file(
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
     before the damage, and the problem is added to ``summary.errors``.
     """
-    with _gc_tuned():
+    with gc_tuned():
         yield from _extract(path, port, summary, id_prefix, progress, limits)
 
 
 @contextmanager
-def _gc_tuned() -> Iterator[None]:
+def gc_tuned() -> Iterator[None]:
     """Extraction allocates millions of short-lived small objects while holding long-lived
     connection state: with the default thresholds the collector re-scans that state constantly
-    (~10% of the time). Raise the young-generation threshold for the duration."""
+    (~10% of the time). Raise the young-generation threshold for the duration. (The appliance's
+    workers run with the same threshold; ``shadowtap sanitise`` uses this too.)"""
     old = gc.get_threshold()
     gc.set_threshold(max(old[0], 100_000), old[1], old[2])
     try:

@@ -34,6 +34,7 @@ from replay.errors import InputError
 from replay.model import ConnKey, Exchange, Headers, Request, Response
 from replay.sanitise import bodies
 from replay.sanitise.detectors import Detector, DetSet, is_ipv4, is_ipv6, scan
+from replay.sanitise.keyscan import KeyScan, trie
 from replay.sanitise.policy import (
     FRAMING_HEADERS,
     LOCATIONS,
@@ -212,11 +213,9 @@ class Sanitiser:
         # One pass over the lower-cased body: a quoted key from the rules, as a trie-shaped
         # alternation (re tries the branches of one position by first byte, so the cost barely
         # grows with the number of names).
-        self._json_key_rx = re.compile(b'"' + _trie(sorted(lits)) + b'"') if lits else None
+        self._json_key_rx = re.compile(b'"' + trie(sorted(lits)) + b'"') if lits else None
         # The same keys followed by ':' (a member name, not a value) for in-place edits.
-        self._json_kv_rx = (
-            re.compile(b'"(' + _trie(sorted(lits)) + rb')"[ \t\r\n]*:[ \t\r\n]*') if lits else None
-        )
+        self._json_kv = KeyScan(lits) if lits else None
         # The client address in the connection key is personal data too: it follows the first
         # IP-detector rule (pseudonymised like any address in a body).
         self._ip_rules: dict[str, Rule] = {}
@@ -1124,13 +1123,12 @@ class Sanitiser:
         Only used for documents without backslashes, so every quote is a real delimiter and a
         match is a real key (or, at worst, a key that merely ends in the name: masked too).
         Everything is planned first, so a fallback leaves no counts behind."""
-        if self._json_kv_rx is None:
+        if self._json_kv is None:
             return data
         plan: list[tuple[int, int, Rule | None, list[tuple[int, Detector]], bytes, bool]] = []
         cache = self._json_bname_cache  # by the matched bytes: no decode per member
         n = len(data)
-        for m in self._json_kv_rx.finditer(lo):
-            bname = m.group(1)
+        for bname, vs in self._json_kv.find(lo):
             hit = cache.get(bname)
             if hit is None:
                 hit = self._json_rule((), bname.decode("utf-8", "replace"))
@@ -1140,7 +1138,6 @@ class Sanitiser:
             whole, scoped = hit
             if whole is None and not scoped:
                 continue
-            vs = m.end()
             if vs >= n:
                 return None
             c = data[vs]
@@ -1422,28 +1419,6 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NUM_START = frozenset(b"-0123456789")
 _JSON_NUM = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _QSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~@:,/*")
-
-
-def _trie(words: list[bytes]) -> bytes:
-    """A regex matching exactly ``words``, factored by common prefixes (``pass(?:word|wd)?``)."""
-    root: dict[Any, Any] = {}
-    for w in words:
-        node = root
-        for c in w:
-            node = node.setdefault(c, {})
-        node[None] = True
-
-    def emit(node: dict[Any, Any]) -> bytes:
-        alts = [
-            re.escape(bytes([c])) + emit(child)
-            for c, child in sorted((k, v) for k, v in node.items() if k is not None)
-        ]
-        if not alts:
-            return b""
-        body = alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
-        return b"(?:" + body + b")?" if None in node else body
-
-    return emit(root)
 
 
 def _already_done(hit: bytes, produced: set[bytes]) -> bool:

@@ -1,0 +1,78 @@
+"""Finding the JSON members a name rule selects, without parsing the document.
+
+Why a module of its own: the sanitiser's name rules (``access_token``, ``password``...) are
+applied to JSON bodies by editing the text in place (``Sanitiser._json_splice``), and finding
+the members is the single largest cost of a typical API exchange. Python's ``re`` does it with
+one attempt per quote in the document (a trie-shaped alternation of the names, ~3 ns a byte).
+The compiled helper ``_keyscan.pyx`` does the same walk as a C loop over the quotes (memchr)
+and looks a quoted text up in a set only when its length and hash could make it a name;
+it is built at install like the compiled modules (``setup.py``) and gives the same results
+(tests/sanitise/test_keyscan.py). Without it, or with ``SHADOWTAP_PURE_PYTHON=1``, the regex
+is used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+from replay import _native
+
+_kv_scan: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan")
+_fnv1a: Any = _native.load_pyx("replay.sanitise._keyscan", "fnv1a") if _kv_scan else None
+
+
+def trie(words: list[bytes]) -> bytes:
+    """A regex matching exactly ``words``, factored by common prefixes (``pass(?:word|wd)?``)."""
+    root: dict[Any, Any] = {}
+    for w in words:
+        node = root
+        for c in w:
+            node = node.setdefault(c, {})
+        node[None] = True
+
+    def emit(node: dict[Any, Any]) -> bytes:
+        alts = [
+            re.escape(bytes([c])) + emit(child)
+            for c, child in sorted((k, v) for k, v in node.items() if k is not None)
+        ]
+        if not alts:
+            return b""
+        body = alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
+        return b"(?:" + body + b")?" if None in node else body
+
+    return emit(root)
+
+
+class KeyScan:
+    """Member names from a fixed set, found in a (lower-cased, backslash-free) JSON text.
+
+    ``find(lo)`` gives ``[(name, value offset), ...]``: each quoted text that is one of the
+    names and is followed by a colon (blanks around it allowed), with the offset just after
+    the colon and the blanks that follow it; in document order, never overlapping."""
+
+    __slots__ = ("_max", "_min", "_names", "find", "rx")
+
+    def __init__(self, names: Iterable[bytes], native: bool = True) -> None:
+        self._names = frozenset(n for n in names if n)
+        if not self._names:
+            raise ValueError("KeyScan needs at least one name")
+        self.rx = re.compile(b'"(' + trie(sorted(self._names)) + rb')"[ \t\r\n]*:[ \t\r\n]*')
+        """The names as a regex, for the pure-Python scan (and for callers that want one)."""
+        self._min = min(map(len, self._names))
+        self._max = max(map(len, self._names))
+        self.find = self.find_regex
+        if native and _kv_scan is not None:
+            table = bytearray(65536)
+            for n in self._names:
+                table[_fnv1a(n) & 0xFFFF] = 1
+            self.find = partial(_kv_scan, self._names, self._min, self._max, bytes(table))
+
+    def find_regex(self, lo: bytes) -> list[tuple[bytes, int]]:
+        return [(m.group(1), m.end()) for m in self.rx.finditer(lo)]
+
+    @staticmethod
+    def native_available() -> bool:
+        return _kv_scan is not None
