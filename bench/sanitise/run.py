@@ -217,7 +217,7 @@ def main() -> None:
         "### sanitise (bench/sanitise/run.py)",
         "",
         "Default policy, one core, one process, ~2 KB JSON response bodies, 7 request headers "
-        "(Authorization, Cookie, ...), 5 response headers; best of 3 runs of "
+        "(Authorization, Cookie, ...), 5 response headers; best of 5 runs of "
         f"{args.n} exchanges. No external peer sanitises Exchanges in-process, so absolute figures.",
         "",
         "| body | exchanges/s | target | pure Python (same source, not compiled) |",
