@@ -128,8 +128,10 @@ def test_the_install_compiled_the_hot_modules() -> None:
     if os.environ.get("SHADOWTAP_PURE_PYTHON"):
         pytest.skip("SHADOWTAP_PURE_PYTHON is set")
     missing, stale = [], []
-    for name in _native.NATIVE:
-        src = ROOT / (name.replace(".", "/") + ".py")
+    sources = [name.replace(".", "/") + ".py" for name in _native.NATIVE]
+    sources += [name.replace(".", "/") + ".pyx" for name in _native.PYX]
+    for name in sources:
+        src = ROOT / name
         so = list(src.parent.glob(src.stem + ".*.so"))
         if not so:
             missing.append(name)
@@ -140,3 +142,6 @@ def test_the_install_compiled_the_hot_modules() -> None:
     if stale:
         pytest.skip(f"source newer than its build (edited since the install): {stale}")
     assert _native.compiled(replay.compare) and _native.compiled(replay.sanitise.core)
+    from replay.sanitise.keyscan import KeyScan
+
+    assert KeyScan.native_available()
