@@ -67,7 +67,7 @@ print(_native.compiled(replay.compare), _native.compiled(replay.sanitise.core), 
 def _probe(pure: bool) -> tuple[str, str, str]:
     env = dict(os.environ)
     env.pop("SHADOWTAP_PURE_PYTHON", None)
-    env["PYTHONHASHSEED"] = "0"  # set and dict orders in reports follow the string hash
+    env["PYTHONHASHSEED"] = "0"  # one string hash for both runs: a difference is the build's
     if pure:
         env["SHADOWTAP_PURE_PYTHON"] = "1"
     r = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT)], capture_output=True,
