@@ -47,17 +47,10 @@ class _SourceIfStale(importlib.abc.MetaPathFinder):
         if spec is None or spec.origin is None or spec.origin.endswith(".py"):
             return spec
         src = os.path.join(os.path.dirname(spec.origin), fullname.rpartition(".")[2] + ".py")
-        try:
-            stale = os.path.getmtime(src) > os.path.getmtime(spec.origin)
-        except OSError:
+        if not os.path.exists(src):
             return spec  # no source next to the build (an installed wheel): the build
-        if not (stale or os.environ.get("SHADOWTAP_PURE_PYTHON")):
+        if not (_stale(fullname, src, spec.origin) or os.environ.get("SHADOWTAP_PURE_PYTHON")):
             return spec
-        if stale and fullname not in _warned:
-            _warned.add(fullname)
-            print(f"shadowtap: {src} is newer than its compiled build; using the source "
-                  "(slower). Rebuild with: pip install -e . (or bash scripts/setup.sh)",
-                  file=sys.stderr)
         return importlib.util.spec_from_file_location(fullname, src)
 
 
@@ -73,17 +66,24 @@ def load_pyx(module: str, attr: str) -> object | None:
         return None
     origin = getattr(mod, "__file__", None) or ""
     src = os.path.join(os.path.dirname(origin), module.rpartition(".")[2] + ".pyx")
-    try:
-        if os.path.getmtime(src) > os.path.getmtime(origin):
-            if module not in _warned:
-                _warned.add(module)
-                print(f"shadowtap: {src} is newer than its compiled build; using the "
-                      "pure-Python equivalent (slower). Rebuild with: pip install -e . "
-                      "(or bash scripts/setup.sh)", file=sys.stderr)
-            return None
-    except OSError:
-        pass  # no source next to the build (an installed wheel): the build
+    if _stale(module, src, origin):
+        return None
     return getattr(mod, attr, None)
+
+
+def _stale(module: str, src: str, build: str) -> bool:
+    """Whether ``src`` is newer than its ``build`` (False when either is missing: an installed
+    wheel has no source beside it); says so on stderr once per module."""
+    try:
+        stale = os.path.getmtime(src) > os.path.getmtime(build)
+    except OSError:
+        return False
+    if stale and module not in _warned:
+        _warned.add(module)
+        print(f"shadowtap: {src} is newer than its compiled build; using the pure-Python code "
+              "(slower). Rebuild with: pip install -e . (or bash scripts/setup.sh)",
+              file=sys.stderr)
+    return stale
 
 
 def install() -> None:

@@ -53,22 +53,21 @@ class KeyScan:
     names and is followed by a colon (blanks around it allowed), with the offset just after
     the colon and the blanks that follow it; in document order, never overlapping."""
 
-    __slots__ = ("_max", "_min", "_names", "find", "rx")
+    __slots__ = ("find", "rx")
 
     def __init__(self, names: Iterable[bytes], native: bool = True) -> None:
-        self._names = frozenset(n for n in names if n)
-        if not self._names:
+        names = frozenset(n for n in names if n)
+        if not names:
             raise ValueError("KeyScan needs at least one name")
-        self.rx = re.compile(b'"(' + trie(sorted(self._names)) + rb')"[ \t\r\n]*:[ \t\r\n]*')
+        self.rx = re.compile(b'"(' + trie(sorted(names)) + rb')"[ \t\r\n]*:[ \t\r\n]*')
         """The names as a regex, for the pure-Python scan (and for callers that want one)."""
-        self._min = min(map(len, self._names))
-        self._max = max(map(len, self._names))
         self.find = self.find_regex
         if native and _kv_scan is not None:
             table = bytearray(65536)
-            for n in self._names:
+            for n in names:
                 table[_fnv1a(n) & 0xFFFF] = 1
-            self.find = partial(_kv_scan, self._names, self._min, self._max, bytes(table))
+            self.find = partial(_kv_scan, names, min(map(len, names)), max(map(len, names)),
+                                bytes(table))
 
     def find_regex(self, lo: bytes) -> list[tuple[bytes, int]]:
         return [(m.group(1), m.end()) for m in self.rx.finditer(lo)]
