@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import runpy
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 _LISTS = runpy.run_path("replay/_native.py")
 NATIVE = [m.replace(".", "/") + ".py" for m in _LISTS["NATIVE"]]
@@ -42,6 +42,8 @@ def native_modules() -> list:
         },
         quiet=True,
     )
+    exts += [Extension(m, [m.replace(".", "/") + ".c"], extra_compile_args=["-O2"])
+             for m in _LISTS["C_EXT"]]
     for e in exts:
         e.optional = True  # a failed compile leaves the pure-Python module in place
     return exts

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import sys
 from types import ModuleType
+from typing import Any
 
 NATIVE = (
     "replay.compare",
@@ -54,7 +55,17 @@ class _SourceIfStale(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, src)
 
 
-def load_pyx(module: str, attr: str) -> object | None:
+C_EXT = ("replay._fastpath",)
+"""Extension modules written in C (``.c``), each optional: the Python code they speed up is
+the definition and runs when they are not built."""
+
+
+def load_c(module: str, attr: str) -> Any:
+    """``module.attr`` from a C extension module; None as for ``load_pyx``."""
+    return load_pyx(module, attr, ".c")
+
+
+def load_pyx(module: str, attr: str, suffix: str = ".pyx") -> Any:
     """``module.attr`` from a compiled ``.pyx`` helper, or None (the caller's pure-Python
     equivalent is used) when it is not built, is older than its ``.pyx``, or
     ``SHADOWTAP_PURE_PYTHON`` is set."""
@@ -65,7 +76,7 @@ def load_pyx(module: str, attr: str) -> object | None:
     except ImportError:
         return None
     origin = getattr(mod, "__file__", None) or ""
-    src = os.path.join(os.path.dirname(origin), module.rpartition(".")[2] + ".pyx")
+    src = os.path.join(os.path.dirname(origin), module.rpartition(".")[2] + suffix)
     if _stale(module, src, origin):
         return None
     return getattr(mod, attr, None)

@@ -18,7 +18,8 @@ from typing import Any
 
 from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
-from replay.model import ConnKey, Exchange
+from replay._native import load_c
+from replay.model import ConnKey, Exchange, Request, Response
 from replay.packets import SUPPORTED_SUMMARY, Decoder, describe_key, key_ports
 from replay.tcp import Reassembler, _port_classify
 
@@ -91,6 +92,11 @@ class Extractor:
         self.packets = 0
         self.bytes = 0
         self.segments = 0
+        self._slow_segments = 0
+        fast = load_c("replay._fastpath", "FastPath")
+        self.native: Any = fast(self, self.reasm) if fast is not None else None
+        """The common case in C (``replay/_fastpath.c``); None runs everything in Python."""
+        self.reasm.native = self.native
 
     def _emit(self, ex: Exchange) -> None:
         self.exchanges += 1
@@ -122,12 +128,49 @@ class Extractor:
                 return False
         return _port_classify(key, payload)
 
+    def _fast_exchange(self, h: HttpConnection, n: int, rq: tuple, rs: tuple,
+                       interim: list[tuple] | None, t0: float, t1: float, t2: float,
+                       t3: float) -> None:
+        """An exchange the native fast path read completely (called from C)."""
+        ex = Exchange(f"{h.conn_id}.{n}", h.conn, Request(*rq), Response(*rs),
+                      [Response(*x) for x in interim] if interim else [], t0, t1, t2, t3)
+        self.exchanges += 1
+        self._emit_cb(ex)
+
+    def _slow_frame(self, ts: float, lt: int, frame: bytes) -> None:
+        """A frame the native fast path does not decode (called from C): the general decoder."""
+        seg = self.decoder.decode(frame, lt, ts)
+        if seg is not None:
+            if seg[3] or seg[2] & 7:
+                self._slow_segments += 1
+                self.reasm.segment(ts, seg[0], seg[1], seg[2], seg[3], seg[4])
+            elif self.reasm.has_holes():
+                self.reasm.ack_only(ts, seg[0], seg[4])
+
+    def _native_counts(self) -> None:
+        st = self.native.stats()
+        self.packets = st["packets"]
+        self.bytes = st["bytes"]
+        self.segments = st["segments"] + self._slow_segments
+
+    def run_pcap(self, buf: bytes, pos: int, little: bool, scale: float, linktype: int,
+                 max_record: int) -> tuple[int, int, int]:
+        """Classic pcap records in ``buf`` from ``pos``, walked in C (native only):
+        (position after the last whole record, frames, length of a corrupt record or 0)."""
+        r = self.native.run_pcap(buf, pos, little, scale, linktype, max_record)
+        self._native_counts()
+        return r
+
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         """One frame. (Loops should hand ``run`` an iterable: it hoists the lookups.)"""
         self.run(((ts, linktype, frame),))
 
     def run(self, frames: Iterable[tuple[float, int, bytes]]) -> int:
         """The hot loop: ``feed`` for every frame, with lookups hoisted. Returns frames read."""
+        if self.native is not None:
+            n = self.native.run(frames)
+            self._native_counts()
+            return n
         decode = self.decoder.decode
         segment = self.reasm.segment
         ack_only = self.reasm.ack_only

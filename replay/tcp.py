@@ -22,7 +22,7 @@ is counted in ``stats`` by reason. No clocks inside: time is the capture's times
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from replay.packets import ACK as ACK_FLAG
 from replay.packets import FIN, RST, SYN, key_ports, reverse_key
@@ -67,7 +67,8 @@ class _Dir:
 
 
 class _Conn:
-    __slots__ = ("dirs", "fwd_is_client", "handler", "keys", "last_ts", "parked", "serial")
+    __slots__ = ("dirs", "fast", "fwd_is_client", "handler", "keys", "last_ts", "parked",
+                 "serial")
 
     def __init__(self, serial: int, handler: StreamHandler | None, fwd_is_client: bool,
                  keys: tuple[bytes, bytes]) -> None:
@@ -78,6 +79,9 @@ class _Conn:
         self.last_ts = 0.0
         self.keys = keys
         self.parked: list[tuple[float, int, int, int, bytes, int | None, float]] | None = None
+        self.fast = False
+        """Held by the native fast path (``replay._fastpath``): these Python objects are at its
+        last checkpoint until it gives the connection back (``Reassembler.native.sync``)."""
         """Segments waiting for the peer's bytes their ACK covers (see the module docstring):
         (ts, direction, seq, flags, payload, ack, deadline), in arrival order."""
 
@@ -110,6 +114,9 @@ class Reassembler:
         self.next_sweep = 0.0
         self.now = 0.0
         self.hole_count = 0
+        self.native: Any = None
+        """The native fast path (``replay._fastpath.FastPath``) when one drives this reassembler:
+        before Python touches a connection it holds, ``sync`` gives it back."""
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -121,6 +128,9 @@ class Reassembler:
         the peer has already acknowledged be declared at once: the receiver got those bytes,
         so they will never be retransmitted; only the capture missed them."""
         e = self.keys.get(key)
+        if e is not None and e[0].fast:
+            self.native.sync(e[0])
+            e = self.keys.get(key)
         if e is not None and payload and not flags & 7 and ts <= self.next_sweep:
             # Hot path: the next in-order data segment of a connection without holes.
             conn, d = e
@@ -364,6 +374,8 @@ class Reassembler:
         """At the connection limit: end the least recently active 1% (at least one).
 
         Batching keeps the cost amortised without an LRU update on every segment."""
+        if self.native is not None:
+            self.native.touch()
         n = max(1, self.max_connections // 100)
         oldest = sorted(self.lru.values(), key=lambda c: c.last_ts)[:n]
         for c in oldest:
@@ -475,6 +487,10 @@ class Reassembler:
 
     def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False) -> None:
         """Finish a connection: flush what is buffered (with gaps) and drop its state."""
+        if conn.fast:
+            self.native.sync(conn)
+            if conn.serial not in self.lru:
+                return  # the replayed segments ended it
         if conn.parked:
             self._flush_parked(conn)
             if conn.serial not in self.lru:
@@ -510,6 +526,8 @@ class Reassembler:
         """End connections idle longer than the timeout (capture time, not wall time)."""
         if self.parked:
             self._expire_parked(ts)
+        if self.native is not None:
+            self.native.touch()
         limit = ts - self.idle_timeout
         for conn in [c for c in self.lru.values() if c.last_ts <= limit]:
             self._end(conn, ts, timed_out=conn.handler is not None)

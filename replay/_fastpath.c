@@ -1,0 +1,1415 @@
+/* replay._fastpath: the extractor's per-packet path in C, for the common case.
+ *
+ * Why: decoding, reassembly and HTTP/1 framing in Python cost ~10 us per packet, and most
+ * packets of real traffic are the boring case: an in-order segment of a connection whose SYN
+ * was seen, carrying a well-formed request or response. This module handles exactly that case
+ * and nothing else, and hands everything else to the Python code (replay/extract.py,
+ * replay/tcp.py, replay/http1.py), which stays the definition of what shadowtap does.
+ *
+ * How the hand-off stays exact ("checkpoint and replay"):
+ *   - A connection is adopted only at its client SYN, after the Python reassembler has created
+ *     its state (_Conn + HttpConnection), so ids, counters and the LRU order are Python's own.
+ *   - While adopted, the C code keeps the TCP and HTTP state, and logs every segment it applies
+ *     since the last *checkpoint*: a point where no exchange is pending (both directions between
+ *     messages). An exchange is emitted only at such a point, so a checkpoint follows every
+ *     emission.
+ *   - The moment anything is not boring (out of order, a retransmission, an ACK ahead of what
+ *     was seen, a head this code does not read strictly, an Upgrade, a close-delimited body, a
+ *     reset mid-exchange...), or the Python side needs the connection (an idle sweep, an
+ *     eviction, the end of the capture, a packet that only the Python decoder reads), the
+ *     connection is given back: its Python objects are set to the checkpoint and the logged
+ *     segments are replayed through the Python reassembler, which then carries on. Nothing the
+ *     Python code would have emitted is lost or emitted twice; tests/test_fastpath.py checks that
+ *     both paths write identical exchange logs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MASK32(x) ((uint32_t)(x))
+#define HALF 0x80000000u
+#define F_FIN 0x01
+#define F_SYN 0x02
+#define F_RST 0x04
+#define F_ACK 0x10
+#define MAX_HEAD (64 * 1024)
+#define QMAX 16
+#define LOG_MAX_BYTES (16 * 1024 * 1024)
+
+enum { H_HEAD, H_BODY_CL, H_CHUNK_SIZE, H_CHUNK_DATA, H_CHUNK_CRLF, H_TRAILERS };
+enum { OK = 0, BAIL = 1, BAIL_LOGGED = 2, ERR = -1 };
+/* BAIL: give the connection back, then Python takes the segment; BAIL_LOGGED: the segment
+ * is already in the log that is replayed. */
+
+/* ------------------------------------------------------------------------------------------ */
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_add(Buf *b, const char *s, Py_ssize_t n) {
+    if (b->len + n > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n) cap *= 2;
+        char *q = PyMem_Realloc(b->p, cap);
+        if (!q) { PyErr_NoMemory(); return -1; }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+static void buf_free(Buf *b) { PyMem_Free(b->p); b->p = NULL; b->len = b->cap = 0; }
+
+/* One exchange in progress. The request and response are tuples ready for the Python model. */
+typedef struct {
+    PyObject *req;      /* (method, target, version, headers, body) once the request is done */
+    PyObject *req_head; /* (method, target, version, headers) while its body is read */
+    PyObject *resp;
+    PyObject *resp_head;
+    PyObject *interim;  /* list of (status, reason, version, headers, b"") or NULL */
+    double t0, t1, t2, t3;
+    long n;
+    char req_done, resp_done, has_resp, is_head;
+} PEx;
+
+typedef struct {
+    int state;
+    Buf buf;            /* a head or chunk line not complete yet */
+    long long remaining;
+    PEx *ex;            /* the exchange whose message is being read, or NULL between messages */
+    Buf body;
+    PyObject *head;     /* (…, headers) of the message being read */
+    double ts_start;
+    char first_message;
+    double last_ts;
+} Rd;
+
+struct FastPath;
+
+typedef struct Conn {
+    struct Conn *prev, *next;
+    PyObject *pyconn, *handler, *key[2];
+    uint32_t nxt[2];
+    char has_nxt[2], closed[2];
+    double last_ts;
+    /* checkpoint */
+    uint32_t ck_nxt[2];
+    char ck_has_nxt[2], ck_closed[2], ck_first[2];
+    double ck_last_ts, ck_rlast[2];
+    long ck_n;
+    PyObject *ck_buf[2];
+    PyObject *log;      /* list of ("s", d, ts, seq, flags, payload, ack) / ("f", d, data, ts) */
+    Py_ssize_t log_bytes;
+    Rd rd[2];
+    long n;
+    long max_body;
+    PEx *order[QMAX];
+    int norder, nresp;  /* exchanges not yet emitted; how many of them have a response head */
+} Conn;
+
+typedef struct {
+    uint64_t h;
+    Conn *c;   /* NULL: empty; TOMB: deleted */
+    int d;
+} Slot;
+
+static Conn TOMB_;
+#define TOMB (&TOMB_)
+
+typedef struct FastPath {
+    PyObject_HEAD
+    PyObject *ex;       /* the Python Extractor */
+    PyObject *reasm;
+    PyObject *keys, *lru;
+    PyObject *segment, *ack_only, *timers, *slow_frame, *emit, *stats;
+    PyObject *port;     /* None or int */
+    Slot *tab;
+    size_t cap, used, tomb;
+    Conn head;          /* list of adopted connections */
+    long nconn;
+    double next_sweep;
+    long long packets, bytes, segments;
+    long long adopted, given_back, exchanges;
+    PyObject *reasons;  /* dict: why connections were given back */
+} FastPath;
+
+static PyObject *S_fast, *S_now, *S_next_sweep, *S_hole_count, *S_last_ts, *S_dirs, *S_nxt,
+    *S_fin_seq, *S_closed, *S_n, *S_client, *S_server, *S_first_message, *S_buf, *S_feed,
+    *S_handler, *S_parked, *S_serial, *S_keys, *S_state, *S_resyncing, *S_max_body,
+    *S_resets, *S_ooo, *S_fwd_is_client, *S_HTTP11, *S_HTTP10, *S_empty_bytes, *S_s, *S_f, *S_retransmits, *S_non_http;
+
+/* ------------------------------------------------------------------------------------------ */
+/* hash table: directional key -> (conn, direction) */
+
+static uint64_t hkey(const unsigned char *k, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) { h ^= k[i]; h *= 1099511628211ULL; }
+    return h | 1;
+}
+
+static Slot *tab_find(FastPath *fp, const unsigned char *k, Py_ssize_t n, uint64_t h) {
+    if (!fp->cap) return NULL;
+    size_t m = fp->cap - 1, i = h & m;
+    for (;;) {
+        Slot *s = &fp->tab[i];
+        if (s->c == NULL) return NULL;
+        if (s->c != TOMB && s->h == h) {
+            PyObject *kb = s->c->key[s->d];
+            if (PyBytes_GET_SIZE(kb) == n && memcmp(PyBytes_AS_STRING(kb), k, n) == 0) return s;
+        }
+        i = (i + 1) & m;
+    }
+}
+
+static int tab_grow(FastPath *fp) {
+    size_t ncap = fp->cap ? fp->cap : 1024;
+    while ((fp->used + 1) * 2 > ncap) ncap *= 2;
+    Slot *nt = PyMem_Calloc(ncap, sizeof(Slot));
+    if (!nt) { PyErr_NoMemory(); return -1; }
+    for (size_t i = 0; i < fp->cap; i++) {
+        Slot *s = &fp->tab[i];
+        if (s->c == NULL || s->c == TOMB) continue;
+        size_t j = s->h & (ncap - 1);
+        while (nt[j].c) j = (j + 1) & (ncap - 1);
+        nt[j] = *s;
+    }
+    PyMem_Free(fp->tab);
+    fp->tab = nt;
+    fp->cap = ncap;
+    fp->tomb = 0;
+    return 0;
+}
+
+static int tab_put(FastPath *fp, Conn *c, int d) {
+    if ((fp->used + fp->tomb + 1) * 3 > fp->cap * 2 || !fp->cap)
+        if (tab_grow(fp) < 0) return -1;
+    PyObject *kb = c->key[d];
+    uint64_t h = hkey((unsigned char *)PyBytes_AS_STRING(kb), PyBytes_GET_SIZE(kb));
+    size_t m = fp->cap - 1, i = h & m;
+    while (fp->tab[i].c != NULL && fp->tab[i].c != TOMB) i = (i + 1) & m;
+    if (fp->tab[i].c == TOMB) fp->tomb--;
+    fp->tab[i].h = h;
+    fp->tab[i].c = c;
+    fp->tab[i].d = d;
+    fp->used++;
+    return 0;
+}
+
+static void tab_del(FastPath *fp, Conn *c, int d) {
+    PyObject *kb = c->key[d];
+    Py_ssize_t n = PyBytes_GET_SIZE(kb);
+    uint64_t h = hkey((unsigned char *)PyBytes_AS_STRING(kb), n);
+    Slot *s = tab_find(fp, (unsigned char *)PyBytes_AS_STRING(kb), n, h);
+    if (s && s->c == c) { s->c = TOMB; fp->used--; fp->tomb++; }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* small helpers */
+
+static int set_attr_double(PyObject *o, PyObject *name, double v) {
+    PyObject *f = PyFloat_FromDouble(v);
+    if (!f) return -1;
+    int r = PyObject_SetAttr(o, name, f);
+    Py_DECREF(f);
+    return r;
+}
+
+static int refresh_sweep(FastPath *fp) {
+    PyObject *v = PyObject_GetAttr(fp->reasm, S_next_sweep);
+    if (!v) return -1;
+    double d = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    if (d == -1.0 && PyErr_Occurred()) return -1;
+    fp->next_sweep = d;
+    return 0;
+}
+
+static void pex_free(PEx *e) {
+    if (!e) return;
+    Py_XDECREF(e->req);
+    Py_XDECREF(e->req_head);
+    Py_XDECREF(e->resp);
+    Py_XDECREF(e->resp_head);
+    Py_XDECREF(e->interim);
+    PyMem_Free(e);
+}
+
+static void conn_free(Conn *c) {
+    for (int d = 0; d < 2; d++) {
+        buf_free(&c->rd[d].buf);
+        buf_free(&c->rd[d].body);
+        Py_XDECREF(c->rd[d].head);
+        Py_XDECREF(c->key[d]);
+        Py_XDECREF(c->ck_buf[d]);
+    }
+    for (int i = 0; i < c->norder; i++) pex_free(c->order[i]);
+    Py_XDECREF(c->pyconn);
+    Py_XDECREF(c->handler);
+    Py_XDECREF(c->log);
+    PyMem_Free(c);
+}
+
+static void conn_unlink(FastPath *fp, Conn *c) {
+    tab_del(fp, c, 0);
+    tab_del(fp, c, 1);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    fp->nconn--;
+}
+
+static void count_reason(FastPath *fp, const char *why) {
+    PyObject *k = PyUnicode_InternFromString(why);
+    if (!k) { PyErr_Clear(); return; }
+    PyObject *v = PyDict_GetItemWithError(fp->reasons, k);
+    long n = v ? PyLong_AsLong(v) : 0;
+    PyObject *nv = PyLong_FromLong(n + 1);
+    if (nv) { PyDict_SetItem(fp->reasons, k, nv); Py_DECREF(nv); }
+    PyErr_Clear();
+    Py_DECREF(k);
+}
+
+/* The checkpoint: the state right now, with nothing pending. */
+static int checkpoint(Conn *c) {
+    for (int d = 0; d < 2; d++) {
+        c->ck_nxt[d] = c->nxt[d];
+        c->ck_has_nxt[d] = c->has_nxt[d];
+        c->ck_closed[d] = c->closed[d];
+        c->ck_first[d] = c->rd[d].first_message;
+        c->ck_rlast[d] = c->rd[d].last_ts;
+        Py_CLEAR(c->ck_buf[d]);
+        if (c->rd[d].buf.len) {
+            c->ck_buf[d] = PyBytes_FromStringAndSize(c->rd[d].buf.p, c->rd[d].buf.len);
+            if (!c->ck_buf[d]) return -1;
+        }
+    }
+    c->ck_last_ts = c->last_ts;
+    c->ck_n = c->n;
+    PyObject *l = PyList_New(0);
+    if (!l) return -1;
+    Py_XSETREF(c->log, l);
+    c->log_bytes = 0;
+    return 0;
+}
+
+/* Give a connection back to the Python reassembler: its objects are set to the checkpoint and
+ * the segments since are replayed through it. */
+static int give_back(FastPath *fp, Conn *c, const char *why) {
+    int rc = -1;
+    PyObject *dirs = NULL, *saved_now = NULL;
+    conn_unlink(fp, c);
+    fp->given_back++;
+    count_reason(fp, why);
+    PyObject *pc = c->pyconn, *h = c->handler;
+    if (PyObject_SetAttr(pc, S_fast, Py_False) < 0) goto done;
+    if (set_attr_double(pc, S_last_ts, c->ck_last_ts) < 0) goto done;
+    dirs = PyObject_GetAttr(pc, S_dirs);
+    if (!dirs) goto done;
+    for (int d = 0; d < 2; d++) {
+        PyObject *dr = PyTuple_GetItem(dirs, d);
+        if (!dr) goto done;
+        PyObject *v;
+        if (c->ck_has_nxt[d]) v = PyLong_FromUnsignedLong(c->ck_nxt[d]);
+        else { v = Py_None; Py_INCREF(v); }
+        if (!v) goto done;
+        int r = PyObject_SetAttr(dr, S_nxt, v);
+        if (r == 0 && c->ck_closed[d]) {
+            r = PyObject_SetAttr(dr, S_fin_seq, v);
+            if (r == 0) r = PyObject_SetAttr(dr, S_closed, Py_True);
+        }
+        Py_DECREF(v);
+        if (r < 0) goto done;
+        PyObject *reader = PyObject_GetAttr(h, d == 0 ? S_client : S_server);
+        if (!reader) goto done;
+        r = PyObject_SetAttr(reader, S_first_message, c->ck_first[d] ? Py_True : Py_False);
+        if (r == 0) r = set_attr_double(reader, S_last_ts, c->ck_rlast[d]);
+        if (r == 0) r = PyObject_SetAttr(reader, S_buf, c->ck_buf[d] ? c->ck_buf[d] : S_empty_bytes);
+        Py_DECREF(reader);
+        if (r < 0) goto done;
+    }
+    {
+        PyObject *n = PyLong_FromLong(c->ck_n);
+        if (!n) goto done;
+        int r = PyObject_SetAttr(h, S_n, n);
+        Py_DECREF(n);
+        if (r < 0) goto done;
+    }
+    saved_now = PyObject_GetAttr(fp->reasm, S_now);
+    if (!saved_now) goto done;
+    /* The replayed segments were seen before the timers last ran: they must not run them again
+     * (with non-monotonic capture times they could). */
+    double saved_sweep = fp->next_sweep;
+    if (set_attr_double(fp->reasm, S_next_sweep, Py_HUGE_VAL) < 0) goto done;
+    Py_ssize_t nlog = PyList_GET_SIZE(c->log);
+    for (Py_ssize_t i = 0; i < nlog; i++) {
+        PyObject *e = PyList_GET_ITEM(c->log, i), *r;
+        if (PyTuple_GET_ITEM(e, 0) == S_f) {
+            long d = PyLong_AsLong(PyTuple_GET_ITEM(e, 1));
+            PyObject *dr = PyTuple_GetItem(dirs, d);
+            if (!dr) goto done;
+            PyObject *feed = PyObject_GetAttr(dr, S_feed);
+            if (!feed) goto done;
+            r = PyObject_CallFunctionObjArgs(feed, PyTuple_GET_ITEM(e, 2), PyTuple_GET_ITEM(e, 3),
+                                             NULL);
+            Py_DECREF(feed);
+        } else {
+            long d = PyLong_AsLong(PyTuple_GET_ITEM(e, 1));
+            r = PyObject_CallFunctionObjArgs(fp->segment, PyTuple_GET_ITEM(e, 2), c->key[d],
+                                             PyTuple_GET_ITEM(e, 3), PyTuple_GET_ITEM(e, 4),
+                                             PyTuple_GET_ITEM(e, 5), PyTuple_GET_ITEM(e, 6), NULL);
+        }
+        if (!r) goto done;
+        Py_DECREF(r);
+    }
+    if (PyObject_SetAttr(fp->reasm, S_now, saved_now) < 0) goto done;
+    if (refresh_sweep(fp) < 0) goto done;
+    if (set_attr_double(fp->reasm, S_next_sweep,
+                        fp->next_sweep < saved_sweep ? fp->next_sweep : saved_sweep) < 0)
+        goto done;
+    rc = refresh_sweep(fp);
+done:
+    Py_XDECREF(dirs);
+    Py_XDECREF(saved_now);
+    conn_free(c);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* HTTP/1 heads, strictly: only what llhttp accepts and replay/http1.py reads the same way. */
+
+static unsigned char T_TOKEN[256], T_TARGET[256], T_VALUE[256], T_REASON[256];
+
+static void init_tables(void) {
+    const char *tok = "!#$%&'*+-.^_`|~";
+    for (int c = '0'; c <= '9'; c++) T_TOKEN[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++) T_TOKEN[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++) T_TOKEN[c] = 1;
+    for (const char *p = tok; *p; p++) T_TOKEN[(unsigned char)*p] = 1;
+    for (int c = 0x21; c <= 0x7e; c++) T_TARGET[c] = c != '#';
+    for (int c = 0x20; c <= 0x7e; c++) T_VALUE[c] = 1;
+    T_VALUE['\t'] = 1;
+    for (int c = 0x20; c <= 0x7e; c++) T_REASON[c] = 1;
+}
+
+static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+                                "TRACE", NULL};
+static PyObject *METHOD_STR[8];
+
+static int ieq(const char *a, Py_ssize_t n, const char *lower) {
+    Py_ssize_t m = (Py_ssize_t)strlen(lower);
+    if (n != m) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = a[i];
+        if (ch >= 'A' && ch <= 'Z') ch += 32;
+        if (ch != lower[i]) return 0;
+    }
+    return 1;
+}
+
+static PyObject *latin1(const char *p, Py_ssize_t n) {
+    return PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, n);
+}
+
+/* Header lines from p (just after the start line) to the blank line at end. Returns the list of
+ * (name, value) or NULL with *bail set (not strict) or an exception. framing: 0 none, 1 length,
+ * 2 chunked. */
+static PyObject *parse_fields(const char *p, const char *end, int *framing, long long *length,
+                              int *bail) {
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    int cl = 0, te = 0;
+    while (p < end) {
+        if (p[0] == '\r') { /* the blank line */
+            if (p + 2 != end || p[1] != '\n') goto bail;
+            break;
+        }
+        const char *k = p;
+        while (p < end && T_TOKEN[(unsigned char)*p]) p++;
+        if (p == k || p >= end || *p != ':') goto bail;
+        Py_ssize_t kn = p - k;
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        const char *v = p;
+        while (p < end && T_VALUE[(unsigned char)*p]) p++;
+        if (p + 1 >= end || p[0] != '\r' || p[1] != '\n') goto bail;
+        const char *ve = p;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        p += 2;
+        if (kn == 14 && ieq(k, kn, "content-length")) {
+            if (cl || ve - v < 1 || ve - v > 18 || (ve - v > 1 && v[0] == '0')) goto bail;
+            long long x = 0;
+            for (const char *q = v; q < ve; q++) {
+                if (*q < '0' || *q > '9') goto bail;
+                x = x * 10 + (*q - '0');
+            }
+            cl = 1;
+            *length = x;
+        } else if (kn == 17 && ieq(k, kn, "transfer-encoding")) {
+            if (te || !ieq(v, ve - v, "chunked")) goto bail;
+            te = 1;
+        } else if (kn == 7 && ieq(k, kn, "upgrade")) {
+            goto bail;
+        }
+        PyObject *ks = latin1(k, kn), *vs = latin1(v, ve - v);
+        PyObject *t = (ks && vs) ? PyTuple_Pack(2, ks, vs) : NULL;
+        Py_XDECREF(ks);
+        Py_XDECREF(vs);
+        if (!t || PyList_Append(list, t) < 0) { Py_XDECREF(t); Py_DECREF(list); return NULL; }
+        Py_DECREF(t);
+    }
+    if (cl && te) goto bail;
+    *framing = te ? 2 : cl ? 1 : 0;
+    return list;
+bail:
+    Py_DECREF(list);
+    *bail = 1;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* emission */
+
+static int emit_ready(FastPath *fp, Conn *c, int *emitted) {
+    while (c->norder && c->order[0]->req_done && c->order[0]->resp_done) {
+        PEx *e = c->order[0];
+        PyObject *n = PyLong_FromLong(e->n);
+        if (!n) return -1;
+        PyObject *r = PyObject_CallFunction(fp->emit, "OOOOOdddd", c->handler, n, e->req, e->resp,
+                                            e->interim ? e->interim : Py_None, e->t0, e->t1,
+                                            e->t2, e->t3);
+        Py_DECREF(n);
+        if (!r) return -1;
+        Py_DECREF(r);
+        fp->exchanges++;
+        memmove(c->order, c->order + 1, (c->norder - 1) * sizeof(PEx *));
+        c->norder--;
+        c->nresp--;
+        pex_free(e);
+        *emitted = 1;
+    }
+    return 0;
+}
+
+static PyObject *body_bytes(Rd *r) {
+    PyObject *b = r->body.len ? PyBytes_FromStringAndSize(r->body.p, r->body.len) : S_empty_bytes;
+    if (b == S_empty_bytes) Py_INCREF(b);
+    r->body.len = 0;
+    return b;
+}
+
+/* A message of direction d is over at ts. */
+static int finish_message(FastPath *fp, Conn *c, int d, double ts, int *emitted) {
+    Rd *r = &c->rd[d];
+    PEx *e = r->ex;
+    PyObject *body = body_bytes(r);
+    if (!body) return -1;
+    PyObject *h = r->head;
+    PyObject *full = PyTuple_Pack(5, PyTuple_GET_ITEM(h, 0), PyTuple_GET_ITEM(h, 1),
+                                  PyTuple_GET_ITEM(h, 2), PyTuple_GET_ITEM(h, 3), body);
+    Py_DECREF(body);
+    if (!full) return -1;
+    Py_CLEAR(r->head);
+    r->first_message = 0;
+    r->ex = NULL;
+    r->state = H_HEAD;
+    if (d == 0) {
+        e->req = full;
+        e->t1 = ts;
+        e->req_done = 1;
+    } else {
+        e->resp = full;
+        e->t3 = ts;
+        e->resp_done = 1;
+    }
+    return emit_ready(fp, c, emitted);
+}
+
+static int start_body(FastPath *fp, Conn *c, int d, int framing, long long length, double ts,
+                      int *emitted) {
+    Rd *r = &c->rd[d];
+    if (framing == 1 && length > 0) {
+        if (length > c->max_body) return BAIL;
+        r->remaining = length;
+        r->state = H_BODY_CL;
+        return OK;
+    }
+    if (framing == 2) {
+        r->state = H_CHUNK_SIZE;
+        return OK;
+    }
+    return finish_message(fp, c, d, ts, emitted) < 0 ? ERR : OK;
+}
+
+/* A complete head [p, he) of direction d. */
+static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, double ts,
+                   int *emitted) {
+    Rd *r = &c->rd[d];
+    int framing = 0, bail = 0;
+    long long length = 0;
+    if (d == 0) {
+        const char *q = p;
+        while (q < he && *q >= 'A' && *q <= 'Z') q++;
+        int mi = -1;
+        for (int i = 0; METHODS[i]; i++)
+            if ((Py_ssize_t)strlen(METHODS[i]) == q - p && memcmp(METHODS[i], p, q - p) == 0) {
+                mi = i;
+                break;
+            }
+        if (mi < 0 || q >= he || *q != ' ') return BAIL;
+        const char *t = ++q;
+        while (q < he && T_TARGET[(unsigned char)*q]) q++;
+        if (q == t || q + 11 > he || *q != ' ') return BAIL;
+        if (!(*t == '/' || (q - t == 1 && *t == '*' && mi == 5))) return BAIL;
+        const char *tend = q;
+        q++;
+        PyObject *ver;
+        if (memcmp(q, "HTTP/1.1\r\n", 10) == 0) ver = S_HTTP11;
+        else if (memcmp(q, "HTTP/1.0\r\n", 10) == 0) ver = S_HTTP10;
+        else return BAIL;
+        q += 10;
+        if (c->norder >= QMAX) return BAIL;
+        PyObject *fields = parse_fields(q, he, &framing, &length, &bail);
+        if (!fields) return bail ? BAIL : ERR;
+        if (framing == 2 && ver == S_HTTP10) { Py_DECREF(fields); return BAIL; }
+        PyObject *target = latin1(t, tend - t);
+        if (!target) { Py_DECREF(fields); return ERR; }
+        PyObject *head = PyTuple_Pack(4, METHOD_STR[mi], target, ver, fields);
+        Py_DECREF(target);
+        Py_DECREF(fields);
+        if (!head) return ERR;
+        PEx *e = PyMem_Calloc(1, sizeof(PEx));
+        if (!e) { Py_DECREF(head); PyErr_NoMemory(); return ERR; }
+        e->n = ++c->n;
+        e->t0 = ts;
+        e->is_head = mi == 1;
+        c->order[c->norder++] = e;
+        r->head = head;
+        r->ex = e;
+        r->ts_start = ts;
+        return start_body(fp, c, d, framing, length, ts, emitted);
+    }
+    /* response */
+    if (he - p < 14 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') ||
+        p[8] != ' ')
+        return BAIL;
+    PyObject *ver = p[7] == '1' ? S_HTTP11 : S_HTTP10;
+    const char *q = p + 9;
+    if (q[0] < '1' || q[0] > '5' || q[1] < '0' || q[1] > '9' || q[2] < '0' || q[2] > '9' ||
+        q[3] != ' ')
+        return BAIL;
+    int status = (q[0] - '0') * 100 + (q[1] - '0') * 10 + (q[2] - '0');
+    q += 4;
+    const char *rs = q;
+    while (q < he && T_REASON[(unsigned char)*q]) q++;
+    if (q + 1 >= he || q[0] != '\r' || q[1] != '\n') return BAIL;
+    const char *rend = q;
+    q += 2;
+    if (status == 101) return BAIL;
+    if (c->nresp >= c->norder) return BAIL; /* a response without a request */
+    PEx *e = c->order[c->nresp];
+    PyObject *fields = parse_fields(q, he, &framing, &length, &bail);
+    if (!fields) return bail ? BAIL : ERR;
+    if (framing == 2 && ver == S_HTTP10) { Py_DECREF(fields); return BAIL; }
+    PyObject *reason = latin1(rs, rend - rs);
+    PyObject *st = PyLong_FromLong(status);
+    PyObject *head = (reason && st) ? PyTuple_Pack(4, st, reason, ver, fields) : NULL;
+    Py_XDECREF(reason);
+    Py_XDECREF(st);
+    Py_DECREF(fields);
+    if (!head) return ERR;
+    if (status < 200) { /* interim: kept apart, the final response follows */
+        PyObject *full = PyTuple_Pack(5, PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1),
+                                      PyTuple_GET_ITEM(head, 2), PyTuple_GET_ITEM(head, 3),
+                                      S_empty_bytes);
+        Py_DECREF(head);
+        if (!full) return ERR;
+        if (!e->interim && !(e->interim = PyList_New(0))) { Py_DECREF(full); return ERR; }
+        int rr = PyList_Append(e->interim, full);
+        Py_DECREF(full);
+        return rr < 0 ? ERR : OK;
+    }
+    c->nresp++;
+    e->has_resp = 1;
+    e->t2 = ts;
+    r->head = head;
+    r->ex = e;
+    r->ts_start = ts;
+    if (e->is_head || status == 204 || status == 304) return start_body(fp, c, d, 0, 0, ts, emitted);
+    if (framing == 0) return BAIL; /* close-delimited */
+    return start_body(fp, c, d, framing, length, ts, emitted);
+}
+
+/* Could these bytes (no head end yet) be the start of a head this code reads? */
+static int plausible_start(int d, const char *p, Py_ssize_t n) {
+    if (d == 1) {
+        Py_ssize_t m = n < 7 ? n : 7;
+        return memcmp(p, "HTTP/1.", m) == 0;
+    }
+    for (int i = 0; METHODS[i]; i++) {
+        Py_ssize_t ml = (Py_ssize_t)strlen(METHODS[i]);
+        Py_ssize_t m = n < ml ? n : ml;
+        if (memcmp(p, METHODS[i], m) == 0 && (n <= ml || p[ml] == ' ')) return 1;
+    }
+    return 0;
+}
+
+/* Feed in-order bytes of direction d, like replay.http1._Reader.feed. Returns OK, BAIL or ERR.
+ * On a checkpoint inside the data, the rest is logged as a direct feed. */
+static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t len, double ts) {
+    Rd *r = &c->rd[d];
+    r->last_ts = ts;
+    const char *p = data, *end = data + len;
+    int owned = 0;
+    if (r->buf.len) {
+        if (buf_add(&r->buf, data, len) < 0) return ERR;
+        /* take the buffer: parse from it */
+        p = r->buf.p;
+        end = r->buf.p + r->buf.len;
+        owned = 1;
+    }
+    Buf hold = {0};
+    if (owned) { hold = r->buf; r->buf.p = NULL; r->buf.len = r->buf.cap = 0; }
+    int rc = OK;
+    while (p < end) {
+        int st = r->state;
+        if (st == H_BODY_CL || st == H_CHUNK_DATA) {
+            Py_ssize_t take = end - p < r->remaining ? end - p : (Py_ssize_t)r->remaining;
+            if (r->body.len + take > c->max_body) { rc = BAIL; goto out; }
+            if (buf_add(&r->body, p, take) < 0) { rc = ERR; goto out; }
+            p += take;
+            r->remaining -= take;
+            if (r->remaining == 0) {
+                if (st == H_BODY_CL) {
+                    int emitted = 0;
+                    if (finish_message(fp, c, d, ts, &emitted) < 0) { rc = ERR; goto out; }
+                    if (emitted && !c->norder) goto checkpoint_here;
+                } else {
+                    r->state = H_CHUNK_CRLF;
+                }
+            }
+            continue;
+        }
+        if (st == H_HEAD) {
+            while (p < end && (*p == '\r' || *p == '\n')) p++;
+            if (p >= end) break;
+            const char *he = NULL;
+            for (const char *q = p; q + 3 < end; q++) {
+                q = memchr(q, '\r', end - q - 3);
+                if (!q) break;
+                if (q[1] == '\n' && q[2] == '\r' && q[3] == '\n') { he = q + 4; break; }
+            }
+            if (!he) {
+                /* not complete: keep it if it can still become a head this code reads */
+                if (end - p > MAX_HEAD || !plausible_start(d, p, end - p)) { rc = BAIL; goto out; }
+                const char *q = p;
+                while ((q = memchr(q, '\n', end - q)) != NULL) {
+                    if (q == p || q[-1] != '\r') { rc = BAIL; goto out; }
+                    q++;
+                }
+                if (buf_add(&r->buf, p, end - p) < 0) { rc = ERR; goto out; }
+                p = end;
+                break;
+            }
+            /* no bare LF inside the head: the lenient "\n\n" end must not come first */
+            {
+                const char *q = p;
+                while ((q = memchr(q, '\n', he - q)) != NULL) {
+                    if (q == p || q[-1] != '\r') { rc = BAIL; goto out; }
+                    q++;
+                }
+            }
+            int emitted = 0;
+            int hr = on_head(fp, c, d, p, he, ts, &emitted);
+            if (hr != OK) { rc = hr; goto out; }
+            p = he;
+            if (emitted && !c->norder) goto checkpoint_here;
+            continue;
+        }
+        if (st == H_CHUNK_SIZE) {
+            const char *nl = memchr(p, '\n', end - p);
+            if (!nl) {
+                if (end - p >= 1024) { rc = BAIL; goto out; }
+                if (buf_add(&r->buf, p, end - p) < 0) { rc = ERR; goto out; }
+                p = end;
+                break;
+            }
+            const char *q = p;
+            long long size = 0;
+            while (q < nl && ((*q >= '0' && *q <= '9') || (*q >= 'a' && *q <= 'f') ||
+                              (*q >= 'A' && *q <= 'F'))) {
+                int v = *q <= '9' ? *q - '0' : (*q | 32) - 'a' + 10;
+                size = size * 16 + v;
+                q++;
+            }
+            if (q == p || q - p > 15) { rc = BAIL; goto out; }
+            if (*q == ';') {
+                while (q < nl && *q != '\r') q++;
+            }
+            if (q + 1 != nl || *q != '\r') { rc = BAIL; goto out; }
+            p = nl + 1;
+            if (size == 0) {
+                r->state = H_TRAILERS;
+            } else {
+                if (r->body.len + size > c->max_body) { rc = BAIL; goto out; }
+                r->remaining = size;
+                r->state = H_CHUNK_DATA;
+            }
+            continue;
+        }
+        if (st == H_CHUNK_CRLF) {
+            if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+                p += 2;
+                r->state = H_CHUNK_SIZE;
+                continue;
+            }
+            if (end - p == 1 && p[0] == '\r') {
+                if (buf_add(&r->buf, p, 1) < 0) { rc = ERR; goto out; }
+                p = end;
+                break;
+            }
+            rc = BAIL;
+            goto out;
+        }
+        /* H_TRAILERS: only the empty trailer section */
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            p += 2;
+            int emitted = 0;
+            if (finish_message(fp, c, d, ts, &emitted) < 0) { rc = ERR; goto out; }
+            if (emitted && !c->norder) goto checkpoint_here;
+            continue;
+        }
+        if (end - p == 1 && p[0] == '\r') {
+            if (buf_add(&r->buf, p, 1) < 0) { rc = ERR; goto out; }
+            p = end;
+            break;
+        }
+        rc = BAIL;
+        goto out;
+    checkpoint_here:
+        /* Nothing pending: a checkpoint, with the rest of this data logged as a direct feed. */
+        if (checkpoint(c) < 0) { rc = ERR; goto out; }
+        if (p < end) {
+            PyObject *rest = PyBytes_FromStringAndSize(p, end - p);
+            PyObject *dd = rest ? PyLong_FromLong(d) : NULL;
+            PyObject *tsf = dd ? PyFloat_FromDouble(ts) : NULL;
+            PyObject *e = tsf ? PyTuple_Pack(4, S_f, dd, rest, tsf) : NULL;
+            Py_XDECREF(rest);
+            Py_XDECREF(dd);
+            Py_XDECREF(tsf);
+            if (!e || PyList_Append(c->log, e) < 0) { Py_XDECREF(e); rc = ERR; goto out; }
+            Py_DECREF(e);
+            c->log_bytes += end - p;
+        }
+    }
+out:
+    buf_free(&hold);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* segments */
+
+static int log_segment(Conn *c, int d, double ts, uint32_t seq, int flags, const char *pl,
+                       Py_ssize_t plen, uint32_t ack) {
+    PyObject *e = Py_BuildValue("(Oidkiy#k)", S_s, d, ts, (unsigned long)seq, flags, pl, plen,
+                                (unsigned long)ack);
+    if (!e) return -1;
+    int r = PyList_Append(c->log, e);
+    Py_DECREF(e);
+    c->log_bytes += plen;
+    return r;
+}
+
+/* Remove a finished connection from the Python reassembler's tables, as its _end would. */
+static int native_end(FastPath *fp, Conn *c) {
+    for (int d = 0; d < 2; d++) {
+        PyObject *e = PyDict_GetItemWithError(fp->keys, c->key[d]);
+        if (!e) { if (PyErr_Occurred()) return -1; continue; }
+        if (PyTuple_Check(e) && PyTuple_GET_ITEM(e, 0) == c->pyconn)
+            if (PyDict_DelItem(fp->keys, c->key[d]) < 0) return -1;
+    }
+    PyObject *serial = PyObject_GetAttr(c->pyconn, S_serial);
+    if (!serial) return -1;
+    int r = PyDict_DelItem(fp->lru, serial);
+    Py_DECREF(serial);
+    if (r < 0) PyErr_Clear();
+    if (PyObject_SetAttr(c->pyconn, S_fast, Py_False) < 0) return -1;
+    conn_unlink(fp, c);
+    conn_free(c);
+    return 0;
+}
+
+static int bump_stat(FastPath *fp, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(fp->stats, key);
+    if (!v && PyErr_Occurred()) return -1;
+    long n = v ? PyLong_AsLong(v) : 0;
+    PyObject *nv = PyLong_FromLong(n + 1);
+    if (!nv) return -1;
+    int r = PyDict_SetItem(fp->stats, key, nv);
+    Py_DECREF(nv);
+    return r;
+}
+
+/* One TCP segment of an adopted connection. Returns OK (consumed), BAIL (give the connection
+ * back, then let Python take this segment) or ERR. */
+static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, int flags,
+                        const char *pl, Py_ssize_t plen, uint32_t ack, int slow) {
+    int od = 1 - d;
+    if (c->has_nxt[od]) {
+        uint32_t ahead = MASK32(ack - c->nxt[od]);
+        if (ahead && ahead < HALF) {
+            if ((flags & F_ACK) && !c->closed[od]) return BAIL; /* parked or a capture loss */
+            slow = 1;
+        }
+    }
+    if (slow) {
+        if (set_attr_double(fp->reasm, S_now, ts) < 0) return ERR;
+    }
+    if (flags & F_RST) {
+        if (plen || (flags & (F_SYN | F_FIN)) || c->norder || c->rd[0].buf.len || c->rd[1].buf.len) return BAIL;
+        if (bump_stat(fp, S_resets) < 0) return ERR;
+        return native_end(fp, c) < 0 ? ERR : OK;
+    }
+    if (flags & F_SYN) {
+        if (d != 1 || c->has_nxt[1] || plen || (flags & F_FIN)) return BAIL;
+        c->last_ts = ts;
+        c->nxt[1] = seq + 1;
+        c->has_nxt[1] = 1;
+        return log_segment(c, d, ts, seq, flags, pl, plen, ack) < 0 ? ERR : OK;
+    }
+    if (plen) {
+        if (c->closed[d] || !c->has_nxt[d] || seq != c->nxt[d]) return BAIL;
+        if (c->log_bytes + plen > LOG_MAX_BYTES) return BAIL;
+    }
+    if ((flags & F_FIN) && (c->closed[d] || !c->has_nxt[d] || seq != c->nxt[d])) return BAIL;
+    c->last_ts = ts;
+    if (log_segment(c, d, ts, seq, flags, pl, plen, ack) < 0) return ERR;
+    if (plen) {
+        c->nxt[d] = seq + (uint32_t)plen;
+        int hr = http_feed(fp, c, d, pl, plen, ts);
+        if (hr != OK) return hr == BAIL ? BAIL_LOGGED : hr;
+    }
+    if (flags & F_FIN) {
+        Rd *r = &c->rd[d];
+        /* this direction ends: only between messages with nothing buffered */
+        if (r->ex || r->buf.len || r->state != H_HEAD) return BAIL_LOGGED;
+        c->closed[d] = 1;
+        if (c->closed[od]) {
+            if (c->norder || c->rd[od].buf.len) return BAIL_LOGGED;
+            return native_end(fp, c) < 0 ? ERR : OK;
+        }
+    }
+    return OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* adoption */
+
+static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
+    PyObject *e = PyDict_GetItemWithError(fp->keys, key);
+    if (!e) return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 2) return 0;
+    if (PyLong_AsLong(PyTuple_GET_ITEM(e, 1)) != 0) return 0;
+    PyObject *pc = PyTuple_GET_ITEM(e, 0);
+    PyObject *h = PyObject_GetAttr(pc, S_handler);
+    if (!h) return -1;
+    int ok = h != Py_None;
+    PyObject *v = NULL;
+    if (ok) {
+        v = PyObject_GetAttr(pc, S_parked);
+        ok = v == Py_None;
+        Py_XDECREF(v);
+        v = PyObject_GetAttr(h, S_n);
+        ok = ok && v && PyLong_Check(v) && PyLong_AsLong(v) == 0;
+        Py_XDECREF(v);
+        v = PyObject_GetAttr(h, S_retransmits);
+        ok = ok && v && PyLong_Check(v) && PyLong_AsLong(v) == 0;
+        Py_XDECREF(v);
+        v = PyObject_GetAttr(h, S_non_http);
+        ok = ok && v == Py_False;
+        Py_XDECREF(v);
+    }
+    long max_body = 0;
+    if (ok) {
+        v = PyObject_GetAttr(h, S_max_body);
+        max_body = v ? PyLong_AsLong(v) : -1;
+        Py_XDECREF(v);
+        ok = max_body > 0;
+    }
+    PyObject *dirs = ok ? PyObject_GetAttr(pc, S_dirs) : NULL;
+    if (ok && dirs) {
+        PyObject *n0 = PyObject_GetAttr(PyTuple_GET_ITEM(dirs, 0), S_nxt);
+        PyObject *n1 = PyObject_GetAttr(PyTuple_GET_ITEM(dirs, 1), S_nxt);
+        ok = n0 && n1 && PyLong_Check(n0) && n1 == Py_None &&
+             PyLong_AsUnsignedLong(n0) == (unsigned long)MASK32(seq + 1);
+        Py_XDECREF(n0);
+        Py_XDECREF(n1);
+        for (int d = 0; d < 2 && ok; d++) {
+            PyObject *dr = PyTuple_GET_ITEM(dirs, d);
+            PyObject *ooo = PyObject_GetAttr(dr, S_ooo);
+            PyObject *fs = PyObject_GetAttr(dr, S_fin_seq);
+            ok = ooo && fs == Py_None && PyDict_Check(ooo) && PyDict_GET_SIZE(ooo) == 0;
+            Py_XDECREF(ooo);
+            Py_XDECREF(fs);
+        }
+        PyObject *fc = PyObject_GetAttr(pc, S_fwd_is_client);
+        ok = ok && fc == Py_True;
+        Py_XDECREF(fc);
+    }
+    Py_XDECREF(dirs);
+    if (ok) {
+        for (int d = 0; d < 2 && ok; d++) {
+            PyObject *rd = PyObject_GetAttr(h, d ? S_server : S_client);
+            PyObject *st = rd ? PyObject_GetAttr(rd, S_state) : NULL;
+            PyObject *rs = rd ? PyObject_GetAttr(rd, S_resyncing) : NULL;
+            PyObject *bf = rd ? PyObject_GetAttr(rd, S_buf) : NULL;
+            ok = st && PyLong_Check(st) && PyLong_AsLong(st) == 0 && rs == Py_False &&
+                 bf && PyBytes_Check(bf) && PyBytes_GET_SIZE(bf) == 0;
+            Py_XDECREF(bf);
+            Py_XDECREF(rd);
+            Py_XDECREF(st);
+            Py_XDECREF(rs);
+        }
+    }
+    if (PyErr_Occurred()) { Py_DECREF(h); return -1; }
+    if (!ok) { Py_DECREF(h); return 0; }
+    Conn *c = PyMem_Calloc(1, sizeof(Conn));
+    if (!c) { Py_DECREF(h); PyErr_NoMemory(); return -1; }
+    c->pyconn = pc;
+    Py_INCREF(pc);
+    c->handler = h;
+    c->max_body = max_body;
+    PyObject *keys = PyObject_GetAttr(pc, S_keys);
+    if (!keys || !PyTuple_Check(keys) || PyTuple_GET_SIZE(keys) != 2) {
+        Py_XDECREF(keys);
+        conn_free(c);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    c->key[0] = PyTuple_GET_ITEM(keys, 0);
+    c->key[1] = PyTuple_GET_ITEM(keys, 1);
+    Py_INCREF(c->key[0]);
+    Py_INCREF(c->key[1]);
+    Py_DECREF(keys);
+    c->nxt[0] = seq + 1;
+    c->has_nxt[0] = 1;
+    c->last_ts = ts;
+    for (int d = 0; d < 2; d++) c->rd[d].first_message = 1;
+    if (checkpoint(c) < 0) { conn_free(c); return -1; }
+    if (PyObject_SetAttr(pc, S_fast, Py_True) < 0) { conn_free(c); return -1; }
+    if (tab_put(fp, c, 0) < 0 || tab_put(fp, c, 1) < 0) { conn_free(c); return -1; }
+    c->next = fp->head.next;
+    c->prev = &fp->head;
+    fp->head.next->prev = c;
+    fp->head.next = c;
+    fp->nconn++;
+    fp->adopted++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* frames */
+
+static int python_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, double ts,
+                          uint32_t seq, int flags, const unsigned char *pl, Py_ssize_t plen,
+                          uint32_t ack) {
+    PyObject *r;
+    PyObject *kb = PyBytes_FromStringAndSize((const char *)key, klen);
+    if (!kb) return -1;
+    if (plen || (flags & 7)) {
+        r = PyObject_CallFunction(fp->segment, "dOkiy#k", ts, kb, (unsigned long)seq, flags,
+                                  (const char *)pl, plen, (unsigned long)ack);
+        if (r && (flags & (F_SYN | F_ACK | F_FIN | F_RST)) == F_SYN && !plen) {
+            Py_DECREF(r);
+            r = try_adopt(fp, kb, ts, seq) < 0 ? NULL : Py_None;
+            Py_XINCREF(r);
+        }
+    } else {
+        PyObject *hc = PyObject_GetAttr(fp->reasm, S_hole_count);
+        if (!hc) { Py_DECREF(kb); return -1; }
+        long holes = PyLong_AsLong(hc);
+        Py_DECREF(hc);
+        if (holes > 0)
+            r = PyObject_CallFunction(fp->ack_only, "dOk", ts, kb, (unsigned long)ack);
+        else
+            r = Py_None, Py_INCREF(r);
+    }
+    Py_DECREF(kb);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return refresh_sweep(fp);
+}
+
+static int tcp_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, double ts,
+                       uint32_t seq, int flags, const unsigned char *pl, Py_ssize_t plen,
+                       uint32_t ack) {
+    int bare = !plen && !(flags & 7);
+    if (!bare) fp->segments++;
+    uint64_t h = hkey(key, klen);
+    Slot *s = tab_find(fp, key, klen, h);
+    if (!s) return python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+    if (bare) return 0; /* nothing to reassemble, and adopted connections have no holes */
+    int slow = (flags & 7) != 0;
+    if (ts > fp->next_sweep) {
+        PyObject *r = PyObject_CallFunction(fp->timers, "d", ts);
+        if (!r) return -1;
+        Py_DECREF(r);
+        if (refresh_sweep(fp) < 0) return -1;
+        slow = 1;
+        s = tab_find(fp, key, klen, h); /* the sweep may have ended it */
+        if (!s) {
+            if (set_attr_double(fp->reasm, S_now, ts) < 0) return -1;
+            return python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+        }
+    }
+    Conn *c = s->c;
+    int d = s->d;
+    int r = conn_segment(fp, c, d, ts, seq, flags, (const char *)pl, plen, ack, slow);
+    if (r == OK) return 0;
+    if (r == ERR) return -1;
+    const char *why = r == BAIL_LOGGED ? "http_or_close" : "tcp";
+    if (give_back(fp, c, why) < 0) return -1;
+    /* BAIL: Python takes this segment now; BAIL_LOGGED: the replay already applied it */
+    return r == BAIL ? -2 : 0;
+}
+
+/* Decode the frames this code reads; 1 = handled, 0 = not ours (Python decodes it), -1 error. */
+static int frame(FastPath *fp, double ts, int lt, const unsigned char *f, Py_ssize_t n) {
+    Py_ssize_t off;
+    int et;
+    if (lt == 1) {
+        if (n < 14) return 0;
+        et = (f[12] << 8) | f[13];
+        off = 14;
+        int tags = 0;
+        while (et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200) {
+            if (off + 4 > n || ++tags > 4) return 0;
+            et = (f[off + 2] << 8) | f[off + 3];
+            off += 4;
+        }
+    } else if (lt == 101 || lt == 12 || lt == 14 || lt == 228 || lt == 229) {
+        if (n < 1) return 0;
+        et = (f[0] >> 4) == 4 ? 0x0800 : (f[0] >> 4) == 6 ? 0x86DD : 0;
+        off = 0;
+    } else if (lt == 113) {
+        if (n < 16) return 0;
+        et = (f[14] << 8) | f[15];
+        off = 16;
+    } else if (lt == 276) {
+        if (n < 20) return 0;
+        et = (f[0] << 8) | f[1];
+        off = 20;
+    } else {
+        return 0;
+    }
+    if (et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200) return 0;
+    unsigned char key[36];
+    Py_ssize_t klen, o, end;
+    if (et == 0x0800) {
+        if (off + 20 > n) return 0;
+        const unsigned char *ip = f + off;
+        int ihl = (ip[0] & 15) << 2;
+        if ((ip[0] >> 4) != 4 || ihl < 20) return 0;
+        int total = (ip[2] << 8) | ip[3];
+        if (total < ihl || off + total > n) return 0;
+        if (ip[9] != 6) return 0;
+        if (((ip[6] << 8) | ip[7]) & 0x3FFF) return 0;
+        memcpy(key, ip + 12, 8);
+        klen = 12;
+        o = off + ihl;
+        end = off + total;
+    } else if (et == 0x86DD) {
+        if (off + 40 > n) return 0;
+        const unsigned char *ip = f + off;
+        if ((ip[0] >> 4) != 6 || ip[6] != 6) return 0;
+        int plen = (ip[4] << 8) | ip[5];
+        if (plen == 0 || off + 40 + plen > n) return 0;
+        memcpy(key, ip + 8, 32);
+        klen = 36;
+        o = off + 40;
+        end = off + 40 + plen;
+    } else {
+        return 0;
+    }
+    if (end - o < 20) return 0;
+    const unsigned char *t = f + o;
+    int doff = (t[12] >> 4) << 2;
+    if (doff < 20 || o + doff > end) return 0;
+    memcpy(key + klen - 4, t, 4);
+    uint32_t seq = ((uint32_t)t[4] << 24) | (t[5] << 16) | (t[6] << 8) | t[7];
+    uint32_t ack = ((uint32_t)t[8] << 24) | (t[9] << 16) | (t[10] << 8) | t[11];
+    int flags = t[13] & 0x3F;
+    const unsigned char *pl = t + doff;
+    Py_ssize_t plen = end - o - doff;
+    for (;;) {
+        int r = tcp_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+        if (r == 0) return 1;
+        if (r == -1) return -1;
+        /* -2: the connection was given back; Python takes this segment */
+        r = python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+        return r < 0 ? -1 : 1;
+    }
+}
+
+static int one_frame(FastPath *fp, double ts, int lt, PyObject *fobj, const unsigned char *f,
+                     Py_ssize_t n) {
+    fp->packets++;
+    fp->bytes += n;
+    int r = frame(fp, ts, lt, f, n);
+    if (r < 0) return -1;
+    if (r == 0) {
+        PyObject *o = fobj;
+        if (!o) {
+            o = PyBytes_FromStringAndSize((const char *)f, n);
+            if (!o) return -1;
+        } else {
+            Py_INCREF(o);
+        }
+        PyObject *res = PyObject_CallFunction(fp->slow_frame, "diO", ts, lt, o);
+        Py_DECREF(o);
+        if (!res) return -1;
+        Py_DECREF(res);
+        if (refresh_sweep(fp) < 0) return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the type */
+
+static PyObject *FP_run(FastPath *fp, PyObject *frames) {
+    PyObject *it = PyObject_GetIter(frames);
+    if (!it) return NULL;
+    if (refresh_sweep(fp) < 0) { Py_DECREF(it); return NULL; }
+    long long count = 0;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        double ts;
+        int lt;
+        PyObject *fo;
+        if (!PyArg_ParseTuple(item, "diO", &ts, &lt, &fo)) { Py_DECREF(item); break; }
+        char *buf;
+        Py_ssize_t n;
+        int r;
+        if (PyBytes_Check(fo)) {
+            buf = PyBytes_AS_STRING(fo);
+            n = PyBytes_GET_SIZE(fo);
+            r = one_frame(fp, ts, lt, fo, (unsigned char *)buf, n);
+        } else {
+            Py_buffer view;
+            if (PyObject_GetBuffer(fo, &view, PyBUF_SIMPLE) < 0) { Py_DECREF(item); break; }
+            r = one_frame(fp, ts, lt, NULL, view.buf, view.len);
+            PyBuffer_Release(&view);
+        }
+        Py_DECREF(item);
+        count++;
+        if (r < 0) break;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(count);
+}
+
+/* run_pcap(buf, pos, little_endian, scale, linktype, max_record) -> (pos, frames, corrupt_len)
+ * Walks classic pcap records in buf from pos; stops at a record not complete in buf (pos is
+ * its start) or at a corrupt length (corrupt_len > 0). */
+static PyObject *FP_run_pcap(FastPath *fp, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos;
+    int le, lt;
+    double scale;
+    long long maxrec;
+    if (!PyArg_ParseTuple(args, "y*ndiL", &view, &pos, &le, &scale, &lt, &maxrec)) return NULL;
+    if (refresh_sweep(fp) < 0) { PyBuffer_Release(&view); return NULL; }
+    const unsigned char *b = view.buf;
+    Py_ssize_t end = view.len;
+    long long frames = 0, corrupt = 0;
+    int err = 0;
+    while (pos + 16 <= end) {
+        const unsigned char *h = b + pos;
+        uint32_t v[4];
+        for (int i = 0; i < 4; i++) {
+            const unsigned char *q = h + 4 * i;
+            v[i] = le ? ((uint32_t)q[0] | (q[1] << 8) | (q[2] << 16) | ((uint32_t)q[3] << 24))
+                      : (((uint32_t)q[0] << 24) | (q[1] << 16) | (q[2] << 8) | q[3]);
+        }
+        if ((long long)v[2] > maxrec) { corrupt = v[2]; break; }
+        if (pos + 16 + (Py_ssize_t)v[2] > end) break;
+        double ts = (double)v[0] + (double)v[1] * scale;
+        if (one_frame(fp, ts, lt, NULL, h + 16, v[2]) < 0) { err = 1; break; }
+        pos += 16 + v[2];
+        frames++;
+    }
+    PyBuffer_Release(&view);
+    if (err) return NULL;
+    return Py_BuildValue("nLL", pos, frames, corrupt);
+}
+
+/* Give back one connection (by its Python _Conn), e.g. before the Python side ends it. */
+static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
+    PyObject *keys = PyObject_GetAttr(pyconn, S_keys);
+    if (!keys) return NULL;
+    PyObject *k = PyTuple_GetItem(keys, 0);
+    if (!k || !PyBytes_Check(k)) { Py_DECREF(keys); return NULL; }
+    Slot *s = tab_find(fp, (unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                       hkey((unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)));
+    Py_DECREF(keys);
+    if (!s || s->c->pyconn != pyconn) {
+        if (PyObject_SetAttr(pyconn, S_fast, Py_False) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    if (give_back(fp, s->c, "python_needs_it") < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Write each adopted connection's last activity to its Python object (before a sweep or an
+ * eviction reads them). */
+static PyObject *FP_touch(FastPath *fp, PyObject *unused) {
+    for (Conn *c = fp->head.next; c != &fp->head; c = c->next)
+        if (set_attr_double(c->pyconn, S_last_ts, c->last_ts) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FP_stats(FastPath *fp, PyObject *unused) {
+    return Py_BuildValue("{sLsLsLsLsLsLslsO}", "packets", fp->packets, "bytes", fp->bytes,
+                         "segments", fp->segments, "adopted", fp->adopted, "given_back",
+                         fp->given_back, "exchanges", fp->exchanges, "tracked", fp->nconn,
+                         "given_back_why", fp->reasons);
+}
+
+static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *ex, *reasm;
+    if (!PyArg_ParseTuple(args, "OO", &ex, &reasm)) return NULL;
+    FastPath *fp = (FastPath *)type->tp_alloc(type, 0);
+    if (!fp) return NULL;
+    fp->head.next = fp->head.prev = &fp->head;
+    fp->ex = ex;
+    Py_INCREF(ex);
+    fp->reasm = reasm;
+    Py_INCREF(reasm);
+    fp->keys = PyObject_GetAttrString(reasm, "keys");
+    fp->lru = PyObject_GetAttrString(reasm, "lru");
+    fp->stats = PyObject_GetAttrString(reasm, "stats");
+    fp->segment = PyObject_GetAttrString(reasm, "segment");
+    fp->ack_only = PyObject_GetAttrString(reasm, "ack_only");
+    fp->timers = PyObject_GetAttrString(reasm, "_timers");
+    fp->slow_frame = PyObject_GetAttrString(ex, "_slow_frame");
+    fp->emit = PyObject_GetAttrString(ex, "_fast_exchange");
+    fp->reasons = PyDict_New();
+    if (!fp->keys || !fp->lru || !fp->stats || !fp->segment || !fp->ack_only || !fp->timers ||
+        !fp->slow_frame || !fp->emit || !fp->reasons) {
+        Py_DECREF(fp);
+        return NULL;
+    }
+    return (PyObject *)fp;
+}
+
+static int FP_traverse(FastPath *fp, visitproc visit, void *arg) {
+    Py_VISIT(fp->ex);
+    Py_VISIT(fp->reasm);
+    Py_VISIT(fp->slow_frame);
+    Py_VISIT(fp->emit);
+    for (Conn *c = fp->head.next; c && c != &fp->head; c = c->next) {
+        Py_VISIT(c->pyconn);
+        Py_VISIT(c->handler);
+    }
+    return 0;
+}
+
+static int FP_clear(FastPath *fp) {
+    while (fp->head.next && fp->head.next != &fp->head) {
+        Conn *c = fp->head.next;
+        conn_unlink(fp, c);
+        conn_free(c);
+    }
+    PyMem_Free(fp->tab);
+    fp->tab = NULL;
+    fp->cap = fp->used = fp->tomb = 0;
+    Py_CLEAR(fp->ex);
+    Py_CLEAR(fp->reasm);
+    Py_CLEAR(fp->keys);
+    Py_CLEAR(fp->lru);
+    Py_CLEAR(fp->stats);
+    Py_CLEAR(fp->segment);
+    Py_CLEAR(fp->ack_only);
+    Py_CLEAR(fp->timers);
+    Py_CLEAR(fp->slow_frame);
+    Py_CLEAR(fp->emit);
+    Py_CLEAR(fp->reasons);
+    return 0;
+}
+
+static void FP_dealloc(FastPath *fp) {
+    PyObject_GC_UnTrack(fp);
+    FP_clear(fp);
+    Py_TYPE(fp)->tp_free((PyObject *)fp);
+}
+
+static PyMethodDef FP_methods[] = {
+    {"run", (PyCFunction)FP_run, METH_O, "Feed (ts, linktype, frame) tuples; returns frames read."},
+    {"run_pcap", (PyCFunction)FP_run_pcap, METH_VARARGS,
+     "Walk classic pcap records in a buffer: (pos, frames, corrupt_length)."},
+    {"sync", (PyCFunction)FP_sync, METH_O, "Give an adopted connection back to Python."},
+    {"touch", (PyCFunction)FP_touch, METH_NOARGS, "Write last activity times to Python."},
+    {"stats", (PyCFunction)FP_stats, METH_NOARGS, "Counters of the fast path."},
+    {NULL}};
+
+static PyTypeObject FastPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "replay._fastpath.FastPath",
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = FP_new,
+    .tp_dealloc = (destructor)FP_dealloc,
+    .tp_traverse = (traverseproc)FP_traverse,
+    .tp_clear = (inquiry)FP_clear,
+    .tp_methods = FP_methods,
+    .tp_doc = "The extractor's common case in C (see the module source for the contract).",
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, NULL};
+
+#define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    init_tables();
+    INTERN(S_fast, "fast");
+    INTERN(S_now, "now");
+    INTERN(S_next_sweep, "next_sweep");
+    INTERN(S_hole_count, "hole_count");
+    INTERN(S_last_ts, "last_ts");
+    INTERN(S_dirs, "dirs");
+    INTERN(S_nxt, "nxt");
+    INTERN(S_fin_seq, "fin_seq");
+    INTERN(S_closed, "closed");
+    INTERN(S_n, "n");
+    INTERN(S_client, "client");
+    INTERN(S_server, "server");
+    INTERN(S_first_message, "first_message");
+    INTERN(S_buf, "buf");
+    INTERN(S_feed, "feed");
+    INTERN(S_handler, "handler");
+    INTERN(S_parked, "parked");
+    INTERN(S_serial, "serial");
+    INTERN(S_keys, "keys");
+    INTERN(S_state, "state");
+    INTERN(S_resyncing, "resyncing");
+    INTERN(S_max_body, "max_body");
+    INTERN(S_resets, "resets");
+    INTERN(S_ooo, "ooo");
+    INTERN(S_fwd_is_client, "fwd_is_client");
+    INTERN(S_retransmits, "retransmits");
+    INTERN(S_non_http, "non_http");
+    INTERN(S_HTTP11, "HTTP/1.1");
+    INTERN(S_HTTP10, "HTTP/1.0");
+    INTERN(S_s, "s");
+    INTERN(S_f, "f");
+    if (!(S_empty_bytes = PyBytes_FromStringAndSize("", 0))) return NULL;
+    for (int i = 0; METHODS[i]; i++) INTERN(METHOD_STR[i], METHODS[i]);
+    if (PyType_Ready(&FastPathType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    Py_INCREF(&FastPathType);
+    if (PyModule_AddObject(m, "FastPath", (PyObject *)&FastPathType) < 0) return NULL;
+    return m;
+}
