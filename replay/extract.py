@@ -16,9 +16,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from replay._native import load_c
 from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
-from replay._native import load_c
 from replay.model import ConnKey, Exchange, Request, Response
 from replay.packets import SUPPORTED_SUMMARY, Decoder, describe_key, key_ports
 from replay.tcp import Reassembler, _port_classify
@@ -72,6 +72,7 @@ class Extractor:
         max_connections: int = 100_000,
         max_buffer: int = 4 * 1024 * 1024,
         idle_timeout: float = 120.0,
+        native: bool = True,
     ) -> None:
         self._emit_cb = emit
         self.port = port
@@ -93,7 +94,7 @@ class Extractor:
         self.bytes = 0
         self.segments = 0
         self._slow_segments = 0
-        fast = load_c("replay._fastpath", "FastPath")
+        fast = load_c("replay._fastpath", "FastPath") if native else None
         self.native: Any = fast(self, self.reasm) if fast is not None else None
         """The common case in C (``replay/_fastpath.c``); None runs everything in Python."""
         self.reasm.native = self.native
