@@ -89,9 +89,20 @@ typedef struct {
 
 struct FastPath;
 
+/* A logged segment ('s': through the reassembler) or the rest of one after a checkpoint ('f':
+ * straight to the direction's HTTP reader). Payload bytes live in Conn.logdata. */
+typedef struct {
+    char kind, d;
+    int flags;
+    double ts;
+    uint32_t seq, ack;
+    Py_ssize_t off, len;
+} LogEntry;
+
 typedef struct Conn {
     struct Conn *prev, *next;
     PyObject *pyconn, *handler, *key[2];
+    PyObject *line_id, *line_conn; /* JSONL fragments when exchanges are written as lines */
     uint32_t nxt[2];
     char has_nxt[2], closed[2];
     double last_ts;
@@ -101,8 +112,9 @@ typedef struct Conn {
     double ck_last_ts, ck_rlast[2];
     long ck_n;
     PyObject *ck_buf[2];
-    PyObject *log;      /* list of ("s", d, ts, seq, flags, payload, ack) / ("f", d, data, ts) */
-    Py_ssize_t log_bytes;
+    LogEntry *log;
+    Py_ssize_t nlog, caplog;
+    Buf logdata;
     Rd rd[2];
     long n;
     long max_body;
@@ -125,7 +137,9 @@ typedef struct FastPath {
     PyObject *reasm;
     PyObject *keys, *lru;
     PyObject *segment, *ack_only, *timers, *slow_frame, *emit, *stats;
-    PyObject *port;     /* None or int */
+    PyObject *emit_line, *line_parts; /* write exchanges as JSONL lines (None: as Exchanges) */
+    Buf line;
+    long long lines;
     Slot *tab;
     size_t cap, used, tomb;
     Conn head;          /* list of adopted connections */
@@ -139,7 +153,7 @@ typedef struct FastPath {
 static PyObject *S_fast, *S_now, *S_next_sweep, *S_hole_count, *S_last_ts, *S_dirs, *S_nxt,
     *S_fin_seq, *S_closed, *S_n, *S_client, *S_server, *S_first_message, *S_buf, *S_feed,
     *S_handler, *S_parked, *S_serial, *S_keys, *S_state, *S_resyncing, *S_max_body,
-    *S_resets, *S_ooo, *S_fwd_is_client, *S_HTTP11, *S_HTTP10, *S_empty_bytes, *S_s, *S_f, *S_retransmits, *S_non_http;
+    *S_resets, *S_ooo, *S_fwd_is_client, *S_HTTP11, *S_HTTP10, *S_empty_bytes, *S_retransmits, *S_non_http;
 
 /* ------------------------------------------------------------------------------------------ */
 /* hash table: directional key -> (conn, direction) */
@@ -248,7 +262,10 @@ static void conn_free(Conn *c) {
     for (int i = 0; i < c->norder; i++) pex_free(c->order[i]);
     Py_XDECREF(c->pyconn);
     Py_XDECREF(c->handler);
-    Py_XDECREF(c->log);
+    Py_XDECREF(c->line_id);
+    Py_XDECREF(c->line_conn);
+    PyMem_Free(c->log);
+    buf_free(&c->logdata);
     PyMem_Free(c);
 }
 
@@ -287,10 +304,32 @@ static int checkpoint(Conn *c) {
     }
     c->ck_last_ts = c->last_ts;
     c->ck_n = c->n;
-    PyObject *l = PyList_New(0);
-    if (!l) return -1;
-    Py_XSETREF(c->log, l);
-    c->log_bytes = 0;
+    c->nlog = 0;
+    c->logdata.len = 0;
+    if (c->logdata.cap > 65536) buf_free(&c->logdata); /* memory follows what is in flight */
+    return 0;
+}
+
+static int log_add(Conn *c, char kind, int d, double ts, uint32_t seq, int flags, const char *pl,
+                   Py_ssize_t plen, uint32_t ack) {
+    if (c->nlog == c->caplog) {
+        Py_ssize_t cap = c->caplog ? c->caplog * 2 : 16;
+        LogEntry *q = PyMem_Realloc(c->log, cap * sizeof(LogEntry));
+        if (!q) { PyErr_NoMemory(); return -1; }
+        c->log = q;
+        c->caplog = cap;
+    }
+    LogEntry *e = &c->log[c->nlog];
+    e->kind = kind;
+    e->d = (char)d;
+    e->flags = flags;
+    e->ts = ts;
+    e->seq = seq;
+    e->ack = ack;
+    e->off = c->logdata.len;
+    e->len = plen;
+    if (plen && buf_add(&c->logdata, pl, plen) < 0) return -1;
+    c->nlog++;
     return 0;
 }
 
@@ -342,23 +381,21 @@ static int give_back(FastPath *fp, Conn *c, const char *why) {
      * (with non-monotonic capture times they could). */
     double saved_sweep = fp->next_sweep;
     if (set_attr_double(fp->reasm, S_next_sweep, Py_HUGE_VAL) < 0) goto done;
-    Py_ssize_t nlog = PyList_GET_SIZE(c->log);
-    for (Py_ssize_t i = 0; i < nlog; i++) {
-        PyObject *e = PyList_GET_ITEM(c->log, i), *r;
-        if (PyTuple_GET_ITEM(e, 0) == S_f) {
-            long d = PyLong_AsLong(PyTuple_GET_ITEM(e, 1));
-            PyObject *dr = PyTuple_GetItem(dirs, d);
+    for (Py_ssize_t i = 0; i < c->nlog; i++) {
+        LogEntry *e = &c->log[i];
+        PyObject *r;
+        const char *pl = c->logdata.p + e->off;
+        if (e->kind == 'f') {
+            PyObject *dr = PyTuple_GetItem(dirs, e->d);
             if (!dr) goto done;
             PyObject *feed = PyObject_GetAttr(dr, S_feed);
             if (!feed) goto done;
-            r = PyObject_CallFunctionObjArgs(feed, PyTuple_GET_ITEM(e, 2), PyTuple_GET_ITEM(e, 3),
-                                             NULL);
+            r = PyObject_CallFunction(feed, "y#d", pl, e->len, e->ts);
             Py_DECREF(feed);
         } else {
-            long d = PyLong_AsLong(PyTuple_GET_ITEM(e, 1));
-            r = PyObject_CallFunctionObjArgs(fp->segment, PyTuple_GET_ITEM(e, 2), c->key[d],
-                                             PyTuple_GET_ITEM(e, 3), PyTuple_GET_ITEM(e, 4),
-                                             PyTuple_GET_ITEM(e, 5), PyTuple_GET_ITEM(e, 6), NULL);
+            r = PyObject_CallFunction(fp->segment, "dOkiy#k", e->ts, c->key[(int)e->d],
+                                      (unsigned long)e->seq, e->flags, pl, e->len,
+                                      (unsigned long)e->ack);
         }
         if (!r) goto done;
         Py_DECREF(r);
@@ -469,19 +506,250 @@ bail:
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* JSONL lines, byte for byte what replay.formats.jsonl.JsonlWriter (orjson) writes for the same
+ * exchange: key order, escapes, float text and body encoding. Anything outside what this
+ * encoder is sure of (a timestamp orjson would print in another notation) is left to Python. */
+
+static unsigned char J_ESC[256]; /* 0: copy; 1: \uXXXX; else the letter after the backslash */
+
+static void init_json(void) {
+    for (int c = 0; c < 0x20; c++) J_ESC[c] = 1;
+    J_ESC['"'] = '"';
+    J_ESC['\\'] = '\\';
+    J_ESC['\b'] = 'b';
+    J_ESC['\t'] = 't';
+    J_ESC['\n'] = 'n';
+    J_ESC['\f'] = 'f';
+    J_ESC['\r'] = 'r';
+}
+
+static int put(Buf *b, const char *s, Py_ssize_t n) { return buf_add(b, s, n); }
+static int puts_(Buf *b, const char *s) { return buf_add(b, s, (Py_ssize_t)strlen(s)); }
+
+static int reserve(Buf *b, Py_ssize_t n) {
+    if (b->len + n <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + n) cap *= 2;
+    char *q = PyMem_Realloc(b->p, cap);
+    if (!q) { PyErr_NoMemory(); return -1; }
+    b->p = q;
+    b->cap = cap;
+    return 0;
+}
+
+/* Append s as the inside of a JSON string. utf8: validate as UTF-8 (returns 1 if it is not,
+ * leaving the buffer as it was). ASCII-only text (heads) needs no validation. */
+static int put_escaped(Buf *b, const unsigned char *s, Py_ssize_t n, int utf8) {
+    Py_ssize_t start = b->len;
+    if (reserve(b, n + 16) < 0) return -1;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        /* a run of bytes that need nothing: 8 at a time while possible */
+        Py_ssize_t j = i;
+        while (j + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + j, 8);
+            uint64_t lo = (w - 0x2020202020202020ULL) & ~w;            /* byte < 0x20 */
+            uint64_t q = w ^ 0x2222222222222222ULL;
+            uint64_t bs = w ^ 0x5c5c5c5c5c5c5c5cULL;
+            uint64_t z = ((q - 0x0101010101010101ULL) & ~q) | ((bs - 0x0101010101010101ULL) & ~bs);
+            if ((lo | z | w) & 0x8080808080808080ULL) break;
+            j += 8;
+        }
+        while (j < n && s[j] < 0x80 && !J_ESC[s[j]]) j++;
+        if (j > i) {
+            if (reserve(b, j - i) < 0) return -1;
+            memcpy(b->p + b->len, s + i, j - i);
+            b->len += j - i;
+            i = j;
+            continue;
+        }
+        unsigned char ch = s[i];
+        if (ch < 0x80) {
+            char tmp[6];
+            int k;
+            if (J_ESC[ch] == 1) {
+                static const char hx[] = "0123456789abcdef";
+                tmp[0] = '\\'; tmp[1] = 'u'; tmp[2] = '0'; tmp[3] = '0';
+                tmp[4] = hx[ch >> 4]; tmp[5] = hx[ch & 15];
+                k = 6;
+            } else {
+                tmp[0] = '\\'; tmp[1] = (char)J_ESC[ch];
+                k = 2;
+            }
+            if (put(b, tmp, k) < 0) return -1;
+            i++;
+            continue;
+        }
+        if (!utf8) goto invalid;
+        /* one UTF-8 sequence, checked as strictly as bytes.decode("utf-8") */
+        Py_ssize_t m;
+        if (ch < 0xC2) goto invalid;
+        else if (ch < 0xE0) m = 2;
+        else if (ch < 0xF0) m = 3;
+        else if (ch < 0xF5) m = 4;
+        else goto invalid;
+        if (i + m > n) goto invalid;
+        unsigned char c1 = s[i + 1];
+        unsigned char lo1 = 0x80, hi1 = 0xBF;
+        if (ch == 0xE0) lo1 = 0xA0;
+        else if (ch == 0xED) hi1 = 0x9F;
+        else if (ch == 0xF0) lo1 = 0x90;
+        else if (ch == 0xF4) hi1 = 0x8F;
+        if (c1 < lo1 || c1 > hi1) goto invalid;
+        for (Py_ssize_t k = 2; k < m; k++)
+            if ((s[i + k] & 0xC0) != 0x80) goto invalid;
+        if (put(b, (const char *)s + i, m) < 0) return -1;
+        i += m;
+    }
+    return 0;
+invalid:
+    b->len = start;
+    return 1;
+}
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int put_base64(Buf *b, const unsigned char *s, Py_ssize_t n) {
+    if (reserve(b, (n + 2) / 3 * 4) < 0) return -1;
+    char *o = b->p + b->len;
+    Py_ssize_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)s[i] << 16) | (s[i + 1] << 8) | s[i + 2];
+        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = B64[(v >> 6) & 63];
+        *o++ = B64[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)s[i] << 16;
+        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = '='; *o++ = '=';
+    } else if (n - i == 2) {
+        uint32_t v = ((uint32_t)s[i] << 16) | (s[i + 1] << 8);
+        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = B64[(v >> 6) & 63]; *o++ = '=';
+    }
+    b->len = o - b->p;
+    return 0;
+}
+
+/* An ASCII str (heads are ASCII in the fast path) as a JSON string. */
+static int put_str(Buf *b, PyObject *u) {
+    if (!PyUnicode_IS_ASCII(u)) { PyErr_SetString(PyExc_ValueError, "non-ASCII head text"); return -1; }
+    if (put(b, "\"", 1) < 0) return -1;
+    if (put_escaped(b, PyUnicode_1BYTE_DATA(u), PyUnicode_GET_LENGTH(u), 0) != 0) return -1;
+    return put(b, "\"", 1);
+}
+
+/* A float as orjson prints it; 1 if this encoder cannot be sure (then Python writes it). */
+static int put_float(Buf *b, double v) {
+    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!r) return -1;
+    int odd = strpbrk(r, "eEni") != NULL;
+    int rc = odd ? 1 : puts_(b, r);
+    PyMem_Free(r);
+    return rc;
+}
+
+static int put_long(Buf *b, long v) {
+    char tmp[32];
+    int k = snprintf(tmp, sizeof tmp, "%ld", v);
+    return put(b, tmp, k);
+}
+
+/* {"method"/"status"...,"headers":[...],"body":...} from a 5-tuple. */
+static int put_message(Buf *b, PyObject *t, int response) {
+    if (response) {
+        if (puts_(b, "{\"status\":") < 0 || put_long(b, PyLong_AsLong(PyTuple_GET_ITEM(t, 0))) < 0 ||
+            puts_(b, ",\"reason\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 1)) < 0)
+            return -1;
+    } else {
+        if (puts_(b, "{\"method\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 0)) < 0 ||
+            puts_(b, ",\"target\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 1)) < 0)
+            return -1;
+    }
+    if (puts_(b, ",\"version\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 2)) < 0 ||
+        puts_(b, ",\"headers\":[") < 0)
+        return -1;
+    PyObject *hs = PyTuple_GET_ITEM(t, 3);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hs); i++) {
+        PyObject *kv = PyList_GET_ITEM(hs, i);
+        if ((i && put(b, ",", 1) < 0) || put(b, "[", 1) < 0 ||
+            put_str(b, PyTuple_GET_ITEM(kv, 0)) < 0 || put(b, ",", 1) < 0 ||
+            put_str(b, PyTuple_GET_ITEM(kv, 1)) < 0 || put(b, "]", 1) < 0)
+            return -1;
+    }
+    if (put(b, "]", 1) < 0) return -1;
+    PyObject *body = PyTuple_GET_ITEM(t, 4);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    if (n) {
+        const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(body);
+        if (puts_(b, ",\"body\":\"") < 0) return -1;
+        int r = put_escaped(b, s, n, 1);
+        if (r < 0) return -1;
+        if (r == 1) {
+            if (put_base64(b, s, n) < 0 || puts_(b, "\",\"body_encoding\":\"base64") < 0) return -1;
+        }
+        if (put(b, "\"", 1) < 0) return -1;
+    }
+    return put(b, "}", 1);
+}
+
+/* 1: written; 0: not this encoder's to write (Python does it); -1: error. */
+static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
+    Buf *b = &fp->line;
+    b->len = 0;
+    if (put(b, PyBytes_AS_STRING(c->line_id), PyBytes_GET_SIZE(c->line_id)) < 0 ||
+        put_long(b, e->n) < 0 || put(b, "\"", 1) < 0 ||
+        put(b, PyBytes_AS_STRING(c->line_conn), PyBytes_GET_SIZE(c->line_conn)) < 0)
+        return -1;
+    static const char *TSK[4] = {",\"ts_request_start\":", ",\"ts_request_end\":",
+                                 ",\"ts_response_start\":", ",\"ts_response_end\":"};
+    double ts[4] = {e->t0, e->t1, e->t2, e->t3};
+    for (int i = 0; i < 4; i++) {
+        if (puts_(b, TSK[i]) < 0) return -1;
+        int r = put_float(b, ts[i]);
+        if (r) return r < 0 ? -1 : 0;
+    }
+    if (puts_(b, ",\"request\":") < 0 || put_message(b, e->req, 0) < 0) return -1;
+    if (e->interim) {
+        if (puts_(b, ",\"interim\":[") < 0) return -1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(e->interim); i++)
+            if ((i && put(b, ",", 1) < 0) || put_message(b, PyList_GET_ITEM(e->interim, i), 1) < 0)
+                return -1;
+        if (put(b, "]", 1) < 0) return -1;
+    }
+    if (puts_(b, ",\"response\":") < 0 || put_message(b, e->resp, 1) < 0 || puts_(b, "}\n") < 0)
+        return -1;
+    PyObject *line = PyBytes_FromStringAndSize(b->p, b->len);
+    if (b->cap > (1 << 22)) buf_free(b);
+    if (!line) return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(fp->emit_line, line, NULL);
+    Py_DECREF(line);
+    if (!r) return -1;
+    Py_DECREF(r);
+    fp->lines++;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* emission */
 
 static int emit_ready(FastPath *fp, Conn *c, int *emitted) {
     while (c->norder && c->order[0]->req_done && c->order[0]->resp_done) {
         PEx *e = c->order[0];
-        PyObject *n = PyLong_FromLong(e->n);
-        if (!n) return -1;
-        PyObject *r = PyObject_CallFunction(fp->emit, "OOOOOdddd", c->handler, n, e->req, e->resp,
-                                            e->interim ? e->interim : Py_None, e->t0, e->t1,
-                                            e->t2, e->t3);
-        Py_DECREF(n);
-        if (!r) return -1;
-        Py_DECREF(r);
+        int done = 0;
+        if (c->line_id) {
+            done = emit_jsonl(fp, c, e);
+            if (done < 0) return -1;
+        }
+        if (!done) {
+            PyObject *n = PyLong_FromLong(e->n);
+            if (!n) return -1;
+            PyObject *r = PyObject_CallFunction(fp->emit, "OOOOOdddd", c->handler, n, e->req,
+                                                e->resp, e->interim ? e->interim : Py_None,
+                                                e->t0, e->t1, e->t2, e->t3);
+            Py_DECREF(n);
+            if (!r) return -1;
+            Py_DECREF(r);
+        }
         fp->exchanges++;
         memmove(c->order, c->order + 1, (c->norder - 1) * sizeof(PEx *));
         c->norder--;
@@ -496,6 +764,7 @@ static PyObject *body_bytes(Rd *r) {
     PyObject *b = r->body.len ? PyBytes_FromStringAndSize(r->body.p, r->body.len) : S_empty_bytes;
     if (b == S_empty_bytes) Py_INCREF(b);
     r->body.len = 0;
+    if (r->body.cap > 65536) buf_free(&r->body);
     return b;
 }
 
@@ -790,18 +1059,7 @@ static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t 
     checkpoint_here:
         /* Nothing pending: a checkpoint, with the rest of this data logged as a direct feed. */
         if (checkpoint(c) < 0) { rc = ERR; goto out; }
-        if (p < end) {
-            PyObject *rest = PyBytes_FromStringAndSize(p, end - p);
-            PyObject *dd = rest ? PyLong_FromLong(d) : NULL;
-            PyObject *tsf = dd ? PyFloat_FromDouble(ts) : NULL;
-            PyObject *e = tsf ? PyTuple_Pack(4, S_f, dd, rest, tsf) : NULL;
-            Py_XDECREF(rest);
-            Py_XDECREF(dd);
-            Py_XDECREF(tsf);
-            if (!e || PyList_Append(c->log, e) < 0) { Py_XDECREF(e); rc = ERR; goto out; }
-            Py_DECREF(e);
-            c->log_bytes += end - p;
-        }
+        if (p < end && log_add(c, 'f', d, ts, 0, 0, p, end - p, 0) < 0) { rc = ERR; goto out; }
     }
 out:
     buf_free(&hold);
@@ -813,13 +1071,7 @@ out:
 
 static int log_segment(Conn *c, int d, double ts, uint32_t seq, int flags, const char *pl,
                        Py_ssize_t plen, uint32_t ack) {
-    PyObject *e = Py_BuildValue("(Oidkiy#k)", S_s, d, ts, (unsigned long)seq, flags, pl, plen,
-                                (unsigned long)ack);
-    if (!e) return -1;
-    int r = PyList_Append(c->log, e);
-    Py_DECREF(e);
-    c->log_bytes += plen;
-    return r;
+    return log_add(c, 's', d, ts, seq, flags, pl, plen, ack);
 }
 
 /* Remove a finished connection from the Python reassembler's tables, as its _end would. */
@@ -881,7 +1133,7 @@ static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, i
     }
     if (plen) {
         if (c->closed[d] || !c->has_nxt[d] || seq != c->nxt[d]) return BAIL;
-        if (c->log_bytes + plen > LOG_MAX_BYTES) return BAIL;
+        if (c->logdata.len + plen > LOG_MAX_BYTES) return BAIL;
     }
     if ((flags & F_FIN) && (c->closed[d] || !c->has_nxt[d] || seq != c->nxt[d])) return BAIL;
     c->last_ts = ts;
@@ -977,6 +1229,20 @@ static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
     if (!ok) { Py_DECREF(h); return 0; }
     Conn *c = PyMem_Calloc(1, sizeof(Conn));
     if (!c) { Py_DECREF(h); PyErr_NoMemory(); return -1; }
+    if (fp->emit_line != Py_None) {
+        /* the line's fixed parts, made by the Python encoder itself: {"v":1,"id":"<conn id>.
+         * and ,"conn":{...} */
+        PyObject *parts = PyObject_CallFunctionObjArgs(fp->line_parts, h, NULL);
+        if (!parts || !PyArg_ParseTuple(parts, "SS", &c->line_id, &c->line_conn)) {
+            Py_XDECREF(parts);
+            Py_DECREF(h);
+            PyMem_Free(c);
+            return -1;
+        }
+        Py_INCREF(c->line_id);
+        Py_INCREF(c->line_conn);
+        Py_DECREF(parts);
+    }
     c->pyconn = pc;
     Py_INCREF(pc);
     c->handler = h;
@@ -1220,7 +1486,7 @@ static PyObject *FP_run_pcap(FastPath *fp, PyObject *args) {
     int le, lt;
     double scale;
     long long maxrec;
-    if (!PyArg_ParseTuple(args, "y*ndiL", &view, &pos, &le, &scale, &lt, &maxrec)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nidiL", &view, &pos, &le, &scale, &lt, &maxrec)) return NULL;
     if (refresh_sweep(fp) < 0) { PyBuffer_Release(&view); return NULL; }
     const unsigned char *b = view.buf;
     Py_ssize_t end = view.len;
@@ -1272,10 +1538,10 @@ static PyObject *FP_touch(FastPath *fp, PyObject *unused) {
 }
 
 static PyObject *FP_stats(FastPath *fp, PyObject *unused) {
-    return Py_BuildValue("{sLsLsLsLsLsLslsO}", "packets", fp->packets, "bytes", fp->bytes,
+    return Py_BuildValue("{sLsLsLsLsLsLsLslsO}", "packets", fp->packets, "bytes", fp->bytes,
                          "segments", fp->segments, "adopted", fp->adopted, "given_back",
-                         fp->given_back, "exchanges", fp->exchanges, "tracked", fp->nconn,
-                         "given_back_why", fp->reasons);
+                         fp->given_back, "exchanges", fp->exchanges, "lines", fp->lines,
+                         "tracked", fp->nconn, "given_back_why", fp->reasons);
 }
 
 static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -1296,9 +1562,11 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     fp->timers = PyObject_GetAttrString(reasm, "_timers");
     fp->slow_frame = PyObject_GetAttrString(ex, "_slow_frame");
     fp->emit = PyObject_GetAttrString(ex, "_fast_exchange");
+    fp->emit_line = PyObject_GetAttrString(ex, "_emit_line");
+    fp->line_parts = PyObject_GetAttrString(ex, "_line_parts");
     fp->reasons = PyDict_New();
     if (!fp->keys || !fp->lru || !fp->stats || !fp->segment || !fp->ack_only || !fp->timers ||
-        !fp->slow_frame || !fp->emit || !fp->reasons) {
+        !fp->slow_frame || !fp->emit || !fp->reasons || !fp->emit_line || !fp->line_parts) {
         Py_DECREF(fp);
         return NULL;
     }
@@ -1336,6 +1604,9 @@ static int FP_clear(FastPath *fp) {
     Py_CLEAR(fp->timers);
     Py_CLEAR(fp->slow_frame);
     Py_CLEAR(fp->emit);
+    Py_CLEAR(fp->emit_line);
+    Py_CLEAR(fp->line_parts);
+    buf_free(&fp->line);
     Py_CLEAR(fp->reasons);
     return 0;
 }
@@ -1373,6 +1644,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     init_tables();
+    init_json();
     INTERN(S_fast, "fast");
     INTERN(S_now, "now");
     INTERN(S_next_sweep, "next_sweep");
@@ -1402,8 +1674,6 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(S_non_http, "non_http");
     INTERN(S_HTTP11, "HTTP/1.1");
     INTERN(S_HTTP10, "HTTP/1.0");
-    INTERN(S_s, "s");
-    INTERN(S_f, "f");
     if (!(S_empty_bytes = PyBytes_FromStringAndSize("", 0))) return NULL;
     for (int i = 0; METHODS[i]; i++) INTERN(METHOD_STR[i], METHODS[i]);
     if (PyType_Ready(&FastPathType) < 0) return NULL;

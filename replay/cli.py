@@ -137,9 +137,13 @@ def extract_cmd(
                     progress.update(task, completed=pos)
 
             prefix = f"f{i + 1}." if len(captures) > 1 else ""
+            lines = out_fmt == "jsonl"  # finished lines from the native path: no objects
             for ex in extract_file(cap, summary=summary, id_prefix=prefix, port=port,
-                                   progress=cb):
-                writer.write(ex)
+                                   progress=cb, lines=lines):
+                if type(ex) is bytes:
+                    writer.write_line(ex)
+                else:
+                    writer.write(ex)
         writer.close()
     except InputError as e:
         raise fail(str(e)) from None

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from replay._native import load_c
+import orjson
+
+from replay.formats.jsonl import SCHEMA_VERSION, conn_to_record
 from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
 from replay.model import ConnKey, Exchange, Request, Response
@@ -73,8 +76,14 @@ class Extractor:
         max_buffer: int = 4 * 1024 * 1024,
         idle_timeout: float = 120.0,
         native: bool = True,
+        emit_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self._emit_cb = emit
+        self._emit_line = emit_line
+        """With the native fast path: where the exchanges it reads go as finished JSONL lines
+        (``JsonlWriter``'s bytes exactly) instead of as Exchanges, for a JSONL file that is the
+        only consumer. Exchanges the Python code reads still go to ``emit``, in order."""
+        self._lines_seen = 0
         self.port = port
         self.id_prefix = id_prefix
         self.decoder = Decoder()
@@ -138,6 +147,12 @@ class Extractor:
         self.exchanges += 1
         self._emit_cb(ex)
 
+    def _line_parts(self, h: HttpConnection) -> tuple[bytes, bytes]:
+        """The fixed parts of a connection's JSONL lines, made by the JSONL encoder itself
+        (called from C): ``{"v":1,"id":"<conn id>.`` and ``,"conn":{...}``."""
+        head = orjson.dumps({"v": SCHEMA_VERSION, "id": f"{h.conn_id}."})
+        return head[:-2], b',"conn":' + orjson.dumps(conn_to_record(h.conn))
+
     def _slow_frame(self, ts: float, lt: int, frame: bytes) -> None:
         """A frame the native fast path does not decode (called from C): the general decoder."""
         seg = self.decoder.decode(frame, lt, ts)
@@ -153,6 +168,8 @@ class Extractor:
         self.packets = st["packets"]
         self.bytes = st["bytes"]
         self.segments = st["segments"] + self._slow_segments
+        self.exchanges += st["lines"] - self._lines_seen
+        self._lines_seen = st["lines"]
 
     def run_pcap(self, buf: bytes, pos: int, little: bool, scale: float, linktype: int,
                  max_record: int) -> tuple[int, int, int]:
@@ -245,15 +262,20 @@ def extract_file(
     summary: Summary | None = None,
     id_prefix: str = "",
     progress: Callable[[int, int], None] | None = None,
+    lines: bool = False,
     **limits: Any,
-) -> Iterator[Exchange]:
+) -> Iterator[Exchange | bytes]:
     """Exchanges from one capture file, in the order they completed.
+
+    With ``lines``, exchanges that the native fast path read come as their finished JSONL line
+    (``bytes``, exactly what ``JsonlWriter.write`` would write for them) and the others as
+    Exchanges: for writing a JSONL file without building objects nobody else reads.
 
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
     before the damage, and the problem is added to ``summary.errors``.
     """
     with gc_tuned():
-        yield from _extract(path, port, summary, id_prefix, progress, limits)
+        yield from _extract(path, port, summary, id_prefix, progress, lines, limits)
 
 
 @contextmanager
@@ -271,23 +293,33 @@ def gc_tuned() -> Iterator[None]:
 
 
 def _extract(path: str | Path, port: int | None, summary: Summary | None, id_prefix: str,
-             progress: Callable[[int, int], None] | None,
-             limits: dict[str, Any]) -> Iterator[Exchange]:
-    out: list[Exchange] = []
-    ex = Extractor(out.append, port=port, id_prefix=id_prefix, **limits)
+             progress: Callable[[int, int], None] | None, lines: bool,
+             limits: dict[str, Any]) -> Iterator[Exchange | bytes]:
+    out: list[Any] = []
+    ex = Extractor(out.append, port=port, id_prefix=id_prefix,
+                   emit_line=out.append if lines else None, **limits)
     t0 = time.perf_counter()
     with CaptureReader(path) as reader:
-        frames = iter(reader)
-        batch = 4096
-        while True:
-            n = ex.run(islice(frames, batch))
-            if out:
-                yield from out
-                out.clear()
-            if progress is not None:
-                progress(reader.position, reader.size)
-            if n < batch:
-                break
+        if ex.native is not None and reader.kind == "pcap":
+            # Records walked in C too: no tuple per frame.
+            for _ in reader.walk_pcap(ex.run_pcap):
+                if out:
+                    yield from out
+                    out.clear()
+                if progress is not None:
+                    progress(reader.position, reader.size)
+        else:
+            frames = iter(reader)
+            batch = 4096
+            while True:
+                n = ex.run(islice(frames, batch))
+                if out:
+                    yield from out
+                    out.clear()
+                if progress is not None:
+                    progress(reader.position, reader.size)
+                if n < batch:
+                    break
         ex.finish()
         yield from out
         out.clear()

@@ -24,6 +24,7 @@ from replay._native import load_c
 from replay.extract import Extractor, Summary, extract_file
 from replay.formats.jsonl import exchange_to_record
 from replay.formats.pcap import CaptureReader
+from replay.model import Exchange
 from replay.synth import generate_pcap
 
 FAST = load_c("replay._fastpath", "FastPath")
@@ -31,10 +32,17 @@ pytestmark = pytest.mark.skipif(
     FAST is None, reason="replay._fastpath is not built (bash scripts/setup.sh builds it)")
 
 
-def _run(path: Path, native: bool, **limits: object) -> tuple[list[bytes], dict]:
+def _line(x: Exchange | bytes) -> bytes:
+    if type(x) is bytes:
+        return x
+    return orjson.dumps(exchange_to_record(x), option=orjson.OPT_APPEND_NEWLINE)  # type: ignore[arg-type]
+
+
+def _run(path: Path, native: bool, lines: bool = False,
+         **limits: object) -> tuple[list[bytes], dict]:
     s = Summary()
-    recs = [orjson.dumps(exchange_to_record(x))
-            for x in extract_file(path, summary=s, native=native, **limits)]
+    recs = [_line(x)
+            for x in extract_file(path, summary=s, native=native, lines=lines, **limits)]
     d = s.to_dict()
     d.pop("seconds")
     d.pop("packets_per_second")
@@ -43,11 +51,14 @@ def _run(path: Path, native: bool, **limits: object) -> tuple[list[bytes], dict]
 
 def _same(path: Path, **limits: object) -> list[bytes]:
     py_recs, py_sum = _run(path, False, **limits)
-    c_recs, c_sum = _run(path, True, **limits)
-    for i, (a, b) in enumerate(zip(py_recs, c_recs, strict=False)):
-        assert a == b, f"{path.name}: exchange {i} differs:\n python {a[:400]!r}\n native {b[:400]!r}"
-    assert len(c_recs) == len(py_recs), f"{path.name}: {len(c_recs)} vs {len(py_recs)} exchanges"
-    assert c_sum == py_sum
+    for lines in (False, True):
+        # Exchanges built from C, and (lines) JSONL lines encoded in C.
+        c_recs, c_sum = _run(path, True, lines, **limits)
+        for i, (a, b) in enumerate(zip(py_recs, c_recs, strict=False)):
+            assert a == b, (f"{path.name} (lines={lines}): exchange {i} differs:\n"
+                            f" python {a[:400]!r}\n native {b[:400]!r}")
+        assert len(c_recs) == len(py_recs), f"{path.name}: {len(c_recs)} vs {len(py_recs)}"
+        assert c_sum == py_sum
     return c_recs
 
 

@@ -309,6 +309,12 @@ class JsonlWriter:
         self._fp.write(line)
         self.count += 1
 
+    def write_line(self, line: bytes) -> None:
+        """A line already encoded as ``write`` encodes (the native extractor's, see
+        ``replay.extract.extract_file(lines=True)``)."""
+        self._fp.write(line)
+        self.count += 1
+
     def close(self) -> None:
         self._fp.flush()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -167,6 +167,57 @@ class CaptureReader:
             if gz is not None:
                 done = gz.delivered + (24 if self.kind == "pcap" else 0)
                 where = f" after byte {done} of the decompressed capture"
+            self.error = (
+                f"{self.path}: read failed{where} ({e}); packets before it were processed"
+            )
+
+    def walk_pcap(self, step: Callable[[bytes, int, bool, float, int, int], tuple[int, int, int]]
+                  ) -> Iterator[int]:
+        """Classic pcap only: hand ``step`` whole buffers of records to walk itself (the native
+        extractor does, in C) instead of one tuple per frame. ``step(buf, pos, little_endian,
+        scale, linktype, max_record)`` returns (position after the last whole record, frames,
+        length of a corrupt record or 0). Yields frames walked after each buffer; damage is
+        reported in ``error`` exactly as iterating would."""
+        assert self.kind == "pcap" and self.linktype is not None
+        gz = None
+        if isinstance(self._fp, gzip.GzipFile):
+            gz = _GzipChunks(self._fp)
+            read = gz.read
+        else:
+            read = self._fp.read
+        order, scale = _PCAP_MAGIC[self._head[:4]]
+        little = order == "<"
+        lt = self.linktype
+        buf = b""
+        pos = 0
+        offset = 24
+        try:
+            while True:
+                chunk = read(CHUNK)
+                if chunk:
+                    buf = buf[pos:] + chunk if pos < len(buf) else chunk
+                    offset += pos
+                    pos = 0
+                pos, frames, corrupt = step(buf, pos, little, scale, lt, MAX_RECORD)
+                yield frames
+                if corrupt:
+                    self.error = (
+                        f"{self.path}: corrupt record at byte {offset + pos} "
+                        f"(length {corrupt}); packets before it were processed"
+                    )
+                    return
+                if not chunk:
+                    if pos < len(buf):
+                        self.error = (
+                            f"{self.path}: truncated at byte {offset + pos} (the last record is "
+                            f"cut short: {len(buf) - pos} of its bytes present); packets before "
+                            "it were processed"
+                        )
+                    return
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            where = ""
+            if gz is not None:
+                where = f" after byte {gz.delivered + 24} of the decompressed capture"
             self.error = (
                 f"{self.path}: read failed{where} ({e}); packets before it were processed"
             )
