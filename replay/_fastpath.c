@@ -26,6 +26,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define MASK32(x) ((uint32_t)(x))
 #define HALF 0x80000000u
@@ -62,6 +65,18 @@ static int buf_add(Buf *b, const char *s, Py_ssize_t n) {
     return 0;
 }
 static void buf_free(Buf *b) { PyMem_Free(b->p); b->p = NULL; b->len = b->cap = 0; }
+/* Move a buffer's contents to another (no copy); the source is left empty. */
+static void buf_move(Buf *to, Buf *from) {
+    PyMem_Free(to->p);
+    *to = *from;
+    from->p = NULL;
+    from->len = from->cap = 0;
+}
+
+static int put(Buf *b, const char *s, Py_ssize_t n);
+static int puts_(Buf *b, const char *s);
+static int put_json_ascii(Buf *b, const char *s, Py_ssize_t n);
+static int put_long(Buf *b, long v);
 
 /* One exchange in progress. The request and response are tuples ready for the Python model. */
 typedef struct {
@@ -70,6 +85,8 @@ typedef struct {
     PyObject *resp;
     PyObject *resp_head;
     PyObject *interim;  /* list of (status, reason, version, headers, b"") or NULL */
+    /* when written as JSONL: each message's JSON up to its body, the bodies, the interims */
+    Buf jreq, jresp, jint, breq, bresp;
     double t0, t1, t2, t3;
     long n;
     char req_done, resp_done, has_resp, is_head;
@@ -82,6 +99,7 @@ typedef struct {
     PEx *ex;            /* the exchange whose message is being read, or NULL between messages */
     Buf body;
     PyObject *head;     /* (…, headers) of the message being read */
+    Buf jhead;          /* or its JSON, when exchanges are written as JSONL */
     double ts_start;
     char first_message;
     double last_ts;
@@ -138,6 +156,7 @@ typedef struct FastPath {
     PyObject *keys, *lru;
     PyObject *segment, *ack_only, *timers, *slow_frame, *emit, *stats;
     PyObject *emit_line, *line_parts; /* write exchanges as JSONL lines (None: as Exchanges) */
+    PyObject *float_text;
     Buf line;
     long long lines;
     Slot *tab;
@@ -248,6 +267,11 @@ static void pex_free(PEx *e) {
     Py_XDECREF(e->resp);
     Py_XDECREF(e->resp_head);
     Py_XDECREF(e->interim);
+    buf_free(&e->jreq);
+    buf_free(&e->jresp);
+    buf_free(&e->jint);
+    buf_free(&e->breq);
+    buf_free(&e->bresp);
     PyMem_Free(e);
 }
 
@@ -255,6 +279,7 @@ static void conn_free(Conn *c) {
     for (int d = 0; d < 2; d++) {
         buf_free(&c->rd[d].buf);
         buf_free(&c->rd[d].body);
+        buf_free(&c->rd[d].jhead);
         Py_XDECREF(c->rd[d].head);
         Py_XDECREF(c->key[d]);
         Py_XDECREF(c->ck_buf[d]);
@@ -453,9 +478,16 @@ static PyObject *latin1(const char *p, Py_ssize_t n) {
  * (name, value) or NULL with *bail set (not strict) or an exception. framing: 0 none, 1 length,
  * 2 chunked. */
 static PyObject *parse_fields(const char *p, const char *end, int *framing, long long *length,
-                              int *bail) {
-    PyObject *list = PyList_New(0);
-    if (!list) return NULL;
+                              int *bail, Buf *jb) {
+    /* jb: write the fields as JSON pairs there instead (returns None) */
+    PyObject *list;
+    if (jb) {
+        list = Py_None;
+        Py_INCREF(list);
+    } else if (!(list = PyList_New(0))) {
+        return NULL;
+    }
+    int nf = 0;
     int cl = 0, te = 0;
     while (p < end) {
         if (p[0] == '\r') { /* the blank line */
@@ -489,6 +521,15 @@ static PyObject *parse_fields(const char *p, const char *end, int *framing, long
         } else if (kn == 7 && ieq(k, kn, "upgrade")) {
             goto bail;
         }
+        if (jb) {
+            if ((nf++ && put(jb, ",", 1) < 0) || put(jb, "[", 1) < 0 ||
+                put_json_ascii(jb, k, kn) < 0 || put(jb, ",", 1) < 0 ||
+                put_json_ascii(jb, v, ve - v) < 0 || put(jb, "]", 1) < 0) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            continue;
+        }
         PyObject *ks = latin1(k, kn), *vs = latin1(v, ve - v);
         PyObject *t = (ks && vs) ? PyTuple_Pack(2, ks, vs) : NULL;
         Py_XDECREF(ks);
@@ -510,6 +551,7 @@ bail:
  * exchange: key order, escapes, float text and body encoding. Anything outside what this
  * encoder is sure of (a timestamp orjson would print in another notation) is left to Python. */
 
+static unsigned char J_PLAIN[256]; /* 1: copied as is (printable ASCII but " and \) */
 static unsigned char J_ESC[256]; /* 0: copy; 1: \uXXXX; else the letter after the backslash */
 
 static void init_json(void) {
@@ -521,6 +563,7 @@ static void init_json(void) {
     J_ESC['\n'] = 'n';
     J_ESC['\f'] = 'f';
     J_ESC['\r'] = 'r';
+    for (int c = 0x20; c < 0x80; c++) J_PLAIN[c] = !J_ESC[c];
 }
 
 static int put(Buf *b, const char *s, Py_ssize_t n) { return buf_add(b, s, n); }
@@ -537,52 +580,53 @@ static int reserve(Buf *b, Py_ssize_t n) {
     return 0;
 }
 
-/* Append s as the inside of a JSON string. utf8: validate as UTF-8 (returns 1 if it is not,
- * leaving the buffer as it was). ASCII-only text (heads) needs no validation. */
+/* Append s as the inside of a JSON string, validating it as UTF-8 as strictly as
+ * bytes.decode("utf-8"): returns 1 (buffer unchanged) if it is not valid, 0 when written. */
+
+static inline Py_ssize_t plain_run(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) {
+#ifdef __SSE2__
+    const __m128i q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\'), sp = _mm_set1_epi8(0x20);
+    while (i + 16 <= n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+        /* signed: bytes >= 0x80 are negative, so "< 0x20" also catches them */
+        __m128i m = _mm_or_si128(_mm_cmplt_epi8(v, sp),
+                                 _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)));
+        int mask = _mm_movemask_epi8(m);
+        if (mask) return i + __builtin_ctz(mask);
+        i += 16;
+    }
+#endif
+    while (i < n && J_PLAIN[s[i]]) i++;
+    return i;
+}
+
 static int put_escaped(Buf *b, const unsigned char *s, Py_ssize_t n, int utf8) {
     Py_ssize_t start = b->len;
-    if (reserve(b, n + 16) < 0) return -1;
+    if (reserve(b, 6 * n + 16) < 0) return -1; /* the worst case: every byte \u00XX */
+    char *o = b->p + b->len;
     Py_ssize_t i = 0;
+    static const char hx[] = "0123456789abcdef";
     while (i < n) {
-        /* a run of bytes that need nothing: 8 at a time while possible */
-        Py_ssize_t j = i;
-        while (j + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + j, 8);
-            uint64_t lo = (w - 0x2020202020202020ULL) & ~w;            /* byte < 0x20 */
-            uint64_t q = w ^ 0x2222222222222222ULL;
-            uint64_t bs = w ^ 0x5c5c5c5c5c5c5c5cULL;
-            uint64_t z = ((q - 0x0101010101010101ULL) & ~q) | ((bs - 0x0101010101010101ULL) & ~bs);
-            if ((lo | z | w) & 0x8080808080808080ULL) break;
-            j += 8;
-        }
-        while (j < n && s[j] < 0x80 && !J_ESC[s[j]]) j++;
+        Py_ssize_t j = plain_run(s, i, n);
         if (j > i) {
-            if (reserve(b, j - i) < 0) return -1;
-            memcpy(b->p + b->len, s + i, j - i);
-            b->len += j - i;
+            memcpy(o, s + i, j - i);
+            o += j - i;
             i = j;
-            continue;
+            if (i >= n) break;
         }
         unsigned char ch = s[i];
         if (ch < 0x80) {
-            char tmp[6];
-            int k;
-            if (J_ESC[ch] == 1) {
-                static const char hx[] = "0123456789abcdef";
-                tmp[0] = '\\'; tmp[1] = 'u'; tmp[2] = '0'; tmp[3] = '0';
-                tmp[4] = hx[ch >> 4]; tmp[5] = hx[ch & 15];
-                k = 6;
+            unsigned char e = J_ESC[ch];
+            *o++ = '\\';
+            if (e == 1) {
+                *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = hx[ch >> 4]; *o++ = hx[ch & 15];
             } else {
-                tmp[0] = '\\'; tmp[1] = (char)J_ESC[ch];
-                k = 2;
+                *o++ = (char)e;
             }
-            if (put(b, tmp, k) < 0) return -1;
             i++;
             continue;
         }
         if (!utf8) goto invalid;
-        /* one UTF-8 sequence, checked as strictly as bytes.decode("utf-8") */
         Py_ssize_t m;
         if (ch < 0xC2) goto invalid;
         else if (ch < 0xE0) m = 2;
@@ -599,9 +643,11 @@ static int put_escaped(Buf *b, const unsigned char *s, Py_ssize_t n, int utf8) {
         if (c1 < lo1 || c1 > hi1) goto invalid;
         for (Py_ssize_t k = 2; k < m; k++)
             if ((s[i + k] & 0xC0) != 0x80) goto invalid;
-        if (put(b, (const char *)s + i, m) < 0) return -1;
+        memcpy(o, s + i, m);
+        o += m;
         i += m;
     }
+    b->len = o - b->p;
     return 0;
 invalid:
     b->len = start;
@@ -630,20 +676,35 @@ static int put_base64(Buf *b, const unsigned char *s, Py_ssize_t n) {
     return 0;
 }
 
-/* An ASCII str (heads are ASCII in the fast path) as a JSON string. */
-static int put_str(Buf *b, PyObject *u) {
-    if (!PyUnicode_IS_ASCII(u)) { PyErr_SetString(PyExc_ValueError, "non-ASCII head text"); return -1; }
-    if (put(b, "\"", 1) < 0) return -1;
-    if (put_escaped(b, PyUnicode_1BYTE_DATA(u), PyUnicode_GET_LENGTH(u), 0) != 0) return -1;
-    return put(b, "\"", 1);
+/* ASCII head text (tokens, targets, field values: no control bytes but tab) as a JSON string. */
+static int put_json_ascii(Buf *b, const char *s, Py_ssize_t n) {
+    if (reserve(b, 2 * n + 2) < 0) return -1;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '"' || ch == '\\') { *o++ = '\\'; *o++ = ch; }
+        else if (ch == '\t') { *o++ = '\\'; *o++ = 't'; }
+        else *o++ = ch;
+    }
+    *o++ = '"';
+    b->len = o - b->p;
+    return 0;
 }
 
-/* A float as orjson prints it; 1 if this encoder cannot be sure (then Python writes it). */
-static int put_float(Buf *b, double v) {
+/* A float as orjson prints it: Python's repr where the two agree (plain notation), else the
+ * text orjson itself gives (asked through Python: rare). */
+static int put_float(FastPath *fp, Buf *b, double v) {
     char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (!r) return -1;
-    int odd = strpbrk(r, "eEni") != NULL;
-    int rc = odd ? 1 : puts_(b, r);
+    int rc;
+    if (strpbrk(r, "eEni") == NULL) {
+        rc = puts_(b, r);
+    } else {
+        PyObject *t = PyObject_CallFunction(fp->float_text, "d", v);
+        rc = t && PyBytes_Check(t) ? put(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t)) : -1;
+        Py_XDECREF(t);
+    }
     PyMem_Free(r);
     return rc;
 }
@@ -654,48 +715,34 @@ static int put_long(Buf *b, long v) {
     return put(b, tmp, k);
 }
 
-/* {"method"/"status"...,"headers":[...],"body":...} from a 5-tuple. */
-static int put_message(Buf *b, PyObject *t, int response) {
-    if (response) {
-        if (puts_(b, "{\"status\":") < 0 || put_long(b, PyLong_AsLong(PyTuple_GET_ITEM(t, 0))) < 0 ||
-            puts_(b, ",\"reason\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 1)) < 0)
-            return -1;
-    } else {
-        if (puts_(b, "{\"method\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 0)) < 0 ||
-            puts_(b, ",\"target\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 1)) < 0)
-            return -1;
-    }
-    if (puts_(b, ",\"version\":") < 0 || put_str(b, PyTuple_GET_ITEM(t, 2)) < 0 ||
-        puts_(b, ",\"headers\":[") < 0)
+static int put_body(Buf *b, Buf *body) {
+    if (!body->len) return 0;
+    const unsigned char *s = (const unsigned char *)body->p;
+    if (puts_(b, ",\"body\":\"") < 0) return -1;
+    int r = put_escaped(b, s, body->len, 1);
+    if (r < 0) return -1;
+    if (r == 1 && (put_base64(b, s, body->len) < 0 ||
+                   puts_(b, "\",\"body_encoding\":\"base64") < 0))
         return -1;
-    PyObject *hs = PyTuple_GET_ITEM(t, 3);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hs); i++) {
-        PyObject *kv = PyList_GET_ITEM(hs, i);
-        if ((i && put(b, ",", 1) < 0) || put(b, "[", 1) < 0 ||
-            put_str(b, PyTuple_GET_ITEM(kv, 0)) < 0 || put(b, ",", 1) < 0 ||
-            put_str(b, PyTuple_GET_ITEM(kv, 1)) < 0 || put(b, "]", 1) < 0)
-            return -1;
-    }
-    if (put(b, "]", 1) < 0) return -1;
-    PyObject *body = PyTuple_GET_ITEM(t, 4);
-    Py_ssize_t n = PyBytes_GET_SIZE(body);
-    if (n) {
-        const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(body);
-        if (puts_(b, ",\"body\":\"") < 0) return -1;
-        int r = put_escaped(b, s, n, 1);
-        if (r < 0) return -1;
-        if (r == 1) {
-            if (put_base64(b, s, n) < 0 || puts_(b, "\",\"body_encoding\":\"base64") < 0) return -1;
-        }
-        if (put(b, "\"", 1) < 0) return -1;
-    }
-    return put(b, "}", 1);
+    return put(b, "\"", 1);
 }
 
-/* 1: written; 0: not this encoder's to write (Python does it); -1: error. */
+static int flush_lines(FastPath *fp) {
+    if (!fp->line.len) return 0;
+    PyObject *blob = PyBytes_FromStringAndSize(fp->line.p, fp->line.len);
+    fp->line.len = 0;
+    if (!blob) return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(fp->emit_line, blob, NULL);
+    Py_DECREF(blob);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* One exchange's JSONL line, appended to the pending lines (handed to Python in blocks, and
+ * always before any exchange the Python code emits, so the order is kept). */
 static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
     Buf *b = &fp->line;
-    b->len = 0;
     if (put(b, PyBytes_AS_STRING(c->line_id), PyBytes_GET_SIZE(c->line_id)) < 0 ||
         put_long(b, e->n) < 0 || put(b, "\"", 1) < 0 ||
         put(b, PyBytes_AS_STRING(c->line_conn), PyBytes_GET_SIZE(c->line_conn)) < 0)
@@ -703,30 +750,20 @@ static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
     static const char *TSK[4] = {",\"ts_request_start\":", ",\"ts_request_end\":",
                                  ",\"ts_response_start\":", ",\"ts_response_end\":"};
     double ts[4] = {e->t0, e->t1, e->t2, e->t3};
-    for (int i = 0; i < 4; i++) {
-        if (puts_(b, TSK[i]) < 0) return -1;
-        int r = put_float(b, ts[i]);
-        if (r) return r < 0 ? -1 : 0;
-    }
-    if (puts_(b, ",\"request\":") < 0 || put_message(b, e->req, 0) < 0) return -1;
-    if (e->interim) {
-        if (puts_(b, ",\"interim\":[") < 0) return -1;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(e->interim); i++)
-            if ((i && put(b, ",", 1) < 0) || put_message(b, PyList_GET_ITEM(e->interim, i), 1) < 0)
-                return -1;
-        if (put(b, "]", 1) < 0) return -1;
-    }
-    if (puts_(b, ",\"response\":") < 0 || put_message(b, e->resp, 1) < 0 || puts_(b, "}\n") < 0)
+    for (int i = 0; i < 4; i++)
+        if (puts_(b, TSK[i]) < 0 || put_float(fp, b, ts[i]) < 0) return -1;
+    if (puts_(b, ",\"request\":") < 0 || put(b, e->jreq.p, e->jreq.len) < 0 ||
+        put_body(b, &e->breq) < 0 || put(b, "}", 1) < 0)
         return -1;
-    PyObject *line = PyBytes_FromStringAndSize(b->p, b->len);
-    if (b->cap > (1 << 22)) buf_free(b);
-    if (!line) return -1;
-    PyObject *r = PyObject_CallFunctionObjArgs(fp->emit_line, line, NULL);
-    Py_DECREF(line);
-    if (!r) return -1;
-    Py_DECREF(r);
+    if (e->jint.len && (puts_(b, ",\"interim\":[") < 0 || put(b, e->jint.p, e->jint.len) < 0 ||
+                        put(b, "]", 1) < 0))
+        return -1;
+    if (puts_(b, ",\"response\":") < 0 || put(b, e->jresp.p, e->jresp.len) < 0 ||
+        put_body(b, &e->bresp) < 0 || puts_(b, "}}\n") < 0)
+        return -1;
     fp->lines++;
-    return 1;
+    if (b->len >= (1 << 20)) return flush_lines(fp);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -735,12 +772,9 @@ static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
 static int emit_ready(FastPath *fp, Conn *c, int *emitted) {
     while (c->norder && c->order[0]->req_done && c->order[0]->resp_done) {
         PEx *e = c->order[0];
-        int done = 0;
         if (c->line_id) {
-            done = emit_jsonl(fp, c, e);
-            if (done < 0) return -1;
-        }
-        if (!done) {
+            if (emit_jsonl(fp, c, e) < 0) return -1;
+        } else {
             PyObject *n = PyLong_FromLong(e->n);
             if (!n) return -1;
             PyObject *r = PyObject_CallFunction(fp->emit, "OOOOOdddd", c->handler, n, e->req,
@@ -772,23 +806,29 @@ static PyObject *body_bytes(Rd *r) {
 static int finish_message(FastPath *fp, Conn *c, int d, double ts, int *emitted) {
     Rd *r = &c->rd[d];
     PEx *e = r->ex;
-    PyObject *body = body_bytes(r);
-    if (!body) return -1;
-    PyObject *h = r->head;
-    PyObject *full = PyTuple_Pack(5, PyTuple_GET_ITEM(h, 0), PyTuple_GET_ITEM(h, 1),
-                                  PyTuple_GET_ITEM(h, 2), PyTuple_GET_ITEM(h, 3), body);
-    Py_DECREF(body);
-    if (!full) return -1;
-    Py_CLEAR(r->head);
+    if (c->line_id) {
+        /* JSONL: the head's JSON and the body move to the exchange as they are */
+        buf_move(d == 0 ? &e->jreq : &e->jresp, &r->jhead);
+        buf_move(d == 0 ? &e->breq : &e->bresp, &r->body);
+    } else {
+        PyObject *body = body_bytes(r);
+        if (!body) return -1;
+        PyObject *h = r->head;
+        PyObject *full = PyTuple_Pack(5, PyTuple_GET_ITEM(h, 0), PyTuple_GET_ITEM(h, 1),
+                                      PyTuple_GET_ITEM(h, 2), PyTuple_GET_ITEM(h, 3), body);
+        Py_DECREF(body);
+        if (!full) return -1;
+        Py_CLEAR(r->head);
+        if (d == 0) e->req = full;
+        else e->resp = full;
+    }
     r->first_message = 0;
     r->ex = NULL;
     r->state = H_HEAD;
     if (d == 0) {
-        e->req = full;
         e->t1 = ts;
         e->req_done = 1;
     } else {
-        e->resp = full;
         e->t3 = ts;
         e->resp_done = 1;
     }
@@ -817,6 +857,7 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
     Rd *r = &c->rd[d];
     int framing = 0, bail = 0;
     long long length = 0;
+    Buf *jb = NULL;   /* JSONL: the head's JSON goes here instead of into objects */
     if (d == 0) {
         const char *q = p;
         while (q < he && *q >= 'A' && *q <= 'Z') q++;
@@ -837,19 +878,35 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
         if (memcmp(q, "HTTP/1.1\r\n", 10) == 0) ver = S_HTTP11;
         else if (memcmp(q, "HTTP/1.0\r\n", 10) == 0) ver = S_HTTP10;
         else return BAIL;
+        const char *vs = q;
         q += 10;
         if (c->norder >= QMAX) return BAIL;
-        PyObject *fields = parse_fields(q, he, &framing, &length, &bail);
+        if (c->line_id) {
+            jb = &r->jhead;
+            jb->len = 0;
+            if (puts_(jb, "{\"method\":") < 0 || put_json_ascii(jb, p, t - 1 - p) < 0 ||
+                puts_(jb, ",\"target\":") < 0 || put_json_ascii(jb, t, tend - t) < 0 ||
+                puts_(jb, ",\"version\":") < 0 || put_json_ascii(jb, vs, 8) < 0 ||
+                puts_(jb, ",\"headers\":[") < 0)
+                return ERR;
+        }
+        PyObject *fields = parse_fields(q, he, &framing, &length, &bail, jb);
         if (!fields) return bail ? BAIL : ERR;
         if (framing == 2 && ver == S_HTTP10) { Py_DECREF(fields); return BAIL; }
-        PyObject *target = latin1(t, tend - t);
-        if (!target) { Py_DECREF(fields); return ERR; }
-        PyObject *head = PyTuple_Pack(4, METHOD_STR[mi], target, ver, fields);
-        Py_DECREF(target);
-        Py_DECREF(fields);
-        if (!head) return ERR;
+        PyObject *head = NULL;
+        if (jb) {
+            Py_DECREF(fields);
+            if (put(jb, "]", 1) < 0) return ERR;
+        } else {
+            PyObject *target = latin1(t, tend - t);
+            if (!target) { Py_DECREF(fields); return ERR; }
+            head = PyTuple_Pack(4, METHOD_STR[mi], target, ver, fields);
+            Py_DECREF(target);
+            Py_DECREF(fields);
+            if (!head) return ERR;
+        }
         PEx *e = PyMem_Calloc(1, sizeof(PEx));
-        if (!e) { Py_DECREF(head); PyErr_NoMemory(); return ERR; }
+        if (!e) { Py_XDECREF(head); PyErr_NoMemory(); return ERR; }
         e->n = ++c->n;
         e->t0 = ts;
         e->is_head = mi == 1;
@@ -878,17 +935,39 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
     if (status == 101) return BAIL;
     if (c->nresp >= c->norder) return BAIL; /* a response without a request */
     PEx *e = c->order[c->nresp];
-    PyObject *fields = parse_fields(q, he, &framing, &length, &bail);
+    if (c->line_id) {
+        jb = &r->jhead;
+        jb->len = 0;
+        if (puts_(jb, "{\"status\":") < 0 || put_long(jb, status) < 0 ||
+            puts_(jb, ",\"reason\":") < 0 || put_json_ascii(jb, rs, rend - rs) < 0 ||
+            puts_(jb, ",\"version\":") < 0 || put_json_ascii(jb, p, 8) < 0 ||
+            puts_(jb, ",\"headers\":[") < 0)
+            return ERR;
+    }
+    PyObject *fields = parse_fields(q, he, &framing, &length, &bail, jb);
     if (!fields) return bail ? BAIL : ERR;
     if (framing == 2 && ver == S_HTTP10) { Py_DECREF(fields); return BAIL; }
-    PyObject *reason = latin1(rs, rend - rs);
-    PyObject *st = PyLong_FromLong(status);
-    PyObject *head = (reason && st) ? PyTuple_Pack(4, st, reason, ver, fields) : NULL;
-    Py_XDECREF(reason);
-    Py_XDECREF(st);
-    Py_DECREF(fields);
-    if (!head) return ERR;
+    PyObject *head = NULL;
+    if (jb) {
+        Py_DECREF(fields);
+        if (put(jb, "]", 1) < 0) return ERR;
+    } else {
+        PyObject *reason = latin1(rs, rend - rs);
+        PyObject *st = PyLong_FromLong(status);
+        head = (reason && st) ? PyTuple_Pack(4, st, reason, ver, fields) : NULL;
+        Py_XDECREF(reason);
+        Py_XDECREF(st);
+        Py_DECREF(fields);
+        if (!head) return ERR;
+    }
     if (status < 200) { /* interim: kept apart, the final response follows */
+        if (jb) {
+            if ((e->jint.len && put(&e->jint, ",", 1) < 0) ||
+                put(&e->jint, jb->p, jb->len) < 0 || put(&e->jint, "}", 1) < 0)
+                return ERR;
+            jb->len = 0;
+            return OK;
+        }
         PyObject *full = PyTuple_Pack(5, PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1),
                                       PyTuple_GET_ITEM(head, 2), PyTuple_GET_ITEM(head, 3),
                                       S_empty_bytes);
@@ -1473,7 +1552,7 @@ static PyObject *FP_run(FastPath *fp, PyObject *frames) {
         if (r < 0) break;
     }
     Py_DECREF(it);
-    if (PyErr_Occurred()) return NULL;
+    if (PyErr_Occurred() || flush_lines(fp) < 0) return NULL;
     return PyLong_FromLongLong(count);
 }
 
@@ -1508,7 +1587,7 @@ static PyObject *FP_run_pcap(FastPath *fp, PyObject *args) {
         frames++;
     }
     PyBuffer_Release(&view);
-    if (err) return NULL;
+    if (err || flush_lines(fp) < 0) return NULL;
     return Py_BuildValue("nLL", pos, frames, corrupt);
 }
 
@@ -1534,6 +1613,11 @@ static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
 static PyObject *FP_touch(FastPath *fp, PyObject *unused) {
     for (Conn *c = fp->head.next; c != &fp->head; c = c->next)
         if (set_attr_double(c->pyconn, S_last_ts, c->last_ts) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *FP_flush(FastPath *fp, PyObject *unused) {
+    if (flush_lines(fp) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1564,9 +1648,11 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     fp->emit = PyObject_GetAttrString(ex, "_fast_exchange");
     fp->emit_line = PyObject_GetAttrString(ex, "_emit_line");
     fp->line_parts = PyObject_GetAttrString(ex, "_line_parts");
+    fp->float_text = PyObject_GetAttrString(ex, "_float_text");
     fp->reasons = PyDict_New();
     if (!fp->keys || !fp->lru || !fp->stats || !fp->segment || !fp->ack_only || !fp->timers ||
-        !fp->slow_frame || !fp->emit || !fp->reasons || !fp->emit_line || !fp->line_parts) {
+        !fp->slow_frame || !fp->emit || !fp->reasons || !fp->emit_line || !fp->line_parts ||
+        !fp->float_text) {
         Py_DECREF(fp);
         return NULL;
     }
@@ -1606,6 +1692,7 @@ static int FP_clear(FastPath *fp) {
     Py_CLEAR(fp->emit);
     Py_CLEAR(fp->emit_line);
     Py_CLEAR(fp->line_parts);
+    Py_CLEAR(fp->float_text);
     buf_free(&fp->line);
     Py_CLEAR(fp->reasons);
     return 0;
@@ -1624,6 +1711,7 @@ static PyMethodDef FP_methods[] = {
     {"sync", (PyCFunction)FP_sync, METH_O, "Give an adopted connection back to Python."},
     {"touch", (PyCFunction)FP_touch, METH_NOARGS, "Write last activity times to Python."},
     {"stats", (PyCFunction)FP_stats, METH_NOARGS, "Counters of the fast path."},
+    {"flush", (PyCFunction)FP_flush, METH_NOARGS, "Hand over the JSONL lines pending."},
     {NULL}};
 
 static PyTypeObject FastPathType = {

@@ -141,7 +141,7 @@ def extract_cmd(
             for ex in extract_file(cap, summary=summary, id_prefix=prefix, port=port,
                                    progress=cb, lines=lines):
                 if type(ex) is bytes:
-                    writer.write_line(ex)
+                    writer.write_lines(ex)
                 else:
                     writer.write(ex)
         writer.close()

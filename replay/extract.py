@@ -16,9 +16,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from replay._native import load_c
 import orjson
 
+from replay._native import load_c
 from replay.formats.jsonl import SCHEMA_VERSION, conn_to_record
 from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
@@ -81,8 +81,9 @@ class Extractor:
         self._emit_cb = emit
         self._emit_line = emit_line
         """With the native fast path: where the exchanges it reads go as finished JSONL lines
-        (``JsonlWriter``'s bytes exactly) instead of as Exchanges, for a JSONL file that is the
-        only consumer. Exchanges the Python code reads still go to ``emit``, in order."""
+        (``JsonlWriter``'s bytes exactly, in blocks of whole lines) instead of as Exchanges, for
+        a JSONL file that is the only consumer. Exchanges the Python code reads still go to
+        ``emit``, in order."""
         self._lines_seen = 0
         self.port = port
         self.id_prefix = id_prefix
@@ -109,6 +110,8 @@ class Extractor:
         self.reasm.native = self.native
 
     def _emit(self, ex: Exchange) -> None:
+        if self._emit_line is not None and self.native is not None:
+            self.native.flush()  # the native path's lines so far go first: order is kept
         self.exchanges += 1
         if not ex.completeness.complete:
             self.incomplete += 1
@@ -152,6 +155,11 @@ class Extractor:
         (called from C): ``{"v":1,"id":"<conn id>.`` and ``,"conn":{...}``."""
         head = orjson.dumps({"v": SCHEMA_VERSION, "id": f"{h.conn_id}."})
         return head[:-2], b',"conn":' + orjson.dumps(conn_to_record(h.conn))
+
+    @staticmethod
+    def _float_text(v: float) -> bytes:
+        """A timestamp as the JSONL encoder writes it (called from C for exponent notation)."""
+        return orjson.dumps(v)
 
     def _slow_frame(self, ts: float, lt: int, frame: bytes) -> None:
         """A frame the native fast path does not decode (called from C): the general decoder."""
@@ -267,9 +275,10 @@ def extract_file(
 ) -> Iterator[Exchange | bytes]:
     """Exchanges from one capture file, in the order they completed.
 
-    With ``lines``, exchanges that the native fast path read come as their finished JSONL line
-    (``bytes``, exactly what ``JsonlWriter.write`` would write for them) and the others as
-    Exchanges: for writing a JSONL file without building objects nobody else reads.
+    With ``lines``, exchanges that the native fast path read come as finished JSONL lines
+    (``bytes`` holding one or more lines, exactly what ``JsonlWriter.write`` would write for
+    them) and the others as Exchanges, in order: for writing a JSONL file without building
+    objects nobody else reads.
 
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
     before the damage, and the problem is added to ``summary.errors``.

@@ -32,17 +32,18 @@ pytestmark = pytest.mark.skipif(
     FAST is None, reason="replay._fastpath is not built (bash scripts/setup.sh builds it)")
 
 
-def _line(x: Exchange | bytes) -> bytes:
+def _lines(x: Exchange | bytes) -> list[bytes]:
     if type(x) is bytes:
-        return x
-    return orjson.dumps(exchange_to_record(x), option=orjson.OPT_APPEND_NEWLINE)  # type: ignore[arg-type]
+        return x.splitlines(keepends=True)
+    return [orjson.dumps(exchange_to_record(x), option=orjson.OPT_APPEND_NEWLINE)]  # type: ignore[arg-type]
 
 
 def _run(path: Path, native: bool, lines: bool = False,
          **limits: object) -> tuple[list[bytes], dict]:
     s = Summary()
-    recs = [_line(x)
-            for x in extract_file(path, summary=s, native=native, lines=lines, **limits)]
+    recs = [line
+            for x in extract_file(path, summary=s, native=native, lines=lines, **limits)
+            for line in _lines(x)]
     d = s.to_dict()
     d.pop("seconds")
     d.pop("packets_per_second")

@@ -309,11 +309,11 @@ class JsonlWriter:
         self._fp.write(line)
         self.count += 1
 
-    def write_line(self, line: bytes) -> None:
-        """A line already encoded as ``write`` encodes (the native extractor's, see
+    def write_lines(self, lines: bytes) -> None:
+        """Whole lines already encoded as ``write`` encodes them (the native extractor's, see
         ``replay.extract.extract_file(lines=True)``)."""
-        self._fp.write(line)
-        self.count += 1
+        self._fp.write(lines)
+        self.count += lines.count(b"\n")
 
     def close(self) -> None:
         self._fp.flush()
