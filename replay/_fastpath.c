@@ -880,7 +880,9 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
         else return BAIL;
         const char *vs = q;
         q += 10;
-        if (c->norder >= QMAX) return BAIL;
+        /* One exchange at a time: an exchange is emitted only when nothing else is pending,
+         * so every emission is a checkpoint (a pipelined request goes to Python). */
+        if (c->norder) return BAIL;
         if (c->line_id) {
             jb = &r->jhead;
             jb->len = 0;
