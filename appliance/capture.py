@@ -36,7 +36,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -394,6 +394,25 @@ class RingSource:
         self.packets += len(out)
         self.bytes += nbytes
         return out
+
+    def poll_native(self, run_ring: Callable[..., tuple], timeout: float) -> tuple[int, int, str | None]:
+        """Like ``poll``, but the blocks are walked by the native extractor
+        (``Extractor.run_ring``): no Python object per frame. Returns (frames, frames whose
+        processing failed, the last failure or None)."""
+        mm = self.mm
+        bs = self.ring.block_size
+        if not mm[self._block * bs + _BLOCK_STATUS] & TP_STATUS_USER:
+            self._poll.poll(int(timeout * 1000))
+            if not mm[self._block * bs + _BLOCK_STATUS] & TP_STATUS_USER:
+                return 0, 0, None
+        blk, n, nbytes, truncated, errors, last = run_ring(mm, self._block, bs,
+                                                           self.ring.block_count, self.linktype)
+        self._block = blk
+        if truncated:
+            self.drops["truncated_frames"] = self.drops.get("truncated_frames", 0) + truncated
+        self.packets += n
+        self.bytes += nbytes
+        return n, errors, last
 
     @staticmethod
     def _with_vlan(mm: mmap.mmap, p: int, start: int, snap: int, st: int) -> bytes:

@@ -1593,6 +1593,111 @@ static PyObject *FP_run_pcap(FastPath *fp, PyObject *args) {
     return Py_BuildValue("nLL", pos, frames, corrupt);
 }
 
+/* run_ring(mmap, block, block_size, block_count, linktype)
+ *   -> (next block, frames, bytes, truncated frames, errors, last error or None)
+ * Walks the TPACKET_V3 blocks the kernel has handed to user space (appliance.capture.RingSource),
+ * feeding every frame to the extractor and giving each block back to the kernel as soon as it is
+ * read, like RingSource.poll does but without a Python object per frame. A frame whose processing
+ * raises is counted and skipped: one bad packet never stops capture, and its block is still given
+ * back. At most one ring's worth per call. */
+static PyObject *FP_run_ring(FastPath *fp, PyObject *args) {
+    PyObject *mmobj;
+    Py_ssize_t block, bs, nblocks;
+    int lt;
+    if (!PyArg_ParseTuple(args, "Onnni", &mmobj, &block, &bs, &nblocks, &lt)) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(mmobj, &view, PyBUF_WRITABLE) < 0) return NULL;
+    if (bs < 64 || nblocks < 1 || view.len < bs * nblocks || block < 0 || block >= nblocks) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "ring geometry does not match the mapping");
+        return NULL;
+    }
+    if (refresh_sweep(fp) < 0) { PyBuffer_Release(&view); return NULL; }
+    unsigned char *base = view.buf;
+    long long frames = 0, nbytes = 0, truncated = 0, errors = 0;
+    PyObject *last_error = NULL;
+    unsigned char *scratch = NULL;
+    Py_ssize_t scratch_cap = 0;
+    for (Py_ssize_t k = 0; k < nblocks; k++) {
+        unsigned char *blk = base + block * bs;
+        volatile uint32_t *status = (volatile uint32_t *)(blk + 8);
+        if (!(*status & 1)) break; /* TP_STATUS_USER */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        uint32_t npkts, first;
+        memcpy(&npkts, blk + 12, 4);
+        memcpy(&first, blk + 16, 4);
+        Py_ssize_t p = first;
+        for (uint32_t i = 0; i < npkts; i++) {
+            if (p < 0 || p + 48 > bs) break; /* a corrupt block: give it back */
+            uint32_t nxt, sec, nsec, snap, len, st;
+            uint16_t mac;
+            memcpy(&nxt, blk + p, 4);
+            memcpy(&sec, blk + p + 4, 4);
+            memcpy(&nsec, blk + p + 8, 4);
+            memcpy(&snap, blk + p + 12, 4);
+            memcpy(&len, blk + p + 16, 4);
+            memcpy(&st, blk + p + 20, 4);
+            memcpy(&mac, blk + p + 24, 2);
+            if (p + mac + (Py_ssize_t)snap > bs) break;
+            const unsigned char *f = blk + p + mac;
+            Py_ssize_t n = snap;
+            if ((st & 0x10) && n >= 12) { /* TP_STATUS_VLAN_VALID: put the stripped tag back */
+                uint32_t tci;
+                uint16_t tpid;
+                memcpy(&tci, blk + p + 32, 4);
+                memcpy(&tpid, blk + p + 36, 2);
+                if (!(st & 0x40) || !tpid) tpid = 0x8100;
+                if (scratch_cap < n + 4) {
+                    unsigned char *q = PyMem_Realloc(scratch, n + 4);
+                    if (!q) { PyErr_NoMemory(); goto fail; }
+                    scratch = q;
+                    scratch_cap = n + 4;
+                }
+                memcpy(scratch, f, 12);
+                scratch[12] = tpid >> 8;
+                scratch[13] = tpid & 0xff;
+                scratch[14] = (tci >> 8) & 0xff;
+                scratch[15] = tci & 0xff;
+                memcpy(scratch + 16, f + 12, n - 12);
+                f = scratch;
+                n += 4;
+            }
+            double ts = (double)sec + (double)nsec * 1e-9;
+            if (one_frame(fp, ts, lt, NULL, f, n) < 0) {
+                PyObject *et, *ev, *tb;
+                PyErr_Fetch(&et, &ev, &tb);
+                errors++;
+                Py_XDECREF(last_error);
+                last_error = ev ? PyObject_Repr(ev) : NULL;
+                if (!last_error) PyErr_Clear();
+                Py_XDECREF(et);
+                Py_XDECREF(ev);
+                Py_XDECREF(tb);
+            }
+            if (snap != len) truncated++;
+            nbytes += snap;
+            frames++;
+            if (!nxt) break;
+            p += nxt;
+        }
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        *status = 0; /* TP_STATUS_KERNEL: the block goes back */
+        block = (block + 1) % nblocks;
+    }
+    PyMem_Free(scratch);
+    PyBuffer_Release(&view);
+    if (flush_lines(fp) < 0) { Py_XDECREF(last_error); return NULL; }
+    PyObject *r = Py_BuildValue("nLLLLO", block, frames, nbytes, truncated, errors,
+                                last_error ? last_error : Py_None);
+    Py_XDECREF(last_error);
+    return r;
+fail:
+    PyMem_Free(scratch);
+    PyBuffer_Release(&view);
+    Py_XDECREF(last_error);
+    return NULL;
+}
+
 /* Give back one connection (by its Python _Conn), e.g. before the Python side ends it. */
 static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
     PyObject *keys = PyObject_GetAttr(pyconn, S_keys);
@@ -1710,6 +1815,9 @@ static PyMethodDef FP_methods[] = {
     {"run", (PyCFunction)FP_run, METH_O, "Feed (ts, linktype, frame) tuples; returns frames read."},
     {"run_pcap", (PyCFunction)FP_run_pcap, METH_VARARGS,
      "Walk classic pcap records in a buffer: (pos, frames, corrupt_length)."},
+    {"run_ring", (PyCFunction)FP_run_ring, METH_VARARGS,
+     "Walk the TPACKET_V3 blocks user space owns: (block, frames, bytes, truncated, errors, "
+     "last error)."},
     {"sync", (PyCFunction)FP_sync, METH_O, "Give an adopted connection back to Python."},
     {"touch", (PyCFunction)FP_touch, METH_NOARGS, "Write last activity times to Python."},
     {"stats", (PyCFunction)FP_stats, METH_NOARGS, "Counters of the fast path."},

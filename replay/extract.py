@@ -187,6 +187,14 @@ class Extractor:
         self._native_counts()
         return r
 
+    def run_ring(self, mm: Any, block: int, block_size: int, block_count: int,
+                 linktype: int) -> tuple:
+        """The TPACKET_V3 blocks user space owns, walked in C (native only; see
+        ``appliance.capture.RingSource.poll_native``)."""
+        r = self.native.run_ring(mm, block, block_size, block_count, linktype)
+        self._native_counts()
+        return r
+
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         """One frame. (Loops should hand ``run`` an iterable: it hoists the lookups.)"""
         self.run(((ts, linktype, frame),))
