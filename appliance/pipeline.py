@@ -268,20 +268,16 @@ class JsonlSink:
     """The exchange log: ``replay.formats.jsonl`` records, rotated by size and age."""
 
     def __init__(self, cfg: SinkConfig, stats: Stats) -> None:
-        from replay.formats.jsonl import exchange_to_record
+        from replay.formats.jsonl import exchange_line
 
         self.name = f"jsonl:{cfg.path}"
         self.file = RotatingFile(cfg.path or "", cfg.max_size, cfg.max_age, cfg.keep,
                                  trim=_trim_partial_line)
         self.stats = stats
-        self._record = exchange_to_record
-        import orjson
-
-        self._dumps = orjson.dumps
-        self._opt = orjson.OPT_APPEND_NEWLINE
+        self._line = exchange_line
 
     def process(self, ex: Exchange) -> Exchange | None:
-        self.file.write(self._dumps(self._record(ex), option=self._opt))
+        self.file.write(self._line(ex))
         return ex
 
     def tick(self, now: float) -> None:

@@ -158,7 +158,7 @@ typedef struct FastPath {
     PyObject *emit_line, *line_parts; /* write exchanges as JSONL lines (None: as Exchanges) */
     PyObject *float_text;
     Buf line;
-    long long lines;
+    long long lines, pending_lines;
     Slot *tab;
     size_t cap, used, tomb;
     Conn head;          /* list of adopted connections */
@@ -730,9 +730,11 @@ static int put_body(Buf *b, Buf *body) {
 static int flush_lines(FastPath *fp) {
     if (!fp->line.len) return 0;
     PyObject *blob = PyBytes_FromStringAndSize(fp->line.p, fp->line.len);
+    long long n = fp->pending_lines;
     fp->line.len = 0;
+    fp->pending_lines = 0;
     if (!blob) return -1;
-    PyObject *r = PyObject_CallFunctionObjArgs(fp->emit_line, blob, NULL);
+    PyObject *r = PyObject_CallFunction(fp->emit_line, "OL", blob, n);
     Py_DECREF(blob);
     if (!r) return -1;
     Py_DECREF(r);
@@ -762,6 +764,7 @@ static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
         put_body(b, &e->bresp) < 0 || puts_(b, "}}\n") < 0)
         return -1;
     fp->lines++;
+    fp->pending_lines++;
     if (b->len >= (1 << 20)) return flush_lines(fp);
     return 0;
 }
@@ -1523,6 +1526,272 @@ static int one_frame(FastPath *fp, double ts, int lt, PyObject *fobj, const unsi
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* encode_line(exchange): the JSONL line of any Exchange of the usual shape, byte for byte what
+ * orjson.dumps(exchange_to_record(ex), option=OPT_APPEND_NEWLINE) gives; None for anything else
+ * (meta present, a number orjson would print differently, an unexpected type), which the caller
+ * then encodes in Python. The exchange log sinks spend most of their time there otherwise. */
+
+#define FB 1 /* "fall back to Python" */
+
+static PyObject *S_id, *S_conn, *S_client_ip, *S_client_port, *S_server_ip, *S_server_port,
+    *S_ts[4], *S_request, *S_response, *S_interim, *S_completeness, *S_tunnel, *S_meta,
+    *S_method, *S_target, *S_version, *S_headers, *S_body, *S_trailers, *S_status, *S_reason,
+    *S_request_gaps, *S_response_gaps, *S_flags[4], *S_notes;
+static Buf ENC;
+
+static int e_str(Buf *b, PyObject *u) {
+    if (!PyUnicode_CheckExact(u)) return FB;
+    Py_ssize_t n;
+    const char *s;
+    if (PyUnicode_IS_ASCII(u)) {
+        s = (const char *)PyUnicode_1BYTE_DATA(u);
+        n = PyUnicode_GET_LENGTH(u);
+    } else {
+        s = PyUnicode_AsUTF8AndSize(u, &n);
+        if (!s) { PyErr_Clear(); return FB; } /* lone surrogates: orjson refuses, Python says so */
+    }
+    if (put(b, "\"", 1) < 0) return -1;
+    int r = put_escaped(b, (const unsigned char *)s, n, 1);
+    if (r) return r < 0 ? -1 : FB;
+    return put(b, "\"", 1);
+}
+
+static int e_int(Buf *b, PyObject *v) {
+    if (!PyLong_CheckExact(v)) return FB;
+    int of = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &of);
+    if (of || (x == -1 && PyErr_Occurred())) { PyErr_Clear(); return FB; }
+    char tmp[32];
+    int k = snprintf(tmp, sizeof tmp, "%lld", x);
+    return put(b, tmp, k);
+}
+
+static int e_float(Buf *b, PyObject *v) {
+    if (!PyFloat_CheckExact(v)) return FB;
+    char *r = PyOS_double_to_string(PyFloat_AS_DOUBLE(v), 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!r) return -1;
+    int rc = strpbrk(r, "eEni") ? FB : puts_(b, r);
+    PyMem_Free(r);
+    return rc;
+}
+
+/* [[k, v], ...] from a list of 2-tuples/lists of str */
+static int e_pairs(Buf *b, PyObject *l) {
+    if (!PyList_CheckExact(l)) return FB;
+    if (put(b, "[", 1) < 0) return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(l); i++) {
+        PyObject *kv = PyList_GET_ITEM(l, i), *k, *v;
+        if (PyTuple_CheckExact(kv) && PyTuple_GET_SIZE(kv) == 2) {
+            k = PyTuple_GET_ITEM(kv, 0);
+            v = PyTuple_GET_ITEM(kv, 1);
+        } else if (PyList_CheckExact(kv) && PyList_GET_SIZE(kv) == 2) {
+            k = PyList_GET_ITEM(kv, 0);
+            v = PyList_GET_ITEM(kv, 1);
+        } else {
+            return FB;
+        }
+        int r;
+        if ((i && put(b, ",", 1) < 0) || put(b, "[", 1) < 0) return -1;
+        if ((r = e_str(b, k))) return r;
+        if (put(b, ",", 1) < 0) return -1;
+        if ((r = e_str(b, v))) return r;
+        if (put(b, "]", 1) < 0) return -1;
+    }
+    return put(b, "]", 1);
+}
+
+#define TRY(x) do { int r_ = (x); if (r_) { rc = r_; goto out; } } while (0)
+#define PUT(s) do { if (puts_(b, s) < 0) { rc = -1; goto out; } } while (0)
+
+static int e_message(Buf *b, PyObject *m, int response) {
+    int rc = 0;
+    PyObject *a = NULL, *c = NULL, *v = NULL, *h = NULL, *body = NULL, *tr = NULL;
+    if (response) {
+        a = PyObject_GetAttr(m, S_status);
+        c = PyObject_GetAttr(m, S_reason);
+    } else {
+        a = PyObject_GetAttr(m, S_method);
+        c = PyObject_GetAttr(m, S_target);
+    }
+    v = PyObject_GetAttr(m, S_version);
+    h = PyObject_GetAttr(m, S_headers);
+    body = PyObject_GetAttr(m, S_body);
+    tr = PyObject_GetAttr(m, S_trailers);
+    if (!a || !c || !v || !h || !body || !tr) { PyErr_Clear(); rc = FB; goto out; }
+    if (response) {
+        PUT("{\"status\":");
+        TRY(e_int(b, a));
+        PUT(",\"reason\":");
+    } else {
+        PUT("{\"method\":");
+        TRY(e_str(b, a));
+        PUT(",\"target\":");
+    }
+    TRY(e_str(b, c));
+    PUT(",\"version\":");
+    TRY(e_str(b, v));
+    PUT(",\"headers\":");
+    TRY(e_pairs(b, h));
+    if (!PyBytes_CheckExact(body)) { rc = FB; goto out; }
+    if (PyBytes_GET_SIZE(body)) {
+        const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(body);
+        Py_ssize_t n = PyBytes_GET_SIZE(body);
+        PUT(",\"body\":\"");
+        int r = put_escaped(b, s, n, 1);
+        if (r < 0) { rc = -1; goto out; }
+        if (r == 1) {
+            if (put_base64(b, s, n) < 0) { rc = -1; goto out; }
+            PUT("\",\"body_encoding\":\"base64");
+        }
+        PUT("\"");
+    }
+    if (!PyList_CheckExact(tr)) { rc = FB; goto out; }
+    if (PyList_GET_SIZE(tr)) {
+        PUT(",\"trailers\":");
+        TRY(e_pairs(b, tr));
+    }
+    PUT("}");
+out:
+    Py_XDECREF(a); Py_XDECREF(c); Py_XDECREF(v); Py_XDECREF(h); Py_XDECREF(body); Py_XDECREF(tr);
+    return rc;
+}
+
+static int e_gaps(Buf *b, PyObject *l) {
+    if (!PyList_CheckExact(l)) return FB;
+    if (put(b, "[", 1) < 0) return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(l); i++) {
+        PyObject *g = PyList_GET_ITEM(l, i);
+        if (!PyTuple_CheckExact(g) || PyTuple_GET_SIZE(g) != 2) return FB;
+        int r;
+        if ((i && put(b, ",", 1) < 0) || put(b, "[", 1) < 0) return -1;
+        if ((r = e_int(b, PyTuple_GET_ITEM(g, 0)))) return r;
+        if (put(b, ",", 1) < 0) return -1;
+        if ((r = e_int(b, PyTuple_GET_ITEM(g, 1)))) return r;
+        if (put(b, "]", 1) < 0) return -1;
+    }
+    return put(b, "]", 1);
+}
+
+/* ,"completeness":{...} when anything is set (Completeness.to_dict) */
+static int e_completeness(Buf *b, PyObject *c) {
+    int rc = 0, first = 1;
+    PyObject *rg = PyObject_GetAttr(c, S_request_gaps), *sg = PyObject_GetAttr(c, S_response_gaps);
+    PyObject *rt = PyObject_GetAttr(c, S_retransmits), *notes = PyObject_GetAttr(c, S_notes);
+    PyObject *fl[4] = {NULL, NULL, NULL, NULL};
+    for (int i = 0; i < 4; i++) fl[i] = PyObject_GetAttr(c, S_flags[i]);
+    if (!rg || !sg || !rt || !notes || !fl[0] || !fl[1] || !fl[2] || !fl[3]) {
+        PyErr_Clear();
+        rc = FB;
+        goto out;
+    }
+    if (!PyList_CheckExact(rg) || !PyList_CheckExact(sg) || !PyLong_CheckExact(rt) ||
+        !PyList_CheckExact(notes)) { rc = FB; goto out; }
+    for (int i = 0; i < 4; i++) if (fl[i] != Py_True && fl[i] != Py_False) { rc = FB; goto out; }
+    long rtv = PyLong_AsLong(rt);
+    if (rtv == -1 && PyErr_Occurred()) { PyErr_Clear(); rc = FB; goto out; }
+    int any = PyList_GET_SIZE(rg) || PyList_GET_SIZE(sg) || rtv || PyList_GET_SIZE(notes) ||
+              fl[0] == Py_True || fl[1] == Py_True || fl[2] == Py_True || fl[3] == Py_True;
+    if (!any) goto out;
+    PUT(",\"completeness\":{");
+#define SEP() do { if (!first) PUT(","); first = 0; } while (0)
+    if (PyList_GET_SIZE(rg)) { SEP(); PUT("\"request_gaps\":"); TRY(e_gaps(b, rg)); }
+    if (PyList_GET_SIZE(sg)) { SEP(); PUT("\"response_gaps\":"); TRY(e_gaps(b, sg)); }
+    if (rtv) { SEP(); PUT("\"retransmits\":"); TRY(e_int(b, rt)); }
+    static const char *FN[4] = {"\"request_truncated\":true", "\"response_truncated\":true",
+                                "\"timed_out\":true", "\"unpaired\":true"};
+    for (int i = 0; i < 4; i++) if (fl[i] == Py_True) { SEP(); PUT(FN[i]); }
+    if (PyList_GET_SIZE(notes)) {
+        SEP();
+        PUT("\"notes\":[");
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(notes); i++) {
+            if (i) PUT(",");
+            TRY(e_str(b, PyList_GET_ITEM(notes, i)));
+        }
+        PUT("]");
+    }
+#undef SEP
+    PUT("}");
+out:
+    Py_XDECREF(rg); Py_XDECREF(sg); Py_XDECREF(rt); Py_XDECREF(notes);
+    for (int i = 0; i < 4; i++) Py_XDECREF(fl[i]);
+    return rc;
+}
+
+static int e_exchange(Buf *b, PyObject *ex) {
+    int rc = 0;
+    PyObject *o[13] = {NULL};
+    PyObject *names[13] = {S_id, S_conn, S_ts[0], S_ts[1], S_ts[2], S_ts[3], S_request,
+                           S_interim, S_response, S_completeness, S_tunnel, S_meta, NULL};
+    for (int i = 0; names[i]; i++) {
+        o[i] = PyObject_GetAttr(ex, names[i]);
+        if (!o[i]) { PyErr_Clear(); rc = FB; goto out; }
+    }
+    PyObject *meta = o[11];
+    if (!PyDict_CheckExact(meta) || PyDict_GET_SIZE(meta)) { rc = FB; goto out; }
+    PUT("{\"v\":1,\"id\":");
+    TRY(e_str(b, o[0]));
+    if (o[1] != Py_None) {
+        PyObject *c[4] = {PyObject_GetAttr(o[1], S_client_ip), PyObject_GetAttr(o[1], S_client_port),
+                          PyObject_GetAttr(o[1], S_server_ip), PyObject_GetAttr(o[1], S_server_port)};
+        int r = (!c[0] || !c[1] || !c[2] || !c[3]) ? FB : 0;
+        if (r) PyErr_Clear();
+        if (!r && puts_(b, ",\"conn\":{\"client_ip\":") < 0) r = -1;
+        if (!r) r = e_str(b, c[0]);
+        if (!r && puts_(b, ",\"client_port\":") < 0) r = -1;
+        if (!r) r = e_int(b, c[1]);
+        if (!r && puts_(b, ",\"server_ip\":") < 0) r = -1;
+        if (!r) r = e_str(b, c[2]);
+        if (!r && puts_(b, ",\"server_port\":") < 0) r = -1;
+        if (!r) r = e_int(b, c[3]);
+        if (!r && puts_(b, "}") < 0) r = -1;
+        for (int i = 0; i < 4; i++) Py_XDECREF(c[i]);
+        TRY(r);
+    }
+    static const char *TK[4] = {",\"ts_request_start\":", ",\"ts_request_end\":",
+                                ",\"ts_response_start\":", ",\"ts_response_end\":"};
+    for (int i = 0; i < 4; i++) {
+        if (o[2 + i] == Py_None) continue;
+        PUT(TK[i]);
+        TRY(e_float(b, o[2 + i]));
+    }
+    if (o[6] != Py_None) { PUT(",\"request\":"); TRY(e_message(b, o[6], 0)); }
+    if (!PyList_CheckExact(o[7])) { rc = FB; goto out; }
+    if (PyList_GET_SIZE(o[7])) {
+        PUT(",\"interim\":[");
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o[7]); i++) {
+            if (i) PUT(",");
+            TRY(e_message(b, PyList_GET_ITEM(o[7], i), 1));
+        }
+        PUT("]");
+    }
+    if (o[8] != Py_None) { PUT(",\"response\":"); TRY(e_message(b, o[8], 1)); }
+    TRY(e_completeness(b, o[9]));
+    if (o[10] != Py_None) { PUT(",\"tunnel\":"); TRY(e_str(b, o[10])); }
+    PUT("}\n");
+out:
+    for (int i = 0; i < 13; i++) Py_XDECREF(o[i]);
+    return rc;
+}
+
+static PyObject *encode_line(PyObject *mod, PyObject *ex) {
+    ENC.len = 0;
+    int r = e_exchange(&ENC, ex);
+    if (r < 0) return NULL;
+    if (r == FB) {
+        if (ENC.cap > (1 << 22)) buf_free(&ENC);
+        Py_RETURN_NONE;
+    }
+    PyObject *line = PyBytes_FromStringAndSize(ENC.p, ENC.len);
+    if (ENC.cap > (1 << 22)) buf_free(&ENC);
+    return line;
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_line", (PyCFunction)encode_line, METH_O,
+     "The JSONL line of an Exchange (orjson's bytes exactly), or None to encode it in Python."},
+    {NULL}};
+
+/* ------------------------------------------------------------------------------------------ */
 /* the type */
 
 static PyObject *FP_run(FastPath *fp, PyObject *frames) {
@@ -1836,7 +2105,8 @@ static PyTypeObject FastPathType = {
     .tp_doc = "The extractor's common case in C (see the module source for the contract).",
 };
 
-static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, NULL};
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1,
+                                    module_methods};
 
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
 
@@ -1873,6 +2143,37 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(S_HTTP11, "HTTP/1.1");
     INTERN(S_HTTP10, "HTTP/1.0");
     if (!(S_empty_bytes = PyBytes_FromStringAndSize("", 0))) return NULL;
+    INTERN(S_id, "id");
+    INTERN(S_conn, "conn");
+    INTERN(S_client_ip, "client_ip");
+    INTERN(S_client_port, "client_port");
+    INTERN(S_server_ip, "server_ip");
+    INTERN(S_server_port, "server_port");
+    INTERN(S_ts[0], "ts_request_start");
+    INTERN(S_ts[1], "ts_request_end");
+    INTERN(S_ts[2], "ts_response_start");
+    INTERN(S_ts[3], "ts_response_end");
+    INTERN(S_request, "request");
+    INTERN(S_response, "response");
+    INTERN(S_interim, "interim");
+    INTERN(S_completeness, "completeness");
+    INTERN(S_tunnel, "tunnel");
+    INTERN(S_meta, "meta");
+    INTERN(S_method, "method");
+    INTERN(S_target, "target");
+    INTERN(S_version, "version");
+    INTERN(S_headers, "headers");
+    INTERN(S_body, "body");
+    INTERN(S_trailers, "trailers");
+    INTERN(S_status, "status");
+    INTERN(S_reason, "reason");
+    INTERN(S_request_gaps, "request_gaps");
+    INTERN(S_response_gaps, "response_gaps");
+    INTERN(S_flags[0], "request_truncated");
+    INTERN(S_flags[1], "response_truncated");
+    INTERN(S_flags[2], "timed_out");
+    INTERN(S_flags[3], "unpaired");
+    INTERN(S_notes, "notes");
     for (int i = 0; METHODS[i]; i++) INTERN(METHOD_STR[i], METHODS[i]);
     if (PyType_Ready(&FastPathType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);

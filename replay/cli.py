@@ -95,7 +95,7 @@ def extract_cmd(
     """
     import orjson
 
-    from replay.extract import Summary, extract_file
+    from replay.extract import Lines, Summary, extract_file
     from replay.formats import detect_format, format_for_output, open_writer
 
     out_fmt = fmt or (format_for_output(output) if output else "jsonl")
@@ -140,8 +140,8 @@ def extract_cmd(
             lines = out_fmt == "jsonl"  # finished lines from the native path: no objects
             for ex in extract_file(cap, summary=summary, id_prefix=prefix, port=port,
                                    progress=cb, lines=lines):
-                if type(ex) is bytes:
-                    writer.write_lines(ex)
+                if type(ex) is Lines:
+                    writer.write_lines(ex, ex.n)
                 else:
                     writer.write(ex)
         writer.close()

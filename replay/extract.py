@@ -27,6 +27,18 @@ from replay.packets import SUPPORTED_SUMMARY, Decoder, describe_key, key_ports
 from replay.tcp import Reassembler, _port_classify
 
 
+class Lines(bytes):
+    """Finished JSONL lines from the native fast path (``extract_file(lines=True)``): exactly
+    what ``JsonlWriter.write`` writes for those exchanges; ``n`` is how many."""
+
+    n: int
+
+    def __new__(cls, data: bytes, n: int) -> Lines:
+        self = super().__new__(cls, data)
+        self.n = n
+        return self
+
+
 @dataclass
 class Summary:
     """What an extraction saw and what it could not use. Every drop has a reason."""
@@ -76,12 +88,13 @@ class Extractor:
         max_buffer: int = 4 * 1024 * 1024,
         idle_timeout: float = 120.0,
         native: bool = True,
-        emit_line: Callable[[bytes], None] | None = None,
+        emit_line: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self._emit_cb = emit
         self._emit_line = emit_line
         """With the native fast path: where the exchanges it reads go as finished JSONL lines
-        (``JsonlWriter``'s bytes exactly, in blocks of whole lines) instead of as Exchanges, for
+        (``JsonlWriter``'s bytes exactly, in blocks of whole lines, with their number) instead
+        of as Exchanges, for
         a JSONL file that is the only consumer. Exchanges the Python code reads still go to
         ``emit``, in order."""
         self._lines_seen = 0
@@ -280,12 +293,12 @@ def extract_file(
     progress: Callable[[int, int], None] | None = None,
     lines: bool = False,
     **limits: Any,
-) -> Iterator[Exchange | bytes]:
+) -> Iterator[Exchange | Lines]:
     """Exchanges from one capture file, in the order they completed.
 
     With ``lines``, exchanges that the native fast path read come as finished JSONL lines
-    (``bytes`` holding one or more lines, exactly what ``JsonlWriter.write`` would write for
-    them) and the others as Exchanges, in order: for writing a JSONL file without building
+    (``Lines``: bytes holding one or more lines, exactly what ``JsonlWriter.write`` would write
+    for them) and the others as Exchanges, in order: for writing a JSONL file without building
     objects nobody else reads.
 
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
@@ -311,10 +324,13 @@ def gc_tuned() -> Iterator[None]:
 
 def _extract(path: str | Path, port: int | None, summary: Summary | None, id_prefix: str,
              progress: Callable[[int, int], None] | None, lines: bool,
-             limits: dict[str, Any]) -> Iterator[Exchange | bytes]:
+             limits: dict[str, Any]) -> Iterator[Exchange | Lines]:
     out: list[Any] = []
+    def add_lines(b: bytes, n: int) -> None:
+        out.append(Lines(b, n))
+
     ex = Extractor(out.append, port=port, id_prefix=id_prefix,
-                   emit_line=out.append if lines else None, **limits)
+                   emit_line=add_lines if lines else None, **limits)
     t0 = time.perf_counter()
     with CaptureReader(path) as reader:
         if ex.native is not None and reader.kind == "pcap":

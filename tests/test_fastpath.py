@@ -21,7 +21,7 @@ import pytest
 from corpus_paths import CORPUS
 
 from replay._native import load_c
-from replay.extract import Extractor, Summary, extract_file
+from replay.extract import Extractor, Lines, Summary, extract_file
 from replay.formats.jsonl import exchange_to_record
 from replay.formats.pcap import CaptureReader
 from replay.model import Exchange
@@ -33,8 +33,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def _lines(x: Exchange | bytes) -> list[bytes]:
-    if type(x) is bytes:
-        return x.splitlines(keepends=True)
+    if isinstance(x, Lines):
+        lines = bytes(x).splitlines(keepends=True)
+        assert len(lines) == x.n
+        return lines
     return [orjson.dumps(exchange_to_record(x), option=orjson.OPT_APPEND_NEWLINE)]  # type: ignore[arg-type]
 
 
@@ -337,3 +339,74 @@ def test_scripted_conversations_are_identical(seed: int) -> None:
     kw = rng.choice([{}, {}, {"idle_timeout": 0.01}, {"max_connections": 2},
                      {"max_buffer": 2000}])
     _feed_both(frames, **kw)
+
+
+# -- the native JSONL encoder for any Exchange ---------------------------------------------
+
+def _rand_text(rng: random.Random) -> str:
+    pool = ["", "a", "GET", "/p?q=1&r=\"x\"", "tab\there", "nl\n\r", "\\", "caf\xe9", "\u20ac",
+            "\U0001f600", "\x00\x1f\x7f", "é" * 3, "x" * 300, "\u2028"]
+    return "".join(rng.choice(pool) for _ in range(rng.randint(0, 3)))
+
+
+def _rand_body(rng: random.Random) -> bytes:
+    return rng.choice([b"", b"plain", "é€😀\"\\\n".encode(), bytes(rng.randrange(256)
+                       for _ in range(rng.randint(1, 64))), b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+                       b"\xc0\xaf", b"ab\xe2\x82", b"{\"k\": [1, 2.5, null]}" * 50])
+
+
+def _rand_exchange(rng: random.Random) -> Exchange:
+    from replay.model import Completeness, ConnKey, Request, Response
+
+    def headers() -> list:
+        return [(_rand_text(rng), _rand_text(rng)) for _ in range(rng.randint(0, 4))]
+
+    def resp() -> Response:
+        return Response(rng.choice([200, 404, 100, 0, 999, 2**40]), _rand_text(rng),
+                        rng.choice(["HTTP/1.1", "HTTP/1.0", "HTTP/0.9"]), headers(),
+                        _rand_body(rng), headers() if rng.random() < 0.2 else [])
+
+    odd = [0.0, 1e-5, 1e16, -2.5, float("nan"), float("inf")]
+    ts = [rng.choice([None, 1.7e9 + rng.random(), 123456789.125] * 8 + odd) for _ in range(4)]
+    c = Completeness()
+    if rng.random() < 0.3:
+        c = Completeness([(1, 2)] if rng.random() < 0.5 else [], [(3, 4), (5, 6)],
+                         rng.choice([0, 3]), rng.random() < 0.5, rng.random() < 0.5,
+                         rng.random() < 0.5, rng.random() < 0.5,
+                         [_rand_text(rng)] if rng.random() < 0.5 else [])
+    return Exchange(
+        id=_rand_text(rng) or "c1.1",
+        conn=rng.choice([None, ConnKey("10.0.0.1", 1234, "::1", 80)]),
+        request=None if rng.random() < 0.1 else Request(_rand_text(rng), _rand_text(rng),
+                                                        "HTTP/1.1", headers(), _rand_body(rng),
+                                                        headers() if rng.random() < 0.2 else []),
+        response=None if rng.random() < 0.1 else resp(),
+        interim=[resp() for _ in range(rng.choice([0, 0, 1, 2]))],
+        ts_request_start=ts[0], ts_request_end=ts[1], ts_response_start=ts[2],
+        ts_response_end=ts[3], completeness=c,
+        tunnel=rng.choice([None, None, "upgrade:websocket"]),
+        meta=rng.choice([{}, {}, {}, {"a": 1}]))
+
+
+def test_native_jsonl_encoder_writes_what_orjson_writes() -> None:
+    from replay._native import load_c
+    from replay.formats.jsonl import exchange_line
+
+    encode = load_c("replay._fastpath", "encode_line")
+    rng = random.Random(7)
+    native = 0
+    for _ in range(4000):
+        ex = _rand_exchange(rng)
+        try:
+            want = orjson.dumps(exchange_to_record(ex), option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # lone surrogates: the Python path refuses, so must the native one
+            assert encode(ex) is None
+            with pytest.raises(TypeError):
+                exchange_line(ex)
+            continue
+        got = encode(ex)
+        if got is not None:
+            native += 1
+            assert got == want, ex
+        assert exchange_line(ex) == want
+    assert native > 1000  # the usual shapes are encoded natively

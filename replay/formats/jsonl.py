@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from replay._native import load_c
 from replay.errors import FormatError
 from replay.model import Completeness, ConnKey, Exchange, Headers, Request, Response
 
@@ -260,6 +261,27 @@ def exchange_from_record(d: Any) -> Exchange:
     )
 
 
+_encode_line = load_c("replay._fastpath", "encode_line")
+
+
+def exchange_line(ex: Exchange) -> bytes:
+    """One Exchange's line in the log: ``orjson.dumps(exchange_to_record(ex))`` plus a newline.
+
+    The native encoder (``replay/_fastpath.c``) writes the same bytes for exchanges of the usual
+    shape without building the record (escaping bodies itself instead of decoding them to
+    ``str`` for orjson to encode back); it declines anything unusual (``meta`` set, a number
+    orjson would print in another notation), which is then encoded here.
+    """
+    if _encode_line is not None:
+        line = _encode_line(ex)
+        if line is not None:
+            return line
+    try:
+        return orjson.dumps(exchange_to_record(ex), option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError as e:  # orjson.JSONEncodeError: an un-serialisable value in meta
+        raise TypeError(f"exchange {ex.id}: cannot encode as JSON ({e})") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Files
 
@@ -298,22 +320,17 @@ class JsonlWriter:
 
     def __init__(self, fp: BinaryIO) -> None:
         self._fp = fp
-        self._dumps = orjson.dumps
         self.count = 0
 
     def write(self, ex: Exchange) -> None:
-        try:
-            line = self._dumps(exchange_to_record(ex), option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError as e:  # orjson.JSONEncodeError: an un-serialisable value in meta
-            raise TypeError(f"exchange {ex.id}: cannot encode as JSON ({e})") from None
-        self._fp.write(line)
+        self._fp.write(exchange_line(ex))
         self.count += 1
 
-    def write_lines(self, lines: bytes) -> None:
+    def write_lines(self, lines: bytes, n: int | None = None) -> None:
         """Whole lines already encoded as ``write`` encodes them (the native extractor's, see
-        ``replay.extract.extract_file(lines=True)``)."""
+        ``replay.extract.extract_file(lines=True)``); ``n`` lines, counted if not given."""
         self._fp.write(lines)
-        self.count += lines.count(b"\n")
+        self.count += lines.count(b"\n") if n is None else n
 
     def close(self) -> None:
         self._fp.flush()
