@@ -59,6 +59,7 @@ class Worker:
         self.extractor = Extractor(self._emit, port=ex.port, id_prefix=f"{boot}w{index}-",
                                    max_connections=ex.max_connections, max_buffer=ex.max_buffer,
                                    idle_timeout=ex.idle_timeout)
+        self._sync_lines()
         self.stop_event = threading.Event()
         self.reload_requested = False
         self.heartbeat = time.monotonic()
@@ -74,6 +75,14 @@ class Worker:
 
     def _emit(self, ex: Exchange) -> None:
         self.pipeline.emit(ex)
+
+    def _emit_lines(self, blob: bytes, n: int, ts: bytes) -> None:
+        self.pipeline.emit_lines(blob, n, ts)
+
+    def _sync_lines(self) -> None:
+        """A pipeline that only writes JSONL logs takes the native path's finished lines (no
+        Exchange objects); any other takes Exchanges. Called again after every reload."""
+        self.extractor.set_emit_line(self._emit_lines if self.pipeline.lines_ok else None)
 
     def run(self) -> None:
         """The capture loop, until ``stop_event`` is set (or a file source ends); then drain."""
@@ -232,9 +241,11 @@ class Worker:
             self.pipeline = build(self.cfg.pipeline, self.stats, linktype=self.source.linktype,
                                   index=self.index, workers=self.cfg.workers,
                                   handoff=old.handoff)
+            self._sync_lines()
             return
         new.source.kind = self.cfg.source.kind
         self.cfg = new
+        self._sync_lines()
         self.stats.reloads += 1
         log.info("reloaded %s", new.path)
 

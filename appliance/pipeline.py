@@ -280,6 +280,19 @@ class JsonlSink:
         self.file.write(self._line(ex))
         return ex
 
+    def write_lines(self, blob: bytes) -> None:
+        """Whole lines the native extractor encoded, rotated exactly as line-by-line writes
+        would be (a file ends with the line that takes it to ``max_size``)."""
+        f = self.file
+        while blob:
+            room = f.max_size - f.size
+            if len(blob) < room:
+                f.write(blob)
+                return
+            cut = blob.find(b"\n", max(0, room - 1)) + 1 or len(blob)
+            f.write(blob[:cut])
+            blob = blob[cut:]
+
     def tick(self, now: float) -> None:
         self.file.tick(now)
 
@@ -377,6 +390,30 @@ class Pipeline:
         self.stats = stats
         self.handoff = handoff
         self._errors_logged = 0
+
+    @property
+    def lines_ok(self) -> bool:
+        """Can exchanges arrive as finished JSONL lines (``emit_lines``)? Only when nothing
+        looks inside them: no stage, no hand-off, every sink a JSONL log."""
+        return (not self.stages and self.handoff is None and bool(self.sinks)
+                and all(type(s) is JsonlSink for s in self.sinks))
+
+    def emit_lines(self, blob: bytes, n: int, ts: bytes) -> None:
+        """``n`` exchanges the native extractor wrote as JSONL lines (``lines_ok`` pipelines),
+        with each one's last capture timestamp (packed doubles) for the latency histogram."""
+        st = self.stats
+        st.emitted += n
+        for sink in self.sinks:
+            try:
+                sink.write_lines(blob)
+            except Exception as e:
+                self._error(sink.name, e)
+                continue
+            st.sink_written[sink.name] = st.sink_written.get(sink.name, 0) + n
+        now = time.time()
+        observe = st.observe
+        for t in memoryview(ts).cast("d"):
+            observe(max(0.0, now - t))
 
     def emit(self, ex: Exchange) -> None:
         st = self.stats

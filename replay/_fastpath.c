@@ -157,7 +157,8 @@ typedef struct FastPath {
     PyObject *segment, *ack_only, *timers, *slow_frame, *emit, *stats;
     PyObject *emit_line, *line_parts; /* write exchanges as JSONL lines (None: as Exchanges) */
     PyObject *float_text;
-    Buf line;
+    int lines_on;
+    Buf line, line_ts;  /* pending lines, and each one's last timestamp (doubles) */
     long long lines, pending_lines;
     Slot *tab;
     size_t cap, used, tomb;
@@ -730,12 +731,15 @@ static int put_body(Buf *b, Buf *body) {
 static int flush_lines(FastPath *fp) {
     if (!fp->line.len) return 0;
     PyObject *blob = PyBytes_FromStringAndSize(fp->line.p, fp->line.len);
+    PyObject *tsb = blob ? PyBytes_FromStringAndSize(fp->line_ts.p, fp->line_ts.len) : NULL;
     long long n = fp->pending_lines;
     fp->line.len = 0;
+    fp->line_ts.len = 0;
     fp->pending_lines = 0;
-    if (!blob) return -1;
-    PyObject *r = PyObject_CallFunction(fp->emit_line, "OL", blob, n);
+    if (!tsb) { Py_XDECREF(blob); return -1; }
+    PyObject *r = PyObject_CallFunction(fp->emit_line, "OLO", blob, n, tsb);
     Py_DECREF(blob);
+    Py_DECREF(tsb);
     if (!r) return -1;
     Py_DECREF(r);
     return 0;
@@ -763,6 +767,7 @@ static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
     if (puts_(b, ",\"response\":") < 0 || put(b, e->jresp.p, e->jresp.len) < 0 ||
         put_body(b, &e->bresp) < 0 || puts_(b, "}}\n") < 0)
         return -1;
+    if (put(&fp->line_ts, (const char *)&e->t3, sizeof(double)) < 0) return -1;
     fp->lines++;
     fp->pending_lines++;
     if (b->len >= (1 << 20)) return flush_lines(fp);
@@ -778,6 +783,7 @@ static int emit_ready(FastPath *fp, Conn *c, int *emitted) {
         if (c->line_id) {
             if (emit_jsonl(fp, c, e) < 0) return -1;
         } else {
+            if (fp->line.len && flush_lines(fp) < 0) return -1; /* lines pending go first */
             PyObject *n = PyLong_FromLong(e->n);
             if (!n) return -1;
             PyObject *r = PyObject_CallFunction(fp->emit, "OOOOOdddd", c->handler, n, e->req,
@@ -1313,7 +1319,7 @@ static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
     if (!ok) { Py_DECREF(h); return 0; }
     Conn *c = PyMem_Calloc(1, sizeof(Conn));
     if (!c) { Py_DECREF(h); PyErr_NoMemory(); return -1; }
-    if (fp->emit_line != Py_None) {
+    if (fp->lines_on) {
         /* the line's fixed parts, made by the Python encoder itself: {"v":1,"id":"<conn id>.
          * and ,"conn":{...} */
         PyObject *parts = PyObject_CallFunctionObjArgs(fp->line_parts, h, NULL);
@@ -1992,6 +1998,16 @@ static PyObject *FP_touch(FastPath *fp, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* Whether connections adopted from now on write their exchanges as JSONL lines (to the
+ * extractor's _lines_out: line block, count, each line's last timestamp as doubles) or as
+ * Exchanges. Connections already adopted keep their way. */
+static PyObject *FP_set_lines(FastPath *fp, PyObject *on) {
+    int v = PyObject_IsTrue(on);
+    if (v < 0 || flush_lines(fp) < 0) return NULL;
+    fp->lines_on = v;
+    Py_RETURN_NONE;
+}
+
 static PyObject *FP_flush(FastPath *fp, PyObject *unused) {
     if (flush_lines(fp) < 0) return NULL;
     Py_RETURN_NONE;
@@ -2022,7 +2038,10 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     fp->timers = PyObject_GetAttrString(reasm, "_timers");
     fp->slow_frame = PyObject_GetAttrString(ex, "_slow_frame");
     fp->emit = PyObject_GetAttrString(ex, "_fast_exchange");
-    fp->emit_line = PyObject_GetAttrString(ex, "_emit_line");
+    fp->emit_line = PyObject_GetAttrString(ex, "_lines_out");
+    PyObject *want = PyObject_GetAttrString(ex, "_emit_line");
+    fp->lines_on = want && want != Py_None;
+    Py_XDECREF(want);
     fp->line_parts = PyObject_GetAttrString(ex, "_line_parts");
     fp->float_text = PyObject_GetAttrString(ex, "_float_text");
     fp->reasons = PyDict_New();
@@ -2070,6 +2089,7 @@ static int FP_clear(FastPath *fp) {
     Py_CLEAR(fp->line_parts);
     Py_CLEAR(fp->float_text);
     buf_free(&fp->line);
+    buf_free(&fp->line_ts);
     Py_CLEAR(fp->reasons);
     return 0;
 }
@@ -2091,6 +2111,8 @@ static PyMethodDef FP_methods[] = {
     {"touch", (PyCFunction)FP_touch, METH_NOARGS, "Write last activity times to Python."},
     {"stats", (PyCFunction)FP_stats, METH_NOARGS, "Counters of the fast path."},
     {"flush", (PyCFunction)FP_flush, METH_NOARGS, "Hand over the JSONL lines pending."},
+    {"set_lines", (PyCFunction)FP_set_lines, METH_O,
+     "JSONL lines (True) or Exchanges (False) for connections adopted from now on."},
     {NULL}};
 
 static PyTypeObject FastPathType = {

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from replay._native import load_c
-from replay.formats.jsonl import SCHEMA_VERSION, conn_to_record
+from replay.formats.jsonl import SCHEMA_VERSION, conn_to_record, exchange_from_record
 from replay.formats.pcap import CaptureReader
 from replay.http1 import HttpConnection, looks_like_request, looks_like_response
 from replay.model import ConnKey, Exchange, Request, Response
@@ -88,13 +88,13 @@ class Extractor:
         max_buffer: int = 4 * 1024 * 1024,
         idle_timeout: float = 120.0,
         native: bool = True,
-        emit_line: Callable[[bytes, int], None] | None = None,
+        emit_line: Callable[[bytes, int, bytes], None] | None = None,
     ) -> None:
         self._emit_cb = emit
         self._emit_line = emit_line
         """With the native fast path: where the exchanges it reads go as finished JSONL lines
-        (``JsonlWriter``'s bytes exactly, in blocks of whole lines, with their number) instead
-        of as Exchanges, for
+        (``JsonlWriter``'s bytes exactly, in blocks of whole lines, with their number and each
+        one's last timestamp as packed doubles) instead of as Exchanges, for
         a JSONL file that is the only consumer. Exchanges the Python code reads still go to
         ``emit``, in order."""
         self._lines_seen = 0
@@ -122,8 +122,25 @@ class Extractor:
         """The common case in C (``replay/_fastpath.c``); None runs everything in Python."""
         self.reasm.native = self.native
 
+    def set_emit_line(self, emit_line: Callable[[bytes, int, bytes], None] | None) -> None:
+        """Switch between JSONL lines and Exchanges for connections adopted from now on (the
+        appliance's pipeline reload); lines still coming from connections adopted before a
+        switch to Exchanges are turned back into Exchanges."""
+        self._emit_line = emit_line
+        if self.native is not None:
+            self.native.set_lines(emit_line is not None)
+
+    def _lines_out(self, blob: bytes, n: int, ts: bytes) -> None:
+        """Lines from the native path (called from C)."""
+        cb = self._emit_line
+        if cb is not None:
+            cb(blob, n, ts)
+            return
+        for line in blob.splitlines():
+            self._emit_cb(exchange_from_record(orjson.loads(line)))
+
     def _emit(self, ex: Exchange) -> None:
-        if self._emit_line is not None and self.native is not None:
+        if self.native is not None:
             self.native.flush()  # the native path's lines so far go first: order is kept
         self.exchanges += 1
         if not ex.completeness.complete:
@@ -326,7 +343,7 @@ def _extract(path: str | Path, port: int | None, summary: Summary | None, id_pre
              progress: Callable[[int, int], None] | None, lines: bool,
              limits: dict[str, Any]) -> Iterator[Exchange | Lines]:
     out: list[Any] = []
-    def add_lines(b: bytes, n: int) -> None:
+    def add_lines(b: bytes, n: int, _ts: bytes) -> None:
         out.append(Lines(b, n))
 
     ex = Extractor(out.append, port=port, id_prefix=id_prefix,

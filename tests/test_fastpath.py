@@ -410,3 +410,20 @@ def test_native_jsonl_encoder_writes_what_orjson_writes() -> None:
             assert got == want, ex
         assert exchange_line(ex) == want
     assert native > 1000  # the usual shapes are encoded natively
+
+
+def test_switching_from_lines_to_exchanges_mid_capture_loses_nothing(clean: Path) -> None:
+    """The appliance switches its extractor between JSONL lines and Exchanges when a reload
+    changes the pipeline: connections adopted before the switch still finish as lines, which
+    are turned back into Exchanges; nothing is lost or reordered."""
+    frames = list(CaptureReader(clean))
+    want = [orjson.dumps(exchange_to_record(e)) for e in extract_file(clean, native=False)]
+    got: list[bytes] = []
+    ex = Extractor(lambda e: got.append(orjson.dumps(exchange_to_record(e))),
+                   emit_line=lambda b, n, ts: got.extend(bytes(b).splitlines()))
+    half = len(frames) // 2
+    ex.run(frames[:half])
+    ex.set_emit_line(None)
+    ex.run(frames[half:])
+    ex.finish()
+    assert got == want

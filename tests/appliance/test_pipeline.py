@@ -361,3 +361,74 @@ def test_dropping_bare_acks_in_the_kernel_changes_no_exchange(tmp_path: Path) ->
     assert records(small) == records(pcap)
     assert not cfgmod.parse(BASE).source.skip_bare_acks
     assert cfgmod.parse(_with("source.skip_bare_acks", True)).source.skip_bare_acks
+
+
+def test_jsonl_sink_takes_line_blocks_and_rotates_as_line_by_line(tmp_path: Path) -> None:
+    """The native extractor hands the log whole blocks of lines; files must end exactly where
+    writing them one by one would have rotated them."""
+    import random
+
+    from appliance.pipeline import JsonlSink
+    from replay.formats.jsonl import exchange_line
+
+    exs = list(extract_file(_small_capture(tmp_path)))
+    lines = [exchange_line(e) for e in exs]
+    outs = []
+    for mode in ("one", "blocks"):
+        cfg = SinkConfig(type="jsonl", path=str(tmp_path / mode / "ex.jsonl"), max_size=20_000,
+                         keep=10_000)
+        sink = JsonlSink(cfg, Stats())
+        if mode == "one":
+            for e in exs:
+                sink.process(e)
+        else:
+            rng = random.Random(1)
+            i = 0
+            while i < len(lines):
+                k = rng.randint(1, 40)
+                sink.write_lines(b"".join(lines[i:i + k]))
+                i += k
+        sink.close()
+        files = sorted((tmp_path / mode).iterdir(), key=lambda p: (p.name == "ex.jsonl", p.name))
+        outs.append([p.read_bytes() for p in files])
+    assert len(outs[0]) > 5
+    assert outs[1] == outs[0]
+
+
+def _small_capture(tmp_path: Path) -> Path:
+    pcap = tmp_path / "small.pcap"
+    if not pcap.exists():
+        generate_pcap(pcap, connections=200, seed=9, chunked_share=0.5)
+    return pcap
+
+
+def test_a_log_only_pipeline_gets_native_lines_and_writes_the_same_log(tmp_path: Path) -> None:
+    """A pipeline whose only sinks are JSONL logs takes the native path's finished lines (no
+    Exchange objects); it must write what the object path writes (a filter that keeps
+    everything forces that path), and count and time every exchange the same."""
+    import orjson
+
+    pcap = _small_capture(tmp_path)
+    logs = []
+    for name, filters in (("lines", []), ("objects", [{"method": ["GET", "POST", "PUT",
+                                                                    "HEAD", "DELETE",
+                                                                    "OPTIONS", "PATCH"]}])):
+        cfg = cfgmod.parse({"source": {"file": str(pcap)}, "metrics": {"listen": None},
+                            "pipeline": {"sanitise": {"enabled": False}, "filters": filters,
+                                         "sinks": [{"type": "jsonl",
+                                                    "path": str(tmp_path / name / "ex.jsonl")}]}})
+        app = Appliance(cfg).start()
+        app.wait()
+        w = app.worker
+        assert w is not None
+        native = w.extractor.native
+        if native is None:
+            pytest.skip("replay._fastpath is not built")
+        assert (native.stats()["lines"] > 0) == (name == "lines")
+        snap = app.snapshots()[0]
+        recs = [orjson.loads(x) for x in (tmp_path / name / "ex.jsonl").read_bytes().splitlines()]
+        for r in recs:  # ids carry the worker's boot time
+            r["id"] = r["id"].split("-", 1)[1]
+        logs.append((recs, snap["exchanges"], sum(w.stats.latency_counts)))
+    assert logs[0][0] == logs[1][0] and len(logs[0][0]) > 500
+    assert logs[0][1:] == logs[1][1:] == (len(logs[0][0]), len(logs[0][0]))
