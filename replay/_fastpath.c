@@ -861,11 +861,28 @@ static int start_body(FastPath *fp, Conn *c, int d, int framing, long long lengt
     return finish_message(fp, c, d, ts, emitted) < 0 ? ERR : OK;
 }
 
+/* The field lines of a head and the message's framing: as JSON pairs closing the head's JSON
+ * in jb (JSONL mode; *fields is NULL) or as a new list in *fields. OK, BAIL or ERR. */
+static int head_fields(const char *q, const char *he, PyObject *ver, Buf *jb, int *framing,
+                       long long *length, PyObject **fields) {
+    int bail = 0;
+    *fields = NULL;
+    PyObject *f = parse_fields(q, he, framing, length, &bail, jb);
+    if (!f) return bail ? BAIL : ERR;
+    if (*framing == 2 && ver == S_HTTP10) { Py_DECREF(f); return BAIL; }
+    if (jb) {
+        Py_DECREF(f);
+        return put(jb, "]", 1) < 0 ? ERR : OK;
+    }
+    *fields = f;
+    return OK;
+}
+
 /* A complete head [p, he) of direction d. */
 static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, double ts,
                    int *emitted) {
     Rd *r = &c->rd[d];
-    int framing = 0, bail = 0;
+    int framing = 0;
     long long length = 0;
     Buf *jb = NULL;   /* JSONL: the head's JSON goes here instead of into objects */
     if (d == 0) {
@@ -902,14 +919,11 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
                 puts_(jb, ",\"headers\":[") < 0)
                 return ERR;
         }
-        PyObject *fields = parse_fields(q, he, &framing, &length, &bail, jb);
-        if (!fields) return bail ? BAIL : ERR;
-        if (framing == 2 && ver == S_HTTP10) { Py_DECREF(fields); return BAIL; }
+        PyObject *fields;
+        int hr = head_fields(q, he, ver, jb, &framing, &length, &fields);
+        if (hr != OK) return hr;
         PyObject *head = NULL;
-        if (jb) {
-            Py_DECREF(fields);
-            if (put(jb, "]", 1) < 0) return ERR;
-        } else {
+        if (!jb) {
             PyObject *target = latin1(t, tend - t);
             if (!target) { Py_DECREF(fields); return ERR; }
             head = PyTuple_Pack(4, METHOD_STR[mi], target, ver, fields);
@@ -956,14 +970,11 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
             puts_(jb, ",\"headers\":[") < 0)
             return ERR;
     }
-    PyObject *fields = parse_fields(q, he, &framing, &length, &bail, jb);
-    if (!fields) return bail ? BAIL : ERR;
-    if (framing == 2 && ver == S_HTTP10) { Py_DECREF(fields); return BAIL; }
+    PyObject *fields;
+    int hr = head_fields(q, he, ver, jb, &framing, &length, &fields);
+    if (hr != OK) return hr;
     PyObject *head = NULL;
-    if (jb) {
-        Py_DECREF(fields);
-        if (put(jb, "]", 1) < 0) return ERR;
-    } else {
+    if (!jb) {
         PyObject *reason = latin1(rs, rend - rs);
         PyObject *st = PyLong_FromLong(status);
         head = (reason && st) ? PyTuple_Pack(4, st, reason, ver, fields) : NULL;

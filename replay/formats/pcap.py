@@ -201,18 +201,11 @@ class CaptureReader:
                 pos, frames, corrupt = step(buf, pos, little, scale, lt, MAX_RECORD)
                 yield frames
                 if corrupt:
-                    self.error = (
-                        f"{self.path}: corrupt record at byte {offset + pos} "
-                        f"(length {corrupt}); packets before it were processed"
-                    )
+                    self.error = self._corrupt(offset + pos, corrupt)
                     return
                 if not chunk:
                     if pos < len(buf):
-                        self.error = (
-                            f"{self.path}: truncated at byte {offset + pos} (the last record is "
-                            f"cut short: {len(buf) - pos} of its bytes present); packets before "
-                            "it were processed"
-                        )
+                        self.error = self._truncated(offset + pos, len(buf) - pos)
                     return
         except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
             where = ""
@@ -221,6 +214,14 @@ class CaptureReader:
             self.error = (
                 f"{self.path}: read failed{where} ({e}); packets before it were processed"
             )
+
+    def _corrupt(self, at: int, length: int) -> str:
+        return (f"{self.path}: corrupt record at byte {at} (length {length}); packets before it "
+                "were processed")
+
+    def _truncated(self, at: int, present: int) -> str:
+        return (f"{self.path}: truncated at byte {at} (the last record is cut short: {present} "
+                "of its bytes present); packets before it were processed")
 
     # -- pcap ---------------------------------------------------------------------------------
     def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
@@ -243,10 +244,7 @@ class CaptureReader:
             while pos + 16 <= end:
                 sec, frac, caplen, _wire = unpack(buf, pos)
                 if caplen > MAX_RECORD:
-                    self.error = (
-                        f"{self.path}: corrupt record at byte {offset + pos} "
-                        f"(length {caplen}); packets before it were processed"
-                    )
+                    self.error = self._corrupt(offset + pos, caplen)
                     return
                 nxt = pos + 16 + caplen
                 if nxt > end:
@@ -255,11 +253,7 @@ class CaptureReader:
                 pos = nxt
             if not chunk:
                 if pos < end:
-                    self.error = (
-                        f"{self.path}: truncated at byte {offset + pos} (the last record is cut "
-                        f"short: {end - pos} of its bytes present); packets before it were "
-                        "processed"
-                    )
+                    self.error = self._truncated(offset + pos, end - pos)
                 return
 
     # -- pcapng -------------------------------------------------------------------------------
