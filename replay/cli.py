@@ -141,7 +141,7 @@ def extract_cmd(
             for ex in extract_file(cap, summary=summary, id_prefix=prefix, port=port,
                                    progress=cb, lines=lines):
                 if type(ex) is Lines:
-                    writer.write_lines(ex, ex.n)
+                    writer.write_lines(ex.data, ex.n)
                 else:
                     writer.write(ex)
         writer.close()

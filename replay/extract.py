@@ -27,16 +27,15 @@ from replay.packets import SUPPORTED_SUMMARY, Decoder, describe_key, key_ports
 from replay.tcp import Reassembler, _port_classify
 
 
-class Lines(bytes):
-    """Finished JSONL lines from the native fast path (``extract_file(lines=True)``): exactly
-    what ``JsonlWriter.write`` writes for those exchanges; ``n`` is how many."""
+class Lines:
+    """Finished JSONL lines from the native fast path (``extract_file(lines=True)``): ``data``
+    is exactly what ``JsonlWriter.write`` writes for those exchanges, ``n`` how many."""
 
-    n: int
+    __slots__ = ("data", "n")
 
-    def __new__(cls, data: bytes, n: int) -> Lines:
-        self = super().__new__(cls, data)
+    def __init__(self, data: bytes, n: int) -> None:
+        self.data = data
         self.n = n
-        return self
 
 
 @dataclass
@@ -314,9 +313,9 @@ def extract_file(
     """Exchanges from one capture file, in the order they completed.
 
     With ``lines``, exchanges that the native fast path read come as finished JSONL lines
-    (``Lines``: bytes holding one or more lines, exactly what ``JsonlWriter.write`` would write
-    for them) and the others as Exchanges, in order: for writing a JSONL file without building
-    objects nobody else reads.
+    (``Lines``: one or more lines, exactly what ``JsonlWriter.write`` would write for them) and
+    the others as Exchanges, in order: for writing a JSONL file without building objects nobody
+    else reads.
 
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
     before the damage, and the problem is added to ``summary.errors``.

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 
 def _lines(x: Exchange | bytes) -> list[bytes]:
     if isinstance(x, Lines):
-        lines = bytes(x).splitlines(keepends=True)
+        lines = x.data.splitlines(keepends=True)
         assert len(lines) == x.n
         return lines
     return [orjson.dumps(exchange_to_record(x), option=orjson.OPT_APPEND_NEWLINE)]  # type: ignore[arg-type]
@@ -427,3 +427,21 @@ def test_switching_from_lines_to_exchanges_mid_capture_loses_nothing(clean: Path
     ex.run(frames[half:])
     ex.finish()
     assert got == want
+
+
+@pytest.mark.parametrize("cut", [None, 0.6])
+def test_gzip_pcap_walk_matches_the_reader(tmp_path: Path, clean: Path, cut: float | None) -> None:
+    """A gzip capture is walked in chunks (not mapped): the same exchanges and the same error
+    for a cut stream as the Python reader."""
+    import gzip
+
+    data = gzip.compress(clean.read_bytes(), mtime=0)
+    if cut:
+        data = data[: int(len(data) * cut)]
+    p = tmp_path / "c.pcap.gz"
+    p.write_bytes(data)
+    _same(p)
+    if cut:
+        s = Summary()
+        list(extract_file(p, summary=s))
+        assert s.errors and "read failed" in s.errors[0]
