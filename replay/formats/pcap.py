@@ -242,6 +242,7 @@ class CaptureReader:
         order, scale = _PCAP_MAGIC[self._head[:4]]
         size = len(mm)
         mv = memoryview(mm)
+        dropped = 0
         try:
             pos = limit = 24
             while True:
@@ -249,6 +250,13 @@ class CaptureReader:
                 pos, frames, corrupt = step(mv[:limit], pos, order == "<", scale, self.linktype,
                                             MAX_RECORD)
                 self._walked = pos
+                # Unmap what was read (the page cache keeps it): resident memory stays flat
+                # however long the capture.
+                done = pos - pos % mmap.PAGESIZE
+                if done - dropped >= CHUNK:
+                    with contextlib.suppress(AttributeError, OSError, ValueError):
+                        mm.madvise(mmap.MADV_DONTNEED, dropped, done - dropped)
+                    dropped = done
                 yield frames
                 if corrupt:
                     self.error = self._corrupt(pos, corrupt)
