@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_docs:
-        update_docs("## Capture (bench:capture)\n\n" + section)
+        update_docs("## Capture (`bench/capture/run.py`)\n\n" + section)
     return 0
 
 
