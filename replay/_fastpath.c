@@ -21,6 +21,12 @@
  *     segments are replayed through the Python reassembler, which then carries on. Nothing the
  *     Python code would have emitted is lost or emitted twice; tests/test_fastpath.py checks that
  *     both paths write identical exchange logs.
+ *
+ * The parts, in file order: the connection table; the checkpoint and the give-back; strict
+ * HTTP/1 heads; JSONL lines built from the head bytes (byte-identical to JsonlWriter, for
+ * `shadowtap extract` and log-only appliance pipelines); emission; TCP segments and adoption;
+ * frame decoding; encode_line (the JSONL line of any Exchange of the usual shape); and the
+ * FastPath type, whose run/run_pcap/run_ring walk tuples, pcap records and TPACKET_V3 blocks.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
