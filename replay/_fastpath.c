@@ -43,7 +43,6 @@
 #define F_RST 0x04
 #define F_ACK 0x10
 #define MAX_HEAD (64 * 1024)
-#define QMAX 16
 #define LOG_MAX_BYTES (16 * 1024 * 1024)
 
 enum { H_HEAD, H_BODY_CL, H_CHUNK_SIZE, H_CHUNK_DATA, H_CHUNK_CRLF, H_TRAILERS };
@@ -84,12 +83,12 @@ static int puts_(Buf *b, const char *s);
 static int put_json_ascii(Buf *b, const char *s, Py_ssize_t n);
 static int put_long(Buf *b, long v);
 
-/* One exchange in progress. The request and response are tuples ready for the Python model. */
+/* The exchange in progress on a connection (one at a time: a pipelined request goes to Python).
+ * As Exchanges: the request and response as tuples ready for the Python model; as JSONL: the
+ * messages' JSON and bodies. */
 typedef struct {
     PyObject *req;      /* (method, target, version, headers, body) once the request is done */
-    PyObject *req_head; /* (method, target, version, headers) while its body is read */
     PyObject *resp;
-    PyObject *resp_head;
     PyObject *interim;  /* list of (status, reason, version, headers, b"") or NULL */
     /* when written as JSONL: each message's JSON up to its body, the bodies, the interims */
     Buf jreq, jresp, jint, breq, bresp;
@@ -106,7 +105,6 @@ typedef struct {
     Buf body;
     PyObject *head;     /* (…, headers) of the message being read */
     Buf jhead;          /* or its JSON, when exchanges are written as JSONL */
-    double ts_start;
     char first_message;
     double last_ts;
 } Rd;
@@ -142,8 +140,7 @@ typedef struct Conn {
     Rd rd[2];
     long n;
     long max_body;
-    PEx *order[QMAX];
-    int norder, nresp;  /* exchanges not yet emitted; how many of them have a response head */
+    PEx *ex;            /* the exchange not yet emitted, or NULL: nothing pending */
 } Conn;
 
 typedef struct {
@@ -271,9 +268,7 @@ static int refresh_sweep(FastPath *fp) {
 static void pex_free(PEx *e) {
     if (!e) return;
     Py_XDECREF(e->req);
-    Py_XDECREF(e->req_head);
     Py_XDECREF(e->resp);
-    Py_XDECREF(e->resp_head);
     Py_XDECREF(e->interim);
     buf_free(&e->jreq);
     buf_free(&e->jresp);
@@ -292,7 +287,7 @@ static void conn_free(Conn *c) {
         Py_XDECREF(c->key[d]);
         Py_XDECREF(c->ck_buf[d]);
     }
-    for (int i = 0; i < c->norder; i++) pex_free(c->order[i]);
+    pex_free(c->ex);
     Py_XDECREF(c->pyconn);
     Py_XDECREF(c->handler);
     Py_XDECREF(c->line_id);
@@ -785,8 +780,8 @@ static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
 /* emission */
 
 static int emit_ready(FastPath *fp, Conn *c, int *emitted) {
-    while (c->norder && c->order[0]->req_done && c->order[0]->resp_done) {
-        PEx *e = c->order[0];
+    PEx *e = c->ex;
+    if (e && e->req_done && e->resp_done) {
         if (c->line_id) {
             if (emit_jsonl(fp, c, e) < 0) return -1;
         } else {
@@ -801,9 +796,7 @@ static int emit_ready(FastPath *fp, Conn *c, int *emitted) {
             Py_DECREF(r);
         }
         fp->exchanges++;
-        memmove(c->order, c->order + 1, (c->norder - 1) * sizeof(PEx *));
-        c->norder--;
-        c->nresp--;
+        c->ex = NULL;
         pex_free(e);
         *emitted = 1;
     }
@@ -867,6 +860,19 @@ static int start_body(FastPath *fp, Conn *c, int d, int framing, long long lengt
     return finish_message(fp, c, d, ts, emitted) < 0 ? ERR : OK;
 }
 
+/* A message's JSON up to its header list: k1 v1 (a string, or as is when raw: the status
+ * digits), k2 "v2", the 8-byte version ("HTTP/1.1"), then the opening of "headers". */
+static int json_head_start(Buf *jb, const char *k1, const char *v1, Py_ssize_t n1, int raw,
+                           const char *k2, const char *v2, Py_ssize_t n2, const char *ver) {
+    jb->len = 0;
+    if (puts_(jb, k1) < 0 || (raw ? put(jb, v1, n1) : put_json_ascii(jb, v1, n1)) < 0 ||
+        puts_(jb, k2) < 0 || put_json_ascii(jb, v2, n2) < 0 ||
+        puts_(jb, ",\"version\":") < 0 || put_json_ascii(jb, ver, 8) < 0 ||
+        puts_(jb, ",\"headers\":[") < 0)
+        return -1;
+    return 0;
+}
+
 /* The field lines of a head and the message's framing: as JSON pairs closing the head's JSON
  * in jb (JSONL mode; *fields is NULL) or as a new list in *fields. OK, BAIL or ERR. */
 static int head_fields(const char *q, const char *he, PyObject *ver, Buf *jb, int *framing,
@@ -915,14 +921,11 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
         q += 10;
         /* One exchange at a time: an exchange is emitted only when nothing else is pending,
          * so every emission is a checkpoint (a pipelined request goes to Python). */
-        if (c->norder) return BAIL;
+        if (c->ex) return BAIL;
         if (c->line_id) {
             jb = &r->jhead;
-            jb->len = 0;
-            if (puts_(jb, "{\"method\":") < 0 || put_json_ascii(jb, p, t - 1 - p) < 0 ||
-                puts_(jb, ",\"target\":") < 0 || put_json_ascii(jb, t, tend - t) < 0 ||
-                puts_(jb, ",\"version\":") < 0 || put_json_ascii(jb, vs, 8) < 0 ||
-                puts_(jb, ",\"headers\":[") < 0)
+            if (json_head_start(jb, "{\"method\":", p, t - 1 - p, 0, ",\"target\":", t,
+                                tend - t, vs) < 0)
                 return ERR;
         }
         PyObject *fields;
@@ -942,10 +945,9 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
         e->n = ++c->n;
         e->t0 = ts;
         e->is_head = mi == 1;
-        c->order[c->norder++] = e;
+        c->ex = e;
         r->head = head;
         r->ex = e;
-        r->ts_start = ts;
         return start_body(fp, c, d, framing, length, ts, emitted);
     }
     /* response */
@@ -965,15 +967,12 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
     const char *rend = q;
     q += 2;
     if (status == 101) return BAIL;
-    if (c->nresp >= c->norder) return BAIL; /* a response without a request */
-    PEx *e = c->order[c->nresp];
+    PEx *e = c->ex;
+    if (!e || e->has_resp) return BAIL; /* a response without a request */
     if (c->line_id) {
         jb = &r->jhead;
-        jb->len = 0;
-        if (puts_(jb, "{\"status\":") < 0 || put_long(jb, status) < 0 ||
-            puts_(jb, ",\"reason\":") < 0 || put_json_ascii(jb, rs, rend - rs) < 0 ||
-            puts_(jb, ",\"version\":") < 0 || put_json_ascii(jb, p, 8) < 0 ||
-            puts_(jb, ",\"headers\":[") < 0)
+        if (json_head_start(jb, "{\"status\":", p + 9, 3, 1, ",\"reason\":", rs, rend - rs,
+                            p) < 0)
             return ERR;
     }
     PyObject *fields;
@@ -1007,12 +1006,10 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
         Py_DECREF(full);
         return rr < 0 ? ERR : OK;
     }
-    c->nresp++;
     e->has_resp = 1;
     e->t2 = ts;
     r->head = head;
     r->ex = e;
-    r->ts_start = ts;
     if (e->is_head || status == 204 || status == 304) return start_body(fp, c, d, 0, 0, ts, emitted);
     if (framing == 0) return BAIL; /* close-delimited */
     return start_body(fp, c, d, framing, length, ts, emitted);
@@ -1061,7 +1058,7 @@ static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t 
                 if (st == H_BODY_CL) {
                     int emitted = 0;
                     if (finish_message(fp, c, d, ts, &emitted) < 0) { rc = ERR; goto out; }
-                    if (emitted && !c->norder) goto checkpoint_here;
+                    if (emitted) goto checkpoint_here;
                 } else {
                     r->state = H_CHUNK_CRLF;
                 }
@@ -1101,7 +1098,7 @@ static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t 
             int hr = on_head(fp, c, d, p, he, ts, &emitted);
             if (hr != OK) { rc = hr; goto out; }
             p = he;
-            if (emitted && !c->norder) goto checkpoint_here;
+            if (emitted) goto checkpoint_here;
             continue;
         }
         if (st == H_CHUNK_SIZE) {
@@ -1154,7 +1151,7 @@ static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t 
             p += 2;
             int emitted = 0;
             if (finish_message(fp, c, d, ts, &emitted) < 0) { rc = ERR; goto out; }
-            if (emitted && !c->norder) goto checkpoint_here;
+            if (emitted) goto checkpoint_here;
             continue;
         }
         if (end - p == 1 && p[0] == '\r') {
@@ -1176,11 +1173,6 @@ out:
 
 /* ------------------------------------------------------------------------------------------ */
 /* segments */
-
-static int log_segment(Conn *c, int d, double ts, uint32_t seq, int flags, const char *pl,
-                       Py_ssize_t plen, uint32_t ack) {
-    return log_add(c, 's', d, ts, seq, flags, pl, plen, ack);
-}
 
 /* Remove a finished connection from the Python reassembler's tables, as its _end would. */
 static int native_end(FastPath *fp, Conn *c) {
@@ -1238,7 +1230,7 @@ static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, i
         if (set_attr_double(fp->reasm, S_now, ts) < 0) return ERR;
     }
     if (flags & F_RST) {
-        if (plen || (flags & (F_SYN | F_FIN)) || c->norder || c->rd[0].buf.len || c->rd[1].buf.len) return BAIL;
+        if (plen || (flags & (F_SYN | F_FIN)) || c->ex || c->rd[0].buf.len || c->rd[1].buf.len) return BAIL;
         if (bump_stat(fp, S_resets) < 0) return ERR;
         return native_end(fp, c) < 0 ? ERR : OK;
     }
@@ -1247,7 +1239,7 @@ static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, i
         c->last_ts = ts;
         c->nxt[1] = seq + 1;
         c->has_nxt[1] = 1;
-        return log_segment(c, d, ts, seq, flags, pl, plen, ack) < 0 ? ERR : OK;
+        return log_add(c, 's', d, ts, seq, flags, pl, plen, ack) < 0 ? ERR : OK;
     }
     if (plen) {
         if (c->closed[d] || !c->has_nxt[d] || seq != c->nxt[d]) return BAIL;
@@ -1255,7 +1247,7 @@ static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, i
     }
     if ((flags & F_FIN) && (c->closed[d] || !c->has_nxt[d] || seq != c->nxt[d])) return BAIL;
     c->last_ts = ts;
-    if (log_segment(c, d, ts, seq, flags, pl, plen, ack) < 0) return ERR;
+    if (log_add(c, 's', d, ts, seq, flags, pl, plen, ack) < 0) return ERR;
     if (plen) {
         c->nxt[d] = seq + (uint32_t)plen;
         int hr = http_feed(fp, c, d, pl, plen, ts);
@@ -1267,7 +1259,7 @@ static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, i
         if (r->ex || r->buf.len || r->state != H_HEAD) return BAIL_LOGGED;
         c->closed[d] = 1;
         if (c->closed[od]) {
-            if (c->norder || c->rd[od].buf.len) return BAIL_LOGGED;
+            if (c->ex || c->rd[od].buf.len) return BAIL_LOGGED;
             return native_end(fp, c) < 0 ? ERR : OK;
         }
     }
