@@ -1132,23 +1132,14 @@ static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t 
             }
             continue;
         }
-        if (st == H_CHUNK_CRLF) {
-            if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
-                p += 2;
+        /* H_CHUNK_CRLF or H_TRAILERS: a CRLF after chunk data, or the empty trailer section
+         * that ends the message (trailers themselves go to Python) */
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            p += 2;
+            if (st == H_CHUNK_CRLF) {
                 r->state = H_CHUNK_SIZE;
                 continue;
             }
-            if (end - p == 1 && p[0] == '\r') {
-                if (buf_add(&r->buf, p, 1) < 0) { rc = ERR; goto out; }
-                p = end;
-                break;
-            }
-            rc = BAIL;
-            goto out;
-        }
-        /* H_TRAILERS: only the empty trailer section */
-        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
-            p += 2;
             int emitted = 0;
             if (finish_message(fp, c, d, ts, &emitted) < 0) { rc = ERR; goto out; }
             if (emitted) goto checkpoint_here;

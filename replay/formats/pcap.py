@@ -168,13 +168,7 @@ class CaptureReader:
             else:
                 yield from self._pcapng()
         except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-            where = ""
-            if gz is not None:
-                done = gz.delivered + (24 if self.kind == "pcap" else 0)
-                where = f" after byte {done} of the decompressed capture"
-            self.error = (
-                f"{self.path}: read failed{where} ({e}); packets before it were processed"
-            )
+            self.error = self._read_failed(e, gz)
 
     def walk_pcap(self, step: Callable[[bytes, int, bool, float, int, int], tuple[int, int, int]]
                   ) -> Iterator[int]:
@@ -195,35 +189,43 @@ class CaptureReader:
             read = gz.read
         else:
             read = self._fp.read
+        try:
+            yield from self._walk_chunks(step, read)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            self.error = self._read_failed(e, gz)
+
+    def _walk_chunks(self, step: Callable[..., tuple[int, int, int]],
+                     read: Callable[[int], bytes]) -> Iterator[int]:
+        """Classic pcap records read ``CHUNK`` at a time, each buffer handed to ``step`` (see
+        ``walk_pcap``; the Python iteration has its own step); yields frames per buffer."""
         order, scale = _PCAP_MAGIC[self._head[:4]]
         little = order == "<"
         lt = self.linktype
         buf = b""
         pos = 0
-        offset = 24
-        try:
-            while True:
-                chunk = read(CHUNK)
-                if chunk:
-                    buf = buf[pos:] + chunk if pos < len(buf) else chunk
-                    offset += pos
-                    pos = 0
-                pos, frames, corrupt = step(buf, pos, little, scale, lt, MAX_RECORD)
-                yield frames
-                if corrupt:
-                    self.error = self._corrupt(offset + pos, corrupt)
-                    return
-                if not chunk:
-                    if pos < len(buf):
-                        self.error = self._truncated(offset + pos, len(buf) - pos)
-                    return
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-            where = ""
-            if gz is not None:
-                where = f" after byte {gz.delivered + 24} of the decompressed capture"
-            self.error = (
-                f"{self.path}: read failed{where} ({e}); packets before it were processed"
-            )
+        offset = 24  # file offset of buf[0]
+        while True:
+            chunk = read(CHUNK)
+            if chunk:
+                buf = buf[pos:] + chunk if pos < len(buf) else chunk
+                offset += pos
+                pos = 0
+            pos, frames, corrupt = step(buf, pos, little, scale, lt, MAX_RECORD)
+            yield frames
+            if corrupt:
+                self.error = self._corrupt(offset + pos, corrupt)
+                return
+            if not chunk:
+                if pos < len(buf):
+                    self.error = self._truncated(offset + pos, len(buf) - pos)
+                return
+
+    def _read_failed(self, e: BaseException, gz: _GzipChunks | None) -> str:
+        where = ""
+        if gz is not None:
+            done = gz.delivered + (24 if self.kind == "pcap" else 0)
+            where = f" after byte {done} of the decompressed capture"
+        return f"{self.path}: read failed{where} ({e}); packets before it were processed"
 
     def _map(self) -> mmap.mmap | None:
         """The whole (plain) file mapped read-only, or None where that is not possible (an
@@ -279,36 +281,29 @@ class CaptureReader:
 
     # -- pcap ---------------------------------------------------------------------------------
     def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
-        order, scale = _PCAP_MAGIC[self._head[:4]]
-        rec = struct.Struct(order + "IIII")
-        unpack = rec.unpack_from
-        lt = self.linktype
-        assert lt is not None
-        read = self._read
-        buf = b""
-        pos = 0
-        offset = 24  # file offset of buf[0]
-        while True:
-            chunk = read(CHUNK)
-            if chunk:
-                buf = buf[pos:] + chunk if pos < len(buf) else chunk
-                offset += pos
-                pos = 0
+        order, _ = _PCAP_MAGIC[self._head[:4]]
+        unpack = struct.Struct(order + "IIII").unpack_from
+        out: list[tuple[float, int, bytes]] = []
+
+        def step(buf: bytes, pos: int, _little: bool, scale: float, lt: int,
+                 max_record: int) -> tuple[int, int, int]:
             end = len(buf)
+            n = 0
             while pos + 16 <= end:
                 sec, frac, caplen, _wire = unpack(buf, pos)
-                if caplen > MAX_RECORD:
-                    self.error = self._corrupt(offset + pos, caplen)
-                    return
+                if caplen > max_record:
+                    return pos, n, caplen
                 nxt = pos + 16 + caplen
                 if nxt > end:
                     break
-                yield sec + frac * scale, lt, buf[pos + 16 : nxt]
+                out.append((sec + frac * scale, lt, buf[pos + 16 : nxt]))
                 pos = nxt
-            if not chunk:
-                if pos < end:
-                    self.error = self._truncated(offset + pos, end - pos)
-                return
+                n += 1
+            return pos, n, 0
+
+        for _ in self._walk_chunks(step, self._read):
+            yield from out
+            out.clear()
 
     # -- pcapng -------------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
