@@ -17,6 +17,8 @@ Two layers:
   difference seen in the run, with a minimum number of compared requests per endpoint. Without a
   secondary there is nothing to test against, so every difference not covered by the rules is
   reported. Differences the secondary shares are noise, and can be written to a rules file.
+  Its state is plain data that merges (``state()``, ``merge()``): workers judging shares of the
+  traffic add up to the verdict one process would give.
 
 Speed: JSON bodies are not parsed whole. msgspec splits an object body one level deep (an array
 body into its elements), each member or element kept as its raw JSON text; members whose bytes
@@ -1029,6 +1031,11 @@ def holm(pvalues: list[float]) -> list[float]:
 
 @dataclass(slots=True)
 class _Key:
+    """One (endpoint, field, kind): on how many compared requests the candidate and the
+    secondary differ from primary, together and alone (``ruled`` counts the requests where
+    either does, for a key a rule covers, instead). ``ix`` is its ordinal in ``ThreeWay.keys``
+    (insertion order, never reused): what ``ThreeWay.patterns`` names it by."""
+
     endpoint: str
     field: str
     kind: str
@@ -1038,8 +1045,16 @@ class _Key:
     sec_only: int = 0
     rule: FieldRule | None = None
     ruled: int = 0
-    requests: list[int] = field(default_factory=list)
+    ix: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def fold(self) -> None:
+        """Move the candidate's and secondary's counts into ``ruled`` (a rule covers this key
+        after all): the requests where either differs are those where the secondary does plus
+        those where only the candidate does."""
+        self.ruled += self.sec + self.cand_only
+        self.cand = self.sec = self.cand_only = self.sec_only = 0
+        self.examples.clear()
 
 
 @dataclass(slots=True)
@@ -1133,18 +1148,37 @@ class ThreeWay:
 
     ``alpha``: family-wise error rate (Holm). ``min_samples``: an endpoint with fewer compared
     requests gets no verdict (its differences are ``undecided``), however strong they look.
+    ``examples``: how many example requests to keep per difference.
+
+    Mergeable: workers each comparing a disjoint share of the exchanges ship ``state()`` (plain
+    data) to a parent, whose ``merge()`` (or ``ThreeWay.merged(states)``) adds them up; its
+    ``verdict()`` is the one a single ThreeWay fed every exchange gives (findings, counts,
+    p-values, endpoint rows, ``regression_requests``), in any merge order; only which example
+    requests are shown can differ. ``shard`` is a label for callers that number their workers
+    (``self.shard``); no result depends on it, nor does merging need one.
+
+    ``regression_requests`` (how many distinct requests any regression hit) is counted exactly
+    without keeping request ids: ``patterns`` maps each *set* of keys the candidate differed
+    on in one request (key ordinals, sorted) to its number of requests, so the requests a set
+    of regressions hit are those of the patterns that meet it. Memory grows with the number of
+    distinct patterns, not with traffic: a regression or a noisy field repeats one pattern; the
+    worst case, many fields the candidate changes independently at random on one endpoint, is
+    one pattern per request (about what a list of request ids per key would hold).
     """
 
     def __init__(self, rules: Rules | None = None, *, alpha: float = 0.05,
-                 min_samples: int = 10, examples: int = 3, three_way: bool = True) -> None:
+                 min_samples: int = 10, examples: int = 3, three_way: bool = True,
+                 shard: int | str = 0) -> None:
         self.rules = rules or Rules()
         self.comparator = Comparator(self.rules)
         self.alpha = alpha
         self.min_samples = max(1, min_samples)
         self.max_examples = examples
         self.three_way = three_way
+        self.shard = shard
         self.keys: dict[tuple[str, str, str], _Key] = {}
         self.endpoints: dict[str, _Endpoint] = {}
+        self.patterns: dict[tuple[int, ...], int] = {}
         self.compared = 0
 
     def _ep(self, name: str) -> _Endpoint:
@@ -1163,7 +1197,6 @@ class ThreeWay:
         if self.three_way and not isinstance(secondary, Response):
             e.not_compared += 1
             return
-        idx = self.compared
         self.compared += 1
         e.compared += 1
         P = prepare(primary)
@@ -1186,11 +1219,12 @@ class ThreeWay:
                 sd.setdefault((d[0], d[1]), d)
         rules = self.rules
         keys = self.keys
+        hit: list[int] = []
         for fk in cd.keys() | sd.keys():
             key = (ep, fk[0], fk[1])
             k = keys.get(key)
             if k is None:
-                k = keys[key] = _Key(ep, fk[0], fk[1])
+                k = keys[key] = _Key(ep, fk[0], fk[1], ix=len(keys))
                 k.rule = rules.match(ep, fk[0], fk[1])
             if k.rule is not None:
                 k.ruled += 1
@@ -1199,7 +1233,7 @@ class ThreeWay:
             in_s = fk in sd
             if in_c:
                 k.cand += 1
-                k.requests.append(idx)
+                hit.append(k.ix)
                 if not in_s:
                     k.cand_only += 1
                 if len(k.examples) < self.max_examples:
@@ -1218,6 +1252,100 @@ class ThreeWay:
                 k.sec += 1
                 if not in_c:
                     k.sec_only += 1
+        if hit:
+            hit.sort()
+            sig = tuple(hit)
+            self.patterns[sig] = self.patterns.get(sig, 0) + 1
+
+    def state(self) -> dict[str, Any]:
+        """Everything ``verdict()`` needs, as plain data (str, int, bool, None, lists, dicts
+        with str keys: JSON, orjson and pickle carry it unchanged) for ``merge()`` elsewhere::
+
+            {"version": 1, "three_way": bool, "compared": int,
+             "endpoints": {name: {"compared", "candidate_errors", "not_compared"}},
+             "keys": [{"endpoint", "field", "kind", "cand", "sec", "cand_only", "sec_only",
+                       "ruled", "rule": bool, "examples": [...]}, ...],
+             "patterns": [[[key position, ...], requests], ...]}
+
+        ``rule`` says a rule covered the key here (its counts are then in ``ruled``); the
+        receiver matches its own rules. A pattern's positions index ``keys``. The examples are
+        shared with this instance, not copied (nothing changes them once made)."""
+        return {
+            "version": 1,
+            "three_way": self.three_way,
+            "compared": self.compared,
+            "endpoints": {e.name: {"compared": e.compared,
+                                   "candidate_errors": e.candidate_errors,
+                                   "not_compared": e.not_compared}
+                          for e in self.endpoints.values()},
+            # ``ix`` is the insertion ordinal, so position in this list == ix
+            "keys": [{"endpoint": k.endpoint, "field": k.field, "kind": k.kind,
+                      "cand": k.cand, "sec": k.sec, "cand_only": k.cand_only,
+                      "sec_only": k.sec_only, "ruled": k.ruled, "rule": k.rule is not None,
+                      "examples": list(k.examples)}
+                     for k in self.keys.values()],
+            "patterns": [[list(sig), n] for sig, n in self.patterns.items()],
+        }
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another ThreeWay's ``state()`` (of disjoint exchanges) into this one: counts add,
+        examples fill up to this instance's ``examples``. Rules are this instance's: a key they
+        cover has the other side's counts folded into ``ruled``; a key only the other side's
+        rules covered stays covered (its split into candidate and secondary is gone), with a
+        stand-in rule saying so. An empty state (or ``{}``) changes nothing."""
+        if not state:
+            return
+        if state.get("version", 1) != 1:
+            raise ValueError(f"ThreeWay state version {state.get('version')!r}: this build "
+                             "reads version 1")
+        tw = state.get("three_way", self.three_way)
+        if bool(tw) != self.three_way:
+            raise ValueError(f"cannot merge a {'three' if tw else 'two'}-way state into a "
+                             f"{'three' if self.three_way else 'two'}-way comparison")
+        self.compared += state.get("compared", 0)
+        for name, es in state.get("endpoints", {}).items():
+            e = self._ep(name)
+            e.compared += es["compared"]
+            e.candidate_errors += es["candidate_errors"]
+            e.not_compared += es["not_compared"]
+        keys = self.keys
+        local: list[int] = []
+        for ks in state.get("keys", ()):
+            key = (ks["endpoint"], ks["field"], ks["kind"])
+            k = keys.get(key)
+            if k is None:
+                k = keys[key] = _Key(key[0], key[1], key[2], ix=len(keys))
+                k.rule = self.rules.match(key[0], key[1], key[2])
+            local.append(k.ix)
+            if k.rule is None and ks["rule"]:
+                k.rule = FieldRule(key[0], key[1], (key[2],),
+                                   "covered by the rules of a merged comparison")
+                k.fold()
+            if k.rule is not None:
+                k.ruled += ks["ruled"] + ks["sec"] + ks["cand_only"]
+                continue
+            k.cand += ks["cand"]
+            k.sec += ks["sec"]
+            k.cand_only += ks["cand_only"]
+            k.sec_only += ks["sec_only"]
+            room = self.max_examples - len(k.examples)
+            if room > 0:
+                k.examples.extend(ks["examples"][:room])
+        patterns = self.patterns
+        for positions, n in state.get("patterns", ()):
+            sig = tuple(sorted([local[i] for i in positions]))
+            patterns[sig] = patterns.get(sig, 0) + n
+
+    @classmethod
+    def merged(cls, states: Iterable[dict[str, Any] | None], rules: Rules | None = None,
+               **kw: Any) -> ThreeWay:
+        """A ThreeWay (``rules`` and ``kw`` as for the constructor) holding every one of
+        ``states`` (``None`` entries skipped), ready for ``verdict()``."""
+        tw = cls(rules, **kw)
+        for st in states:
+            if st:
+                tw.merge(st)
+        return tw
 
     def verdict(self) -> Verdict:
         """Judge every difference seen (see the module docstring for the test)."""
@@ -1271,9 +1399,9 @@ class ThreeWay:
                     undecided.append(self._finding(
                         k, n, "undecided", p, pa, "three-way",
                         f"candidate differs in {k.cand}/{n}, not significant (p={pa:.3g})"))
-        reg_requests: set[int] = set()
-        for f in regressions:
-            reg_requests.update(self.keys[(f.endpoint, f.field, f.kind)].requests)
+        reg = {self.keys[(f.endpoint, f.field, f.kind)].ix for f in regressions}
+        reg_requests = sum(n for sig, n in self.patterns.items()
+                           if not reg.isdisjoint(sig)) if reg else 0
         eps = []
         for e in sorted(self.endpoints.values(), key=lambda x: x.name):
             eps.append({
@@ -1288,7 +1416,7 @@ class ThreeWay:
         order = {"regression": 0}
         for lst in (regressions, noise, undecided):
             lst.sort(key=lambda f: (order.get(f.verdict, 1), f.endpoint, f.field, f.kind))
-        return Verdict(regressions, noise, undecided, eps, self.compared, len(reg_requests),
+        return Verdict(regressions, noise, undecided, eps, self.compared, reg_requests,
                        self.three_way, self.test_description())
 
     def _finding(self, k: _Key, n: int, verdict: str, p: float | None = None,
