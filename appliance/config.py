@@ -20,6 +20,8 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       file: capture.pcap
     extract: {port: 80, idle_timeout: 120s, max_connections: 100000, max_buffer: 4MiB}
     pipeline:
+      workers: auto              # processes for sanitise, sinks, shadowing (cores - 1; 0: none)
+      handoff_budget: 64MiB      # per worker, waiting in the capture before it sheds
       sample: {percent: 100}
       filters: [{host: ["*.example.com"], method: [GET], path: "^/api/", port: [80],
                  exclude: false}]
@@ -30,7 +32,7 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
         - {type: pcap, path: /var/lib/shadowtap/capture.pcap, raw_unsanitised: true}
         - {type: handoff, size: 10000}
     metrics: {listen: "127.0.0.1:9617"}
-    shadowing:                   # live replay to shadows + continuous comparison (one worker)
+    shadowing:                   # live replay to shadows + three-way comparison (in workers)
       candidate: http://10.77.12.2:8080     # required: the build under test
       secondary: http://10.77.11.2:8080     # production's build: what differs there is noise
       concurrency: 32
@@ -97,6 +99,19 @@ class PipelineConfig:
     filters: list[FilterConfig] = field(default_factory=list)
     sanitise: SanitiseConfig = field(default_factory=SanitiseConfig)
     sinks: list[SinkConfig] = field(default_factory=list)
+    workers: int | None = None
+    """Worker processes for sanitise, sinks and shadowing (``None``: auto = cores - 1, at
+    least 1; 0: everything in the capture process, as a log-only pipeline always runs)."""
+    handoff_budget: int = 64 << 20
+    """Bytes of exchanges that may wait in the capture process per worker before new
+    connections are shed."""
+
+    def resolved_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        import os
+
+        return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass
@@ -239,8 +254,8 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
         raise ConfigError("source.workers: a capture file is read by one worker; set workers: 1")
     if shadowing is not None:
         if workers > 1:
-            raise ConfigError("shadowing: live comparison runs in one process (its statistics "
-                              "need every exchange); set source.workers: 1")
+            raise ConfigError("shadowing: the live engine takes one capture process; scale the "
+                              "comparison with pipeline.workers instead; set source.workers: 1")
         if not any(sk.type == "handoff" for sk in pipe.sinks):
             pipe.sinks.append(SinkConfig(type="handoff"))  # what shadowing consumes
     return ApplianceConfig(source=src, workers=workers, extract=ext, pipeline=pipe,
@@ -407,6 +422,17 @@ def _pipeline(r: _Reader, src: SourceSpec) -> PipelineConfig:
     if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 100:
         raise ConfigError(f"pipeline.sample.percent: {pct!r} must be a number in (0, 100]")
     p.sample_percent = float(pct)
+    w = r.get("workers", "auto")
+    if w == "auto" or w is None:
+        p.workers = None
+    elif isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 256:
+        raise ConfigError(f"pipeline.workers: {w!r}; use auto, 0 (no worker processes) or a "
+                          "count up to 256")
+    else:
+        p.workers = w
+    p.handoff_budget = r.size("handoff_budget", 64 << 20)
+    if p.handoff_budget < 1 << 20:
+        raise ConfigError("pipeline.handoff_budget: at least 1MiB (e.g. 64MiB)")
     flist = r.get("filters", [])
     if not isinstance(flist, list):
         raise ConfigError("pipeline.filters: expected a list of filters, e.g. "

@@ -27,8 +27,10 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from appliance import config as cfgmod
@@ -41,17 +43,39 @@ from replay.model import Exchange
 log = logging.getLogger("shadowtap.appliance")
 
 
+@dataclass
+class HandoffLink:
+    """How a capture process hands exchanges to the live engine's worker processes: the write
+    ends of their pipes (one per worker) and a control socket on which the engine sends the
+    new pipe of a restarted worker (SCM_RIGHTS)."""
+
+    fds: list[int]
+    control: socket.socket | None = None
+    budget: int = 64 << 20
+
+
 class Worker:
-    """One capture source through one Extractor into one pipeline."""
+    """One capture source through one Extractor into one pipeline.
+
+    With a ``HandoffLink`` it is the live engine's capture process: its own pipeline keeps only
+    what needs the frames (connection sampling, raw pcap sinks) and hands every exchange to the
+    worker processes (``appliance.live.handoff``); sanitise, filters, logs and shadowing run
+    there.
+    """
 
     def __init__(self, cfg: ApplianceConfig, index: int = 0, *, source: Source | None = None,
-                 handoff: Handoff | None = None) -> None:
+                 handoff: Handoff | None = None, link: HandoffLink | None = None) -> None:
         self.cfg = cfg
         self.index = index
         self.stats = Stats()
+        self.link = link
+        self.dispatcher: Any = None
+        if link is not None:
+            from appliance.live.handoff import Dispatcher
+
+            self.dispatcher = Dispatcher(link.fds, budget=link.budget, drop=self.stats.drop)
         self.source = source if source is not None else cfg.source.open(cfg.workers)
-        self.pipeline: Pipeline = build(cfg.pipeline, self.stats, linktype=self.source.linktype,
-                                        index=index, workers=cfg.workers, handoff=handoff)
+        self.pipeline: Pipeline = self._build(cfg.pipeline, handoff)
         boot = format(int(time.time() * 1000) % (36 ** 6), "x")
         ex = cfg.extract
         # The emit callback is a bound method of the worker, so a reload only swaps
@@ -68,6 +92,21 @@ class Worker:
         self.done = False
         self.extract_errors = 0
         self._warned_at: tuple[int, int, float] = (0, 0, -1e9)
+
+    def _build(self, pcfg: Any, handoff: Handoff | None = None) -> Pipeline:
+        if self.dispatcher is None:
+            return build(pcfg, self.stats, linktype=self.source.linktype, index=self.index,
+                         workers=self.cfg.workers, handoff=handoff)
+        from appliance.config import PipelineConfig, SanitiseConfig
+        from appliance.live.handoff import DispatchSink
+
+        mine = PipelineConfig(sample_percent=pcfg.sample_percent,
+                              sanitise=SanitiseConfig(enabled=False),
+                              sinks=[sc for sc in pcfg.sinks if sc.type == "pcap"])
+        p = build(mine, self.stats, linktype=self.source.linktype, index=self.index,
+                  workers=self.cfg.workers)
+        p.sinks.append(DispatchSink(self.dispatcher))
+        return p
 
     @property
     def handoff(self) -> Handoff | None:
@@ -112,6 +151,8 @@ class Worker:
                         if self.pipeline.frame_sinks:
                             pipeline_frames(frames)
                         self._feed(frames)
+                if self.dispatcher is not None:
+                    self.dispatcher.flush()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + 1.0
@@ -149,7 +190,28 @@ class Worker:
             if self.extract_errors <= 20:
                 log.warning("extractor failed on a batch of %d frames: %r", len(frames), e)
 
+    def _swap_pipes(self) -> None:
+        """A restarted worker's new pipe, sent by the engine on the control socket."""
+        ctl = self.link.control if self.link is not None else None
+        if ctl is None:
+            return
+        if ctl.getblocking():
+            ctl.setblocking(False)  # (recv_fds ignores its flags argument in 3.11)
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(ctl, 64, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not msg and not fds:
+                return
+            if fds and msg.startswith(b"swap:"):
+                self.dispatcher.swap(int(msg[5:]), fds[0])
+                log.info("capture: worker %s has a new pipe", msg[5:].decode())
+
     def _tick(self) -> None:
+        self._swap_pipes()
         self.heartbeat = time.monotonic()
         now = time.time()
         if self.live:
@@ -230,17 +292,19 @@ class Worker:
             log.warning("reload: the hand-off queue stays until a restart (live shadowing "
                         "consumes it; shadowing changes take effect at restart)")
             new.pipeline.sinks.append(cfgmod.SinkConfig(type="handoff", size=old.handoff.size))
-        old.close()
+        if self.dispatcher is not None:
+            for sk in old.sinks:  # the hand-off to the workers lives on (not closed)
+                if getattr(sk, "name", "") != "handoff:workers":
+                    with contextlib.suppress(Exception):
+                        sk.close()
+        else:
+            old.close()
         try:
-            self.pipeline = build(new.pipeline, self.stats, linktype=self.source.linktype,
-                                  index=self.index, workers=self.cfg.workers,
-                                  handoff=old.handoff)
+            self.pipeline = self._build(new.pipeline, old.handoff)
         except Exception as e:
             self.stats.reload_errors += 1
             log.error("reload: cannot build the new pipeline (%s); rebuilding the old one", e)
-            self.pipeline = build(self.cfg.pipeline, self.stats, linktype=self.source.linktype,
-                                  index=self.index, workers=self.cfg.workers,
-                                  handoff=old.handoff)
+            self.pipeline = self._build(self.cfg.pipeline, old.handoff)
             self._sync_lines()
             return
         new.source.kind = self.cfg.source.kind
@@ -294,6 +358,8 @@ class Worker:
             "reload_errors": st.reload_errors,
             "heartbeat_age": time.monotonic() - self.heartbeat,
             "done": self.done,
+            "handoff": self.dispatcher.counters() if self.dispatcher is not None else None,
+            "cpu_seconds": time.process_time(),
         }
 
 
@@ -303,11 +369,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
-def _worker_process(cfg: ApplianceConfig, index: int, out: Any) -> None:
+def _worker_process(cfg: ApplianceConfig, index: int, out: Any,
+                    link: HandoffLink | None = None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if link is not None:
+        # The capture comes first: the engine's workers run niced, and the capture above
+        # normal where it may (root).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, -5)
     try:
-        w = Worker(cfg, index)
+        w = Worker(cfg, index, link=link)
     except Exception as e:
         out.put(("error", index, str(e)))
         return
@@ -338,8 +410,11 @@ class Appliance:
     >>> app.snapshots(); app.reload(); app.stop()
     """
 
-    def __init__(self, cfg: ApplianceConfig) -> None:
+    def __init__(self, cfg: ApplianceConfig, *, link: HandoffLink | None = None) -> None:
         self.cfg = cfg
+        self.link = link
+        """The live engine's hand-off: capture then runs in a process of its own even with
+        one worker (``appliance.live.engine``)."""
         self.worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._procs: dict[int, Any] = {}
@@ -356,7 +431,7 @@ class Appliance:
 
     def start(self) -> Appliance:
         """Open the capture (errors raise here, before anything runs) and start the workers."""
-        if self.cfg.workers == 1:
+        if self.cfg.workers == 1 and self.link is None:
             self.worker = Worker(self.cfg)
             self._thread = threading.Thread(target=self._run_worker, name="capture",
                                             daemon=True)
@@ -401,7 +476,7 @@ class Appliance:
 
     def _spawn(self, i: int) -> None:
         ctx = mp.get_context("fork")
-        p = ctx.Process(target=_worker_process, args=(self.cfg, i, self._q),
+        p = ctx.Process(target=_worker_process, args=(self.cfg, i, self._q, self.link),
                         name=f"shadowtap-capture-{i}", daemon=True)
         p.start()
         self._procs[i] = p
@@ -427,6 +502,8 @@ class Appliance:
             return
         for i, p in list(self._procs.items()):
             if not p.is_alive():
+                if p.exitcode == 0 and self.cfg.source.kind == "file":
+                    continue  # a capture file read to its end
                 self.restarts += 1
                 log.warning("worker %d exited (code %s); restarting", i, p.exitcode)
                 # Healthy again only once the new worker reports. Its joining the fanout group
@@ -434,6 +511,14 @@ class Appliance:
                 # split (their exchanges come out incomplete, counted, not silently lost).
                 self._snaps.pop(i, None)
                 self._spawn(i)
+
+    @property
+    def finished(self) -> bool:
+        """A capture file has been read to its end (live sources never finish)."""
+        if self.worker is not None:
+            return self.worker.done
+        return (self.cfg.source.kind == "file" and bool(self._procs)
+                and all(p.exitcode == 0 for p in self._procs.values()))
 
     def reload(self) -> bool:
         """Validate the config file again; if good, every worker swaps its pipeline."""
@@ -502,8 +587,14 @@ class Appliance:
 
 
 def run_daemon(cfg: ApplianceConfig) -> int:
-    """``shadowtap appliance run``: start, serve metrics, handle signals, drain on SIGTERM."""
-    app = Appliance(cfg)
+    """``shadowtap appliance run``: start the live engine, serve metrics, handle signals,
+    drain on SIGTERM."""
+    from appliance.live.engine import LiveEngine
+
+    src = cfg.source
+    where = (src.interface or (f"vxlan {src.listen}:{src.port}" if src.kind == "vxlan"
+                               else src.path))
+    eng = LiveEngine(cfg, source=f"live capture ({src.interface or src.kind})")
     stop = threading.Event()
     hup = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -513,47 +604,38 @@ def run_daemon(cfg: ApplianceConfig) -> int:
     if cfg.metrics_listen:
         # Bound before capture starts: a port in use is a start-up error, not a half-started
         # appliance.
-        server = app.serve_metrics()
+        server = eng.serve_metrics()
         log.info("metrics on http://%s/metrics", cfg.metrics_listen)
     try:
-        app.start()
+        eng.start()
     except BaseException:
         if server is not None:
             server.stop()
         raise
-    src = cfg.source
-    log.info("capturing from %s%s with %d worker(s)",
-             src.interface or (f"vxlan {src.listen}:{src.port}" if src.kind == "vxlan"
-                               else src.path),
-             f" in {src.netns}" if src.netns else "", cfg.workers)
-    shadowing = None
-    if cfg.shadowing is not None:
-        from appliance.shadowing import LiveShadowing
-
-        sh = cfg.shadowing
-        shadowing = LiveShadowing(
-            sh, app.handoff, registry=server.registry if server is not None else False,
-            source=f"live capture ({src.interface or src.kind})",
-            capture_snapshot=lambda: app.snapshots()[0]).start()
+    log.info("capturing from %s%s with %d capture process(es)%s", where,
+             f" in {src.netns}" if src.netns else "", cfg.workers,
+             f" and {eng.n} pipeline worker(s)" if eng.n else "")
+    sh = cfg.shadowing
+    if sh is not None:
         log.info("shadowing: replaying to %s", ", ".join(f"{t.name} ({t.role}) {t.url}"
                                                        for t in sh.targets))
     log.info("ready")
+    app = eng.app
+    assert app is not None
     try:
         while not stop.is_set():
             stop.wait(0.2)
             if hup.is_set():
                 hup.clear()
                 app.reload()
-            app.supervise()
-            if app.worker is not None and app.worker.done:
+            eng.supervise()
+            if app.finished:
                 break
     finally:
-        app.stop()
-        if shadowing is not None:
-            # After the capture: what it drained is still replayed; then the final verdict.
-            shadowing.stop()
-            if shadowing.error:
-                log.error("shadowing failed: %s", shadowing.error)
+        eng.stop()
+        if sh is not None:
+            if eng.error:
+                log.error("shadowing failed: %s", eng.error)
             elif sh.report:
                 log.info("shadowing: final report in %s", sh.report)
         if server is not None:

@@ -102,36 +102,33 @@ class Engine:
         tmp.replace(self.workdir / "progress.json")
 
     def run(self) -> int:
-        from appliance.daemon import Appliance
-        from appliance.shadowing import LiveShadowing, write_reports
+        from appliance.live.engine import LiveEngine
+        from appliance.shadowing import write_reports
 
         cfg = self._config()
-        app = Appliance(cfg).start()
+        eng = LiveEngine(cfg, source=f"live capture ({self.interface})")
         server = None
         with contextlib.suppress(Exception):
-            server = app.serve_metrics(METRICS)
-        registry = getattr(server, "registry", None)
-        ls = LiveShadowing(cfg.shadowing, app.handoff, registry=registry,
-                           source=f"live capture ({self.interface})",
-                           capture_snapshot=lambda: app.snapshots()[0]).start()
+            server = eng.serve_metrics(METRICS)
+        eng.start()
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        self._progress(ls.status())
+        self._progress(eng.status())
         while not self.stop_event.wait(0.5):
-            self._progress(ls.status())
-        app.stop()
-        doc = ls.stop() or {}
-        self._progress(ls.status())
+            eng.supervise()
+            self._progress(eng.status())
+        doc = eng.stop() or {}
+        self._progress(eng.status())
         doc["shadowtap"] = "demo"
         write_reports(self.workdir / "report.json", doc)
         with contextlib.suppress(Exception):  # what /metrics showed at the end of the run
-            from prometheus_client import REGISTRY, generate_latest
+            from prometheus_client import generate_latest
 
-            reg = registry if registry is not None else REGISTRY
-            (self.workdir / "metrics.prom").write_bytes(generate_latest(reg))
+            if server is not None:
+                (self.workdir / "metrics.prom").write_bytes(generate_latest(server.registry))
         if server is not None:
             server.stop()
-        return 0 if ls.error is None else 1
+        return 0 if eng.error is None else 1
 
 
 def engine_main(argv: list[str]) -> int:
@@ -460,11 +457,22 @@ def _print_results(con: Any, report: dict[str, Any], workdir: Path) -> None:
             ct.add_row(name, str(r["requests"]), str(r["errors"]),
                        f"{r['latency_ms']['p50']:.1f}", f"{r['latency_ms']['p99']:.1f}")
         con.print(ct)
-    over = (report.get("capture") or {}).get("drops", {}).get("handoff_overflow", 0)
-    late = (report.get("summary") or {}).get("skipped", {}).get("not_replayed_at_stop", 0)
+    cap = report.get("capture") or {}
+    over = cap.get("drops", {}).get("handoff_overflow", 0)
+    skipped = (report.get("summary") or {}).get("skipped", {})
+    late = skipped.get("not_replayed_at_stop", 0)
+    shed_sh = skipped.get("shed_overload", 0) + skipped.get("shadow_overflow", 0)
+    ho = cap.get("handoff") or {}
+    shed_cap = ho.get("shed", 0)
+    seen = ho.get("kept", 0) + shed_cap
+    kd = int(cap.get("kernel_drops", 0))
+    con.print(f"capture: {cap.get('packets', 0)} packets, kernel drops {kd}; shed on purpose: "
+              f"{shed_cap} of {seen} exchanges "
+              f"({(shed_cap / seen if seen else 0):.1%}) before the workers, {shed_sh} before "
+              "the shadows")
     if over or late:
         con.print(f"[yellow]{over + late} captured exchanges were not replayed: the shadows fell "
-                  f"behind ({over} overflowed the hand-off queue, {late} still queued when the "
+                  f"behind ({over} overflowed the hand-off, {late} still queued when the "
                   "run ended); production was not slowed[/]")
     s = report.get("summary", {})
     con.print(f"[bold]verdict:[/] {s.get('regressions', 0)} field regressions, "

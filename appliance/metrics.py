@@ -118,9 +118,38 @@ class SnapshotCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(acc)))
             lat.add_metric([w], buckets, float(s.get("latency_sum", 0.0)))
         yield from (drops, filtered, written, rot, tracked, depth, cap, lat)
+        shed = CounterMetricFamily(
+            "shadowtap_shed_exchanges", "Exchanges of connections the capture sampled out on "
+            "purpose because the workers were behind (whole connections, by a hash).",
+            labels=["worker"])
+        keep = GaugeMetricFamily("shadowtap_handoff_keep_ratio",
+                                 "Share of new connections the capture hands to the workers "
+                                 "(1 = all; lower while shedding).", labels=["worker"])
+        pending = GaugeMetricFamily("shadowtap_handoff_pending_bytes",
+                                    "Bytes of exchanges waiting in the capture for the workers.",
+                                    labels=["worker"])
+        for s in snaps:
+            h = s.get("handoff")
+            if h:
+                w = str(s["worker"])
+                shed.add_metric([w], float(h["shed"]))
+                keep.add_metric([w], float(h["keep_level"]))
+                pending.add_metric([w], float(h["pending_bytes"]))
+        yield from (shed, keep, pending)
+        cpu = CounterMetricFamily("shadowtap_process_cpu_seconds",
+                                  "CPU time of each capture and worker process.",
+                                  labels=["worker"])
+        for s in snaps:
+            if "cpu_seconds" in s:
+                cpu.add_metric([str(s["worker"])], float(s["cpu_seconds"]))
+        yield cpu
         up = GaugeMetricFamily("shadowtap_workers", "Capture workers reporting.")
-        up.add_metric([], float(len(snaps)))
+        up.add_metric([], float(sum(1 for s in snaps if s.get("role") != "pipeline")))
         yield up
+        pw = GaugeMetricFamily("shadowtap_pipeline_workers",
+                               "Worker processes (sanitise, sinks, shadowing) reporting.")
+        pw.add_metric([], float(sum(1 for s in snaps if s.get("role") == "pipeline")))
+        yield pw
         if self.restarts is not None:
             r = CounterMetricFamily("shadowtap_worker_restarts",
                                     "Worker processes restarted after dying.")

@@ -394,9 +394,10 @@ class Pipeline:
     @property
     def lines_ok(self) -> bool:
         """Can exchanges arrive as finished JSONL lines (``emit_lines``)? Only when nothing
-        looks inside them: no stage, no hand-off, every sink a JSONL log."""
+        looks inside them: no stage, no hand-off queue, every sink one that takes lines (a
+        JSONL log, the live engine's hand-off to its workers)."""
         return (not self.stages and self.handoff is None and bool(self.sinks)
-                and all(type(s) is JsonlSink for s in self.sinks))
+                and all(hasattr(s, "write_lines") for s in self.sinks))
 
     def emit_lines(self, blob: bytes, n: int, ts: bytes) -> None:
         """``n`` exchanges the native extractor wrote as JSONL lines (``lines_ok`` pipelines),

@@ -1,0 +1,241 @@
+"""The local hand-off from the capture process to the worker processes.
+
+Why JSONL lines over pipes: the native extractor already writes each exchange as its JSONL line
+in C (``replay.formats.jsonl``'s bytes exactly), so the capture process pays nothing to
+serialise, and a newline-framed byte stream needs no other framing. Exchanges the Python reader
+emits are encoded by the same encoder. Each worker has its own pipe; an exchange goes to the
+worker its *connection* hashes to, so a connection's requests stay in order and in one worker.
+
+Why the capture never waits: the pipes are non-blocking. What a worker has not taken yet waits in
+a bounded buffer of the capture process. When a worker falls behind, load is shed on purpose,
+before anything is lost in the kernel: *new* connections are sampled out by a deterministic hash
+of their id (``Shedder``), so what is kept is an unbiased sample and every kept connection stays
+whole. Only when the buffer is full despite that is an exchange of a kept connection dropped
+(``handoff_overflow``). Both are counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+F_SETPIPE_SZ = 1031
+
+
+class Shedder:
+    """Keep or shed whole connections, by a deterministic hash, at an adaptive level.
+
+    ``level`` is the share of *new* connections kept, in 1/10,000. A connection's decision is
+    taken at its first exchange and remembered, so raising or lowering the level never splits
+    one. The level follows a fill ratio (0 = idle, 1 = full): down fast when it passes
+    ``high``, back up slowly below ``low``.
+    """
+
+    __slots__ = ("decided", "high", "kept", "level", "low", "max_decided", "shed")
+
+    def __init__(self, high: float = 0.25, low: float = 0.05,
+                 max_decided: int = 500_000) -> None:
+        self.level = 10_000
+        self.decided: dict[bytes, bool] = {}
+        self.high = high
+        self.low = low
+        self.max_decided = max_decided
+        self.kept = 0
+        self.shed = 0
+
+    def keep(self, conn_id: bytes, h: int) -> bool:
+        """Whether this exchange (of connection ``conn_id``, hash ``h``) is kept."""
+        d = self.decided.get(conn_id)
+        if d is None:
+            d = (h % 10_000) < self.level
+            if len(self.decided) >= self.max_decided:
+                # Forget the older half (dicts keep insertion order): connections that old have
+                # almost always ended; one still open is decided again at the current level.
+                old = self.decided
+                self.decided = dict(list(old.items())[len(old) // 2:])
+            self.decided[conn_id] = d
+        if d:
+            self.kept += 1
+        else:
+            self.shed += 1
+        return d
+
+    def adapt(self, fill: float) -> None:
+        if fill > self.high:
+            self.level = int(self.level * 0.7)
+        elif fill < self.low and self.level < 10_000:
+            self.level = min(10_000, self.level + 500)
+
+
+def conn_of_line(line: bytes) -> bytes:
+    """The connection part of a JSONL line's id (``{"v":1,"id":"<conn>.<n>"``)."""
+    end = line.find(b'"', 13)
+    return line[13:line.rfind(b".", 13, end)]
+
+
+def conn_hash(conn_id: bytes) -> int:
+    """Stable across processes and runs (unlike ``hash``): shard and shed decisions repeat."""
+    return zlib.crc32(conn_id)
+
+
+def make_pipe(size: int = 8 << 20) -> tuple[int, int]:
+    """A pipe whose write end never blocks, with a kernel buffer as large as allowed."""
+    r, w = os.pipe()
+    for s in (size, 1 << 20):
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, s)
+            break
+        except OSError:
+            continue
+    fl = fcntl.fcntl(w, fcntl.F_GETFL)
+    fcntl.fcntl(w, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    return r, w
+
+
+class Dispatcher:
+    """Capture side: exchanges (JSONL lines) into one pipe per worker, never waiting.
+
+    ``lines(blob, n, ts)`` takes the native extractor's blocks, ``exchange(ex)`` the Python
+    reader's Exchanges; ``flush()`` (after every ring poll) writes what the pipes take.
+    ``budget`` bounds the bytes waiting per worker in this process.
+    """
+
+    def __init__(self, fds: list[int], *, budget: int = 64 << 20,
+                 drop: Callable[[str, int], None] | None = None) -> None:
+        from replay.formats.jsonl import exchange_line
+
+        self.fds = list(fds)
+        self.n = len(fds)
+        self.budget = budget
+        self.pending: list[list[bytes]] = [[] for _ in fds]
+        self.pending_bytes = [0] * self.n
+        self.shedder = Shedder()
+        self.overflow = 0
+        self.broken = [False] * self.n
+        self.lost = 0
+        """Bytes buffered for a worker that died (its pipe broke): counted as lost exchanges."""
+        self.sent = [0] * self.n
+        self._drop = drop
+        self._line = exchange_line
+
+    def swap(self, i: int, fd: int) -> None:
+        """A restarted worker's new pipe for shard ``i``."""
+        with contextlib.suppress(OSError):
+            os.close(self.fds[i])
+        self.fds[i] = fd
+        self.broken[i] = False
+
+    def _put(self, line: bytes, cid: bytes) -> None:
+        h = conn_hash(cid)
+        if not self.shedder.keep(cid, h):
+            return
+        i = (h >> 16) % self.n
+        if self.pending_bytes[i] + len(line) > self.budget:
+            self.overflow += 1
+            if self._drop is not None:
+                self._drop("handoff_overflow", 1)
+            return
+        self.pending[i].append(line)
+        self.pending_bytes[i] += len(line)
+
+    def lines(self, blob: bytes, n: int, ts: bytes) -> None:
+        put = self._put
+        for line in blob.splitlines(keepends=True):
+            put(line, conn_of_line(line))
+
+    def exchange(self, ex: Any) -> None:
+        line = self._line(ex)
+        self._put(line, ex.id.rpartition(".")[0].encode())
+
+    def flush(self) -> None:
+        """Write what each pipe takes now; the rest waits for the next call."""
+        for i in range(self.n):
+            parts = self.pending[i]
+            if not parts or self.broken[i]:
+                continue
+            data = b"".join(parts) if len(parts) > 1 else parts[0]
+            try:
+                k = os.write(self.fds[i], data)
+            except BlockingIOError:
+                k = 0
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.EBADF):
+                    self.broken[i] = True
+                    self.lost += data.count(b"\n")
+                    if self._drop is not None:
+                        self._drop("worker_lost", data.count(b"\n"))
+                    self.pending[i] = []
+                    self.pending_bytes[i] = 0
+                    continue
+                raise
+            if k < len(data):
+                rest = data[k:]
+                self.pending[i] = [rest]
+                self.pending_bytes[i] = len(rest)
+            else:
+                self.pending[i] = []
+                self.pending_bytes[i] = 0
+            self.sent[i] += k
+        fill = max(self.pending_bytes) / self.budget if self.n else 0.0
+        self.shedder.adapt(fill)
+
+    def close(self) -> None:
+        """End of capture: the workers see EOF once they have read everything."""
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+        for i, fd in enumerate(self.fds):
+            if self.pending[i] and not self.broken[i]:
+                with contextlib.suppress(OSError):
+                    os.write(fd, b"".join(self.pending[i]))
+            self.pending[i] = []
+            self.pending_bytes[i] = 0
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def counters(self) -> dict[str, Any]:
+        return {"kept": self.shedder.kept, "shed": self.shedder.shed,
+                "keep_level": self.shedder.level / 10_000, "overflow": self.overflow,
+                "pending_bytes": sum(self.pending_bytes), "budget": self.budget * self.n}
+
+
+class LineSplitter:
+    """Worker side: chunks read from the pipe -> whole lines (a line may span two reads)."""
+
+    __slots__ = ("rest",)
+
+    def __init__(self) -> None:
+        self.rest = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self.rest:
+            chunk = self.rest + chunk
+        cut = chunk.rfind(b"\n") + 1
+        self.rest = chunk[cut:]
+        return chunk[:cut].splitlines() if cut else []
+
+
+class DispatchSink:
+    """The capture pipeline's last sink: every exchange to the worker processes. It takes the
+    native extractor's finished lines as they are (``write_lines``), or Exchanges."""
+
+    name = "handoff:workers"
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def process(self, ex: Any) -> Any:
+        self.dispatcher.exchange(ex)
+        return ex
+
+    def write_lines(self, blob: bytes) -> None:
+        self.dispatcher.lines(blob, 0, b"")
+
+    def close(self) -> None:
+        self.dispatcher.close()
