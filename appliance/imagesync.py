@@ -18,13 +18,15 @@ Why the machinery is shaped the way it is:
   between two snapshots (hard-linked to each other, so unchanged files cost nothing), never
   against the live build directory. The last N are kept for rollback.
 * **A batch is only ever run where it fits.** ``--read-batch`` on a drifted destination was seen
-  to hang forever after applying part of the batch, and a drifted file of the same size and
+  to hang forever after applying part of the batch (rsync 3.2.x; 3.5 refuses such a batch at
+  once with "protocol incompatibility (code 2)"), and a drifted file of the same size and
   mtime is silently left wrong. So each shadow is checked first (its release is the batch's
   parent and its tree hashes to the parent's manifest hash), the batch is applied to a *staging*
   copy, the result is hashed again, and only then does ``current`` move: a symlink replaced by
   rename, atomic. Every child runs under a hard time limit (the process group is killed). A
   shadow that fails any of this gets a full rsync of the snapshot instead, and the report says
-  why. A shadow is therefore always on a whole release, old or new, never half of one.
+  why (in rsync's own words when rsync refused; a staging tree left by a failed batch is
+  removed). A shadow is therefore always on a whole release, old or new, never half of one.
 * **Staging copies are hard links, with the files the delta touches un-shared first.** A
   ``cp -al`` copy costs no data, but rsync changes metadata (mode, mtime) in place, which would
   reach the running release through a shared inode; the paths that differ between the two
@@ -629,14 +631,21 @@ class Replicator:
                       "--no-whole-file" if snap.block_delta else "--whole-file",
                       self.expected(snap.id) if verify else "-", deep, str(self.keep_releases),
                       source, timeout=self.timeout, stdin_file=stdin)
+        if r.ok:
+            return True, f"batch {snap.batch_bytes:,} bytes", cur, new
+        # A batch that did not finish leaves a half-applied staging tree: never switched to,
+        # but it would sit among the releases and count against keep_releases. Remove it.
+        host.exec('rm -rf -- "$1/releases/$2.staging"', host.root, new, timeout=30)
         if r.timed_out:
+            # rsync 3.2.x can hang at 0 % CPU on a drifted destination (3.5 refuses at once);
+            # a stalled stream looks the same. Whatever it printed before the kill is kept.
+            lines = r.stderr.strip().splitlines()
+            said = f"; its last output: {lines[-1]}" if lines else ""
             return False, (f"batch timed out after {self.timeout:.0f} s and was killed "
-                           "(a drifted destination makes --read-batch hang)"), cur, None
+                           f"(rsync --read-batch made no progress){said}"), cur, None
         if r.returncode == 21:
             return False, "after the batch the staging tree differs from the snapshot", cur, None
-        if not r.ok:
-            return False, f"batch failed: {r.why()}", cur, None
-        return True, f"batch {snap.batch_bytes:,} bytes", cur, new
+        return False, f"batch failed: {r.why()}", cur, None
 
     def full_sync(self, host: ShadowHost, snap: Snapshot, *, reason: str = "",
                   link_current: bool = False) -> ShadowApply:

@@ -144,30 +144,94 @@ def test_same_size_same_mtime_tamper_needs_deep_verify(env: Env) -> None:
     assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
 
 
-def test_hanging_batch_is_cut_off_and_shadow_stays_on_its_release(env: Env) -> None:
+def _batch_readers(h: LabShadow) -> list[int]:
+    """``rsync --read-batch`` processes still alive in the shadow's network namespace."""
+    ns_ino = os.stat(f"/run/netns/{h.ns}").st_ino
+    out = []
+    for pid in _procs_with(b"--read-batch"):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == ns_ino:
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _releases(h: LabShadow) -> list[str]:
+    return sorted(os.listdir(Path(h.root) / "releases"))
+
+
+def test_drifted_batch_fails_fast_and_shadow_stays_on_its_release(env: Env) -> None:
+    """rsync refuses a batch for a destination that drifted, in one of two ways depending on
+    its version: 3.2.x may hang at 0 % CPU after applying part of it (cut off by the time
+    limit), 3.5 stops at once with a protocol error. Either way: failed fast, reported, the
+    shadow on its whole previous release, nothing left of the attempt."""
     img = make_image(env.tmp / "img", files=6, size=1_000_000)
     pool, (h,) = _pool(env, 1)
     push(img, "base", pool=pool)
     before = h.current_release()
-    # a file the delta patches disappears on the shadow: --read-batch then hangs (FACTS)
+    # a file the delta patches disappears on the shadow (the drift)
     with open(img / "data" / "blob003", "r+b") as fh:
         fh.seek(500_000)
         fh.write(os.urandom(10_000))
     (Path(h.root) / "current" / "data" / "blob003").unlink()
+    running = remote_hash(h, "current", deep=True)  # the release as it runs, drift included
+    releases = _releases(h)
     store = ImageStore("demo", env.home, block_delta=True)  # a patch inside the file
     snap = store.take(img, "patch")
     assert snap is not None
     rep = Replicator(store, timeout=3)
     t0 = time.monotonic()
-    res = rep.apply_one(h, snap, verify=False, allow_full=False)
-    assert time.monotonic() - t0 < 10
-    assert not res.ok and res.mode == "failed" and "timed out" in res.note, res
-    assert h.current_release() == before  # never switched to the half-applied staging tree
+    res = rep.apply_one(h, snap, verify=False, allow_full=False)  # no checks: rsync must cope
+    assert time.monotonic() - t0 < 10  # a hang is cut off at 3 s; a refusal is at once
+    assert not res.ok and res.mode == "failed", res
+    if "timed out" in res.note:  # the hang (rsync 3.2.x)
+        assert res.note.startswith("batch timed out after 3 s and was killed"), res
+    else:  # the refusal (rsync 3.5): rsync's own words, whatever they are, are in the report
+        assert res.note.startswith("batch failed: "), res
+        said = res.note.split(": ", 2)[-1]
+        assert "rsync" in said and said != "no output", res
+    assert h.current_release() == before == res.release  # never switched
+    assert remote_hash(h, "current", deep=True) == running  # not touched
+    assert _releases(h) == releases  # no half-applied staging tree left behind
     assert _served_version(h) == "v1"
-    assert not _procs_with(b"--read-batch=incoming/")  # killed, not left hanging
+    assert not _batch_readers(h)  # killed or exited, not left hanging
     # with verification the drift is seen first, and repaired by a full copy
     res = rep.apply_one(h, snap)
     assert res.ok and res.mode == "full" and "drifted" in res.note
+    assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
+
+
+def test_stalled_batch_stream_is_cut_off_by_the_timeout(env: Env) -> None:
+    """The time limit itself, on any rsync version: the shadow is in step (rsync has nothing
+    to refuse) but the batch stream stalls after its first 64 KiB, so ``--read-batch=-`` waits
+    for input that does not come until long after the limit. The batch server's throttle
+    (1 KiB/s: 64 s per chunk) makes a real stalled stream between real processes."""
+    img = make_image(env.tmp / "img", files=3)
+    pool, (h,) = _pool(env, 1)
+    push(img, "base", pool=pool)
+    before = h.current_release()
+    releases = _releases(h)
+    (img / "VERSION").write_text("v2\n")
+    (img / "data" / "big").write_bytes(os.urandom(1_000_000))
+    store = ImageStore("demo", env.home)
+    snap = store.take(img, "big")
+    assert snap is not None and snap.batch_bytes > 256 << 10  # more than the first chunk
+    rep = Replicator(store, timeout=3, bwlimit_kbps=1, transport="tcp")
+    t0 = time.monotonic()
+    res = rep.apply_one(h, snap, allow_full=False)
+    took = time.monotonic() - t0
+    assert 3 <= took < 10, (took, res)  # waited for the limit, then cut off
+    assert not res.ok and res.mode == "failed", res
+    assert res.note.startswith("batch timed out after 3 s and was killed"), res
+    assert not _batch_readers(h)  # the whole process group was killed
+    assert h.current_release() == before
+    assert _releases(h) == releases  # the half-applied staging tree is gone
+    assert _served_version(h) == "v1"
+    # an unthrottled retry goes through as a batch
+    res = Replicator(store).apply_one(h, snap)
+    assert res.ok and res.mode == "batch", res
+    assert _served_version(h) == "v2"
     assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
 
 
