@@ -78,8 +78,10 @@ def test_requests_agree_with_tshark(path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(NONSTANDARD_PORT))
 def test_http_found_by_content_on_ports_tshark_does_not_dissect(name: str) -> None:
     ours, _ = _ours(ZEEK / name)
-    assert _tshark_requests(ZEEK / name) != ours  # tshark alone misses them...
-    assert sum(ours.values()) >= 1  # ...shadowtap finds them by content
+    assert sum(ours.values()) >= 1  # shadowtap finds them by content...
+    # ...where tshark 4.0 alone (its default HTTP ports) sees none; should a newer tshark find
+    # them without being told, it must agree with us
+    assert _tshark_requests(ZEEK / name) in (collections.Counter(), ours)
 
 
 def test_http09_requests_tshark_does_not_dissect() -> None:
@@ -104,8 +106,9 @@ def test_two_token_request_line_means_missing_target() -> None:
     'no-uri') read it as a missing target, and the server answered with a status line and
     headers, which an HTTP/0.9 exchange never has. shadowtap: target '', version HTTP/1.1."""
     ours, exs = _ours(ZEEK / "no-uri.pcap")
-    assert _tshark_requests(ZEEK / "no-uri.pcap") == {("GET", "HTTP/1.1", "bro.org"): 1}
     assert ours == {("GET", "", "bro.org"): 1}
+    # tshark 4.0's reading; a tshark that changes its mind may only come round to ours
+    assert _tshark_requests(ZEEK / "no-uri.pcap") in ({("GET", "HTTP/1.1", "bro.org"): 1}, ours)
     assert exs[0].request.version == "HTTP/1.1" and exs[0].response.version == "HTTP/1.1"
     assert exs[0].response.status == 200
 
@@ -117,8 +120,10 @@ def test_methods_fuzz_agrees_except_two_token_line() -> None:
     path = ZEEK / "methods.pcap"
     ours, _ = _ours(path)
     theirs = _tshark_requests(path)
-    assert theirs - ours == {("OPTIONS", "HTTP/1.1", "www.google.com"): 1}
-    assert ours - theirs == {("OPTIONS", "", "www.google.com"): 1}
+    assert ("OPTIONS", "", "www.google.com") in ours  # the two-token line: missing target
+    if theirs != ours:  # tshark 4.0; a tshark reading the line as we do agrees on every row
+        assert theirs - ours == {("OPTIONS", "HTTP/1.1", "www.google.com"): 1}
+        assert ours - theirs == {("OPTIONS", "", "www.google.com"): 1}
 
 
 @pytest.mark.skipif(not HAVE_TSHARK, reason="tshark not installed")
@@ -126,8 +131,9 @@ def test_query_method_tshark_does_not_know() -> None:
     """QUERY (IETF httpbis 'safe method with body') on port 4711: tshark does not dissect it
     even when told the port is HTTP; the bytes are a well-formed request with a 200 answer."""
     path = ZEEK / "query-method-non-standard-port.pcap"
-    assert sum(_tshark_requests(path, 4711).values()) == 0
-    _, exs = _ours(path)
+    ours, exs = _ours(path)
+    # tshark 4.0 sees nothing; a tshark that learns QUERY must see what we see
+    assert _tshark_requests(path, 4711) in (collections.Counter(), ours)
     assert len(exs) == 1
     x = exs[0]
     assert (x.request.method, x.request.target, x.request.host) == ("QUERY", "/users",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import http.server
+import re
 import shutil
 import signal
 import socket
@@ -108,7 +109,12 @@ def test_loopback_capture_matches_client_view(tmp_path: Path) -> None:
         dump.send_signal(signal.SIGINT)
         _, err = dump.communicate(timeout=10)
         srv.shutdown()
-    assert b"\n0 packets dropped by kernel" in err, err
+    # stopped cleanly by the SIGINT (the capture file is complete); the extraction below is
+    # what proves nothing was lost. tcpdump's statistics lines are its own wording: only when
+    # it reports a kernel drop count must that count be 0.
+    assert dump.returncode == 0, err
+    drops = re.search(rb"(\d+) packets? dropped by kernel", err)
+    assert drops is None or int(drops.group(1)) == 0, err
     s = Summary()
     exs = list(extract_file(cap, summary=s))
     assert s.exchanges == len(sent) == 200

@@ -43,4 +43,6 @@ def test_chunked_terminator_alone_in_its_segment(tmp_path: Path) -> None:
         pytest.skip("tshark not installed: the comparison half of this test needs it")
     out = subprocess.run(["tshark", "-r", str(cap), "-Y", "http.request", "-T", "fields", "-e",
                           "http.request.method"], capture_output=True, text=True).stdout
-    assert out.split() == ["GET"], out  # tshark misses the POST the bytes carry
+    # tshark 4.0 misses the POST the bytes carry; a fixed tshark agrees with us. Anything else
+    # (tshark seeing other requests) means our frames are not what this test says they are.
+    assert out.split() in (["GET"], ["POST", "GET"]), out

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -404,7 +405,11 @@ def test_ssh_backend_against_a_real_sshd_in_a_namespace(env: Env) -> None:
     assert [(a.mode, a.ok) for a in res] == [("batch", True)], res
     assert remote_hash(h, "current", deep=True) == tree_hash(img, deep=True)
     assert h.http_get(8080, "/VERSION") == (200, b"v2\n")
-    assert "Accepted publickey" in (d / "sshd.log").read_text()  # it really went through sshd
+    # it really went through sshd: sshd logged sessions from the gateway side's address (the
+    # address, not sshd's wording for a login, which is its own)
+    src = str(vm.rec["appliance_addr"])
+    assert re.search(rf"(?<![\d.]){re.escape(src)}(?![\d.])", (d / "sshd.log").read_text()), \
+        (d / "sshd.log").read_text()
 
 
 @pytest.mark.root

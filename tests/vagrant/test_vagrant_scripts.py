@@ -11,7 +11,7 @@ seconds, without booting anything (the end-to-end test boots real VMs).
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,16 +90,23 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 def test_every_script_runs_twice(standin: dict[str, Any]) -> None:
     assert standin["runs"] == {n: [0, 0] for n in standin["ns"]}
     gw = standin["ns"]["gateway"]
-    rules = subprocess.run(["ip", "-n", gw, "rule"], capture_output=True, text=True).stdout
-    assert rules.count("lookup 100") == 1 and rules.count("lookup 101") == 1
+    # iproute2's JSON output (-j), not its human-readable text, which changes between versions
+    rules = json.loads(subprocess.run(["ip", "-j", "-n", gw, "rule"], capture_output=True,
+                                      text=True, check=True).stdout)
+    tables = [str(r.get("table")) for r in rules]
+    assert tables.count("100") == 1 and tables.count("101") == 1, rules
     for dev in ("prod0", "canary0"):
-        actions: set[str] = set()
+        actions: set[int] = set()
         for hook in ("ingress", "egress"):
-            out = subprocess.run(["tc", "-n", gw, "filter", "show", "dev", dev, hook],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(["tc", "-j", "-n", gw, "filter", "show", "dev", dev, hook],
+                                 capture_output=True, text=True, check=True).stdout
             # this kernel lists a clsact's filters under both hooks: count distinct actions
-            actions |= set(re.findall(r"mirred \(Egress Mirror to device tap0\) continue\s+"
-                                      r"index (\d+)", out))
+            for f in json.loads(out or "[]"):
+                for a in f.get("options", {}).get("actions", []):
+                    if (a.get("kind"), a.get("mirred_action"), a.get("direction"),
+                            a.get("to_dev"), a.get("control_action", {}).get("type")) == (
+                            "mirred", "mirror", "egress", "tap0", "continue"):
+                        actions.add(int(a["index"]))
         assert len(actions) == 2, actions  # one per hook, not two after the second run
 
 

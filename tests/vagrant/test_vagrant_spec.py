@@ -190,8 +190,7 @@ def test_vagrant_validate(tmp_path: Path, spec: lab.LabSpec, nodes: list[str] | 
     path = tmp_path / "lab.json"
     vagrant.write(spec, path, nodes)
     p = _validate(tmp_path, path)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "validated successfully" in p.stdout
+    assert p.returncode == 0, p.stdout + p.stderr  # vagrant's verdict (its wording may change)
 
 
 @needs_vagrant
