@@ -34,7 +34,7 @@ import socket
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -590,10 +590,11 @@ class Replayer:
         return out
 
     # replaying
-    async def send(self, ex: Exchange, prepared: Prepared | None = None, loop_no: int = 0
-                   ) -> Results:
+    async def send(self, ex: Exchange, prepared: Prepared | None = None, loop_no: int = 0,
+                   skip: Container[int] = ()) -> Results:
         """Replay ``ex`` to every target now (no queue, no concurrency cap) and return the
-        per-target results. The building block of everything else."""
+        per-target results. The building block of everything else. ``skip``: indexes of
+        targets not to send to this time (they are absent from the results)."""
         if self._loop is None:
             await self.start()
         if prepared is None:
@@ -601,7 +602,7 @@ class Replayer:
         is_head = prepared[0][0].method == "HEAD"
         pools = self._pools
         started = time.perf_counter()
-        if len(pools) == 1:
+        if len(pools) == 1 and not skip:
             # The common case, kept short: one target, an idle connection, an answer.
             pool = pools[0]
             req, data = prepared[0]
@@ -610,14 +611,16 @@ class Replayer:
             except _Fail as f:
                 got = await self._after_fail(pool, data, is_head, f)
             return self._single(ex, pool, req, got, loop_no, started)
-        pending: list[Awaitable[Any]] = []
-        for pool, (_, data) in zip(pools, prepared, strict=True):
+        pending: list[tuple[int, Awaitable[Any]]] = []
+        for i, (pool, (_, data)) in enumerate(zip(pools, prepared, strict=True)):
+            if i in skip:
+                continue
             a = pool.start(data, is_head)
             # A coroutine (connect first) must run as a task, or it would only start when
             # awaited, after the earlier targets have answered.
-            pending.append(asyncio.ensure_future(a) if isinstance(a, Coroutine) else a)
+            pending.append((i, asyncio.ensure_future(a) if isinstance(a, Coroutine) else a))
         results = {}
-        for i, a in enumerate(pending):
+        for i, a in pending:
             pool = pools[i]
             url = pool.target.url
             try:

@@ -35,6 +35,7 @@ from typing import Any
 from appliance.config import ApplianceConfig
 from appliance.daemon import Appliance, HandoffLink
 from appliance.live.handoff import make_pipe
+from appliance.shadowing import fill_examples
 
 log = logging.getLogger("shadowtap.engine")
 
@@ -143,7 +144,7 @@ class LiveEngine:
                 elif kind == "status":
                     self._status[i] = data
                 elif kind == "state":
-                    self._states[i] = data
+                    self._states[i] = fill_examples(data, self._states.get(i))
                     self._status[i] = data
                 elif kind == "done":
                     self._done.add(i)
@@ -169,6 +170,7 @@ class LiveEngine:
             return None
         with self._lock:
             states = [*self._retired, *self._states.values()]
+        t0 = time.process_time()
         try:
             cap = None
             if self.app is not None:
@@ -179,6 +181,8 @@ class LiveEngine:
             self.regressions = len(doc.get("regressions", []))
             if sh.report:
                 write_reports(Path(sh.report), doc)
+            log.debug("verdict over %d workers' states: %.3f CPU-s", len(states),
+                      time.process_time() - t0)
             return doc
         except Exception:  # a live view must never stop the engine
             log.exception("verdict failed%s", " (final)" if final else "")

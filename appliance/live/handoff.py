@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -36,9 +37,9 @@ class Shedder:
     ``high``, back up slowly below ``low``.
     """
 
-    __slots__ = ("decided", "high", "kept", "level", "low", "max_decided", "shed")
+    __slots__ = ("_at", "decided", "high", "kept", "level", "low", "max_decided", "shed")
 
-    def __init__(self, high: float = 0.25, low: float = 0.05,
+    def __init__(self, high: float = 1.0, low: float = 0.1,
                  max_decided: int = 500_000) -> None:
         self.level = 10_000
         self.decided: dict[bytes, bool] = {}
@@ -47,6 +48,7 @@ class Shedder:
         self.max_decided = max_decided
         self.kept = 0
         self.shed = 0
+        self._at = 0.0
 
     def keep(self, conn_id: bytes, h: int) -> bool:
         """Whether this exchange (of connection ``conn_id``, hash ``h``) is kept."""
@@ -66,6 +68,11 @@ class Shedder:
         return d
 
     def adapt(self, fill: float) -> None:
+        """At most ten steps a second, however often it is called."""
+        now = time.monotonic()
+        if now - self._at < 0.1:
+            return
+        self._at = now
         if fill > self.high:
             self.level = int(self.level * 0.7)
         elif fill < self.low and self.level < 10_000:
@@ -83,7 +90,7 @@ def conn_hash(conn_id: bytes) -> int:
     return zlib.crc32(conn_id)
 
 
-def make_pipe(size: int = 8 << 20) -> tuple[int, int]:
+def make_pipe(size: int = 1 << 20) -> tuple[int, int]:
     """A pipe whose write end never blocks, with a kernel buffer as large as allowed."""
     r, w = os.pipe()
     for s in (size, 1 << 20):
@@ -105,13 +112,16 @@ class Dispatcher:
     ``budget`` bounds the bytes waiting per worker in this process.
     """
 
-    def __init__(self, fds: list[int], *, budget: int = 64 << 20,
+    def __init__(self, fds: list[int], *, budget: int = 64 << 20, shed_above: int = 4 << 20,
                  drop: Callable[[str, int], None] | None = None) -> None:
         from replay.formats.jsonl import exchange_line
 
         self.fds = list(fds)
         self.n = len(fds)
         self.budget = budget
+        self.shed_above = min(shed_above, budget // 4)
+        """Waiting bytes (per worker) above which new connections start to be shed: a backlog
+        of about a second of a worker's work, so what is kept is compared while fresh."""
         self.pending: list[list[bytes]] = [[] for _ in fds]
         self.pending_bytes = [0] * self.n
         self.shedder = Shedder()
@@ -181,7 +191,7 @@ class Dispatcher:
                 self.pending[i] = []
                 self.pending_bytes[i] = 0
             self.sent[i] += k
-        fill = max(self.pending_bytes) / self.budget if self.n else 0.0
+        fill = max(self.pending_bytes) / self.shed_above if self.n else 0.0
         self.shedder.adapt(fill)
 
     def close(self) -> None:

@@ -147,14 +147,14 @@ class ProcessingWorker:
                     self._send("status", sh.status())
             if sh is not None and now >= next_state:
                 next_state = now + every
-                self._send("state", sh.state())
+                self._send("state", sh.state(delta=True))
         if sh is not None:
             await sh.drain(self.cfg.shadowing.drain_timeout)
             await sh.close()
         self.pipeline.close()
         self._send("stats", self.snapshot())
         if sh is not None:
-            self._send("state", sh.state())
+            self._send("state", sh.state(delta=True))
         self._send("done", None)
 
 
@@ -172,8 +172,9 @@ def worker_main(cfg: Any, index: int, workers: int, rfd: int, close_fds: list[in
         if fd != rfd:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    with contextlib.suppress(OSError):
-        os.nice(5)  # below the capture
+    if os.getpriority(os.PRIO_PROCESS, 0) < 0:  # forked from a process above normal
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
     try:
         w = ProcessingWorker(cfg, index, workers, rfd, out)
     except Exception as e:
