@@ -73,7 +73,8 @@ class Worker:
         if link is not None:
             from appliance.live.handoff import Dispatcher
 
-            self.dispatcher = Dispatcher(link.fds, budget=link.budget, drop=self.stats.drop)
+            self.dispatcher = Dispatcher(link.fds, budget=link.budget, drop=self.stats.drop,
+                                         lossless=cfg.source.kind == "file")
         self.source = source if source is not None else cfg.source.open(cfg.workers)
         self.pipeline: Pipeline = self._build(cfg.pipeline, handoff)
         boot = format(int(time.time() * 1000) % (36 ** 6), "x")

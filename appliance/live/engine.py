@@ -97,12 +97,10 @@ class LiveEngine:
         self._q = self._ctx.Queue()
         self._ctl, self._ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._ctl.setblocking(False)
-        reads = []
-        for _ in range(self.n):
+        for i in range(self.n):
+            # One pipe at a time, so no worker inherits another's read end.
             r, w = make_pipe()
-            reads.append(r)
             self._wfds.append(w)
-        for i, r in enumerate(reads):
             self._spawn(i, r)
         threading.Thread(target=self._collect, name="engine-collect", daemon=True).start()
         link = HandoffLink(self._wfds, self._ctl_child, cfg.pipeline.handoff_budget)
@@ -118,10 +116,7 @@ class LiveEngine:
     def _spawn(self, i: int, rfd: int) -> None:
         from appliance.live.worker import worker_main
 
-        others = [*self._wfds]
-        for s in (self._ctl, self._ctl_child):
-            if s is not None:
-                others.append(s.fileno())
+        others = [*self._wfds]  # the write ends: EOF must reach the worker at stop
         p = self._ctx.Process(target=worker_main,
                               args=(self.cfg, i, self.n, rfd, others, self._q),
                               name=f"shadowtap-worker-{i}", daemon=True)

@@ -74,7 +74,9 @@ class Shedder:
             return
         self._at = now
         if fill > self.high:
-            self.level = int(self.level * 0.7)
+            # Not below 1 %: the verdict keeps a trickle, and a backlog that is not about new
+            # connections falls on the hard budget instead (counted as overflow).
+            self.level = max(100, int(self.level * 0.7))
         elif fill < self.low and self.level < 10_000:
             self.level = min(10_000, self.level + 500)
 
@@ -113,7 +115,8 @@ class Dispatcher:
     """
 
     def __init__(self, fds: list[int], *, budget: int = 64 << 20, shed_above: int = 4 << 20,
-                 drop: Callable[[str, int], None] | None = None) -> None:
+                 drop: Callable[[str, int], None] | None = None,
+                 lossless: bool = False) -> None:
         from replay.formats.jsonl import exchange_line
 
         self.fds = list(fds)
@@ -132,16 +135,30 @@ class Dispatcher:
         self.sent = [0] * self.n
         self._drop = drop
         self._line = exchange_line
+        self.lossless = lossless
+        """A capture file, not a live port: wait for the workers instead of shedding."""
+        if lossless:
+            for fd in self.fds:
+                os.set_blocking(fd, True)
 
     def swap(self, i: int, fd: int) -> None:
         """A restarted worker's new pipe for shard ``i``."""
         with contextlib.suppress(OSError):
             os.close(self.fds[i])
+        if self.lossless:
+            os.set_blocking(fd, True)
         self.fds[i] = fd
         self.broken[i] = False
 
     def _put(self, line: bytes, cid: bytes) -> None:
         h = conn_hash(cid)
+        if self.lossless:
+            i = (h >> 16) % self.n
+            self.pending[i].append(line)
+            self.pending_bytes[i] += len(line)
+            if self.pending_bytes[i] > 1 << 20:
+                self.flush()
+            return
         if not self.shedder.keep(cid, h):
             return
         i = (h >> 16) % self.n

@@ -1,0 +1,300 @@
+"""The live engine: the hand-off from capture to worker processes (sharding, deliberate shedding
+of whole connections, overflow), and one verdict from N workers equal to one process's.
+
+The engine tests read a synthetic capture file through the real daemon code (capture process,
+forked workers, pipes) and replay to real HTTP servers on loopback: no root needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apphelpers import JsonHandler, free_port, serve_http
+
+from appliance import config
+from appliance.live.engine import LiveEngine, needs_workers
+from appliance.live.handoff import (
+    Dispatcher,
+    LineSplitter,
+    Shedder,
+    conn_hash,
+    conn_of_line,
+    make_pipe,
+)
+from replay.formats.jsonl import exchange_line
+from replay.synth import generate_pcap
+
+# ---------------------------------------------------------------------------------------------
+# The hand-off, alone
+
+
+def test_shedder_keeps_whole_connections_whatever_the_level_does() -> None:
+    sh = Shedder()
+    ids = [f"c{i}".encode() for i in range(2000)]
+    first = {c: sh.keep(c, conn_hash(c)) for c in ids}
+    assert all(first.values())  # idle: everything is kept
+    for _ in range(8):  # overloaded: the level falls (ten steps a second at most)
+        sh._at = 0.0
+        sh.adapt(5.0)
+    assert sh.level < 1000
+    # connections already decided stay as they were; new ones are mostly shed
+    assert all(sh.keep(c, conn_hash(c)) for c in ids)
+    new = [f"n{i}".encode() for i in range(2000)]
+    kept = [c for c in new if sh.keep(c, conn_hash(c))]
+    assert 0 < len(kept) < 200
+    # the decision is a hash, not luck: a second shedder at the same level agrees
+    other = Shedder()
+    other.level = sh.level
+    assert [c for c in new if other.keep(c, conn_hash(c))] == kept
+    assert sh.shed == 2000 - len(kept)
+    for _ in range(50):  # never below the floor: some connections are always compared
+        sh._at = 0.0
+        sh.adapt(5.0)
+    assert sh.level == 100
+    for _ in range(40):
+        sh._at = 0.0
+        sh.adapt(0.0)
+    assert sh.level == 10_000
+
+
+def test_shedder_memory_is_bounded() -> None:
+    sh = Shedder(max_decided=1000)
+    for i in range(10_000):
+        c = f"c{i}".encode()
+        sh.keep(c, conn_hash(c))
+    assert len(sh.decided) <= 1000
+
+
+def _lines(n_conns: int, per_conn: int) -> list[bytes]:
+    from replay.model import ConnKey, Exchange, Request, Response
+
+    out = []
+    for n in range(per_conn):
+        for c in range(n_conns):
+            ex = Exchange(f"b1w0-c{c}.{n + 1}", ConnKey("10.0.0.1", 1000 + c, "10.0.0.2", 80),
+                          Request("GET", f"/x/{c}/{n}", "HTTP/1.1", [("Host", "h")], b""),
+                          Response(200, "OK", "HTTP/1.1", [], b"x" * 300))
+            out.append(exchange_line(ex))
+    return out
+
+
+def test_lines_go_to_one_worker_per_connection_in_order() -> None:
+    pipes = [make_pipe() for _ in range(3)]
+    d = Dispatcher([w for _, w in pipes])
+    lines = _lines(30, 5)
+    d.lines(b"".join(lines[:70]), 70, b"")
+    for line in lines[70:]:
+        d.exchange(next(read_jsonl_bytes(line)))
+    d.close()
+    seen: dict[bytes, int] = {}
+    total = 0
+    for i, (r, _) in enumerate(pipes):
+        sp = LineSplitter()
+        data = b""
+        while chunk := os.read(r, 1 << 16):
+            data += chunk
+        os.close(r)
+        got = []
+        for k in range(0, len(data), 777):  # arbitrary reads: lines span them
+            got.extend(sp.feed(data[k:k + 777]))
+        assert sp.rest == b""
+        for line in got:
+            cid = conn_of_line(line)
+            assert seen.setdefault(cid, i) == i  # one worker per connection
+        ns = [(conn_of_line(x), int(json.loads(x)["id"].rsplit(".", 1)[1])) for x in got]
+        for cid in {c for c, _ in ns}:
+            order = [n for c, n in ns if c == cid]
+            assert order == sorted(order)  # in order within a connection
+        total += len(got)
+    assert total == len(lines) and d.shedder.shed == 0 and d.overflow == 0
+    assert len(set(seen.values())) == 3  # and all workers get some
+
+
+def read_jsonl_bytes(line: bytes) -> Iterator[Any]:
+    from replay.formats.jsonl import exchange_from_record
+
+    yield exchange_from_record(json.loads(line))
+
+
+def test_a_worker_that_does_not_read_costs_whole_connections_counted_not_capture() -> None:
+    """Nobody reads the pipe: the pipe fills, the backlog passes the shed mark and new
+    connections are shed; beyond the budget what is left overflows; all counted, nothing
+    blocks (the test would hang if a write blocked)."""
+    r, w = make_pipe()
+    drops: dict[str, int] = {}
+    d = Dispatcher([w], budget=4 << 20, shed_above=256 << 10,
+                   drop=lambda k, n: drops.__setitem__(k, drops.get(k, 0) + n))
+    total = 0
+    t0 = time.monotonic()
+    for round_ in range(60):
+        batch = [line.replace(b"b1w0-c", f"r{round_}c".encode())
+                 for line in _lines(50, 2)]
+        total += len(batch)
+        d.lines(b"".join(batch), len(batch), b"")
+        d.flush()
+        d.shedder._at = 0.0  # as if 0.1 s had passed
+    assert time.monotonic() - t0 < 10
+    c = d.counters()
+    assert c["shed"] > 0 and c["keep_level"] < 1.0
+    assert c["kept"] + c["shed"] == total
+    # what was kept either waits, is in the pipe, or overflowed: nothing vanished
+    assert c["pending_bytes"] <= 4 << 20
+    assert drops.get("handoff_overflow", 0) == d.overflow
+    os.close(r)
+    d.flush()  # the reader is gone: counted as lost, not raised
+    d.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine on a capture file, with real shadows
+
+
+class _Shadow(JsonHandler):
+    """Answers like the synthetic production would not: the path and a changing id; in build
+    "v2" a seeded regression: every answer's status is 201 instead of 200."""
+
+    build = "v1"
+
+    def _answer(self) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        doc: dict[str, Any] = {"path": self.path.split("?")[0], "rid": os.urandom(4).hex()}
+        self.send_json(201 if self.build == "v2" else 200, doc)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    d = tmp_path_factory.mktemp("livecap")
+    truth: list[Any] = []
+    generate_pcap(d / "t.pcap", connections=150, concurrency=20, seed=5, truth=truth)
+    (d / "key").write_bytes(os.urandom(32))
+    os.chmod(d / "key", 0o600)
+    return d, len(truth)
+
+
+@pytest.fixture(scope="module")
+def shadows() -> Iterator[tuple[int, int]]:
+    p1, p2 = free_port(), free_port()
+    v2 = type("ShadowV2", (_Shadow,), {"build": "v2"})
+    with serve_http(_Shadow, "127.0.0.1", p1), serve_http(v2, "127.0.0.1", p2):
+        yield p1, p2
+
+
+def _cfg(d: Path, out: Path, workers: int, ports: tuple[int, int] | None) -> Any:
+    doc: dict[str, Any] = {
+        "source": {"file": str(d / "t.pcap")},
+        "pipeline": {"workers": workers,
+                     "sanitise": {"enabled": True, "key_file": str(d / "key")},
+                     "sinks": [{"type": "jsonl", "path": str(out / "ex.jsonl")}]},
+        "metrics": {"listen": None},
+    }
+    if ports is not None:
+        doc["shadowing"] = {"secondary": f"http://127.0.0.1:{ports[0]}",
+                            "candidate": f"http://127.0.0.1:{ports[1]}", "min_samples": 5,
+                            "verdict_every": "1s", "report": str(out / "report.json")}
+    return config.parse(doc)
+
+
+def _run(cfg: Any) -> tuple[LiveEngine, dict[str, Any] | None]:
+    eng = LiveEngine(cfg, source="test").start()
+    deadline = time.monotonic() + 60
+    while not eng.app.finished and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.05)
+    return eng, eng.stop()
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    recs = []
+    for p in sorted(out.glob("ex*.jsonl")):
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            r["id"] = r["id"].split("-", 1)[1]  # the boot prefix differs between runs
+            recs.append(r)
+    return sorted(recs, key=lambda r: r["id"])
+
+
+def test_workers_log_what_one_process_logs(capture: tuple[Path, int], tmp_path: Path) -> None:
+    d, n = capture
+    logs = {}
+    for w in (0, 1, 3):
+        out = tmp_path / f"w{w}"
+        cfg = _cfg(d, out, w, None)
+        assert needs_workers(cfg) == (w > 0)
+        eng, _ = _run(cfg)
+        assert eng.n == w
+        logs[w] = _records(out)
+        if w == 3:
+            assert len(list(out.glob("ex-w*.jsonl"))) == 3  # one log per worker
+    assert len(logs[0]) == n
+    assert logs[1] == logs[0] and logs[3] == logs[0]
+    # sanitised in the workers: the synthetic capture's bearer tokens never reach the log
+    text = json.dumps(logs[3])
+    assert "Bearer eyJ" not in text
+
+
+def _essence(doc: dict[str, Any]) -> dict[str, Any]:
+    strip = ("examples", "example_ids")
+    return {
+        "summary": {k: v for k, v in doc["summary"].items()},
+        "regressions": [{k: v for k, v in f.items() if k not in strip}
+                        for f in doc["regressions"]],
+        "noise": sorted(json.dumps({k: v for k, v in f.items() if k not in strip},
+                                   sort_keys=True) for f in doc["noise"]),
+        "endpoints": doc["endpoints"],
+        "answered": {k: (s["answered"], s["failed"]) for k, s in doc["shadows"].items()},
+    }
+
+
+def test_three_workers_judge_exactly_as_one_process(capture: tuple[Path, int],
+                                                   shadows: tuple[int, int],
+                                                   tmp_path: Path) -> None:
+    d, n = capture
+    docs = {}
+    for w in (0, 1, 3):
+        out = tmp_path / f"s{w}"
+        eng, doc = _run(_cfg(d, out, w, shadows))
+        assert doc is not None and eng.error is None
+        assert doc["summary"]["compared"] > 0.8 * n
+        docs[w] = _essence(doc)
+        written = json.loads((out / "report.json").read_text())
+        assert written["summary"] == doc["summary"]
+    assert docs[1] == docs[0]
+    assert docs[3] == docs[0]
+    regs = docs[3]["regressions"]
+    assert regs and all(f["field"] == "status" for f in regs), regs
+    assert all(f["field"] != "body:$.rid" for f in regs)  # noise
+
+
+def test_a_killed_worker_is_restarted_and_the_engine_carries_on(
+        capture: tuple[Path, int], shadows: tuple[int, int], tmp_path: Path) -> None:
+    """kill -9 of a worker: the engine restarts it on a new pipe (sent to the running capture
+    process), the verdict keeps what the dead worker had reported, and stop still ends
+    cleanly."""
+    d, _ = capture
+    out = tmp_path / "k"
+    cfg = _cfg(d, out, 2, shadows)
+    eng = LiveEngine(cfg, source="test").start()
+    try:
+        victim = eng._procs[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        eng.supervise()
+        assert eng.restarts == 1 and eng._procs[0].pid != victim.pid
+        deadline = time.monotonic() + 20
+        while eng.healthy()[0] is False and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while not eng.app.finished and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.05)
+    finally:
+        doc = eng.stop()
+    assert doc is not None and doc["workers"] >= 2
+    assert not any(p.is_alive() for p in eng._procs.values())
