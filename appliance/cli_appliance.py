@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="The gateway appliance daemon.", no_args_is_help=True)
     group.command("run")(appliance_run)
     app.add_typer(group, name="appliance")
+    app.command("worker")(worker)
 
 
 class _FileSink:
@@ -179,3 +180,79 @@ def appliance_run(
     except OSError as e:
         raise _fail(f"cannot start: {e.strerror or e}") from None
     raise typer.Exit(code)
+
+
+def worker(
+    redis_url: Annotated[str, typer.Option("--redis", help="The bus: redis://HOST:PORT/DB or "
+                                           "unix:///path/redis.sock")],
+    candidate: Annotated[str, typer.Option("--candidate", help="URL of the build under test")],
+    secondary: Annotated[str | None, typer.Option(
+        "--secondary", help="URL of a shadow running production's build (noise)")] = None,
+    index: Annotated[int, typer.Option("--index", help="This worker's number, 0..of-1")] = 0,
+    of: Annotated[int, typer.Option("--of", help="How many workers share the shards")] = 1,
+    stream: Annotated[str, typer.Option("--stream", help="bus.stream of the capture nodes")
+                      ] = "shadowtap",
+    shards: Annotated[int, typer.Option("--shards", help="bus.shards of the capture nodes")
+                      ] = 4,
+    group: Annotated[str, typer.Option("--group", help="Consumer group: one per verdict")
+                     ] = "shadowtap-workers",
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the merged report of every worker here (+ .html)")] = None,
+    verdict_every: Annotated[float, typer.Option("--verdict-every", help="Seconds")] = 5.0,
+    min_samples: Annotated[int, typer.Option("--min-samples")] = 8,
+    until_idle: Annotated[float | None, typer.Option(
+        "--until-idle", help="Stop once the shards have been empty this many seconds")] = None,
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="Only merge the workers' states into --report, then exit")
+                           ] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning")
+                         ] = "info",
+) -> None:
+    """A scale-out worker: consume sanitised exchanges from Redis Streams (published by
+    appliances with a ``bus:`` section), replay them to the shadows, compare three ways, and
+    merge every worker's state into one verdict."""
+    import asyncio
+
+    from appliance import config as cfgmod
+    from appliance.live.bus import BusConfig, BusConsumer, merged_report
+    from appliance.shadowing import run_loop, write_reports
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s shadowtap-worker %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if not 0 <= index < of:
+        raise _fail(f"--index {index}: must be in 0..{of - 1} (--of {of})")
+    doc: dict[str, Any] = {"candidate": candidate, "verdict_every": f"{verdict_every}s",
+                           "min_samples": min_samples}
+    if secondary:
+        doc["secondary"] = secondary
+    try:
+        sh = cfgmod._shadowing(cfgmod._Reader(doc, "shadowing"))
+    except cfgmod.ConfigError as e:
+        raise _fail(str(e).replace("shadowing.", "--")) from None
+    bus = BusConfig(url=redis_url, stream=stream, shards=shards)
+    try:
+        if not report_only:
+            c = BusConsumer(bus, sh, index=index, of=of, group=group)
+
+            async def main() -> None:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, c.stop.set)
+                asyncio.get_running_loop().add_signal_handler(signal.SIGINT, c.stop.set)
+                await c.run(until_idle=until_idle)
+
+            run_loop(main())
+            logging.getLogger("shadowtap.bus").info(
+                "worker %d: %d exchanges compared or skipped, %d taken back", index,
+                c.acked, c.reclaimed)
+        if report is not None:
+            out, _ = merged_report(bus, sh, group=group)
+            write_reports(report, out)
+            s = out["summary"]
+            typer.echo(f"verdict over {out['bus']['workers']} workers: {s['compared']} "
+                       f"compared, {s['regressions']} regressions; report in {report}")
+    except Exception as e:
+        import redis
+
+        if isinstance(e, redis.RedisError):
+            raise _fail(f"redis at {redis_url}: {e}; is redis-server running there?") from None
+        raise

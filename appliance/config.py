@@ -45,6 +45,11 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       max_in_flight: 2048        # beyond: the hand-off queue fills and counts its overflow
       drain_timeout: 30s         # at stop, how long taken exchanges may still wait to be replayed
       report: /var/lib/shadowtap/report.json   # rewritten at every verdict (+ .html)
+    bus:                         # scale-out: publish sanitised exchanges to Redis Streams
+      url: redis://10.0.0.5:6379/0            # consumed by `shadowtap worker` anywhere
+      stream: shadowtap          # streams shadowtap:0..shards-1, states in shadowtap:state
+      shards: 4
+      maxlen: 1000000            # entries kept per shard stream (the oldest go first)
 """
 
 from __future__ import annotations
@@ -133,6 +138,8 @@ class ApplianceConfig:
     netns_override: str | None = None
     """``--netns`` from the command line: wins over the file's source.netns, also on reload."""
     shadowing: ShadowingConfig | None = None
+    bus: Any = None
+    """``appliance.live.bus.BusConfig``: publish sanitised exchanges to Redis Streams."""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -249,6 +256,7 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
                           "127.0.0.1:9617 (or null to turn metrics off)")
     m.done()
     shadowing = _shadowing(top.sub("shadowing")) if top.get("shadowing") is not None else None
+    bus = _bus(top.sub("bus")) if top.get("bus") is not None else None
     top.done()
     if workers > 1 and src.kind == "file":
         raise ConfigError("source.workers: a capture file is read by one worker; set workers: 1")
@@ -258,8 +266,26 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
                               "comparison with pipeline.workers instead; set source.workers: 1")
         if not any(sk.type == "handoff" for sk in pipe.sinks):
             pipe.sinks.append(SinkConfig(type="handoff"))  # what shadowing consumes
+    if bus is not None and (workers > 1 or pipe.workers == 0):
+        raise ConfigError("bus: exchanges are published by the worker processes; set "
+                          "source.workers: 1 and pipeline.workers to auto or a count")
     return ApplianceConfig(source=src, workers=workers, extract=ext, pipeline=pipe,
-                           metrics_listen=listen, path=path, shadowing=shadowing)
+                           metrics_listen=listen, path=path, shadowing=shadowing, bus=bus)
+
+
+def _bus(r: _Reader) -> Any:
+    from appliance.live.bus import BusConfig
+
+    url = r.str_("url")
+    if not url or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"bus.url: {url!r}; use redis://HOST:PORT/DB or unix:///path/to/sock")
+    b = BusConfig(url=url)
+    b.stream = r.str_("stream", "shadowtap") or "shadowtap"
+    b.shards = r.int_("shards", 4, 1, 1024) or 4
+    b.maxlen = r.int_("maxlen", 1_000_000, 1000, 10**9) or 1_000_000
+    b.backlog = r.int_("backlog", 100_000, 100, 10**8) or 100_000
+    r.done()
+    return b
 
 
 def _shadow_target(r: _Reader, role: str, required: bool) -> ShadowTarget | None:

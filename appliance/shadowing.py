@@ -436,6 +436,11 @@ class Shadower:
             if lag > self.lag_max:
                 self.lag_max = lag
 
+    async def settle(self) -> None:
+        """Wait until everything taken so far has been replayed and compared."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for what was taken; what is still waiting is counted and cancelled."""
         if self._tasks:

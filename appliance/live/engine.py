@@ -43,7 +43,8 @@ log = logging.getLogger("shadowtap.engine")
 def needs_workers(cfg: ApplianceConfig) -> bool:
     """Whether this config runs worker processes (see the module docstring)."""
     p = cfg.pipeline
-    work = p.sanitise.enabled or bool(p.filters) or cfg.shadowing is not None
+    work = (p.sanitise.enabled or bool(p.filters) or cfg.shadowing is not None
+            or cfg.bus is not None)
     return cfg.workers == 1 and p.resolved_workers() > 0 and work
 
 

@@ -52,7 +52,12 @@ def pipeline_for_worker(cfg: Any, index: int, workers: int, stats: Stats) -> Pip
     p = cfg.pipeline
     mine = PipelineConfig(sample_percent=100.0, filters=p.filters, sanitise=p.sanitise,
                           sinks=[sc for sc in p.sinks if sc.type == "jsonl"])
-    return build(mine, stats, index=index, workers=workers)
+    pipe = build(mine, stats, index=index, workers=workers)
+    if cfg.bus is not None:  # after sanitise, like every sink
+        from appliance.live.bus import BusSink
+
+        pipe.sinks.append(BusSink(cfg.bus, stats))
+    return pipe
 
 
 class ProcessingWorker:
@@ -137,8 +142,8 @@ class ProcessingWorker:
             now = time.monotonic()
             if sh is not None:
                 sh.adapt()
-            if now >= next_tick:
-                next_tick = now + 1.0
+            if now >= next_tick:  # flushes logs, publishes to the bus, rotates
+                next_tick = now + 0.2
                 self.pipeline.tick(time.time())
             if now >= next_stats:
                 next_stats = now + 0.5
