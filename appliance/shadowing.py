@@ -334,9 +334,11 @@ class Shadower:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    def adapt(self) -> None:
-        """Move the shed level with the backlog (call a few times a second)."""
-        self.shedder.adapt(self.in_flight / self.cfg.max_in_flight)
+    def adapt(self, lag: float = 0.0) -> None:
+        """Move the shed level with the backlog (call a few times a second). ``lag``: how far
+        (seconds) the caller is behind the capture; past a second, shadowing sheds so that the
+        worker's CPU goes to sanitising and logging first."""
+        self.shedder.adapt(max(self.in_flight / self.cfg.max_in_flight, lag / 2.0))
 
     def _samples(self, ep: str) -> dict[str, deque[float]]:
         s = self.latency.get(ep)

@@ -76,6 +76,8 @@ class ProcessingWorker:
         if self.shadower is not None:
             self.pipeline.sinks.append(ShadowSink(self.shadower))
         self.received = 0
+        self.lag = 0.0
+        """Seconds between the capture of the last exchange read and its reading."""
         self.bad = 0
         self.stopping = False
 
@@ -99,6 +101,7 @@ class ProcessingWorker:
 
         emit = self.pipeline.emit
         loads = orjson.loads
+        ex = None
         for line in lines:
             try:
                 ex = exchange_from_record(loads(line))
@@ -107,6 +110,10 @@ class ProcessingWorker:
                 continue
             self.received += 1
             emit(ex)
+        if ex is not None:
+            t = ex.ts_response_end or ex.ts_request_end
+            if t is not None:
+                self.lag = max(0.0, time.time() - t)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,7 +148,7 @@ class ProcessingWorker:
             await asyncio.wait([eof], timeout=0.1)
             now = time.monotonic()
             if sh is not None:
-                sh.adapt()
+                sh.adapt(self.lag if self.cfg.source.kind != "file" else 0.0)
             if now >= next_tick:  # flushes logs, publishes to the bus, rotates
                 next_tick = now + 0.2
                 self.pipeline.tick(time.time())

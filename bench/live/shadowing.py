@@ -1,0 +1,213 @@
+"""Benchmark: live shadowing alone (replay to two shadows + three-way compare), per CPU-second,
+against the code before the live engine, in the same run; and the engine from 1 to 2 workers.
+
+Why offline: in `bench/live/run.py` the sender, the capture and the shadows share the host
+with the workers, so what the workers can do is what is left of two cores. Here the same
+exchanges (a synthetic capture, extracted once) are handed straight to the shadowing code, and
+the CPU time of the process that replays and compares is what is measured:
+
+- **per CPU-second**: ``LiveShadowing`` (thread + hand-off queue, as ``appliance run`` used it
+  before, and as the canary uses it now) fed N exchanges; compared requests / CPU seconds of
+  its process. ``--baseline DIR`` runs the same driver against another checkout.
+- **1 -> 2 workers**: the live engine on the capture file (sanitise on, JSONL log, shadowing)
+  with ``pipeline.workers`` 1 and 2; compared requests per wall second and per CPU-second of
+  the worker processes.
+
+The shadows are two ``bench/replay/server.py`` on loopback. Run:
+``.venv/bin/python bench/live/shadowing.py [--connections 1500] [--baseline DIR] [--no-docs]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port, update_docs  # noqa: E402
+
+PY = str(ROOT / ".venv/bin/python")
+
+DRIVER = r'''
+import json, resource, sys, time
+from appliance import config
+from appliance.pipeline import Handoff, Stats
+from appliance.shadowing import LiveShadowing
+from replay.formats.jsonl import read_jsonl
+exs = [e for e in read_jsonl(sys.argv[1]) if e.response is not None
+       and e.completeness.complete]
+cfg = config.parse({"source": {"file": sys.argv[1]},
+                    "pipeline": {"sanitise": {"enabled": False},
+                                 "sinks": [{"type": "handoff", "size": len(exs) + 1}]},
+                    "metrics": {"listen": None},
+                    "shadowing": {"secondary": sys.argv[2], "candidate": sys.argv[3],
+                                  "max_in_flight": 2048}})
+h = Handoff(len(exs) + 1, Stats())
+for e in exs:
+    h.process(e)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t0 = time.perf_counter()
+ls = LiveShadowing(cfg.shadowing, h, registry=False).start()
+while ls.status()["compared"] + sum(ls.status()["skipped"].values()) < len(exs):
+    time.sleep(0.01)
+    if time.perf_counter() - t0 > 300:
+        break
+wall = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+st = ls.status()
+ls.stop(timeout=30)
+print(json.dumps({"n": len(exs), "compared": st["compared"], "wall": wall,
+                  "cpu": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)}))
+'''
+
+
+def shadows() -> tuple[list[subprocess.Popen], list[str]]:
+    procs, urls = [], []
+    for _ in range(2):
+        port = free_port()
+        p = subprocess.Popen([PY, str(ROOT / "bench/replay/server.py"), str(port)],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert p.stdout is not None
+        p.stdout.readline()
+        procs.append(p)
+        urls.append(f"http://127.0.0.1:{port}")
+    return procs, urls
+
+
+def driver(tree: Path, jsonl: Path, urls: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([PY, "-c", DRIVER, str(jsonl), *urls], cwd=tree, env=env,
+                         capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def engine(pcap: Path, tmp: Path, urls: list[str], workers: int) -> dict[str, Any]:
+    import resource
+    import time
+
+    from appliance import config
+    from appliance.live.engine import LiveEngine
+
+    out = tmp / f"e{workers}-{secrets.token_hex(2)}"
+    key = tmp / "key"
+    cfg = config.parse({
+        "source": {"file": str(pcap)},
+        "pipeline": {"workers": workers, "sanitise": {"enabled": True, "key_file": str(key)},
+                     "sinks": [{"type": "jsonl", "path": str(out / "ex.jsonl")}]},
+        "metrics": {"listen": None},
+        "shadowing": {"secondary": urls[0], "candidate": urls[1]},
+    })
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    eng = LiveEngine(cfg, source="bench").start()
+    while not eng.app.finished:  # type: ignore[union-attr]
+        time.sleep(0.02)
+    doc = eng.stop() or {}
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["rm", "-rf", str(out)], check=False)
+    return {"workers": workers, "compared": doc.get("summary", {}).get("compared", 0),
+            "wall": wall, "cpu": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--connections", type=int, default=1500)
+    ap.add_argument("--repeat", type=int, default=3, help="best of")
+    ap.add_argument("--baseline", type=Path)
+    ap.add_argument("--no-docs", action="store_true")
+    a = ap.parse_args(argv)
+    from replay.synth import generate_pcap
+
+    tmp = Path(tempfile.mkdtemp(prefix="shadowtap-bench-shadowing-", dir="/dev/shm"))
+    (tmp / "key").write_bytes(secrets.token_bytes(32))
+    os.chmod(tmp / "key", 0o600)
+    procs: list[subprocess.Popen] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
+    scale: list[dict[str, Any]] = []
+    try:
+        generate_pcap(tmp / "t.pcap", connections=a.connections, concurrency=50, seed=3,
+                      truth=[])
+        subprocess.run([PY, "-m", "appliance.cli", "extract", str(tmp / "t.pcap"), "-o",
+                        str(tmp / "t.jsonl")], cwd=ROOT, check=True, capture_output=True)
+        procs, urls = shadows()
+        trees = [("now", ROOT)] + ([("before", a.baseline)] if a.baseline else [])
+        for _ in range(a.repeat):
+            for label, tree in trees:
+                r = driver(tree, tmp / "t.jsonl", urls)
+                print(label, r, flush=True)
+                rows.append((label, r))
+            for w in (1, 2):
+                r = engine(tmp / "t.pcap", tmp, urls, w)
+                print("engine", r, flush=True)
+                scale.append(r)
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+    def best(label: str) -> dict[str, Any]:
+        rs = [r for lab, r in rows if lab == label]
+        return max(rs, key=lambda r: r["compared"] / max(1e-9, r["cpu"]))
+
+    lines = [f"Measured {dt.date.today()} on {platform.node() or 'host'} ({os.cpu_count()} "
+             f"cores, load average {os.getloadavg()[0]:.1f} at the end) by "
+             "`bench/live/shadowing.py`: the exchanges of a synthetic capture "
+             f"({a.connections:,} connections) replayed to two `bench/replay/server.py` on "
+             f"loopback and compared three ways; best of {a.repeat}.", "",
+             "| shadowing code | exchanges | compared | wall s | CPU s | compared per CPU-s |",
+             "|---|---|---|---|---|---|"]
+    ref = None
+    for label, _ in (("now", 0), ("before", 0)):
+        if not any(lab == label for lab, _ in rows):
+            continue
+        r = best(label)
+        per = r["compared"] / max(1e-9, r["cpu"])
+        if label == "before":
+            ref = per
+        lines.append(f"| {label} | {r['n']:,} | {r['compared']:,} | {r['wall']:.2f} | "
+                     f"{r['cpu']:.2f} | {per:,.0f} |")
+    if ref:
+        now = best("now")
+        lines += ["", f"Now / before, compared per CPU-second: "
+                  f"**{now['compared'] / max(1e-9, now['cpu']) / ref:.2f}×**."]
+    lines += ["", "The live engine on the same capture file (sanitise on, JSONL log, "
+              "shadowing; the capture waits for the workers, so every exchange is compared):",
+              "", "| workers | compared | wall s | compared per wall-s | worker CPU s | "
+              "compared per worker CPU-s |", "|---|---|---|---|---|---|"]
+    for w in (1, 2):
+        rs = [r for r in scale if r["workers"] == w]
+        if not rs:
+            continue
+        r = min(rs, key=lambda r: r["wall"])
+        lines.append(f"| {w} | {r['compared']:,} | {r['wall']:.2f} | "
+                     f"{r['compared'] / r['wall']:,.0f} | {r['cpu']:.2f} | "
+                     f"{r['compared'] / max(1e-9, r['cpu']):,.0f} |")
+    lines += ["", "*Worker CPU* is every child process of the engine (capture process and "
+              "workers). On a 2-core host the two shadow servers share the cores with the "
+              "workers."]
+    section = "\n".join(lines)
+    print(section)
+    if not a.no_docs:
+        update_docs("live-shadowing", "## Live shadowing alone (`bench/live/shadowing.py`)"
+                    "\n\n" + section)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())
