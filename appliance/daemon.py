@@ -628,7 +628,7 @@ def run_daemon(cfg: ApplianceConfig) -> int:
             stop.wait(0.2)
             if hup.is_set():
                 hup.clear()
-                app.reload()
+                eng.reload()
             eng.supervise()
             if app.finished:
                 break

@@ -79,6 +79,7 @@ class BusSink:
         self.buf: list[tuple[int, bytes]] = []
         self.published = 0
         self.down_since: float | None = None
+        self.retry_at = 0.0
         self._line = exchange_line
 
     def process(self, ex: Any) -> Any:
@@ -93,7 +94,7 @@ class BusSink:
         return ex
 
     def flush(self) -> None:
-        if not self.buf:
+        if not self.buf or (self.down_since is not None and time.monotonic() < self.retry_at):
             return
         import redis
 
@@ -103,11 +104,16 @@ class BusSink:
                    approximate=True)
         try:
             p.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except redis.RedisError as e:  # down, timed out, out of memory...
+            if len(self.buf) > self.cfg.backlog:
+                drop = len(self.buf) - self.cfg.backlog
+                del self.buf[:drop]
+                self.stats.drop("bus_unreachable", drop)
             if self.down_since is None:
                 self.down_since = time.monotonic()
                 log.error("bus: redis at %s unreachable (%s); keeping up to %d exchanges "
                           "until it is back", self.cfg.url, e, self.cfg.backlog)
+            self.retry_at = time.monotonic() + 1.0
             return
         if self.down_since is not None:
             log.warning("bus: redis at %s is back after %.0f s; %d exchanges published",
@@ -172,9 +178,30 @@ class BusConsumer:
                     raise
 
     def _read(self, pending: bool) -> list[tuple[bytes, list[tuple[bytes, dict]]]]:
-        streams = {self.cfg.key(s): ("0" if pending else ">") for s in self.shards}
+        if pending:
+            return self._pending()
+        streams = {self.cfg.key(s): ">" for s in self.shards}
         return self.r.xreadgroup(self.group, self.name, streams, count=self.batch,
-                                 block=None if pending else 500) or []
+                                 block=500) or []
+
+    def _pending(self) -> list[tuple[bytes, list[tuple[bytes, dict]]]]:
+        """Every entry delivered to this consumer and not acknowledged (a previous run's),
+        page by page."""
+        out = []
+        for s in self.shards:
+            key = self.cfg.key(s)
+            last = "0"
+            items: list[tuple[bytes, dict]] = []
+            while True:
+                got = self.r.xreadgroup(self.group, self.name, {key: last}, count=1000)
+                page = got[0][1] if got else []
+                if not page:
+                    break
+                items.extend(page)
+                last = page[-1][0]
+            if items:
+                out.append((key.encode(), items))
+        return out
 
     def _call(self, fn: Any, *a: Any) -> Any:
         """A redis call with the broker-down story told once."""
@@ -201,7 +228,7 @@ class BusConsumer:
         for stream, items in entries:
             ids = self._unacked.setdefault(stream, [])
             for eid, fields in items:
-                line = fields.get(b"x")
+                line = fields.get(b"x") if fields else None  # None: trimmed by MAXLEN
                 if line:
                     try:
                         ex = exchange_from_record(orjson.loads(line))
@@ -220,12 +247,17 @@ class BusConsumer:
         st = self.shadower.state()
         st["bus"] = {"consumed": self.consumed, "acked": self.acked,
                      "reclaimed": self.reclaimed, "shards": self.shards}
-        self._call(self.r.hset, self.state_key, self._field, orjson.dumps(st, default=str))
-        for stream, ids in list(self._unacked.items()):
+        # The state and the acknowledgements in one transaction: all or nothing.
+        p = self.r.pipeline(transaction=True)
+        p.hset(self.state_key, self._field, orjson.dumps(st, default=str))
+        n = 0
+        for stream, ids in self._unacked.items():
             for k in range(0, len(ids), 1000):
-                self._call(self.r.xack, stream, self.group, *ids[k:k + 1000])
-            self.acked += len(ids)
-            del self._unacked[stream]
+                p.xack(stream, self.group, *ids[k:k + 1000])
+            n += len(ids)
+        self._call(p.execute)
+        self.acked += n
+        self._unacked = {}
 
     async def run(self, *, until_idle: float | None = None) -> None:
         """Consume until ``stop`` is set (or, with ``until_idle``, until the shards have been

@@ -26,6 +26,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -75,6 +76,11 @@ class LiveEngine:
         """States of workers that died: their comparisons still count."""
         self._done: set[int] = set()
         self._lock = threading.Lock()
+        self._verdict_lock = threading.Lock()
+        self._verdict_thread: threading.Thread | None = None
+        self._next_start: dict[int, float] = {}
+        self._swaps: dict[int, int] = {}
+        """Pipes of restarted workers not yet handed to the capture process."""
         self._report: dict[str, Any] | None = None
         self._verdict: Any = None
         self._stopping = False
@@ -111,7 +117,9 @@ class LiveEngine:
             self._stop_workers(5.0)
             raise
         if cfg.shadowing is not None:
-            threading.Thread(target=self._verdicts, name="engine-verdict", daemon=True).start()
+            self._verdict_thread = threading.Thread(target=self._verdicts,
+                                                    name="engine-verdict", daemon=True)
+            self._verdict_thread.start()
         return self
 
     def _spawn(self, i: int, rfd: int) -> None:
@@ -145,7 +153,8 @@ class LiveEngine:
                 elif kind == "done":
                     self._done.add(i)
                 elif kind == "error":
-                    self.errors.append(data)
+                    if len(self.errors) < 100:
+                        self.errors.append(data)
                     log.error("%s", data)
 
     def _verdicts(self) -> None:
@@ -166,6 +175,8 @@ class LiveEngine:
             return None
         with self._lock:
             states = [*self._retired, *self._states.values()]
+        if not self._verdict_lock.acquire(timeout=60):
+            return None
         t0 = time.process_time()
         try:
             cap = None
@@ -183,21 +194,32 @@ class LiveEngine:
         except Exception:  # a live view must never stop the engine
             log.exception("verdict failed%s", " (final)" if final else "")
             return None
+        finally:
+            self._verdict_lock.release()
 
     def supervise(self) -> None:
         """Restart capture or worker processes that died (not when stopping)."""
         if self._stopping or self.app is None:
             return
         self.app.supervise()
+        self._send_swaps()
+        now = time.monotonic()
         for i, p in list(self._procs.items()):
-            if p.is_alive() or i in self._done:
+            if p.is_alive() or i in self._done or now < self._next_start.get(i, 0.0):
                 continue
             self.restarts += 1
+            # A worker that fails at once (bad policy file, no memory) is not restarted in a
+            # tight loop: 1 s after a crash, up to 30 s after failing to start.
+            self._next_start[i] = now + (30.0 if p.exitcode == 1 else 1.0)
             log.warning("worker %d exited (code %s); restarting it on a new pipe", i,
                         p.exitcode)
             with self._lock:
                 st = self._states.pop(i, None)
                 if st is not None:
+                    # Its comparisons stay in the verdict; its health and in-flight count
+                    # were of a process that is gone.
+                    st.pop("health", None)
+                    st["in_flight"] = 0
                     self._retired.append(st)
                 self._status.pop(i, None)
                 self._snaps.pop(i, None)
@@ -207,14 +229,39 @@ class LiveEngine:
             with contextlib.suppress(OSError):
                 os.close(old)
             self._spawn(i, r)
-            assert self._ctl is not None
-            with contextlib.suppress(OSError):
+            self._swaps[i] = w
+        self._send_swaps()
+
+    def _send_swaps(self) -> None:
+        """New pipes to the capture process; kept and tried again if it cannot take them
+        now (its socket full, or itself restarting: a new capture inherits them anyway)."""
+        for i, w in list(self._swaps.items()):
+            if self._ctl is None or self._wfds[i] != w:
+                del self._swaps[i]
+                continue
+            try:
                 socket.send_fds(self._ctl, [f"swap:{i}".encode()], [w])
+            except OSError:
+                return
+            del self._swaps[i]
+
+    def reload(self) -> bool:
+        """SIGHUP: the capture processes and every worker re-read the config file (each keeps
+        its running pipeline if the file is bad)."""
+        if self.app is None or not self.app.reload():
+            return False
+        for p in self._procs.values():
+            if p.is_alive() and p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGHUP)
+        return True
 
     def stop(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """Stop the capture (it drains the ring and hands everything over), then let the
         workers finish, then the final verdict and reports. Returns the report."""
         self._stopping = True
+        if self._verdict_thread is not None:
+            self._verdict_thread.join(timeout)
         if self.app is not None:
             self.app.stop(timeout)
         if self.n == 0:
@@ -236,7 +283,16 @@ class LiveEngine:
                 log.warning("worker %s did not finish in time; killing it", p.name)
                 p.kill()
                 p.join(5)
-        time.sleep(0.2)  # the collector takes the last messages
+        # The collector takes the last messages (final states may be megabytes).
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with self._lock:
+                left = [i for i, p in self._procs.items()
+                        if i not in self._done and p.exitcode == 0]
+            if not left:
+                break
+            time.sleep(0.05)
+        time.sleep(0.1)
         for s in (self._ctl, self._ctl_child):
             if s is not None:
                 s.close()

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import time
 import zlib
 from collections.abc import Callable
@@ -127,7 +128,8 @@ class Dispatcher:
         of about a second of a worker's work, so what is kept is compared while fresh."""
         self.pending: list[list[bytes]] = [[] for _ in fds]
         self.pending_bytes = [0] * self.n
-        self.shedder = Shedder()
+        self.shedders = [Shedder() for _ in fds]
+        """One per worker: a hot or dead worker sheds its own share, not everyone's."""
         self.overflow = 0
         self.broken = [False] * self.n
         self.lost = 0
@@ -137,31 +139,35 @@ class Dispatcher:
         self._line = exchange_line
         self.lossless = lossless
         """A capture file, not a live port: wait for the workers instead of shedding."""
-        if lossless:
-            for fd in self.fds:
-                os.set_blocking(fd, True)
+        for fd in self.fds:
+            # Set either way: the flag belongs to the pipe's open file, which a capture
+            # process that ran before this one may have left in either state.
+            os.set_blocking(fd, lossless)
 
     def swap(self, i: int, fd: int) -> None:
         """A restarted worker's new pipe for shard ``i``."""
         with contextlib.suppress(OSError):
             os.close(self.fds[i])
-        if self.lossless:
-            os.set_blocking(fd, True)
+        os.set_blocking(fd, self.lossless)
         self.fds[i] = fd
         self.broken[i] = False
 
     def _put(self, line: bytes, cid: bytes) -> None:
         h = conn_hash(cid)
+        i = (h >> 16) % self.n
         if self.lossless:
-            i = (h >> 16) % self.n
             self.pending[i].append(line)
             self.pending_bytes[i] += len(line)
             if self.pending_bytes[i] > 1 << 20:
                 self.flush()
             return
-        if not self.shedder.keep(cid, h):
+        if not self.shedders[i].keep(cid, h):
             return
-        i = (h >> 16) % self.n
+        if self.broken[i]:  # its worker died; the engine is starting another
+            self.lost += 1
+            if self._drop is not None:
+                self._drop("worker_lost", 1)
+            return
         if self.pending_bytes[i] + len(line) > self.budget:
             self.overflow += 1
             if self._drop is not None:
@@ -208,26 +214,41 @@ class Dispatcher:
                 self.pending[i] = []
                 self.pending_bytes[i] = 0
             self.sent[i] += k
-        fill = max(self.pending_bytes) / self.shed_above if self.n else 0.0
-        self.shedder.adapt(fill)
+        for i, sh in enumerate(self.shedders):
+            sh.adapt(self.pending_bytes[i] / self.shed_above)
 
-    def close(self) -> None:
-        """End of capture: the workers see EOF once they have read everything."""
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-                fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+    def close(self, timeout: float = 30.0) -> None:
+        """End of capture: what waits is written (waiting for the workers at most
+        ``timeout`` seconds in all; the pipes stay non-blocking, see ``__init__``), then the
+        pipes are closed and the workers see EOF once they have read everything."""
+        deadline = time.monotonic() + timeout
         for i, fd in enumerate(self.fds):
-            if self.pending[i] and not self.broken[i]:
-                with contextlib.suppress(OSError):
-                    os.write(fd, b"".join(self.pending[i]))
+            data = b"".join(self.pending[i]) if not self.broken[i] else b""
+            while data and time.monotonic() < deadline:
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    select.select([], [fd], [], 0.2)
+                except OSError:
+                    break
+            if data:
+                n = data.count(b"\n")
+                self.lost += n
+                if self._drop is not None:
+                    self._drop("worker_lost", n)
             self.pending[i] = []
             self.pending_bytes[i] = 0
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    @property
+    def shedder(self) -> Shedder:
+        """The most restrictive worker's (for a one-number view)."""
+        return min(self.shedders, key=lambda s: s.level)
+
     def counters(self) -> dict[str, Any]:
-        return {"kept": self.shedder.kept, "shed": self.shedder.shed,
+        return {"kept": sum(s.kept for s in self.shedders),
+                "shed": sum(s.shed for s in self.shedders),
                 "keep_level": self.shedder.level / 10_000, "overflow": self.overflow,
                 "pending_bytes": sum(self.pending_bytes), "budget": self.budget * self.n}
 

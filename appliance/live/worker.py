@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -68,6 +69,7 @@ class ProcessingWorker:
 
         self.cfg = cfg
         self.index = index
+        self.workers = workers
         self.rfd = rfd
         self.out = out
         self.stats = Stats()
@@ -80,6 +82,33 @@ class ProcessingWorker:
         """Seconds between the capture of the last exchange read and its reading."""
         self.bad = 0
         self.stopping = False
+        self.reload_requested = False
+
+    def reload(self) -> None:
+        """SIGHUP: the config file again; on success new filters, sanitise policy and logs
+        (the shadowing and its state go on), else the running pipeline stays."""
+        from appliance import config as cfgmod
+
+        self.reload_requested = False
+        if self.cfg.path is None:
+            return
+        try:
+            new = cfgmod.load(self.cfg.path)
+            pipe = pipeline_for_worker(new, self.index, self.workers, self.stats)
+        except Exception as e:  # a bad file must not stop the worker
+            self.stats.reload_errors += 1
+            log.error("worker %d: reload refused, keeping the running pipeline: %s",
+                      self.index, e)
+            return
+        for sk in self.pipeline.sinks:
+            if not isinstance(sk, ShadowSink):
+                with contextlib.suppress(Exception):
+                    sk.close()
+        if self.shadower is not None:
+            pipe.sinks.append(ShadowSink(self.shadower))
+        self.pipeline = pipe
+        self.stats.reloads += 1
+        log.info("worker %d: reloaded %s", self.index, self.cfg.path)
 
     def snapshot(self) -> dict[str, Any]:
         st = self.stats
@@ -146,6 +175,8 @@ class ProcessingWorker:
         next_tick = 0.0
         while not eof.done():
             await asyncio.wait([eof], timeout=0.1)
+            if self.reload_requested:
+                self.reload()
             now = time.monotonic()
             if sh is not None:
                 sh.adapt(self.lag if self.cfg.source.kind != "file" else 0.0)
@@ -187,17 +218,25 @@ def worker_main(cfg: Any, index: int, workers: int, rfd: int, close_fds: list[in
     if os.getpriority(os.PRIO_PROCESS, 0) < 0:  # forked from a process above normal
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, 0)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker can reload
     try:
         w = ProcessingWorker(cfg, index, workers, rfd, out)
     except Exception as e:
         out.put(("error", index, f"worker {index}: {e}"))
-        return
+        out.close()
+        out.join_thread()
+        sys.exit(1)  # non-zero: the engine backs off before starting it again
+    signal.signal(signal.SIGHUP, lambda *_: setattr(w, "reload_requested", True))
     try:
         run_loop(w.run())
     except Exception as e:
         log.exception("worker %d failed", index)
         out.put(("error", index, f"worker {index}: {e!r}"))
+        code = 1
+    else:
+        code = 0
     finally:
         with contextlib.suppress(Exception):
             out.close()
             out.join_thread()
+    sys.exit(code)
