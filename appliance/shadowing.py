@@ -249,11 +249,13 @@ class Shadower:
     counted as failures without a connection attempt), so a dead shadow costs almost nothing.
     """
 
-    def __init__(self, cfg: ShadowingConfig, *, shard: int = 0) -> None:
+    def __init__(self, cfg: ShadowingConfig, *, shard: int = 0, lossless: bool = False) -> None:
         from appliance.live.handoff import Shedder
 
         self.cfg = cfg
         self.shard = shard
+        self.lossless = lossless
+        """A capture file: the caller waits (``busy``) instead of shedding."""
         self.health = {t.name: Health(cfg.down_after) for t in cfg.targets}
         self.latency: dict[str, dict[str, deque[float]]] = {}
         names = ["production", *(t.name for t in cfg.targets)]
@@ -327,16 +329,21 @@ class Shadower:
         from appliance.live.handoff import conn_hash
 
         cid = ex.id.rpartition(".")[0].encode()
-        if not self.shedder.keep(cid, conn_hash(cid)):
+        if not self.lossless and not self.shedder.keep(cid, conn_hash(cid)):
             self._skip("shed_overload")
             return
-        if self.in_flight >= self.cfg.max_in_flight:
+        if self.in_flight >= self.cfg.max_in_flight and not self.lossless:
             self._skip("shadow_overflow")
             return
         self.in_flight += 1
         t = self._loop.create_task(self._one(ex))
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+
+    @property
+    def busy(self) -> bool:
+        """Enough waiting for the shadows: a lossless caller stops reading for a while."""
+        return self.in_flight >= self.cfg.max_in_flight // 2
 
     def adapt(self, lag: float = 0.0) -> None:
         """Move the shed level with the backlog (call a few times a second). ``lag``: how far

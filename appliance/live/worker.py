@@ -74,7 +74,9 @@ class ProcessingWorker:
         self.out = out
         self.stats = Stats()
         self.pipeline = pipeline_for_worker(cfg, index, workers, self.stats)
-        self.shadower = Shadower(cfg.shadowing, shard=index) if cfg.shadowing else None
+        self.lossless = cfg.source.kind == "file"
+        self.shadower = (Shadower(cfg.shadowing, shard=index, lossless=self.lossless)
+                         if cfg.shadowing else None)
         if self.shadower is not None:
             self.pipeline.sinks.append(ShadowSink(self.shadower))
         self.received = 0
@@ -168,15 +170,23 @@ class ProcessingWorker:
             self._lines(splitter.feed(chunk))
 
         loop.add_reader(self.rfd, readable)
+        reading = True
         sh = self.shadower
         every = self.cfg.shadowing.verdict_every if sh is not None else 5.0
         next_state = time.monotonic() + min(1.0, every)
         next_stats = 0.0
         next_tick = 0.0
         while not eof.done():
-            await asyncio.wait([eof], timeout=0.1)
+            await asyncio.wait([eof], timeout=0.1 if reading else 0.005)
             if self.reload_requested:
                 self.reload()
+            if sh is not None and self.lossless:  # a file: wait for the shadows, drop nothing
+                if reading and sh.busy:
+                    loop.remove_reader(self.rfd)
+                    reading = False
+                elif not reading and not sh.busy and not eof.done():
+                    loop.add_reader(self.rfd, readable)
+                    reading = True
             now = time.monotonic()
             if sh is not None:
                 sh.adapt(self.lag if self.cfg.source.kind != "file" else 0.0)
