@@ -32,6 +32,7 @@ import math
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -326,10 +327,8 @@ class Shadower:
         if not self._guard(ex):
             self._skip("refused_production")
             return
-        from appliance.live.handoff import conn_hash
-
         cid = ex.id.rpartition(".")[0].encode()
-        if not self.lossless and not self.shedder.keep(cid, conn_hash(cid)):
+        if not self.lossless and not self.shedder.keep(cid, zlib.crc32(cid)):
             self._skip("shed_overload")
             return
         if self.in_flight >= self.cfg.max_in_flight and not self.lossless:

@@ -70,3 +70,21 @@ def proc_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(f[11]) + int(f[12])) / tick
+
+
+def wait_healthy(port: int, timeout: float = 30.0) -> None:
+    """Until the daemon's /healthz on loopback answers 200 (RuntimeError after ``timeout``)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("appliance did not start")
+        time.sleep(0.1)

@@ -49,10 +49,9 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
 
 import yaml  # noqa: E402
 
+from bench.common import update_docs, wait_healthy  # noqa: E402
 from netconfig import netns as nsmod  # noqa: E402
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:capture -->", "<!-- /bench:capture -->"
 PY = str(ROOT / ".venv/bin/python")
 
 
@@ -150,17 +149,7 @@ def trial_appliance(ns_s: str, ns_a: str, frames: list[bytes], rate: float, expe
                                    CAPTURE_CPU if workers == 1 else None), cwd=ROOT,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("appliance did not start")
-            time.sleep(0.1)
+        wait_healthy(port, 20)
         cpu0 = group_cpu(proc.pid)
         achieved = send_at(ns_s, frames, rate, pcap)
         last, stable = -1.0, 0
@@ -229,18 +218,6 @@ def group_cpu(pgid: int) -> float:
             total += int(f[11]) + int(f[12])
     return total / tick
 
-
-def update_docs(section: str) -> None:
-    """Replace only our section of docs/benchmarks.md (others own the rest)."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_docs:
-        update_docs("## Capture (`bench/capture/run.py`)\n\n" + section)
+        update_docs("capture", "## Capture (`bench/capture/run.py`)\n\n" + section)
     return 0
 
 

@@ -43,8 +43,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:imagesync -->", "<!-- /bench:imagesync -->"
+
+from bench.common import update_docs  # noqa: E402
+
 FILE_MB = 2
 
 SUITE = '''
@@ -72,18 +73,6 @@ checks:
   - {name: load, type: locust, locustfile: load.py, users: 4, duration: 5s, p95_ms: 1000}
 """
 
-
-def update_docs(section: str) -> None:
-    """Replace only our section of docs/benchmarks.md (others own the rest)."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
 
 
 def make_image(root: Path, mb: int) -> list[Path]:
@@ -255,7 +244,7 @@ def main() -> int:
     section = "\n".join(lines)
     print("\n" + section)
     if not args.no_docs:
-        update_docs(section)
+        update_docs("imagesync", section)
     return 0
 
 

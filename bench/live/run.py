@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-from bench.common import free_port, tree_cpu, update_docs  # noqa: E402
+from bench.common import free_port, tree_cpu, update_docs, wait_healthy  # noqa: E402
 from netconfig import netns as nsmod  # noqa: E402
 
 PY = str(ROOT / ".venv/bin/python")
@@ -133,17 +133,7 @@ def trial(tree: Path, ns_s: str, ns_a: str, pcap: Path, pps: float, expected: in
                                 cwd=tree, env=env, stderr=logf, start_new_session=True)
     m: dict[str, float] = {}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("appliance did not start")
-            time.sleep(0.1)
+        wait_healthy(port)
         time.sleep(0.5)
         cpu0 = tree_cpu(proc.pid)
         m0 = scrape(port)

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, update_docs  # noqa: E402
+from bench.common import update_docs  # noqa: E402
+from bench.live.run import start_shadows  # noqa: E402
 
 PY = str(ROOT / ".venv/bin/python")
 
@@ -75,16 +76,8 @@ print(json.dumps({"n": len(exs), "compared": st["compared"], "wall": wall,
 
 
 def shadows() -> tuple[list[subprocess.Popen], list[str]]:
-    procs, urls = [], []
-    for _ in range(2):
-        port = free_port()
-        p = subprocess.Popen([PY, str(ROOT / "bench/replay/server.py"), str(port)],
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
-        assert p.stdout is not None
-        p.stdout.readline()
-        procs.append(p)
-        urls.append(f"http://127.0.0.1:{port}")
-    return procs, urls
+    procs, ports = start_shadows()
+    return procs, [f"http://127.0.0.1:{p}" for p in ports]
 
 
 def driver(tree: Path, jsonl: Path, urls: list[str]) -> dict[str, Any]:

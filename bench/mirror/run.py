@@ -47,11 +47,10 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
 
 import yaml  # noqa: E402
 
+from bench.common import DOCS, update_docs  # noqa: E402
 from netconfig import lab, mirror  # noqa: E402
 from netconfig.ops import LiveRunner  # noqa: E402
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:mirror -->", "<!-- /bench:mirror -->"
 VIP = "10.77.100.10"
 NGINX_CONF = """
 worker_processes 1;
@@ -124,19 +123,6 @@ def set_mirrors(spec: lab.LabSpec, on: bool) -> None:
         for m in spec.mirror_list():
             (mirror.install if on else mirror.uninstall)(live, m)
 
-
-def update_docs(section: str) -> None:
-    """Replace only our section of docs/benchmarks.md (others own the rest)."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
 
 
 # offloads, workload, req/s off, req/s on, ratio, lo, hi, cpu us/req off, on, cpu ratio
@@ -226,7 +212,7 @@ def main() -> int:
               f"{c_off:10.1f} {c_on:9.1f} {c_ratio:7.3f}")
     print(f"load average at the end: {load:.1f}")
     if not args.no_docs:
-        update_docs(render(rows, args, load))
+        update_docs("mirror", render(rows, args, load))
         print(f"\nupdated {DOCS.relative_to(ROOT)}")
     return 0
 

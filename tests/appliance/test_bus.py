@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apphelpers import free_port, serve_http, wait_for
-from test_live_engine import _essence, _run, _Shadow
+from apphelpers import wait_for
+from test_live_engine import _essence, _run
 
 from appliance import config
 from replay.synth import generate_pcap
@@ -50,14 +50,6 @@ def redis_dir(tmp_path: Path) -> Iterator[Path]:
     finally:
         p.terminate()
         p.wait(10)
-
-
-@pytest.fixture(scope="module")
-def shadows() -> Iterator[tuple[int, int]]:
-    p1, p2 = free_port(), free_port()
-    v2 = type("ShadowV2", (_Shadow,), {"build": "v2"})
-    with serve_http(_Shadow, "127.0.0.1", p1), serve_http(v2, "127.0.0.1", p2):
-        yield p1, p2
 
 
 def _publish(tmp: Path, url: str, seed: int, conns: int = 100) -> int:
@@ -94,7 +86,7 @@ def _entries(url: str) -> int:
     return sum(r.xlen(f"shadowtap:{s}") for s in range(4))
 
 
-def test_two_publishers_two_workers_one_verdict(redis_dir: Path, shadows: tuple[int, int],
+def test_two_publishers_two_workers_one_verdict(redis_dir: Path, shadow_pair: tuple[int, int],
                                                 tmp_path: Path) -> None:
     url = f"unix://{redis_dir / 'redis.sock'}"
     n = _publish(tmp_path, url, 5) + _publish(tmp_path, url, 6)
@@ -105,16 +97,16 @@ def test_two_publishers_two_workers_one_verdict(redis_dir: Path, shadows: tuple[
     r = redis.Redis.from_url(url)
     raw = b"".join(f[b"x"] for s in range(4) for _, f in r.xrange(f"shadowtap:{s}"))
     assert b"Bearer eyJ" not in raw and raw.count(b"\n") == n
-    one = subprocess.run(_worker(url, shadows, "--group", "one", "--until-idle", "2",
+    one = subprocess.run(_worker(url, shadow_pair, "--group", "one", "--until-idle", "2",
                                  "--report", str(tmp_path / "one.json")),
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
-    two = [subprocess.Popen(_worker(url, shadows, "--group", "two", "--index", str(i), "--of",
+    two = [subprocess.Popen(_worker(url, shadow_pair, "--group", "two", "--index", str(i), "--of",
                                     "2", "--until-idle", "2"), cwd=ROOT,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
     for p in two:
         assert p.wait(120) == 0, p.stderr.read() if p.stderr else ""
-    rep = subprocess.run(_worker(url, shadows, "--group", "two", "--report-only", "--report",
+    rep = subprocess.run(_worker(url, shadow_pair, "--group", "two", "--report-only", "--report",
                                  str(tmp_path / "two.json")), cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert rep.returncode == 0, rep.stderr
@@ -128,7 +120,7 @@ def test_two_publishers_two_workers_one_verdict(redis_dir: Path, shadows: tuple[
 
 
 def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
-        redis_dir: Path, shadows: tuple[int, int], tmp_path: Path) -> None:
+        redis_dir: Path, shadow_pair: tuple[int, int], tmp_path: Path) -> None:
     url = f"unix://{redis_dir / 'redis.sock'}"
     import redis
 
@@ -136,7 +128,7 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
     r = redis.Redis.from_url(url)
     log = tmp_path / "w.log"
     with log.open("w") as fh:
-        w = subprocess.Popen(_worker(url, shadows, "--until-idle", "3"), cwd=ROOT, stderr=fh)
+        w = subprocess.Popen(_worker(url, shadow_pair, "--until-idle", "3"), cwd=ROOT, stderr=fh)
 
     def mid_stream() -> bool:  # a state written, and entries read but not acknowledged
         return bool(r.hlen("shadowtap:state:shadowtap-workers")) and sum(
@@ -147,7 +139,7 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
     os.kill(w.pid, signal.SIGKILL)
     w.wait(10)
     with log.open("a") as fh:
-        w = subprocess.Popen(_worker(url, shadows, "--until-idle", "3", "--report",
+        w = subprocess.Popen(_worker(url, shadow_pair, "--until-idle", "3", "--report",
                                      str(tmp_path / "r.json")), cwd=ROOT, stderr=fh)
     assert w.wait(180) == 0, log.read_text()
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -160,7 +152,7 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
 
 
 def test_a_broker_restart_is_survived_with_a_clear_log_line(tmp_path: Path,
-                                                           shadows: tuple[int, int]) -> None:
+                                                           shadow_pair: tuple[int, int]) -> None:
     d = tmp_path / "redis"
     d.mkdir()
     p = start_redis(d)
@@ -168,7 +160,7 @@ def test_a_broker_restart_is_survived_with_a_clear_log_line(tmp_path: Path,
     log = tmp_path / "w.log"
     try:
         with log.open("w") as fh:
-            w = subprocess.Popen(_worker(url, shadows, "--log-level", "info"), cwd=ROOT,
+            w = subprocess.Popen(_worker(url, shadow_pair, "--log-level", "info"), cwd=ROOT,
                                  stderr=fh)
         time.sleep(2.0)
         p.terminate()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apphelpers import JsonHandler, free_port, serve_http
 
 from appliance import config
 from appliance.live.engine import LiveEngine, needs_workers
@@ -155,22 +154,6 @@ def test_a_worker_that_does_not_read_costs_whole_connections_counted_not_capture
 # The engine on a capture file, with real shadows
 
 
-class _Shadow(JsonHandler):
-    """Answers like the synthetic production would not: the path and a changing id; in build
-    "v2" a seeded regression: every answer's status is 201 instead of 200."""
-
-    build = "v1"
-
-    def _answer(self) -> None:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
-        doc: dict[str, Any] = {"path": self.path.split("?")[0], "rid": os.urandom(4).hex()}
-        self.send_json(201 if self.build == "v2" else 200, doc)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
-
-
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     d = tmp_path_factory.mktemp("livecap")
@@ -179,14 +162,6 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     (d / "key").write_bytes(os.urandom(32))
     os.chmod(d / "key", 0o600)
     return d, len(truth)
-
-
-@pytest.fixture(scope="module")
-def shadows() -> Iterator[tuple[int, int]]:
-    p1, p2 = free_port(), free_port()
-    v2 = type("ShadowV2", (_Shadow,), {"build": "v2"})
-    with serve_http(_Shadow, "127.0.0.1", p1), serve_http(v2, "127.0.0.1", p2):
-        yield p1, p2
 
 
 def _cfg(d: Path, out: Path, workers: int, ports: tuple[int, int] | None) -> Any:
@@ -255,13 +230,13 @@ def _essence(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_three_workers_judge_exactly_as_one_process(capture: tuple[Path, int],
-                                                   shadows: tuple[int, int],
+                                                   shadow_pair: tuple[int, int],
                                                    tmp_path: Path) -> None:
     d, n = capture
     docs = {}
     for w in (0, 1, 3):
         out = tmp_path / f"s{w}"
-        eng, doc = _run(_cfg(d, out, w, shadows))
+        eng, doc = _run(_cfg(d, out, w, shadow_pair))
         assert doc is not None and eng.error is None
         assert doc["summary"]["compared"] > 0.8 * n
         docs[w] = _essence(doc)
@@ -275,13 +250,13 @@ def test_three_workers_judge_exactly_as_one_process(capture: tuple[Path, int],
 
 
 def test_a_killed_worker_is_restarted_and_the_engine_carries_on(
-        capture: tuple[Path, int], shadows: tuple[int, int], tmp_path: Path) -> None:
+        capture: tuple[Path, int], shadow_pair: tuple[int, int], tmp_path: Path) -> None:
     """kill -9 of a worker: the engine restarts it on a new pipe (sent to the running capture
     process), the verdict keeps what the dead worker had reported, and stop still ends
     cleanly."""
     d, _ = capture
     out = tmp_path / "k"
-    cfg = _cfg(d, out, 2, shadows)
+    cfg = _cfg(d, out, 2, shadow_pair)
     eng = LiveEngine(cfg, source="test").start()
     try:
         victim = eng._procs[0]
