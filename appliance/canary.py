@@ -72,6 +72,54 @@ class CanaryPolicy:
         return self.step_deadline if self.step_deadline is not None else 4 * self.step_seconds
 
 
+class CanaryConfigError(ValueError):
+    """A canary policy file is wrong; the message names the file and the key."""
+
+
+POLICY_SCHEMA: dict[str, Any] = {
+    "steps": ([float], str), "step_seconds": float, "min_requests": int,
+    "max_error_rate": float, "alpha": float, "max_latency_ratio": float,
+    "min_latency_ms": float, "step_deadline": float,
+}
+"""The keys of a canary policy file (``canary run --config``), each a ``CanaryPolicy`` field::
+
+    steps: [5, 25, 50, 100]      # or "5,25,50,100": percent of new connections per step
+    step_seconds: 30
+    min_requests: 50
+    max_error_rate: 0.01
+    max_latency_ratio: 1.5
+    min_latency_ms: 10
+"""
+
+
+def load_policy(path: str | Any) -> CanaryPolicy:
+    """Read and validate a canary policy file (strict: unknown keys are errors)."""
+    import strictconf
+
+    d = strictconf.load(path, POLICY_SCHEMA, what="canary policy", error=CanaryConfigError)
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise CanaryConfigError(f"{path}: expected a mapping of policy keys, e.g. "
+                                "steps: [5, 25, 50, 100]")
+    kw = {k: v for k, v in d.items() if v is not None}
+    steps = kw.get("steps")
+    if isinstance(steps, str):
+        try:
+            kw["steps"] = [float(x) for x in steps.split(",") if x.strip()]
+        except ValueError:
+            raise CanaryConfigError(f"{path}: steps: {steps!r}; give increasing percentages, "
+                                    "e.g. [5, 25, 50, 100]") from None
+    elif steps is not None:
+        kw["steps"] = [float(x) for x in steps]
+    policy = CanaryPolicy(**kw)
+    try:
+        policy.validate()
+    except ValueError as e:
+        raise CanaryConfigError(f"{path}: {e}") from None
+    return policy
+
+
 # ---------------------------------------------------------------------------------------------
 # The judge (sans-I/O)
 

@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from appliance import procs
 from appliance.imagesync import ImageStore, Snapshot
 from appliance.shadows import RSYNC_PORT, ShadowHost, parse_duration
@@ -90,12 +88,23 @@ class CheckResult:
 
 def load_checks(path: Path) -> ChecksFile:
     """Parse and validate a checks file completely before anything runs."""
-    try:
-        d = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckSpecError(f"{path}: cannot read ({e})") from e
+    import strictconf  # unknown keys are errors: a typo'd gate (p95ms:) must not turn it off
+
+    d = strictconf.load_yaml(path, what="checks file", error=CheckSpecError)
     if isinstance(d, list):
         d = {"checks": d}
+    port, num, args = int, float, [(str, float)]
+    strictconf.check(d, {"timeout": (num, str), "checks": [strictconf.Tagged("type", {
+        "http": {"port": port, "path": str, "status": int, "contains": str},
+        "pytest": {"path": str, "args": args, "port": port},
+        "locust": {"locustfile": str, "duration": (num, str), "users": int, "spawn_rate": num,
+                   "port": port, "p95_ms": num, "max_error_rate": num},
+        "security": {"allowed_ports": [int], "allow_files": [str],
+                     "allow_world_writable": bool, "allow_setuid": bool},
+        "replay": {"input": str, "port": port, "fail_on": (str, num), "secondary": str,
+                   "noise_rules": str, "args": args},
+    }, common={"name": str, "type": str, "shadows": str, "timeout": (num, str)})]},
+        file=path, error=CheckSpecError)
     if not isinstance(d, dict) or not isinstance(d.get("checks"), list):
         raise CheckSpecError(f"{path}: expected a mapping with a 'checks' list")
     default_timeout = float(d.get("timeout", 300))

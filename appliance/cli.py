@@ -12,14 +12,46 @@ from pathlib import Path
 
 import typer
 
+from appliance.envvars import help_epilog
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+"""``-h`` and ``--help`` on every command (sub-commands inherit it from the root)."""
+
 app = typer.Typer(
     name="shadowtap",
     help="Mirror production HTTP traffic, extract and sanitise it, replay it to shadows.",
+    epilog=help_epilog(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
 )
 
+
+def version() -> str:
+    """The installed distribution's version (``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("shadowtap")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"shadowtap {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    show_version: bool = typer.Option(False, "--version", is_eager=True,
+                                      callback=_show_version,
+                                      help="Print the version and exit."),
+) -> None:
+    """Mirror production HTTP traffic, extract and sanitise it, replay it to shadows."""
 
 
 def _register_all() -> None:
@@ -41,20 +73,22 @@ def _register_all() -> None:
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path("out/demo"), help="Where the demo writes its files"),
-    duration: float = typer.Option(20.0, help="Seconds of client traffic"),
-    users: int = typer.Option(6, help="Concurrent virtual users"),
+    duration: float = typer.Option(20.0, help="Seconds of client traffic", min=0.1),
+    users: int = typer.Option(6, help="Concurrent virtual users", min=1, max=10_000),
     baseline: float = typer.Option(4.0, help="Seconds of traffic before the appliance starts "
-                                   "(to compare client latency); 0 skips it"),
+                                   "(to compare client latency); 0 skips it", min=0.0),
     keep: bool = typer.Option(False, "--keep", help="Leave the lab running afterwards"),
     prefix: str = typer.Option("st-", help="Namespace name prefix of the lab"),
     seed: int = typer.Option(1, help="Traffic seed (same seed, same requests)"),
     stop_shadow_at: float | None = typer.Option(
-        None, help="Stop shadow-2 this many seconds into the traffic (to see it marked down)"),
+        None, help="Stop shadow-2 this many seconds into the traffic (to see it marked down)",
+        min=0.0),
     restart_shadow_after: float | None = typer.Option(
-        None, help="Restart shadow-2 this many seconds after stopping it"),
+        None, help="Restart shadow-2 this many seconds after stopping it", min=0.0),
     offline: bool = typer.Option(False, "--offline", help="No lab, no root: make a sample "
                                  "capture with the generator and extract it"),
-    connections: int = typer.Option(400, help="--offline: connections in the sample capture"),
+    connections: int = typer.Option(400, help="--offline: connections in the sample capture",
+                                    min=1),
 ) -> None:
     """The end-to-end demo: lab, production traffic, live shadowing, three-way comparison.
 
@@ -121,13 +155,26 @@ def _offline_demo(workdir: Path, connections: int) -> None:
     con.print(f"exchange log: {out} (one JSON object per line; see docs/formats.md)")
 
 
+def _one_line_warnings() -> None:
+    """Warnings (a HAR file cut short, ...) as one ``warning:`` line, like the errors."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
+    _one_line_warnings()
     if len(sys.argv) > 1 and sys.argv[1] == "extract":
         # The one-shot command that scripts run once per capture: mount it alone, so a run
         # does not pay for importing and building the ~40 other commands (~0.2 s).
         from replay import cli as replay_cli
 
-        one = typer.Typer(name="shadowtap", add_completion=False, pretty_exceptions_enable=False)
+        one = typer.Typer(name="shadowtap", add_completion=False, pretty_exceptions_enable=False,
+                          context_settings=CONTEXT)
         one.callback()(lambda: None)  # a group, so the command keeps its name: shadowtap extract
         one.command("extract")(replay_cli.extract_cmd)
         one()

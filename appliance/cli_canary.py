@@ -45,20 +45,24 @@ def canary_run(
     ] = "st-gateway",
     interface: Annotated[str, typer.Option("--interface", "-i",
                                            help="The mirror port to judge from")] = "cap0",
-    port: Annotated[int, typer.Option(help="The service's TCP port")] = 80,
-    steps: Annotated[str, typer.Option(help="Canary weights, percent of new connections")
-                     ] = "5,25,50,100",
-    step_seconds: Annotated[float, typer.Option(help="Seconds each step runs before promotion")
-                            ] = 30.0,
-    min_requests: Annotated[int, typer.Option(help="Canary requests a step needs to be judged")
-                            ] = 50,
-    max_error_rate: Annotated[float, typer.Option(
-        help="Allowed excess of the canary's error share over production's (0.01 = 1 point)")
-    ] = 0.01,
-    max_latency_ratio: Annotated[float, typer.Option(
-        help="Allowed canary p95 / production p95")] = 1.5,
-    min_latency_ms: Annotated[float, typer.Option(
-        help="A latency regression must also be this many ms at p95")] = 10.0,
+    port: Annotated[int, typer.Option(help="The service's TCP port", min=1, max=65535)] = 80,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Canary policy YAML (steps, step_seconds, min_requests, "
+        "max_error_rate, max_latency_ratio, min_latency_ms); options given here win")] = None,
+    steps: Annotated[str | None, typer.Option(
+        help="Canary weights, percent of new connections (default 5,25,50,100)")] = None,
+    step_seconds: Annotated[float | None, typer.Option(
+        help="Seconds each step runs before promotion (default 30)", min=0.1)] = None,
+    min_requests: Annotated[int | None, typer.Option(
+        help="Canary requests a step needs to be judged (default 50)", min=1)] = None,
+    max_error_rate: Annotated[float | None, typer.Option(
+        help="Allowed excess of the canary's error share over production's (0.01 = 1 point; "
+        "default 0.01)", min=0.0, max=1.0)] = None,
+    max_latency_ratio: Annotated[float | None, typer.Option(
+        help="Allowed canary p95 / production p95 (default 1.5)", min=1.0)] = None,
+    min_latency_ms: Annotated[float | None, typer.Option(
+        help="A latency regression must also be this many ms at p95 (default 10)", min=0.0)
+    ] = None,
     canary_ip: Annotated[list[str] | None, typer.Option(
         "--canary-ip", help="Tell backends apart by server address (repeatable) instead of "
         "by the gateway's conntrack marks")] = None,
@@ -90,19 +94,38 @@ def canary_run(
         CanaryPolicy,
         ConntrackBackends,
         Rollout,
+        load_policy,
         run_rollout,
     )
     from appliance.capture import CaptureError
     from netconfig import routing
     from netconfig.errors import NetconfigError
+    from replay.cli import check_output
+    from replay.errors import InputError
 
     con = Console(stderr=True)
-    policy = CanaryPolicy(steps=_steps(steps), step_seconds=step_seconds,
-                          min_requests=min_requests, max_error_rate=max_error_rate,
-                          max_latency_ratio=max_latency_ratio, min_latency_ms=min_latency_ms)
+    try:
+        policy = load_policy(config) if config is not None else CanaryPolicy()
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    given = {"steps": _steps(steps) if steps is not None else None,
+             "step_seconds": step_seconds, "min_requests": min_requests,
+             "max_error_rate": max_error_rate, "max_latency_ratio": max_latency_ratio,
+             "min_latency_ms": min_latency_ms}
+    for k, v in given.items():
+        if v is not None:
+            setattr(policy, k, v)
     try:
         policy.validate()
     except ValueError as e:
+        raise _fail(str(e)) from None
+    if not interface or len(interface) > 15 or "/" in interface:
+        raise _fail(f"--interface {interface!r}: not an interface name (at most 15 characters)")
+    try:
+        if report is not None and report.suffix.lower() != ".json":
+            raise InputError(f"--report {report}: the report is JSON; name the file .json")
+        check_output(report, "--report")
+    except InputError as e:
         raise _fail(str(e)) from None
     if os.geteuid() != 0:
         raise _fail("a rollout changes the gateway's nftables split and captures on its mirror "

@@ -25,6 +25,8 @@ EXIT_USAGE = 2
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1, help="Limit per rsync/step, s")]
 KeepOpt = Annotated[int, typer.Option("--keep", min=2, help="Snapshots kept for rollback")]
+DeepOpt = Annotated[bool, typer.Option(
+    "--deep", help="Verify content too (catches a change that kept size and mtime; slower)")]
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -90,6 +92,7 @@ def image_push(
     stage: Annotated[str, typer.Option("--stage", help="Build step name, for the history")] = "push",
     timeout: TimeoutOpt = 120.0,
     keep: KeepOpt = 5,
+    deep: DeepOpt = False,
     as_json: Json = False,
 ) -> None:
     """Snapshot the image and bring every shadow following it to the new snapshot."""
@@ -102,14 +105,16 @@ def image_push(
     con = _console()
     try:
         snap, applies = push(directory, stage, pool=Pool(), keep=keep, timeout=timeout,
-                             log=lambda m: con.print(f"[yellow]{escape(m)}[/]"))
+                             log=lambda m: con.print(f"[yellow]{escape(m)}[/]"), deep=deep)
     except _errors() as e:
         raise _fail(str(e)) from None
     if as_json:
         print(json.dumps({"snapshot": asdict(snap) if snap else None,
                           "applies": [asdict(a) for a in applies]}, indent=1))
     elif snap is None:
-        con.print("no significant change since the last snapshot: nothing pushed")
+        con.print("no significant change since the last snapshot: nothing pushed "
+                  "('shadowtap shadow verify' checks the shadows, 'build-hook --force' "
+                  "re-runs the checks)")
     else:
         con.print(f"snapshot {snap.id} ({escape(stage)}): {len(snap.changed)} changed, "
                   f"{len(snap.removed)} removed, delta {snap.batch_bytes:,} bytes")
@@ -237,7 +242,8 @@ def history_cmd(
         t.add_row(str(r["id"]), time.strftime("%F %T", time.localtime(r["started"])),
                   escape(r["image"]), r["snapshot"] or "-", escape(r["stage"]),
                   "pass" if r["verdict"] == "pass" else "[red]FAIL[/]",
-                  f"{r['switched']}/{r['shadows']}", f"{r['batch_bytes'] or 0:,}",
+                  f"{r['switched']}/{r['shadows']}",
+                  "re-check" if r.get("trigger") == "forced" else f"{r['batch_bytes'] or 0:,}",
                   f"{r['push_seconds']:.2f} {tr_push}", f"{r['verdict_seconds']:.1f} {tr_verdict}",
                   f"{pv:.0f} {tr_p95}" if pv is not None else "-", escape(", ".join(failed)))
     _console().print(t)
@@ -261,6 +267,10 @@ def build_hook(
         "--max-shadows", help="... and at most this many (one more per build waiting)")] = None,
     idle_after: Annotated[float, typer.Option(
         "--idle-after", help="Seconds without builds before the pool shrinks by one")] = 600.0,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Without a change too: verify the shadows against the latest snapshot"
+                        " (repairing drift), run the checks, record the verdict")] = False,
+    deep: DeepOpt = False,
     as_json: Json = False,
 ) -> None:
     """For build pipelines: push the delta, wait for the checks, print a summary, exit 0 or 1."""
@@ -272,7 +282,8 @@ def build_hook(
     try:
         res = build(image, stage, pool=Pool(), checks_file=checks, webhooks=webhook or [],
                     timeout=timeout, keep=keep, log=lambda m: con.print(f"[yellow]{escape(m)}[/]"),
-                    min_shadows=min_shadows, max_shadows=max_shadows, idle_after=idle_after)
+                    min_shadows=min_shadows, max_shadows=max_shadows, idle_after=idle_after,
+                    force=force, deep=deep)
     except _errors() as e:
         raise _fail(str(e)) from None
     if as_json:
@@ -282,10 +293,15 @@ def build_hook(
         raise typer.Exit(0 if res.ok else EXIT_FAIL)
     if not as_json:
         s = res.snapshot
-        con.print(f"[bold]{escape(res.image)}[/] snapshot {s.id} ({escape(stage)}): "
-                  f"{len(s.changed)} changed, "
-                  f"{len(s.removed)} removed, delta {s.batch_bytes:,} bytes; pushed in "
-                  f"{res.push_seconds:.2f} s, verdict in {res.verdict_seconds:.1f} s")
+        if res.forced:
+            con.print(f"[bold]{escape(res.image)}[/] snapshot {s.id} ({escape(stage)}): no "
+                      f"change, re-checked (--force); shadows verified in "
+                      f"{res.push_seconds:.2f} s, verdict in {res.verdict_seconds:.1f} s")
+        else:
+            con.print(f"[bold]{escape(res.image)}[/] snapshot {s.id} ({escape(stage)}): "
+                      f"{len(s.changed)} changed, "
+                      f"{len(s.removed)} removed, delta {s.batch_bytes:,} bytes; pushed in "
+                      f"{res.push_seconds:.2f} s, verdict in {res.verdict_seconds:.1f} s")
         con.print(_apply_table(res.applies, "shadows"))
         if res.checks:
             con.print(_checks_table(res.checks))
@@ -410,18 +426,91 @@ def shadow_delete(
             gone += pool.delete_branch(branch)
     except _errors() as e:
         raise _fail(str(e)) from None
-    typer.echo(f"deleted: {', '.join(gone) or 'nothing'}", err=True)
+    typer.echo(f"deleted: {', '.join(gone) or 'nothing'}" + _released(pool), err=True)
+
+
+def _released(pool: Any) -> str:
+    """What an emptied pool removed besides the shadows (its gateway namespace)."""
+    if not pool.released:
+        return ""
+    return f"; the pool is empty: removed its gateway namespace {', '.join(pool.released)}"
 
 
 def shadow_gc() -> None:
     """Reap ephemeral shadows whose TTL has passed."""
     from appliance.shadows import Pool
 
+    pool = Pool()
     try:
-        gone = Pool().gc()
+        gone = pool.gc()
     except _errors() as e:
         raise _fail(str(e)) from None
-    typer.echo(f"reaped: {', '.join(gone) or 'nothing expired'}", err=True)
+    typer.echo(f"reaped: {', '.join(gone) or 'nothing expired'}" + _released(pool), err=True)
+
+
+def shadow_verify(
+    names: Annotated[list[str] | None, typer.Argument(help="Shadows (default: all)")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Only this image's shadows")
+                     ] = None,
+    deep: DeepOpt = False,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Give a drifted shadow a full copy of its snapshot")] = False,
+    timeout: TimeoutOpt = 120.0,
+    as_json: Json = False,
+) -> None:
+    """Is every shadow still on the snapshot it claims? In step or drifted, and which files.
+
+    Exit 0 when all are in step (or were repaired), 1 otherwise.
+    """
+    from dataclasses import asdict
+
+    from appliance.shadows import Pool
+    from appliance.verify import verify
+
+    pool = Pool()
+    try:
+        hosts = [pool.get(n) for n in names] if names else pool.hosts()
+    except _errors() as e:
+        raise _fail(str(e)) from None
+    if image:
+        hosts = [h for h in hosts if h.rec.get("image") == image]
+    if not hosts:
+        raise _fail("no shadow to verify" + (f" runs image {image!r}" if image else "")
+                    + ": 'shadowtap shadow list' shows them")
+    if any(h.backend == "lab" for h in hosts):
+        _need_root()
+    try:
+        out = verify(hosts, pool.home, deep=deep, fix=repair, timeout=timeout)
+    except _errors() as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        print(json.dumps([asdict(v) | {"ok": v.ok} for v in out], indent=1))
+    else:
+        _console().print(_verify_table(out, deep))
+    bad = [v for v in out if not v.ok and not v.repaired]
+    if bad:
+        if not as_json:
+            hint = "" if repair else " ('--repair' restores drifted ones)"
+            typer.echo(f"not in step: {', '.join(v.shadow for v in bad)}{hint}", err=True)
+        raise typer.Exit(EXIT_FAIL)
+
+
+def _verify_table(out: list[Any], deep: bool) -> Any:
+    from rich.table import Table
+
+    t = Table(title="shadows verified" + (" (content too)" if deep else " (metadata)"),
+              title_justify="left")
+    for c in ("shadow", "snapshot", "state", "files / note"):
+        t.add_column(c)
+    for v in out:
+        state = v.state if v.ok else f"[red]{v.state}[/]"
+        if v.repaired:
+            state = f"{v.state}, [green]repaired[/]"
+        lines = v.files[:5] + ([f"... and {len(v.files) - 5} more"] if len(v.files) > 5 else [])
+        if v.note:
+            lines.append(v.note)
+        t.add_row(v.shadow, v.snapshot or "-", state, escape("\n".join(lines) or "-"))
+    return t
 
 
 def shadow_shell(name: Annotated[str, typer.Argument()]) -> None:
@@ -581,20 +670,24 @@ def shadow_scale(
 
 def register(app: typer.Typer) -> None:
     """Mount this module's commands on the root app."""
+    from appliance.envvars import help_epilog
+
+    env = help_epilog(("SHADOWTAP_HOME", "SHADOWTAP_STATE_DIR", "SHADOWTAP_POOL_PREFIX"))
     img = typer.Typer(help="Images: snapshots, deltas pushed to shadows, rollback.",
-                      no_args_is_help=True)
+                      no_args_is_help=True, epilog=env)
     img.command("push")(image_push)
     img.command("watch")(image_watch)
     img.command("list")(image_list)
     img.command("rollback")(image_rollback)
     img.command("history")(history_cmd)
     app.add_typer(img, name="image")
-    app.command("build-hook")(build_hook)
+    app.command("build-hook", epilog=env)(build_hook)
     app.command("history")(history_cmd)
-    sh = typer.Typer(help="Shadows: create (ephemeral with --ttl), list, delete, gc, shell, ...",
-                     no_args_is_help=True)
+    sh = typer.Typer(help="Shadows: create (ephemeral with --ttl), list, verify, delete, gc, "
+                          "shell, ...", no_args_is_help=True, epilog=env)
     sh.command("create")(shadow_create)
     sh.command("list")(shadow_list)
+    sh.command("verify")(shadow_verify)
     sh.command("delete")(shadow_delete)
     sh.command("gc")(shadow_gc)
     sh.command("shell")(shadow_shell)

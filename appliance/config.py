@@ -54,20 +54,54 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
 
 from __future__ import annotations
 
-import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+import strictconf
 from appliance.capture import RingConfig, SourceSpec
 from appliance.shadowing import ShadowingConfig, ShadowTarget
 
 
 class ConfigError(Exception):
     """A configuration mistake; the message starts with the key's path and says the fix."""
+
+
+_SIZE_T = (int, str)
+_DUR_T = (int, float, str)
+_TARGET_T = (str, {"url": str, "name": str, "label": str})
+SCHEMA: dict[str, Any] = {
+    "source": {
+        "interface": str, "netns": str, "filter": str, "skip_bare_acks": bool,
+        "ring": {"block_size": _SIZE_T, "block_count": int, "retire_ms": int},
+        "rcvbuf": _SIZE_T, "workers": int, "fanout_group": (int, str),
+        "vxlan": {"listen": str, "port": int, "vnis": (int, [int])},
+        "file": str,
+    },
+    "extract": {"port": int, "idle_timeout": _DUR_T, "max_connections": int,
+                "max_buffer": _SIZE_T},
+    "pipeline": {
+        "workers": (int, str), "handoff_budget": _SIZE_T,
+        "sample": ({"percent": float}, float),
+        "filters": [{"host": (str, [str]), "method": (str, [str]), "path": str,
+                     "port": (int, [int]), "exclude": bool}],
+        "sanitise": {"enabled": bool, "policy": str, "key_file": str, "key_env": str},
+        "sinks": [{"type": str, "path": str, "max_size": _SIZE_T, "max_age": _DUR_T,
+                   "keep": int, "size": int, "raw_unsanitised": bool}],
+    },
+    "metrics": {"listen": str},
+    "shadowing": {
+        "candidate": _TARGET_T, "secondary": _TARGET_T, "concurrency": int, "timeout": _DUR_T,
+        "connect_timeout": _DUR_T, "verdict_every": _DUR_T, "min_samples": int,
+        "allow_extra_fields": bool, "down_after": int, "max_in_flight": int,
+        "drain_timeout": _DUR_T, "report": str,
+    },
+    "bus": {"url": str, "stream": str, "shards": int, "maxlen": int, "backlog": int},
+}
+"""Every key the appliance config knows (``strictconf``): checked before anything else, so a
+typo'd section (``sourse:``) is reported as itself, not as the section it left empty."""
 
 
 @dataclass
@@ -176,10 +210,7 @@ class _Reader:
     def done(self) -> None:
         for k in self.d:
             if k not in self.used:
-                near = difflib.get_close_matches(str(k), sorted(self.used), n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else (
-                    f"; known keys: {', '.join(sorted(self.used))}")
-                raise ConfigError(f"{self.key(str(k))}: unknown key{hint}")
+                raise ConfigError(strictconf.unknown_key_message(self.key(str(k)), k, self.used))
 
     def str_(self, k: str, default: str | None = None) -> str | None:
         v = self.get(k, default)
@@ -245,6 +276,7 @@ class _Reader:
 
 def parse(data: Any, path: str | None = None) -> ApplianceConfig:
     """Validate a parsed YAML document; raises ConfigError naming the first bad key."""
+    strictconf.check(data, SCHEMA, error=ConfigError)
     top = _Reader(data, "")
     src, workers = _source(top.sub("source"))
     ext = _extract(top.sub("extract"))
@@ -507,9 +539,9 @@ def _pipeline(r: _Reader, src: SourceSpec) -> PipelineConfig:
             if c.path in paths:
                 raise ConfigError(f"pipeline.sinks[{i}].path: {c.path} is used by another sink")
             paths.add(c.path)
-            parent = Path(c.path).parent
-            if parent.exists() and not parent.is_dir():
-                raise ConfigError(f"pipeline.sinks[{i}].path: {parent} is not a directory")
+            problem = writable_problem(c.path)
+            if problem:
+                raise ConfigError(f"pipeline.sinks[{i}].path: cannot write {c.path}: {problem}")
             c.max_size = sk.size("max_size", 256 << 20)
             c.max_age = sk.duration("max_age", 3600.0)
             c.keep = sk.int_("keep", 24, 1, 100_000) or 24
@@ -525,6 +557,36 @@ def _pipeline(r: _Reader, src: SourceSpec) -> PipelineConfig:
         p.sinks.append(c)
     r.done()
     return p
+
+
+def writable_problem(path: str | Path) -> str | None:
+    """Why a file at ``path`` could not be created (None when it can), without creating it.
+
+    The nearest existing ancestor must be a directory we may write into (missing directories
+    below it are created when the sink opens)."""
+    p = Path(path)
+    if p.exists():
+        if p.is_dir():
+            return "it is a directory; give a file name"
+        return None if os.access(p, os.W_OK) else "permission denied"
+    parent = p.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable (permission denied)"
+    import tempfile
+
+    try:  # what the kernel says, also for root (read-only mounts, /proc, /sys, full disks)
+        fd, probe = tempfile.mkstemp(prefix=".shadowtap-probe-", dir=parent)
+    except OSError as e:
+        return f"cannot create files in {parent} ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def _check_sanitise(s: SanitiseConfig) -> None:
@@ -551,18 +613,7 @@ def _check_sanitise(s: SanitiseConfig) -> None:
 def load(path: str | Path) -> ApplianceConfig:
     """Read and validate a config file."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}: not valid YAML{where} ({getattr(e, 'problem', e)})") from None
+    data = strictconf.load_yaml(p, what="config file", error=ConfigError)
     try:
         return parse(data, str(p))
     except ConfigError as e:

@@ -60,6 +60,7 @@ class BuildResult:
     verdict_seconds: float = 0.0
     build_id: int | None = None
     note: str = ""
+    forced: bool = False  # no change: the latest snapshot re-verified and re-checked
 
     @property
     def ok(self) -> bool:
@@ -77,9 +78,10 @@ class BuildResult:
         """One Slack-friendly message."""
         if self.snapshot is None:
             return f"shadowtap: {self.image} ({self.stage}): {self.note}"
+        again = ", re-checked without a change" if self.forced else ""
         head = (f"{'✅' if self.ok else '❌'} shadowtap: {self.image} snapshot {self.snapshot.id} "
-                f"({self.stage}) {'passed' if self.ok else 'FAILED'} on {len(self.applies)} "
-                f"shadow(s) in {self.verdict_seconds:.1f} s")
+                f"({self.stage}{again}) {'passed' if self.ok else 'FAILED'} on "
+                f"{len(self.applies)} shadow(s) in {self.verdict_seconds:.1f} s")
         lines = [head]
         lines += [f"• {f}" for f in self.failed[:10]]
         return "\n".join(lines)
@@ -90,7 +92,7 @@ class BuildResult:
                 "applies": [asdict(a) for a in self.applies],
                 "checks": [asdict(c) for c in self.checks], "push_seconds": self.push_seconds,
                 "verdict_seconds": self.verdict_seconds, "build_id": self.build_id,
-                "failed": self.failed, "note": self.note}
+                "failed": self.failed, "note": self.note, "forced": self.forced}
 
 
 # ---- history ----------------------------------------------------------------------------------
@@ -101,6 +103,9 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
+            cols = {r["name"] for r in db.execute("PRAGMA table_info(builds)")}
+            if "trigger" not in cols:  # histories written before forced re-checks existed
+                db.execute("ALTER TABLE builds ADD COLUMN trigger TEXT DEFAULT 'change'")
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -113,11 +118,12 @@ class History:
             cur = db.execute(
                 "INSERT INTO builds (image, snapshot, parent, stage, started, verdict, shadows, "
                 "switched, push_seconds, verdict_seconds, batch_bytes, changed_files, summary, "
-                "detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "detail, trigger) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (b.image, s.id if s else None, s.parent if s else None, b.stage, time.time(),
                  "pass" if b.ok else "fail", len(b.applies), sum(a.ok for a in b.applies),
-                 b.push_seconds, b.verdict_seconds, s.batch_bytes if s else 0,
-                 len(s.changed) if s else 0, b.text(), json.dumps(b.to_dict())))
+                 b.push_seconds, b.verdict_seconds, s.batch_bytes if s and not b.forced else 0,
+                 len(s.changed) if s and not b.forced else 0, b.text(), json.dumps(b.to_dict()),
+                 "forced" if b.forced else "change"))
             bid = int(cur.lastrowid or 0)
             db.executemany(
                 "INSERT INTO check_results VALUES (?,?,?,?,?,?,?,?)",
@@ -251,7 +257,8 @@ def write_metrics(b: BuildResult, path: Path) -> None:
     Gauge("shadowtap_image_verdict_seconds", "Push to tested verdict", lab,
           registry=reg).labels(b.image).set(b.verdict_seconds)
     Gauge("shadowtap_image_delta_bytes", "Size of the last batch delta", lab,
-          registry=reg).labels(b.image).set(b.snapshot.batch_bytes if b.snapshot else 0)
+          registry=reg).labels(b.image).set(b.snapshot.batch_bytes if b.snapshot and not b.forced
+                                      else 0)
     Gauge("shadowtap_image_build_ok", "1 if the last build passed", lab,
           registry=reg).labels(b.image).set(1 if b.ok else 0)
     g = Gauge("shadowtap_image_shadows", "Shadows by last apply mode", ["image", "mode"],
@@ -321,10 +328,14 @@ def build(image_dir: Path, stage: str, *, pool: Pool | None = None,
           checks_file: Path | None = None, webhooks: list[str] | None = None,
           timeout: float = 120.0, keep: int = 5, log: Any = None,
           min_shadows: int | None = None, max_shadows: int | None = None,
-          idle_after: float = 600.0) -> BuildResult:
+          idle_after: float = 600.0, force: bool = False, deep: bool = False) -> BuildResult:
     """Push ``image_dir`` and judge it. Never raises for a failed shadow or check.
 
     With ``min_shadows`` the image's pool is scaled first (see :func:`scale_for_build`).
+    ``force``: when nothing changed, verify every shadow against the latest snapshot anyway
+    (a drifted one gets a full copy), run the checks and record the verdict: a check added or
+    a shadow tampered with since the last build is seen without waiting for a change.
+    ``deep`` verifies content as well as metadata (a change that kept size and mtime).
     """
     pool = pool or Pool()
     m = load_manifest(image_dir)
@@ -336,11 +347,13 @@ def build(image_dir: Path, stage: str, *, pool: Pool | None = None,
                 idle_after=idle_after, timeout=timeout, log=log)
             if changes and log:
                 log(f"pool {m.name}: {' '.join(changes)}")
-        return _build(pool, m, image_dir, stage, checks_file, webhooks, timeout, keep, log)
+        return _build(pool, m, image_dir, stage, checks_file, webhooks, timeout, keep, log,
+                      force, deep)
 
 
 def _build(pool: Pool, m: Any, image_dir: Path, stage: str, checks_file: Path | None,
-           webhooks: list[str] | None, timeout: float, keep: int, log: Any) -> BuildResult:
+           webhooks: list[str] | None, timeout: float, keep: int, log: Any, force: bool,
+           deep: bool) -> BuildResult:
     t0 = time.monotonic()
     cf: ChecksFile | None = None
     cpath = checks_file or ((image_dir / m.checks) if m.checks else None)
@@ -350,18 +363,24 @@ def _build(pool: Pool, m: Any, image_dir: Path, stage: str, checks_file: Path | 
     snap = store.take(image_dir, stage, m.ignore)
     res = BuildResult(m.name, stage, snap)
     if snap is None:
-        res.note = "no significant change since the last snapshot: nothing pushed"
-        return res
+        if not force:
+            res.note = ("no significant change since the last snapshot: nothing pushed "
+                        "(--force re-verifies the shadows and re-runs the checks)")
+            return res
+        res.snapshot = snap = store.latest()
+        res.forced = True
+        assert snap is not None  # take() returns None only when a snapshot exists
     hosts = pool.hosts(m.name)
     if not hosts:
         res.note = "no shadow follows this image"
-    res.applies = Replicator(store, timeout=timeout, log=log).apply(hosts, snap)
+    res.applies = Replicator(store, timeout=timeout, log=log, deep_verify=deep).apply(hosts, snap)
     res.push_seconds = time.monotonic() - t0
     live = [h for h, a in zip(hosts, res.applies, strict=True) if a.ok]
     if cf is not None:
         sm = load_manifest(store.tree(snap.id))
-        res.checks = run_checks(cf, live, snap, store,
-                                pool.home / "artefacts" / m.name / snap.id, sm.service_port)
+        where = f"{snap.id}-recheck-{time.strftime('%Y%m%d-%H%M%S')}" if res.forced else snap.id
+        res.checks = run_checks(cf, live, snap, store, pool.home / "artefacts" / m.name / where,
+                                sm.service_port)
     elif not hosts:
         res.checks = [CheckResult("shadows", "pool", "-", False, 0.0,
                                   "no shadow is running this image: nothing was checked")]

@@ -6,7 +6,7 @@ An *image* is a directory tree a build writes (a rootfs, an application tree) wi
     name: shop
     service: {command: "python3 -m http.server 8080", port: 8080, health: /}
     checks: checks.yaml          # optional, relative to the image root
-    ignore: ["*.tmp", ".git/"]   # changes to these never trigger a push
+    ignore: ["*.tmp", ".git/"]   # never pushed; on a shadow: run-time files (appliance.ignore)
 
 Why the machinery is shaped the way it is:
 
@@ -35,11 +35,13 @@ Why the machinery is shaped the way it is:
 The tree hash (``TREE_SCRIPT``) is a POSIX sh + GNU find pipeline run the same way on the
 appliance and on every shadow, so lab namespaces and real VMs are verified by one definition:
 type, mode, size, mtime (ns) and link target of every entry; with ``deep`` the content too.
+Paths the manifest's ``ignore`` matches are left out: what a service writes into its release
+at run time (a cache, a log) is not drift. They are carried into the next release, except
+Python bytecode (see ``NO_CARRY``); a service's own data belongs in ``$SHADOW_DATA``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import secrets
@@ -52,9 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from appliance import procs
+from appliance.ignore import IgnoreError, IgnoreRules
 from appliance.shadows import ShadowHost, home
 from netconfig import state
 
@@ -63,44 +64,69 @@ MANIFEST_NAME = "shadowtap-image.yaml"
 # same second, with the same size, as unchanged (a build does that all the time).
 RSYNC_DELTA_OPTS = ["-a", "--delete", "--modify-window=-1"]
 
+# The ignore rules reach the snippets as two EREs (appliance.ignore): directories only, any
+# type; "^$" matches nothing. A pruned entry is not hashed and find does not descend into it.
+# With no rules the records are those of earlier versions, so recorded hashes stay valid.
 TREE_FN = r"""
 tree_hash() (
   cd "$1" || exit 3
+  dre=${3:-'^$'} are=${4:-'^$'}
   {
-    find . -mindepth 1 \( -type d -printf 'd %m %U:%G\t%P\0' \) \
-      -o -printf '%y %m %U:%G %s %T@ %l\t%P\0' | LC_ALL=C sort -z
+    find . -mindepth 1 -regextype posix-extended \
+      \( \( -type d -regex "$dre" \) -o -regex "$are" \) -prune -o \
+      \( -type d -printf 'd %m %U:%G\t%P\0' \) -o -printf '%y %m %U:%G %s %T@ %l\t%P\0' \
+      | LC_ALL=C sort -z
     if [ "$2" = deep ]; then
-      find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
+      find . -regextype posix-extended \( \( -type d -regex "$dre" \) -o -regex "$are" \) \
+        -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum
     fi
   } | sha256sum | cut -c1-64
 )
 """
-TREE_SCRIPT = TREE_FN + 'tree_hash "$1" "$2"\n'
+TREE_SCRIPT = TREE_FN + 'tree_hash "$1" "$2" "$3" "$4"\n'
 
+# $1 dir, $2 dirs-only ERE, $3 any-type ERE, $4 deep|"": every entry the hash counts, as
+# "meta<TAB>path" records; with deep, an empty record, then "sha256  ./path" records.
 LIST_SCRIPT = r"""
-cd "$1" && find . -mindepth 1 \( -type d -printf 'd %m %U:%G\t%P\0' \) -o -printf '%y %m %U:%G %s %T@ %l\t%P\0'
+cd "$1" || exit 3
+dre=${2:-'^$'} are=${3:-'^$'}
+find . -mindepth 1 -regextype posix-extended \
+  \( \( -type d -regex "$dre" \) -o -regex "$are" \) -prune -o \
+  \( -type d -printf 'd %m %U:%G\t%P\0' \) -o -printf '%y %m %U:%G %s %T@ %l\t%P\0'
+if [ "$4" = deep ]; then
+  printf '\0'
+  find . -regextype posix-extended \( \( -type d -regex "$dre" \) -o -regex "$are" \) \
+    -prune -o -type f -print0 | xargs -0r sha256sum -z
+fi
 """
 
 # One round trip per phase (an ssh round trip to a VM costs far more than the work):
 #
 # STAGE: $1 root, $2 snapshot the current release must be ("*": any), $3 its expected hash
-# ("-": do not check), $4 new release dir, $5 deep|"". Prints "ok:<cur>", or exits 10 (no
-# release), 11 (at another snapshot), 12 (drifted). Then a hard-linked staging copy; stdin:
-# NUL-separated paths whose metadata (not content) the delta changes: rsync would change them
-# in place, through the inode the running release shares, so they get their own inode first.
-# Changed content always arrives in a new inode (temp file + rename).
+# ("-": do not check), $4 new release dir, $5 deep|"", $6 $7 that snapshot's ignore EREs.
+# Prints "ok:<cur>", or exits 10 (no release), 11 (at another snapshot), 12 (drifted). Then a
+# hard-linked staging copy (run-time files the rules ignore come along: carried to the next
+# release), less the Python bytecode among them (NO_CARRY); stdin: NUL-separated paths whose
+# metadata (not content) the delta changes: rsync would change them in place, through the inode
+# the running release shares, so they get their own inode first. Changed content always
+# arrives in a new inode (temp file + rename).
 STAGE_SCRIPT = TREE_FN + r"""
 cd "$1" || exit 3
 cur=$(readlink current 2>/dev/null) || { echo none; exit 10; }
 cur=${cur##*/}
 case "$cur" in "$2"~*) ;; *) [ "$2" = "*" ] || { echo "at:$cur"; exit 11; } ;; esac
 if [ "$3" != "-" ]; then
-  h=$(tree_hash "$1/releases/$cur" "$5")
+  h=$(tree_hash "$1/releases/$cur" "$5" "$6" "$7")
   [ "$h" = "$3" ] || { echo "drift:$cur"; exit 12; }
 fi
 cd "$1/releases" || exit 3
 rm -rf -- "$4.staging" && cp -al -- "$cur" "$4.staging" || exit 4
 cd "$4.staging" || exit 5
+if [ -n "$6$7" ]; then
+  find . -mindepth 1 -regextype posix-extended \
+    \( \( -type d -regex "$6" \) -o -regex "$7" \) -prune \
+    \( -name __pycache__ -o -name '*.py[co]' \) -exec rm -rf -- {} + || exit 4
+fi
 xargs -0r -n 64 sh -c 'for p; do
   if [ -f "$p" ] && [ ! -L "$p" ]; then
     cp -p -- "$p" "$p.st~" && mv -f -- "$p.st~" "$p" || exit 1
@@ -112,35 +138,65 @@ echo "ok:$cur"
 # $5 expected hash of the result ("-": do not check), $6 deep|"", $7 releases kept besides
 # current, $8 where the batch comes from: "tcp:ADDR:PORT" (streamed from the appliance's batch
 # server over the shadow's link: bash's /dev/tcp), "stdin" (ssh carries it), else
-# "incoming/<id>.batch" sent earlier through the rsync daemon.
+# "incoming/<id>.batch" sent earlier through the rsync daemon; $9 the snapshot's ignore
+# patterns, one per line (as rsync --exclude they keep --delete off the run-time files they
+# match), ${10} ${11} the same as EREs (for the hash).
 # Exits 20 (batch failed), 21 (result differs from the snapshot), else switches.
 APPLY_SCRIPT = TREE_FN + r"""
-cd "$1" || exit 3
-case "$8" in
+root=$1 sid=$2 new=$3 wf=$4 want=$5 deep=$6 keep=$7 src=$8 ign=$9 dre=${10} are=${11}
+cd "$root" || exit 3
+set --
+while IFS= read -r p; do [ -n "$p" ] && set -- "$@" "--exclude=$p"; done <<IGNORE_RULES
+$ign
+IGNORE_RULES
+case "$src" in
   tcp:*)
     bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf "%s\n" "$2" >&3 &&
-      exec rsync -a --delete "$3" --modify-window=-1 --read-batch=- "$4" <&3' \
-      bash "${8#tcp:}" "$2" "$4" "releases/$3.staging/" || exit 20 ;;
+      exec rsync -a --delete "$3" --modify-window=-1 "${@:5}" --read-batch=- "$4" <&3' \
+      bash "${src#tcp:}" "$sid" "$wf" "releases/$new.staging/" "$@" || exit 20 ;;
   stdin)
-    rsync -a --delete "$4" --modify-window=-1 --read-batch=- "releases/$3.staging/" || exit 20 ;;
+    rsync -a --delete "$wf" --modify-window=-1 "$@" --read-batch=- \
+      "releases/$new.staging/" || exit 20 ;;
   *)
-    rsync -a --delete "$4" --modify-window=-1 --read-batch="incoming/$2.batch" \
-      "releases/$3.staging/" || exit 20 ;;
+    rsync -a --delete "$wf" --modify-window=-1 "$@" --read-batch="incoming/$sid.batch" \
+      "releases/$new.staging/" || exit 20 ;;
 esac
-if [ "$5" != "-" ]; then
-  h=$(tree_hash "$1/releases/$3.staging" "$6")
-  [ "$h" = "$5" ] || exit 21
+if [ "$want" != "-" ]; then
+  h=$(tree_hash "$root/releases/$new.staging" "$deep" "$dre" "$are")
+  [ "$h" = "$want" ] || exit 21
 fi
-""" + r"""
-set -- "$1" "$3" "$7"
+set -- "$root" "$new" "$keep"
 """
 
-# $1 root, $2 new release dir, $3 releases to keep besides current
+# FRESH (the staging tree of a full copy): $1 root, $2 new release dir, $3 $4 the snapshot's
+# ignore EREs. The run-time files of the current release that the rules ignore are carried
+# into the empty staging tree (hard links); rsync then fills in the image around them.
+#
+# NO_CARRY: Python bytecode is never carried. CPython trusts a .pyc whose source has the same
+# size and the same mtime in whole seconds; a module rewritten at the same size within the
+# second (builds do that) would run the old code in the new release.
+FRESH_SCRIPT = r"""
+cd "$1" || exit 3
+mkdir -p releases incoming && rm -rf -- "releases/$2.staging" && mkdir "releases/$2.staging" \
+  || exit 4
+cur=$(readlink current 2>/dev/null) || exit 0
+[ -n "$3$4" ] || exit 0
+dre=${3:-'^$'} are=${4:-'^$'}
+cd "releases/${cur##*/}" 2>/dev/null || exit 0
+find . -mindepth 1 -regextype posix-extended \
+  \( \( -type d -regex "$dre" \) -o -regex "$are" \) -prune \
+  ! -name __pycache__ ! -name '*.py[co]' -print0 \
+  | xargs -0r cp -al --parents -t "$1/releases/$2.staging" || exit 5
+"""
+
+# $1 root, $2 new release dir, $3 releases to keep besides current. The bytecode cache
+# (PYTHONPYCACHEPREFIX, see shadows.SVC_START) is of the releases that ran before: dropped.
 SWITCH_BODY = r"""
 cd "$1" || exit 3
 mv -T -- "releases/$2.staging" "releases/$2" || exit 4
 ln -sfn -- "releases/$2" .current.new && mv -T -- .current.new current || exit 5
 rm -f incoming/*.batch
+rm -rf cache/python
 ls -1 releases | LC_ALL=C sort | grep -vx -- "$2" | head -n -"$3" | while IFS= read -r d; do
   rm -rf -- "releases/$d"; done
 exit 0
@@ -174,10 +230,15 @@ def load_manifest(root: Path) -> ImageManifest:
         raise ImageError(f"{root}: not a directory")
     if not p.exists():
         return ImageManifest(name=_clean_name(root.resolve().name))
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ImageError(f"{p}: cannot read the image manifest ({e})") from e
+    import strictconf  # unknown keys are errors with their path and a did-you-mean
+
+    d = strictconf.load(p, {"name": str, "checks": str, "ignore": strictconf.ANY,
+                            "service": {"command": (str, [(str, float)]), "port": int,
+                                        "health": str},
+                            # read by other tools (demo, tests): known, not used here
+                            "version": (str, float), "description": str, "start": str,
+                            "shadow_start": str, "health": str},
+                        what="image manifest", error=ImageError) or {}
     if not isinstance(d, dict):
         raise ImageError(f"{p}: the manifest must be a mapping (name, service, checks)")
     svc = d.get("service") or {}
@@ -192,7 +253,19 @@ def load_manifest(root: Path) -> ImageManifest:
         name=_clean_name(str(d.get("name") or root.resolve().name)),
         service_command=cmd, service_port=int(svc["port"]) if svc.get("port") else None,
         health_path=str(svc.get("health", "/")), checks=d.get("checks"),
-        ignore=[str(x) for x in d.get("ignore") or []])
+        ignore=list(_manifest_rules(p, d.get("ignore")).patterns))
+
+
+def _manifest_rules(p: Path, raw: Any) -> IgnoreRules:
+    if raw is None:
+        return IgnoreRules()
+    if not isinstance(raw, list):
+        raise ImageError(f"{p}: 'ignore' must be a list of patterns, e.g. "
+                         "['__pycache__/', '*.log']")
+    try:
+        return IgnoreRules.parse(raw, f"{p}: ignore")
+    except IgnoreError as e:
+        raise ImageError(str(e)) from None
 
 
 def _clean_name(s: str) -> str:
@@ -201,40 +274,61 @@ def _clean_name(s: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", s.lower()).strip("-") or "image"
 
 
-def ignored(rel: str, patterns: Iterable[str]) -> bool:
-    """Does a change to ``rel`` (path relative to the image) not count?"""
-    parts = rel.split("/")
-    for pat in patterns:
-        if pat.endswith("/"):
-            if pat.rstrip("/") in parts[:-1] or pat.rstrip("/") == rel:
-                return True
-        elif fnmatch.fnmatch(parts[-1], pat) or fnmatch.fnmatch(rel, pat):
-            return True
-    return False
+def ignored(rel: str, patterns: Iterable[str], is_dir: bool | None = None) -> bool:
+    """Does a change to ``rel`` (path relative to the image) not count? rsync's rules."""
+    return IgnoreRules.parse(patterns).matches(rel, is_dir)
 
 
 # ---- tree hashing -----------------------------------------------------------------------------
 
-def tree_hash(path: Path, deep: bool = False, timeout: float = 300) -> str:
+def rule_args(rules: IgnoreRules | None) -> tuple[str, str]:
+    """The two EREs the snippets take ("" and "": nothing is ignored)."""
+    return rules.find_regexes() if rules else ("", "")
+
+
+def tree_hash(path: Path, deep: bool = False, timeout: float = 300,
+              rules: IgnoreRules | None = None) -> str:
     """The manifest hash of a local tree (same definition as on the shadows)."""
-    r = procs.run(["sh", "-c", TREE_SCRIPT, "sh", str(path), "deep" if deep else ""],
-                  timeout=timeout)
+    r = procs.run(["sh", "-c", TREE_SCRIPT, "sh", str(path), "deep" if deep else "",
+                   *rule_args(rules)], timeout=timeout)
     if not r.ok:
         raise ImageError(f"cannot hash {path}: {r.why()}")
     return r.stdout.strip()
 
 
-def tree_listing(path: Path) -> dict[str, str]:
-    """path -> 'type mode size mtime link' for every entry (to name what a delta changes)."""
-    r = procs.run(["sh", "-c", LIST_SCRIPT, "sh", str(path)], timeout=300)
+@dataclass
+class Listing:
+    """What a tree hash counts, entry by entry: to name the files that differ."""
+
+    meta: dict[str, str]  # path -> 'type mode owner size mtime link'
+    content: dict[str, str] | None = None  # path -> sha256 (deep listings)
+
+
+def parse_listing(out: str) -> Listing:
+    """The output of ``LIST_SCRIPT`` (the same on the appliance and on a shadow)."""
+    recs = out.split("\0")
+    cut = recs[:-1].index("") if "" in recs[:-1] else None  # the empty record: deep follows
+    meta = {}
+    for rec in recs[:cut]:
+        if rec:
+            m, _, rel = rec.partition("\t")
+            meta[rel] = m
+    if cut is None:
+        return Listing(meta)
+    content = {}
+    for rec in recs[cut + 1:]:
+        if len(rec) > 66:  # "<64 hex>  ./path" (or " *./path")
+            content[rec[66:].removeprefix("./")] = rec[:64]
+    return Listing(meta, content)
+
+
+def tree_listing(path: Path, rules: IgnoreRules | None = None, deep: bool = False) -> Listing:
+    """Every entry of a local tree the hash counts (to name what a delta or a drift changed)."""
+    r = procs.run(["sh", "-c", LIST_SCRIPT, "sh", str(path), *rule_args(rules),
+                   "deep" if deep else ""], timeout=300)
     if not r.ok:
         raise ImageError(f"cannot list {path}: {r.why()}")
-    out = {}
-    for rec in r.stdout.split("\0"):
-        if rec:
-            meta, _, rel = rec.partition("\t")
-            out[rel] = meta
-    return out
+    return parse_listing(r.stdout)
 
 
 def _size_mtime(meta: str) -> tuple[str, ...]:
@@ -243,9 +337,11 @@ def _size_mtime(meta: str) -> tuple[str, ...]:
     return (f[0], f[3], f[4]) if f[0] != "d" and len(f) >= 5 else (f[0],)
 
 
-def remote_hash(host: ShadowHost, rel: str, deep: bool = False, timeout: float = 120
-                ) -> str | None:
-    r = host.exec(TREE_SCRIPT, f"{host.root}/{rel}", "deep" if deep else "", timeout=timeout)
+def remote_hash(host: ShadowHost, rel: str, deep: bool = False, timeout: float = 120,
+                rules: IgnoreRules | None = None) -> str | None:
+    """The tree hash of ``root/rel`` on the shadow, run there (None: it could not be run)."""
+    r = host.exec(TREE_SCRIPT, f"{host.root}/{rel}", "deep" if deep else "", *rule_args(rules),
+                  timeout=timeout)
     return r.stdout.strip() if r.ok else None
 
 
@@ -267,6 +363,12 @@ class Snapshot:
     block_delta: bool = False
     removed: list[str] = field(default_factory=list)
     snapshot_seconds: float = 0.0
+    ignore: list[str] = field(default_factory=list)  # the manifest's, when it was taken
+
+    @property
+    def rules(self) -> IgnoreRules:
+        """What a shadow's copy of this snapshot may hold besides it (run-time files)."""
+        return IgnoreRules(tuple(self.ignore))
 
 
 class ImageStore:
@@ -313,11 +415,14 @@ class ImageStore:
         have = ", ".join(s.id for s in self.snapshots()) or "none"
         raise ImageError(f"image {self.name} has no snapshot {sid!r} (kept: {have})")
 
-    def take(self, src: Path, stage: str, ignore: Iterable[str] = ()) -> Snapshot | None:
+    def take(self, src: Path, stage: str, ignore: Iterable[str] | IgnoreRules = ()
+             ) -> Snapshot | None:
         """Freeze ``src`` as a new snapshot and write the delta from the last one.
 
         Returns None when nothing significant changed (the tree hashes as the last snapshot).
+        The hash leaves out what ``ignore`` does, as every shadow's will.
         """
+        rules = ignore if isinstance(ignore, IgnoreRules) else IgnoreRules.parse(ignore)
         t0 = time.monotonic()
         with self._lock, state.locked(self.dir / "store"):
             parent = self.latest()
@@ -327,22 +432,20 @@ class ImageStore:
             sid = f"{seq:06d}"
             tmp = self.dir / "snapshots" / f".{sid}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            argv = ["rsync", "-a", "--delete", "--modify-window=-1"]
-            for pat in ignore:
-                argv.append(f"--exclude={pat}")
+            argv = ["rsync", "-a", "--delete", "--modify-window=-1", *rules.rsync_args()]
             if parent:
                 argv.append(f"--link-dest={self.tree(parent.id)}")
             r = procs.run([*argv, f"{src}/", f"{tmp}/"], timeout=1800)
             if not r.ok:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise ImageError(f"cannot snapshot {src}: {r.why()}")
-            h = tree_hash(tmp)
-            if parent and h == parent.hash:
+            h = tree_hash(tmp, rules=rules)
+            if parent and h == parent.hash and parent.ignore == list(rules.patterns):
                 shutil.rmtree(tmp)
                 return None
             os.rename(tmp, self.tree(sid))
             snap = Snapshot(id=sid, image=self.name, hash=h, parent=parent.id if parent else None,
-                            created=time.time(), stage=stage)
+                            created=time.time(), stage=stage, ignore=list(rules.patterns))
             if parent:
                 snap.block_delta = self.block_delta
                 wf = "--no-whole-file" if self.block_delta else "--whole-file"
@@ -354,7 +457,8 @@ class ImageStore:
                     raise ImageError(f"cannot compute the delta: {r.why()}")
                 self.batch(sid).with_name(f"{sid}.batch.sh").unlink(missing_ok=True)
                 snap.batch_bytes = self.batch(sid).stat().st_size
-                old, new = tree_listing(self.tree(parent.id)), tree_listing(self.tree(sid))
+                old = tree_listing(self.tree(parent.id)).meta
+                new = tree_listing(self.tree(sid)).meta
                 snap.changed = sorted(p for p, m in new.items() if old.get(p) != m)
                 snap.meta_only = [p for p in snap.changed
                                   if p in old and _size_mtime(old[p]) == _size_mtime(new[p])]
@@ -497,12 +601,19 @@ class Replicator:
 
     def expected(self, sid: str) -> str:
         """The hash a shadow's copy of snapshot ``sid`` must have (content too when deep)."""
+        snap = self.store.get(sid)
         if not self.deep:
-            return self.store.get(sid).hash
+            return snap.hash
         with self._deep_lock:
             if sid not in self._deep_hashes:
-                self._deep_hashes[sid] = tree_hash(self.store.tree(sid), deep=True)
+                self._deep_hashes[sid] = tree_hash(self.store.tree(sid), deep=True,
+                                                   rules=snap.rules)
             return self._deep_hashes[sid]
+
+    def in_step(self, host: ShadowHost, release: str, snap: Snapshot) -> bool:
+        """Does ``release`` on the shadow hash as ``snap`` (run-time files left out)?"""
+        got = remote_hash(host, f"releases/{release}", self.deep, rules=snap.rules)
+        return got == self.expected(snap.id)
 
     def apply(self, hosts: list[ShadowHost], snap: Snapshot, **kw: Any) -> list[ShadowApply]:
         """Every shadow in parallel (they are independent machines)."""
@@ -563,7 +674,9 @@ class Replicator:
         reason: str | None = None
         cur: str | None = None
         if snap.parent is None or not self.store.batch(snap.id).exists():
-            reason = "no delta for this snapshot (first release)"
+            reason = ("no delta for this snapshot (first release)" if snap.parent is None
+                      else f"no delta for snapshot {snap.id} (pruned)")
+            cur = host.current_release()
         else:
             ok, reason, cur, rel = self._batch(host, snap, verify)
             if ok:
@@ -571,15 +684,15 @@ class Replicator:
                                   reason or "", rel)
                 self._activate(host, snap, res)
                 return res
-            at = release_snapshot(cur)
-            if at and at.isdigit() and int(at) > int(snap.id):  # never go backwards (rollback
-                return ShadowApply(host.name, snap.id, "unchanged", True,  # is explicit)
-                                   time.monotonic() - t0, f"already at newer snapshot {at}", cur)
-            if cur and at == snap.id:
-                if remote_hash(host, f"releases/{cur}", self.deep) == self.expected(snap.id):
-                    return ShadowApply(host.name, snap.id, "unchanged", True,
-                                       time.monotonic() - t0, "already at this snapshot", cur)
-                reason = f"tampered: release {cur} no longer matches snapshot {snap.id}"
+        at = release_snapshot(cur)
+        if at and at.isdigit() and int(at) > int(snap.id):  # never go backwards (rollback is
+            return ShadowApply(host.name, snap.id, "unchanged", True,  # explicit)
+                               time.monotonic() - t0, f"already at newer snapshot {at}", cur)
+        if cur and at == snap.id:
+            if self.in_step(host, cur, snap):
+                return ShadowApply(host.name, snap.id, "unchanged", True,
+                                   time.monotonic() - t0, "already at this snapshot", cur)
+            reason = f"tampered: release {cur} no longer matches snapshot {snap.id}"
         if not allow_full:
             self.log(f"{host.name}: {reason}; full sync not allowed, left on {cur}")
             return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
@@ -598,9 +711,10 @@ class Replicator:
         lst = self.store.dir / "batches" / f".{snap.id}.{host.name}.meta"
         lst.write_bytes(b"".join(p.encode() + b"\0" for p in snap.meta_only))
         try:
+            parent = self.store.get(snap.parent)
             r = host.exec(STAGE_SCRIPT, host.root, snap.parent if verify else "*",
                           self.expected(snap.parent) if verify else "-", new, deep,
-                          timeout=self.timeout, stdin_file=str(lst))
+                          *rule_args(parent.rules), timeout=self.timeout, stdin_file=str(lst))
         finally:
             lst.unlink(missing_ok=True)
         tag, _, cur = r.stdout.strip().rpartition("\n")[2].partition(":")
@@ -630,7 +744,8 @@ class Replicator:
         r = host.exec(APPLY_SCRIPT, host.root, snap.id, new,
                       "--no-whole-file" if snap.block_delta else "--whole-file",
                       self.expected(snap.id) if verify else "-", deep, str(self.keep_releases),
-                      source, timeout=self.timeout, stdin_file=stdin)
+                      source, snap.rules.lines(), *rule_args(snap.rules), timeout=self.timeout,
+                      stdin_file=stdin)
         if r.ok:
             return True, f"batch {snap.batch_bytes:,} bytes", cur, new
         # A batch that did not finish leaves a half-applied staging tree: never switched to,
@@ -657,9 +772,10 @@ class Replicator:
         t0 = time.monotonic()
         new = f"{snap.id}~{secrets.token_hex(3)}"
         cur = host.current_release()
-        r = host.exec('mkdir -p "$1/releases" "$1/incoming" && rm -rf -- "$1/releases/$2.staging"',
-                      host.root, new, timeout=self.timeout)
-        extra = ["--delete", "--modify-window=-1", *self.extra]
+        # run-time files the rules ignore are carried over first; the excludes keep rsync's
+        # --delete off them
+        r = host.exec(FRESH_SCRIPT, host.root, new, *rule_args(snap.rules), timeout=self.timeout)
+        extra = ["--delete", "--modify-window=-1", *snap.rules.rsync_args(), *self.extra]
         if link_current and cur:
             extra.append(f"--link-dest=../{cur}")
         if r.ok:
@@ -670,7 +786,9 @@ class Replicator:
             host.exec('rm -rf -- "$1/releases/$2.staging"', host.root, new, timeout=30)
             return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
                                f"{note} failed: {r.why()}; still on {cur}", cur)
-        if remote_hash(host, f"releases/{new}.staging", self.deep) != self.expected(snap.id):
+        if (remote_hash(host, f"releases/{new}.staging", self.deep, rules=snap.rules)
+                != self.expected(snap.id)):
+            host.exec('rm -rf -- "$1/releases/$2.staging"', host.root, new, timeout=30)
             return ShadowApply(host.name, snap.id, "failed", False, time.monotonic() - t0,
                                f"{note}: copy does not match the snapshot; still on {cur}", cur)
         r = host.exec(SWITCH_SCRIPT, host.root, new, str(self.keep_releases),
@@ -712,6 +830,11 @@ class Replicator:
         with ThreadPoolExecutor(max_workers=max(1, min(32, len(hosts)))) as ex:
             return list(ex.map(lambda h: self._rollback_one(h, snap), hosts))
 
+    def repair(self, host: ShadowHost, snap: Snapshot, *, reason: str) -> ShadowApply:
+        """A full copy of ``snap`` into a fresh tree (never linked to the drifted release)."""
+        with state.locked(self.store.dir.parent.parent / "locks" / f"{host.name}"):
+            return self.full_sync(host, snap, reason=reason)
+
     def _rollback_one(self, host: ShadowHost, snap: Snapshot) -> ShadowApply:
         with state.locked(self.store.dir.parent.parent / "locks" / f"{host.name}"):
             return self.full_sync(host, snap, reason=f"rollback to {snap.id}", link_current=True)
@@ -727,11 +850,11 @@ class TreeWatcher:
     """
 
     def __init__(self, root: Path, on_settled: Callable[[], None], *, settle: float = 2.0,
-                 ignore: Iterable[str] = ()) -> None:
+                 ignore: Iterable[str] | IgnoreRules = ()) -> None:
         self.root = root.resolve()
         self.on_settled = on_settled
         self.settle = settle
-        self.ignore = list(ignore)
+        self.rules = ignore if isinstance(ignore, IgnoreRules) else IgnoreRules.parse(ignore)
         self.last_event: float | None = None
         self.events = 0
         self._stop = threading.Event()
@@ -739,12 +862,12 @@ class TreeWatcher:
         self._observer: Any = None
         self._thread: threading.Thread | None = None
 
-    def _event(self, path: str) -> None:
+    def _event(self, path: str, is_dir: bool | None = None) -> None:
         try:
             rel = str(Path(path).resolve().relative_to(self.root))
         except ValueError:
             return
-        if rel == "." or ignored(rel, self.ignore):
+        if rel == "." or self.rules.matches(rel, is_dir):
             return
         with self._cv:
             self.last_event = time.monotonic()
@@ -761,10 +884,11 @@ class TreeWatcher:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
-                watcher._event(str(event.src_path))
+                is_dir = bool(event.is_directory)
+                watcher._event(str(event.src_path), is_dir)
                 dest = getattr(event, "dest_path", "")
                 if dest:
-                    watcher._event(str(dest))
+                    watcher._event(str(dest), is_dir)
 
         self._observer = Observer()
         self._observer.schedule(Handler(), str(self.root), recursive=True)
@@ -800,7 +924,8 @@ class TreeWatcher:
 
 
 def push(src: Path, stage: str, *, pool: Any = None, keep: int = 5, timeout: float = 60.0,
-         log: Callable[[str], None] | None = None) -> tuple[Snapshot | None, list[ShadowApply]]:
+         log: Callable[[str], None] | None = None, deep: bool = False
+         ) -> tuple[Snapshot | None, list[ShadowApply]]:
     """Snapshot ``src`` and bring every ready shadow following its image to the new snapshot.
 
     Returns (None, []) when nothing significant changed since the last snapshot.
@@ -813,4 +938,5 @@ def push(src: Path, stage: str, *, pool: Any = None, keep: int = 5, timeout: flo
     snap = store.take(src, stage, m.ignore)
     if snap is None:
         return None, []
-    return snap, Replicator(store, timeout=timeout, log=log).apply(pool.hosts(m.name), snap)
+    rep = Replicator(store, timeout=timeout, log=log, deep_verify=deep)
+    return snap, rep.apply(pool.hosts(m.name), snap)

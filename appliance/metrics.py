@@ -136,6 +136,7 @@ class SnapshotCollector(Collector):
                 keep.add_metric([w], float(h["keep_level"]))
                 pending.add_metric([w], float(h["pending_bytes"]))
         yield from (shed, keep, pending)
+        yield from _weird_families(snaps)
         cpu = CounterMetricFamily("shadowtap_process_cpu_seconds",
                                   "CPU time of each capture and worker process.",
                                   labels=["worker"])
@@ -155,6 +156,28 @@ class SnapshotCollector(Collector):
                                     "Worker processes restarted after dying.")
             r.add_metric([], float(self.restarts()))
             yield r
+
+
+def _weird_families(snaps: list[dict[str, Any]]) -> Iterator[Metric]:
+    """HTTP framing weirds by reason and desync messages, from the extraction summary
+    (``Summary.weird``, ``Summary.desync_messages``, in a snapshot as ``http_weird`` and
+    ``http_desync``): request smuggling attempts seen on the mirror are a security signal."""
+    weird = CounterMetricFamily(
+        "shadowtap_http_weird", "HTTP/1 framing oddities by reason (Zeek-style weirds: invalid "
+        "Content-Length, obfuscated Transfer-Encoding, bare CR, garbage between messages...).",
+        labels=["worker", "reason"])
+    desync = CounterMetricFamily(
+        "shadowtap_http_desync_messages", "Messages whose framing could not be trusted "
+        "(request smuggling shapes): never replayed, their connection not read further.",
+        labels=["worker"])
+    for s in snaps:
+        w = str(s["worker"])
+        for reason, n in sorted((s.get("http_weird") or {}).items()):
+            weird.add_metric([w, reason], float(n))
+        if "http_desync" in s:
+            desync.add_metric([w], float(s["http_desync"]))
+    yield weird
+    yield desync
 
 
 class _Quiet(WSGIRequestHandler):

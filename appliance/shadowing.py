@@ -305,6 +305,10 @@ class Shadower:
 
     def _guard(self, ex: Any) -> bool:
         """False (and the target refused from now on) if a shadow URL is production itself."""
+        if ex.completeness.desync:
+            # Request smuggling shape (RFC 9112 §11.2): what production made of these bytes is
+            # unknown, so nothing of them goes to a shadow.
+            return False
         if ex.conn is None:
             return not self.refused
         prod = (ex.conn.server_ip, ex.conn.server_port)
@@ -317,6 +321,9 @@ class Shadower:
 
     def take(self, ex: Any) -> None:
         """One sanitised exchange (called from the loop; never waits)."""
+        if ex.completeness.desync:
+            self._skip("desync")  # never replayed, whatever else is true of it
+            return
         if ex.request is None or ex.response is None:
             self._skip("no_response" if ex.request is not None else "no_request")
             return

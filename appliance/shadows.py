@@ -86,9 +86,18 @@ rm -f "$1/service.pid"; exit 0
 
 # setsid: the service gets its own session, so the exec wrapper's group kill spares it and
 # SVC_STOP can kill everything the service forked.
+#
+# Where run-time writes go: the release is the image, verified by hash before and after every
+# switch, so a service should not write there. It gets SHADOW_DATA, a directory of its own per
+# shadow that outlives every release (pushes, repairs, rollbacks), is never hashed and never
+# sent anywhere. CPython's bytecode, which it writes next to the sources by default, goes to
+# cache/python instead (PYTHONPYCACHEPREFIX; a command may set its own). What a service still
+# writes into the release is drift, unless the manifest's ``ignore`` names it (imagesync).
 SVC_START = r"""
 cd "$1/current" || { echo "no current release in $1" >&2; exit 3; }
-export PORT="$3" SHADOW_NAME="$4" SHADOW_ROOT="$1"
+mkdir -p "$1/data" "$1/cache/python"
+export PORT="$3" SHADOW_NAME="$4" SHADOW_ROOT="$1" SHADOW_DATA="$1/data" \
+  PYTHONPYCACHEPREFIX="$1/cache/python"
 setsid sh -c "$2" >>"$1/service.log" 2>&1 </dev/null &
 echo $! >"$1/service.pid"
 """
@@ -381,15 +390,20 @@ class Pool:
                        or DEFAULT_PREFIX)
         self.subnet = rec.get("subnet") or subnet
         self.attach_lab = rec.get("attach_lab", attach_lab)
+        self.released: list[str] = []  # namespaces removed because the pool became empty
 
     # -- record --
     @contextmanager
     def _edit(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write the record under its lock; ``_drop`` set: remove it instead."""
         with state.locked(self.path):
             rec = state.read(self.path) or {"prefix": self.prefix, "subnet": self.subnet,
                                             "attach_lab": self.attach_lab, "shadows": []}
             yield rec
-            state.write(self.path, rec)
+            if rec.pop("_drop", False) and not rec["shadows"]:
+                self.path.unlink(missing_ok=True)
+            else:
+                state.write(self.path, rec)
 
     def records(self) -> list[dict[str, Any]]:
         return list((state.read(self.path) or {}).get("shadows", []))
@@ -539,11 +553,16 @@ class Pool:
                                       f"{d}/rsyncd.out") from e
                 time.sleep(0.05)
 
-    def delete(self, name: str) -> None:
-        """Stop everything of a shadow, remove its namespace and files, then its record."""
+    def delete(self, name: str) -> list[str]:
+        """Stop everything of a shadow, remove its namespace and files, then its record.
+
+        Returns what went with it besides: when it was the pool's last lab shadow, the pool's
+        own gateway namespace (and its lab record); when it was the last shadow of all, the
+        pool's record too. A pool leaves nothing behind once it is empty.
+        """
         recs = [r for r in self.records() if r["name"] == name]
         if not recs:
-            raise ShadowError(f"no shadow named {name!r}")
+            raise ShadowError(f"no shadow named {name!r} ('shadowtap shadow list' shows them)")
         r = recs[0]
         self.update(name, status="deleting")
         if r["backend"] == "lab":
@@ -555,13 +574,44 @@ class Pool:
             shutil.rmtree(Path(r["root"]).parent / f"{name}.d", ignore_errors=True)
         else:
             host_for(r).stop_service()
-            host_for(r).exec('rm -rf "$1/releases" "$1/incoming" "$1/current"', r["root"],
+            host_for(r).exec('rm -rf "$1/releases" "$1/incoming" "$1/current" "$1/data" '
+                             '"$1/cache" "$1/service.log" "$1/service.pid"', r["root"],
                              timeout=60)
         with self._edit() as rec:
             rec["shadows"] = [x for x in rec["shadows"] if x["name"] != name]
             left = [x for x in rec["shadows"] if x["backend"] == "lab"]
+            # under the pool's lock: a shadow being created meanwhile is either in ``left``
+            # (the network stays) or waits for the lock and builds the network again
+            gone, err = self._release_if_empty(rec)
+        if err:
+            raise ShadowError(f"{name} is deleted, but removing the pool's gateway failed: {err}"
+                              "; run 'shadowtap shadow gc' to retry")
         if r["backend"] == "lab" and (left or self.attach_lab):
             self._net_up(left)  # re-fence without the removed link
+        return gone
+
+    def _release_if_empty(self, rec: dict[str, Any]) -> tuple[list[str], str | None]:
+        """Inside ``_edit``: remove the gateway (no shadow left behind it or reached through
+        it) and the record (no shadow at all).
+
+        Returns (namespaces removed, why removing them failed); the record is written either
+        way, so a failure here never leaves a deleted shadow on the books.
+        """
+        gone: list[str] = []
+        gw = self.gateway_ns()
+        needed = any(x["backend"] == "lab" or x.get("via_netns") == gw for x in rec["shadows"])
+        if not self.attach_lab and not needed:
+            from netconfig import lab
+            from netconfig.errors import NetconfigError
+
+            try:
+                gone = [c.rsplit(" ", 1)[-1] for c in lab.down(self.prefix)]
+            except NetconfigError as e:
+                return gone, str(e)
+            self.released += gone
+        if not rec["shadows"]:
+            rec["_drop"] = True
+        return gone, None
 
     def destroy(self) -> None:
         """Delete every shadow and, for a pool with its own gateway, the lab network."""
@@ -578,10 +628,16 @@ class Pool:
         return [r["name"] for r in self.records() if r.get("expires") and r["expires"] <= now]
 
     def gc(self, now: float | None = None) -> list[str]:
-        """Reap ephemeral shadows whose TTL has passed."""
+        """Reap ephemeral shadows whose TTL has passed; an empty pool's leftovers too (a
+        gateway left by a version that kept it, or by a crash)."""
         gone = self.expired(now)
         for n in gone:
             self.delete(n)
+        if not gone and self.path.exists():
+            with self._edit() as rec:
+                err = self._release_if_empty(rec)[1] if not rec["shadows"] else None
+            if err:
+                raise ShadowError(f"removing the empty pool's gateway failed: {err}")
         return gone
 
     def delete_branch(self, branch: str) -> list[str]:

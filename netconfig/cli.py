@@ -25,7 +25,8 @@ mirror_app = typer.Typer(help="Mirror ports: copy an interface's packets (tc cls
 route_app = typer.Typer(help="Canary weights for new connections to the VIP.",
                         no_args_is_help=True)
 
-SpecOpt = typer.Option(None, "--spec", help="Lab spec (YAML); default: the built-in lab.")
+SpecOpt = typer.Option(None, "--spec", help="Lab spec (YAML); default: the built-in lab.",
+                       dir_okay=False)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 DryOpt = typer.Option(False, "--dry-run", help="Print the equivalent ip/tc/nft commands only.")
 PrefixOpt = typer.Option(None, "--prefix", help="Namespace prefix (overrides the spec's; "
@@ -153,6 +154,19 @@ def lab_status(
                   f"(seen: prod {c['new_connections']['prod']}, canary {c['new_connections']['canary']})")
     for gw, counts in st["fences"].items():
         con.print(f"fences in {gw}: " + ", ".join(f"{k} dropped {v}" for k, v in counts.items()))
+    con.print(_vagrant_note())
+
+
+def _vagrant_note() -> str:
+    """'lab status' and 'route' see namespaces on this host; say so, and where the VMs are."""
+    from netconfig import state, vmlab
+
+    note = ("this is the namespace lab (network namespaces on this host);\n"
+            "the Vagrant lab's VMs: shadowtap lab vagrant status")
+    rec = state.read(vmlab.state_path())
+    if rec:
+        note += f" (a Vagrant lab is recorded: {rec.get('status', 'unknown state')})"
+    return note
 
 
 # ---- mirror --------------------------------------------------------------------------------
@@ -178,8 +192,10 @@ def mirror_add(
     direction: str = typer.Option("both", "--direction", help="in, out or both."),
     to: str | None = typer.Option(None, "--to", help="Local capture interface (same netns)."),
     vxlan_remote: str | None = typer.Option(None, "--vxlan-remote", help="Collector IPv4."),
-    vni: int | None = typer.Option(None, "--vni", help="VXLAN network identifier."),
-    vxlan_port: int = typer.Option(4789, "--vxlan-port", help="Collector UDP port."),
+    vni: int | None = typer.Option(None, "--vni", help="VXLAN network identifier.", min=0,
+                                   max=(1 << 24) - 1),
+    vxlan_port: int = typer.Option(4789, "--vxlan-port", help="Collector UDP port.", min=1,
+                                   max=65535),
     vxlan_local: str | None = typer.Option(None, "--vxlan-local", help="Tunnel source IPv4."),
     vxlan_dev: str | None = typer.Option(None, "--vxlan-dev", help="Name for the VXLAN device."),
     proto: str | None = typer.Option(None, "--proto", help="tcp, udp, icmp, sctp or a number."),
@@ -245,41 +261,71 @@ def mirror_remove(mirror_id: str = typer.Argument(..., help="Id from 'mirror lis
 
 # ---- route -----------------------------------------------------------------------------
 
-def _gateway_ns(spec: Path | None, netns: str | None, prefix: str | None) -> str | None:
-    if netns:
-        return netns
+ROUTE_NETNS_HELP = ("Gateway namespace (overrides the spec); '-': the namespace this runs in "
+                    "(inside the Vagrant lab's gateway VM).")
+VAGRANT_ROUTE = ("for the Vagrant lab's VMs run it in the gateway VM: shadowtap lab vagrant ssh "
+                 "gateway -- sudo shadowtap route {cmd} --netns -")
+
+
+def _gateway_ns(spec: Path | None, netns: str | None, prefix: str | None, cmd: str,
+                check: bool = True) -> str | None:
+    """The namespace ``route`` works in: the namespace lab's gateway unless told otherwise.
+
+    The Vagrant lab's gateway is a VM whose own namespace is the gateway: '-' names it. A
+    namespace that does not exist is a one-line error that says both ways on.
+    """
+    from netconfig import netns as nsmod
     from netconfig.errors import NetconfigError
 
-    s = _load(spec, prefix)
-    cr = s.canary_route()
-    if cr is None:
-        raise NetconfigError("the lab spec has no canary section")
-    return cr.netns
+    if netns == "-":
+        return None
+    if netns:
+        ns = netns
+    else:
+        s = _load(spec, prefix)
+        cr = s.canary_route()
+        if cr is None:
+            raise NetconfigError("the lab spec has no canary section")
+        ns = cr.netns
+    if check and not nsmod.exists(ns):
+        raise NetconfigError(
+            f"network namespace {ns} does not exist: 'shadowtap route' addresses the namespace "
+            "lab ('shadowtap lab up' starts it); " + VAGRANT_ROUTE.format(cmd=cmd))
+    return ns
+
+
+def _where(ns: str | None) -> str:
+    return f"namespace lab gateway {ns}" if ns else "this host's own namespace"
 
 
 @route_app.command("set")
 @friendly
 def route_set(
-    canary: float = typer.Option(..., "--canary", help="Percent of NEW connections to canary."),
+    canary: float = typer.Option(..., "--canary", help="Percent of NEW connections to canary.",
+                                 min=0.0, max=100.0),
     spec: Path | None = SpecOpt,
     prefix: str | None = PrefixOpt,
-    netns: str | None = typer.Option(None, "--netns", help="Gateway namespace (overrides spec)."),
+    netns: str | None = typer.Option(None, "--netns", help=ROUTE_NETNS_HELP),
     dry_run: bool = DryOpt,
 ) -> None:
-    """Atomically change the canary weight; established connections keep their backend."""
+    """Atomically change the canary weight; established connections keep their backend.
+
+    Addresses the namespace lab; in the Vagrant lab run it inside the gateway VM (--netns -).
+    """
     from netconfig import routing
     from netconfig.errors import require_root
     from netconfig.ops import DryRunner
 
-    ns = _gateway_ns(spec, netns, prefix)
     if dry_run:
+        ns = _gateway_ns(spec, netns, prefix, "set --canary N", check=False)
         dry = DryRunner()
         routing.set_canary(ns, canary, dry)
         typer.echo("\n".join(dry.lines))
         return
     require_root()
+    ns = _gateway_ns(spec, netns, prefix, "set --canary N")
     routing.set_canary(ns, canary)
-    typer.echo(f"canary weight {canary:g}% for new connections ({ns})")
+    typer.echo(f"canary weight {canary:g}% for new connections ({_where(ns)})")
 
 
 @route_app.command("show")
@@ -287,15 +333,19 @@ def route_set(
 def route_show(
     spec: Path | None = SpecOpt,
     prefix: str | None = PrefixOpt,
-    netns: str | None = typer.Option(None, "--netns", help="Gateway namespace (overrides spec)."),
+    netns: str | None = typer.Option(None, "--netns", help=ROUTE_NETNS_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
-    """The live split: configured weight and new connections seen per backend."""
+    """The live split: configured weight and new connections seen per backend.
+
+    Addresses the namespace lab; in the Vagrant lab run it inside the gateway VM (--netns -).
+    """
     from netconfig import routing
     from netconfig.errors import require_root
 
     require_root()
-    st = routing.show(_gateway_ns(spec, netns, prefix))
+    ns = _gateway_ns(spec, netns, prefix, "show")
+    st = routing.show(ns)
     if as_json:
         _print_json(st)
         return
@@ -303,6 +353,7 @@ def route_show(
     typer.echo(f"VIP {st['vip']}: canary {st['canary_percent']:g}% of new connections; "
                f"seen prod {st['new_connections']['prod']}, canary {st['new_connections']['canary']}"
                + (f" ({obs:g}% canary)" if obs is not None else ""))
+    typer.echo(f"({_where(ns)})")
 
 
 def register(app: typer.Typer) -> None:

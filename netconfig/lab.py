@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+import strictconf
 from netconfig import isolation, mirror, routing, state
 from netconfig import netns as nsmod
 from netconfig.errors import NetconfigError, SpecError, require_root
@@ -227,10 +228,29 @@ def _obj(cls: type, d: Any, where: str) -> Any:
         raise SpecError(f"{where}: missing {', '.join(missing) or 'fields'} ({exc})") from None
 
 
-def parse_spec(data: Any) -> LabSpec:
+_END = {"node": str, "dev": str, "addr": str}
+SPEC_SCHEMA: dict[str, Any] = {
+    "prefix": str,
+    "nodes": [{"name": str, "forwarding": bool, "ipv6": bool,
+               "addresses": [{"node": str, "dev": str, "addr": str}],
+               "routes": [{"to": str, "via": str, "dev": str, "table": int}]}],
+    "links": [{"a": _END, "b": _END, "offloads": bool}],
+    "mirrors": [{"node": str, "dev": str, "direction": str, "to": str, "vxlan_remote": str,
+                 "vni": int,
+                 "filter": {"proto": (str, int), "ports": (int, [int]), "sports": (int, [int]),
+                            "dports": (int, [int]), "nets": (str, [str]),
+                            "srcs": (str, [str]), "dsts": (str, [str])}}],
+    "canary": {"node": str, "vip": str, "prod": str, "canary": str, "percent": float},
+    "fences": [{"shadow": str, "appliance": str}],
+}
+"""Every key a lab spec knows (``strictconf``): a typo is an error with its path."""
+
+
+def parse_spec(data: Any, file: str | Path | None = None) -> LabSpec:
     """Turn a YAML-loaded dict into a :class:`LabSpec` and validate it completely."""
     if not isinstance(data, dict):
         raise SpecError("a lab spec must be a YAML mapping with nodes and links")
+    strictconf.check(data, SPEC_SCHEMA, file=f"spec {file}" if file else None, error=SpecError)
     known = {"prefix", "nodes", "links", "mirrors", "canary", "fences"}
     unknown = set(data) - known
     if unknown:
@@ -380,13 +400,8 @@ def load_spec(path: str | Path | None) -> LabSpec:
         text = p.read_text()
     except OSError as exc:
         raise SpecError(f"cannot read spec {p}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"spec {p} is not valid YAML{at}") from None
-    return parse_spec(data)
+    data = strictconf.parse_yaml(text, file=p, error=SpecError)
+    return parse_spec(data, p)
 
 
 # ---- state ---------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ def vm_up(
     spec: Path | None = SpecOpt, nodes: str | None = NodesOpt,
     install: bool = typer.Option(True, "--install/--no-install",
                                  help="Install shadowtap in the gateway VM (wheelhouse)."),
-    timeout: float = typer.Option(1500, "--timeout", help="Seconds for 'vagrant up'."),
+    timeout: float = typer.Option(1500, "--timeout", help="Seconds for 'vagrant up'.",
+                                  min=1.0),
     keep: bool = typer.Option(False, "--keep-on-failure", help="Leave a failed lab for debugging."),
     as_json: bool = JsonOpt,
 ) -> None:

@@ -25,6 +25,53 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+PORT = {"min": 1, "max": 65535}
+"""``typer.Option(..., **PORT)``: a TCP/UDP port number."""
+
+OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".har": "har", ".mitm": "mitm",
+                   ".flows": "mitm", ".flow": "mitm"}
+
+
+def output_format(path: Path | str | None, option: str = "-o", fmt: str | None = None) -> str:
+    """The exchange format to write to ``path``: from ``fmt`` when given, else from the file
+    name (``.jsonl``, ``.har``, ``.mitm``; no suffix or ``-`` is JSONL). A suffix that names
+    another format (``out.xml``, ``out.pcap``) is an ``InputError``, never silently JSONL."""
+    if fmt is not None:
+        if fmt not in ("jsonl", "har", "mitm"):
+            raise InputError(f"--format {fmt!r}: choose jsonl, har or mitm")
+        return fmt
+    if path is None or str(path) == "-":
+        return "jsonl"
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "jsonl"
+    if suffix in OUTPUT_SUFFIXES:
+        return OUTPUT_SUFFIXES[suffix]
+    hint = " (.json is ambiguous: HAR is .har, one exchange per line is .jsonl)" if (
+        suffix == ".json") else ""
+    raise InputError(f"{option} {path}: cannot write exchanges as {suffix!r}{hint}; name the "
+                     "file .jsonl, .har or .mitm")
+
+
+def check_output(path: Path | str | None, option: str = "-o") -> None:
+    """Fail now, naming the option and the path, when ``path`` cannot be written (not a
+    directory, a parent that is a file, no permission), before any work is done."""
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{option} {p}: is a directory; give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {p}: cannot write there ({parent} is not a directory)")
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(f"{option} {p}: cannot write there (permission denied)")
+
+
 def _open_output(path: Path | None):
     if path is None or str(path) == "-":
         return sys.stdout.buffer, False
@@ -80,7 +127,8 @@ def extract_cmd(
         typer.Option("--format", "-f", help="jsonl | har | mitm (default: from -o, else jsonl)"),
     ] = None,
     port: Annotated[
-        int | None, typer.Option("--port", help="Only connections with this port (either side)")
+        int | None, typer.Option("--port", help="Only connections with this port (either side)",
+                                 **PORT)
     ] = None,
     summary_json: Annotated[
         bool, typer.Option("--summary-json", help="Print the summary as JSON on stderr")
@@ -96,13 +144,12 @@ def extract_cmd(
     import orjson
 
     from replay.extract import Lines, Summary, extract_file
-    from replay.formats import detect_format, format_for_output, open_writer
+    from replay.formats import detect_format, open_writer
 
-    out_fmt = fmt or (format_for_output(output) if output else "jsonl")
-    if out_fmt not in ("jsonl", "har", "mitm"):
-        raise fail(f"unknown --format {out_fmt!r}; choose jsonl, har or mitm")
-    # Check every input before writing anything.
+    # Check every input (and the output's name and place) before writing anything.
     try:
+        out_fmt = output_format(output, "-o", fmt)
+        check_output(output)
         for c in captures:
             kind = detect_format(c)
             if kind not in ("pcap", "pcapng"):
@@ -178,15 +225,23 @@ def _stderr_console() -> Any:
 
 def generate_cmd(
     output: Annotated[Path, typer.Argument(help="pcap file to write")],
-    connections: Annotated[int, typer.Option(help="TCP connections")] = 200,
-    concurrency: Annotated[int, typer.Option(help="Connections open at once")] = 50,
+    connections: Annotated[int, typer.Option(help="TCP connections", min=1)] = 200,
+    concurrency: Annotated[int, typer.Option(help="Connections open at once", min=1)] = 50,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes")] = 1,
-    loss: Annotated[float, typer.Option(help="Share of data segments left out")] = 0.0,
-    reorder: Annotated[float, typer.Option(help="Share of data segments swapped")] = 0.0,
+    loss: Annotated[float, typer.Option(help="Share of data segments left out (0..1)",
+                                        min=0.0, max=1.0)] = 0.0,
+    reorder: Annotated[float, typer.Option(help="Share of data segments swapped (0..1)",
+                                           min=0.0, max=1.0)] = 0.0,
 ) -> None:
     """Write a synthetic but realistic HTTP/1.1 capture (for trying shadowtap out, and tests)."""
     from replay.synth import generate_pcap
 
+    if output.suffix.lower() not in (".pcap", ".cap") and output.suffix:
+        raise fail(f"{output}: generate writes a pcap; name the file .pcap")
+    try:
+        check_output(output, "OUTPUT")
+    except InputError as e:
+        raise fail(str(e)) from None
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         st = generate_pcap(output, connections=connections, concurrency=concurrency, seed=seed,

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from replay.cli import fail
+from replay.cli import PORT, check_output, fail, output_format
 from replay.errors import InputError
 
 EXIT_REGRESSION = 1
@@ -26,7 +26,7 @@ EXIT_FAILED = 2
 Speed = Annotated[str | None, typer.Option(
     "--speed", help="Scale the capture's timing by F (2 = twice as fast), or 'max'")]
 Rate = Annotated[float | None, typer.Option(
-    "--rate", help="Fixed requests per second instead of the capture's timing")]
+    "--rate", min=0.001, help="Fixed requests per second instead of the capture's timing")]
 Concurrency = Annotated[int, typer.Option(
     "--concurrency", "-c", min=1, help="Exchanges in flight at most (each to every target)")]
 Loops = Annotated[int, typer.Option("--loop", min=1, help="Replay the input N times")]
@@ -55,7 +55,8 @@ Incomplete = Annotated[bool, typer.Option(
     "--include-incomplete", help="Also replay exchanges whose request is intact but whose "
                                  "capture is incomplete (no/partial response, timeout)")]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Do not verify https certificates")]
-Port = Annotated[int | None, typer.Option("--port", help="Captures: only this TCP port")]
+Port = Annotated[int | None, typer.Option("--port", help="Captures: only this TCP port",
+                                          **PORT)]
 Output = Annotated[Path | None, typer.Option(
     "-o", "--output", help="Record every replayed exchange here (jsonl, .har, .mitm)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No summary tables")]
@@ -129,14 +130,17 @@ def _common(speed: str | None, rate: float | None, loops: int, methods: list[str
 def _open_writer(output: Path | None) -> tuple[Any, Any]:
     if output is None:
         return None, None
-    from replay.formats import format_for_output, open_writer
+    from replay.formats import open_writer
 
     try:
+        fmt = output_format(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         fp = output.open("wb")
+    except InputError as e:
+        raise fail(str(e)) from None
     except OSError as e:
-        raise fail(f"{output}: cannot write ({e.strerror or e})") from None
-    return open_writer(format_for_output(output), fp), fp
+        raise fail(f"-o {output}: cannot write ({e.strerror or e})") from None
+    return open_writer(fmt, fp), fp
 
 
 def _dead_targets(stats: Any) -> list[str]:
@@ -153,8 +157,8 @@ def replay_cmd(
     input_path: Annotated[Path, typer.Argument(
         metavar="INPUT", help="pcap, pcapng, JSONL, HAR or mitmproxy flows")],
     target: Annotated[list[str], typer.Option(
-        "--target", "-t", help="http[s]://host[:port][/base] (repeat: every target gets every "
-                               "request)")],
+        "--target", "-t", help="Target URL, e.g. http://10.0.0.5:8080 or https://host/base "
+                               "(repeat: every target gets every request)")],
     speed: Speed = None,
     rate: Rate = None,
     concurrency: Concurrency = 64,
@@ -191,6 +195,8 @@ def replay_cmd(
     from replay.replayer import Replayer, run_async
 
     try:
+        output_format(output)
+        check_output(output)
         pacing, flt, rw = _common(speed if speed is not None or rate is not None else "1", rate,
                                   loops, method, host, path, exclude_path, set_header,
                                   remove_header, rewrite_path, keep_host)
@@ -325,6 +331,13 @@ def diff_cmd(
                              "shows too)")
         if report is not None and report.suffix.lower() not in (".json", ".html", ".htm"):
             raise InputError(f"--report {report}: give a .json or .html file name")
+        check_output(report, "--report")
+        if learn_noise is not None and learn_noise.suffix.lower() not in (
+                ".yaml", ".yml", ".json"):
+            raise InputError(f"--learn-noise {learn_noise}: give a .yaml or .json file name")
+        check_output(learn_noise, "--learn-noise")
+        output_format(output)
+        check_output(output)
         rules = Rules.load(noise_rules) if noise_rules is not None else Rules()
         if allow_extra_fields:
             rules.allow_extra_fields = True

@@ -19,8 +19,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from replay.cli import PORT, check_output, output_format
 from replay.errors import InputError
 from replay.sanitise import Policy, Sanitiser, SanitiseReport, load_key
+
+MAKE_KEY = ("make one with: head -c 32 /dev/urandom > sanitise.key && chmod 600 sanitise.key "
+            "(keep it: the same key gives the same pseudonyms)")
+"""How to make a pseudonym key: said by every error about a missing key."""
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +40,7 @@ def sanitise(
     output: Annotated[
         Path,
         typer.Option(
-            "-o", "--output", help="Output file; format from extension (.har, .mitm, else JSONL)."
+            "-o", "--output", help="Output file; format from extension (.jsonl, .har, .mitm)."
         ),
     ],
     policy: Annotated[
@@ -53,7 +58,7 @@ def sanitise(
         Path | None, typer.Option("--report", help="Also write the redaction report as JSON here.")
     ] = None,
     port: Annotated[
-        int | None, typer.Option("--port", help="For captures: server port to extract.")
+        int | None, typer.Option("--port", help="For captures: server port to extract.", **PORT)
     ] = None,
 ) -> None:
     """Mask secrets and personal data; pseudonyms are keyed, deterministic and keep the format."""
@@ -80,17 +85,24 @@ def run_sanitise(
     The output is written to a temporary name and renamed at the end, so a run that fails half
     way never leaves a partial file that looks finished."""
     from replay.extract import gc_tuned
-    from replay.formats import format_for_output, open_writer, read_exchanges
+    from replay.formats import open_writer, read_exchanges
 
+    out_fmt = output_format(output, "-o")
+    check_output(output, "-o")
+    if report_path is not None:
+        if report_path.suffix.lower() != ".json":
+            raise InputError(f"--report {report_path}: the report is JSON; name the file .json")
+        check_output(report_path, "--report")
     pol = Policy.load(policy_path)
     key: bytes | None = None
     if key_file is not None or key_env is not None:
-        key = load_key(key_file, key_env)
+        key = _key(key_file, key_env)
     elif pol.key_file is not None or pol.key_env is not None:
-        key = load_key(pol.key_file, pol.key_env)
+        key = _key(pol.key_file, pol.key_env)
     elif pol.needs_key:
         raise InputError(
-            "no pseudonym key: pass --key-file FILE or --key-env VAR (or set key: in the policy)"
+            "no pseudonym key: the policy makes pseudonyms; pass --key-file FILE or --key-env VAR "
+            f"(or set key: in the policy); {MAKE_KEY}"
         )
     san = Sanitiser(pol, key)
     if input.resolve() == output.resolve():
@@ -100,7 +112,7 @@ def run_sanitise(
         # Each exchange leaves many small short-lived objects: the appliance's young-generation
         # threshold (``gc_tuned``) keeps the collector from rescanning the sanitiser's caches.
         with tmp.open("wb") as fp, gc_tuned():
-            writer = open_writer(format_for_output(output), fp)
+            writer = open_writer(out_fmt, fp)
             try:
                 for ex in read_exchanges(input, port=port):
                     out = san.apply(ex)
@@ -120,6 +132,16 @@ def run_sanitise(
         except OSError as e:
             raise InputError(f"{report_path}: cannot write report ({e.strerror or e})") from None
     return san.report
+
+
+def _key(key_file: Path | None, key_env: str | None) -> bytes:
+    """``load_key``; a key too short says how to make one."""
+    try:
+        return load_key(key_file, key_env)
+    except InputError as e:
+        if "too short" not in str(e):
+            raise
+        raise InputError(f"{e}; {MAKE_KEY}") from None
 
 
 def report_table(rep: SanitiseReport) -> Table:

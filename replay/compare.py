@@ -242,16 +242,19 @@ class Rules:
             raise InputError(f"{p}: no such rules file") from None
         except OSError as e:
             raise InputError(f"{p}: cannot read ({e.strerror or e})") from None
-        try:
-            if p.suffix.lower() == ".json":
-                d = orjson.loads(text)
-            else:
-                import yaml
+        import strictconf
 
-                d = yaml.safe_load(text)
-        except Exception as e:
-            raise InputError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} "
-                             f"({str(e).splitlines()[0]})") from None
+        if p.suffix.lower() == ".json":
+            try:
+                d = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                raise InputError(f"{p}: not valid JSON ({str(e).splitlines()[0]})") from None
+        else:
+            d = strictconf.parse_yaml(text, file=p, error=InputError)
+        schema = {"version": int, "allow_extra_fields": bool, "headers": strictconf.MapOf(str),
+                  "fields": [{"endpoint": str, "field": str, "kinds": (str, [str]),
+                              "reason": str}]}
+        strictconf.check(d, schema, file=p, error=InputError)
         return cls.from_dict(d or {}, str(p))
 
     def save(self, path: str | Path) -> None:

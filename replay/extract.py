@@ -56,6 +56,11 @@ class Summary:
     bytes_skipped: int = 0
     retransmits: int = 0
     tunnels: int = 0
+    desync_messages: int = 0
+    """Messages whose framing could not be trusted (request smuggling shapes, RFC 9112 §11.2):
+    never replayed, and the bytes after them on their connection not read as messages."""
+    weird: dict[str, int] = field(default_factory=dict)
+    """Zeek-style weirds by reason (``replay.http1.WEIRD_REASONS``): a security signal."""
     vxlan_packets: int = 0
     skipped_packets: dict[str, int] = field(default_factory=dict)
     tcp: dict[str, int] = field(default_factory=dict)
@@ -293,6 +298,10 @@ class Extractor:
         s.retransmits += t.get("retransmits", 0)
         s.bytes_skipped += self.http_stats.get("bytes_skipped", 0) + t.get("bytes_ignored", 0)
         s.tunnels += self.http_stats.get("tunnels", 0)
+        s.desync_messages += self.http_stats.get("desync_messages", 0)
+        for k, v in list(self.http_stats.items()):
+            if k.startswith("weird:"):
+                s.weird[k[6:]] = s.weird.get(k[6:], 0) + v
         s.vxlan_packets += self.decoder.vxlan
         for src, dst in ((self.decoder.skipped, s.skipped_packets), (t, s.tcp),
                          (self.http_stats, s.http)):

@@ -32,7 +32,37 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 # Reader states.
 HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE = range(7)
-WAIT, TUNNEL, RESYNC, DEAD = range(7, 11)
+WAIT, TUNNEL, RESYNC, DEAD, DESYNC = range(7, 12)
+
+WEIRD_REASONS = {
+    # a message whose framing cannot be trusted: marked desync (RFC 9112 §6.3, §11.2)
+    "bad_content_length": "Content-Length not a plain decimal (negative, '+', letters, "
+                          "spaces inside, empty, 2^63 or more)",
+    "conflicting_content_length": "several Content-Length values that differ (list or fields)",
+    "duplicate_content_length": "the same Content-Length given more than once",
+    "content_length_leading_zeros": "Content-Length with leading zeros (read as octal or "
+                                    "overflowed by some parsers)",
+    "te_with_content_length": "Transfer-Encoding and Content-Length together (CL.TE / TE.CL)",
+    "te_not_chunked_last": "a request whose Transfer-Encoding does not end in chunked "
+                           "(xchunked, 'chunked, identity', vertical tab, empty...)",
+    "te_chunked_twice": "chunked applied more than once (a list or duplicate fields)",
+    "te_obs_fold": "Transfer-Encoding or Content-Length continued on an obs-folded line",
+    "te_in_http10": "Transfer-Encoding in an HTTP/1.0 message",
+    "expect_without_body": "Expect: 100-continue on a request with no body (0.CL shape)",
+    "bare_cr": "a CR not followed by LF in a head (RFC 9112 §2.2)",
+    "space_before_colon": "whitespace between a field name and its colon (RFC 9112 §5.1)",
+    "chunk_size_overflow": "a chunk size of more than 15 hex digits",
+    "bad_chunk_size": "a chunk-size line that is not hex digits and extensions",
+    "chunk_bare_lf": "a chunk line ended by a bare LF",
+    "bad_chunk_end": "chunk data not followed by CRLF",
+    "trailers_too_long": "a trailer section longer than a head may be",
+    # oddities counted, the message itself still framed as usual
+    "obs_fold": "a header field continued on an obs-folded line (not a framing field)",
+    "garbage_between_messages": "bytes between messages that do not start a message",
+}
+"""Zeek-style "weird" reasons, counted per reason in the extraction stats (``weird:<reason>``).
+All but the last two make the message *desync*."""
+NOT_DESYNC = frozenset(("obs_fold", "garbage_between_messages"))
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 _REQUEST_START = re.compile(rb"[A-Za-z][!#$%&'*+.^_`|~0-9A-Za-z-]{0,23} +(?:[^\s]|\r?\n)")
@@ -53,7 +83,10 @@ _RESYNC = {
     True: (re.compile(_REQUEST_LINE), re.compile(rb"\n" + _REQUEST_LINE)),
     False: (re.compile(_RESPONSE_LINE), re.compile(rb"\n" + _RESPONSE_LINE)),
 }
-_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[^\r\n]*)?(\r?)\n")
+"""chunk-size [ BWS ; chunk-ext ] CRLF (RFC 9112 §7.1); a bare LF end is read, and noted."""
+_KNOWN_BYTES = frozenset(m.encode() for m in KNOWN_METHODS)
+_GLUE_SUFFIXES = tuple(m.encode() for m in KNOWN_METHODS if len(m) >= 3)
 
 
 def looks_like_request(data: bytes) -> bool:
@@ -92,8 +125,9 @@ class _UrlCollector:
         self.done = True
 
 
-_FRAMING_NAME_LENGTHS = frozenset((7, 10, 14, 17))
-"""len() of upgrade, connection, content-length, transfer-encoding: a cheap pre-filter."""
+_FRAMING_NAME_LENGTHS = frozenset((6, 7, 10, 14, 17))
+"""len() of expect, upgrade, connection, content-length, transfer-encoding: a cheap
+pre-filter."""
 
 
 def _split_headers(head: bytes) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -125,13 +159,38 @@ def _parse_headers_lenient(lines: list[bytes]) -> list[tuple[str, str]]:
             continue
         if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
             k, v = headers[-1]
-            headers[-1] = (k, v + " " + line.strip().decode("latin-1"))
+            headers[-1] = (k, v + " " + line.strip(b" \t").decode("latin-1"))
             continue
         name, sep, value = line.partition(b":")
         if not sep:
             continue
-        headers.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+        # Only OWS (SP, HTAB) is trimmed: "Transfer-Encoding:\x0bchunked" is not chunked.
+        headers.append((name.strip(b" \t").decode("latin-1"),
+                        value.strip(b" \t").decode("latin-1")))
     return headers
+
+
+def head_weirds(head: bytes) -> list[str]:
+    """Weird reasons in a head llhttp refused (a head it accepts has none of these): bare CR,
+    whitespace before a colon, obs-folded lines (of a framing field: a desync)."""
+    out = []
+    if head.count(b"\r") != head.count(b"\r\n"):
+        out.append("bare_cr")
+    prev = b""
+    for line in head.replace(b"\r\n", b"\n").split(b"\n")[1:]:
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if prev in (b"transfer-encoding", b"content-length"):
+                out.append("te_obs_fold")
+            else:
+                out.append("obs_fold")
+            continue
+        name, sep, _ = line.partition(b":")
+        if sep and name != name.rstrip(b" \t\x0b\x0c"):
+            out.append("space_before_colon")
+        prev = name.strip(b" \t").lower()
+    return out
 
 
 def parse_request_head(head: bytes) -> tuple[Request, str | None]:
@@ -180,7 +239,7 @@ def _parse_request(head: bytes) -> tuple[Request, str | None, list[tuple[str, st
             special,
         )
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    first = lines[0].strip(b"\r")
+    first = lines[0].rstrip(b"\r")
     parts = first.split(b" ")
     parts = [x for x in parts if x] or [b""]
     method = parts[0]
@@ -253,39 +312,64 @@ def _find_head_end(data: bytes, pos: int) -> int:
     return b + 2
 
 
-def _body_framing(special: list[tuple[str, str]], notes: list[str]) -> tuple[str, int]:
-    """('chunked'|'length'|'none'|'close', length) from Transfer-Encoding / Content-Length.
+def _body_framing(special: list[tuple[str, str]], notes: list[str], request: bool,
+                  version: str) -> tuple[str, int, str | None]:
+    """('chunked'|'length'|'none'|'close', length, desync reason or None) from
+    Transfer-Encoding / Content-Length (RFC 9112 §6.1-6.3).
 
     ``special`` holds the framing-relevant fields with lower-cased names (``_split_headers``).
+    The framing returned for a desync is the RFC's preferred reading (chunked when it ends the
+    codings), used only for responses: a desync request ends at its head.
     """
-    te: list[str] = []
+    te: list[str] | None = None
     cl: list[str] = []
+    expect = False
     for lk, v in special:
         if lk == "transfer-encoding":
-            te.extend(x.strip().lower() for x in v.split(",") if x.strip())
+            if te is None:
+                te = []
+            te.extend(x.strip(" \t").lower() for x in v.split(","))
         elif lk == "content-length":
-            cl.extend(x.strip() for x in v.split(","))
-    if te:
+            cl.extend(x.strip(" \t") for x in v.split(","))
+        elif lk == "expect":
+            expect = v.strip(" \t").lower() == "100-continue"
+    if te is not None:
+        bad = None
+        te = [x for x in te if x]
         if cl:
             notes.append("te+cl")  # request smuggling shape: TE wins (RFC 9112 §6.3)
-        if te[-1] == "chunked":
+            bad = "te_with_content_length"
+        if version == "HTTP/1.0":
+            bad = bad or "te_in_http10"
+        if te and te[-1] == "chunked":
             if te.count("chunked") > 1:
                 notes.append("te-chunked-twice")
-            return "chunked", 0
+                bad = bad or "te_chunked_twice"
+            return "chunked", 0, bad
         notes.append("te-not-chunked")
-        return "close", 0
+        if request:
+            bad = bad or "te_not_chunked_last"
+        return "close", 0, bad
     if cl:
         if len(set(cl)) > 1:
             notes.append("conflicting-content-length")
-            return "close", 0
+            return "close", 0, "conflicting_content_length"
         v = cl[0]
         if not (v.isascii() and v.isdigit()) or int(v) >= 1 << 63:
             notes.append("bad-content-length")
-            return "close", 0
+            return "close", 0, "bad_content_length"
+        n = int(v)
+        if len(cl) > 1:
+            return "length", n, "duplicate_content_length"
         if len(v) > 1 and v[0] == "0":
             notes.append("content-length-leading-zeros")
-        return "length", int(v)
-    return "none", 0
+            return "length", n, "content_length_leading_zeros"
+        if expect and n == 0 and request:
+            return "length", 0, "expect_without_body"
+        return "length", n, None
+    if expect and request:
+        return "none", 0, "expect_without_body"
+    return "none", 0, None
 
 
 class _Message:
@@ -514,8 +598,8 @@ class HttpConnection:
 class _Reader:
     """Reads one direction's messages: head, body framing, tunnel, resynchronisation."""
 
-    __slots__ = ("after_gap", "buf", "client", "conn", "ex", "first_message", "last_ts", "msg",
-                 "remaining", "resyncing", "skipped", "state")
+    __slots__ = ("after_gap", "buf", "client", "conn", "ex", "first_message", "last_ts",
+                 "midline", "msg", "poisoned", "remaining", "resyncing", "skipped", "state")
 
     def __init__(self, conn: HttpConnection, client: bool, state: int) -> None:
         self.conn = conn
@@ -531,10 +615,34 @@ class _Reader:
         self.resyncing = state == RESYNC
         self.after_gap = False
         """Data was lost where a head could have been: the next response pairs by time."""
+        self.poisoned = False
+        """A message of this direction was a desync: after it, nothing is read as messages."""
+        self.midline = False
+        """Resynchronising from inside a line (after garbage): a message starts only after LF."""
 
     def _count(self, key: str, n: int = 1) -> None:
         st = self.conn.stats
         st[key] = st.get(key, 0) + n
+
+    def _weird(self, reason: str, ex: Exchange | None = None) -> None:
+        """Count a weird; on an exchange, note it there too, and unless it is a mere oddity,
+        mark the exchange desync and poison this direction (read no more messages)."""
+        self._count("weird:" + reason)
+        if ex is None:
+            return
+        c = ex.completeness
+        c.weird.append(reason)
+        if reason in NOT_DESYNC:
+            return
+        if not c.desync:
+            c.desync = True
+            c.desync_reason = reason
+            self._count("desync_messages")
+        self.poisoned = True
+
+    def _skip_desync(self, n: int) -> None:
+        self._count("bytes_skipped", n)
+        self._count("desync_bytes_skipped", n)
 
     def enter_tunnel(self) -> None:
         if self.buf:
@@ -571,11 +679,18 @@ class _Reader:
         self.msg = None
         self.ex = None
         self.state = HEAD
+        if self.poisoned:
+            self.state = DESYNC
+            if self.buf:
+                self._skip_desync(len(self.buf))
+                self.buf = b""
         if self.client:
             self.conn.on_request_done(ex, msg)
             req = ex.request
             assert req is not None
-            if msg.upgrade or req.method.upper() == "CONNECT":
+            if self.poisoned:
+                pass
+            elif msg.upgrade or req.method.upper() == "CONNECT":
                 self.state = WAIT  # wait for the response: tunnel or not
                 self.conn.wait_for = ex
         else:
@@ -623,9 +738,16 @@ class _Reader:
                     if nl < 0 and end - pos < 1024:
                         self.buf = data[pos:]
                         return
-                    self._protocol_error("bad-chunk-size", ts)
+                    self._protocol_error("bad_chunk_size", ts)
                     continue
-                size = int(m.group(1), 16)
+                digits = m.group(1)
+                if len(digits) > 15 and len(digits.lstrip(b"0")) > 15:
+                    self._protocol_error("chunk_size_overflow", ts)
+                    continue
+                if not m.group(2):
+                    self._protocol_error("chunk_bare_lf", ts)
+                    continue
+                size = int(digits, 16)
                 pos = m.end()
                 if size == 0:
                     self.state = TRAILERS
@@ -636,25 +758,30 @@ class _Reader:
             if state == CHUNK_CRLF:
                 if data.startswith(b"\r\n", pos):
                     pos += 2
-                elif data.startswith(b"\n", pos):
-                    pos += 1
                 elif end - pos < 2 and data[pos:pos + 1] == b"\r":
                     self.buf = data[pos:]
                     return
                 else:
-                    self._protocol_error("bad-chunk-end", ts)
+                    self._protocol_error("chunk_bare_lf" if data[pos] == 10 else "bad_chunk_end",
+                                         ts)
                     continue
                 self.state = CHUNK_SIZE
                 continue
             if state == TRAILERS:
-                if data.startswith(b"\r\n", pos) or data.startswith(b"\n", pos):
-                    pos += 2 if data[pos] == 13 else 1
+                if data.startswith(b"\r\n", pos):
+                    pos += 2
                     self._finish_message(ts)
                     continue
+                if data[pos] == 10:
+                    self._protocol_error("chunk_bare_lf", ts)
+                    continue
+                if end - pos < 2 and data[pos] == 13:
+                    self.buf = data[pos:]
+                    return
                 he = _find_head_end(data, pos)
                 if he < 0:
                     if end - pos > MAX_HEAD:
-                        self._protocol_error("trailers-too-long", ts)
+                        self._protocol_error("trailers_too_long", ts)
                         continue
                     self.buf = data[pos:]
                     return
@@ -684,6 +811,9 @@ class _Reader:
                 if pos < 0:
                     return
                 continue
+            if state == DESYNC:
+                self._skip_desync(end - pos)
+                return
             # DEAD
             self._count("bytes_skipped", end - pos)
             return
@@ -704,6 +834,8 @@ class _Reader:
                     self.buf = data[pos:]
                     return -1
                 return self._not_http(data, pos, ts)
+            if not self.first_message and _glued(data, pos):
+                return self._not_http(data, pos, ts)  # stray bytes stuck to a request line
             nl = data.find(b"\n", pos)
             if nl < 0:
                 if end - pos > MAX_HEAD:
@@ -714,6 +846,12 @@ class _Reader:
                 r = self._versionless(data, pos, nl, ts)
                 if r is not None:
                     return r
+        elif conn.client.poisoned and not conn.awaiting:
+            # Every request the client's framing lets us trust has its answer: what the server
+            # says next answers requests we did not read.
+            self.state = DESYNC
+            self._skip_desync(end - pos)
+            return end
         elif not data.startswith(b"HTTP/", pos) and data[pos : pos + 5].upper() != b"HTTP/":
             if end - pos < 5 and b"HTTP/".startswith(data[pos:].upper()):
                 self.buf = data[pos:]
@@ -745,16 +883,28 @@ class _Reader:
             req, err, special = _parse_request(head)
             msg = _Message(req, ts)
             ex = conn.on_request_head(msg)
+            self.after_gap = False
             notes = ex.completeness.notes
             if err:
                 notes.append(f"lenient-head: {err}")
                 self._count("lenient_heads")
-            framing, length = _body_framing(special, notes) if special else ("none", 0)
+                for w in head_weirds(head):
+                    self._weird(w, ex)
+            if special:
+                framing, length, bad = _body_framing(special, notes, True, req.version)
+                if bad is not None:
+                    self._weird(bad, ex)
+            else:
+                framing, length = "none", 0
             if framing == "close":
                 # A request cannot be close-delimited; it has no body we can frame.
                 notes.append("request-framing-invalid")
                 framing = "none"
-            if special and req.version != "HTTP/1.0" and _has_upgrade(special):
+            if self.poisoned:
+                # Where this request ends is anyone's guess (RFC 9112 §11.2): it ends at its
+                # head, and what follows is not read as requests.
+                framing = "none"
+            elif special and req.version != "HTTP/1.0" and _has_upgrade(special):
                 msg.upgrade = True
             self._start_body(msg, ex, framing, length, ts)
             return he
@@ -773,6 +923,8 @@ class _Reader:
         if err:
             notes.append(f"lenient-head: {err}")
             self._count("lenient_heads")
+            for w in head_weirds(head):
+                self._weird(w, ex)
         kind = None
         if status == 101:
             kind = "upgrade:" + (_header(resp.headers, "upgrade") or "unknown").lower()
@@ -790,7 +942,12 @@ class _Reader:
         if method == "HEAD" or status in (204, 304) or status < 200:
             framing, length = "none", 0
         else:
-            framing, length = _body_framing(special, notes) if special else ("none", 0)
+            if special:
+                framing, length, bad = _body_framing(special, notes, False, resp.version)
+                if bad is not None:
+                    self._weird(bad, ex)
+            else:
+                framing, length = "none", 0
             if framing == "none":
                 framing = "close"
         self._start_body(msg, ex, framing, length, ts)
@@ -851,21 +1008,34 @@ class _Reader:
             self.conn.mark_non_http()
             self._count("bytes_skipped", len(data) - pos)
             return -1
+        if not self.after_gap and not self.first_message:
+            self._weird("garbage_between_messages")
         self._count("resyncs")
         self.state = RESYNC
         self.resyncing = True
         self.after_gap = True
-        # Step past the byte that failed: resynchronisation must find a *later* start, or a
-        # start the head parser then rejects (a head too long, say) would loop forever.
-        self._count("bytes_skipped")
-        return pos + 1
+        # Skip to the end of the line that failed: a message starts at a line start, never in
+        # the middle of garbage (or "xGET /" would give a request "T /"), and resynchronisation
+        # must find a *later* start, or a start the head parser then rejects (a head too long,
+        # say) would loop forever.
+        nl = data.find(b"\n", pos + 1)
+        if nl < 0:
+            self.midline = True
+            nl = len(data)
+        self._count("bytes_skipped", nl - pos)
+        return nl
 
     def _resync(self, data: bytes, pos: int) -> int:
         """Skip to the next thing that looks like a message start; -1 if none yet."""
         anchored, anywhere = _RESYNC[self.client]
-        m = anchored.match(data, pos) or anywhere.search(data, pos)
+        m = None if self.midline else anchored.match(data, pos)
+        if m is None:
+            m = anywhere.search(data, pos)
         if m is None:
             keep = min(len(data) - pos, 256)  # a start may straddle the segment boundary
+            k = len(data) - keep
+            if k > pos:
+                self.midline = data[k - 1] != 10  # do the kept bytes start a line?
             skipped = len(data) - pos - keep
             self.skipped += skipped
             self._count("bytes_skipped", skipped)
@@ -879,16 +1049,21 @@ class _Reader:
         self._count("bytes_skipped", start - pos)
         self.skipped += start - pos
         self.state = HEAD
+        self.midline = False
         return start
 
     def _protocol_error(self, what: str, ts: float) -> None:
-        """Framing broke mid-message: end it as truncated and resynchronise."""
-        self._count(f"http_errors:{what}")
+        """Framing broke mid-message (a chunked body not as RFC 9112 §7.1 writes it): where the
+        message ends is unknown, so it is a desync: ended as truncated, nothing after it read."""
         if self.msg is not None and self.ex is not None:
             self.msg.truncated = True
             self.ex.completeness.notes.append(what)
+            self._weird(what, self.ex)
             self._finish_message(ts)
-        self.state = RESYNC
+        else:
+            self._weird(what)
+            self.poisoned = True
+            self.state = DESYNC
         self.after_gap = True
 
     def gap(self, n: int, ts: float) -> None:
@@ -907,7 +1082,7 @@ class _Reader:
         if state == BODY_CLOSE and msg is not None:
             msg.gaps.append((msg.body_len, n))
             return
-        if state in (TUNNEL, DEAD):
+        if state in (TUNNEL, DEAD, DESYNC):
             return
         if state == WAIT:
             self.buf = b""
@@ -917,7 +1092,8 @@ class _Reader:
             msg.truncated = True
             self._finish_message(ts)
         self.buf = b""
-        self.state = RESYNC
+        self.state = DESYNC if self.poisoned else RESYNC
+        self.midline = False
         self.after_gap = True
         if self.client:
             self.conn.client_gap_ts = ts
@@ -933,6 +1109,8 @@ class _Reader:
             self._count("bytes_skipped", len(self.buf))
             if self.state == HEAD:
                 self._count("incomplete_heads")
+        elif self.buf and self.state == DESYNC:
+            self._skip_desync(len(self.buf))
         self.buf = b""
         if self.state not in (TUNNEL, DEAD):
             self.state = DEAD if self.state == WAIT else self.state
@@ -954,6 +1132,14 @@ def _has_upgrade(special: list[tuple[str, str]]) -> bool:
         elif lk == "connection" and "upgrade" in v.lower():
             conn_upgrade = True
     return up and conn_upgrade
+
+
+def _glued(data: bytes, pos: int) -> bool:
+    """Is the method at ``pos`` a registered one with stray bytes stuck before it ("xyzGET /")?
+    Only asked between messages, where a client's next request follows its previous one."""
+    sp = data.find(b" ", pos, pos + 25)
+    method = data[pos:sp]
+    return method not in _KNOWN_BYTES and method.endswith(_GLUE_SUFFIXES) and sp > 0
 
 
 def _could_be_request_prefix(data: bytes) -> bool:

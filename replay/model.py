@@ -108,6 +108,15 @@ class Completeness:
     """A request without a response, or a response without a request, in the capture."""
     notes: list[str] = field(default_factory=list)
     """Free-form anomalies (e.g. 'te+cl', 'lenient-head', 'request-missing')."""
+    desync: bool = False
+    """The message framing could not be trusted (RFC 9112 §6.3, §11.2: an invalid
+    Content-Length, a Transfer-Encoding that servers read differently, a bare CR...): where this
+    message ends, and so what follows it, depends on who parses it. Never replayed; the bytes of
+    the connection after it are not read as messages."""
+    desync_reason: str = ""
+    """The first weird reason that made it a desync (one of ``replay.http1.WEIRD_REASONS``)."""
+    weird: list[str] = field(default_factory=list)
+    """Every framing oddity ("weird", as Zeek calls them) seen on this exchange, by reason."""
 
     @property
     def complete(self) -> bool:
@@ -118,6 +127,7 @@ class Completeness:
             or self.response_truncated
             or self.timed_out
             or self.unpaired
+            or self.desync
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +145,11 @@ class Completeness:
                 d[name] = True
         if self.notes:
             d["notes"] = list(self.notes)
+        if self.desync:
+            d["desync"] = True
+            d["desync_reason"] = self.desync_reason
+        if self.weird:
+            d["weird"] = list(self.weird)
         return d
 
     @classmethod
@@ -149,6 +164,9 @@ class Completeness:
             timed_out=bool(d.get("timed_out", False)),
             unpaired=bool(d.get("unpaired", False)),
             notes=list(d.get("notes", [])),
+            desync=bool(d.get("desync", False)),
+            desync_reason=str(d.get("desync_reason", "")),
+            weird=[str(w) for w in d.get("weird", [])],
         )
 
 

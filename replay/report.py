@@ -25,11 +25,15 @@ REPORT_VERSION = 1
 
 def build_report(verdict: Any, stats: Any, *, input_path: str, candidate: str,
                  secondary: str | None, fail_on: float, skipped: dict[str, int],
-                 rules_file: str | None = None) -> dict[str, Any]:
-    """The report document (plain JSON types) from a ``compare.Verdict`` and ``ReplayStats``."""
+                 rules_file: str | None = None,
+                 weird: dict[str, int] | None = None) -> dict[str, Any]:
+    """The report document (plain JSON types) from a ``compare.Verdict`` and ``ReplayStats``.
+
+    ``weird``: HTTP framing weirds of the extraction by reason (``Summary.weird``): request
+    smuggling attempts seen on the mirror are a security signal, listed in the report."""
     rate = verdict.regression_rate
     failed = bool(verdict.regressions) and rate > fail_on
-    return {
+    doc = {
         "shadowtap": "diff",
         "version": REPORT_VERSION,
         "generated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -56,6 +60,9 @@ def build_report(verdict: Any, stats: Any, *, input_path: str, candidate: str,
         "noise": [_strip_examples(f.to_dict()) for f in verdict.noise],
         "undecided": [f.to_dict() for f in verdict.undecided],
     }
+    if weird:
+        doc["summary"]["http_weird"] = dict(sorted(weird.items()))
+    return doc
 
 
 def _strip_examples(d: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +150,8 @@ def diff_tables(report: dict[str, Any]) -> list[Any]:
         head.add_row("candidate errors (no answer)", f"{s['candidate_errors']:,}")
     for reason, n in sorted(s["skipped"].items()):
         head.add_row(f"skipped: {reason}", f"{n:,}")
+    for reason, n in sorted(s.get("http_weird", {}).items()):
+        head.add_row(f"HTTP weird: {reason}", f"{n:,}")
     head.add_row("regressions", str(s["regressions"]))
     head.add_row("noise (ignored)", str(s["noise"]))
     head.add_row("undecided", str(s["undecided"]))
@@ -248,6 +257,10 @@ def render_html(report: dict[str, Any]) -> str:
     if s["skipped"]:
         parts.append("<p class='muted'>Skipped: " + ", ".join(
             f"{_e(k)} × {v}" for k, v in sorted(s["skipped"].items())) + "</p>")
+    if s.get("http_weird"):
+        parts.append("<p class='reg'>HTTP framing weirds (request smuggling shapes seen on the "
+                     "mirror; desync messages are never replayed): " + ", ".join(
+                         f"{_e(k)} × {v}" for k, v in sorted(s["http_weird"].items())) + "</p>")
     parts.append("<h2>Endpoints</h2><table><tr><th>endpoint</th><th>requests</th>"
                  "<th>regressions</th><th>noise</th><th>undecided</th><th>candidate errors"
                  "</th></tr>")

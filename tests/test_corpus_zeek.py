@@ -5,6 +5,7 @@ tshark wrong; each such case is its own test saying why.
 from __future__ import annotations
 
 import collections
+import functools
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,8 +30,17 @@ NONSTANDARD_PORT = {
 }
 # Cases decided from the bytes, each tested separately below.
 DECIDED = {"http_09.pcap", "no-uri.pcap", "methods.pcap", "query-method-non-standard-port.pcap"}
+# Request smuggling shapes (RFC 9112 §11.2): shadowtap reports the desync and reads nothing
+# after it; tshark reads on with one of the possible framings. Tested below.
+SMUGGLING = {
+    "variant-02-cl_uint64max.pcap": ("bad_content_length", "/smuggled-cl-uint64max"),
+    "variant-04-te_cl_desync.pcap": ("te_with_content_length", "/smuggled-te-cl"),
+    "variant-08-leading_zeros.pcap": ("content_length_leading_zeros", "/smuggled-leading-zeros"),
+    "variant-10-multi_value_te.pcap": ("te_not_chunked_last", "/smuggled-multi-te"),
+}
 
 
+@functools.cache
 def _tshark_requests(path: Path, port: int | None = None) -> collections.Counter:
     cmd = ["tshark", "-r", str(path), "-Y", "http.request", "-T", "fields", "-E",
            "aggregator=\x1f", "-e", "http.request.method", "-e", "http.request.uri", "-e",
@@ -67,8 +77,8 @@ def test_extract_finishes_and_summary_adds_up(path: Path) -> None:
 
 
 @pytest.mark.skipif(not HAVE_TSHARK, reason="tshark not installed")
-@pytest.mark.parametrize("path", [p for p in FILES if p.name not in DECIDED],
-                         ids=[p.name for p in FILES if p.name not in DECIDED])
+@pytest.mark.parametrize("path", [p for p in FILES if p.name not in DECIDED | set(SMUGGLING)],
+                         ids=[p.name for p in FILES if p.name not in DECIDED | set(SMUGGLING)])
 def test_requests_agree_with_tshark(path: Path) -> None:
     ours, _ = _ours(path)
     assert ours == _tshark_requests(path, NONSTANDARD_PORT.get(path.name))
@@ -141,13 +151,48 @@ def test_query_method_tshark_does_not_know() -> None:
     assert x.response.status == 200 and x.completeness.complete
 
 
-def test_smuggling_variants_are_split_like_a_strict_server() -> None:
-    for name, smuggled in (("variant-02-cl_uint64max.pcap", "/smuggled-cl-uint64max"),
-                           ("variant-04-te_cl_desync.pcap", "/smuggled-te-cl"),
-                           ("variant-10-multi_value_te.pcap", "/smuggled-multi-te")):
-        _, exs = _ours(ZEEK / name)
-        assert [x.request.target for x in exs] == ["/", smuggled], name
-        assert exs[0].completeness.notes, name  # the anomaly is recorded
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+def test_smuggling_variants_are_desync_and_nothing_after_is_read(name: str) -> None:
+    reason, smuggled = SMUGGLING[name]
+    ours, exs = _ours(ZEEK / name)
+    assert [x.request.target for x in exs] == ["/"]
+    assert exs[0].completeness.desync and exs[0].completeness.desync_reason == reason
+    if HAVE_TSHARK:
+        # tshark reads the smuggled request with one of the framings; every request shadowtap
+        # reads, tshark reads too
+        theirs = _tshark_requests(ZEEK / name)
+        assert ours <= theirs
+        assert {r[1] for r in theirs - ours} <= {smuggled}
+
+
+def agreement(files: list[Path]) -> dict[str, float]:
+    """Agreement with tshark over captures: per capture (request rows equal) and per request
+    row (multiset intersection over union), raw, and counting as agreeing a capture where the
+    only difference is requests tshark reads after a message shadowtap reports as desync."""
+    same = same_mod = 0
+    inter = union = 0
+    for path in files:
+        ours, exs = _ours(path)
+        theirs = _tshark_requests(path, NONSTANDARD_PORT.get(path.name))
+        inter += sum((ours & theirs).values())
+        union += sum((ours | theirs).values())
+        if ours == theirs:
+            same += 1
+            same_mod += 1
+        elif any(x.completeness.desync for x in exs) and ours <= theirs:
+            same_mod += 1
+    n = len(files) or 1
+    return {"files": len(files), "per_capture": same / n, "per_capture_modulo_desync":
+            same_mod / n, "per_request": inter / (union or 1)}
+
+
+@pytest.mark.skipif(not HAVE_TSHARK, reason="tshark not installed")
+def test_agreement_with_tshark_is_at_least_95_percent() -> None:
+    """The measure the issue speaks of, over every capture but those decided from the bytes
+    (HTTP/0.9, two-token request lines, a method tshark does not know, each tested above)."""
+    a = agreement([p for p in FILES if p.name not in DECIDED])
+    assert a["per_capture_modulo_desync"] == 1.0, a
+    assert a["per_request"] >= 0.95, a
 
 
 def test_gaps_are_recorded_where_the_capture_lost_data() -> None:

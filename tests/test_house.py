@@ -1,5 +1,6 @@
 """The direction of dependency (docs/architecture.md): ``replay`` never imports ``netconfig``
-or ``appliance``; ``netconfig`` never imports ``replay`` or ``appliance``. Read from the
+or ``appliance``; ``netconfig`` never imports ``replay`` or ``appliance``. ``strictconf`` (the
+one strict YAML reader all three use) is a leaf: it imports none of them. Read from the
 sources (every import statement, also those inside functions), so a lazy import cannot hide."""
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"replay": ("netconfig", "appliance"), "netconfig": ("replay", "appliance")}
+FORBIDDEN = {"replay": ("netconfig", "appliance"), "netconfig": ("replay", "appliance"),
+             "strictconf": ("replay", "netconfig", "appliance")}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -222,9 +222,12 @@ def test_smuggling_shapes_are_noted() -> None:
     req = (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
            b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n")
     exs = _exchange([req], [])
-    # Transfer-Encoding wins over Content-Length (RFC 9112 6.3): two requests, the first noted.
-    assert [x.request.target for x in exs] == ["/", "/smuggled"]
+    # Transfer-Encoding with Content-Length (RFC 9112 6.3, 11.2): where the request ends depends
+    # on who reads it, so it is a desync and the smuggled request is never read as one.
+    assert [x.request.target for x in exs] == ["/"]
     assert "te+cl" in exs[0].completeness.notes
+    assert exs[0].completeness.desync
+    assert exs[0].completeness.desync_reason == "te_with_content_length"
 
 
 def test_lenient_head_is_parsed_and_noted() -> None:

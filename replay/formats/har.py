@@ -16,6 +16,8 @@ memory stays flat however many exchanges pass through.
 from __future__ import annotations
 
 import binascii
+import re
+import warnings
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -552,11 +554,47 @@ def entry_to_exchange(entry: Any, index: int) -> Exchange:
     )
 
 
+class TruncatedHarWarning(UserWarning):
+    """A HAR file ended early (a copy or a download cut short): its complete entries are read."""
+
+
+_ENTRIES = re.compile(rb'"entries"\s*:\s*\[')
+
+
+def _complete_entries(data: bytes) -> list[Any]:
+    """The entries a HAR document cut short holds whole (each a complete JSON object).
+
+    The entries array is found by its key and decoded one object at a time; the first
+    incomplete object ends the list. Empty when there is no entries array."""
+    import json
+
+    m = _ENTRIES.search(data)
+    if m is None:
+        return []
+    text = data[m.end():].decode("utf-8", errors="ignore")  # a cut may split a character
+    dec = json.JSONDecoder()
+    out: list[Any] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n or text[i] == "]":
+            return out
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return out
+        out.append(obj)
+
+
 def read_har(path: str | Path) -> Iterator[Exchange]:
     """Exchanges from a HAR file (optionally gzip-compressed).
 
     The whole document is parsed first (HAR is one JSON value), so a file that is not HAR fails
-    before anything is yielded; a bad entry fails with its index after the ones before it.
+    before anything is yielded; a bad entry fails with its index after the ones before it. A
+    file cut short (the JSON ends early) gives the complete entries it holds, with a
+    ``TruncatedHarWarning`` saying how many (as the other readers give what comes before the
+    damage).
     """
     name = str(path)
     f = open_input(path)
@@ -571,7 +609,16 @@ def read_har(path: str | Path) -> Iterator[Exchange]:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        raise FormatError(f"{name}: not a HAR file: not valid JSON ({e})") from None
+        # orjson counts characters, not bytes: the end of the text is the end of the data
+        cut_short = (e.msg.startswith("unexpected end")
+                     or e.pos >= len(data.decode("utf-8", "ignore").rstrip()))
+        entries = _complete_entries(data) if cut_short else None
+        if not entries:
+            raise FormatError(f"{name}: not a HAR file: not valid JSON ({e})") from None
+        warnings.warn(TruncatedHarWarning(
+            f"{name}: the HAR file is cut short ({e.msg} at byte {e.pos}); read the "
+            f"{len(entries)} complete entries it holds"), stacklevel=2)
+        doc = {"log": {"entries": entries}}
     log = doc.get("log") if isinstance(doc, dict) else None
     entries = log.get("entries") if isinstance(log, dict) else None
     if not isinstance(entries, list):

@@ -83,3 +83,191 @@ def kv_scan(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes table, 
                     continue
         i = j  # the closing quote may open the next candidate
     return out
+
+
+def kv_scan_stems(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes table,
+                  bytes first, bytes stems, bytes pairs, bytes lo):
+    """``kv_scan`` plus every other name (up to ``maxlen`` long) that holds one of ``stems``.
+
+    ``stems``: the stems sorted, each followed by a NUL byte; ``first``: 512 bytes, for each
+    byte value 1 + the offset in ``stems`` of the first stem starting with it (16 bits, little
+    endian), 0 if none; ``pairs``: 65536 bytes, non-zero at ``b0 << 8 | b1`` for the first two
+    bytes of each stem (every stem is at least two long), so most positions cost one lookup. A quoted text followed by a colon is a result when it is one of
+    ``names`` or holds a stem (the caller then decides by the whole name, with a cache)."""
+    cdef const unsigned char* s = lo
+    cdef const unsigned char* t = table
+    cdef const unsigned char* f = first
+    cdef const unsigned char* st = stems
+    cdef const unsigned char* pr = pairs
+    cdef Py_ssize_t ns = len(stems)
+    cdef Py_ssize_t n = len(lo)
+    cdef Py_ssize_t i = 0, j, k, length, stop, p, q2, r
+    cdef const unsigned char* q
+    cdef uint32_t h
+    cdef unsigned char c
+    cdef bint hit
+    out = []
+    if len(table) != 65536 or len(first) != 512 or len(pairs) != 65536:
+        raise ValueError("table must be 65536 bytes and first 512")
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 34, n - i)
+        if q == NULL:
+            break
+        i = q - s
+        j = i + 1
+        stop = i + 1 + maxlen
+        if stop > n:
+            stop = n
+        h = 2166136261u
+        while j < stop:
+            c = s[j]
+            if c == 34:
+                break
+            h = (h ^ c) * 16777619u
+            j += 1
+        if j < n and s[j] != 34:
+            q = <const unsigned char*>memchr(s + j, 34, n - j)
+            if q == NULL:
+                break
+            i = q - s
+            continue
+        if j >= n:
+            break
+        length = j - i - 1
+        k = j + 1
+        while k < n and _blank(s[k]):
+            k += 1
+        if length > 0 and k < n and s[k] == 58:  # a member name
+            hit = False
+            if length >= minlen and t[h & 0xFFFF]:
+                name = lo[i + 1:j]
+                hit = name in names
+            if not hit:
+                p = i + 1
+                while p + 1 < j and not hit:
+                    r = 0
+                    if pr[(s[p] << 8) | s[p + 1]]:
+                        r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
+                    if r:
+                        r -= 1
+                        while r < ns and st[r] == s[p]:  # the stems starting with this byte
+                            q2 = 1
+                            while r + q2 < ns and st[r + q2] != 0 and p + q2 < j \
+                                    and st[r + q2] == s[p + q2]:
+                                q2 += 1
+                            if r + q2 < ns and st[r + q2] == 0:
+                                hit = True
+                                break
+                            while r < ns and st[r] != 0:
+                                r += 1
+                            r += 1
+                    p += 1
+            if hit:
+                k += 1
+                while k < n and _blank(s[k]):
+                    k += 1
+                out.append((lo[i + 1:j], k))
+                i = k
+                continue
+        i = j
+    return out
+
+
+def key_gates(bytes text, bytes us_tbl, bytes dash_tbl, bytes dot_tbl):
+    """Where a vendor key could start: ``[(offset, separator byte), ...]`` for each '_', '-'
+    and '.' whose preceding byte is marked in that separator's 256-byte table, and (byte 65)
+    each 'A' starting 'A?[A-Z]A' with ? in KSGIRN, or 'AIza'; in order per separator; and whether the text holds '-----BEGIN' (a PEM block). One memchr walk per
+    separator instead of a regex attempt at each of them (see ``detectors.find_api_key``)."""
+    cdef const unsigned char* s = text
+    cdef const unsigned char* tu = us_tbl
+    cdef const unsigned char* td = dash_tbl
+    cdef const unsigned char* tp = dot_tbl
+    cdef Py_ssize_t n = len(text)
+    cdef Py_ssize_t i
+    cdef const unsigned char* q
+    cdef bint pem = False
+    if len(us_tbl) != 256 or len(dash_tbl) != 256 or len(dot_tbl) != 256:
+        raise ValueError("tables must be 256 bytes")
+    out = []
+    i = 1
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 95, n - i)
+        if q == NULL:
+            break
+        i = q - s
+        if tu[s[i - 1]]:
+            out.append((i, 95))
+        i += 1
+    i = 1
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 45, n - i)
+        if q == NULL:
+            break
+        i = q - s
+        if td[s[i - 1]]:
+            out.append((i, 45))
+        if not pem and i + 10 <= n and s[i + 1] == 45 and s[i + 2] == 45 and s[i + 3] == 45 \
+                and s[i + 4] == 45 and s[i + 5] == 66 and s[i + 6] == 69 and s[i + 7] == 71 \
+                and s[i + 8] == 73 and s[i + 9] == 78:
+            pem = True
+        i += 1
+    if not pem and n >= 10 and s[0] == 45 and text.startswith(b"-----BEGIN"):
+        pem = True
+    i = 0
+    while i + 4 <= n:  # AWS key ids (AKIA, ASIA, AGPA...) and Google keys (AIza)
+        q = <const unsigned char*>memchr(s + i, 65, n - i)
+        if q == NULL:
+            break
+        i = q - s
+        if i + 4 <= n and ((s[i + 3] == 65 and s[i + 2] >= 65 and s[i + 2] <= 90
+                            and (s[i + 1] == 75 or s[i + 1] == 83 or s[i + 1] == 71
+                                 or s[i + 1] == 73 or s[i + 1] == 82 or s[i + 1] == 78))
+                           or (s[i + 1] == 73 and s[i + 2] == 122 and s[i + 3] == 97)):
+            out.append((i, 65))
+        i += 1
+    i = 1
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 46, n - i)
+        if q == NULL:
+            break
+        i = q - s
+        if tp[s[i - 1]]:
+            out.append((i, 46))
+        i += 1
+    return out, pem
+
+
+cdef inline bint _hex(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (65 <= c <= 70) or (97 <= c <= 102)
+
+
+def ipv6_gate(bytes text):
+    """Whether ``detectors._IPV6_ANCHOR`` (``::``, or ``:h:h:h:`` with 1-4 hex digits each)
+    matches anywhere in ``text``: one memchr walk over the colons instead of a regex attempt at
+    each (a JSON document has one per member)."""
+    cdef const unsigned char* s = text
+    cdef Py_ssize_t n = len(text)
+    cdef Py_ssize_t i = 0, j, g, k
+    cdef const unsigned char* q
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 58, n - i)
+        if q == NULL:
+            return False
+        i = q - s
+        if i + 1 < n and s[i + 1] == 58:
+            return True
+        j = i + 1
+        g = 0
+        while g < 3:
+            k = 0
+            while j < n and k < 4 and _hex(s[j]):
+                j += 1
+                k += 1
+            if k == 0 or j >= n or s[j] != 58:
+                break
+            j += 1
+            g += 1
+        if g == 3:
+            return True
+        i += 1
+    return False

@@ -23,6 +23,8 @@ to a whole-body scan (or, by policy, its removal) and is counted in the report.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -33,7 +35,15 @@ import orjson
 from replay.errors import InputError
 from replay.model import ConnKey, Exchange, Headers, Request, Response
 from replay.sanitise import bodies
-from replay.sanitise.detectors import Detector, DetSet, is_ipv4, is_ipv6, scan
+from replay.sanitise.detectors import (
+    NAME_STEMS,
+    PAIR_DETECTORS,
+    Detector,
+    DetSet,
+    is_ipv4,
+    is_ipv6,
+    scan,
+)
 from replay.sanitise.keyscan import KeyScan, trie
 from replay.sanitise.policy import (
     FRAMING_HEADERS,
@@ -134,9 +144,11 @@ class SanitiseReport:
 class _Ctx:
     """Per-exchange state: originals already replaced, to be chased through later text."""
 
-    __slots__ = ("echo", "produced")
+    __slots__ = ("dropped", "echo", "produced")
 
     def __init__(self) -> None:
+        self.dropped: list[dict[str, Any]] | None = None
+        """Bodies removed because nothing could look inside them: length and keyed hash."""
         self.echo: dict[bytes, bytes] = {}
         self.produced: set[bytes] = set()
         """Replacements written so far: a second, safety-net scan of the same text must not
@@ -179,19 +191,31 @@ class Sanitiser:
                 else:
                     self._dets[loc].append((i, r.detector))
         body = self._dets["body"]
-        # Detectors for the JSON text scan: json's plus body's (whole-body patterns), once each.
-        self._json_text_dets = DetSet(_union(self._dets["json"], body))
+        # Detectors for the JSON text scan: json's plus body's (whole-body patterns), once each;
+        # the name=value detectors only where a document holds text of that kind (below).
+        in_json = {t for t, _d in self._dets["json"]}
+        pairs = [(t, d) for t, d in body if d.name in PAIR_DETECTORS and t not in in_json]
+        text_only = {t for t, _d in pairs}
+        self._json_text_dets = DetSet(
+            [(t, d) for t, d in _union(self._dets["json"], body) if t not in text_only]
+        )
+        self._json_pair_dets = DetSet(pairs)
+        self._key = key or b""
         self._form_extra = DetSet(_minus(body, self._dets["form"]))
         self._mp_extra = DetSet(_minus(body, self._dets["multipart"]))
+        self._frag_dets = DetSet(_union(self._dets["query"], self._dets["path"]))
         self._dets = {loc: DetSet(d) for loc, d in self._dets.items()}
         self._body_dets = self._dets["body"]
         # Literal pre-check for JSON name/path rules.
         self._json_rules = self._whole["json"] + [r for _i, r in self._scoped["json"]]
         self._json_always_parse = False
         lits: set[bytes] = set()
+        stems: set[bytes] = set()
         for r in self._json_rules:
             if r.name_rx is not None:
                 self._json_always_parse = True
+            if r.name_fn is not None:
+                stems.update(NAME_STEMS)  # every name the classifier could select holds one
             for n in r.raw_names:
                 # the spellings a document may use: access_token, access-token, accesstoken
                 # (the body is lower-cased first, so accessToken is the last one)
@@ -214,8 +238,10 @@ class Sanitiser:
         # alternation (re tries the branches of one position by first byte, so the cost barely
         # grows with the number of names).
         self._json_key_rx = re.compile(b'"' + trie(sorted(lits)) + b'"') if lits else None
-        # The same keys followed by ':' (a member name, not a value) for in-place edits.
-        self._json_kv = KeyScan(lits) if lits else None
+        # The same keys followed by ':' (a member name, not a value) for in-place edits, and
+        # every key holding a stem of a secret name when a rule selects names by their words.
+        self._json_kv = KeyScan(lits, stems=stems) if lits or stems else None
+        self._json_stems = bool(stems)
         # The client address in the connection key is personal data too: it follows the first
         # IP-detector rule (pseudonymised like any address in a body).
         self._ip_rules: dict[str, Rule] = {}
@@ -223,6 +249,12 @@ class Sanitiser:
             det = r.detector
             if det is not None and det.name in ("ipv4", "ipv6") and r.action == "pseudonym":
                 self._ip_rules.setdefault(r.detector.name, r)
+        # A path segment after one naming a secret ('/reset/<token>') is replaced whole by the
+        # first path rule with the high-entropy detector.
+        self._url_token_rule: Rule | None = next(
+            (r for r in self._rules
+             if r.detector is not None and r.detector.name == "high_entropy"
+             and "path" in r.locations and not r.has_selector), None)
         self._conn_cache: dict[str, tuple[Rule | None, bytes]] = {}
         self._conn_memo: dict[ConnKey, tuple[Rule | None, bytes, ConnKey]] = {}
         self._hkind: dict[str, tuple[int, str]] = {}
@@ -258,6 +290,10 @@ class Sanitiser:
         if conn is not None and self._ip_rules:
             conn = self._conn(conn)
         rep.exchanges_out += 1
+        meta = ex.meta
+        if ctx.dropped:
+            meta = dict(meta)
+            meta["sanitise_dropped_bodies"] = ctx.dropped
         if (
             req is ex.request
             and resp is ex.response
@@ -280,7 +316,7 @@ class Sanitiser:
             ex.ts_response_end,
             ex.completeness,
             ex.tunnel,
-            dict(ex.meta),  # later stages may annotate the copy, never the original
+            dict(meta),  # later stages may annotate the copy, never the original
         )
 
     __call__ = apply
@@ -454,8 +490,24 @@ class Sanitiser:
         rep = self.report
         strings: list[tuple[int, int]] | None = None
         produced = ctx.produced
+        has_bs = json_text and b"\\" in text
         for s, e, tag, det in hits:
             rule = rules[tag]
+            if has_bs and s > 0:
+                # the hit starts inside a JSON escape ('\njohn@x.com', '\u001fkey'): keep the
+                # escape whole, or the replacement could write an invalid one
+                s = _after_escape(text, s)
+                if s >= e or s < pos:
+                    continue
+            if json_text and (det.name in PAIR_DETECTORS or det.name in _IN_STRINGS):
+                # a name=value found in a JSON text is edited only inside a string ('"q":
+                # "pw=x"', JSON in a string); outside one it is the document's own structure
+                if strings is None:
+                    strings = [m.span() for m in _JSON_STRING.finditer(text)]
+                if not any(a < s and e < b for a, b in strings):
+                    continue
+            if s < pos:
+                continue  # inside a number token a previous hit already replaced
             orig = text[s:e]
             if skip is not None and _already_done(orig, skip):
                 continue
@@ -479,6 +531,11 @@ class Sanitiser:
                     strings = [m.span() for m in _JSON_STRING.finditer(text)]
                 if not any(a < s and e < b for a, b in strings):
                     new = b"null" if rule.action == "drop" else b'"' + new + b'"'
+                    # the whole number token goes: '-"0123"' or '"0123".5' is not JSON
+                    while s > pos and text[s - 1] in _NUM_CHARS:
+                        s -= 1
+                    while e < len(text) and text[e] in _NUM_CHARS:
+                        e += 1
             # (no echo entry: the same detector finds the same value wherever it recurs)
             if new:
                 produced.add(new)
@@ -508,6 +565,14 @@ class Sanitiser:
                 new = self._replace_hits(loc, v, scoped + self._dets[loc], ctx)
                 if new is not v:
                     out[i] = new
+            elif v[0] in b"{[" and self._json_rules:
+                new = self._embedded_json(v, ctx)
+                if new is None:
+                    pending.append(i)
+                else:
+                    new = self._replace_hits(loc, new, self._dets[loc], ctx, skip=ctx.produced)
+                    if new != v:
+                        out[i] = new
             else:
                 pending.append(i)
         dets = self._dets[loc]
@@ -829,9 +894,7 @@ class Sanitiser:
             frag = b"#" + f
         new_path = self._path(path, ctx)
         new_query = self._query(query, ctx) if qm else query
-        new_frag = frag
-        if frag and self._dets["query"]:
-            new_frag = self._replace_hits("query", frag, self._dets["query"], ctx)
+        new_frag = self._fragment(frag, ctx) if frag else frag
         if (
             new_path is path
             and new_query is query
@@ -840,6 +903,18 @@ class Sanitiser:
         ):
             return url
         return _dec(prefix + new_path + qm + new_query + new_frag, url)
+
+    def _fragment(self, frag: bytes, ctx: _Ctx) -> bytes:
+        """'#access_token=...&state=x' (OAuth implicit flow) is a query string: the query rules;
+        '#/reset/<token>' is a path: the query and path detectors over the whole text."""
+        body = frag[1:]
+        new = body
+        if b"=" in body:
+            new = self._pairs("query", body, ctx, b"@:,/")
+        dets = self._frag_dets
+        if dets:
+            new = self._replace_hits("path", new, dets, ctx, skip=ctx.produced)
+        return frag if new is body else b"#" + new
 
     def _decoded_hits(
         self, loc: str, raw: bytes, dets: list[tuple[int, Detector]], ctx: _Ctx, safe: bytes
@@ -866,6 +941,7 @@ class Sanitiser:
             not whole
             and not scan(bodies.unquote(path, plus=False), dets)
             and (b"+" not in path or not scan(bodies.unquote(path, plus=True), dets))
+            and (self._url_token_rule is None or _SECRET_SEG.search(path.lower()) is None)
         ):
             self._remember_clean(clean, path)
             return path
@@ -890,6 +966,14 @@ class Sanitiser:
                 new = b"" if v is None else v
                 done = True
                 break
+            if not done and i > 1 and self._url_token_rule is not None and _SECRET_SEG.search(
+                segs[i - 1].lower()
+            ) and _TOKEN_SEG.fullmatch(dec):
+                # '/reset-password/<token>', '/verify/<uuid>': the segment after one naming a
+                # secret is one, whatever its shape
+                v = self._whole_value(self._url_token_rule, "path", dec, ctx)
+                new = b"" if v is None else v
+                done = True
             if not done:
                 new = self._replace_hits("path", dec, dets, ctx)
                 if new is dec and b"+" in seg:
@@ -1014,7 +1098,7 @@ class Sanitiser:
                 inner = bodies.decode(body, codes)
             except bodies.BodyError as e:
                 self.report.fallback(f"undecodable content-encoding: {str(e).split(' (')[0]}")
-                return self._mismatch(body, ctx)
+                return self._opaque(body, ctx)
         new = self._content(kind, params, inner, ctx)
         if new is inner:
             return body
@@ -1023,6 +1107,19 @@ class Sanitiser:
         if new == inner:
             return body
         return bodies.encode(new, codes)
+
+    def _opaque(self, data: bytes, ctx: _Ctx) -> bytes:
+        """A body nothing can look inside (a content coding that does not decode, or one not
+        supported): never passed on. Dropped (the exchange too under ``on_mismatch:
+        drop_exchange``); its length and a keyed hash are kept in the exchange's meta
+        (``sanitise_dropped_bodies``), so two captures can still be compared."""
+        if self.policy.on_mismatch == "drop_exchange":
+            raise _Drop()
+        digest = hmac.new(self._key or b"\0", data, hashlib.sha256).hexdigest()
+        if ctx.dropped is None:
+            ctx.dropped = []
+        ctx.dropped.append({"length": len(data), "hmac_sha256": digest})
+        return b""
 
     def _mismatch(self, data: bytes, ctx: _Ctx) -> bytes:
         """A body that is not what its headers say: scan it as text, or drop it, per policy."""
@@ -1034,16 +1131,73 @@ class Sanitiser:
         return self._text(data, ctx)
 
     def _text(self, data: bytes, ctx: _Ctx) -> bytes:
-        """A body of no structure we parse: the whole-body scan (and the echo pass)."""
+        """A body whose media type names no structure we parse (text/plain, none, XML, HTML,
+        octet-stream...): JSON and NDJSON are recognised by content; everything else gets the
+        whole-body scan (value detectors and name=value pairs) and the echo pass."""
+        if self._json_rules or self._json_text_dets:
+            first = data[:1]
+            if first in b" \t\r\n" and first:
+                first = data.lstrip()[:1]
+            if first and first in b'{["':
+                new = self._sniffed_json(data, ctx)
+                if new is not None:
+                    return new
         new = self._replace_hits("body", data, self._body_dets, ctx)
         return self._echo(new, ctx)
 
-    def _echo(self, data: bytes, ctx: _Ctx) -> bytes:
-        """Replace originals seen earlier in this exchange (e.g. a cookie echoed in a body)."""
+    def _sniffed_json(self, data: bytes, ctx: _Ctx) -> bytes | None:
+        """JSON or NDJSON (one document per line) whatever the Content-Type said, or None."""
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return self._json(data, ctx)
+        if b"\n" not in data:
+            return None
+        lines = data.split(b"\n")
+        out = []
+        docs = 0
+        for line in lines:
+            st = line.strip()
+            if st[:1] in (b"{", b"["):
+                try:
+                    orjson.loads(st)
+                except orjson.JSONDecodeError:
+                    return None  # not NDJSON: the text scan takes it
+                docs += 1
+                out.append(line)
+            elif st:
+                return None
+            else:
+                out.append(line)
+        if docs < 1:
+            return None
+        new = [self._json(x, ctx) if x.strip() else x for x in out]
+        if all(a is b for a, b in zip(new, out, strict=True)):
+            return data
+        return b"\n".join(new)
+
+    def _embedded_json(self, value: bytes, ctx: _Ctx) -> bytes | None:
+        """A JSON document inside a form field, a query parameter or a header value: the JSON
+        treatment (names, detectors), or None if it is not JSON."""
+        try:
+            orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        return self._json(value, ctx)
+
+    def _echo(self, data: bytes, ctx: _Ctx, json_text: bool = False) -> bytes:
+        """Replace originals seen earlier in this exchange (e.g. a cookie echoed in a body).
+
+        In a JSON text an original holding a backslash or a quote is not replaced: it could
+        match across an escape and break the document (its JSON form is found by name)."""
         if not ctx.echo:
             return data
         for orig, new in ctx.echo.items():
             if orig in data:
+                if json_text and (b"\\" in orig or b'"' in orig):
+                    continue
                 data = data.replace(orig, new)
                 self.report.count("echo", "body", new)
         return data
@@ -1088,8 +1242,11 @@ class Sanitiser:
                 elif spliced is not data:
                     text = spliced
                     skip = ctx.produced  # never pseudonymise what a name rule just wrote
-            elif self._json_key_rx is not None:
-                need_walk = self._json_key_rx.search(data.lower()) is not None
+            elif self._json_key_rx is not None or self._json_stems:
+                lo = data.lower()
+                need_walk = (
+                    self._json_key_rx is not None and self._json_key_rx.search(lo) is not None
+                ) or (self._json_kv is not None and bool(self._json_kv.find(lo)))
         if need_walk or escaped:
             try:
                 doc = orjson.loads(data)
@@ -1107,13 +1264,23 @@ class Sanitiser:
                 new = self._replace_hits(
                     "json", text, self._json_text_dets, ctx, json_text=True, skip=skip
                 )
+                if self._json_pair_dets and (b'\\"' in new or b"=" in new):
+                    new = self._replace_hits(
+                        "body", new, self._json_pair_dets, ctx, json_text=True, skip=ctx.produced
+                    )
                 if new is text:
                     return self._echo_keep(data, ctx)
-                return self._echo(new, ctx)
+                return self._echo(new, ctx, True)
         new = self._replace_hits("json", text, self._json_text_dets, ctx, json_text=True, skip=skip)
+        if self._json_pair_dets and (b'\\"' in new or b"=" in new):
+            # JSON or a form inside a string ('{"data": "{\\"password\\": \\"x\\"}"}',
+            # '"q": "user=a&pw=x"'): the name=value detectors over the document text
+            new = self._replace_hits(
+                "body", new, self._json_pair_dets, ctx, json_text=True, skip=ctx.produced
+            )
         if new is data:
             return self._echo_keep(data, ctx)
-        return self._echo(new, ctx)
+        return self._echo(new, ctx, True)
 
     def _json_splice(self, data: bytes, lo: bytes, ctx: _Ctx) -> bytes | None:
         """Name rules without parsing: find ``"name":`` with the key pattern and replace the
@@ -1209,7 +1376,7 @@ class Sanitiser:
         """``_echo`` that returns the very same object when nothing changed."""
         if not ctx.echo:
             return data
-        new = self._echo(data, ctx)
+        new = self._echo(data, ctx, True)
         return data if new == data else new
 
     def _json_rule(self, path: tuple[Any, ...], key: Any) -> tuple[Rule | None, list]:
@@ -1338,7 +1505,10 @@ class Sanitiser:
                 ns = b"1" + ns[1:]
             self.report.count(rule.name, "json", ns)
             ctx.produced.add(ns)
-            return -int(ns) if v < 0 else int(ns)
+            out = -int(ns) if v < 0 else int(ns)
+            if not -(2**63) <= out < 2**64:
+                return ns.decode()  # as many digits, but past what JSON encoders take as int
+            return out
         if isinstance(v, float):
             s = repr(v).encode()
             ns = self.pseudo.pseudonym("digits", s)
@@ -1365,7 +1535,7 @@ class Sanitiser:
         # as everywhere else, and the raw safety-net scan recognises it as already done
         out = self._pairs("form", data, ctx, b"@:,/")
         if self._form_extra:
-            out = self._replace_hits("body", out, self._form_extra, ctx)
+            out = self._replace_hits("body", out, self._form_extra, ctx, skip=ctx.produced)
         new = self._echo(out, ctx)
         return data if new == data else new
 
@@ -1400,10 +1570,14 @@ class Sanitiser:
             kind = bodies.body_kind(ptype)
             if kind in ("json", "form", "multipart"):
                 nb = self._content(kind, pparams, part.body, ctx)
+            elif part.body[:1] in (b"{", b"[") and (
+                sn := self._sniffed_json(part.body, ctx)
+            ) is not None:
+                nb = sn
             else:
                 nb = self._replace_hits("multipart", part.body, scoped + mdets, ctx)
                 if self._mp_extra:
-                    nb = self._replace_hits("body", nb, self._mp_extra, ctx)
+                    nb = self._replace_hits("body", nb, self._mp_extra, ctx, skip=ctx.produced)
                 nb = self._echo(nb, ctx)
             if nb is not part.body and nb != part.body:
                 part.body = nb
@@ -1417,8 +1591,35 @@ class Sanitiser:
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NUM_START = frozenset(b"-0123456789")
+_NUM_CHARS = frozenset(b"-+.eE0123456789")
+_IN_STRINGS = frozenset({"pem", "high_entropy"})
+"""Detectors whose hits in a JSON text count only inside strings (key material, tokens: never
+the document's own numbers and literals)."""
 _JSON_NUM = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _QSAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~@:,/*")
+
+
+_SECRET_SEG = re.compile(
+    rb"reset|token|verif|confirm|activat|invite|invitation|magic|unsubscribe|password|passwd"
+    rb"|secret|apikey|api-key|api_key|signin|sign-in|login|session|otp|recover|share"
+)
+"""A path segment naming a secret: the segment after it is one."""
+_TOKEN_SEG = re.compile(rb"[A-Za-z0-9_\-.~=]{16,512}")
+
+
+def _after_escape(text: bytes, s: int) -> int:
+    """``s`` moved past a JSON escape it sits inside (the letter after a backslash, or the
+    hex digits of a backslash-u escape); ``s`` itself if it is not inside one."""
+    j = text.rfind(b"\\", max(0, s - 5), s)
+    if j < 0:
+        return s
+    k = j
+    while k > 0 and text[k - 1] == 92:
+        k -= 1
+    if (j - k) % 2 == 1:
+        return s  # that backslash is itself escaped
+    end = j + 6 if j + 1 < len(text) and text[j + 1] == 117 else j + 2
+    return end if end > s else s
 
 
 def _already_done(hit: bytes, produced: set[bytes]) -> bool:

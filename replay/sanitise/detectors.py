@@ -21,6 +21,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 
+from replay import _native
 from replay.sanitise.pseudonym import iban_mod97, luhn_ok
 
 Span = tuple[int, int]
@@ -40,7 +41,14 @@ Digits and the two usual group separators share a class so that one literal sear
 
 _ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _DIGITSET = frozenset(b"0123456789")
-_LOCAL = _ALNUM | frozenset(b"._%+-")
+_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_HIGH = frozenset(range(128, 256))
+"""Bytes of non-ASCII characters (UTF-8 sequences, latin-1 header text): e-mail addresses may
+hold them in the local part and the domain (RFC 6531)."""
+_LOCAL = _ALNUM | frozenset(b"._%+-") | _HIGH
+_DOMAIN_START = _ALNUM | _HIGH
+_LOCAL_MAX = 128
+"""Bytes of local part looked at before an '@' (64 characters, up to two bytes each)."""
 
 # -- validators (also used by tests and by ``format: auto``) ---------------------------------
 
@@ -61,17 +69,17 @@ IBAN_LENGTHS: dict[bytes, int] = {
 
 
 def is_card(v: bytes) -> bool:
-    """13-19 digits (optionally grouped), a real network prefix and length, and Luhn."""
+    """12-19 digits (optionally grouped), a real scheme prefix and length, and Luhn."""
     d = v.replace(b" ", b"").replace(b"-", b"")
-    return 13 <= len(d) <= 19 and d.isdigit() and card_network_ok(d) and luhn_ok(d)
+    return 12 <= len(d) <= 19 and d.isdigit() and card_network_ok(d) and luhn_ok(d)
 
 
 def is_iban(v: bytes) -> bool:
     """Known country, that country's length, and ISO 13616 mod-97 checksum."""
-    c = v.replace(b" ", b"")
+    c = v.replace(b" ", b"").upper()
     if len(c) < 15 or not c[:2].isalpha() or not c[2:4].isdigit() or not c.isalnum():
         return False
-    if not c[:2].isupper() or IBAN_LENGTHS.get(c[:2]) != len(c):
+    if IBAN_LENGTHS.get(c[:2]) != len(c):
         return False
     return iban_mod97(c.upper()) == 1
 
@@ -111,10 +119,12 @@ def is_email(v: bytes) -> bool:
 # -- patterns -------------------------------------------------------------------------------
 
 _EMAIL = re.compile(
-    rb"[A-Za-z0-9._%+\-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    rb"[A-Za-z0-9._%+\-\x80-\xff]{1,128}@"
+    rb"(?:[A-Za-z0-9\x80-\xff](?:[A-Za-z0-9\-\x80-\xff]{0,122}[A-Za-z0-9\x80-\xff])?\.)+"
+    rb"(?:[A-Za-z]{2,24}|[\x80-\xff]{4,48})"
 )
 _EMAIL_PCT = re.compile(
-    rb"[A-Za-z0-9._+\-]{1,64}%40(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    rb"[A-Za-z0-9._+\-]{1,128}%40(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
 )
 _JWT = re.compile(rb"eyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")
 _B64URL_RUN = re.compile(rb"[A-Za-z0-9_\-]*")
@@ -125,8 +135,9 @@ _RUN_LIT = b"00000000000"
 _CARD = re.compile(  # bare, or grouped the ways cards are printed: 4-4-4-4(-3), 4-6-5, 4-6-4
     rb"\d{4}([ \-])\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{4}([ \-])\d{6}\2\d{4,5}|\d{13,19}"
 )
-_SSN_C = re.compile(rb"\d{3}-\d{2}-\d{4}")
-_SSN = re.compile(rb"(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}")
+_SSN_C = re.compile(rb"\d{3}([\- ])\d{2}\1\d{4}")
+_SSN = re.compile(rb"(?!000|666|9)\d{3}[\- ](?!00)\d{2}[\- ](?!0000)\d{4}")
+_BARE_NUMBER = re.compile(rb"\d{3}[\- ]?\d{2}[\- ]?\d{4}(?!\d)|\d{4,8}(?![\d\-])")
 _PHONE_INTL = re.compile(rb"\+[ ]?\(?[1-9](?:[ .\-]?\(?\d\)?){7,14}")
 _PHONE_NANP = re.compile(rb"\d{3}[\- ]\d{3}[\- ]\d{4}")
 _PHONE_NAT = re.compile(rb"0\d{1,4}(?:[ \-]\d{2,8}){1,4}")
@@ -141,37 +152,108 @@ _IPV6_CAND = re.compile(  # the embedded-IPv4 form first, or '::ffff:10' would w
     rb"|(?:[0-9A-Fa-f]{1,4}|:)?(?::[0-9A-Fa-f]{0,4}){1,7}"
 )
 _IBAN_ANCHOR = re.compile(rb"AA00[0A]{11}")  # shortest IBAN (Norway) is 15 long
-_IBAN = re.compile(rb"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){10,32}")
-_APIKEY_UNDERSCORE = [
-    (lit, re.compile(p))
-    for lit, p in (
-        (b"gh", rb"gh[pousr]_[A-Za-z0-9]{36,255}"),
-        (b"_pat_", rb"github_pat_[A-Za-z0-9_]{22,255}"),
-        (b"k_live_", rb"k_live_[A-Za-z0-9]{10,99}"),
-        (b"k_test_", rb"k_test_[A-Za-z0-9]{10,99}"),
+_IBAN_ANCHOR_ANY = re.compile(rb"(?:AA|aa|Aa)00[0Aa]{11}")
+_IBAN = re.compile(rb"[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){10,32}")
+_APIKEY_UNDERSCORE = [  # (bytes before the '_', the byte(s) just before it, the pattern)
+    (back, before, re.compile(p))
+    for back, before, p in (
+        (3, b"pousr", rb"gh[pousr]_[A-Za-z0-9]{36,255}"),
+        (6, b"b", rb"github_pat_[A-Za-z0-9_]{22,255}"),
+        (2, b"k", rb"[spr]k_(?:live|test)_[A-Za-z0-9]{10,99}"),
+        (5, b"c", rb"whsec_[A-Za-z0-9+/=]{20,99}"),
+        (5, b"tas", rb"shp(?:at|ca|pa|ss)_[A-Fa-f0-9]{32}"),
+        (3, b"m", rb"npm_[A-Za-z0-9]{36}"),
+        (3, b"p", rb"dop_v1_[a-f0-9]{64}"),
+        (2, b"f", rb"hf_[A-Za-z0-9]{30,40}"),
     )
 ]
-_APIKEY_AWS = re.compile(rb"AKIA[0-9A-Z]{16}")
-_APIKEY_AWS_STS = re.compile(rb"ASIA[0-9A-Z]{16}")
-_APIKEY_GOOGLE = re.compile(rb"AIza[0-9A-Za-z_\-]{35}")
-_APIKEY_SLACK = re.compile(rb"xox[abposr]-[A-Za-z0-9\-]{10,250}")
-_APIKEY_UNDERSCORE_GATE = re.compile(
-    rb"_(?:(?<=gh[pousr]_)|(?<=github_)pat_|(?<=k_)(?:live|test)_)"
+_APIKEY_AWS = re.compile(  # AWS key ids (AKIA, ASIA ...) and Google API keys: one 'A' pass
+    rb"A(?:(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA)[0-9A-Z]{16}|Iza[0-9A-Za-z_\-]{35})"
 )
-"""Passes a text holding one of ``_APIKEY_UNDERSCORE``'s prefixes (``ghp_``, ``github_pat_``,
-``k_live_``, ``k_test_``): tried only at each '_'."""
-_APIKEY_SLACK_GATE = re.compile(rb"-(?<=xox[abposr]-)")
-"""Passes a text holding ``_APIKEY_SLACK``'s prefix: tried only at each '-'."""
+_APIKEY_DASH = [
+    (back, before, re.compile(p))
+    for back, before, p in (
+        (4, b"abposre", rb"xox[abposre]-[A-Za-z0-9\-]{10,250}"),
+        (4, b"p", rb"xapp-[A-Za-z0-9\-]{10,250}"),
+        (5, b"t", rb"glpat-[A-Za-z0-9_\-]{20,64}"),
+        (2, b"k", rb"sk-(?:proj-|ant-|live-)?[A-Za-z0-9_\-]{20,200}"),
+        (4, b"i", rb"pypi-[A-Za-z0-9_\-]{50,300}"),
+        (6, b"X", rb"GOCSPX-[A-Za-z0-9_\-]{20,40}"),
+        (6, b"p", rb"sq0(?:atp|csp)-[A-Za-z0-9_\-]{20,60}"),
+        (3, b"y", rb"key-[0-9a-f]{32}"),
+    )
+]
+_APIKEY_DOT = [
+    (4, b"9", re.compile(rb"ya29\.[0-9A-Za-z_\-]{20,2048}")),
+    (2, b"G", re.compile(rb"SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}")),
+]
+_GATE_BEFORE = {  # separator -> the bytes a key prefix ends with before it
+    sep: bytes(sorted({c for _b, before, _rx in pats for c in before}))
+    for sep, pats in ((95, _APIKEY_UNDERSCORE), (45, _APIKEY_DASH), (46, _APIKEY_DOT))
+}
+
+
+def _gate_table(chars: bytes) -> bytes:
+    t = bytearray(256)
+    for c in chars:
+        t[c] = 1
+    return bytes(t)
+
+
+def _key_at() -> dict[tuple[int, int], list[tuple[int, re.Pattern[bytes]]]]:
+    """(separator, byte before it) -> the key patterns whose prefix ends that way."""
+    out: dict[tuple[int, int], list[tuple[int, re.Pattern[bytes]]]] = {}
+    for sep, pats in ((95, _APIKEY_UNDERSCORE), (45, _APIKEY_DASH), (46, _APIKEY_DOT)):
+        for back, before, rx in pats:
+            for c in before:
+                out.setdefault((sep, c), []).append((back, rx))
+    return out
+
+
+_GATE_TABLES = tuple(_gate_table(_GATE_BEFORE[c]) for c in (95, 45, 46))
+_KEY_AT = _key_at()
+_key_gates = _native.load_pyx("replay.sanitise._keyscan", "key_gates")
+_ipv6_gate = _native.load_pyx("replay.sanitise._keyscan", "ipv6_gate")
+
+
+def key_gates_py(text: bytes, us: bytes, dash: bytes, dot: bytes) -> tuple[list[Span], bool]:
+    """The pure-Python ``_keyscan.key_gates`` (the definition; the C loop gives the same)."""
+    out: list[Span] = []
+    for sep, tbl in ((95, us), (45, dash), (46, dot)):
+        ch = bytes((sep,))
+        i = text.find(ch, 1)
+        while i >= 0:
+            if tbl[text[i - 1]]:
+                out.append((i, sep))
+            i = text.find(ch, i + 1)
+    i = text.find(b"A")
+    while 0 <= i <= len(text) - 4:
+        w = text[i + 1 : i + 4]
+        if (w[2] == 65 and 65 <= w[1] <= 90 and w[0] in b"KSGIRN") or w == b"Iza":
+            out.append((i, 65))
+        i = text.find(b"A", i + 1)
+    return out, b"-----BEGIN" in text
+
+
+_PEM_BEGIN = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ ){0,3})PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = b"-----END "
+_PEM_B64 = re.compile(rb"[A-Za-z0-9+/=]{8,}")
+_PEM_MAX = 64 * 1024
+_TOKEN_RUN = re.compile(rb"[A-Za-z0-9_\-]{20,}")
+_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEXSET = frozenset(b"0123456789abcdefABCDEF")
 
 
 class Prep:
     """One text prepared for scanning: the class map and the digit regions, made on demand and
     shared by every detector that scans this text."""
 
-    __slots__ = ("_dots", "_runs", "_t", "text")
+    __slots__ = ("_dots", "_gates", "_pairs", "_runs", "_t", "text")
 
     def __init__(self, text: bytes) -> None:
         self.text = text
+        self._pairs: list[tuple[int, int, int]] | None = None
+        self._gates: tuple[list[Span], bool] | None = None
         self._t: bytes | None = None
         self._runs: list[Span] | None = None
         self._dots: list[int] | None = None
@@ -184,7 +266,8 @@ class Prep:
 
     @property
     def runs(self) -> list[Span]:
-        """Regions of 11+ digits/spaces/dashes: the only places a card, SSN or phone can be."""
+        """Regions of 11+ digits/spaces/dashes: the only places a card, SSN or phone can be
+        (and the digits of an IBAN written in lower case)."""
         if self._runs is None:
             # 'find' of the literal, then the run's end by an anchored match: a full regex pass
             # costs ~8 instructions a byte, and most texts hold few runs or none
@@ -197,6 +280,14 @@ class Prep:
                 i = t.find(_RUN_LIT, e)
             self._runs = runs
         return self._runs
+
+    @property
+    def gates(self) -> tuple[list[Span], bool]:
+        """(separators where a vendor key could start, whether a PEM block may be here)."""
+        if self._gates is None:
+            fn = _key_gates if _key_gates is not None else key_gates_py
+            self._gates = fn(self.text, *_GATE_TABLES)
+        return self._gates
 
     @property
     def dots(self) -> list[Span]:
@@ -221,7 +312,9 @@ def _class_table(chars: bytes) -> bytes:
     return bytes(t)
 
 
-_LOCAL_T = _class_table(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+_LOCAL_T = _class_table(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-" + bytes(range(128, 256))
+)
 """Local-part characters of ``_EMAIL`` (a translated window's last ' ' bounds the local part)."""
 _LOCAL_PCT_T = _class_table(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
 """The same for ``_EMAIL_PCT`` (no '%' in a local part written before '%40')."""
@@ -243,10 +336,10 @@ def _find_around(text: bytes, sep: bytes, rx: re.Pattern[bytes], local: bytes) -
     k = len(sep)
     while i >= 0:
         # an address needs a local-part character before and a domain character after
-        if i == 0 or text[i - 1] not in _LOCAL or i + k >= n or text[i + k] not in _ALNUM:
+        if i == 0 or text[i - 1] not in _LOCAL or i + k >= n or text[i + k] not in _DOMAIN_START:
             i = text.find(sep, i + 1)
             continue
-        lo = i - 64 if i - 64 > prev else prev
+        lo = i - _LOCAL_MAX if i - _LOCAL_MAX > prev else prev
         s = lo + text[lo:i].translate(local).rfind(b" ") + 1
         m = rx.match(text, s, min(n, i + 256)) if s < i else None
         if m is not None:
@@ -331,74 +424,172 @@ def find_basic(p: Prep) -> list[Span]:
 
 
 def card_network_ok(d: bytes) -> bool:
-    """Whether a digit string has the length a card network issues for its prefix (IIN).
+    """Whether a digit string has a length a card scheme issues for its prefix (IIN).
 
-    Random ids pass Luhn one time in ten; requiring a real network prefix and length cuts
-    false positives on long numeric ids by a further factor of about five."""
+    Random ids pass Luhn one time in ten; requiring a real scheme prefix and length cuts false
+    positives on long numeric ids further (no scheme issues numbers starting with 0, 1 or 7,
+    which rules out epoch timestamps in ms/us/ns). Schemes: Visa (4: 13, 16, 18, 19 digits, the
+    18 of old UK Switch/Solo ranges), Mastercard (51-55, 2221-2720: 16), Maestro (50, 56-69:
+    12-19), Mir (2200-2204: 16-19), American Express (34, 37: 15), Diners (300-305, 3095, 36,
+    38, 39: 14-19), JCB (3528-3589: 16-19), Discover (6011, 644-649, 65: 16-19), UnionPay (62,
+    81: 16-19), RuPay (60, 65, 81, 82, 508: 16), Elo, Hipercard, Verve, Dankort (inside the
+    Visa/Maestro/6x ranges), Troy (9792: 16)."""
     n = len(d)
+    if n < 12 or n > 19:
+        return False
     c1 = d[0]
     if c1 == 52:  # '4' Visa
-        return n in (13, 16, 19)
-    two = int(d[:2])
-    if 51 <= two <= 55 or 2221 <= int(d[:4]) <= 2720:  # Mastercard
-        return n == 16
-    if two in (34, 37):  # Amex
-        return n == 15
-    if two in (36, 38, 39) or 300 <= int(d[:3]) <= 305:  # Diners
-        return 14 <= n <= 19
-    if two == 35:  # JCB
-        return 16 <= n <= 19
-    if d[:4] == b"6011" or two in (62, 65) or 644 <= int(d[:3]) <= 649:  # Discover, UnionPay
-        return 16 <= n <= 19
+        return n in (13, 16, 18, 19)
+    if c1 == 53:  # '5'
+        two = d[1] - 48
+        if 1 <= two <= 5:  # Mastercard
+            return n == 16
+        return True  # Maestro 50, 56-59 (12-19), RuPay 508, Dankort 5019, Elo 50x
+    if c1 == 54:  # '6': Maestro 60-69 (12-19) covers Discover, UnionPay, RuPay, Verve, Elo
+        return True
+    if c1 == 50:  # '2'
+        four = int(d[:4])
+        if 2200 <= four <= 2204:  # Mir
+            return n >= 16
+        return 2221 <= four <= 2720 and n == 16  # Mastercard 2-series
+    if c1 == 51:  # '3'
+        two = int(d[:2])
+        if two in (34, 37):  # Amex
+            return n == 15
+        if two in (36, 38, 39) or 300 <= int(d[:3]) <= 305 or d[:4] == b"3095":  # Diners
+            return n >= 14
+        if 3528 <= int(d[:4]) <= 3589:  # JCB
+            return n >= 16
+        return False
+    if c1 == 56:  # '8': UnionPay 81, RuPay 81/82
+        return d[1] in b"12" and n >= 16
+    if c1 == 57:  # '9': Troy
+        return d[:4] == b"9792" and n == 16
     return False
 
 
+_DGROUPS = re.compile(rb"\d+(?:[ \-]\d+)*")
+"""Digit groups joined by single spaces or dashes (a card printed in any grouping)."""
+_CARD_BUDGET = 4096
+"""Candidate numbers checked per text at most (keeps a text of many short digit groups, like
+'1 2 3 4 ...', linear)."""
+
+
+def _card_grouping(groups: list[Span], i: int, j: int) -> bool:
+    """Whether digit groups i..j can be a card's printed grouping: a card's first group has
+    four digits or more, unless the number is cut into equal chunks ('411 111 111 111 1111').
+    Order numbers such as '123-4567890-1234567' are not cards."""
+    k = groups[i][1] - groups[i][0]
+    if i == j or k >= 4:
+        return True
+    if j - i < 3:
+        return False
+    for g in range(i + 1, j):
+        if groups[g][1] - groups[g][0] != k:
+            return False
+    return groups[j][1] - groups[j][0] <= k
+
+
 def find_card(p: Prep) -> list[Span]:
-    """Card numbers inside the digit regions: printed groupings, network prefix, Luhn."""
+    """Card numbers inside the digit regions: 12-19 digits bare or in any grouping by single
+    spaces or dashes, a real scheme prefix and length, and Luhn.
+
+    A chain of groups ('order 12 4111 1111 1111 1111 x') is tried from each group start, so a
+    card written next to other numbers is still found; the longest valid number from the
+    earliest start wins. A number glued to a '.' and more digits is a float, not a card."""
     runs = p.runs
     if not runs:
         return []
     text = p.text
     n = len(text)
     out: list[Span] = []
+    budget = _CARD_BUDGET
     for rs, re_ in runs:
-        for m in _CARD.finditer(text, rs, re_):
+        for m in _DGROUPS.finditer(text, rs, re_):
             s, e = m.span()
-            if s > 0 and (text[s - 1] in _DIGITSET or text[s - 1] == 46):
-                continue  # part of a longer number or the decimals of a float
-            if e < n and (
-                text[e] in _DIGITSET
-                or (text[e] in b".-" and e + 1 < n and text[e + 1] in _DIGITSET)
-            ):
-                continue  # an id, a float, or an order number with more groups
-            cand = m.group()
-            digits = cand if m.start(1) < 0 and m.start(2) < 0 else cand.translate(None, b" -")
-            if card_network_ok(digits) and luhn_ok(digits):
-                out.append((s, e))
+            if e - s < 12:
+                continue
+            if s > 0 and (text[s - 1] in _LETTERS or text[s - 1] == 43):
+                continue  # glued to letters (a hash, a token) or after '+' (a phone number)
+            if e < n and text[e] in _LETTERS:
+                continue
+            chain = m.group()
+            if b" " not in chain and b"-" not in chain:  # one bare number: the common case
+                if e - s > 19:
+                    continue
+                if (s > 0 and text[s - 1] == 46) or (
+                    e + 1 < n and text[e] == 46 and text[e + 1] in _DIGITSET
+                ):
+                    continue  # the decimals or the integer part of a float
+                if card_network_ok(chain) and luhn_ok(chain):
+                    out.append((s, e))
+                budget -= 1
+                continue
+            # groups: (start, end) offsets in the text
+            groups: list[Span] = []
+            gs = s
+            for j in range(s, e):
+                if text[j] in b" -":
+                    groups.append((gs, j))
+                    gs = j + 1
+            groups.append((gs, e))
+            first_ok = not (s > 0 and text[s - 1] == 46)
+            last_ok = not (e + 1 < n and text[e] == 46 and text[e + 1] in _DIGITSET)
+            k = len(groups)
+            i = 0 if first_ok else 1
+            while i < k and budget > 0:
+                g0 = groups[i][0]
+                if text[g0] in b"017" or (i > 0 and text[g0 - 1] == 45):
+                    # no scheme starts with these; and a dashed chain (an order or phone
+                    # number) is one number: a card does not start after one of its dashes
+                    i += 1
+                    continue
+                total = 0
+                best = -1
+                digits = b""
+                for j in range(i, k):
+                    a, b = groups[j]
+                    total += b - a
+                    if total > 19:
+                        break
+                    digits += text[a:b]
+                    if total >= 12 and ((j < k - 1 and text[b] == 32) or (j == k - 1 and last_ok)):
+                        budget -= 1
+                        if (
+                            card_network_ok(digits)
+                            and luhn_ok(digits)
+                            and _card_grouping(groups, i, j)
+                        ):
+                            best = j
+                if best >= 0:
+                    out.append((g0, groups[best][1]))
+                    i = best + 1
+                else:
+                    i += 1
     return out
 
 
 def find_ssn(p: Prep) -> list[Span]:
-    """US SSNs (dashed) inside the digit regions, with the SSA's impossible values out."""
-    runs = p.runs
-    if not runs:
-        return []
+    """US SSNs: '123-45-6789' or '123 45 6789' inside the digit regions, with the SSA's
+    impossible values out. Nine bare digits are an id anywhere but after a name saying SSN
+    (``ssn=``, ``"ssn":``, ``SSN 123456789`` in text): the name rules and pairs find those."""
     text = p.text
     n = len(text)
     out = []
-    for rs, re_ in runs:
-        if text.find(b"-", rs, re_) < 0:
-            continue
+    for rs, re_ in p.runs:
         for m in _SSN_C.finditer(text, rs, re_):
             s, e = m.span()
             if s > 0 and (text[s - 1] in _DIGITSET or text[s - 1] == 45):
                 continue
             if e < n and (
-                text[e] in _DIGITSET or (text[e] == 45 and e + 1 < n and text[e + 1] in _DIGITSET)
+                text[e] in _DIGITSET
+                or (text[e] in b" -" and e + 1 < n and text[e + 1] in _DIGITSET)
             ):
                 continue
             if _SSN.match(text, s, e):
                 out.append((s, e))
+    if len(out) > 1:
+        out = sorted(set(out))
     return out
 
 
@@ -489,6 +680,8 @@ def find_ipv4(p: Prep) -> list[Span]:
 def find_ipv6(p: Prep) -> list[Span]:
     """IPv6 around '::' or three ':hex' groups, confirmed by ``ipaddress``."""
     text = p.text
+    if _ipv6_gate is not None and not _ipv6_gate(text):
+        return []  # no anchor anywhere (the C walk over the colons; the regex is the definition)
     out: list[Span] = []
     last = 0
     n = len(text)
@@ -522,18 +715,32 @@ def find_ipv6(p: Prep) -> list[Span]:
 
 
 def find_iban(p: Prep) -> list[Span]:
-    """IBANs: known country, that country's length, mod-97 checksum."""
+    """IBANs in any case ('DE89 3704...', 'de89 3704...'): known country, that country's
+    length, mod-97 checksum. Upper case by the class-map anchor; other cases only next to a
+    digit region (eleven digits or more, spaces allowed: the BBAN of nearly every country), so
+    the search for a lower-case anchor does not cost a pass over every text."""
     t = p.t
     text = p.text
     out: list[Span] = []
+    starts: list[int] = []
+    if b"AA00" in t:  # 'find' skips ahead; a regex pass tries every 'A'
+        starts = [a.start() for a in _IBAN_ANCHOR.finditer(t)]
+    elif not p.runs:
+        return out
+    for rs, re_ in p.runs:
+        w = t[max(0, rs - 12) : rs + 2]
+        if b"a00" not in w and b"A00" not in w:
+            continue  # no country and check digits right before these digits
+        for a in _IBAN_ANCHOR_ANY.finditer(t, max(0, rs - 14), re_):
+            if a.start() > rs + 4:
+                break
+            if a.start() not in starts:
+                starts.append(a.start())
     n = len(text)
-    if b"AA00" not in t:
-        return out  # 'find' skips ahead; a regex pass tries every 'A'
-    for a in _IBAN_ANCHOR.finditer(t):
-        s = a.start()
+    for s in starts:
         if s > 0 and text[s - 1] in _ALNUM:
             continue
-        length = IBAN_LENGTHS.get(text[s : s + 2])
+        length = IBAN_LENGTHS.get(text[s : s + 2].upper())
         if length is None:
             continue
         m = _IBAN.match(text, s)
@@ -549,43 +756,461 @@ def find_iban(p: Prep) -> list[Span]:
             j += 1
         if cnt != length or (j < n and text[j] in _ALNUM):
             continue
-        compact = text[s:j].replace(b" ", b"")
+        compact = text[s:j].replace(b" ", b"").upper()
         if iban_mod97(compact) == 1:
             out.append((s, j))
+    if len(out) > 1:
+        out.sort()
     return out
 
 
 def find_api_key(p: Prep) -> list[Span]:
-    """Vendor key shapes (AWS, GitHub, Stripe, Slack, Google), each behind a literal.
+    """Vendor key shapes (AWS, GitHub, GitLab, Stripe, Slack, Google, OpenAI, SendGrid,
+    Shopify, npm, PyPI, Hugging Face, DigitalOcean, Square, Mailgun).
 
-    Each literal check is a substring search over the whole text (~1 µs per 2 KB each, far
-    more where the text repeats a letter of the literal), and most texts hold none of them.
-    So each family is gated first by one pass that only a text holding one of its literals
-    passes: a single-byte search (memchr speed), or a regex whose literal first byte ('_', '-')
-    makes ``re`` try only those positions and look behind from there."""
+    Every key family but AWS/Google ('A...', one regex pass with a literal first byte) has a
+    '_', '-' or '.' right after its prefix, and the prefix ends with one of a few letters. One
+    walk over the text (``key_gates``, memchr per separator, in C) lists the separators after
+    such a letter; each family's pattern is then tried only there, from where its key would
+    start. A typical JSON body (dates and SKUs with dashes, prices with dots, snake_case keys)
+    costs about a microsecond."""
     text = p.text
     out: list[Span] = []
-    if b"_" in text and _APIKEY_UNDERSCORE_GATE.search(text) is not None:
-        for lit, rx in _APIKEY_UNDERSCORE:
-            if lit not in text:
-                continue
-            for m in rx.finditer(text):
-                s, e = m.span()
-                if text[s] == 107:  # 'k_live_...': include the s/p/r before it (sk_live_)
-                    if s == 0 or text[s - 1] not in b"spr":
-                        continue
-                    s -= 1
-                out.append((s, e))
-    if b"A" in text:
-        for lit, rx in ((b"AKIA", _APIKEY_AWS), (b"ASIA", _APIKEY_AWS_STS),
-                        (b"AIza", _APIKEY_GOOGLE)):
-            if lit in text:
-                out.extend(m.span() for m in rx.finditer(text))
-    if b"-" in text and _APIKEY_SLACK_GATE.search(text) is not None:
-        out.extend(m.span() for m in _APIKEY_SLACK.finditer(text))
+    end = -1
+    for i, sep in sorted(p.gates[0]):
+        if i < end:
+            continue
+        if sep == 65:
+            m = _APIKEY_AWS.match(text, i)
+            if m is not None:
+                out.append(m.span())
+                end = m.end()
+            continue
+        pats = _KEY_AT.get((sep, text[i - 1]), ())
+        for back, rx in pats:
+            if i >= back:
+                m = rx.match(text, i - back)
+                if m is not None:
+                    out.append(m.span())
+                    end = m.end()
+                    break
     if len(out) > 1:
-        out.sort()
+        out = _no_overlap(sorted(out))
     return out
+
+
+def _no_overlap(spans: list[Span]) -> list[Span]:
+    out: list[Span] = []
+    end = -1
+    for s, e in spans:
+        if s >= end:
+            out.append((s, e))
+            end = e
+    return out
+
+
+def find_pem(p: Prep) -> list[Span]:
+    """The base64 lines of a PEM private key block (RSA, EC, OpenSSH, PKCS#8, encrypted, PGP),
+    each line a span of its own, so the armour lines and line breaks (also as JSON '\\n'
+    escapes) stay as they were. A block without its END line runs to the end of the text."""
+    text = p.text
+    if not p.gates[1]:
+        return []
+    out: list[Span] = []
+    n = len(text)
+    for m in _PEM_BEGIN.finditer(text):
+        start = m.end()
+        if out and start < out[-1][1]:
+            continue
+        end = text.find(_PEM_END, start, start + _PEM_MAX)
+        if end < 0:
+            end = min(n, start + _PEM_MAX)
+        for r in _PEM_B64.finditer(text, start, end):
+            s, e = r.span()
+            if text[s - 1] == 92:  # '\n' of a JSON string: the 'n' is not key material
+                s += 5 if text[s] == 117 else 1
+            if e - s >= 8:
+                out.append((s, e))
+    return out
+
+
+def _is_random_token(tok: bytes) -> bool:
+    """Whether a run of [A-Za-z0-9_-] (20+ long) looks like a generated secret, not a word,
+    a slug or an id: 32+ hex digits, or letters and digits that alternate often (a slug such as
+    'my-first-post-2024' changes class once or twice, a random token every few characters).
+    Canonical UUIDs are ids and stay (24-hex object ids too: shorter than 32)."""
+    n = len(tok)
+    if n >= 32 and all(c in _HEXSET for c in tok):
+        return True
+    if n == 36 and _UUID.fullmatch(tok):
+        return False
+    digits = 0
+    alt = 0  # digit <-> letter changes
+    alt3 = 0  # digit / upper / lower changes
+    prev = prev3 = -1
+    upper = lower = False
+    for c in tok:
+        if 48 <= c <= 57:
+            cls = 0
+            c3 = 0
+            digits += 1
+        elif 65 <= c <= 90:
+            cls = 1
+            c3 = 1
+            upper = True
+        elif 97 <= c <= 122:
+            cls = 1
+            c3 = 2
+            lower = True
+        else:
+            continue
+        if prev >= 0 and cls != prev:
+            alt += 1
+        if prev3 >= 0 and c3 != prev3:
+            alt3 += 1
+        prev = cls
+        prev3 = c3
+    if digits == n:
+        return False
+    if upper and lower and alt3 * 3 >= n:
+        return True  # mixed case changing every few characters (camelCase changes rarely)
+    if digits < 2:
+        return False
+    return alt >= 6 or (alt >= 4 and upper and lower)
+
+
+def find_high_entropy(p: Prep) -> list[Span]:
+    """Generated tokens (20+ characters of base64url/hex that look random, see
+    ``_is_random_token``): for URL path segments and fragments, where reset links, magic links
+    and signed URLs put secrets without a name."""
+    text = p.text
+    if len(text) < 20:
+        return []
+    return [m.span() for m in _TOKEN_RUN.finditer(text) if _is_random_token(m.group())]
+
+
+# -- secret names ---------------------------------------------------------------------------
+# Which field/parameter/header/element names hold a secret, by the words in the name. Used by
+# the by-name detectors ``password_name`` / ``secret_name`` (whole values of named items in
+# every structure) and by the pair detectors that find ``name=value`` in text.
+
+NAME_STEMS: tuple[bytes, ...] = (
+    b"pass", b"pw", b"secret", b"token", b"key", b"auth", b"sig", b"sess", b"sid", b"pin",
+    b"otp", b"cvv", b"cvc", b"cvn", b"csc", b"mfa", b"pan", b"ssn", b"cred", b"card", b"code",
+    b"csrf", b"xsrf", b"app", b"cc", b"social", b"verifier", b"mnemonic", b"seed", b"jwt",
+    b"bearer", b"hmac", b"priv",
+)  # fmt: skip
+"""Substrings every secret name holds (lower case): the cheap pre-check, in C for JSON keys
+(``_keyscan.pyx``), before ``name_class`` decides."""
+_STEM_RX = re.compile("|".join(re.escape(x.decode()) for x in NAME_STEMS))
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+_PW_STEMS = ("password", "passwd", "passwort", "passphrase", "passcode", "pwd", "securitycode",
+             "pincode", "pinnumber", "cardpin", "cardcvv", "cardcvc")
+_PW_WORDS = frozenset({"pw", "pass", "pin", "otp", "totp", "hotp", "cvv", "cvc", "cvv2", "cvc2",
+                       "cvn", "cvn2", "csc", "cav2", "cid2", "mfa", "2fa", "passwd"})
+_PW_PREFIX = ("new", "old", "cur", "current", "confirm", "user", "admin", "root", "db", "my",
+              "login", "account", "card", "atm", "mail", "smtp", "ftp", "wifi", "repeat")
+_SECRET_STEMS = ("secret", "token", "credential", "apikey", "privatekey", "secretkey", "accesskey",
+                 "sessionid", "sessid", "csrf", "xsrf", "authorization", "signature",
+                 "cardnumber", "creditcard", "ccnumber", "ccnum", "cardnum", "cardno",
+                 "socialsecurity", "codeverifier", "clientsecret", "connectionstring",
+                 "accountkey", "sharedaccesskey", "privkey", "mnemonic", "seedphrase",
+                 "sessionkey", "authkey", "authcode", "bearer", "jwt", "hmac")
+_SECRET_WORDS = frozenset({"session", "sid", "sig", "auth", "pan", "ssn", "appid", "apiid",
+                           "appkey", "appsecret", "sess", "ccn", "pem", "dsn"})
+_KEY_PREFIX = ("api", "app", "secret", "private", "access", "auth", "client", "master",
+               "license", "licence", "signing", "encryption", "session", "server", "subscription",
+               "account", "developer", "consumer", "shared", "webhook", "hmac", "storage",
+               "service", "user", "crypto", "aes", "rsa", "ssh", "gpg", "pgp", "jwt", "sign",
+               "decryption", "root", "admin", "integration", "partner", "merchant", "publishable",
+               "live", "test", "prod", "x")
+_KEY_NOT = frozenset({"sort", "primary", "foreign", "partition", "cache", "public", "group",
+                      "order", "lookup", "map", "row", "dedup", "dedupe", "routing", "object",
+                      "s3", "bucket", "index", "hash", "shard", "composite", "natural", "unique",
+                      "surrogate", "range", "search", "i18n", "translation", "locale", "label",
+                      "message", "item", "entity", "record", "field", "column", "table", "dict",
+                      "react", "list", "music", "hot", "short", "cut", "keyboard", "press",
+                      "turn", "mon", "don", "tur", "jockey", "hockey", "whis", "config",
+                      "setting", "settings", "option", "options", "property", "attribute",
+                      "meta", "metadata", "tag", "name", "display", "ui", "nav", "menu", "event",
+                      "sequence", "version", "node", "query", "template", "image", "file", "asset"})
+_CODE_PREFIX = ("auth", "authorization", "verification", "verify", "reset", "confirm",
+                "confirmation", "mfa", "otp", "sms", "security", "recovery", "activation",
+                "invite", "invitation", "access", "login", "2fa", "twofactor", "onetime",
+                "backup", "pairing", "device", "user", "magic", "email", "phone", "pin",
+                "unlock", "one", "secret", "passcode")
+_META_SUFFIX = frozenset({"type", "types", "count", "counts", "used", "limit", "limits", "length",
+                          "len", "size", "ttl", "expiry", "expires", "expiration", "expired",
+                          "exp", "at", "in", "url", "uri", "endpoint", "hint", "hints", "policy",
+                          "strength", "format", "enabled", "disabled", "required", "changed",
+                          "updated", "created", "set", "version", "mode", "method", "provider",
+                          "scheme", "strategy", "status", "valid", "present", "name", "names",
+                          "label", "field", "location", "path", "timeout", "duration", "algorithm",
+                          "alg", "input", "prompt", "rotation", "age", "min", "max", "rules",
+                          "rule", "reset", "forgot", "page", "form", "flow", "id_type", "kind",
+                          "style", "color", "colour", "icon", "text", "title", "description",
+                          "help", "placeholder", "error", "errors", "message", "attempts",
+                          "retries", "pattern", "regex", "complexity", "visible", "show", "hide",
+                          "header", "param", "parameter", "issuer", "audience",
+                          "brand", "network", "last4", "lastfour", "last", "first6",
+                          "bin", "iin", "holder", "country", "currency", "fingerprint",
+                          "dirty", "touched", "ok", "exists", "expected", "lifetime", "family"})
+_META_PREFIX = frozenset({"max", "min", "total", "num", "prompt", "completion", "input",
+                          "output", "cached", "reasoning", "is", "has", "use", "uses", "allow",
+                          "enable", "enabled", "require", "requires", "show", "forgot",
+                          "no", "needs", "need", "can", "should", "must", "with", "without"})
+_NAME_NOT = ("access-control-", "sec-websocket-", "content-security-", "strict-transport-",
+             "public-key-pins", "x-content-type-", "cross-origin-", "permissions-policy")
+_NAME_CACHE: dict[str, int] = {}
+
+
+def name_class(lname: str) -> int:
+    """0: an ordinary name; 1: a password-like secret (mask it); 2: another secret (token,
+    key, session id, card number...: pseudonymise it). ``lname`` is lower case.
+
+    By the words in the name (split at anything but letters and digits, so ``user[password]``,
+    ``credentials.secretkey``, ``x-auth-token``, ``api_key``), with concatenated spellings
+    (``userpassword``, ``apisecret``, ``privatetoken``) found by stems; a name that only
+    *describes* a secret (``token_type``, ``password_hint``, ``max_tokens``, ``has_password``)
+    is not one."""
+    hit = _NAME_CACHE.get(lname)
+    if hit is not None:
+        return hit
+    cls = _name_class(lname)
+    if len(_NAME_CACHE) > 8192:
+        _NAME_CACHE.clear()
+    _NAME_CACHE[lname] = cls
+    return cls
+
+
+def _stem_hit(w: str, stems: tuple[str, ...]) -> bool:
+    for st in stems:
+        i = w.find(st)
+        while i >= 0:
+            rest = w[i + len(st) :]
+            pre = w[:i]
+            if rest not in _META_SUFFIX and pre not in _META_PREFIX and not (
+                st == "token" and rest.startswith("i")  # tokenize, tokenizer
+            ) and not (st == "secret" and rest.startswith("ar")):  # secretary
+                return True
+            i = w.find(st, i + 1)
+    return False
+
+
+def _word_class(w: str) -> int:
+    if w in _PW_WORDS:
+        return 1
+    if _stem_hit(w, _PW_STEMS):
+        return 1
+    for pre in _PW_PREFIX:
+        if w.startswith(pre) and w[len(pre) :] in ("pw", "pass", "pin", "pwd"):
+            return 1
+    if w.startswith("pw") and (len(w) <= 3 or w[2:].isdigit()):
+        return 1
+    if w in _SECRET_WORDS or _stem_hit(w, _SECRET_STEMS):
+        return 2
+    if w.endswith("key") and w[:-3] in _KEY_PREFIX:
+        return 2
+    if w.endswith("code") and w[:-4] in _CODE_PREFIX:
+        return 2
+    return 0
+
+
+def _name_class(lname: str) -> int:
+    if _STEM_RX.search(lname) is None:
+        return 0
+    if lname.startswith(_NAME_NOT):
+        return 0
+    words = [w for w in _WORD_SPLIT.split(lname) if w]
+    if not words:
+        return 0
+    if len(words) > 1 and (words[-1] in _META_SUFFIX or words[0] in _META_PREFIX):
+        return 0
+    cls = 0
+    for w in words:
+        c = _word_class(w)
+        if c == 1:
+            return 1
+        if c:
+            cls = 2
+    if cls:
+        return cls
+    joined = "".join(words)
+    if len(words) > 1:
+        if _stem_hit(joined, _PW_STEMS):
+            return 1
+        if _stem_hit(joined, _SECRET_STEMS):
+            return 2
+        last, prev = words[-1], words[-2]
+        if last in ("key", "keys") and prev not in _KEY_NOT:
+            return 2
+        if last in ("code", "codes") and prev in _CODE_PREFIX:
+            return 2
+        if last == "id" and prev in ("app", "api", "session", "sess"):
+            return 2
+        if last in ("number", "num", "no", "nr") and prev in ("card", "cc", "credit", "pan",
+                                                            "security", "pin"):
+            return 2
+        if last == "verifier":
+            return 2
+    return 0
+
+
+def is_password_name(lname: str) -> bool:
+    return name_class(lname) == 1
+
+
+def is_secret_name(lname: str) -> bool:
+    return name_class(lname) == 2
+
+
+# -- name = value pairs in text ---------------------------------------------------------------
+
+_PAIR_STEMS = re.compile(b"|".join(re.escape(x) for x in NAME_STEMS))
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-[]")
+_NAME_MAX = 64
+_VALUE_MAX = 4096
+_STOP_EQ = frozenset(b" \t\r\n&;,\"'<>\\")
+_STOP_COLON = frozenset(b"\r\n&;,\"'<>\\}]")
+_ATTR_VALUE = re.compile(rb"""(?i:\b(?:value|content)\s*=\s*)(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>]+))""")
+
+
+def find_pairs(p: Prep) -> list[tuple[int, int, int]]:
+    """(start, end, class) of the values of secret-named items in text: ``name=value`` and
+    ``name: value`` (env files, YAML, logs, query strings in text, JSON quoted in text or in a
+    JSON string, ``\"name\":\"value\"``), XML elements ``<Password>v</Password>`` (with
+    a namespace prefix, CDATA) and attributes ``password="v"``, and HTML inputs and meta tags
+    ``<input type="hidden" name="csrf_token" value="v">``. Cached on the Prep (two detectors,
+    one per class, share the work)."""
+    got = p._pairs
+    if got is not None:
+        return got
+    text = p.text
+    out: list[tuple[int, int, int]] = []
+    p._pairs = out
+    lo = text.lower()
+    n = len(text)
+    last_name_end = -1
+    for m in _PAIR_STEMS.finditer(lo):
+        k = m.start()
+        if k < last_name_end:
+            continue
+        a = k
+        while a > 0 and k - a < _NAME_MAX and text[a - 1] in _NAME_CHARS:
+            a -= 1
+        b = m.end()
+        while b < n and b - a < _NAME_MAX and text[b] in _NAME_CHARS:
+            b += 1
+        last_name_end = b
+        if b - a >= _NAME_MAX or text[a] in _DIGITSET or (a > 0 and text[a - 1] in b"+/"):
+            continue  # not a name: a number, base64
+        if b - a >= 12 and _is_random_token(text[a:b]):
+            continue  # a token or a hash that happens to hold 'pw', 'key'...
+        cls = name_class(lo[a:b].decode("latin-1"))
+        if not cls:
+            continue
+        span = _pair_value(text, a, b)
+        if span is not None and span[1] > span[0]:
+            out.append((span[0], span[1], cls))
+            if span[1] > last_name_end:
+                last_name_end = span[1]
+    return out
+
+
+def _pair_value(text: bytes, a: int, b: int) -> Span | None:
+    """Where the value of the name at text[a:b] is, or None."""
+    n = len(text)
+    pc = text[a - 1] if a > 0 else 0
+    # XML element, possibly with a namespace prefix: <Password>, <ns:ApiKey attr="x">
+    lt = a - 1
+    if pc == 58:  # ':' of a prefix
+        j = a - 2
+        while j >= 0 and a - j < 40 and text[j] in _NAME_CHARS:
+            j -= 1
+        lt = j if j >= 0 and text[j] == 60 else -1
+    if lt >= 0 and text[lt] == 60:
+        gt = text.find(b">", b, b + 512)
+        if gt < 0 or text[gt - 1] == 47:  # no end, or self-closing
+            return None
+        s = gt + 1
+        if text.startswith(b"<![CDATA[", s):
+            s += 9
+            e = text.find(b"]]>", s, s + _VALUE_MAX)
+        else:
+            e = text.find(b"<", s, s + _VALUE_MAX)
+        if e < 0:
+            e = min(n, s + _VALUE_MAX)
+        while s < e and text[s] in b" \t\r\n":
+            s += 1
+        while e > s and text[e - 1] in b" \t\r\n":
+            e -= 1
+        return (s, e)
+    # HTML: name="csrf_token" ... value="..." (or content="..." in a meta tag)
+    if pc in (34, 39) and a >= 2:
+        j = a - 2
+        while j >= 0 and text[j] in b" \t":
+            j -= 1
+        if j >= 0 and text[j] == 61:  # '='
+            lt = text.rfind(b"<", max(0, a - 512), a)
+            if lt < 0:
+                return None
+            gt = text.find(b">", b, b + 1024)
+            if gt < 0:
+                gt = min(n, b + 1024)
+            m = _ATTR_VALUE.search(text, lt, gt)
+            if m is None:
+                return None
+            g = 1 if m.start(1) >= 0 else 2 if m.start(2) >= 0 else 3
+            return m.span(g)
+    # name = value / name: value, the name and the value optionally quoted (\" in JSON text)
+    j = b
+    if j < n and text[j] == 92:
+        j += 1
+    if j < n and text[j] in b"\"'":
+        j += 1
+    while j < n and text[j] in b" \t":
+        j += 1
+    if j >= n or text[j] not in b"=:":
+        if j > b and j < n and text[j] in _DIGITSET:  # 'SSN 123456789', 'PIN 1234'
+            m = _BARE_NUMBER.match(text, j)
+            if m is not None:
+                return m.span()
+        return None
+    sep = text[j]
+    j += 1
+    if sep == 61 and j < n and text[j] == 62:  # '=>'
+        j += 1
+    while j < n and text[j] in b" \t":
+        j += 1
+    if j < n and text[j] == 92:
+        j += 1
+    if j < n and text[j] in b"\"'":
+        q = text[j]
+        s = j + 1
+        e = s
+        lim = min(n, s + _VALUE_MAX)
+        while e < lim and text[e] != q and text[e] != 92 and text[e] not in b"\r\n":
+            e += 1
+        return (s, e)
+    stop = _STOP_EQ if sep == 61 else _STOP_COLON
+    s = j
+    e = s
+    lim = min(n, s + _VALUE_MAX)
+    while e < lim and text[e] not in stop:
+        e += 1
+    while e > s and text[e - 1] in b" \t":
+        e -= 1
+    return (s, e)
+
+
+def find_password_pair(p: Prep) -> list[Span]:
+    """Values of password-like names in text (see ``find_pairs``)."""
+    return [(s, e) for s, e, c in find_pairs(p) if c == 1]
+
+
+def find_secret_pair(p: Prep) -> list[Span]:
+    """Values of other secret names in text (see ``find_pairs``)."""
+    return [(s, e) for s, e, c in find_pairs(p) if c == 2]
 
 
 class Detector:
@@ -627,17 +1252,26 @@ BUILTIN: dict[str, Detector] = {
             "api_key",
             find_api_key,
             "token",
-            rb"gh[pousr]_|github_pat_|k_live_|k_test_|AKIA|ASIA|AIza|xox[abposr]-",
+            rb"gh[pousr]_|github_pat_|k_live_|k_test_|whsec_|shp|npm_|dop_v1_|hf_|A[A-Z][A-Za-z]A"
+            rb"|AIza|xox[abposre]-|xapp-|glpat-|sk-|pypi-|GOCSPX-|sq0|key-|ya29\.|SG\.",
         ),
+        Detector("pem", find_pem, "token", rb"-----BEGIN"),
         Detector("email", find_email, "email", rb"@"),
-        Detector("iban", find_iban, "iban", rb"[A-Z]{2}\d\d"),
-        Detector("card", find_card, "card", rb"\d[\d \-]{11,}\d"),
-        Detector("ssn", find_ssn, "ssn", rb"\d{3}-\d\d-\d{4}"),
+        Detector("iban", find_iban, "iban", rb"[A-Za-z]{2}\d\d"),
+        Detector("card", find_card, "card", rb"\d[\d \-]{10,}\d"),
+        Detector("ssn", find_ssn, "ssn", rb"\d{3}[\- ]\d\d[\- ]\d{4}"),
         Detector("ipv6", find_ipv6, "ipv6", rb"::|[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:"),
         Detector("ipv4", find_ipv4, "ipv4", rb"\d\.\d{1,3}\.\d"),
         Detector("phone", find_phone, "phone", rb"\+ ?\(?\d|\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}"),
+        Detector("high_entropy", find_high_entropy, "token", rb"[A-Za-z0-9_\-]{20}"),
+        Detector("password_pair", find_password_pair, "token", rb"[=:>\"']"),
+        Detector("secret_pair", find_secret_pair, "token", rb"[=:>\"']"),
     )
 }
+PAIR_DETECTORS = frozenset({"password_pair", "secret_pair", "bearer", "basic"})
+"""Detectors of ``name=value`` and ``Scheme credentials`` text: a ``body`` rule with one of them
+does not scan JSON documents (their names are the name rules' job, an Authorization value is a
+named field) unless a document holds JSON, a form or a header line inside a string."""
 """Built-in value detectors, in priority order (an earlier one wins an overlap at equal start)."""
 
 NAME_DETECTORS: dict[str, str] = {
@@ -654,6 +1288,14 @@ NAME_DETECTORS: dict[str, str] = {
 }
 """Detectors that pick items by *name* (header or cookie name) rather than by value: the whole
 value is then replaced (scheme-aware for Authorization)."""
+
+NAME_CLASSES: dict[str, Callable[[str], bool]] = {
+    "password_name": is_password_name,
+    "secret_name": is_secret_name,
+}
+"""By-name detectors decided by ``name_class`` (the words in a name) instead of a regex: they
+select password-like and other secret names in every structure (JSON keys at any depth, form
+fields, multipart parts, query parameters, headers)."""
 
 
 _GATE_MAX = 24

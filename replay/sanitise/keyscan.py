@@ -22,6 +22,9 @@ from replay import _native
 
 _kv_scan: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan")
 _fnv1a: Any = _native.load_pyx("replay.sanitise._keyscan", "fnv1a") if _kv_scan else None
+_kv_stems: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan_stems") if _kv_scan else None
+STEM_MAXLEN = 96
+"""Names longer than this are not looked at by stem (a JSON key that long is data)."""
 
 
 def trie(words: list[bytes]) -> bytes:
@@ -50,24 +53,48 @@ class KeyScan:
     """Member names from a fixed set, found in a (lower-cased, backslash-free) JSON text.
 
     ``find(lo)`` gives ``[(name, value offset), ...]``: each quoted text that is one of the
-    names and is followed by a colon (blanks around it allowed), with the offset just after
-    the colon and the blanks that follow it; in document order, never overlapping."""
+    names, or with ``stems`` holds one of them (and is at most ``STEM_MAXLEN`` long), and is
+    followed by a colon (blanks around it allowed), with the offset just after the colon and
+    the blanks that follow it; in document order, never overlapping."""
 
     __slots__ = ("find", "rx")
 
-    def __init__(self, names: Iterable[bytes], native: bool = True) -> None:
+    def __init__(self, names: Iterable[bytes], native: bool = True,
+                 stems: Iterable[bytes] = ()) -> None:
         names = frozenset(n for n in names if n)
-        if not names:
+        stems = sorted({x for x in stems if x})
+        if not names and not stems:
             raise ValueError("KeyScan needs at least one name")
-        self.rx = re.compile(b'"(' + trie(sorted(names)) + rb')"[ \t\r\n]*:[ \t\r\n]*')
+        alts = [trie(sorted(names))] if names else []
+        if stems:
+            alts.append(rb'(?=[^"]{1,%d}")[^"]*?(?:' % STEM_MAXLEN
+                        + b"|".join(re.escape(x) for x in stems) + rb')[^"]*')
+        self.rx = re.compile(b'"(' + b"|".join(alts) + rb')"[ \t\r\n]*:[ \t\r\n]*')
         """The names as a regex, for the pure-Python scan (and for callers that want one)."""
         self.find = self.find_regex
         if native and _kv_scan is not None:
             table = bytearray(65536)
             for n in names:
                 table[_fnv1a(n) & 0xFFFF] = 1
-            self.find = partial(_kv_scan, names, min(map(len, names)), max(map(len, names)),
-                                bytes(table))
+            minlen = min(map(len, names)) if names else 1
+            maxlen = max(map(len, names)) if names else 1
+            if stems:
+                blob = bytearray()
+                first = bytearray(512)
+                pairs = bytearray(65536)
+                for x in stems:
+                    if len(x) < 2:
+                        raise ValueError("stems must be at least two bytes long")
+                    pairs[(x[0] << 8) | x[1]] = 1
+                    if not first[2 * x[0]] and not first[2 * x[0] + 1]:
+                        off = len(blob) + 1
+                        first[2 * x[0]] = off & 0xFF
+                        first[2 * x[0] + 1] = off >> 8
+                    blob += x + b"\0"
+                self.find = partial(_kv_stems, names, minlen, max(maxlen, STEM_MAXLEN),
+                                    bytes(table), bytes(first), bytes(blob), bytes(pairs))
+            else:
+                self.find = partial(_kv_scan, names, minlen, maxlen, bytes(table))
 
     def find_regex(self, lo: bytes) -> list[tuple[bytes, int]]:
         return [(m.group(1), m.end()) for m in self.rx.finditer(lo)]

@@ -17,7 +17,13 @@ from typing import Any
 import yaml
 
 from replay.errors import InputError
-from replay.sanitise.detectors import BUILTIN, NAME_DETECTORS, Detector, regex_detector
+from replay.sanitise.detectors import (
+    BUILTIN,
+    NAME_CLASSES,
+    NAME_DETECTORS,
+    Detector,
+    regex_detector,
+)
 from replay.sanitise.pseudonym import FORMATS
 
 LOCATIONS = ("header", "cookie", "query", "path", "json", "form", "multipart", "body")
@@ -57,12 +63,12 @@ rules:
     action: pseudonym
   # Fields that are secrets by name, wherever a form or JSON document puts them.
   - name: password-fields
-    location: [query, json, form, multipart]
+    location: [header, query, json, form, multipart]
     names: [password, passwd, pwd, pass, new_password, old_password, current_password,
             passphrase, pin, otp, cvv, cvc, cvv2, security_code]
     action: mask
   - name: token-fields
-    location: [query, json, form, multipart]
+    location: [header, query, json, form, multipart]
     names: [token, access_token, refresh_token, id_token, auth_token, session_token,
             api_key, apikey, api-key, client_secret, secret, private_key, code_verifier,
             session, sessionid, session_id, sid, x-amz-signature, x-amz-credential,
@@ -74,21 +80,43 @@ rules:
     location: [query, form]
     names: [code]
     action: pseudonym
+  # Every other spelling, by the words in the name: pw, userPassword, passwordHash,
+  # user[password], apiSecret, credentials.secretKey, private_token, csrf_token, *_key, auth,
+  # appid, card_number, pan, ssn... in every structure (names describing a secret, like
+  # token_type or password_hint, are not secrets).
+  - name: password-names
+    location: [header, query, json, form, multipart]
+    detector: password_name
+    action: mask
+  - name: secret-names
+    location: [header, query, json, form, multipart]
+    detector: secret_name
+    action: pseudonym
+  # The same names in text: name=value, name: value, <Password>v</Password>, password="v",
+  # <input type="hidden" name="csrf_token" value="v"> (XML, HTML, logs, env files, YAML).
+  - name: password-pairs
+    location: [header, body, multipart]
+    detector: password_pair
+    action: mask
+  - name: secret-pairs
+    location: [header, body, multipart]
+    detector: secret_pair
+    action: pseudonym
   # Secrets and personal data by shape, everywhere (headers, cookies, query, path, bodies).
   - {name: jwt, location: any, detector: jwt, action: pseudonym}
-  # Credential shapes: where credentials travel (bodies get them by field name above).
+  # (in JSON documents an Authorization value is a named field, and a JWT is found by shape)
   - name: bearer
-    location: [header, cookie, query, form, multipart]
+    location: [header, cookie, query, path, form, multipart, body]
     detector: bearer
     action: pseudonym
   - name: basic
-    location: [header, cookie, query, form, multipart]
+    location: [header, cookie, query, path, form, multipart, body]
     detector: basic
     action: pseudonym
-  - name: api-key
-    location: [header, cookie, query, form, multipart]
-    detector: api_key
-    action: pseudonym
+  - {name: api-key, location: any, detector: api_key, action: pseudonym}
+  - {name: private-key, location: any, detector: pem, action: pseudonym}
+  # Generated tokens without a name: reset links, magic links (path segments, fragments).
+  - {name: url-token, location: path, detector: high_entropy, action: pseudonym}
   - {name: email, location: any, detector: email, action: pseudonym}
   - {name: iban, location: any, detector: iban, action: pseudonym}
   - {name: card, location: any, detector: card, action: pseudonym}
@@ -202,6 +230,8 @@ class Rule:
     raw_names: frozenset[str] = frozenset()
     """The names as written (lower-cased), for the JSON pre-check."""
     name_rx: re.Pattern[str] | None = None
+    name_fn: Any = None
+    """A by-name detector decided by the words of a name (``NAME_CLASSES``), or None."""
     json_paths: list[list[JsonStep]] | None = None
     segments: frozenset[int] | None = None
     segment_rx: re.Pattern[str] | None = None
@@ -218,6 +248,7 @@ class Rule:
         return (
             self.names is not None
             or self.name_rx is not None
+            or self.name_fn is not None
             or self.json_paths is not None
             or self.segments is not None
             or self.segment_rx is not None
@@ -229,6 +260,8 @@ class Rule:
         ``names`` are compared without case, '_' and '-', so ``access_token`` also selects
         ``accessToken`` and ``Access-Token`` (APIs spell the same field every way)."""
         if self.names is not None and norm_name(lname) in self.names:
+            return True
+        if self.name_fn is not None and self.name_fn(lname):
             return True
         return self.name_rx is not None and self.name_rx.search(lname) is not None
 
@@ -265,10 +298,15 @@ class Policy:
             raise InputError(f"{p}: is a directory, not a policy file") from None
         except (PermissionError, UnicodeDecodeError) as e:
             raise InputError(f"{p}: cannot read policy ({e})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise InputError(f"{p}: not valid YAML ({e})") from None
+        import strictconf  # one strict reader for every YAML file (one-line errors, did-you-mean)
+
+        data = strictconf.parse_yaml(text, file=p, error=InputError)
+        any_ = strictconf.ANY
+        schema = {"version": any_, "extends": any_, "mask": any_, "on_mismatch": any_,
+                  "skip_headers": any_, "key": {"file": any_, "env": any_},
+                  "detectors": [dict.fromkeys(("name", "pattern", "format", "group"), any_)],
+                  "rules": [dict.fromkeys(_RULE_KEYS, any_)]}
+        strictconf.check(data, schema, file=p, error=InputError)
         return cls.from_dict(data, str(p), base=p.parent)
 
     @classmethod
@@ -325,7 +363,7 @@ class Policy:
             if unknown:
                 raise err(f"{where}: unknown key(s) {sorted(unknown)}")
             name = str(d["name"])
-            if name in detectors or name in NAME_DETECTORS:
+            if name in detectors or name in NAME_DETECTORS or name in NAME_CLASSES:
                 raise err(f"{where}: detector {name!r} already exists")
             fmt = d.get("format", "token")
             if fmt not in FORMATS:
@@ -490,17 +528,20 @@ def _compile_rule(r: Any, i: int, detectors: dict[str, Detector], err: Any) -> R
     det = r.get("detector")
     if det is not None:
         det = str(det)
-        if det in NAME_DETECTORS:
+        if det in NAME_DETECTORS or det in NAME_CLASSES:
             if not locset <= {"header", "cookie", "query", "form", "multipart", "json"}:
                 raise err(f"{where}: detector {det!r} selects by name; use it on headers/cookies")
             rule.name_detector = det
-            rule.name_rx = re.compile(NAME_DETECTORS[det])
+            if det in NAME_CLASSES:
+                rule.name_fn = NAME_CLASSES[det]
+            else:
+                rule.name_rx = re.compile(NAME_DETECTORS[det])
             if det == "authorization" and fmt == "auto":
                 rule.fmt = "authorization"
         elif det in detectors:
             rule.detector = detectors[det]
         else:
-            known = sorted(set(detectors) | set(NAME_DETECTORS))
+            known = sorted(set(detectors) | set(NAME_DETECTORS) | set(NAME_CLASSES))
             raise err(f"{where}: unknown detector {det!r}; known: {', '.join(known)}")
     # A location-only rule (e.g. every cookie) replaces the whole value of every item there;
     # for JSON, bodies and paths that would destroy the document, so it is refused.

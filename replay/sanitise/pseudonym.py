@@ -268,10 +268,21 @@ class Pseudonymiser:
         if not local:
             return self._fmt_token(value, salt)
         labels = domain.split(b".")
-        new_local = self._fmt_token(local, salt, "email-local")
-        new_labels = [self._fmt_token(lb, salt, "email-domain") for lb in labels[:-1]]
-        new_labels.append(labels[-1])
+        new_local = self._ascii(self._fmt_token(local, salt, "email-local"), local, salt)
+        new_labels = [
+            self._ascii(self._fmt_token(lb, salt, "email-domain"), lb, salt)
+            for lb in labels[:-1]
+        ]
+        new_labels.append(self._ascii(labels[-1], labels[-1], salt))
         return new_local + at + b".".join(new_labels)
+
+    def _ascii(self, new: bytes, orig: bytes, salt: int) -> bytes:
+        """Non-ASCII bytes (UTF-8 of 'ö', '用') replaced by pseudo-random lower-case letters,
+        so no character of the original survives (ASCII values come back unchanged)."""
+        if new.isascii():
+            return new
+        rnd = self._stream("email-utf8", orig, len(new), salt)
+        return bytes(c if c < 128 else _LOWER[r % 26] for c, r in zip(new, rnd, strict=True))
 
     def _fmt_card(self, value: bytes, salt: int) -> bytes:
         """Same length and separators, the first four digits (the card network's prefix, which

@@ -91,3 +91,38 @@ def test_sanitiser_output_is_the_same_with_either_scan() -> None:
     assert a is not None and b is not None
     assert a.request.body == b.request.body and a.response.body == b.response.body
     assert b"hunter22" not in a.request.body and b"zzzzzzzzzzzz" not in a.response.body
+
+
+@needs_native
+def test_key_gates_agree_with_the_python_definition() -> None:
+    from replay.sanitise import detectors as d
+
+    rng = random.Random(5)
+    pieces = [b"_", b"-", b".", b"ghp", b"sk", b"xoxb", b"-----BEGIN", b"----BEGIN", b"9", b"G",
+              b"a", b" ", b"\xff", b"\x00", b"order_id", b"en-GB", b"12.99"]
+    for _ in range(3000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
+        assert d._key_gates(text, *d._GATE_TABLES) == d.key_gates_py(text, *d._GATE_TABLES), text
+
+
+@needs_native
+def test_stem_scan_agrees_with_the_regex() -> None:
+    from replay.sanitise.detectors import NAME_STEMS
+
+    ks = KeyScan(NAMES, stems=NAME_STEMS)
+    rng = random.Random(4)
+    for text in _texts(rng, 3000) + _docs(rng, 1500):
+        assert ks.find(text) == ks.find_regex(text), text
+    doc = b'{"userpassword": 1, "x_api_key" : "k", "name": "pw", "' + b"k" * 200 + b'": 1}'
+    assert [n for n, _ in ks.find(doc)] == [b"userpassword", b"x_api_key"]
+
+
+@needs_native
+def test_ipv6_gate_agrees_with_the_anchor_regex() -> None:
+    from replay.sanitise import detectors as d
+
+    rng = random.Random(6)
+    pieces = [b":", b"::", b"a", b"F", b"g", b"0", b"12", b"abcd", b"abcde", b'"', b" ", b"\xff"]
+    for _ in range(5000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 20)))
+        assert d._ipv6_gate(text) == (d._IPV6_ANCHOR.search(text) is not None), text

@@ -32,11 +32,16 @@ def _ref_find_around(text: bytes, sep: bytes, rx: re.Pattern[bytes]) -> list[tup
     prev = 0
     k = len(sep)
     while i >= 0:
-        if i == 0 or text[i - 1] not in _LOCAL or i + k >= n or text[i + k] not in detectors._ALNUM:
+        if (
+            i == 0
+            or text[i - 1] not in _LOCAL
+            or i + k >= n
+            or text[i + k] not in detectors._DOMAIN_START
+        ):
             i = text.find(sep, i + 1)
             continue
         end = min(n, i + 256)
-        m = rx.search(text, max(prev, i - 64), end)
+        m = rx.search(text, max(prev, i - detectors._LOCAL_MAX), end)
         while m is not None and m.end() <= i:
             m = rx.search(text, m.end(), end)
         if m is not None and m.start() <= i:
