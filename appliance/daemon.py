@@ -348,6 +348,8 @@ class Worker:
             "connections": s.connections,
             "exchanges": s.exchanges,
             "incomplete": s.incomplete_exchanges,
+            "http_weird": dict(getattr(s, "weird", {}) or {}),
+            "http_desync": getattr(s, "desync_messages", 0),
             "gaps": s.gaps,
             "retransmits": s.retransmits,
             "sink_written": dict(st.sink_written),
