@@ -9,16 +9,72 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer 0.2x ships its own copy of click, whose exceptions its commands raise
+    from typer._click.exceptions import BadParameter, MissingParameter, UsageError
+except ImportError:  # pragma: no cover - an older typer on click itself
+    from click import BadParameter, MissingParameter, UsageError
 
 from appliance.envvars import help_epilog
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 """``-h`` and ``--help`` on every command (sub-commands inherit it from the root)."""
 
+
+def usage_line(e: UsageError) -> str:
+    """One ``error:`` line for a usage mistake (a bad option value, a missing argument, an
+    unknown option or command), saying where to look next: the command's own ``--help``.
+
+    ``--canary: 150 is not in the range 0<=x<=100 (see 'shadowtap route set --help')``."""
+    ctx = e.ctx
+    path = ctx.command_path if ctx is not None else "shadowtap"
+    param = getattr(e, "param", None)
+    if (isinstance(e, BadParameter) and not isinstance(e, MissingParameter)
+            and param is not None and e.param_hint is None):
+        if getattr(param, "param_type_name", "") == "option" and param.opts:
+            longs = [o for o in param.opts if o.startswith("--")]
+            name = longs[0] if longs else param.opts[0]
+        else:
+            name = param.human_readable_name
+        msg = f"{name}: {e.message}"
+    else:
+        msg = e.format_message()
+    msg = " ".join(msg.split()).rstrip(".")
+    return f"error: {msg} (see '{path} --help')"
+
+
+def _usage_exit(e: UsageError) -> NoReturn:
+    typer.echo(usage_line(e), err=True)
+    raise typer.Exit(e.exit_code)
+
+
+class OneLineErrors(TyperGroup):
+    """The root group: a usage mistake anywhere below it is one ``error:`` line and exit 2
+    (click/typer would print a usage block and a boxed panel). Both places such mistakes are
+    raised pass through here: parsing the root's own arguments (``make_context``) and everything
+    below it, sub-groups, sub-commands and their callbacks (``invoke``)."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as e:
+            _usage_exit(e)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            _usage_exit(e)
+
+
 app = typer.Typer(
     name="shadowtap",
+    cls=OneLineErrors,
     help="Mirror production HTTP traffic, extract and sanitise it, replay it to shadows.",
     epilog=help_epilog(),
     no_args_is_help=True,
@@ -174,7 +230,7 @@ def main() -> None:
         from replay import cli as replay_cli
 
         one = typer.Typer(name="shadowtap", add_completion=False, pretty_exceptions_enable=False,
-                          context_settings=CONTEXT)
+                          context_settings=CONTEXT, cls=OneLineErrors)
         one.callback()(lambda: None)  # a group, so the command keeps its name: shadowtap extract
         one.command("extract")(replay_cli.extract_cmd)
         one()

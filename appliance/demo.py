@@ -407,15 +407,14 @@ def _progress_table(workdir: Path, elapsed: float, duration: float) -> Any:
 def _print_results(con: Any, report: dict[str, Any], workdir: Path) -> None:
     from rich.table import Table
 
-    rt = Table(title="regressions: candidate (v2) differs from production significantly more "
-               "often than shadow-1 (v1) does", title_justify="left")
-    for col in ("endpoint", "field", "kind", "v2 differs", "v1 differs", "p (Holm)"):
-        rt.add_column(col, justify="left" if col in ("endpoint", "field", "kind") else "right")
-    for f in report.get("regressions", []):
-        rt.add_row(f["endpoint"], f["field"], f["kind"],
-                   f"{f['candidate_diffs']}/{f['compared']}",
-                   f"{f['secondary_diffs']}/{f['compared']}", f"{f['p_adjusted']:.1e}")
-    con.print(rt)
+    from replay.report import findings_table, latency_table
+
+    # Endpoint over field in one column, kinds abbreviated when narrow: at 80 columns nothing
+    # a user needs is cut (tests/demo/test_demo_tables.py).
+    con.print(findings_table(
+        report.get("regressions", []), title="regressions: candidate (v2) differs from "
+        "production significantly more often than shadow-1 (v1) does", cand="v2 differs",
+        sec="v1 differs", width=con.width, examples=False, p_format=".1e"))
     noise = report.get("noise", [])
     if noise:
         by_field: dict[str, int] = {}
@@ -426,17 +425,10 @@ def _print_results(con: Any, report: dict[str, Any], workdir: Path) -> None:
                         sorted(by_field.items(), key=lambda kv: -kv[1])[:6])
         con.print(f"noise suppressed: {len(noise)} (endpoint, field) pairs differed as often in "
                   f"shadow-1 (production's build) as in v2, e.g. {top}")
-    lt = Table(title="latency per endpoint (p50, ms): production vs shadows",
-               title_justify="left")
-    for col in ("endpoint", "n", "production", "shadow-1 (v1)", "shadow-2 (v2)", "verdict"):
-        lt.add_column(col, justify="right" if col != "endpoint" else "left")
-    for r in report.get("latency", []):
-        def f(v: Any) -> str:
-            return "-" if v is None else f"{v:.1f}"
-        lt.add_row(r["endpoint"], str(r["production_n"]), f(r["production_p50_ms"]),
-                   f(r["secondary_p50_ms"]), f(r["candidate_p50_ms"]),
-                   "[red]SLOWER[/]" if r["regression"] else "ok")
-    con.print(lt)
+    con.print(latency_table(
+        report.get("latency", []), width=con.width,
+        title="latency per endpoint (ms, p50 / p90): production vs shadows",
+        labels={"secondary": "shadow-1 (v1)", "candidate": "shadow-2 (v2)"}))
     st = Table(title="shadows", title_justify="left")
     for col in ("shadow", "role", "answered", "failed", "state"):
         st.add_column(col)

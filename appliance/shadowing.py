@@ -41,6 +41,13 @@ from typing import Any
 
 import orjson
 
+from replay.compare import endpoint_of
+
+# The latency judge is pure and shared with ``shadowtap diff``: it lives in ``replay.latency``
+# (``replay`` may not import ``appliance``); the names stay importable from here.
+from replay.latency import judge_latency, mann_whitney_p  # noqa: F401
+from replay.model import Exchange as _Ex
+
 log = logging.getLogger("shadowtap.shadowing")
 
 
@@ -82,77 +89,6 @@ class ShadowingConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Latency judge and shadow health (sans-I/O)
-
-
-def mann_whitney_p(a: list[float], b: list[float]) -> float:
-    """One-sided p-value that ``a`` tends to be larger than ``b`` (Mann-Whitney U, normal
-    approximation with tie correction). Used for latency: no distribution assumed."""
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
-        return 1.0
-    allv = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
-    ranks = [0.0] * len(allv)
-    i = 0
-    ties = 0.0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1][0] == allv[i][0]:
-            j += 1
-        r = (i + j) / 2 + 1
-        for k in range(i, j + 1):
-            ranks[k] = r
-        t = j - i + 1
-        ties += t ** 3 - t
-        i = j + 1
-    r1 = sum(r for r, (_, g) in zip(ranks, allv, strict=True) if g == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2
-    n = n1 + n2
-    mu = n1 * n2 / 2
-    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
-    if var <= 0:
-        return 1.0
-    z = (u1 - mu - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def _median(v: Any) -> float | None:
-    if not v:
-        return None
-    s = sorted(v)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
-
-
-def judge_latency(samples: dict[str, dict[str, Any]], *, alpha: float = 0.01,
-                  min_samples: int = 10, min_ms: float = 20.0,
-                  min_ratio: float = 1.3) -> list[dict[str, Any]]:
-    """Per endpoint, is the candidate slower than the secondary (same host, same moment, so the
-    only difference is the build)? A regression needs a significant Mann-Whitney test
-    (Bonferroni over endpoints) AND a difference that matters (>= ``min_ms`` and
-    >= ``min_ratio`` in medians): significance alone flags harmless microseconds."""
-    eps = [e for e, s in samples.items()
-           if len(s.get("candidate", ())) >= min_samples
-           and len(s.get("secondary", ())) >= min_samples]
-    out = []
-    for ep, s in sorted(samples.items()):
-        row: dict[str, Any] = {"endpoint": ep}
-        for k in ("production", "secondary", "candidate"):
-            v = s.get(k, ())
-            row[f"{k}_n"] = len(v)
-            m = _median(v)
-            row[f"{k}_p50_ms"] = None if m is None else round(m * 1000, 2)
-        if ep in eps:
-            p = mann_whitney_p(list(s["candidate"]), list(s["secondary"]))
-            mc, ms = _median(s["candidate"]) or 0.0, _median(s["secondary"]) or 0.0
-            row["p_value"] = p
-            row["regression"] = bool(p < alpha / max(1, len(eps))
-                                     and (mc - ms) * 1000 >= min_ms
-                                     and mc >= ms * min_ratio)
-        else:
-            row["p_value"] = None
-            row["regression"] = False
-        out.append(row)
-    return out
 
 
 @dataclass
@@ -276,12 +212,16 @@ class Shadower:
         self.rp: Any = None
         self._loop: Any = None
         self._active = 0
-        self._waiters: deque[asyncio.Future] = deque()
         self._index = {t.name: i for i, t in enumerate(cfg.targets)}
         self._examples_sent: dict[tuple[str, str, str], int] = {}
         self._targets = {t.name: _endpoint_addrs(t.url) for t in cfg.targets}
-        self._tasks: set[asyncio.Task] = set()
-        self._chains: dict[Any, asyncio.Future] = {}
+        self._chains: dict[Any, deque[Any]] = {}
+        """Client connection -> its exchanges taken after the one out (kept in order)."""
+        self._waiting: deque[tuple[Any, Any]] = deque()
+        """Heads of connections waiting for one of the ``concurrency`` slots."""
+        self._idle: asyncio.Future | None = None
+        self._closed = False
+        self._target_list = cfg.targets
         self._probe_at = {t.name: 0.0 for t in cfg.targets}
         self._last_fail = {t.name: "no_response" for t in cfg.targets}
 
@@ -342,9 +282,60 @@ class Shadower:
             self._skip("shadow_overflow")
             return
         self.in_flight += 1
-        t = self._loop.create_task(self._one(ex))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        key = ((ex.conn.client_ip, ex.conn.client_port) if ex.conn is not None else ex.id)
+        chain = self._chains.get(key)
+        if chain is not None:  # one of this client connection's exchanges is out: after it
+            chain.append(ex)
+            return
+        self._chains[key] = deque()
+        if self._active < self.cfg.concurrency:
+            self._active += 1
+            self._start(ex, key)
+        else:
+            self._waiting.append((ex, key))
+
+    def _start(self, ex: Any, key: Any) -> None:
+        """Send ``ex`` to the shadows that are up (a down one gets a probe a second); its
+        judgement runs when the last answer lands (``_landed``). Holds one of the
+        ``concurrency`` slots until then."""
+        mono = time.monotonic()
+        skip: list[int] = []
+        for i, t in enumerate(self._target_list):
+            if not self.health[t.name].up:
+                if mono < self._probe_at[t.name]:
+                    skip.append(i)  # down: not sent, counted as a failure below
+                else:
+                    self._probe_at[t.name] = mono + 1.0
+        try:
+            self.rp.dispatch(ex, lambda res: self._landed(ex, key, res, skip), skip)
+        except Exception as e:  # never expected; the exchange is counted, the slot freed
+            log.error("shadowing: replaying %s failed: %r", ex.id, e)
+            self._landed(ex, key, {}, list(range(len(self._target_list))))
+
+    def _landed(self, ex: Any, key: Any, res: dict[str, Any], skip: list[int]) -> None:
+        """Every shadow answered (or failed) for ``ex``: free its slot, start the next of its
+        connection or of the waiting line, then judge it."""
+        if self._closed:
+            return
+        self.in_flight -= 1
+        chain = self._chains.get(key)
+        if chain:
+            nxt = chain.popleft()  # same slot: this connection's next exchange
+            self._start(nxt, key)
+        else:
+            self._chains.pop(key, None)
+            self._active -= 1
+            waiting = self._waiting
+            while waiting and self._active < self.cfg.concurrency:
+                self._active += 1
+                self._start(*waiting.popleft())
+        if self.in_flight == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        try:
+            self._judge(ex, res, skip)
+        except Exception:  # one odd exchange must not stop the comparison
+            self._skip("judge_error")
+            log.exception("shadowing: judging %s failed", ex.id)
 
     @property
     def busy(self) -> bool:
@@ -370,58 +361,10 @@ class Shadower:
                                     "candidate": deque(maxlen=n)}
         return s
 
-    async def _one(self, ex: Any) -> None:
-        from replay.compare import endpoint_of
-        from replay.model import Exchange as Ex
-
-        loop = self._loop
-        chains = self._chains
-        key = (ex.conn.client_ip, ex.conn.client_port) if ex.conn else None
-        prev = chains.get(key)
-        done = loop.create_future()
-        chains[key] = done
-        targets = self.cfg.targets
-        results: dict[str, Any] = {}
-        skip: list[int] = []
-        try:
-            if prev is not None:  # keep each client connection's requests in order
-                # shielded: cancelling this task (drain at stop) must not cancel the
-                # predecessor's own future, which its task still sets
-                await asyncio.shield(prev)
-            if self._active >= self.cfg.concurrency:  # at most that many at the shadows
-                w = loop.create_future()
-                self._waiters.append(w)
-                await w
-            self._active += 1
-            try:
-                mono = time.monotonic()
-                for i, t in enumerate(targets):
-                    h = self.health[t.name]
-                    if not h.up:
-                        if mono < self._probe_at[t.name]:
-                            skip.append(i)  # down: not sent, counted as a failure below
-                        else:
-                            self._probe_at[t.name] = mono + 1.0
-                if len(skip) < len(targets):
-                    res = await self.rp.send(ex, skip=skip)
-                    for t in targets:
-                        r = res.get(t.url)
-                        if r is not None:
-                            results[t.name] = r
-            finally:
-                self._active -= 1
-                waiters = self._waiters
-                while waiters:
-                    w = waiters.popleft()
-                    if not w.done():
-                        w.set_result(None)
-                        break
-        finally:
-            done.set_result(None)
-            if chains.get(key) is done:
-                del chains[key]
-            self.in_flight -= 1
+    def _judge(self, ex: Any, res: dict[str, Any], skip: list[int]) -> None:
+        """Latency samples, shadow health and the three-way comparison of one exchange."""
         self.replayed += 1
+        targets = self._target_list
         ep = endpoint_of(ex.request.method, ex.request.target)
         samples = self._samples(ep)
         if ex.ts_response_end is not None and ex.ts_request_end is not None:
@@ -431,11 +374,9 @@ class Shadower:
             self.lat_sum["production"] += lat
         now = time.time()
         outs: dict[str, Any] = {}
-        i_of = self._index
-        for t in targets:
-            r = results.get(t.name)
-            ok = isinstance(r, Ex) and r.response is not None
-            if ok:
+        for i, t in enumerate(targets):
+            r = res.get(t.url)
+            if isinstance(r, _Ex) and r.response is not None:
                 self.health[t.name].record(True, now)
                 ms = r.meta.get("latency_ms")
                 if ms is not None:
@@ -445,7 +386,7 @@ class Shadower:
                     self.lat_sum[t.name] += v
                 outs[t.role] = r.response
                 continue
-            if r is None and i_of[t.name] in skip:
+            if r is None and i in skip:
                 self.not_sent[t.name] += 1
                 kind = self._last_fail[t.name]
             else:
@@ -464,22 +405,25 @@ class Shadower:
 
     async def settle(self) -> None:
         """Wait until everything taken so far has been replayed and compared."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        while self.in_flight > 0:
+            self._idle = self._loop.create_future()
+            await self._idle
 
     async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for what was taken; what is still waiting is counted and cancelled."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-        left = [t for t in self._tasks if not t.done()]
+        """Wait (bounded) for what was taken; what is still out or waiting is counted."""
+        if self.in_flight > 0 and self._loop is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.settle(), timeout)
+        left = self.in_flight
         if left:
-            for _ in left:
-                self._skip("not_replayed_at_stop")
-            for t in left:
-                t.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
+            self._closed = True  # answers landing from now on are not judged
+            self.skipped["not_replayed_at_stop"] = (
+                self.skipped.get("not_replayed_at_stop", 0) + left)
+            self.in_flight = 0
+            self._waiting.clear()
+            self._chains.clear()
             log.warning("%d exchanges were still waiting for the shadows at stop "
-                        "(drain_timeout %.0fs)", len(left), timeout)
+                        "(drain_timeout %.0fs)", left, timeout)
 
     async def close(self) -> None:
         if self.rp is not None:
@@ -662,7 +606,8 @@ def live_report(cfg: ShadowingConfig, states: list[dict[str, Any]], *, source: s
             del s[k][:-win]
     sec = cfg.secondary
     doc = build_report(v, stats, input_path=source, candidate=cfg.candidate.url,
-                       secondary=sec.url if sec else None, fail_on=0.0, skipped=m["skipped"])
+                       secondary=sec.url if sec else None, fail_on=0.0, skipped=m["skipped"],
+                       weird=(capture or {}).get("http_weird"))
     doc["shadowtap"] = "live"
     doc["latency"] = judge_latency(samples)
     doc["latency_regressions"] = [r["endpoint"] for r in doc["latency"] if r["regression"]]

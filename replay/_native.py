@@ -50,7 +50,8 @@ class _SourceIfStale(importlib.abc.MetaPathFinder):
         src = os.path.join(os.path.dirname(spec.origin), fullname.rpartition(".")[2] + ".py")
         if not os.path.exists(src):
             return spec  # no source next to the build (an installed wheel): the build
-        if not (_stale(fullname, src, spec.origin) or os.environ.get("SHADOWTAP_PURE_PYTHON")):
+        # Pure Python asked for: no stale-build notice (nothing compiled is used anyway).
+        if not (os.environ.get("SHADOWTAP_PURE_PYTHON") or _stale(fullname, src, spec.origin)):
             return spec
         return importlib.util.spec_from_file_location(fullname, src)
 

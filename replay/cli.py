@@ -103,6 +103,8 @@ def summary_table(s: Any) -> Any:
         ("retransmitted segments", f"{s.retransmits:,}"),
         ("tunnels (CONNECT/Upgrade)", f"{s.tunnels:,}"),
         ("bytes skipped", f"{s.bytes_skipped:,}"),
+        ("desync messages (never replayed)", f"{getattr(s, 'desync_messages', 0):,}"),
+        ("HTTP weirds", _weird_cell(getattr(s, "weird", None) or {})),
         ("time", f"{s.seconds:.2f} s ({pps})"),
     ]
     if s.vxlan_packets:
@@ -115,6 +117,15 @@ def summary_table(s: Any) -> Any:
     if skipped:
         t.add_row("packets skipped", ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items())))
     return t
+
+
+def _weird_cell(weird: dict[str, int]) -> str:
+    """``Summary.weird`` for the table: the total, then each reason with its count (framing
+    oddities such as request smuggling shapes are a security signal, so each is named)."""
+    if not weird:
+        return "0"
+    parts = ", ".join(f"{k}={v:,}" for k, v in sorted(weird.items()))
+    return f"{sum(weird.values()):,} ({parts})"
 
 
 def extract_cmd(

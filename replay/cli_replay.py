@@ -67,14 +67,20 @@ SummaryJson = Annotated[bool, typer.Option("--summary-json",
 def _stderr_console() -> Any:
     """Rich console on stderr; when it is not a terminal (CI logs, pipes) wide enough for the
     tables instead of rich's 80-column default."""
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    # COLUMNS set (a user's ``COLUMNS=80``, a CI that sets it): rich reads it and fits the
+    # tables to it; otherwise a pipe gets 160 columns.
+    wide = sys.stderr.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(stderr=True, width=None if wide else 160)
 
 
 def _load(input_path: Path, port: int | None, flt: Any, *, include_incomplete: bool,
-          need_response: bool, stats: Any) -> list[Any]:
-    """Read the input, keep what can be replayed, count the rest by reason."""
+          need_response: bool, stats: Any, weird: dict[str, int] | None = None) -> list[Any]:
+    """Read the input, keep what can be replayed, count the rest by reason. ``weird``, when
+    given, counts the HTTP framing weirds recorded on the exchanges read, by reason."""
     from replay.formats import read_exchanges
     from replay.pacing import order_by_time
     from replay.rewrite import skip_reason
@@ -82,6 +88,9 @@ def _load(input_path: Path, port: int | None, flt: Any, *, include_incomplete: b
     items = []
     for ex in read_exchanges(input_path, port=port):
         stats.read += 1
+        if weird is not None:
+            for w in ex.completeness.weird:
+                weird[w] = weird.get(w, 0) + 1
         why = skip_reason(ex, include_incomplete=include_incomplete, need_response=need_response)
         if why is not None:
             stats.skipped[why] += 1
@@ -268,6 +277,65 @@ def _parse_rate(s: str) -> float:
     return v
 
 
+def add_ignores(rules: Any, headers: Any, fields: Any) -> None:
+    """``--ignore-header NAME`` and ``--ignore-field PATTERN``: ad-hoc noise rules, no file.
+
+    A field pattern is a report field name (``body:$.ts``, ``header:etag``, ``status``) or, for
+    short, a JSON path (``$.meta.*`` means ``body:$.meta.*``); ``*`` matches anything."""
+    from replay.compare import FieldRule
+
+    for h in headers:
+        name = h.strip().rstrip(":").strip().lower()
+        if not name or any(c in name for c in " \t:"):
+            raise InputError(f"--ignore-header {h!r}: give a header name, e.g. X-Trace-Id")
+        rules.headers[name] = "ignore"
+    for f in fields:
+        pat = f.strip()
+        if not pat:
+            raise InputError("--ignore-field: give a field, e.g. '$.meta.request_id'")
+        if pat.startswith("$"):
+            pat = "body:" + pat
+        rules.add(FieldRule("*", pat, (), f"--ignore-field {f}"))
+
+
+class LatencySamples:
+    """Answer times per endpoint: production's (from the capture), the candidate's and the
+    secondary's (measured by the replayer), in seconds, for ``replay.latency.judge_latency``."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, ex: Any, cand: Any, sec: Any) -> None:
+        from replay.compare import endpoint_of
+
+        s = self.samples.get(ep := endpoint_of(ex.request.method, ex.request.target))
+        if s is None:
+            s = self.samples[ep] = {"production": [], "secondary": [], "candidate": []}
+        if ex.ts_response_end is not None and ex.ts_request_end is not None:
+            s["production"].append(ex.ts_response_end - ex.ts_request_end)
+        elif ex.latency is not None:
+            s["production"].append(ex.latency)
+        for role, r in (("candidate", cand), ("secondary", sec)):
+            ms = getattr(r, "meta", {}).get("latency_ms") if r is not None else None
+            if ms is not None and getattr(r, "response", None) is not None:
+                s[role].append(ms / 1000)
+
+
+def add_latency(doc: dict[str, Any], samples: dict[str, dict[str, list[float]]], *,
+                baseline: str, min_samples: int, fail: bool = True) -> None:
+    """Judge latency per endpoint into the report: ``latency`` rows and
+    ``latency_regressions``; with ``fail``, a latency regression fails the run like a field
+    regression."""
+    from replay.latency import judge_latency
+
+    doc["latency"] = judge_latency(samples, baseline=baseline, min_samples=min_samples)
+    slow = [r["endpoint"] for r in doc["latency"] if r["regression"]]
+    doc["latency_regressions"] = slow
+    doc["summary"]["latency_regressions"] = len(slow)
+    if slow and fail:
+        doc["summary"]["verdict"] = "fail"
+
+
 def diff_cmd(
     input_path: Annotated[Path, typer.Argument(
         metavar="INPUT", help="Capture or exchange file with production's answers")],
@@ -287,6 +355,17 @@ def diff_cmd(
     allow_extra_fields: Annotated[bool, typer.Option(
         "--allow-extra-fields", help="New JSON fields in the candidate are not regressions")
     ] = False,
+    ignore_header: Annotated[list[str] | None, typer.Option(
+        "--ignore-header", help="Header whose differences are noise, e.g. X-Trace-Id (repeat)")
+    ] = None,
+    ignore_field: Annotated[list[str] | None, typer.Option(
+        "--ignore-field", help="Field whose differences are noise: a JSON path or report field "
+                               "name, * matches anything, e.g. '$.meta.*' or 'body:$.ts' "
+                               "(repeat)")] = None,
+    latency_warn_only: Annotated[bool, typer.Option(
+        "--latency-warn-only", help="Report endpoints the candidate is slower on, but do not "
+                                    "fail the run for them (always so without --secondary: "
+                                    "production's times come from another host)")] = False,
     alpha: Annotated[float, typer.Option(
         "--alpha", min=1e-9, max=0.5, help="Family-wise significance level (Holm)")] = 0.05,
     min_samples: Annotated[int, typer.Option(
@@ -341,14 +420,16 @@ def diff_cmd(
         rules = Rules.load(noise_rules) if noise_rules is not None else Rules()
         if allow_extra_fields:
             rules.allow_extra_fields = True
+        add_ignores(rules, ignore_header or (), ignore_field or ())
         pacing, flt, rw = _common(speed, rate, 1, method, host, path, exclude_path, set_header,
                                   remove_header, rewrite_path, keep_host)
         targets = [candidate] + ([secondary] if secondary else [])
         rp = Replayer(targets, concurrency=concurrency, timeout=timeout,
                       connect_timeout=connect_timeout, rewrite=rw, retries=retries,
                       verify_tls=not insecure)
+        weird: dict[str, int] = {}  # framing weirds of the input, listed in the report
         items = _load(input_path, port, flt, include_incomplete=False, need_response=True,
-                      stats=rp.stats)
+                      stats=rp.stats, weird=weird)
         schedule = Schedule(pacing, [e.ts_request_start for e in items], 1)
     except (InputError, PacingError) as e:
         raise fail(str(e)) from None
@@ -360,10 +441,12 @@ def diff_cmd(
     sec_url = rp.targets[1].url if secondary else None
     tw = ThreeWay(rules, alpha=alpha, min_samples=min_samples, three_way=secondary is not None)
     writer, fp = _open_writer(output)
+    lat = LatencySamples()
 
     def sink(ex: Exchange, results: dict[str, Any]) -> None:
         c = results[cand_url]
         s = results.get(sec_url) if sec_url else None
+        lat.add(ex, c, s)
         tw.add(ex.id, ex.request, ex.response,
                c.response if isinstance(c, Exchange) and c.response else getattr(c, "kind", "?"),
                None if s is None else s.response if isinstance(s, Exchange) else s.kind)
@@ -399,7 +482,10 @@ def diff_cmd(
         skipped["filtered out"] = st.filtered
     doc = build_report(verdict, st, input_path=str(input_path), candidate=cand_url,
                        secondary=sec_url, fail_on=fail_rate, skipped=skipped,
-                       rules_file=str(noise_rules) if noise_rules else None)
+                       rules_file=str(noise_rules) if noise_rules else None, weird=weird)
+    add_latency(doc, lat.samples, baseline="secondary" if secondary else "production",
+                min_samples=min_samples,
+                fail=not latency_warn_only and secondary is not None)
     try:
         if report is not None:
             write_report(report, doc)
@@ -415,9 +501,10 @@ def diff_cmd(
         from replay.report import replay_tables
 
         con = _stderr_console()
-        for t in diff_tables(doc):
+        for t in diff_tables(doc, width=con.width):
             con.print(t)
-        con.print(replay_tables(st)[1])
+        con.print(replay_tables(st, roles={cand_url: "candidate", sec_url: "secondary"},
+                                width=con.width)[1])
         if report is not None:
             con.print(f"report: {report}")
         if learn_noise is not None:

@@ -695,6 +695,35 @@ def _full(v: Any) -> Any:
     return v
 
 
+class _Later:
+    """A finding's value left unparsed: a member present on one side only, whose value only a
+    report's example shows. A body unlike the other side's (an error page against a
+    document) is mostly such members; parsing them all would cost more than the comparison.
+    Equal (``==``) to its parsed value, as which it is shown."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def value(self) -> Any:
+        return _full(self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        return self.value() == (other.value() if isinstance(other, _Later) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self.value())
+
+
+def _later(v: Any) -> Any:
+    """``v`` (a shallow member) as a finding's value: scalars as they are, the rest later."""
+    t = type(v)
+    return _Later(v) if t is _Raw or t is list or t is dict else v
+
+
 def _member(va: Any, vb: Any, path: str, out: list[Diff]) -> None:
     """A member of two parsed objects, as ``_diff_dict`` treats one present on both sides."""
     tv = type(va)
@@ -744,7 +773,7 @@ def _shallow_dict(a: dict[str, Any], b: dict[str, Any], path: str, out: list[Dif
         vb = get(k, _ABSENT)
         if vb is _ABSENT:
             missing += 1
-            out.append((path + (_SEGS.get(k) or _seg(k)), "missing", _full(va), None))
+            out.append((path + (_SEGS.get(k) or _seg(k)), "missing", _later(va), None))
             continue
         tv = type(va)
         if tv is type(vb):
@@ -763,7 +792,7 @@ def _shallow_dict(a: dict[str, Any], b: dict[str, Any], path: str, out: list[Dif
     if len(b) > len(a) - missing:
         for k, vb in b.items():
             if k not in a:
-                out.append((path + (_SEGS.get(k) or _seg(k)), "extra", None, _full(vb)))
+                out.append((path + (_SEGS.get(k) or _seg(k)), "extra", None, _later(vb)))
 
 
 def _shallow_list(a: list[Any], b: list[Any], path: str, out: list[Diff]) -> None:
@@ -957,12 +986,24 @@ def _shallow_json(a: Prepared, b: Prepared, out: list[Diff]) -> bool:
         del out[n:]
         other._check()
         return False
+    unparsed = False
     for d in out[n:]:
         v = d[side]
         if d[1] == "array_length" or (type(v) is int and not _I64_MIN <= v <= _U64_MAX):
             del out[n:]
             other._check()
             return False
+        if type(v) is _Later:
+            unparsed = True
+    if unparsed:
+        # Members the walk left unparsed (``_Later``) were not checked by it: the side is
+        # checked whole (simdjson, cheaper than parsing them), and compared again the
+        # ordinary way if that finds it is not JSON to orjson after all.
+        other._check()
+        if other.lazy is None:
+            del out[n:]
+            return False
+        return True
     other._checked = True
     return True
 
@@ -973,6 +1014,10 @@ def _cookie_names(values: list[str]) -> list[str]:
 
 def describe_values(kind: str, va: Any, vb: Any, limit: int = 400) -> tuple[str, str]:
     """Short human-readable forms of a difference's two sides (for reports)."""
+    if type(va) is _Later:
+        va = va.value()
+    if type(vb) is _Later:
+        vb = vb.value()
     if kind == "lines_changed" and isinstance(va, str) and isinstance(vb, str):
         lines = list(difflib.unified_diff(va.splitlines(), vb.splitlines(), "primary", "other",
                                           n=0, lineterm=""))[2:22]

@@ -518,6 +518,10 @@ class Replayer:
         self.queue_size = max(1, int(queue_size))
         self.verify_tls = verify_tls
         self.on_result = on_result
+        rw = self.rewrite
+        self._host_first = not rw.keep_host and all(n.lower() != "host"
+                                                      for n, _ in rw.set_headers)
+        """Every request's first header is the target's Host (see ``prepare``)."""
         self.stats = ReplayStats(targets={u: TargetStats(u) for u in urls})
         self._pools: list[_Pool] = []
         self._queue: asyncio.Queue | None = None
@@ -583,10 +587,26 @@ class Replayer:
     # preparing
     def prepare(self, ex: Exchange) -> Prepared:
         """The request for each target (model + wire bytes); reusable across loops."""
-        out = []
+        out: list[tuple[Request, bytes]] = []
+        first: Target | None = None
         for t in self.targets:
+            if first is not None and t.base_path == first.base_path and self._host_first:
+                # Only the Host line differs from the first target's (the usual shadows):
+                # the request is the first one's with another first header, the bytes
+                # spliced, not rebuilt.
+                req0, data0 = out[0]
+                hs = list(req0.headers)
+                hs[0] = ("Host", t.authority)
+                line = data0.index(b"\r\n") + 2
+                rest = line + 8 + len(req0.headers[0][1].encode("latin-1", "replace"))
+                data = (data0[:line] + b"Host: " + t.authority.encode("latin-1", "replace")
+                        + b"\r\n" + data0[rest:])
+                out.append((Request(req0.method, req0.target, req0.version, hs, req0.body),
+                            data))
+                continue
             req = rewrite_request(ex, t, self.rewrite)
             out.append((req, encode_request(req)))
+            first = first or t
         return out
 
     # replaying
@@ -638,6 +658,86 @@ class Replayer:
         if self.on_result is not None:
             self.on_result(ex, results)
         return results
+
+    def dispatch(self, ex: Exchange, done: Callable[[Results], Any],
+                 skip: Container[int] = ()) -> None:
+        """``send`` in callback form, for the live path: the requests leave now and
+        ``done(results)`` is called from the loop once every target has answered or failed.
+
+        Why: a task and its coroutine frames per exchange cost the live shadowing more than
+        the sockets do. Here an exchange whose targets have idle connections costs one future
+        per target and no task; only connecting (a pool growing) and the rare retry of a
+        stale connection run as tasks. Call from the loop's thread after ``start()``."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Replayer.dispatch before start()")
+        prepared = self.prepare(ex)
+        is_head = prepared[0][0].method == "HEAD"
+        started = time.perf_counter()
+        results: Results = {}
+        pools = self._pools
+        todo = [i for i in range(len(pools)) if i not in skip]
+        left = [len(todo)]
+        if not todo:
+            done(results)
+            return
+
+        def landed(i: int, got: Any) -> None:
+            pool = pools[i]
+            url = pool.target.url
+            if isinstance(got, _Fail):
+                err = ReplayError(got.kind, str(got), url, time.perf_counter() - started)
+                results[url] = err
+                self._count_error(url, err)
+            else:
+                results[url] = self._record(ex, i, prepared[i][0], got, 0)
+            left[0] -= 1
+            if left[0] == 0:
+                self.stats.completed += 1
+                if self.on_result is not None:
+                    self.on_result(ex, results)
+                done(results)
+
+        def answered(i: int, fut: asyncio.Future) -> None:
+            if fut.cancelled():
+                landed(i, _Fail("closed", "cancelled at stop"))
+                return
+            f = fut.exception()
+            if f is None:
+                landed(i, fut.result())
+            elif isinstance(f, _Fail) and (f.stale or self.retries):
+                t = loop.create_task(self._after_fail(pools[i], prepared[i][1], is_head, f))
+                t.add_done_callback(lambda t, i=i: finished(i, t))
+            else:
+                landed(i, f if isinstance(f, _Fail) else _Fail("closed", str(f)))
+
+        def finished(i: int, t: asyncio.Future) -> None:  # a task: the slow path's result
+            if t.cancelled():
+                landed(i, _Fail("closed", "cancelled at stop"))
+            elif t.exception() is not None:
+                e = t.exception()
+                landed(i, e if isinstance(e, _Fail) else _Fail("connect_error", str(e)))
+            else:
+                landed(i, t.result())
+
+        for i in todo:
+            pool = pools[i]
+            data = prepared[i][1]
+            c = pool.get_idle()
+            if c is not None:
+                c.send(data, is_head, self.timeout).add_done_callback(
+                    lambda f, i=i: answered(i, f))
+            else:
+                t = loop.create_task(self._connect_send(pool, data, is_head))
+                t.add_done_callback(lambda t, i=i: finished(i, t))
+
+    async def _connect_send(self, pool: _Pool, data: bytes, is_head: bool) -> Any:
+        """A fresh connection, the request, and the retries a failure earns; the answer or
+        the last ``_Fail`` (never raised)."""
+        try:
+            return await pool.connect_and_send(data, is_head)
+        except _Fail as f:
+            return await self._retry(pool, data, is_head, f)
 
     def _single(self, ex: Exchange, pool: _Pool, req: Request, got: Any, loop_no: int,
                 started: float) -> Results:

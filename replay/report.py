@@ -12,6 +12,7 @@ a CI run or mailed.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import html
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,31 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 # Terminal
 
 
-def replay_tables(stats: Any) -> list[Any]:
-    """Rich tables of a replay: overall rates and counts, then one row per target."""
+NARROW = 120
+"""Below this many columns the tables abbreviate kinds and print examples under the table."""
+
+KIND_SHORT = {"changed_value": "value", "changed_type": "type", "missing": "missing",
+              "extra": "extra", "array_order": "order", "array_length": "length",
+              "lines_changed": "lines", "bytes_changed": "bytes", "no_response": "no answer"}
+
+
+def _narrow(width: int | None) -> bool:
+    return width is not None and width < NARROW
+
+
+def _role_names(report_targets: dict[str, Any] | None,
+                roles: dict[str | None, str] | None) -> dict[str, str]:
+    out = {u: r for u, r in (roles or {}).items() if u}
+    for role, url in (report_targets or {}).items():
+        if url:
+            out.setdefault(url, role)
+    return out
+
+
+def replay_tables(stats: Any, *, roles: dict[str | None, str] | None = None,
+                  width: int | None = None) -> list[Any]:
+    """Rich tables of a replay: overall rates and counts, then one row per target (named by
+    ``roles[url]``, e.g. candidate/secondary, when given)."""
     from rich.table import Table
 
     d = stats.to_dict()
@@ -116,17 +140,24 @@ def replay_tables(stats: Any) -> list[Any]:
     t.add_row("time", f"{d['seconds']:.2f} s")
     if d["dropped"]:
         t.add_row("dropped (queue full)", f"{d['dropped']:,}")
+    names = _role_names(None, roles)
+    narrow = _narrow(width)
     lt = Table(title="per target", title_justify="left")
-    for col in ("target", "sent", "answered", "statuses", "errors", "p50 ms", "p90 ms",
-                "p99 ms", "max ms"):
-        lt.add_column(col, justify="left" if col in ("target", "statuses", "errors") else "right")
+    cols = ("target", "sent", "answered", "statuses", "errors", "p50 ms", "p90 ms",
+            "p99 ms", "max ms")
+    if narrow:
+        cols = ("target", "sent", "answered", "statuses", "errors", "p50 ms", "p99 ms")
+    for col in cols:
+        lt.add_column(col, justify="left" if col in ("target", "statuses", "errors") else "right",
+                      no_wrap=col == "target")
     for url, ts in d["targets"].items():
         lat = ts["latency_ms"]
+        qs = ("p50", "p99") if narrow else ("p50", "p90", "p99", "max")
         lt.add_row(
-            url, f"{ts['sent']:,}", f"{ts['answered']:,}",
+            names.get(url, url), f"{ts['sent']:,}", f"{ts['answered']:,}",
             " ".join(f"{k}×{v}" for k, v in ts["statuses"].items()) or "-",
             " ".join(f"{k}×{v}" for k, v in ts["errors"].items()) or "-",
-            *(_ms(lat[q]) for q in ("p50", "p90", "p99", "max")),
+            *(_ms(lat[q]) for q in qs),
         )
     return [t, lt]
 
@@ -135,8 +166,106 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def diff_tables(report: dict[str, Any]) -> list[Any]:
-    """Rich tables of a diff report: endpoints, then regressions, then a noise summary."""
+def _ep_field(endpoint: str, fld: str) -> str:
+    """The endpoint over its field, in one cell: both stay whole at 80 columns."""
+    from rich.markup import escape
+
+    return f"{escape(endpoint)}\n  [bold]{escape(fld)}[/]"
+
+
+def _cell_width(findings: list[dict[str, Any]], width: int | None) -> int | None:
+    """Width of the endpoint/field column: its longest line, within what the console has."""
+    longest = max((max(len(f["endpoint"]), len(f["field"]) + 2) for f in findings), default=8)
+    cap = (width or 200) - 36
+    return longest if longest <= cap else None
+
+
+def findings_table(findings: list[dict[str, Any]], *, title: str, cand: str = "candidate",
+                   sec: str = "secondary", width: int | None = None, examples: bool = True,
+                   p_format: str = ".2g", source: bool = False) -> Any:
+    """Regressions (or noise) as a table that fits ``width``: endpoint and field stacked in the
+    first column (never cut), the kind abbreviated when narrow, examples in a column when wide
+    (see ``examples_text`` for narrow consoles)."""
+    from rich.table import Table
+
+    narrow = _narrow(width)
+    t = Table(title=title, title_justify="left")
+    w = _cell_width(findings, width)
+    t.add_column("endpoint / field", no_wrap=w is not None, min_width=w,
+                 overflow="fold")
+    t.add_column("kind")
+    t.add_column(cand, justify="right")
+    t.add_column(sec, justify="right")
+    if source:
+        t.add_column("source")
+    else:
+        t.add_column("p (Holm)", justify="right")
+    show_ex = examples and not narrow
+    if show_ex:
+        t.add_column("example")
+    for f in findings:
+        kind = KIND_SHORT.get(f["kind"], f["kind"]) if narrow else f["kind"]
+        row = [_ep_field(f["endpoint"], f["field"]), kind,
+               f"{f['candidate_diffs']}/{f['compared']}",
+               "-" if f["secondary_diffs"] is None else f"{f['secondary_diffs']}/{f['compared']}"]
+        if source:
+            row.append(f["source"])
+        else:
+            row.append("-" if f.get("p_adjusted") is None else format(f["p_adjusted"], p_format))
+        if show_ex:
+            row.append(_example(f))
+        t.add_row(*row, end_section=narrow)
+    return t
+
+
+def examples_text(findings: list[dict[str, Any]]) -> Any:
+    """One line per finding with an example: what production answered, what the candidate did
+    (the window around where they first differ)."""
+    from rich.text import Text
+
+    out = Text()
+    for f in findings:
+        ex = _example(f)
+        if ex:
+            out.append(f"{f['endpoint']} {f['field']}", style="bold")
+            out.append(f": {ex}\n")
+    return out
+
+
+def latency_table(rows: list[dict[str, Any]], *, title: str | None = None,
+                  labels: dict[str, str] | None = None, width: int | None = None) -> Any:
+    """Per endpoint answer times (p50 / p90, ms) of production and the shadows, and the judge's
+    verdict (``replay.latency.judge_latency`` rows)."""
+    from rich.table import Table
+
+    lab = {"production": "production", "secondary": "secondary", "candidate": "candidate",
+           **(labels or {})}
+    t = Table(title=title or "latency per endpoint (ms, p50 / p90)", title_justify="left")
+    w = max((len(r["endpoint"]) for r in rows), default=8)
+    t.add_column("endpoint", no_wrap=w <= (width or 200) - 40, overflow="fold")
+    t.add_column("n", justify="right")
+    sides = [k for k in ("production", "secondary", "candidate")
+             if any(r.get(f"{k}_n") for r in rows)]
+    for k in sides:
+        t.add_column(lab[k], justify="right")
+    t.add_column("verdict", justify="right")
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    sep = "/" if _narrow(width) else " / "
+    for r in rows:
+        n = max(r.get(f"{k}_n", 0) for k in ("production", "secondary", "candidate"))
+        t.add_row(r["endpoint"], str(n),
+                  *(f"{f(r.get(f'{k}_p50_ms'))}{sep}{f(r.get(f'{k}_p90_ms'))}" for k in sides),
+                  "[red]SLOWER[/]" if r["regression"] else "ok")
+    return t
+
+
+def diff_tables(report: dict[str, Any], *, width: int | None = None) -> list[Any]:
+    """Rich tables of a diff report: endpoints, then regressions, latency, and a noise summary.
+    ``width``: the console's (at 80 columns the tables stack endpoint over field and abbreviate
+    kinds; nothing that names an endpoint or a field is cut)."""
     from rich.table import Table
 
     s = report["summary"]
@@ -153,6 +282,8 @@ def diff_tables(report: dict[str, Any]) -> list[Any]:
     for reason, n in sorted(s.get("http_weird", {}).items()):
         head.add_row(f"HTTP weird: {reason}", f"{n:,}")
     head.add_row("regressions", str(s["regressions"]))
+    if "latency_regressions" in s:
+        head.add_row("endpoints slower", str(s["latency_regressions"]))
     head.add_row("noise (ignored)", str(s["noise"]))
     head.add_row("undecided", str(s["undecided"]))
     head.add_row("requests with a regression",
@@ -160,39 +291,56 @@ def diff_tables(report: dict[str, Any]) -> list[Any]:
     head.add_row("test", str(report["test"]["name"]))
     head.add_row("verdict", "[red]FAIL[/]" if s["verdict"] == "fail" else "[green]pass[/]")
     eps = Table(title="endpoints", title_justify="left")
-    for col in ("endpoint", "requests", "regressions", "noise", "undecided", "cand. errors"):
-        eps.add_column(col, justify="left" if col == "endpoint" else "right")
+    w = max((len(e["endpoint"]) for e in report["endpoints"]), default=8)
+    cols = ("endpoint", "requests", "regressions", "noise", "undecided", "cand. errors")
+    if _narrow(width):
+        cols = ("endpoint", "requests", "regr.", "noise", "undec.", "cand. err.")
+    for col in cols:
+        eps.add_column(col, justify="left" if col == "endpoint" else "right",
+                       no_wrap=col == "endpoint" and w <= (width or 200) - 30,
+                       overflow="fold")
     for e in report["endpoints"]:
         reg = str(e["regressions"])
         eps.add_row(e["endpoint"], f"{e['compared']:,}", f"[red]{reg}[/]" if e["regressions"]
                     else reg, str(e["noise"]), str(e["undecided"]), str(e["candidate_errors"]))
     out = [head, eps]
     if report["regressions"]:
-        rt = Table(title="regressions", title_justify="left")
-        for col in ("endpoint", "field", "kind", "candidate", "secondary", "p (Holm)",
-                    "example"):
-            rt.add_column(col)
-        for f in report["regressions"]:
-            rt.add_row(f["endpoint"], f["field"], f["kind"],
-                       f"{f['candidate_diffs']}/{f['compared']}",
-                       "-" if f["secondary_diffs"] is None
-                       else f"{f['secondary_diffs']}/{f['compared']}",
-                       "-" if f["p_adjusted"] is None else f"{f['p_adjusted']:.2g}",
-                       _example(f))
-        out.append(rt)
+        out.append(findings_table(report["regressions"], title="regressions", width=width))
+        if _narrow(width):
+            from rich.text import Text
+
+            out.append(Text("examples (production → candidate):", style="italic"))
+            out.append(examples_text(report["regressions"]))
+    if report.get("latency"):
+        base = report["latency"][0].get("baseline", "secondary")
+        out.append(latency_table(
+            report["latency"], width=width,
+            title=f"latency per endpoint (ms, p50 / p90): candidate vs {base}"))
     if report["noise"]:
-        nt = Table(title="noise (not reported)", title_justify="left")
-        for col in ("endpoint", "field", "kind", "candidate", "secondary", "source"):
-            nt.add_column(col)
-        for f in report["noise"][:40]:
-            nt.add_row(f["endpoint"], f["field"], f["kind"],
-                       f"{f['candidate_diffs']}/{f['compared']}",
-                       "-" if f["secondary_diffs"] is None
-                       else f"{f['secondary_diffs']}/{f['compared']}", f["source"])
-        if len(report["noise"]) > 40:
-            nt.add_row(f"… {len(report['noise']) - 40} more in the report", "", "", "", "", "")
-        out.append(nt)
+        more = len(report["noise"]) - 40
+        out.append(findings_table(report["noise"][:40], title="noise (not reported)",
+                                  width=width, examples=False, source=True))
+        if more > 0:
+            from rich.text import Text
+
+            out.append(Text(f"… {more} more noise fields in the report"))
     return out
+
+
+def _window(a: str, b: str, width: int = 30) -> tuple[str, str]:
+    """The same window of both values, placed around the first position where they differ
+    (cutting both to a common prefix would hide the change)."""
+    i = 0
+    n = min(len(a), len(b))
+    while i < n and a[i] == b[i]:
+        i += 1
+    start = 0 if i < width - 8 else i - width // 3
+
+    def cut(v: str) -> str:
+        return (("…" if start else "") + v[start:start + width]
+                + ("…" if len(v) > start + width else ""))
+
+    return cut(a), cut(b)
 
 
 def _example(f: dict[str, Any]) -> str:
@@ -200,7 +348,8 @@ def _example(f: dict[str, Any]) -> str:
     if not ex:
         return ""
     e = ex[0]
-    return f"{e['id']}: {e['primary_value'][:30]} → {e['candidate_value'][:30]}"
+    a, b = _window(str(e["primary_value"]), str(e["candidate_value"]))
+    return f"{e['id']}: {a} → {b}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +365,9 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{text-align:right}
 pre{background:#f8f8f8;border:1px solid #e4e4e4;padding:6px;overflow:auto;max-height:360px;
 margin:0;font-size:12px;white-space:pre-wrap;word-break:break-all}
 details{margin:.4em 0 1em}summary{cursor:pointer}code{background:#f3f3f3;padding:0 3px}
-.muted{color:#777}
+.muted{color:#777}.d{background:#fff3c4;display:inline-block;min-width:100%}
+.n{background:#eceff3;color:#667;display:inline-block;min-width:100%}
+mark{background:#ffb3b3;color:inherit;padding:0}
 """
 
 
@@ -224,32 +375,182 @@ def _e(v: Any) -> str:
     return html.escape("" if v is None else str(v))
 
 
-def _side(label: str, r: dict[str, Any] | None) -> str:
-    if r is None:
-        return f"<div><b>{label}</b><pre class='muted'>(no secondary)</pre></div>"
-    if "error" in r:
-        return f"<div><b>{label}</b><pre>error: {_e(r['error'])}</pre></div>"
+_MAX_CHAR_DIFF = 4000
+"""Lines longer than this are marked whole rather than character by character."""
+
+
+def _chars(a: str, b: str) -> tuple[str, str]:
+    """Escaped HTML of two lines with the characters that differ in ``<mark>``."""
+    if len(a) + len(b) > _MAX_CHAR_DIFF:
+        return f"<mark>{_e(a)}</mark>", f"<mark>{_e(b)}</mark>"
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    oa: list[str] = []
+    ob: list[str] = []
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            oa.append(_e(a[i1:i2]))
+            ob.append(_e(b[j1:j2]))
+            continue
+        if i2 > i1:
+            oa.append(f"<mark>{_e(a[i1:i2])}</mark>")
+        if j2 > j1:
+            ob.append(f"<mark>{_e(b[j1:j2])}</mark>")
+    return "".join(oa), "".join(ob)
+
+
+def changed_lines(base: str, other: str) -> set[int]:
+    """Where ``other`` differs from ``base``, by line of ``base``: indexes of lines changed or
+    gone, and ``-(i + 1)`` for lines inserted before line ``i``."""
+    la, lb = base.split("\n"), other.split("\n")
+    out: set[int] = set()
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, la, lb,
+                                                       autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        out.update(range(i1, i2))
+        if j2 - j1 > i2 - i1:
+            out.add(-(i1 + 1))
+    return out
+
+
+def highlight(base: str, other: str, noisy: set[int] | frozenset[int] = frozenset()
+              ) -> tuple[str, str]:
+    """Escaped HTML of two texts (pretty-printed bodies, header blocks) with what differs
+    marked: a changed line in ``<span class=d>`` with the characters that differ in
+    ``<mark>``, a line only one side has marked whole. Lines of ``base`` in ``noisy`` (see
+    ``changed_lines``: what the other shadow changes too, i.e. noise) get ``<span class=n>``
+    instead, without character marks. Every piece of the input goes through ``html.escape``:
+    bodies are hostile input and can never become markup."""
+    la, lb = base.split("\n"), other.split("\n")
+    sm = difflib.SequenceMatcher(None, la, lb, autojunk=False)
+    oa: list[str] = []
+    ob: list[str] = []
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            oa.extend(_e(x) for x in la[i1:i2])
+            ob.extend(_e(x) for x in lb[j1:j2])
+            continue
+        pairs = min(i2 - i1, j2 - j1) if tag == "replace" else 0
+        for k, (x, y) in enumerate(zip(la[i1:i1 + pairs], lb[j1:j1 + pairs], strict=True)):
+            if i1 + k in noisy:
+                oa.append(f"<span class=n>{_e(x)}</span>")
+                ob.append(f"<span class=n>{_e(y)}</span>")
+                continue
+            hx, hy = _chars(x, y)
+            oa.append(f"<span class=d>{hx}</span>")
+            ob.append(f"<span class=d>{hy}</span>")
+        for k, x in enumerate(la[i1 + pairs:i2], i1 + pairs):
+            oa.append(f"<span class=n>{_e(x)}</span>" if k in noisy
+                      else f"<span class=d><mark>{_e(x)}</mark></span>")
+        ins = -(i1 + 1) in noisy
+        ob.extend(f"<span class=n>{_e(y)}</span>" if ins
+                  else f"<span class=d><mark>{_e(y)}</mark></span>" for y in lb[j1 + pairs:j2])
+    return "\n".join(oa), "\n".join(ob)
+
+
+def _texts(r: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    """(status, header block, body) of an example side, or None for an error / no side."""
+    if r is None or "error" in r:
+        return None
     head = "\n".join(f"{k}: {v}" for k, v in r.get("headers", []))
-    return (f"<div><b>{label}</b> — status {_e(r.get('status'))}<pre>{_e(head)}</pre>"
-            f"<pre>{_e(r.get('body'))}</pre></div>")
+    return str(r.get("status")), head, str(r.get("body") or "")
+
+
+def _sides(ex: dict[str, Any], cand: str, sec: str) -> str:
+    """Production, candidate and secondary side by side, each shadow's differences from
+    production highlighted (and production's from the candidate)."""
+    prod = _texts(ex.get("primary"))
+    cand_t, sec_t = _texts(ex.get("candidate")), _texts(ex.get("secondary"))
+    # What the other shadow changes too is noise: shown apart (grey, no character marks).
+    noisy: dict[str, tuple[set[int], set[int]]] = {}
+    if prod is not None:
+        for key, peer in (("primary", sec_t), ("candidate", sec_t), ("secondary", cand_t)):
+            if peer is not None:
+                noisy[key] = (changed_lines(prod[1], peer[1]), changed_lines(prod[2], peer[2]))
+    out = []
+    for label, key in (("production (primary)", "primary"), (cand, "candidate"),
+                       (sec, "secondary")):
+        r = ex.get(key)
+        if r is None:
+            out.append(f"<div><b>{_e(label)}</b><pre class='muted'>(no {_e(key)})</pre></div>")
+            continue
+        if "error" in r:
+            out.append(f"<div><b>{_e(label)}</b><pre><mark>error: {_e(r['error'])}</mark>"
+                       "</pre></div>")
+            continue
+        mine = _texts(r)
+        assert mine is not None
+        other = prod if key != "primary" else cand_t
+        nh, nb = noisy.get(key, (set(), set()))
+        if other is None:
+            st, hd, bd = _e(mine[0]), _e(mine[1]), _e(mine[2])
+        elif key == "primary":  # production, marked where the candidate differs from it
+            st = _e(mine[0]) if mine[0] == other[0] else f"<mark>{_e(mine[0])}</mark>"
+            hd = highlight(mine[1], other[1], nh)[0]
+            bd = highlight(mine[2], other[2], nb)[0]
+        else:
+            st = _e(mine[0]) if mine[0] == other[0] else f"<mark>{_e(mine[0])}</mark>"
+            hd = highlight(other[1], mine[1], nh)[1]
+            bd = highlight(other[2], mine[2], nb)[1]
+        out.append(f"<div><b>{_e(label)}</b> — status {st}<pre>{hd}</pre><pre>{bd}</pre></div>")
+    return "<div class='side'>" + "".join(out) + "</div>"
+
+
+def _target_names(report: dict[str, Any]) -> dict[str, str]:
+    """URL -> the role a reader knows it by: candidate, secondary (with the live report's
+    labels, e.g. 'candidate (v2)', when there are some)."""
+    names = {u: role for role, u in (report.get("targets") or {}).items() if u}
+    for sh in (report.get("shadows") or {}).values():
+        if sh.get("url") and sh.get("role"):
+            names[sh["url"]] = sh["role"]
+    return names
+
+
+def _latency_html(rows: list[dict[str, Any]]) -> str:
+    base = rows[0].get("baseline", "secondary")
+    parts = [f"<h2>Latency per endpoint</h2><p class='muted'>Milliseconds, p50 / p90. A "
+             f"regression: the candidate significantly slower than the {_e(base)} "
+             "(Mann-Whitney, Bonferroni over endpoints) by at least 20 ms and 30 % in medians."
+             "</p><table><tr><th>endpoint</th><th>n</th><th>production</th><th>secondary</th>"
+             "<th>candidate</th><th>verdict</th></tr>"]
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    for r in rows:
+        n = max(r.get(f"{k}_n", 0) for k in ("production", "secondary", "candidate"))
+        cells = "".join(f"<td class=n>{f(r.get(f'{k}_p50_ms'))} / {f(r.get(f'{k}_p90_ms'))}</td>"
+                        for k in ("production", "secondary", "candidate"))
+        slow = r.get("regression")
+        parts.append(f"<tr{' class=reg' if slow else ''}><td>{_e(r['endpoint'])}</td>"
+                     f"<td class=n>{n}</td>{cells}<td>"
+                     f"{'<span class=fail>SLOWER</span>' if slow else 'ok'}</td></tr>")
+    parts.append("</table>")
+    return "".join(parts)
 
 
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained page (inline CSS, no scripts, no external links)."""
     s = report["summary"]
     t = report["test"]
+    names = _target_names(report)
+    tg = report.get("targets") or {}
+    cand_name = names.get(tg.get("candidate") or "", "candidate")
+    sec_name = names.get(tg.get("secondary") or "", "secondary")
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>shadowtap diff report</title><style>", _CSS, "</style></head><body>",
         "<h1>shadowtap diff report</h1>",
-        f"<p>Input <code>{_e(report['input'])}</code>; candidate "
-        f"<code>{_e(report['targets']['candidate'])}</code>; secondary "
-        f"<code>{_e(report['targets']['secondary'] or 'none')}</code>; generated "
-        f"{_e(report['generated'])}.</p>",
+        f"<p>Input <code>{_e(report['input'])}</code>; generated {_e(report['generated'])}. "
+        f"<b>{_e(cand_name)}</b> <span class='muted'>{_e(tg.get('candidate'))}</span>; "
+        f"<b>{_e(sec_name)}</b> <span class='muted'>{_e(tg.get('secondary') or 'none')}"
+        "</span>.</p>",
         f"<p>Verdict: <span class='{s['verdict']}'>{s['verdict'].upper()}</span> — "
         f"{s['regressions']} regression(s) in {s['regression_requests']} of {s['compared']} "
         f"compared requests ({s['regression_rate']:.2%}; fail above {s['fail_on']:.2%}). "
-        f"{s['noise']} noise, {s['undecided']} undecided.</p>",
+        + (f"{s['latency_regressions']} endpoint(s) slower. " if s.get("latency_regressions")
+           else "")
+        + f"{s['noise']} noise, {s['undecided']} undecided.</p>",
         f"<p class='muted'>Test: {_e(t['name'])}; α = {_e(t.get('alpha'))}; correction: "
         f"{_e(t.get('correction'))}; minimum sample per endpoint: {_e(t.get('min_samples'))}."
         "</p>",
@@ -274,29 +575,37 @@ def render_html(report: dict[str, Any]) -> str:
     for title, key in (("Regressions", "regressions"), ("Undecided", "undecided")):
         items = report[key]
         parts.append(f"<h2>{title} ({len(items)})</h2>")
+        if items:
+            parts.append("<p class='muted'>In the examples, <span class=d>yellow lines</span> "
+                         "differ from production (the differing characters <mark>in red</mark>"
+                         "); <span class=n>grey lines</span> differ in the other shadow too "
+                         "(noise).</p>")
         if not items:
             parts.append("<p class='muted'>None.</p>")
             continue
         for f in items:
             sec = ("-" if f["secondary_diffs"] is None
                    else f"{f['secondary_diffs']}/{f['compared']}")
+            # The three-way reason restates the counts of the sentence: said once.
+            why = f.get("reason") or ""
+            why = "" if why.startswith("candidate differs in") else f" {_e(why)}"
+            p = ("" if f["p_value"] is None else
+                 f"; p = {_e(f['p_value'])}, Holm-adjusted {_e(f['p_adjusted'])}")
             parts.append(
                 f"<h3><code>{_e(f['endpoint'])}</code> <code>{_e(f['field'])}</code> "
-                f"{_e(f['kind'])}</h3><p>candidate differs in {f['candidate_diffs']}/"
-                f"{f['compared']}, secondary in {sec}; p = {_e(f['p_value'])}, Holm-adjusted "
-                f"{_e(f['p_adjusted'])}. {_e(f['reason'])}</p>"
+                f"{_e(f['kind'])}</h3><p>{_e(cand_name)} differs in {f['candidate_diffs']}/"
+                f"{f['compared']}, {_e(sec_name)} in {sec}{p}.{why}</p>"
             )
             for ex in f.get("examples", []):
                 parts.append(
                     f"<details open><summary>request <code>{_e(ex['id'])}</code>: "
                     f"<code>{_e(ex['request'])}</code> — production <code>"
-                    f"{_e(ex['primary_value'])}</code> → candidate <code>"
-                    f"{_e(ex['candidate_value'])}</code></summary><div class='side'>"
-                    + _side("production (primary)", ex.get("primary"))
-                    + _side("candidate", ex.get("candidate"))
-                    + _side("secondary", ex.get("secondary"))
-                    + "</div></details>"
+                    f"{_e(ex['primary_value'])}</code> → {_e(cand_name)} <code>"
+                    f"{_e(ex['candidate_value'])}</code></summary>"
+                    + _sides(ex, cand_name, sec_name) + "</details>"
                 )
+    if report.get("latency"):
+        parts.append(_latency_html(report["latency"]))
     parts.append(f"<h2>Noise ({len(report['noise'])})</h2><table><tr><th>endpoint</th>"
                  "<th>field</th><th>kind</th><th>candidate</th><th>secondary</th><th>source</th>"
                  "<th>why</th></tr>")
@@ -311,7 +620,9 @@ def render_html(report: dict[str, Any]) -> str:
     for url, ts in report["replay"]["targets"].items():
         errs = ", ".join(f"{k} × {v}" for k, v in ts["errors"].items()) or "-"
         lat = ts["latency_ms"]
-        parts.append(f"<tr><td>{_e(url)}</td><td class=n>{ts['sent']}</td><td class=n>"
+        who = names.get(url)
+        label = f"{_e(who)} <span class='muted'>{_e(url)}</span>" if who else _e(url)
+        parts.append(f"<tr><td>{label}</td><td class=n>{ts['sent']}</td><td class=n>"
                      f"{ts['answered']}</td><td>{_e(errs)}</td><td class=n>{_ms(lat['p50'])}</td>"
                      f"<td class=n>{_ms(lat['p99'])}</td></tr>")
     parts.append("</table></body></html>\n")

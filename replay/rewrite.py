@@ -150,12 +150,16 @@ def skip_reason(ex: Exchange, *, include_incomplete: bool = False, need_response
     incompleteness (no response seen, the response cut short, a timeout) leave the request intact:
     they are skipped by default, because the capture's answer is then not trustworthy either, and
     replayed with ``include_incomplete``. CONNECT and Upgrade start tunnels, not HTTP exchanges.
-    ``need_response``: the comparator needs the captured (primary) response.
+    A message marked desync (framing that cannot be trusted: a request smuggling shape) is never
+    replayed, whatever else is true of it. ``need_response``: the comparator needs the captured
+    (primary) response.
     """
     r = ex.request
     if r is None:
         return "no request captured"
     c = ex.completeness
+    if c.desync:
+        return "desync"  # framing not to be trusted (a smuggling shape): never replayed
     if c.request_gaps:
         return "request body has gaps"
     if c.request_truncated:

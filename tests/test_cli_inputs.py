@@ -60,6 +60,21 @@ def usage_error(r: Any, *words: str) -> None:
         assert w in text, (w, text)
 
 
+def usage_mistake(r: Any, *words: str) -> str:
+    """A usage mistake caught by the command line parser (a bad option value, a missing
+    argument, an unknown option or command): exit 2 and exactly one line of output, ``error:``
+    with the words in it and where to look next (the command's ``--help``); no usage block,
+    no boxed panel. The parser's own wording is not pinned."""
+    usage_error(r, *words)
+    text = _text(r)
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("shadowtap: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    assert "--help'" in lines[0] and "╭" not in text and "Usage:" not in text, text
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
 def one_error_line(r: Any, *words: str) -> str:
     usage_error(r)
     lines = _errors(r)
@@ -144,8 +159,34 @@ def test_out_of_range_numbers_are_usage_errors(args: tuple[str, ...], tmp_path: 
     (tmp_path / "in.pcap").write_bytes(b"")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     option = next(a for a in reversed(argv) if a.startswith("--"))
-    usage_error(run(*argv), option)
+    line = usage_mistake(run(*argv), option)
+    assert f"'shadowtap {argv[0]}" in line  # the help of the command that was mistyped
     assert not (tmp_path / "x.pcap").exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("extract",), ("captures", "'shadowtap extract --help'")),
+    (("sanitise",), ("input", "'shadowtap sanitise --help'")),
+    (("route", "set", "--canary", "abc"), ("--canary", "'shadowtap route set --help'")),
+    (("canary", "run", "--no-such-flag"), ("--no-such-flag", "'shadowtap canary run --help'")),
+    (("extract", "--port"), ("--port",)),
+    (("no-such-command",), ("no-such-command", "'shadowtap --help'")),
+    (("--bogus",), ("--bogus",)),
+    (("generate", "a.pcap", "b.pcap"), ("b.pcap",)),
+])
+def test_usage_mistakes_are_one_error_line(args: tuple[str, ...], words: tuple[str, ...]) -> None:
+    usage_mistake(run(*args), *words)
+
+
+def test_console_script_usage_mistake_is_one_line() -> None:
+    exe = ROOT / ".venv/bin/shadowtap"
+    for option, args in (("--canary", ["route", "set", "--canary", "150"]),
+                         ("--port", ["extract", "--port", "99999", "x.pcap"])):  # fast path
+        p = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60)
+        lines = [ln for ln in p.stderr.splitlines() if not ln.startswith("shadowtap: ")]
+        assert p.returncode == 2 and p.stdout == "", (args, p.stdout, p.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+        assert option in lines[0] and f"'shadowtap {args[0]}" in lines[0], lines[0]
 
 
 # ---- paths and formats -----------------------------------------------------------------------

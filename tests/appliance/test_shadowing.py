@@ -226,3 +226,16 @@ def test_shadowing_needs_one_worker_and_gets_its_handoff() -> None:
     assert [s.type for s in c.pipeline.sinks] == ["jsonl", "handoff"]
     assert c.shadowing is not None and c.shadowing.candidate.name == "shadow-2"
     assert c.shadowing.secondary is None
+
+
+def test_live_report_lists_the_captures_http_weirds() -> None:
+    """The live report carries the capture's framing weirds (request smuggling shapes seen on
+    the mirror), as ``shadowtap diff`` does for a file."""
+    from appliance.shadowing import ShadowingConfig, ShadowTarget, live_report
+
+    cfg = ShadowingConfig(candidate=ShadowTarget("shadow-2", "http://127.0.0.1:9", "candidate"))
+    weird = {"te_with_content_length": 2, "bad_content_length": 1}
+    doc, _ = live_report(cfg, [], source="live", capture={"http_weird": weird})
+    assert doc["summary"]["http_weird"] == dict(sorted(weird.items()))
+    doc, _ = live_report(cfg, [], source="live")
+    assert "http_weird" not in doc["summary"]

@@ -213,3 +213,53 @@ def test_user_errors_are_one_line(args: list[str], words: str, capture: Path,
             "{badrules}": str(bad)}
     line = one_error(run_cli(*[subs.get(a, a) for a in args]))
     assert words in line, line
+
+
+def test_report_lists_weirds_and_never_replays_a_desync(capture: Path, candidate: HttpServer,
+                                                        tmp_path: Path) -> None:
+    """Framing weirds recorded on the input's exchanges reach the report (a security signal);
+    an exchange marked desync is skipped with that reason, never sent to the candidate."""
+    from replay.formats import read_exchanges
+
+    exs = list(read_exchanges(capture))
+    smuggled = exs[0].request.target + "?smuggled=1"  # type: ignore[union-attr]
+    bad = list(read_exchanges(capture))[:2]
+    bad[0].completeness.desync = True
+    bad[0].completeness.desync_reason = "te_with_content_length"
+    bad[0].completeness.weird = ["te_with_content_length", "bad_content_length"]
+    bad[0].request.target = smuggled  # type: ignore[union-attr]
+    bad[1].completeness.weird = ["bare_cr"]
+    for i, ex in enumerate(bad):
+        ex.id = f"weird{i}"
+    inp = write_jsonl(tmp_path / "in.jsonl", exs + bad)
+    rep = tmp_path / "r.json"
+    p = run_cli("diff", inp, "--candidate", candidate.url, "--report", rep, "-q")
+    assert p.returncode in (0, 1), p.stderr.decode()
+    doc = json.loads(rep.read_text())
+    assert doc["summary"]["http_weird"] == {"bad_content_length": 1, "bare_cr": 1,
+                                            "te_with_content_length": 1}
+    assert doc["summary"]["skipped"].get("desync") == 1
+    assert doc["summary"]["compared"] == len(exs) + 1
+
+
+def test_extract_summary_table_shows_desync_and_weirds() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from replay.cli import summary_table
+    from replay.extract import Summary
+
+    def render(s: Summary) -> str:
+        con = Console(file=StringIO(), width=200)
+        con.print(summary_table(s))
+        return con.file.getvalue()  # type: ignore[attr-defined]
+
+    out = render(Summary(desync_messages=3, weird={"te_with_content_length": 2,
+                                                   "bad_content_length": 1}))
+    row = next(ln for ln in out.splitlines() if "HTTP weirds" in ln)
+    assert "3 (bad_content_length=1, te_with_content_length=2)" in row
+    assert re.search(r"desync messages \(never replayed\)[\s│|]+3\b", out)
+    clean = render(Summary())
+    assert re.search(r"HTTP weirds[\s│|]+0\b", clean)
+    assert re.search(r"desync messages \(never replayed\)[\s│|]+0\b", clean)
