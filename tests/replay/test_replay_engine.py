@@ -316,3 +316,71 @@ def test_interim_responses_are_kept_apart() -> None:
         assert rec.response.status == 200 and rec.response.body == b"ok"
         assert [r.status for r in rec.interim] == [103]
         assert rec.interim[0].headers == [("Link", "</app.css>; rel=preload")]
+
+
+def test_dispatch_counts_misbehaving_targets_like_send() -> None:
+    """The live path's callback form (``dispatch``: no task per exchange) gives every exchange
+    one result per target, errors by kind, as ``send`` does, and calls back once each."""
+    items = [_ex(i, target=f"/d/{i}") for i in range(12)]
+    with HttpServer() as good, HttpServer(behaviour="slow") as slow, \
+            HttpServer(behaviour="garbage") as garbage, HttpServer(behaviour="close") as close:
+        dead = dead_url()
+        urls = [good.url, dead, slow.url, garbage.url, close.url]
+
+        async def go() -> tuple[Replayer, list]:
+            rp = Replayer(urls, concurrency=4, timeout=0.3, connect_timeout=1)
+            got: list = []
+            async with rp:
+                done = asyncio.get_running_loop().create_future()
+
+                def back(ex: Exchange, res: dict) -> None:
+                    got.append((ex.id, res))
+                    if len(got) == len(items):
+                        done.set_result(None)
+
+                for ex in items:
+                    rp.dispatch(ex, lambda res, ex=ex: back(ex, res), skip=(1,) if
+                                ex.id == "e0" else ())
+                await asyncio.wait_for(done, 10)
+            return rp, got
+
+        rp, got = run_async(go())
+    assert sorted(i for i, _ in got) == sorted(e.id for e in items)  # once each
+    for i, res in got:
+        assert set(res) == set(urls) - ({dead} if i == "e0" else set())
+        assert isinstance(res[good.url], Exchange) and res[good.url].response.status == 200
+        assert res[good.url].request.target == f"/d/{i[1:]}"
+    t = rp.stats.targets
+    assert rp.stats.completed == 12
+    assert t[good.url].ok == 12
+    assert t[dead].errors == {"connect_refused": 11}  # e0 skipped it
+    assert t[slow.url].errors == {"timeout": 12}
+    assert t[garbage.url].errors == {"bad_response": 12}
+    assert t[close.url].errors == {"closed": 12}
+
+
+@pytest.mark.parametrize("rw", [
+    Rewrite(),
+    Rewrite.build(set_headers=["X-Shadow: 1"], remove_headers=["User-Agent"]),
+    Rewrite.build(path_subs=["^/api=>/v2"]),
+    Rewrite(keep_host=True),
+    Rewrite.build(set_headers=["Host: pinned.example"]),
+])
+def test_second_targets_request_is_the_first_ones_with_its_own_host(rw: Rewrite) -> None:
+    """``prepare`` splices the Host line for targets that differ from the first only by
+    authority: the bytes must be exactly what rewriting for that target gives."""
+    from replay.rewrite import encode_request, rewrite_request
+
+    items = [
+        _ex(0, headers=[("Host", "prod"), ("User-Agent", "ü-agent"), ("Connection", "close")]),
+        _ex(1, "POST", "/api/orders?x=1", b'{"a": 1}', [("Host", "prod"), ("Content-Length", "8")]),
+        _ex(2, "HEAD", "/api", headers=[]),
+        _ex(3, "OPTIONS", "*", headers=[("X-\u20ac", "\u20ac")]),
+    ]
+    rp = Replayer(["http://127.0.0.1:1", "http://10.1.2.3:8080", "http://h:9/base",
+                   "http://[::1]:81"], rewrite=rw)
+    for ex in items:
+        for t, (req, data) in zip(rp.targets, rp.prepare(ex), strict=True):
+            want = rewrite_request(ex, t, rw)
+            assert req == want
+            assert data == encode_request(want)
