@@ -229,6 +229,10 @@ def config_summary(cfg: Any) -> list[str]:
     if cfg.bus is not None:
         lines.append(f"  bus: {cfg.bus.url} ({cfg.bus.shards} shards)")
     lines.append(f"  metrics: {cfg.metrics_listen or 'off'}")
+    c = cfg.console
+    lines.append("  console: off" if c is None else
+                 f"  console: http://{c.listen}/ (token "
+                 + (f"from {c.token_file})" if c.token_file else "random, printed at start)"))
     return lines
 
 

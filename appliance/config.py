@@ -32,6 +32,12 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
         - {type: pcap, path: /var/lib/shadowtap/capture.pcap, raw_unsanitised: true}
         - {type: handoff, size: 10000}
     metrics: {listen: "127.0.0.1:9617"}
+    console:                     # the live web console (off unless this section is given)
+      listen: "127.0.0.1:9750"   # loopback unless you say otherwise
+      token_file: null           # a file holding the token; none: a random one, printed at start
+      exchanges: 50000           # recent exchanges the list keeps (a bounded ring)
+      rules_file: null           # noise marks from the page (default: beside shadowing.report)
+      canary_status: null        # a canary's JSON status file to show (read-only)
     shadowing:                   # live replay to shadows + three-way comparison (in workers)
       candidate: http://10.77.12.2:8080     # required: the build under test
       secondary: http://10.77.11.2:8080     # production's build: what differs there is noise
@@ -92,6 +98,8 @@ SCHEMA: dict[str, Any] = {
                    "keep": int, "size": int, "raw_unsanitised": bool}],
     },
     "metrics": {"listen": str},
+    "console": {"listen": str, "token_file": str, "exchanges": int, "rules_file": str,
+                "canary_status": str},
     "shadowing": {
         "candidate": _TARGET_T, "secondary": _TARGET_T, "concurrency": int, "timeout": _DUR_T,
         "connect_timeout": _DUR_T, "verdict_every": _DUR_T, "min_samples": int,
@@ -174,6 +182,8 @@ class ApplianceConfig:
     shadowing: ShadowingConfig | None = None
     bus: Any = None
     """``appliance.live.bus.BusConfig``: publish sanitised exchanges to Redis Streams."""
+    console: Any = None
+    """``appliance.console.ConsoleConfig``: the live web console (None: off)."""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -289,6 +299,7 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
     m.done()
     shadowing = _shadowing(top.sub("shadowing")) if top.get("shadowing") is not None else None
     bus = _bus(top.sub("bus")) if top.get("bus") is not None else None
+    console = _console(top.sub("console")) if top.get("console") is not None else None
     top.done()
     if workers > 1 and src.kind == "file":
         raise ConfigError("source.workers: a capture file is read by one worker; set workers: 1")
@@ -302,7 +313,33 @@ def parse(data: Any, path: str | None = None) -> ApplianceConfig:
         raise ConfigError("bus: exchanges are published by the worker processes; set "
                           "source.workers: 1 and pipeline.workers to auto or a count")
     return ApplianceConfig(source=src, workers=workers, extract=ext, pipeline=pipe,
-                           metrics_listen=listen, path=path, shadowing=shadowing, bus=bus)
+                           metrics_listen=listen, path=path, shadowing=shadowing, bus=bus,
+                           console=console)
+
+
+def _console(r: _Reader) -> Any:
+    from appliance.console import ConsoleConfig
+
+    c = ConsoleConfig()
+    listen = r.str_("listen", c.listen) or c.listen
+    if not _hostport(listen):
+        raise ConfigError(f"console.listen: {listen!r} is not HOST:PORT; use e.g. "
+                          "127.0.0.1:9750")
+    c.listen = listen
+    c.token_file = r.str_("token_file")
+    if c.token_file is not None and not Path(c.token_file).is_file():
+        raise ConfigError(f"console.token_file: {c.token_file!r} is not a readable file; put "
+                          "a token of 16 or more characters in it, or leave the key out for a "
+                          "random token printed at start")
+    c.exchanges = r.int_("exchanges", c.exchanges, 100, 10_000_000) or c.exchanges
+    c.rules_file = r.str_("rules_file")
+    if c.rules_file is not None:
+        parent = Path(c.rules_file).parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"console.rules_file: {parent} is not a directory")
+    c.canary_status = r.str_("canary_status")
+    r.done()
+    return c
 
 
 def _bus(r: _Reader) -> Any:

@@ -28,6 +28,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -609,9 +610,25 @@ def run_daemon(cfg: ApplianceConfig) -> int:
         # appliance.
         server = eng.serve_metrics()
         log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+    console = None
+    if cfg.console is not None:
+        from appliance.console.server import Console
+
+        try:  # bound before capture starts, like the metrics
+            console = Console(eng, cfg.console).start()
+        except BaseException:
+            if server is not None:
+                server.stop()
+            raise
+        log.info("console on %s (token %s)", console.url,
+                 "below" if console.generated else f"in {cfg.console.token_file}")
+        if console.generated:  # the one place it is shown: the operator's terminal or journal
+            print(f"shadowtap console: {console.login_url()}", file=sys.stderr, flush=True)
     try:
         eng.start()
     except BaseException:
+        if console is not None:
+            console.stop()
         if server is not None:
             server.stop()
         raise
@@ -636,6 +653,8 @@ def run_daemon(cfg: ApplianceConfig) -> int:
                 break
     finally:
         eng.stop()
+        if console is not None:
+            console.stop()
         if sh is not None:
             if eng.error:
                 log.error("shadowing failed: %s", eng.error)

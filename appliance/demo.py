@@ -43,6 +43,9 @@ VIP = "10.77.100.10"
 SHADOW_PORT = 8080
 SHADOW_ADDRS = {"shadow-1": "10.77.11.2", "shadow-2": "10.77.12.2"}
 METRICS = "10.77.1.1:9617"  # on the gateway's client-facing address: reachable from `client`
+CONSOLE = ("127.0.0.1", 9750)
+"""The web console: on the gateway namespace's loopback, forwarded to the host's (same port,
+or a free one when that is taken) while the demo runs."""
 
 # ---------------------------------------------------------------------------------------------
 # The engine: runs inside the gateway namespace
@@ -81,6 +84,9 @@ class Engine:
                           {"type": "handoff", "size": 20000}],
             },
             "metrics": {"listen": METRICS},
+            "console": {"listen": f"{CONSOLE[0]}:{CONSOLE[1]}",
+                        "token_file": str(self.workdir / "console.token"),
+                        "rules_file": str(self.workdir / "console-rules.yaml")},
             "shadowing": {
                 "secondary": {"url": f"http://{s1}:{SHADOW_PORT}", "name": "shadow-1",
                               "label": "secondary (v1)"},
@@ -110,6 +116,13 @@ class Engine:
         server = None
         with contextlib.suppress(Exception):
             server = eng.serve_metrics(METRICS)
+        console = None
+        try:
+            from appliance.console.server import Console
+
+            console = Console(eng, cfg.console).start()
+        except Exception as e:  # the demo goes on without its console, and says why
+            log.warning("console not started: %s", e)
         eng.start()
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
@@ -128,6 +141,8 @@ class Engine:
                 (self.workdir / "metrics.prom").write_bytes(generate_latest(server.registry))
         if server is not None:
             server.stop()
+        if console is not None:
+            console.stop()
         return 0 if eng.error is None else 1
 
 
@@ -251,7 +266,8 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
                         "root (or try 'shadowtap demo --offline' for the capture-only demo)")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "report.html", "progress.json", "exchanges.jsonl"):
+    for stale in ("report.json", "report.html", "progress.json", "exchanges.jsonl",
+                  "console-rules.yaml"):
         with contextlib.suppress(FileNotFoundError):
             (workdir / stale).unlink()
     spec = lab.load_spec(None)
@@ -259,6 +275,7 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
     ns = {n.name: f"{prefix}{n.name}" for n in spec.nodes}
     procs = _Procs()
     report: dict[str, Any] = {}
+    forward: Any = None
     t0 = time.monotonic()
     try:
         con.print(f"[bold]1.[/] lab up (prefix {prefix!r}): client, gateway, prod, canary, "
@@ -302,6 +319,16 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
         key = secrets.token_bytes(32)
         con.print("[bold]4.[/] appliance on cap0 in the gateway: capture -> sanitise -> "
                   "exchange log + live replay to both shadows -> three-way comparison")
+        token = secrets.token_urlsafe(24)
+        tok_file = workdir / "console.token"
+        tok_file.write_text(token + "\n")
+        os.chmod(tok_file, 0o600)
+        with contextlib.suppress(OSError):
+            from appliance.console.forward import NetnsForwarder
+
+            forward = NetnsForwarder(CONSOLE, ns["gateway"], CONSOLE).start()
+            con.print(f"   web console (while the demo runs): "
+                      f"http://127.0.0.1:{forward.port}/?token={token}", soft_wrap=True)
         procs.start("engine", _netns_exec(ns["gateway"], [
             sys.executable, "-m", "appliance.demo", "engine", "--workdir", str(workdir),
             "--key-hex", key.hex()], app_cpu), cwd=ROOT, log=workdir / "engine.log")
@@ -372,6 +399,8 @@ def run_demo(*, duration: float = 20.0, users: int = 6, baseline: float = 4.0,
         con.print(f"done in {time.monotonic() - t0:.0f} s")
         return report
     finally:
+        if forward is not None:
+            forward.stop()
         if not keep:
             procs.stop()
             with contextlib.suppress(Exception):

@@ -556,16 +556,20 @@ def merge_status(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def live_report(cfg: ShadowingConfig, states: list[dict[str, Any]], *, source: str,
-                capture: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+                capture: dict[str, Any] | None = None,
+                rules: Any = None) -> tuple[dict[str, Any], Any]:
     """One report (and its verdict) from every worker's ``state()``: the verdict is the one a
-    single process would give on the same exchanges (``ThreeWay.merge``)."""
+    single process would give on the same exchanges (``ThreeWay.merge``). ``rules``: field
+    rules the merge applies (the console's noise marks; ``ThreeWay.merge`` folds what they
+    cover into noise, for past and future comparisons alike)."""
     from collections import Counter
 
     from replay.compare import Rules, ThreeWay
     from replay.replayer import ReplayStats, TargetStats
     from replay.report import build_report
 
-    rules = Rules()
+    if rules is None:
+        rules = Rules()
     rules.allow_extra_fields = cfg.allow_extra_fields
     tw = ThreeWay(rules, min_samples=cfg.min_samples)
     for st in states:
@@ -740,6 +744,8 @@ class LiveShadowing:
         self.capture_snapshot = capture_snapshot
         self.shadower = Shadower(cfg)
         self._verdict: Any = None
+        self.rules: Callable[[], Any] | None = None
+        """Returns the ``Rules`` the verdict applies (the console's noise marks)."""
         if registry is not False:
             from prometheus_client import REGISTRY
 
@@ -823,7 +829,7 @@ class LiveShadowing:
                 with contextlib.suppress(Exception):
                     cap = self.capture_snapshot()
             doc, v = live_report(self.cfg, [self.shadower.state()], source=self.source,
-                                 capture=cap)
+                                 capture=cap, rules=self.rules() if self.rules else None)
             self._report, self._verdict = doc, v
             self.regressions = len(doc.get("regressions", []))
             if self.cfg.report:

@@ -367,7 +367,8 @@ margin:0;font-size:12px;white-space:pre-wrap;word-break:break-all}
 details{margin:.4em 0 1em}summary{cursor:pointer}code{background:#f3f3f3;padding:0 3px}
 .muted{color:#777}.d{background:#fff3c4;display:inline-block;min-width:100%}
 .n{background:#eceff3;color:#667;display:inline-block;min-width:100%}
-mark{background:#ffb3b3;color:inherit;padding:0}
+mark{background:#ffb3b3;color:inherit;padding:0}p .d,p .n{display:inline;min-width:0}
+td.n{display:table-cell;background:none;color:inherit;min-width:0}
 """
 
 

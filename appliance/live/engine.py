@@ -87,6 +87,9 @@ class LiveEngine:
         self.restarts = 0
         self.errors: list[str] = []
         self.regressions = 0
+        self.rules: Any = None
+        """A callable returning the ``replay.compare.Rules`` the merged verdict applies (the
+        console's noise marks); None: the default rules."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -99,7 +102,9 @@ class LiveEngine:
 
                 self.shadowing = LiveShadowing(
                     cfg.shadowing, self.app.handoff, registry=False, source=self.source,
-                    capture_snapshot=lambda: self.app.snapshots()[0]).start()
+                    capture_snapshot=lambda: self.app.snapshots()[0])
+                self.shadowing.rules = self.rules
+                self.shadowing.start()
             return self
         self._q = self._ctx.Queue()
         self._ctl, self._ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -183,7 +188,8 @@ class LiveEngine:
             if self.app is not None:
                 with contextlib.suppress(Exception):
                     cap = self.app.snapshots()[0]
-            doc, v = live_report(sh, states, source=self.source, capture=cap)
+            doc, v = live_report(sh, states, source=self.source, capture=cap,
+                                 rules=self.rules() if self.rules else None)
             self._report, self._verdict = doc, v
             self.regressions = len(doc.get("regressions", []))
             if sh.report:
@@ -196,6 +202,13 @@ class LiveEngine:
             return None
         finally:
             self._verdict_lock.release()
+
+    def rejudge(self) -> dict[str, Any] | None:
+        """A verdict now (the console after a noise mark); returns the report."""
+        if self.shadowing is not None:  # its own thread judges: at its next verdict
+            self.shadowing.rules = self.rules
+            return None
+        return self._rolling()
 
     def supervise(self) -> None:
         """Restart capture or worker processes that died (not when stopping)."""

@@ -1,0 +1,181 @@
+"""The web console without a browser: its config keys, the token, noise marks reaching the
+merged verdict, and the exchange ring's bounds (the browser test is test_console_browser.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance import config
+from appliance.console.server import Console
+from appliance.console.state import ExchangeRing, NoiseMarks
+from appliance.shadowing import ShadowingConfig, ShadowTarget, live_report
+
+
+def _cfg(tmp: Path, console: Any) -> Any:
+    (tmp / "c.pcap").write_bytes(b"")
+    (tmp / "key").write_bytes(b"k" * 32)
+    os.chmod(tmp / "key", 0o600)
+    return config.parse({"source": {"file": str(tmp / "c.pcap")},
+                         "pipeline": {"sanitise": {"key_file": str(tmp / "key")},
+                                      "sinks": [{"type": "jsonl", "path": str(tmp / "x.jsonl")}]},
+                         "metrics": {"listen": None}, "console": console})
+
+
+@pytest.mark.parametrize(("console", "msg"), [
+    ({"listen": "localhost"}, "console.listen: 'localhost' is not HOST:PORT"),
+    ({"tokn_file": "x"}, "did you mean 'token_file'?"),
+    ({"token_file": "/nonexistent/token"}, "console.token_file: '/nonexistent/token' is not a"),
+    ({"exchanges": 5}, "console.exchanges: 5 is out of range"),
+    ({"exchanges": "many"}, "console.exchanges: expected a whole number"),
+])
+def test_console_config_mistakes_name_the_key(tmp_path: Path, console: dict, msg: str) -> None:
+    with pytest.raises(config.ConfigError, match=None) as e:
+        _cfg(tmp_path, console)
+    assert msg in str(e.value)
+
+
+def test_console_is_off_unless_configured(tmp_path: Path) -> None:
+    assert _cfg(tmp_path, None).console is None
+    c = _cfg(tmp_path, {}).console
+    assert c.listen == "127.0.0.1:9750" and c.token_file is None and c.exchanges == 50_000
+
+
+def _state(field: str) -> dict[str, Any]:
+    """A worker's ThreeWay state: the candidate alone differs on ``field`` in 30/30."""
+    return {"three_way": {
+        "version": 1, "three_way": True, "compared": 30,
+        "endpoints": {"GET /x": {"compared": 30, "candidate_errors": 0, "not_compared": 0}},
+        "keys": [{"endpoint": "GET /x", "field": field, "kind": "changed_value", "cand": 30,
+                  "sec": 0, "cand_only": 30, "sec_only": 0, "ruled": 0, "rule": False,
+                  "examples": []}],
+        "patterns": [[[0], 30]]}, "compared": 30}
+
+
+def test_a_noise_mark_turns_the_merged_verdict_and_is_saved(tmp_path: Path) -> None:
+    sh = ShadowingConfig(candidate=ShadowTarget("b", "http://127.0.0.1:2", "candidate"),
+                         secondary=ShadowTarget("a", "http://127.0.0.1:1", "secondary"))
+    states = [_state("header:cache-control")]
+    doc, _ = live_report(sh, states, source="t")
+    assert doc["summary"]["verdict"] == "fail"
+    marks = NoiseMarks(tmp_path / "rules.yaml")
+    assert marks.set("*", "header:cache-control", "changed_value", True)
+    assert not marks.set("*", "header:cache-control", "changed_value", True)  # no duplicate
+    doc, _ = live_report(sh, states, source="t", rules=marks.rules())
+    assert doc["summary"]["verdict"] == "pass"
+    (f,) = doc["noise"]
+    assert f["source"] == "rules" and f["reason"] == NoiseMarks.REASON
+    again = NoiseMarks(tmp_path / "rules.yaml")  # read back at the next start
+    assert [r.to_dict() for r in again.fields] == marks.marked()
+    assert again.set("*", "header:cache-control", "changed_value", False)
+    doc, _ = live_report(sh, states, source="t", rules=again.rules())
+    assert doc["summary"]["verdict"] == "fail"
+
+
+def _line(i: int) -> bytes:
+    return json.dumps({"v": 1, "id": f"c{i}.1", "ts_request_start": 1.0 + i,
+                       "ts_request_end": 1.0 + i, "ts_response_start": 1.002 + i,
+                       "request": {"method": "GET" if i % 3 else "POST",
+                                   "target": f"/items/{i}", "version": "HTTP/1.1",
+                                   "headers": [["Host", "shop.example"]]},
+                       "response": {"status": 500 if i % 10 == 0 else 200}}).encode()
+
+
+def test_the_exchange_ring_is_bounded_and_pages_stay_fast() -> None:
+    ring = ExchangeRing(size=20_000, details=100)
+    for i in range(60_000):
+        ring.add_line(_line(i), 0.0)
+    assert len(ring.rows) == 20_000 and len(ring.details) == 100
+    t0 = time.perf_counter()
+    p = ring.page(method="POST", status="5xx", q="/items/", offset=10, limit=25)
+    took = time.perf_counter() - t0
+    assert took < 0.5, took
+    assert p["rows"] and all(r["method"] == "POST" and r["status"] == 500 for r in p["rows"])
+    assert p["rows"][0]["seq"] > p["rows"][-1]["seq"]  # newest first
+    assert p["total"] == sum(1 for i in range(40_000, 60_000) if i % 3 == 0 and i % 10 == 0)
+    assert p["rows"][0]["latency_ms"] == pytest.approx(2.0, abs=0.01)
+    assert ring.detail("c59999.1")["id"] == "c59999.1"
+    assert ring.detail("c1.1") is None  # only the recent ones are kept whole
+
+
+class _Engine:
+    """What the console needs of a LiveEngine."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg, self.n, self.rules, self.rejudged = cfg, 0, None, 0
+        self.last_report = None
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [{"worker": 0, "role": "capture", "packets": 10, "exchanges": 3}]
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def rejudge(self) -> None:
+        self.rejudged += 1
+
+
+def _req(url: str, *, token: str | None = None, cookie: str | None = None,
+         body: bytes | None = None, ctype: str = "application/json") -> tuple[int, bytes, Any]:
+    h = {}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    if cookie:
+        h["Cookie"] = cookie
+    if body is not None:
+        h["Content-Type"] = ctype
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, data=body, headers=h), timeout=5) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
+def test_the_token_guards_every_route_and_a_mark_rejudges(tmp_path: Path) -> None:
+    (tmp_path / "tok").write_text("x" * 20 + "\n")
+    cfg = _cfg(tmp_path, {"listen": "127.0.0.1:0", "token_file": str(tmp_path / "tok"),
+                          "rules_file": str(tmp_path / "marks.yaml")})
+    eng = _Engine(cfg)
+    con = Console(eng, cfg.console).start()
+    try:
+        base = con.url.rstrip("/")
+        assert con.token == "x" * 20 and not con.generated
+        for path in ("/", "/static/app.js", "/api/overview", "/api/findings", "/api/events"):
+            assert _req(base + path)[0] == 401, path
+            assert _req(base + path, token="y" * 20)[0] == 401, path
+        assert _req(base + "/?token=nope")[0] == 401
+        code, _, headers = _req(f"{base}/?token={con.token}")
+        assert code == 303
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+        code, body, headers = _req(base + "/", cookie=cookie)
+        assert code == 200 and b"shadowtap console" in body
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        code, body, _ = _req(base + "/api/overview", token=con.token)
+        assert code == 200 and json.loads(body)["exchanges"]["sanitised"] is True
+        mark = json.dumps({"endpoint": "GET /x", "field": "body:$.a", "kind": "changed_value",
+                           "noise": True}).encode()
+        assert _req(base + "/api/noise", body=mark)[0] == 401
+        assert _req(base + "/api/noise", cookie=cookie, body=mark, ctype="text/plain")[0] == 415
+        code, body, _ = _req(base + "/api/noise", cookie=cookie, body=mark)
+        assert code == 200 and json.loads(body)["changed"] and eng.rejudged == 1
+        assert eng.rules().match("GET /x", "body:$.a", "changed_value") is not None
+        assert "body:$.a" in (tmp_path / "marks.yaml").read_text()
+    finally:
+        con.stop()
