@@ -112,7 +112,9 @@ def root(
 
 def _register_all() -> None:
     """Mount every sub-command (their modules are imported here, not at start-up)."""
-    from appliance import cli_appliance, cli_canary, cli_images
+    from appliance.canary import cli as cli_canary
+    from appliance.images import cli as cli_images
+    from appliance.live import cli as cli_appliance
     from netconfig import cli as netconfig_cli
     from replay import cli as replay_cli
     from replay import cli_replay, cli_sanitise

@@ -34,7 +34,7 @@ from typing import Any
 
 # The latency judge lives with the live-shadowing loop (the daemon runs it too); the names stay
 # importable from here.
-from appliance.shadowing import judge_latency, mann_whitney_p  # noqa: F401
+from appliance.live.shadowing import judge_latency, mann_whitney_p  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("shadowtap.demo")
@@ -65,7 +65,7 @@ class Engine:
         self.stop_event = threading.Event()
 
     def _config(self) -> Any:
-        from appliance import config
+        from appliance.live import config
 
         keyfile = self.workdir / "pseudonym.key"
         keyfile.write_bytes(self.key)
@@ -109,7 +109,7 @@ class Engine:
 
     def run(self) -> int:
         from appliance.live.engine import LiveEngine
-        from appliance.shadowing import write_reports
+        from appliance.live.shadowing import write_reports
 
         cfg = self._config()
         eng = LiveEngine(cfg, source=f"live capture ({self.interface})")

@@ -278,7 +278,7 @@ def test_broken_policy_yaml_is_one_line_with_the_spot(capture: Path, tmp_path: P
 # ---- appliance check -------------------------------------------------------------------------
 
 def _no_capture(monkeypatch: pytest.MonkeyPatch) -> None:
-    import appliance.daemon as daemon
+    import appliance.live.daemon as daemon
 
     def boom(*a: Any, **k: Any) -> Any:
         raise AssertionError("appliance check started the appliance")

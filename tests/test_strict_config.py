@@ -127,7 +127,7 @@ def _one_line(e: pytest.ExceptionInfo[BaseException], *words: str) -> None:
 
 
 def test_appliance_config(tmp_path: Path) -> None:
-    from appliance import config as cfgmod
+    from appliance.live import config as cfgmod
 
     cap = tmp_path / "c.pcap"
     cap.write_bytes(b"")
@@ -148,7 +148,7 @@ def test_appliance_config(tmp_path: Path) -> None:
 
 
 def test_checks_file(tmp_path: Path) -> None:
-    from appliance.checks import CheckSpecError, load_checks
+    from appliance.images.checks import CheckSpecError, load_checks
 
     p = tmp_path / "checks.yaml"
     p.write_text("checks:\n  - {type: http, path: /}\n"
@@ -165,7 +165,7 @@ def test_checks_file(tmp_path: Path) -> None:
 
 
 def test_image_manifest(tmp_path: Path) -> None:
-    from appliance.imagesync import ImageError, load_manifest
+    from appliance.images.imagesync import ImageError, load_manifest
 
     (tmp_path / "shadowtap-image.yaml").write_text(
         "name: shop\nservice: {command: run, prot: 8080}\n")
@@ -213,7 +213,7 @@ def test_sanitise_policy(tmp_path: Path) -> None:
 
 
 def test_canary_policy(tmp_path: Path) -> None:
-    from appliance.canary import CanaryConfigError, load_policy
+    from appliance.canary.rollout import CanaryConfigError, load_policy
 
     p = tmp_path / "canary.yaml"
     p.write_text("steps: [10, 50, 100]\nstep_secs: 5\n")

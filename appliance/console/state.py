@@ -295,7 +295,7 @@ class ConsoleState:
         self.tick_seq = 0
 
     def log_paths(self) -> list[Path]:
-        from appliance.pipeline import worker_path
+        from appliance.live.pipeline import worker_path
 
         # One log per pipeline worker; without workers, one per capture process.
         n = getattr(self.engine, "n", 0) or self.cfg.workers
@@ -495,7 +495,7 @@ class ConsoleState:
         rep = self._report() or {}
         pool: Any = None
         try:
-            from appliance.shadows import Pool
+            from appliance.images.shadows import Pool
 
             pool = [{k: r.get(k) for k in ("name", "backend", "addr", "image", "branch",
                                            "expires", "status")} for r in Pool().records()]

@@ -144,7 +144,7 @@ class BusConsumer:
 
     def __init__(self, cfg: BusConfig, shadowing: Any, *, index: int = 0, of: int = 1,
                  group: str = "shadowtap-workers", batch: int = 500) -> None:
-        from appliance.shadowing import Shadower
+        from appliance.live.shadowing import Shadower
 
         self.cfg = cfg
         self.index = index
@@ -302,7 +302,7 @@ class BusConsumer:
 def merged_report(cfg: BusConfig, shadowing: Any, *, group: str = "shadowtap-workers",
                   source: str = "bus") -> tuple[dict, Any]:
     """One report from every worker's state in the bus (one consumer group)."""
-    from appliance.shadowing import live_report
+    from appliance.live.shadowing import live_report
 
     r = connect(cfg.url)
     states = [orjson.loads(v) for v in r.hgetall(f"{cfg.state_key}:{group}").values()]

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.config import ApplianceConfig
-from appliance.daemon import Appliance, HandoffLink
+from appliance.live.config import ApplianceConfig
+from appliance.live.daemon import Appliance, HandoffLink
 from appliance.live.handoff import make_pipe
-from appliance.shadowing import fill_examples
+from appliance.live.shadowing import fill_examples
 
 log = logging.getLogger("shadowtap.engine")
 
@@ -98,7 +98,7 @@ class LiveEngine:
         if self.n == 0:
             self.app = Appliance(cfg).start()
             if cfg.shadowing is not None:
-                from appliance.shadowing import LiveShadowing
+                from appliance.live.shadowing import LiveShadowing
 
                 self.shadowing = LiveShadowing(
                     cfg.shadowing, self.app.handoff, registry=False, source=self.source,
@@ -173,7 +173,7 @@ class LiveEngine:
 
     def _rolling(self, final: bool = False) -> dict[str, Any] | None:
         """Merge every worker's state into one verdict; write the reports."""
-        from appliance.shadowing import live_report, write_reports
+        from appliance.live.shadowing import live_report, write_reports
 
         sh = self.cfg.shadowing
         if sh is None:
@@ -330,7 +330,7 @@ class LiveEngine:
         return True, f"{why}; {self.n} pipeline workers"
 
     def merged_status(self) -> dict[str, Any]:
-        from appliance.shadowing import merge_status
+        from appliance.live.shadowing import merge_status
 
         if self.shadowing is not None:
             return merge_status([self.shadowing.shadower.status()])
@@ -340,7 +340,7 @@ class LiveEngine:
 
     def status(self) -> dict[str, Any]:
         """Counters for a progress view (cheap: no verdict)."""
-        from appliance.shadowing import progress_view
+        from appliance.live.shadowing import progress_view
 
         if self.shadowing is not None:
             return self.shadowing.status()
@@ -366,8 +366,8 @@ class LiveEngine:
 
     def serve_metrics(self, listen: str | None = None) -> Any:
         """/metrics and /healthz for capture, workers and shadowing (``metrics.listen``)."""
-        from appliance.metrics import MetricsServer
-        from appliance.shadowing import ShadowMetrics
+        from appliance.live.metrics import MetricsServer
+        from appliance.live.shadowing import ShadowMetrics
 
         addr = listen or self.cfg.metrics_listen
         if not addr:

@@ -3,7 +3,7 @@
 Each worker reads the JSONL lines its pipe carries (the connections that hash to it), turns them
 back into Exchanges, and runs the pipeline stages the capture process no longer runs: filters,
 the sanitise stage (before anything reaches a log or a shadow), the JSONL logs (one file per
-worker when there are several), and live shadowing (``appliance.shadowing.Shadower``) in one
+worker when there are several), and live shadowing (``appliance.live.shadowing.Shadower``) in one
 event loop. It never talks to the capture except by reading: a slow worker fills its pipe and
 the capture sheds, counted.
 
@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from appliance.live.handoff import LineSplitter
-from appliance.pipeline import Pipeline, Stats, build
+from appliance.live.pipeline import Pipeline, Stats, build
 
 log = logging.getLogger("shadowtap.worker")
 
@@ -49,7 +49,7 @@ class ShadowSink:
 def pipeline_for_worker(cfg: Any, index: int, workers: int, stats: Stats) -> Pipeline:
     """The stages and sinks a worker runs: everything but sampling (done on frames in the
     capture), raw pcap sinks (they need frames) and the in-process hand-off queue."""
-    from appliance.config import PipelineConfig
+    from appliance.live.config import PipelineConfig
 
     p = cfg.pipeline
     mine = PipelineConfig(sample_percent=100.0, filters=p.filters, sanitise=p.sanitise,
@@ -66,7 +66,7 @@ class ProcessingWorker:
     """One worker's loop (see the module docstring)."""
 
     def __init__(self, cfg: Any, index: int, workers: int, rfd: int, out: Any) -> None:
-        from appliance.shadowing import Shadower
+        from appliance.live.shadowing import Shadower
 
         self.cfg = cfg
         self.index = index
@@ -90,7 +90,7 @@ class ProcessingWorker:
     def reload(self) -> None:
         """SIGHUP: the config file again; on success new filters, sanitise policy and logs
         (the shadowing and its state go on), else the running pipeline stays."""
-        from appliance import config as cfgmod
+        from appliance.live import config as cfgmod
 
         self.reload_requested = False
         if self.cfg.path is None:
@@ -223,8 +223,8 @@ class ProcessingWorker:
 def worker_main(cfg: Any, index: int, workers: int, rfd: int, close_fds: list[int],
                 out: Any) -> None:
     """The worker process's entry (forked by the engine)."""
-    from appliance.daemon import _die_with_parent
-    from appliance.shadowing import run_loop
+    from appliance.live.daemon import _die_with_parent
+    from appliance.live.shadowing import run_loop
 
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)

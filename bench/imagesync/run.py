@@ -118,9 +118,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="st-bench-imagesync-"))
     os.environ["SHADOWTAP_HOME"] = str(work / "home")
     os.environ["SHADOWTAP_STATE_DIR"] = str(work / "state")
-    from appliance.feedback import build
-    from appliance.imagesync import ImageStore, Replicator
-    from appliance.shadows import Pool
+    from appliance.images.feedback import build
+    from appliance.images.imagesync import ImageStore, Replicator
+    from appliance.images.shadows import Pool
 
     prefix = f"stb{secrets.token_hex(2)}-"
     pool = Pool(work / "home", prefix=prefix)

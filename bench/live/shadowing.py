@@ -44,9 +44,9 @@ PY = str(ROOT / ".venv/bin/python")
 
 DRIVER = r'''
 import json, resource, sys, time
-from appliance import config
-from appliance.pipeline import Handoff, Stats
-from appliance.shadowing import LiveShadowing
+from appliance.live import config
+from appliance.live.pipeline import Handoff, Stats
+from appliance.live.shadowing import LiveShadowing
 from replay.formats.jsonl import read_jsonl
 exs = [e for e in read_jsonl(sys.argv[1]) if e.response is not None
        and e.completeness.complete]
@@ -91,7 +91,7 @@ def engine(pcap: Path, tmp: Path, urls: list[str], workers: int) -> dict[str, An
     import resource
     import time
 
-    from appliance import config
+    from appliance.live import config
     from appliance.live.engine import LiveEngine
 
     out = tmp / f"e{workers}-{secrets.token_hex(2)}"

@@ -22,7 +22,7 @@ import pytest
 from apphelpers import wait_for
 from test_live_engine import _essence, _run
 
-from appliance import config
+from appliance.live import config
 from replay.synth import generate_pcap
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,

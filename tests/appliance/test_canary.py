@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from apphelpers import JsonHandler, serve_http
 
-from appliance.canary import CANARY, PROD, CanaryJudge, CanaryPolicy, Rollout, run_rollout
+from appliance.canary.rollout import CANARY, PROD, CanaryJudge, CanaryPolicy, Rollout, run_rollout
 
 SHADOWTAP = [str(Path(sys.executable).parent / "shadowtap")]
 
@@ -94,7 +94,7 @@ def test_a_few_unlucky_errors_are_not_a_regression() -> None:
 
 
 def test_binomial_tail() -> None:
-    from appliance.canary import binomial_tail
+    from appliance.canary.rollout import binomial_tail
 
     assert binomial_tail(0, 10, .3) == 1.0
     assert abs(binomial_tail(10, 10, .5) - 0.5 ** 10) < 1e-12
@@ -136,7 +136,7 @@ def test_the_rollout_is_exported_to_prometheus() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from appliance.canary import RolloutCollector
+    from appliance.canary.rollout import RolloutCollector
 
     r = Rollout(CanaryPolicy(steps=[10, 100], step_seconds=5, min_requests=5), lambda w: None)
     reg = CollectorRegistry()

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from appliance import config
 from appliance.console.server import Console
 from appliance.console.state import ExchangeRing, NoiseMarks
-from appliance.shadowing import ShadowingConfig, ShadowTarget, live_report
+from appliance.live import config
+from appliance.live.shadowing import ShadowingConfig, ShadowTarget, live_report
 
 
 def _cfg(tmp: Path, console: Any) -> Any:

@@ -87,10 +87,11 @@ def test_console_in_chromium(tmp_path: Path) -> None:
             shutil.copy(report, tmp_path / "report.html")
 
             page.click("nav a[data-page=findings]")
-            row = page.wait_for_selector("#fd-regressions tr[data-field='header:cache-control']",
-                                         timeout=15_000)
-            assert row is not None
-            row.click()
+            # a locator, not an element handle: live updates re-render the table, and a
+            # locator finds the row again where a handle would be detached
+            row = page.locator("#fd-regressions tr[data-field='header:cache-control']").first
+            row.wait_for(timeout=15_000)
+            row.click(timeout=15_000)
             page.wait_for_selector("#fd-examples mark", timeout=15_000)
             title = page.inner_text("#fd-detail-title")
             assert "header:cache-control" in title and "regression" in title

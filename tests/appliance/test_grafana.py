@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.canary import CanaryPolicy, Rollout, RolloutCollector
-from appliance.metrics import MetricsServer
-from appliance.shadowing import ShadowingConfig, ShadowMetrics, ShadowTarget, merge_status
+from appliance.canary.rollout import CanaryPolicy, Rollout, RolloutCollector
+from appliance.live.metrics import MetricsServer
+from appliance.live.shadowing import ShadowingConfig, ShadowMetrics, ShadowTarget, merge_status
 from replay.compare import Finding, Verdict
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "appliance" / "grafana" / "shadowtap.json"

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from apphelpers import Server, check_exactly_once, run_load
 
-from appliance import config
-from appliance.daemon import Appliance
+from appliance.live import config
+from appliance.live.daemon import Appliance
 from netconfig import lab
 from netconfig import netns as nsmod
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from apphelpers import Server, free_port, serve_http, wait_for
 
-from appliance import config
+from appliance.live import config
 from appliance.live.engine import LiveEngine
 from netconfig import lab
 from netconfig import netns as nsmod

@@ -28,7 +28,7 @@ from apphelpers import (
     write_config,
 )
 
-from appliance.capture import RingConfig, RingSource
+from appliance.live.capture import RingConfig, RingSource
 from netconfig import netns as nsmod
 
 pytestmark = pytest.mark.root

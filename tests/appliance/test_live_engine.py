@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from appliance import config
+from appliance.live import config
 from appliance.live.engine import LiveEngine, needs_workers
 from appliance.live.handoff import (
     Dispatcher,

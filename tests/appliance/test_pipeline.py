@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance import config as cfgmod
-from appliance.capture import (
+from appliance.live import config as cfgmod
+from appliance.live.capture import (
     CaptureError,
     FileSource,
     compile_bpf,
@@ -20,9 +20,9 @@ from appliance.capture import (
     endpoint_bytes,
     frame_conn_hash,
 )
-from appliance.config import ConfigError, FilterConfig, SinkConfig
-from appliance.daemon import Appliance
-from appliance.pipeline import (
+from appliance.live.config import ConfigError, FilterConfig, SinkConfig
+from appliance.live.daemon import Appliance
+from appliance.live.pipeline import (
     Filter,
     Handoff,
     PcapSink,
@@ -130,7 +130,7 @@ def test_sanitise_stage_runs_before_every_sink(tmp_path: Path) -> None:
 def test_rotating_file_by_size_keeps_newest_and_trims_partial_records(tmp_path: Path) -> None:
     live = tmp_path / "ex.jsonl"
     live.write_bytes(b'{"a":1}\n{"b":2}\n{"half')  # what a kill -9 can leave
-    from appliance.pipeline import _trim_partial_line
+    from appliance.live.pipeline import _trim_partial_line
 
     f = RotatingFile(live, max_size=100, max_age=3600, keep=3, trim=_trim_partial_line)
     rotated = sorted(tmp_path.glob("ex.*.jsonl"))
@@ -336,7 +336,7 @@ def test_dropping_bare_acks_in_the_kernel_changes_no_exchange(tmp_path: Path) ->
     exchanges are the same, byte for byte. Checked by running the very filter expression
     through tcpdump over a synthetic capture. (Under loss the extractor uses the peer's ACKs to
     declare holes early, hence the option is off by default.)"""
-    from appliance.capture import kernel_filter
+    from appliance.live.capture import kernel_filter
     from replay.formats.jsonl import exchange_to_record
 
     pcap = tmp_path / "in.pcap"
@@ -368,7 +368,7 @@ def test_jsonl_sink_takes_line_blocks_and_rotates_as_line_by_line(tmp_path: Path
     writing them one by one would have rotated them."""
     import random
 
-    from appliance.pipeline import JsonlSink
+    from appliance.live.pipeline import JsonlSink
     from replay.formats.jsonl import exchange_line
 
     exs = list(extract_file(_small_capture(tmp_path)))

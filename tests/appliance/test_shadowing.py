@@ -27,7 +27,7 @@ from apphelpers import (
     wait_for,
 )
 
-from appliance import config
+from appliance.live import config
 from netconfig import netns as nsmod
 
 pytestmark = pytest.mark.root
@@ -231,7 +231,7 @@ def test_shadowing_needs_one_worker_and_gets_its_handoff() -> None:
 def test_live_report_lists_the_captures_http_weirds() -> None:
     """The live report carries the capture's framing weirds (request smuggling shapes seen on
     the mirror), as ``shadowtap diff`` does for a file."""
-    from appliance.shadowing import ShadowingConfig, ShadowTarget, live_report
+    from appliance.live.shadowing import ShadowingConfig, ShadowTarget, live_report
 
     cfg = ShadowingConfig(candidate=ShadowTarget("shadow-2", "http://127.0.0.1:9", "candidate"))
     weird = {"te_with_content_length": 2, "bad_content_length": 1}

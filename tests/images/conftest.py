@@ -30,7 +30,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         yield e
     finally:
         try:
-            from appliance.shadows import Pool
+            from appliance.images.shadows import Pool
 
             if (home / "pool.json").exists():
                 Pool(home).destroy()

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from imagehelpers import Env, make_image
 
-from appliance.checks import ChecksFile, load_checks, run_checks
-from appliance.feedback import History
-from appliance.imagesync import ImageStore, push
-from appliance.shadows import Pool
+from appliance.images.checks import ChecksFile, load_checks, run_checks
+from appliance.images.feedback import History
+from appliance.images.imagesync import ImageStore, push
+from appliance.images.shadows import Pool
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from imagehelpers import Env, make_image
 
-from appliance.imagesync import (
+from appliance.images.imagesync import (
     ImageStore,
     Replicator,
     load_manifest,
@@ -20,7 +20,7 @@ from appliance.imagesync import (
     remote_hash,
     tree_hash,
 )
-from appliance.shadows import LabShadow, Pool
+from appliance.images.shadows import LabShadow, Pool
 
 pytestmark = pytest.mark.root
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from imagehelpers import Env, run_cli
 
-from appliance.ignore import IgnoreRules
-from appliance.imagesync import (
+from appliance.images.ignore import IgnoreRules
+from appliance.images.imagesync import (
     ImageError,
     ignored,
     load_manifest,
@@ -27,7 +27,7 @@ from appliance.imagesync import (
     tree_hash,
     tree_listing,
 )
-from appliance.shadows import LabShadow, Pool
+from appliance.images.shadows import LabShadow, Pool
 
 APP_PY = '''
 import os

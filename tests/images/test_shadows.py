@@ -21,9 +21,9 @@ import pytest
 import yaml
 from imagehelpers import Env, make_image
 
-from appliance.feedback import merge_webhook_server, merged_branch, verify_signature
-from appliance.imagesync import ImageStore, Replicator, push, remote_hash, tree_hash
-from appliance.shadows import (
+from appliance.images.feedback import merge_webhook_server, merged_branch, verify_signature
+from appliance.images.imagesync import ImageStore, Replicator, push, remote_hash, tree_hash
+from appliance.images.shadows import (
     Pool,
     parse_duration,
     parse_ssh_config,
@@ -70,7 +70,7 @@ def test_ephemeral_shadows_ttl_gc_and_merge_webhook(env: Env) -> None:
                        capture_output=True, text=True, timeout=30, cwd=REPO,
                        env=dict(os.environ, SHADOWTAP_HOME=str(env.home), SHELL="/bin/sh"))
     assert h.addr in r.stdout and "/shadows/e2/releases/" in r.stdout and "v1" in r.stdout, r
-    from appliance.cli_images import forward
+    from appliance.images.cli import forward
 
     srv = forward(h, 8080, ("127.0.0.1", 0))
     try:
@@ -296,7 +296,7 @@ def test_parse_duration() -> None:
 
 
 def test_permission_and_secret_scanners(tmp_path: Path) -> None:
-    from appliance.checks import scan_secrets, scan_tree_permissions
+    from appliance.images.checks import scan_secrets, scan_tree_permissions
 
     (tmp_path / "tmp").mkdir()
     os.chmod(tmp_path / "tmp", 0o1777)  # sticky: fine
@@ -315,7 +315,7 @@ def test_permission_and_secret_scanners(tmp_path: Path) -> None:
 
 
 def test_watcher_pushes_once_per_settled_burst(tmp_path: Path) -> None:
-    from appliance.imagesync import TreeWatcher
+    from appliance.images.imagesync import TreeWatcher
 
     calls: list[float] = []
     w = TreeWatcher(tmp_path, lambda: calls.append(time.monotonic()), settle=0.4,
@@ -414,7 +414,7 @@ def test_ssh_backend_against_a_real_sshd_in_a_namespace(env: Env) -> None:
 
 @pytest.mark.root
 def test_build_scales_the_pool_with_queued_builds_and_idle_time(env: Env) -> None:
-    from appliance.feedback import build
+    from appliance.images.feedback import build
 
     img = make_image(env.tmp / "img", files=2)
     pool = Pool(env.home, prefix=env.prefix)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from imagehelpers import Env, error_lines, make_image, run_cli
 
-from appliance.feedback import History
-from appliance.imagesync import push
-from appliance.shadows import Pool
+from appliance.images.feedback import History
+from appliance.images.imagesync import push
+from appliance.images.shadows import Pool
 from netconfig import lab
 from netconfig import netns as nsmod
 

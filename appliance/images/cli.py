@@ -35,9 +35,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from appliance.checks import CheckSpecError
-    from appliance.imagesync import ImageError
-    from appliance.shadows import ShadowError
+    from appliance.images.checks import CheckSpecError
+    from appliance.images.imagesync import ImageError
+    from appliance.images.shadows import ShadowError
     from netconfig.errors import NetconfigError
 
     return (ImageError, ShadowError, CheckSpecError, NetconfigError)
@@ -98,8 +98,8 @@ def image_push(
     """Snapshot the image and bring every shadow following it to the new snapshot."""
     from dataclasses import asdict
 
-    from appliance.imagesync import push
-    from appliance.shadows import Pool
+    from appliance.images.imagesync import push
+    from appliance.images.shadows import Pool
 
     _need_root()
     con = _console()
@@ -132,9 +132,9 @@ def image_watch(
     timeout: TimeoutOpt = 120.0,
 ) -> None:
     """Push (and check) every time the build directory settles after changes. Ctrl-C stops."""
-    from appliance.feedback import build
-    from appliance.imagesync import TreeWatcher, load_manifest
-    from appliance.shadows import Pool
+    from appliance.images.feedback import build
+    from appliance.images.imagesync import TreeWatcher, load_manifest
+    from appliance.images.shadows import Pool
 
     _need_root()
     con = _console()
@@ -169,7 +169,7 @@ def image_list(
     """Snapshots kept for an image (rollback targets)."""
     from dataclasses import asdict
 
-    from appliance.imagesync import ImageStore
+    from appliance.images.imagesync import ImageStore
 
     snaps = ImageStore(image).snapshots()
     if as_json:
@@ -192,8 +192,8 @@ def image_rollback(
     timeout: TimeoutOpt = 120.0,
 ) -> None:
     """Put every shadow of an image back on an earlier snapshot (atomic switch per shadow)."""
-    from appliance.imagesync import ImageStore, Replicator
-    from appliance.shadows import Pool
+    from appliance.images.imagesync import ImageStore, Replicator
+    from appliance.images.shadows import Pool
 
     _need_root()
     try:
@@ -214,7 +214,7 @@ def history_cmd(
     """Every build's verdict and figures, newest first, with trends."""
     from rich.table import Table
 
-    from appliance.feedback import History, trend
+    from appliance.images.feedback import History, trend
 
     rows = History().builds(image, limit)
     if as_json:
@@ -274,8 +274,8 @@ def build_hook(
     as_json: Json = False,
 ) -> None:
     """For build pipelines: push the delta, wait for the checks, print a summary, exit 0 or 1."""
-    from appliance.feedback import build
-    from appliance.shadows import Pool
+    from appliance.images.feedback import build
+    from appliance.images.shadows import Pool
 
     _need_root()
     con = _console()
@@ -338,9 +338,9 @@ def shadow_create(
     timeout: TimeoutOpt = 120.0,
 ) -> None:
     """Create a shadow running an image (fenced like every shadow); ephemeral with --ttl."""
-    from appliance.imagesync import ImageStore, Replicator, load_manifest
-    from appliance.shadows import Pool, parse_duration, parse_ssh_config, vagrant_ssh_config
-    from appliance.shadows import write_ssh_config as write_cfg
+    from appliance.images.imagesync import ImageStore, Replicator, load_manifest
+    from appliance.images.shadows import Pool, parse_duration, parse_ssh_config, vagrant_ssh_config
+    from appliance.images.shadows import write_ssh_config as write_cfg
 
     if backend == "lab":
         _need_root()
@@ -382,8 +382,8 @@ def shadow_create(
 
 def shadow_list(as_json: Json = False) -> None:
     """All shadows: backend, address, image, release, expiry."""
-    from appliance.imagesync import release_snapshot
-    from appliance.shadows import Pool, host_for
+    from appliance.images.imagesync import release_snapshot
+    from appliance.images.shadows import Pool, host_for
 
     recs = Pool().records()
     for r in recs:
@@ -415,7 +415,7 @@ def shadow_delete(
                       ] = None,
 ) -> None:
     """Delete shadows (by name, or all of a merged branch)."""
-    from appliance.shadows import Pool
+    from appliance.images.shadows import Pool
 
     pool = Pool()
     try:
@@ -438,7 +438,7 @@ def _released(pool: Any) -> str:
 
 def shadow_gc() -> None:
     """Reap ephemeral shadows whose TTL has passed."""
-    from appliance.shadows import Pool
+    from appliance.images.shadows import Pool
 
     pool = Pool()
     try:
@@ -464,8 +464,8 @@ def shadow_verify(
     """
     from dataclasses import asdict
 
-    from appliance.shadows import Pool
-    from appliance.verify import verify
+    from appliance.images.shadows import Pool
+    from appliance.images.verify import verify
 
     pool = Pool()
     try:
@@ -515,7 +515,7 @@ def _verify_table(out: list[Any], deep: bool) -> Any:
 
 def shadow_shell(name: Annotated[str, typer.Argument()]) -> None:
     """A shell inside the shadow: its network namespace and image dir (or ssh)."""
-    from appliance.shadows import Pool
+    from appliance.images.shadows import Pool
 
     try:
         argv = Pool().get(name).shell_argv()
@@ -530,7 +530,7 @@ def shadow_logs(
     lines: Annotated[int, typer.Option("-n", "--lines")] = 100,
 ) -> None:
     """The shadow's service log (stdout and stderr of the image's service)."""
-    from appliance.shadows import Pool
+    from appliance.images.shadows import Pool
 
     try:
         sys.stdout.write(Pool().get(name).logs(lines))
@@ -540,8 +540,8 @@ def shadow_logs(
 
 def shadow_health(name: Annotated[str, typer.Argument()]) -> None:
     """Reachable? On which release? Does the service answer?"""
-    from appliance.imagesync import ImageStore, load_manifest
-    from appliance.shadows import Pool
+    from appliance.images.imagesync import ImageStore, load_manifest
+    from appliance.images.shadows import Pool
 
     pool = Pool()
     try:
@@ -599,7 +599,7 @@ def shadow_forward(
     bind: Annotated[str, typer.Option("--bind")] = "127.0.0.1",
 ) -> None:
     """Expose a shadow's port on this host until Ctrl-C."""
-    from appliance.shadows import Pool
+    from appliance.images.shadows import Pool
 
     try:
         h = Pool().get(name)
@@ -622,8 +622,8 @@ def shadow_merge_webhook(
                           ] = None,
 ) -> None:
     """Serve GitHub/GitLab merge webhooks: a merged branch's shadows are deleted."""
-    from appliance.feedback import merge_webhook_server
-    from appliance.shadows import Pool
+    from appliance.images.feedback import merge_webhook_server
+    from appliance.images.shadows import Pool
 
     secret = os.environ.get(secret_env) if secret_env else None
     srv = merge_webhook_server(Pool(), bind, port, secret)
@@ -644,8 +644,8 @@ def shadow_scale(
     idle_after: Annotated[float, typer.Option("--idle-after")] = 600.0,
 ) -> None:
     """Grow or shrink the image's pool shadows (what the appliance does on every build)."""
-    from appliance.imagesync import ImageStore, Replicator, load_manifest
-    from appliance.shadows import Pool
+    from appliance.images.imagesync import ImageStore, Replicator, load_manifest
+    from appliance.images.shadows import Pool
 
     _need_root()
     try:

@@ -1,6 +1,6 @@
 """Capture sources: an AF_PACKET TPACKET_V3 ring, a VXLAN receiver and capture files.
 
-Every source has the same small surface so that one worker loop (``appliance.pipeline``) drives
+Every source has the same small surface so that one worker loop (``appliance.live.pipeline``) drives
 any of them: ``poll(timeout) -> list[(ts, linktype, frame)]`` returns the frames that arrived
 (possibly none), ``stats() -> dict`` returns cumulative counters (kernel packets and drops,
 user-space drops by reason), ``close()``. The frames go unchanged into ``replay.extract.Extractor``,

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import procs
-from appliance.imagesync import ImageStore, Snapshot
-from appliance.shadows import RSYNC_PORT, ShadowHost, parse_duration
+from appliance.images.imagesync import ImageStore, Snapshot
+from appliance.images.shadows import RSYNC_PORT, ShadowHost, parse_duration
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("http", "pytest", "locust", "security", "replay")

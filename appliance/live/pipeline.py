@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from appliance.capture import Frame, conn_hash, endpoint_bytes, frame_conn_hash
-from appliance.config import FilterConfig, PipelineConfig, SinkConfig
+from appliance.live.capture import Frame, conn_hash, endpoint_bytes, frame_conn_hash
+from appliance.live.config import FilterConfig, PipelineConfig, SinkConfig
 from replay.model import Exchange
 
 log = logging.getLogger("shadowtap.appliance")

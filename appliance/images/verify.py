@@ -9,7 +9,7 @@ Only when they differ does it fetch the listing (a second round trip) to name th
 common case costs one hash per shadow.
 
 Run-time files the image's ``ignore`` names are not the image's and are left out, exactly as a
-push leaves them out (``appliance.ignore``). ``repair`` gives a drifted shadow a full copy of
+push leaves them out (``appliance.images.ignore``). ``repair`` gives a drifted shadow a full copy of
 its own snapshot (not the latest: a shadow put back by ``image rollback`` stays there).
 """
 
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.imagesync import (
+from appliance.images.imagesync import (
     LIST_SCRIPT,
     ImageError,
     ImageStore,
@@ -32,7 +32,7 @@ from appliance.imagesync import (
     rule_args,
     tree_listing,
 )
-from appliance.shadows import ShadowHost
+from appliance.images.shadows import ShadowHost
 
 IN_STEP = "in step"
 DRIFTED = "drifted"

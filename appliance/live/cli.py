@@ -1,6 +1,6 @@
 """``shadowtap capture`` (tcpdump for exchanges) and ``shadowtap appliance run`` (the daemon).
 
-Both are thin faces over ``appliance.daemon``. Mistakes (bad filter, missing interface or
+Both are thin faces over ``appliance.live.daemon``. Mistakes (bad filter, missing interface or
 namespace, bad config key, not root) are one ``error:`` line on stderr and exit code 2, in the
 style of ``shadowtap extract``. Heavy imports stay inside the commands.
 """
@@ -93,9 +93,9 @@ def capture(
         "--key-env", help="Environment variable holding the pseudonym key")] = None,
 ) -> None:
     """Capture live traffic and write the HTTP exchanges it carries: tcpdump for exchanges."""
-    from appliance.capture import CaptureError, SourceSpec
-    from appliance.config import ApplianceConfig, PipelineConfig, SanitiseConfig
-    from appliance.daemon import Worker
+    from appliance.live.capture import CaptureError, SourceSpec
+    from appliance.live.config import ApplianceConfig, PipelineConfig, SanitiseConfig
+    from appliance.live.daemon import Worker
     from replay.cli import check_output, output_format, summary_table
     from replay.errors import InputError
     from replay.extract import Summary
@@ -190,7 +190,7 @@ def appliance_check(
 ) -> None:
     """Check a config file completely (keys, values, filter, policy and key, sink paths)
     without capturing anything; print what it would run. Exit 0 when valid, 2 when not."""
-    from appliance import config as cfgmod
+    from appliance.live import config as cfgmod
 
     try:
         cfg = cfgmod.load(config)
@@ -244,9 +244,9 @@ def appliance_run(
     log_level: LogLevel = "info",
 ) -> None:
     """Run the appliance: capture, extract, pipeline, metrics; SIGHUP reloads, SIGTERM drains."""
-    from appliance import config as cfgmod
-    from appliance.capture import CaptureError
-    from appliance.daemon import run_daemon
+    from appliance.live import config as cfgmod
+    from appliance.live.capture import CaptureError
+    from appliance.live.daemon import run_daemon
     from replay.errors import InputError
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
@@ -309,9 +309,9 @@ def worker(
     merge every worker's state into one verdict."""
     import asyncio
 
-    from appliance import config as cfgmod
+    from appliance.live import config as cfgmod
     from appliance.live.bus import BusConfig, BusConsumer, merged_report
-    from appliance.shadowing import run_loop, write_reports
+    from appliance.live.shadowing import run_loop, write_reports
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s shadowtap-worker %(levelname)s %(message)s",

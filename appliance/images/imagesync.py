@@ -6,7 +6,7 @@ An *image* is a directory tree a build writes (a rootfs, an application tree) wi
     name: shop
     service: {command: "python3 -m http.server 8080", port: 8080, health: /}
     checks: checks.yaml          # optional, relative to the image root
-    ignore: ["*.tmp", ".git/"]   # never pushed; on a shadow: run-time files (appliance.ignore)
+    ignore: ["*.tmp", ".git/"]   # never pushed; on a shadow: run-time files (appliance.images.ignore)
 
 Why the machinery is shaped the way it is:
 
@@ -55,8 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import procs
-from appliance.ignore import IgnoreError, IgnoreRules
-from appliance.shadows import ShadowHost, home
+from appliance.images.ignore import IgnoreError, IgnoreRules
+from appliance.images.shadows import ShadowHost, home
 from netconfig import state
 
 MANIFEST_NAME = "shadowtap-image.yaml"
@@ -64,7 +64,7 @@ MANIFEST_NAME = "shadowtap-image.yaml"
 # same second, with the same size, as unchanged (a build does that all the time).
 RSYNC_DELTA_OPTS = ["-a", "--delete", "--modify-window=-1"]
 
-# The ignore rules reach the snippets as two EREs (appliance.ignore): directories only, any
+# The ignore rules reach the snippets as two EREs (appliance.images.ignore): directories only, any
 # type; "^$" matches nothing. A pruned entry is not hashed and find does not descend into it.
 # With no rules the records are those of earlier versions, so recorded hashes stay valid.
 TREE_FN = r"""
@@ -930,7 +930,7 @@ def push(src: Path, stage: str, *, pool: Any = None, keep: int = 5, timeout: flo
 
     Returns (None, []) when nothing significant changed since the last snapshot.
     """
-    from appliance.shadows import Pool
+    from appliance.images.shadows import Pool
 
     pool = pool or Pool()
     m = load_manifest(src)

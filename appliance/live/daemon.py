@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from appliance import config as cfgmod
-from appliance.capture import FileSource, Source
-from appliance.config import ApplianceConfig
-from appliance.pipeline import Handoff, Pipeline, Stats, build
+from appliance.live import config as cfgmod
+from appliance.live.capture import FileSource, Source
+from appliance.live.config import ApplianceConfig
+from appliance.live.pipeline import Handoff, Pipeline, Stats, build
 from replay.extract import Extractor, Summary
 from replay.model import Exchange
 
@@ -99,7 +99,7 @@ class Worker:
         if self.dispatcher is None:
             return build(pcfg, self.stats, linktype=self.source.linktype, index=self.index,
                          workers=self.cfg.workers, handoff=handoff)
-        from appliance.config import PipelineConfig, SanitiseConfig
+        from appliance.live.config import PipelineConfig, SanitiseConfig
         from appliance.live.handoff import DispatchSink
 
         mine = PipelineConfig(sample_percent=pcfg.sample_percent,
@@ -465,7 +465,7 @@ class Appliance:
     def serve_metrics(self, listen: str | None = None) -> Any:
         """Serve /metrics and /healthz for this appliance (``metrics.listen`` by default);
         returns the server (``.stop()``; ``.port`` is the bound port, useful with port 0)."""
-        from appliance.metrics import MetricsServer
+        from appliance.live.metrics import MetricsServer
 
         addr = listen or self.cfg.metrics_listen
         if not addr:

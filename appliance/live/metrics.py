@@ -28,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from appliance.pipeline import LATENCY_BUCKETS
+from appliance.live.pipeline import LATENCY_BUCKETS
 
 Snapshots = Callable[[], list[dict[str, Any]]]
 Health = Callable[[], tuple[bool, str]]

@@ -67,8 +67,8 @@ from pathlib import Path
 from typing import Any
 
 import strictconf
-from appliance.capture import RingConfig, SourceSpec
-from appliance.shadowing import ShadowingConfig, ShadowTarget
+from appliance.live.capture import RingConfig, SourceSpec
+from appliance.live.shadowing import ShadowingConfig, ShadowTarget
 
 
 class ConfigError(Exception):
@@ -449,7 +449,7 @@ def _source(r: _Reader) -> tuple[SourceSpec, int]:
         if not spec.interface or len(spec.interface) > 15 or "/" in spec.interface:
             raise ConfigError(f"source.interface: {spec.interface!r} is not an interface name "
                               "(at most 15 characters, e.g. cap0)")
-        from appliance.capture import CaptureError
+        from appliance.live.capture import CaptureError
 
         try:
             spec.ring.validate()
@@ -459,7 +459,7 @@ def _source(r: _Reader) -> tuple[SourceSpec, int]:
             spec.fanout_group = (hash_group(spec.netns, spec.interface) if fg == "auto"
                                  else int(fg))
         if spec.bpf:
-            from appliance.capture import CaptureError, check_live_filter, compile_bpf
+            from appliance.live.capture import CaptureError, check_live_filter, compile_bpf
 
             try:
                 check_live_filter(spec.bpf)

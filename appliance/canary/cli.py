@@ -1,6 +1,6 @@
 """``shadowtap canary run``: a progressive rollout judged on live traffic, with automatic rollback.
 
-A thin face over ``appliance.canary``: it opens the appliance's capture on the mirror port (no
+A thin face over ``appliance.canary.rollout``: it opens the appliance's capture on the mirror port (no
 sanitising, nothing written but the report: the exchanges are only counted), reads which
 backend served each connection from the gateway's conntrack, steps the canary weight through
 ``netconfig.routing`` and shows each step as it is judged. Exit 0 when promoted, 1 when rolled
@@ -89,7 +89,7 @@ def canary_run(
 
     from rich.console import Console
 
-    from appliance.canary import (
+    from appliance.canary.rollout import (
         AddressBackends,
         CanaryPolicy,
         ConntrackBackends,
@@ -97,7 +97,7 @@ def canary_run(
         load_policy,
         run_rollout,
     )
-    from appliance.capture import CaptureError
+    from appliance.live.capture import CaptureError
     from netconfig import routing
     from netconfig.errors import NetconfigError
     from replay.cli import check_output
@@ -141,8 +141,8 @@ def canary_run(
     backend_of: Any = (AddressBackends(canary_ip) if canary_ip
                        else ConntrackBackends(netns, live["vip"]))
 
-    from appliance import config
-    from appliance.daemon import Appliance
+    from appliance.live import config
+    from appliance.live.daemon import Appliance
 
     doc_cfg: dict[str, Any] = {
         "source": {"interface": interface, "netns": netns, "filter": f"tcp port {port}"},
@@ -172,8 +172,8 @@ def canary_run(
     shadows = None
     tee = None
     if cfg.shadowing is not None:
-        from appliance.pipeline import Handoff, Stats
-        from appliance.shadowing import LiveShadowing
+        from appliance.live.pipeline import Handoff, Stats
+        from appliance.live.shadowing import LiveShadowing
 
         feed = Handoff(50000, Stats())
         shadows = LiveShadowing(cfg.shadowing, feed, registry=registry,
@@ -186,7 +186,7 @@ def canary_run(
     rollout = Rollout(policy, set_weight,
                       divergence=shadows.regression_names if shadows is not None else None)
     if server is not None:
-        from appliance.canary import RolloutCollector
+        from appliance.canary.rollout import RolloutCollector
 
         server.registry.register(RolloutCollector(rollout))
     stop = threading.Event()

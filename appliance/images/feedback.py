@@ -32,9 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from appliance.checks import CheckResult, ChecksFile, load_checks, run_checks
-from appliance.imagesync import ImageStore, Replicator, ShadowApply, Snapshot, load_manifest
-from appliance.shadows import Pool
+from appliance.images.checks import CheckResult, ChecksFile, load_checks, run_checks
+from appliance.images.imagesync import ImageStore, Replicator, ShadowApply, Snapshot, load_manifest
+from appliance.images.shadows import Pool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (

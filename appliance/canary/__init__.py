@@ -1,0 +1,2 @@
+"""Progressive canary rollouts: steps, the judge and automatic rollback (rollout), and the
+``canary`` commands (cli)."""
