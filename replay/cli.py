@@ -109,6 +109,10 @@ def summary_table(s: Any) -> Any:
     ]
     if s.vxlan_packets:
         rows.insert(2, ("VXLAN-decapsulated packets", f"{s.vxlan_packets:,}"))
+    tls = getattr(s, "tls", None) or {}
+    if tls.get("connections"):
+        at = next(i for i, r in enumerate(rows) if r[0] == "non-HTTP streams") + 1
+        rows[at:at] = tls_rows(s)
     for k, v in rows:
         t.add_row(k, v)
     skipped = {**s.skipped_packets}
@@ -117,6 +121,57 @@ def summary_table(s: Any) -> Any:
     if skipped:
         t.add_row("packets skipped", ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items())))
     return t
+
+
+TLS_OUTCOMES = (("decrypted", "decrypted"), ("no_key", "no key"),
+                ("auth_failed", "authentication failed"), ("h2", "HTTP/2, not parsed"),
+                ("mid_stream", "picked up mid-stream"),
+                ("unsupported_cipher", "cipher not supported"))
+
+
+def tls_rows(s: Any) -> list[tuple[str, str]]:
+    """The summary's TLS rows: connections by outcome, the undecrypted ones by SNI and ALPN,
+    records that failed authentication."""
+    tls = s.tls
+    parts = [f"{label} {tls[k]:,}" for k, label in TLS_OUTCOMES if tls.get(k)]
+    rows = [("TLS connections", f"{tls['connections']:,} ({', '.join(parts)})")]
+    if s.tls_undecrypted:
+        rows.append(("TLS not decrypted (SNI, ALPN)", _top(s.tls_undecrypted)))
+    if tls.get("auth_failures"):
+        rows.append(("TLS records failing authentication", f"{tls['auth_failures']:,}"))
+    return rows
+
+
+def _top(d: dict[str, int], n: int = 5) -> str:
+    items = sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = ", ".join(f"{k} ×{v:,}" for k, v in items[:n])
+    return out + (f", … ({len(items) - n} more)" if len(items) > n else "")
+
+
+def tls_hint(s: Any, keylogs: int) -> str | None:
+    """One line for TLS connections that were not decrypted: what they were and what to give."""
+    tls = getattr(s, "tls", None) or {}
+    n = sum(tls.get(k, 0) for k in ("no_key", "mid_stream"))
+    if not n:
+        return None
+    snis: dict[str, int] = {}
+    alpns: dict[str, int] = {}
+    for k, v in s.tls_undecrypted.items():
+        sni, _, alpn = k.partition(" (")
+        if sni != "-":
+            snis[sni] = snis.get(sni, 0) + v
+        for a in alpn.rstrip(")").split(","):
+            if a and a != "-":
+                alpns[a] = alpns.get(a, 0) + v
+    seen = ", ".join(x for x in (
+        "SNI " + ", ".join(sorted(snis, key=lambda k: -snis[k])[:5]) if snis else "",
+        "ALPN " + "/".join(sorted(alpns, key=lambda k: -alpns[k])) if alpns else "") if x)
+    what = f"{n:,} TLS connection{'s' if n != 1 else ''}" + (f" ({seen})" if seen else "")
+    if not keylogs and not s.keylog_keys:
+        return f"{what}: give --keylog to decrypt"
+    mid = tls.get("mid_stream", 0)
+    extra = f" ({mid:,} picked up after their handshake)" if mid else ""
+    return f"{what}: no key in the key log{extra}"
 
 
 def _weird_cell(weird: dict[str, int]) -> str:
@@ -145,17 +200,24 @@ def extract_cmd(
         bool, typer.Option("--summary-json", help="Print the summary as JSON on stderr")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary")] = False,
+    keylog: Annotated[
+        list[Path] | None,
+        typer.Option("--keylog", help="TLS key log (SSLKEYLOGFILE format) to decrypt TLS "
+                                      "connections with; repeatable"),
+    ] = None,
 ) -> None:
     """Turn packet captures into HTTP exchanges (requests paired with responses).
 
     HTTP/1.x is found by content on any port; each exchange records what the capture missed
-    (gaps, retransmissions, truncation, no response). The summary on stderr counts every packet
-    and byte that did not become part of an exchange, by reason.
+    (gaps, retransmissions, truncation, no response). TLS connections are decrypted with the
+    secrets of --keylog files (and of pcapng Decryption Secrets Blocks). The summary on stderr
+    counts every packet and byte that did not become part of an exchange, by reason.
     """
     import orjson
 
     from replay.extract import Lines, Summary, extract_file
     from replay.formats import detect_format, open_writer
+    from replay.tls.keylog import KeyLog
 
     # Check every input (and the output's name and place) before writing anything.
     try:
@@ -165,8 +227,20 @@ def extract_cmd(
             kind = detect_format(c)
             if kind not in ("pcap", "pcapng"):
                 raise InputError(f"{c}: is a {kind} exchange file, not a packet capture")
+        keys = KeyLog()
+        for k in keylog or []:
+            try:
+                keys.add_file(k)
+            except OSError as e:
+                raise InputError(f"--keylog {k}: cannot read ({e.strerror or e})") from None
+            if not keys.lines:
+                raise InputError(f"--keylog {k}: no key log lines in it (expected lines like "
+                                 "'CLIENT_RANDOM <hex> <hex>', as SSLKEYLOGFILE writes)")
     except InputError as e:
         raise fail(str(e)) from None
+    if keys.garbage and not quiet:
+        typer.echo(f"warning: --keylog: {keys.garbage:,} line(s) that are not key log lines "
+                   "were skipped", err=True)
 
     summary = Summary()
     fp, close = _open_output(output)
@@ -197,7 +271,7 @@ def extract_cmd(
             prefix = f"f{i + 1}." if len(captures) > 1 else ""
             lines = out_fmt == "jsonl"  # finished lines from the native path: no objects
             for ex in extract_file(cap, summary=summary, id_prefix=prefix, port=port,
-                                   progress=cb, lines=lines):
+                                   progress=cb, lines=lines, keylog=keys):
                 if type(ex) is Lines:
                     writer.write_lines(ex.data, ex.n)
                 else:
@@ -220,6 +294,9 @@ def extract_cmd(
         sys.stderr.flush()
     elif not quiet:
         _stderr_console().print(summary_table(summary))
+        hint = tls_hint(summary, len(keylog or []))
+        if hint:
+            typer.echo(hint, err=True)
     for w in summary.warnings:
         typer.echo(f"warning: {w}", err=True)
     if summary.errors:

@@ -21,10 +21,11 @@ import orjson
 from replay._native import load_c
 from replay.formats.jsonl import SCHEMA_VERSION, conn_to_record, exchange_from_record
 from replay.formats.pcap import CaptureReader
-from replay.http1 import HttpConnection, looks_like_request, looks_like_response
+from replay.http1 import FOREIGN, HttpConnection, looks_like_request, looks_like_response
 from replay.model import ConnKey, Exchange, Request, Response
 from replay.packets import SUPPORTED_SUMMARY, Decoder, describe_key, key_ports
 from replay.tcp import Reassembler, _port_classify
+from replay.tls.keylog import KeyLog, looks_like_tls
 
 
 class Lines:
@@ -65,6 +66,13 @@ class Summary:
     skipped_packets: dict[str, int] = field(default_factory=dict)
     tcp: dict[str, int] = field(default_factory=dict)
     http: dict[str, int] = field(default_factory=dict)
+    tls: dict[str, int] = field(default_factory=dict)
+    """TLS connections by outcome (``decrypted``, ``no_key``, ``auth_failed``, ``h2``,
+    ``mid_stream``, ``unsupported_cipher``) and record counters (``replay.tls.records``)."""
+    tls_undecrypted: dict[str, int] = field(default_factory=dict)
+    """TLS connections that were not decrypted, by ``"SNI (ALPN)"``."""
+    keylog_keys: int = 0
+    """Client randoms with secrets in the key logs given (``--keylog``, pcapng DSBs)."""
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -93,8 +101,15 @@ class Extractor:
         idle_timeout: float = 120.0,
         native: bool = True,
         emit_line: Callable[[bytes, int, bytes], None] | None = None,
+        keylog: KeyLog | None = None,
     ) -> None:
         self._emit_cb = emit
+        self.keylog = keylog
+        """Secrets for TLS connections (``replay.tls``); without it they are reported, by SNI
+        and ALPN, as having no key."""
+        self.tls_stats: dict[str, int] = {}
+        self.tls_undecrypted: dict[str, int] = {}
+        self._tls_cls: Any = None
         self._emit_line = emit_line
         """With the native fast path: where the exchanges it reads go as finished JSONL lines
         (``JsonlWriter``'s bytes exactly, in blocks of whole lines, with their number and each
@@ -157,13 +172,40 @@ class Extractor:
         self.n_conn += 1
         src, sport, dst, dport = describe_key(ckey)
         self.http_conns += 1
-        return HttpConnection(
+        h = HttpConnection(
             ConnKey(src, sport, dst, dport),
             f"{self.id_prefix}c{self.n_conn}",
             self._emit,
             self.http_stats,
             resync=not from_start,
         )
+        h.sniff = self._tls_sniff
+        return h
+
+    def _tls_sniff(self, conn: HttpConnection, from_client: bool, data: bytes,
+                   ts: float) -> bool:
+        """A stream's first bytes are not HTTP/1: if they are TLS records, a
+        ``replay.tls.records.TlsConnection`` takes the connection over (its decrypted
+        application data goes to an HTTP/1 reader of its own). The native fast path gives
+        such connections back at their first bytes: it reads only HTTP/1 heads."""
+        mid = conn.client.resyncing
+        if not looks_like_tls(data, not mid) or (mid and len(data) < 5):
+            return False
+        if self._tls_cls is None:
+            from replay.tls.records import TlsConnection  # imports cryptography: only now
+
+            self._tls_cls = TlsConnection
+        tls = self._tls_cls(conn, self.keylog, self.tls_stats, self.tls_undecrypted,
+                            mid_stream=mid)
+        conn.foreign = tls
+        for r in (conn.client, conn.server):
+            if r.buf:
+                self.http_stats["bytes_skipped"] = self.http_stats.get("bytes_skipped",
+                                                                       0) + len(r.buf)
+                r.buf = b""
+            r.state = FOREIGN
+        tls.feed(from_client, data, ts)
+        return True
 
     @staticmethod
     def _classify(key: bytes, payload: bytes) -> bool:
@@ -224,7 +266,7 @@ class Extractor:
     def run_ring(self, mm: Any, block: int, block_size: int, block_count: int,
                  linktype: int) -> tuple:
         """The TPACKET_V3 blocks user space owns, walked in C (native only; see
-        ``appliance.capture.RingSource.poll_native``)."""
+        ``appliance.live.capture.RingSource.poll_native``)."""
         r = self.native.run_ring(mm, block, block_size, block_count, linktype)
         self._native_counts()
         return r
@@ -289,7 +331,9 @@ class Extractor:
         s.bytes += self.bytes
         s.tcp_segments += self.segments
         s.connections += t.get("connections", 0)
-        s.http_connections += self.http_conns - t.get("non_http_streams", 0)
+        tls = self.tls_stats
+        s.http_connections += (self.http_conns - t.get("non_http_streams", 0)
+                               - tls.get("connections", 0) + tls.get("decrypted", 0))
         s.non_http_streams += t.get("non_http_streams", 0)
         s.exchanges += self.exchanges
         s.incomplete_exchanges += self.incomplete
@@ -303,8 +347,11 @@ class Extractor:
             if k.startswith("weird:"):
                 s.weird[k[6:]] = s.weird.get(k[6:], 0) + v
         s.vxlan_packets += self.decoder.vxlan
+        if self.keylog is not None:
+            s.keylog_keys = max(s.keylog_keys, len(self.keylog))
         for src, dst in ((self.decoder.skipped, s.skipped_packets), (t, s.tcp),
-                         (self.http_stats, s.http)):
+                         (self.http_stats, s.http), (tls, s.tls),
+                         (self.tls_undecrypted, s.tls_undecrypted)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
 
@@ -317,6 +364,7 @@ def extract_file(
     id_prefix: str = "",
     progress: Callable[[int, int], None] | None = None,
     lines: bool = False,
+    keylog: KeyLog | None = None,
     **limits: Any,
 ) -> Iterator[Exchange | Lines]:
     """Exchanges from one capture file, in the order they completed.
@@ -326,11 +374,14 @@ def extract_file(
     the others as Exchanges, in order: for writing a JSONL file without building objects nobody
     else reads.
 
+    ``keylog`` holds the secrets to decrypt TLS connections with (``replay.tls``); pcapng
+    Decryption Secrets Blocks in the file are added to it (or to a key log of its own).
+
     Raises ``FormatError`` for a file that is not a capture. A damaged file yields what came
     before the damage, and the problem is added to ``summary.errors``.
     """
     with gc_tuned():
-        yield from _extract(path, port, summary, id_prefix, progress, lines, limits)
+        yield from _extract(path, port, summary, id_prefix, progress, lines, keylog, limits)
 
 
 @contextmanager
@@ -349,15 +400,18 @@ def gc_tuned() -> Iterator[None]:
 
 def _extract(path: str | Path, port: int | None, summary: Summary | None, id_prefix: str,
              progress: Callable[[int, int], None] | None, lines: bool,
-             limits: dict[str, Any]) -> Iterator[Exchange | Lines]:
+             keylog: KeyLog | None, limits: dict[str, Any]) -> Iterator[Exchange | Lines]:
     out: list[Any] = []
     def add_lines(b: bytes, n: int, _ts: bytes) -> None:
         out.append(Lines(b, n))
 
+    if keylog is None:
+        keylog = KeyLog()  # for the file's own Decryption Secrets Blocks, if any
     ex = Extractor(out.append, port=port, id_prefix=id_prefix,
-                   emit_line=add_lines if lines else None, **limits)
+                   emit_line=add_lines if lines else None, keylog=keylog, **limits)
     t0 = time.perf_counter()
     with CaptureReader(path) as reader:
+        reader.on_secrets = keylog.add_dsb
         if ex.native is not None and reader.kind == "pcap":
             # Records walked in C too: no tuple per frame.
             for _ in reader.walk_pcap(ex.run_pcap):

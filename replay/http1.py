@@ -33,6 +33,9 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 # Reader states.
 HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE = range(7)
 WAIT, TUNNEL, RESYNC, DEAD, DESYNC = range(7, 12)
+FOREIGN = 12
+"""Another reader owns the stream (TLS, ``HttpConnection.sniff``): bytes, gaps and closes go
+to ``HttpConnection.foreign``."""
 
 WEIRD_REASONS = {
     # a message whose framing cannot be trusted: marked desync (RFC 9112 §6.3, §11.2)
@@ -426,6 +429,12 @@ class HttpConnection:
         """When the client stream last lost data where a request head could have been."""
         """The CONNECT/Upgrade request whose answer decides if the stream becomes a tunnel."""
         self.non_http = False
+        self.sniff: Callable[[HttpConnection, bool, bytes, float], bool] | None = None
+        """Asked with a direction's first bytes when they are not HTTP/1 (``(conn,
+        from_client, data, ts)``): True means another reader took the stream (it set
+        ``foreign`` and put both readers in state FOREIGN). ``replay.extract`` sets it."""
+        self.foreign: Any = None
+        """That reader (``replay.tls.records.TlsConnection``): fed like the readers."""
         self.client = _Reader(self, True, RESYNC if resync else HEAD)
         self.server = _Reader(self, False, RESYNC if resync else HEAD)
 
@@ -447,6 +456,8 @@ class HttpConnection:
         """The connection is over (both closed, reset, idle, evicted, or end of capture)."""
         self.client.close(ts)
         self.server.close(ts)
+        if self.foreign is not None:
+            self.foreign.finish(ts, timed_out)
         for ex in self.order:
             c = ex.completeness
             if timed_out:
@@ -814,6 +825,9 @@ class _Reader:
             if state == DESYNC:
                 self._skip_desync(end - pos)
                 return
+            if state == FOREIGN:
+                self.conn.foreign.feed(self.client, data[pos:] if pos else data, ts)
+                return
             # DEAD
             self._count("bytes_skipped", end - pos)
             return
@@ -1003,6 +1017,8 @@ class _Reader:
 
     def _not_http(self, data: bytes, pos: int, ts: float) -> int:
         """Bytes where a head should start are not HTTP: resynchronise, or give up the stream."""
+        if self._sniffed(data, pos, ts):
+            return -1
         if self.conn.n == 0 and self.client:
             # The very first bytes of the connection are not HTTP: a non-HTTP stream.
             self.conn.mark_non_http()
@@ -1025,8 +1041,16 @@ class _Reader:
         self._count("bytes_skipped", nl - pos)
         return nl
 
+    def _sniffed(self, data: bytes, pos: int, ts: float) -> bool:
+        """At the start of a stream that is not HTTP/1: does another reader take it?"""
+        conn = self.conn
+        return (conn.sniff is not None and conn.n == 0 and not self.skipped
+                and conn.sniff(conn, self.client, data[pos:] if pos else data, ts))
+
     def _resync(self, data: bytes, pos: int) -> int:
         """Skip to the next thing that looks like a message start; -1 if none yet."""
+        if self.conn.n == 0 and not self.skipped and self._sniffed(data, pos, self.last_ts):
+            return -1
         anchored, anywhere = _RESYNC[self.client]
         m = None if self.midline else anchored.match(data, pos)
         if m is None:
@@ -1084,6 +1108,9 @@ class _Reader:
             return
         if state in (TUNNEL, DEAD, DESYNC):
             return
+        if state == FOREIGN:
+            self.conn.foreign.gap(self.client, n, ts)
+            return
         if state == WAIT:
             self.buf = b""
             return
@@ -1100,6 +1127,9 @@ class _Reader:
 
     def close(self, ts: float) -> None:
         """This direction ended (FIN, RST or end of capture)."""
+        if self.state == FOREIGN:
+            self.conn.foreign.close(self.client, ts)
+            return
         if self.state == BODY_CLOSE and self.msg is not None:
             self._finish_message(ts)
         elif self.msg is not None and self.ex is not None:

@@ -185,12 +185,14 @@ def test_non_http_stream_is_counted_not_parsed() -> None:
     assert e.http_stats["bytes_skipped"] >= 300
 
 
-def test_tls_on_port_443_is_not_http() -> None:
+def test_tls_on_port_443_is_tls_not_non_http() -> None:
+    """TLS is told apart (``replay.tls``): a TLS connection without a key, never "non-HTTP"."""
     conv = Conv(server=("10.0.0.2", 443))
     frames = conv.handshake() + [conv.c(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
                                  conv.fin_c(), conv.fin_s()]
     exs, e = run(frames)
-    assert exs == [] and e.reasm.stats["non_http_streams"] == 1
+    assert exs == [] and "non_http_streams" not in e.reasm.stats
+    assert e.tls_stats["connections"] == 1 and e.tls_stats["no_key"] == 1
 
 
 def test_http_on_any_port_and_port_filter() -> None:

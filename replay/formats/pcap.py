@@ -81,6 +81,10 @@ class CaptureReader:
         self.skipped_blocks = 0
         self.unsupported_linktypes: set[int] = set()
         self.strict_linktype = strict_linktype
+        self.on_secrets: Callable[[int, bytes], object] | None = None
+        """Called with (secrets type, data) for each pcapng Decryption Secrets Block, as it is
+        read (before the packets after it): ``replay.tls.KeyLog.add_dsb``."""
+        self.secrets_blocks = 0
         try:
             raw = self.path.open("rb")
         except FileNotFoundError:
@@ -365,6 +369,11 @@ class CaptureReader:
                             self.skipped_blocks += 1
                 elif t == 1:  # Interface Description Block
                     ifaces.append(self._idb(buf, pos, blen, order))
+                elif t == 10:  # Decryption Secrets Block (TLS key log: type 0x544c534b)
+                    stype, slen = struct.unpack_from(order + "II", buf, pos + 8)
+                    self.secrets_blocks += 1
+                    if self.on_secrets is not None and 20 + slen <= blen:
+                        self.on_secrets(stype, buf[pos + 16 : pos + 16 + slen])
                 elif t == 3:  # Simple Packet Block
                     (wire,) = struct.unpack_from(order + "I", buf, pos + 8)
                     caplen = min(wire, blen - 16)
