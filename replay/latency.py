@@ -1,7 +1,7 @@
 """The latency judge: is the candidate slower than its baseline on an endpoint? (pure, sans-I/O)
 
 Used by ``shadowtap diff`` (per endpoint of a replayed capture) and by the appliance's live
-shadowing (``appliance.shadowing`` imports it from here: ``replay`` never imports
+shadowing (``appliance.live.shadowing`` imports it from here: ``replay`` never imports
 ``appliance``). The baseline is the secondary (production's build on a shadow host, answering
 the same request at the same moment: the only difference is the build); without a secondary,
 ``diff`` falls back to production's answer times in the capture.

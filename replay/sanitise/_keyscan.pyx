@@ -271,3 +271,50 @@ def ipv6_gate(bytes text):
             return True
         i += 1
     return False
+
+
+def stem_find(bytes first, bytes stems, bytes pairs, bytes lo):
+    """Where ``stems`` occur in ``lo``: ``[(start, end), ...]``, leftmost first and never
+    overlapping, exactly as ``re.finditer`` over the alternation of the stems in sorted order
+    (at one position the first stem in sorted order that matches wins; the scan goes on at its
+    end). ``first``, ``stems`` and ``pairs`` as for ``kv_scan_stems``.
+
+    Why: the text detectors look for secret-like names (``password=``, ``api_key:``) by their
+    stems in every body; Python's ``re`` tries the alternation at every byte (~10 ns a byte),
+    this costs one table lookup a byte."""
+    cdef const unsigned char* s = lo
+    cdef const unsigned char* f = first
+    cdef const unsigned char* st = stems
+    cdef const unsigned char* pr = pairs
+    cdef Py_ssize_t ns = len(stems)
+    cdef Py_ssize_t n = len(lo)
+    cdef Py_ssize_t p = 0, q2, r
+    cdef bint hit
+    out = []
+    if len(first) != 512 or len(pairs) != 65536:
+        raise ValueError("first must be 512 bytes and pairs 65536")
+    while p + 1 < n:
+        if not pr[(s[p] << 8) | s[p + 1]]:
+            p += 1
+            continue
+        r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
+        hit = False
+        if r:
+            r -= 1
+            while r < ns and st[r] == s[p]:  # the stems starting with this byte, in order
+                q2 = 1
+                while r + q2 < ns and st[r + q2] != 0 and p + q2 < n \
+                        and st[r + q2] == s[p + q2]:
+                    q2 += 1
+                if r + q2 < ns and st[r + q2] == 0:
+                    hit = True
+                    break
+                while r < ns and st[r] != 0:
+                    r += 1
+                r += 1
+        if hit:
+            out.append((p, p + q2))
+            p += q2
+        else:
+            p += 1
+    return out

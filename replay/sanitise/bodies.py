@@ -8,6 +8,7 @@ never write a value it could not look at.
 
 from __future__ import annotations
 
+import binascii
 import gzip
 import zlib
 from dataclasses import dataclass
@@ -234,6 +235,54 @@ def parse_multipart(body: bytes, boundary: str) -> Multipart:
             headers, pbody = raw[:hdr_end], raw[hdr_end + 4 :]
         parts.append(Part(headers, pbody))
         pos = nxt + len(sep)
+
+
+_IDENTITY_CTE = frozenset({b"", b"7bit", b"8bit", b"binary"})
+
+
+def transfer_encoding(part: Part) -> bytes | None:
+    """A part's ``Content-Transfer-Encoding`` in lower case, or None when it is an identity
+    (none, 7bit, 8bit, binary): the body bytes are then the content."""
+    cte = part.header(b"content-transfer-encoding")
+    if cte is None:
+        return None
+    cte = cte.strip().lower()
+    return None if cte in _IDENTITY_CTE else cte
+
+
+def decode_transfer(body: bytes, cte: bytes) -> bytes:
+    """Undo a part's Content-Transfer-Encoding (base64, quoted-printable). Raises BodyError
+    when it does not decode or is one we do not know."""
+    if cte == b"base64":
+        compact = b"".join(body.split())  # line breaks every 76 characters, any whitespace
+        try:
+            return binascii.a2b_base64(compact, strict_mode=True)
+        except (binascii.Error, ValueError):
+            # unpadded base64 is common enough; anything else is not base64
+            pad = b"=" * (-len(compact) % 4)
+            try:
+                return binascii.a2b_base64(compact.rstrip(b"=") + pad, strict_mode=True)
+            except (binascii.Error, ValueError):
+                raise BodyError("multipart part is not the base64 it says") from None
+    if cte == b"quoted-printable":
+        return binascii.a2b_qp(body)
+    raise BodyError(f"unsupported Content-Transfer-Encoding {cte.decode('latin-1')!r}")
+
+
+def encode_transfer(data: bytes, cte: bytes, like: bytes) -> bytes:
+    """Apply a part's Content-Transfer-Encoding again (the inverse of ``decode_transfer``),
+    base64 wrapped as ``like`` (the original body) was: at its first line's width, or not."""
+    if cte == b"quoted-printable":
+        return binascii.b2a_qp(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    out = binascii.b2a_base64(data, newline=False)
+    nl = like.find(b"\n")
+    if nl <= 0:
+        return out
+    width = nl - 1 if like[nl - 1] == 13 else nl
+    eol = b"\r\n" if like[nl - 1] == 13 else b"\n"
+    if width <= 0:
+        return out
+    return eol.join(out[i : i + width] for i in range(0, len(out), width))
 
 
 def build_multipart(mp: Multipart) -> bytes:

@@ -1540,7 +1540,12 @@ class Sanitiser:
         return data if new == data else new
 
     def _multipart(self, data: bytes, boundary: str, ctx: _Ctx) -> bytes:
-        """Each part by name and media type; rebuilt with the original boundary if changed."""
+        """Each part by name and media type; rebuilt with the original boundary if changed.
+
+        A part under ``Content-Transfer-Encoding: base64`` or ``quoted-printable`` is decoded,
+        sanitised like any other part and encoded again; one that does not decode (or names an
+        encoding we do not know) is never passed on: its body is dropped and its length and
+        keyed hash kept (``_opaque``; the whole exchange under ``on_mismatch: drop_exchange``)."""
         try:
             mp = bodies.parse_multipart(data, boundary)
         except bodies.BodyError as e:
@@ -1548,37 +1553,29 @@ class Sanitiser:
             return self._mismatch(data, ctx)
         changed = False
         keep = []
-        mdets = self._dets["multipart"]
         for part in mp.parts:
-            name = part.name.lower()
-            whole, scoped = self._select("multipart", name)
-            hdr = self._replace_hits("multipart", part.headers, mdets, ctx)
+            hdr = self._replace_hits("multipart", part.headers, self._dets["multipart"], ctx)
             if hdr is not part.headers:
                 part.headers = hdr
                 changed = True
-            if whole is not None:
-                nv = self._whole_value(whole, "multipart", part.body, ctx)
-                changed = True
-                if nv is None:
-                    continue
-                part.body = nv
-                keep.append(part)
-                continue
-            ptype, pparams = bodies.parse_content_type(
-                (part.header(b"content-type") or b"").decode("latin-1")
-            )
-            kind = bodies.body_kind(ptype)
-            if kind in ("json", "form", "multipart"):
-                nb = self._content(kind, pparams, part.body, ctx)
-            elif part.body[:1] in (b"{", b"[") and (
-                sn := self._sniffed_json(part.body, ctx)
-            ) is not None:
-                nb = sn
+            cte = bodies.transfer_encoding(part)
+            if cte is None:
+                nb = self._part_body(part, part.body, ctx)
             else:
-                nb = self._replace_hits("multipart", part.body, scoped + mdets, ctx)
-                if self._mp_extra:
-                    nb = self._replace_hits("body", nb, self._mp_extra, ctx, skip=ctx.produced)
-                nb = self._echo(nb, ctx)
+                try:
+                    inner = bodies.decode_transfer(part.body, cte)
+                except bodies.BodyError as e:
+                    self.report.fallback(str(e))
+                    part.body = self._opaque(part.body, ctx)
+                    changed = True
+                    keep.append(part)
+                    continue
+                nb = self._part_body(part, inner, ctx)
+                if nb is not None:
+                    nb = part.body if nb == inner else bodies.encode_transfer(nb, cte, part.body)
+            if nb is None:
+                changed = True
+                continue
             if nb is not part.body and nb != part.body:
                 part.body = nb
                 changed = True
@@ -1587,6 +1584,24 @@ class Sanitiser:
             return data
         mp.parts = keep
         return bodies.build_multipart(mp)
+
+    def _part_body(self, part: bodies.Part, body: bytes, ctx: _Ctx) -> bytes | None:
+        """The sanitised (decoded) body of one multipart part, or None to leave the part out."""
+        whole, scoped = self._select("multipart", part.name.lower())
+        if whole is not None:
+            return self._whole_value(whole, "multipart", body, ctx)
+        ptype, pparams = bodies.parse_content_type(
+            (part.header(b"content-type") or b"").decode("latin-1")
+        )
+        kind = bodies.body_kind(ptype)
+        if kind in ("json", "form", "multipart"):
+            return self._content(kind, pparams, body, ctx)
+        if body[:1] in (b"{", b"[") and (sn := self._sniffed_json(body, ctx)) is not None:
+            return sn
+        nb = self._replace_hits("multipart", body, scoped + self._dets["multipart"], ctx)
+        if self._mp_extra:
+            nb = self._replace_hits("body", nb, self._mp_extra, ctx, skip=ctx.produced)
+        return self._echo(nb, ctx)
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')

@@ -23,6 +23,7 @@ from replay import _native
 _kv_scan: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan")
 _fnv1a: Any = _native.load_pyx("replay.sanitise._keyscan", "fnv1a") if _kv_scan else None
 _kv_stems: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan_stems") if _kv_scan else None
+_stem_find: Any = _native.load_pyx("replay.sanitise._keyscan", "stem_find") if _kv_scan else None
 STEM_MAXLEN = 96
 """Names longer than this are not looked at by stem (a JSON key that long is data)."""
 
@@ -47,6 +48,36 @@ def trie(words: list[bytes]) -> bytes:
         return b"(?:" + body + b")?" if None in node else body
 
     return emit(root)
+
+
+def stem_tables(stems: Iterable[bytes]) -> tuple[bytes, bytes, bytes]:
+    """``first``, ``stems`` and ``pairs`` of the compiled stem matchers (see ``_keyscan.pyx``):
+    the stems sorted, each followed by NUL; per first byte the offset of its first stem + 1;
+    a mark per two-byte prefix."""
+    blob = bytearray()
+    first = bytearray(512)
+    pairs = bytearray(65536)
+    for x in sorted(set(stems)):
+        if len(x) < 2:
+            raise ValueError("stems must be at least two bytes long")
+        pairs[(x[0] << 8) | x[1]] = 1
+        if not first[2 * x[0]] and not first[2 * x[0] + 1]:
+            off = len(blob) + 1
+            first[2 * x[0]] = off & 0xFF
+            first[2 * x[0] + 1] = off >> 8
+        blob += x + b"\0"
+    return bytes(first), bytes(blob), bytes(pairs)
+
+
+def stem_finder(stems: Iterable[bytes], native: bool = True) -> Any:
+    """A function ``lo -> [(start, end), ...]``: where ``stems`` occur in ``lo``, leftmost first,
+    never overlapping; at one position the first stem in sorted order wins. In C when built
+    (``_keyscan.stem_find``), else ``re.finditer`` over the same alternation (same results)."""
+    ordered = sorted(set(stems))
+    rx = re.compile(b"|".join(re.escape(x) for x in ordered))
+    if native and _stem_find is not None and all(len(x) >= 2 for x in ordered):
+        return partial(_stem_find, *stem_tables(ordered))
+    return lambda lo: [m.span() for m in rx.finditer(lo)]
 
 
 class KeyScan:
@@ -79,20 +110,8 @@ class KeyScan:
             minlen = min(map(len, names)) if names else 1
             maxlen = max(map(len, names)) if names else 1
             if stems:
-                blob = bytearray()
-                first = bytearray(512)
-                pairs = bytearray(65536)
-                for x in stems:
-                    if len(x) < 2:
-                        raise ValueError("stems must be at least two bytes long")
-                    pairs[(x[0] << 8) | x[1]] = 1
-                    if not first[2 * x[0]] and not first[2 * x[0] + 1]:
-                        off = len(blob) + 1
-                        first[2 * x[0]] = off & 0xFF
-                        first[2 * x[0] + 1] = off >> 8
-                    blob += x + b"\0"
                 self.find = partial(_kv_stems, names, minlen, max(maxlen, STEM_MAXLEN),
-                                    bytes(table), bytes(first), bytes(blob), bytes(pairs))
+                                    bytes(table), *stem_tables(stems))
             else:
                 self.find = partial(_kv_scan, names, minlen, maxlen, bytes(table))
 

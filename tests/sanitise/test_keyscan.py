@@ -126,3 +126,28 @@ def test_ipv6_gate_agrees_with_the_anchor_regex() -> None:
     for _ in range(5000):
         text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 20)))
         assert d._ipv6_gate(text) == (d._IPV6_ANCHOR.search(text) is not None), text
+
+
+@needs_native
+def test_stem_finder_agrees_with_finditer() -> None:
+    """The C stem finder (pairs in text: ``password=``, ``api_key:``) gives ``re.finditer``'s
+    spans over the sorted alternation, including stems that are prefixes of each other and
+    matches that run into the text's end."""
+    from replay.sanitise.detectors import NAME_STEMS
+    from replay.sanitise.keyscan import stem_finder
+
+    rng = random.Random(8)
+    native, regex = stem_finder(NAME_STEMS), stem_finder(NAME_STEMS, native=False)
+    assert native is not regex and getattr(native, "func", None) is not None  # really the C one
+    alphabet = b"pawsecrtokyuhigndvmjbxl_=:\" \xff"
+    for text in _texts(rng, 2000) + _docs(rng, 1000):
+        assert native(text) == regex(text), text
+    for _ in range(3000):
+        text = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert native(text) == regex(text), text
+    stems = [b"pa", b"pass", b"ss", b"sx"]  # prefixes: the first in sorted order wins
+    n2, r2 = stem_finder(stems), stem_finder(stems, native=False)
+    for _ in range(3000):
+        text = bytes(rng.choice(b"pasx") for _ in range(rng.randrange(0, 30)))
+        assert n2(text) == r2(text), text
+    assert n2(b"xpassx") == [(1, 3), (3, 5)] and native(b"pw") == [(0, 2)]

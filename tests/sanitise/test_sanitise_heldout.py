@@ -15,7 +15,9 @@ import base64
 import gzip
 import io
 import json
+import quopri
 import random
+import re
 import string
 import sys
 import zlib
@@ -92,17 +94,29 @@ def iban(rng: random.Random) -> str:
         num = ""
     check = 98 - iban_mod97((cc + "00" + bban).encode())
     v = f"{cc}{check:02d}{bban}"
-    lower = rng.random() < 0.5
-    # (a compact lower-case IBAN with fewer than 11 digits in a row, like NL's, is a known gap)
-    if rng.random() < 0.5 or (lower and cc == "NL"):
+    if rng.random() < 0.5:
         v = " ".join(v[i : i + 4] for i in range(0, len(v), 4))
-    return v.lower() if lower else v
+    case = rng.randrange(3)  # as written, lower case ('nl91abna0417164300'), mixed case
+    if case == 1:
+        return v.lower()
+    if case == 2:
+        return "".join(c.lower() if rng.random() < 0.5 else c for c in v)
+    return v
 
 
-def ssn(rng: random.Random) -> str:
+def ssn(rng: random.Random, sep: str | None = None) -> str:
     a = rng.choice([x for x in range(1, 900) if x != 666])
-    sep = rng.choice(["-", " "])
+    sep = rng.choice(["-", " "]) if sep is None else sep
     return f"{a:03d}{sep}{rng.randint(1, 99):02d}{sep}{rng.randint(1, 9999):04d}"
+
+
+SSN_NAMES = ["ssn", "SSN", "customer_ssn", "socialSecurityNumber", "social_security_number",
+             "taxId", "tax_id", "ssn_number"]
+SSN_LABELS = ["SSN", "SSN:", "SSN#", "ssn is", "SSN (on file):", "Social Security Number",
+              "social security no.", "Tax ID:", "taxpayer id"]
+"""How a generator plants an SSN without dashes: under a name saying so (a JSON field, form
+field, query parameter, XML element...), or in text after a label saying so. A bare nine-digit
+number with neither is an id (docs/sanitise.md), so it is not planted that way."""
 
 
 def email(rng: random.Random) -> str:
@@ -197,7 +211,10 @@ class Gen:
         r = self.rng
         if by_name:
             return "named", name(r), named_value(r)
-        kind = r.choice(["card", "card", "card", "iban", "ssn", "email", "key", "key", "jwt"])
+        kind = r.choice(["card", "card", "card", "iban", "ssn", "ssn_bare", "email", "key",
+                         "key", "jwt"])
+        if kind == "ssn_bare":  # nine digits, under an SSN name (the label is for text)
+            return kind, r.choice(SSN_NAMES), ssn(r, "")
         v = {"card": card, "iban": iban, "ssn": ssn, "email": email, "key": vendor_key,
              "jwt": jwt}[kind](r)
         return kind, r.choice(["note", "value", "data", "comment", "ref", "q"]), v
@@ -212,6 +229,8 @@ class Gen:
         kind, nm, v = self.secret(structure, by_name)
         if structure == "path" or structure == "fragment" or structure == "header":
             by_name = False
+        # what stands in free text: the value, or for a bare SSN the value after its label
+        shown = f"{r.choice(SSN_LABELS)} {v}" if kind == "ssn_bare" else v
         target = f"/api/v2/{r.choice(['orders', 'login', 'pay', 'users'])}/{r.randrange(10**6)}"
         req_h: list[tuple[str, str]] = [("Host", "shop.example.net"), ("User-Agent", "gen/1.0")]
         resp_h: list[tuple[str, str]] = [("Content-Type", "application/json")]
@@ -222,7 +241,7 @@ class Gen:
                   "created": "2025-03-04T05:06:07Z", "sku": f"SKU-{r.randrange(10**5):05d}"}
         if structure == "json":
             doc = {"order": filler, "payment": {nm: v}} if by_name else {
-                "order": filler, "payment": {nm: f"paid with {v} ok"}}
+                "order": filler, "payment": {nm: f"paid with {shown} ok"}}
             req_b, ctype = orjson.dumps(doc), "application/json"
         elif structure == "json_number" and kind == "card" and v.isdigit():
             req_b, ctype = b'{"card": ' + v.encode() + b', "amount": 12.5}', "application/json"
@@ -250,6 +269,32 @@ class Gen:
                      f'--{bnd}\r\nContent-Disposition: form-data; name="{nm}"\r\n\r\n{v}\r\n'
                      f"--{bnd}--\r\n").encode()
             ctype = f"multipart/form-data; boundary={bnd}"
+        elif structure == "multipart_b64":
+            # a part under Content-Transfer-Encoding (mail-style clients, SOAP-with-attachments)
+            bnd = "----gen" + _tok(r, 10)
+            pick = r.randrange(3)
+            if pick == 0:  # the value itself, under its name
+                pname, ptype, content = nm, "text/plain", v.encode()
+            elif pick == 1:  # a JSON attachment
+                pname, ptype = "payload", "application/json"
+                content = orjson.dumps({nm: v, "n": 1} if by_name else {"note": f"x {shown}"})
+            else:  # a text file
+                pname, ptype = "upload", "text/plain; charset=utf-8"
+                content = (f"{nm}={v}\n" if by_name else f"log: paid with {shown}\n").encode()
+            if r.random() < 0.8:
+                cte = r.choice(["base64", "BASE64", "Base64"])
+                enc = base64.encodebytes(content).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+                if r.random() < 0.3:
+                    enc = base64.b64encode(content)
+            else:
+                cte = "quoted-printable"
+                enc = quopri.encodestring(content).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+            req_b = (f'--{bnd}\r\nContent-Disposition: form-data; name="title"\r\n\r\nhi\r\n'
+                     f'--{bnd}\r\nContent-Disposition: form-data; name="{pname}"; '
+                     f'filename="{pname}.txt"\r\nContent-Type: {ptype}\r\n'
+                     f"Content-Transfer-Encoding: {cte}\r\n\r\n").encode() + enc + (
+                     f"\r\n--{bnd}--\r\n").encode()
+            ctype = f"multipart/form-data; boundary={bnd}"
         elif structure == "xml":
             tag = nm.replace("[", "_").replace("]", "")
             if r.random() < 0.5:
@@ -258,13 +303,13 @@ class Gen:
             else:
                 req_b = f'<Req><Auth user="jo" {tag}="{v}"/></Req>'.encode()
             if not by_name:
-                req_b = f"<Req><Note>customer {v} ok</Note></Req>".encode()
+                req_b = f"<Req><Note>customer {shown} ok</Note></Req>".encode()
             ctype = r.choice(["application/xml", "text/xml", "application/soap+xml"])
         elif structure == "html":
             req_b = (f'<html><form method="post"><input type="hidden" name="{nm}" '
                      f'value="{v}"><input name="q"></form></html>').encode()
             if not by_name:
-                req_b = f"<html><p>Card on file: {v}</p></html>".encode()
+                req_b = f"<html><p>Card on file: {shown}</p></html>".encode()
             ctype = "text/html; charset=utf-8"
             resp_h, resp_b, req_b = [("Content-Type", ctype)], req_b, b""
             ctype = None
@@ -273,7 +318,7 @@ class Gen:
                 sep = r.choice(["=", ": ", " = ", ":"])
                 req_b = f"# config\n{nm}{sep}{v}\nregion=eu-west-1\n".encode()
             else:
-                req_b = f"log: user paid with {v} at 12:00\n".encode()
+                req_b = f"log: user paid with {shown} at 12:00\n".encode()
             ctype = r.choice(["text/plain", None, "application/octet-stream"])
         elif structure == "pem":
             text, line = pem(r)
@@ -305,7 +350,7 @@ class Gen:
                                "X-Session-Id", "X-Password", "X-Client-Secret", "X-Debug"])
                 req_h.append((hn, v if hn != "X-Debug" else f"{nm}={v}"))
             else:
-                req_h.append((r.choice(["X-Note", "X-Customer"]), f"paid with {v}"))
+                req_h.append((r.choice(["X-Note", "X-Customer"]), f"paid with {shown}"))
         if structure != "pem":
             self.add(kind, structure, v)
         if req_b:
@@ -327,8 +372,8 @@ class Gen:
 
 
 STRUCTURES = ["json", "json_number", "json_text_plain", "json_no_ctype", "ndjson", "form",
-              "form_json", "json_in_string", "multipart", "xml", "html", "text", "pem", "query",
-              "fragment", "path", "cookie", "header"]
+              "form_json", "json_in_string", "multipart", "multipart_b64", "xml", "html", "text",
+              "pem", "query", "fragment", "path", "cookie", "header"]
 
 
 def _forms(v: str) -> list[bytes]:
@@ -350,7 +395,30 @@ def _wire(ex: Exchange) -> bytes:
         if codes and body:
             body = bodies.decode(body, codes)
         out.append(body)
+        out += _transfer_decoded(body)
     return b"\n".join(out)
+
+
+_CTE_PART = re.compile(
+    rb"(?is)content-transfer-encoding:[ \t]*(base64|quoted-printable)\r\n(?:[^\r\n]+\r\n)*"
+    rb"\r\n(.*?)\r\n--"
+)
+
+
+def _transfer_decoded(body: bytes) -> list[bytes]:
+    """The content of every multipart part under a Content-Transfer-Encoding, decoded (written
+    apart from the sanitiser's multipart code): a secret passed on inside base64 is a leak."""
+    out = []
+    for m in _CTE_PART.finditer(body):
+        data = m.group(2)
+        if m.group(1).lower() == b"base64":
+            try:
+                out.append(base64.b64decode(b"".join(data.split())))
+            except ValueError:
+                out.append(data)
+        else:
+            out.append(quopri.decodestring(data))
+    return out
 
 
 def leaks(seed: int, n: int = PER_SEED) -> tuple[list[tuple[str, str, str]], int]:
@@ -384,7 +452,8 @@ def test_generator_covers_every_structure_and_kind() -> None:
         g.build(i)
     assert {s for _k, s, _v in g.secrets} == set(STRUCTURES)
     kinds = Counter(k for k, _s, _v in g.secrets)
-    assert {"card", "iban", "ssn", "email", "key", "jwt", "named", "pem", "token"} <= set(kinds)
+    assert {"card", "iban", "ssn", "ssn_bare", "email", "key", "jwt", "named", "pem",
+            "token"} <= set(kinds)
 
 
 if __name__ == "__main__":
