@@ -163,9 +163,7 @@ _IPV6_CAND = re.compile(  # the embedded-IPv4 form first, or '::ffff:10' would w
     rb"|(?:[0-9A-Fa-f]{1,4}|:)?(?::[0-9A-Fa-f]{0,4}){1,7}"
 )
 _IBAN = re.compile(rb"[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){10,32}")
-_IBAN_ANCHOR = re.compile(rb"AA00(?=[0A]{11})")  # zero-width tail: no start is consumed
-_IBAN_ANCHOR_ANY = re.compile(rb"(?:AA|aa|Aa|aA)00(?=[0Aa]{11})")
-_IBAN_ANYCASE_MAX = 1024
+_IBAN_ANCHOR_ANY = re.compile(rb"(?:AA|aa|Aa|aA)00(?=[0Aa]{11})")  # the definition of iban_anchors
 """Texts up to this size are searched for IBANs in every case at once (see ``find_iban``)."""
 _APIKEY_UNDERSCORE = [  # (bytes before the '_', the byte(s) just before it, the pattern)
     (back, before, re.compile(p))
@@ -227,6 +225,7 @@ _GATE_TABLES = tuple(_gate_table(_GATE_BEFORE[c]) for c in (95, 45, 46))
 _KEY_AT = _key_at()
 _key_gates = _native.load_pyx("replay.sanitise._keyscan", "key_gates")
 _ipv6_gate = _native.load_pyx("replay.sanitise._keyscan", "ipv6_gate")
+_iban_anchors = _native.load_pyx("replay.sanitise._keyscan", "iban_anchors")
 
 
 def key_gates_py(text: bytes, us: bytes, dash: bytes, dot: bytes) -> tuple[list[Span], bool]:
@@ -776,39 +775,21 @@ def find_iban(p: Prep) -> list[Span]:
     """IBANs in any case and grouping ('DE89 3704...', 'de89 3704...', 'nl91abna0417164300',
     'Nl91AbNa...'): known country, that country's length, mod-97 checksum.
 
-    Where one can start is found on the class map: two letters, two digits and eleven more
-    ('AA00' + 11, a literal prefix ``re`` searches for fast). In a text up to
-    ``_IBAN_ANYCASE_MAX`` bytes (a query value, a header, a form, a small body) the class map is
-    upper-cased first, so every case is one search. In a longer text only upper case is searched
-    that way (upper-casing a class map full of letters makes the search several times slower);
-    other cases are looked for right before a digit region (eleven digits, spaces or dashes:
-    the account number of nearly every country, written compact or grouped). A random
-    alphanumeric string of the right length passes the checksum one time in 97, and only when
-    it also starts with a country code and two digits and has exactly that country's length."""
+    Where one can start is found on the class map: two letters of either case, two digits and
+    eleven more letters, digits, spaces or dashes (``_keyscan.iban_anchors``, a memchr hop from
+    one digit-class byte to the next, in every text whatever its size: a lower-case IBAN in a
+    long body is as much a leak as one in a query value). A random alphanumeric string of the
+    right length passes the checksum one time in 97, and only when it also starts with a country
+    code and two digits and has exactly that country's length."""
     t = p.t
     text = p.text
     n = len(text)
-    if n <= _IBAN_ANYCASE_MAX:
-        tu = t.upper()
-        if b"AA00" not in tu:
-            return []
-        starts = [a.start() for a in _IBAN_ANCHOR.finditer(tu)]
+    if b"00" not in t:
+        return []
+    if _iban_anchors is not None:
+        starts = _iban_anchors(t)
     else:
-        starts = []
-        if b"AA00" in t:  # 'find' skips ahead; a regex pass tries every 'A'
-            starts = [a.start() for a in _IBAN_ANCHOR.finditer(t)]
-        elif not p.runs:
-            return []
-        for rs, re_ in p.runs:
-            w = t[max(0, rs - 12) : rs + 2]
-            if b"a00" not in w and b"A00" not in w:
-                continue  # no country and check digits right before these digits
-            for a in _IBAN_ANCHOR_ANY.finditer(t, max(0, rs - 14), re_):
-                if a.start() > rs + 4:
-                    break
-                if a.start() not in starts:
-                    starts.append(a.start())
-        starts.sort()
+        starts = [a.start() for a in _IBAN_ANCHOR_ANY.finditer(t)]
     out: list[Span] = []
     end = 0
     for s in starts:

@@ -151,3 +151,22 @@ def test_stem_finder_agrees_with_finditer() -> None:
         text = bytes(rng.choice(b"pasx") for _ in range(rng.randrange(0, 30)))
         assert n2(text) == r2(text), text
     assert n2(b"xpassx") == [(1, 3), (3, 5)] and native(b"pw") == [(0, 2)]
+
+
+@needs_native
+def test_iban_anchors_agree_with_their_regex() -> None:
+    """The C IBAN anchor search gives the starts of its regex definition on the class map,
+    and a compact lower-case IBAN deep inside a long body is found and masked."""
+    from replay.sanitise import detectors as d
+
+    rng = random.Random(9)
+    pieces = [b"a", b"A", b"0", b"00", b"aa00", b"AA00", b"Aa00", b" ", b'"', b"\xff", b"0a"]
+    for _ in range(5000):
+        t = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
+        assert d._iban_anchors(t) == [m.start() for m in d._IBAN_ANCHOR_ANY.finditer(t)], t
+    body = (b'{"items": [' + b", ".join(b'{"sku": "ab%06d", "qty": %d}' % (i, i % 7)
+                                        for i in range(400))
+            + b'], "note": "pay to nl91abna0417164300 please"}')
+    assert len(body) > 8000
+    hits = d.find_iban(d.Prep(body))
+    assert [body[s:e] for s, e in hits] == [b"nl91abna0417164300"]
