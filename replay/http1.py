@@ -24,6 +24,7 @@ from typing import Any
 import httptools
 
 from replay.model import ConnKey, Exchange, Request, Response
+from replay.smuggled import LenientReader
 
 MAX_HEAD = 64 * 1024
 """A head longer than this without a blank line is not HTTP (or is hostile)."""
@@ -59,6 +60,8 @@ WEIRD_REASONS = {
     "chunk_bare_lf": "a chunk line ended by a bare LF",
     "bad_chunk_end": "chunk data not followed by CRLF",
     "trailers_too_long": "a trailer section longer than a head may be",
+    # a request read after a desync by the lenient framing (replay.smuggled): reported, desync
+    "smuggled_request": "a request the lenient reading (Wireshark's) finds after a desync",
     # oddities counted, the message itself still framed as usual
     "obs_fold": "a header field continued on an obs-folded line (not a framing field)",
     "garbage_between_messages": "bytes between messages that do not start a message",
@@ -434,7 +437,12 @@ class HttpConnection:
         from_client, data, ts)``): True means another reader took the stream (it set
         ``foreign`` and put both readers in state FOREIGN). ``replay.extract`` sets it."""
         self.foreign: Any = None
-        """That reader (``replay.tls.records.TlsConnection``): fed like the readers."""
+        """That reader (``replay.tls.records.TlsConnection``, ``replay.h2.H2Connection``):
+        fed like the readers."""
+        self.h2c: Callable[[HttpConnection, Exchange, bytes, float], None] | None = None
+        """Called when a request's ``Upgrade: h2c`` is answered 101 (``(conn, exchange, the
+        server bytes after the 101, ts)``): it takes the connection over as HTTP/2, and the
+        exchange (the 101 as its interim response) with it. ``replay.extract`` sets it."""
         self.client = _Reader(self, True, RESYNC if resync else HEAD)
         self.server = _Reader(self, False, RESYNC if resync else HEAD)
 
@@ -462,7 +470,7 @@ class HttpConnection:
             c = ex.completeness
             if timed_out:
                 c.timed_out = True
-            if ex.request is not None and ex.response is None:
+            if ex.request is not None and ex.response is None and c.desync_reason != "smuggled":
                 c.unpaired = True
                 self.stats["requests_without_response"] = (
                     self.stats.get("requests_without_response", 0) + 1
@@ -483,6 +491,25 @@ class HttpConnection:
         self.order.append(ex)
         self.awaiting.append(ex)
         return ex
+
+    def on_smuggled(self, req: Request, ts: float) -> None:
+        """A request the lenient reading found after a desync (``replay.smuggled``): reported
+        as an exchange of its own, marked desync (never replayed), paired with no response."""
+        ex = self._new_exchange()
+        ex.request = req
+        ex.ts_request_start = ex.ts_request_end = ts
+        c = ex.completeness
+        c.desync = True
+        c.desync_reason = "smuggled"
+        c.weird.append("smuggled_request")
+        c.notes.append("smuggled: read after a desync by the lenient framing; never replayed")
+        st = self.stats
+        st["smuggled_requests"] = st.get("smuggled_requests", 0) + 1
+        st["weird:smuggled_request"] = st.get("weird:smuggled_request", 0) + 1
+        self.order.append(ex)
+        self.done_req.add(id(ex))
+        self.done_resp.add(id(ex))
+        self._flush()
 
     def on_request_done(self, ex: Exchange, msg: _Message) -> None:
         ex.ts_request_end = msg.ts_end
@@ -609,7 +636,7 @@ class HttpConnection:
 class _Reader:
     """Reads one direction's messages: head, body framing, tunnel, resynchronisation."""
 
-    __slots__ = ("after_gap", "buf", "client", "conn", "ex", "first_message", "last_ts",
+    __slots__ = ("after_gap", "buf", "client", "conn", "ex", "first_message", "last_ts", "lenient",
                  "midline", "msg", "poisoned", "remaining", "resyncing", "skipped", "state")
 
     def __init__(self, conn: HttpConnection, client: bool, state: int) -> None:
@@ -630,6 +657,9 @@ class _Reader:
         """A message of this direction was a desync: after it, nothing is read as messages."""
         self.midline = False
         """Resynchronising from inside a line (after garbage): a message starts only after LF."""
+        self.lenient: LenientReader | None = None
+        """After a desync (client side): the bytes read once more the lenient way, to report
+        the smuggled requests (``replay.smuggled``; never replayed)."""
 
     def _count(self, key: str, n: int = 1) -> None:
         st = self.conn.stats
@@ -650,6 +680,9 @@ class _Reader:
             c.desync_reason = reason
             self._count("desync_messages")
         self.poisoned = True
+
+    def _smuggled(self, req: Request) -> None:
+        self.conn.on_smuggled(req, self.last_ts)
 
     def _skip_desync(self, n: int) -> None:
         self._count("bytes_skipped", n)
@@ -693,6 +726,8 @@ class _Reader:
         if self.poisoned:
             self.state = DESYNC
             if self.buf:
+                if self.lenient is not None:
+                    self.lenient.feed(self.buf)
                 self._skip_desync(len(self.buf))
                 self.buf = b""
         if self.client:
@@ -823,6 +858,8 @@ class _Reader:
                     return
                 continue
             if state == DESYNC:
+                if self.lenient is not None:
+                    self.lenient.feed(data[pos:] if pos else data)
                 self._skip_desync(end - pos)
                 return
             if state == FOREIGN:
@@ -916,8 +953,11 @@ class _Reader:
                 framing = "none"
             if self.poisoned:
                 # Where this request ends is anyone's guess (RFC 9112 §11.2): it ends at its
-                # head, and what follows is not read as requests.
+                # head, and what follows is not read as requests (only reported, below).
                 framing = "none"
+                if self.lenient is None:
+                    self.lenient = LenientReader.after_head(self._smuggled, head,
+                                                             methods=KNOWN_METHODS)
             elif special and req.version != "HTTP/1.0" and _has_upgrade(special):
                 msg.upgrade = True
             self._start_body(msg, ex, framing, length, ts)
@@ -928,6 +968,19 @@ class _Reader:
         if 100 <= status < 200 and status != 101:
             conn.on_interim(msg)
             return he
+        if (status == 101 and conn.h2c is not None and conn.awaiting
+                and conn.client.state == WAIT and conn.wait_for is conn.awaiting[0]
+                and (_header(resp.headers, "upgrade") or "").strip().lower() == "h2c"):
+            # HTTP/2 from here on (RFC 7540 §3.2): the exchange goes with the connection
+            ex = conn.awaiting.popleft()
+            conn.order.remove(ex)
+            conn.done_req.discard(id(ex))
+            conn.wait_for = None
+            ex.interim.append(resp)
+            ex.ts_response_start = ts
+            self.state = FOREIGN
+            conn.h2c(conn, ex, data[he:], ts)
+            return end
         if self.after_gap:
             self.after_gap = False
             conn.after_server_gap(ts)
@@ -1079,6 +1132,9 @@ class _Reader:
     def _protocol_error(self, what: str, ts: float) -> None:
         """Framing broke mid-message (a chunked body not as RFC 9112 §7.1 writes it): where the
         message ends is unknown, so it is a desync: ended as truncated, nothing after it read."""
+        if self.client and self.state == CHUNK_SIZE and self.lenient is None:
+            # a chunk-size line the strict reading refuses: the lenient one may read on
+            self.lenient = LenientReader(self._smuggled, "chunked", methods=KNOWN_METHODS)
         if self.msg is not None and self.ex is not None:
             self.msg.truncated = True
             self.ex.completeness.notes.append(what)

@@ -152,17 +152,15 @@ def test_query_method_tshark_does_not_know() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SMUGGLING))
-def test_smuggling_variants_are_desync_and_nothing_after_is_read(name: str) -> None:
+def test_smuggling_variants_are_desync_and_the_smuggled_request_is_reported(name: str) -> None:
     reason, smuggled = SMUGGLING[name]
     ours, exs = _ours(ZEEK / name)
-    assert [x.request.target for x in exs] == ["/"]
+    assert [x.request.target for x in exs] == ["/", smuggled]
     assert exs[0].completeness.desync and exs[0].completeness.desync_reason == reason
+    assert exs[1].completeness.desync and exs[1].completeness.desync_reason == "smuggled"
+    assert exs[1].response is None  # reported, never answered, never replayed
     if HAVE_TSHARK:
-        # tshark reads the smuggled request with one of the framings; every request shadowtap
-        # reads, tshark reads too
-        theirs = _tshark_requests(ZEEK / name)
-        assert ours <= theirs
-        assert {r[1] for r in theirs - ours} <= {smuggled}
+        assert ours == _tshark_requests(ZEEK / name)
 
 
 def agreement(files: list[Path]) -> dict[str, float]:
@@ -191,6 +189,7 @@ def test_agreement_with_tshark_is_at_least_95_percent() -> None:
     """The measure the issue speaks of, over every capture but those decided from the bytes
     (HTTP/0.9, two-token request lines, a method tshark does not know, each tested above)."""
     a = agreement([p for p in FILES if p.name not in DECIDED])
+    assert a["per_capture"] >= 0.95, a  # raw: smuggled requests are reported, as desync
     assert a["per_capture_modulo_desync"] == 1.0, a
     assert a["per_request"] >= 0.95, a
 

@@ -225,8 +225,10 @@ def test_smuggling_shapes_are_noted() -> None:
            b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n")
     exs = _exchange([req], [])
     # Transfer-Encoding with Content-Length (RFC 9112 6.3, 11.2): where the request ends depends
-    # on who reads it, so it is a desync and the smuggled request is never read as one.
-    assert [x.request.target for x in exs] == ["/"]
+    # on who reads it, so it is a desync; the smuggled request is reported as what it is
+    # (desync too, never replayed), not read as a request of the connection.
+    assert [x.request.target for x in exs] == ["/", "/smuggled"]
+    assert exs[1].completeness.desync and exs[1].completeness.desync_reason == "smuggled"
     assert "te+cl" in exs[0].completeness.notes
     assert exs[0].completeness.desync
     assert exs[0].completeness.desync_reason == "te_with_content_length"
