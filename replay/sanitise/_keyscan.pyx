@@ -85,6 +85,30 @@ def kv_scan(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes table, 
     return out
 
 
+cdef inline Py_ssize_t _stem_at(const unsigned char* s, Py_ssize_t p, Py_ssize_t limit,
+                                const unsigned char* f, const unsigned char* st, Py_ssize_t ns,
+                                const unsigned char* pr) noexcept:
+    """The length of the first stem (in ``stems`` order) starting at ``s[p]`` and ending by
+    ``limit``, or 0: the two-byte ``pairs`` mark first, then the stems of that first byte."""
+    cdef Py_ssize_t r, q2
+    if p + 1 >= limit or not pr[(s[p] << 8) | s[p + 1]]:
+        return 0
+    r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
+    if not r:
+        return 0
+    r -= 1
+    while r < ns and st[r] == s[p]:  # the stems starting with this byte, in order
+        q2 = 1
+        while r + q2 < ns and st[r + q2] != 0 and p + q2 < limit and st[r + q2] == s[p + q2]:
+            q2 += 1
+        if r + q2 < ns and st[r + q2] == 0:
+            return q2
+        while r < ns and st[r] != 0:
+            r += 1
+        r += 1
+    return 0
+
+
 def kv_scan_stems(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes table,
                   bytes first, bytes stems, bytes pairs, bytes lo):
     """``kv_scan`` plus every other name (up to ``maxlen`` long) that holds one of ``stems``.
@@ -101,7 +125,7 @@ def kv_scan_stems(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes t
     cdef const unsigned char* pr = pairs
     cdef Py_ssize_t ns = len(stems)
     cdef Py_ssize_t n = len(lo)
-    cdef Py_ssize_t i = 0, j, k, length, stop, p, q2, r
+    cdef Py_ssize_t i = 0, j, k, length, stop, p
     cdef const unsigned char* q
     cdef uint32_t h
     cdef unsigned char c
@@ -145,22 +169,7 @@ def kv_scan_stems(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes t
             if not hit:
                 p = i + 1
                 while p + 1 < j and not hit:
-                    r = 0
-                    if pr[(s[p] << 8) | s[p + 1]]:
-                        r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
-                    if r:
-                        r -= 1
-                        while r < ns and st[r] == s[p]:  # the stems starting with this byte
-                            q2 = 1
-                            while r + q2 < ns and st[r + q2] != 0 and p + q2 < j \
-                                    and st[r + q2] == s[p + q2]:
-                                q2 += 1
-                            if r + q2 < ns and st[r + q2] == 0:
-                                hit = True
-                                break
-                            while r < ns and st[r] != 0:
-                                r += 1
-                            r += 1
+                    hit = _stem_at(s, p, j, f, st, ns, pr) > 0
                     p += 1
             if hit:
                 k += 1
@@ -288,31 +297,13 @@ def stem_find(bytes first, bytes stems, bytes pairs, bytes lo):
     cdef const unsigned char* pr = pairs
     cdef Py_ssize_t ns = len(stems)
     cdef Py_ssize_t n = len(lo)
-    cdef Py_ssize_t p = 0, q2, r
-    cdef bint hit
+    cdef Py_ssize_t p = 0, q2
     out = []
     if len(first) != 512 or len(pairs) != 65536:
         raise ValueError("first must be 512 bytes and pairs 65536")
     while p + 1 < n:
-        if not pr[(s[p] << 8) | s[p + 1]]:
-            p += 1
-            continue
-        r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
-        hit = False
-        if r:
-            r -= 1
-            while r < ns and st[r] == s[p]:  # the stems starting with this byte, in order
-                q2 = 1
-                while r + q2 < ns and st[r + q2] != 0 and p + q2 < n \
-                        and st[r + q2] == s[p + q2]:
-                    q2 += 1
-                if r + q2 < ns and st[r + q2] == 0:
-                    hit = True
-                    break
-                while r < ns and st[r] != 0:
-                    r += 1
-                r += 1
-        if hit:
+        q2 = _stem_at(s, p, n, f, st, ns, pr)
+        if q2:
             out.append((p, p + q2))
             p += q2
         else:
