@@ -78,11 +78,25 @@ def _print_json(data: Any) -> None:
 def lab_up(
     spec: Path | None = SpecOpt, prefix: str | None = PrefixOpt, as_json: bool = JsonOpt,
     dry_run: bool = DryOpt,
+    split: str | None = typer.Option(
+        None, "--split", help="Canary split: haproxy (per request, HTTP; the built-in lab's "
+        "default) or nft (per new connection, no proxy in path; a spec file's default unless "
+        "its canary.split says otherwise)."),
 ) -> None:
     """Build the lab (idempotent: running it again completes or re-asserts it)."""
     from netconfig import lab
+    from netconfig.errors import NetconfigError
 
     s = _load(spec, prefix)
+    if s.canary is not None:
+        given = (s.raw.get("canary") or {}).get("split")
+        # the built-in lab serves HTTP: HAProxy by default; a spec file says it itself
+        # (canary.split, default nft: the proxy-free mode)
+        choice = split or given or ("haproxy" if spec is None else "nft")
+        if choice not in ("haproxy", "nft"):
+            raise NetconfigError(f"--split must be haproxy or nft, not {choice!r}")
+        if choice != s.canary.split:
+            s = lab.parse_spec({**s.raw, "canary": {**s.raw["canary"], "split": choice}})
     lines = lab.up(s, dry_run=dry_run)
     if dry_run:
         if as_json:
@@ -149,7 +163,11 @@ def lab_status(
         con.print(f"mirror {m['netns']}:{m['dev']} ({m['direction']}, {m['filter']}) -> {m['to']}: "
                   f"{m['status']}")
     c = st["canary"]
-    if c and "error" not in c:
+    if c and "error" not in c and c.get("split") == "haproxy":
+        con.print(f"canary (haproxy, per request): {c['canary_percent']:g}% of requests to "
+                  f"{c['vip']} (answered: prod {c['requests']['prod']}, canary "
+                  f"{c['requests']['canary']})")
+    elif c and "error" not in c:
         con.print(f"canary: {c['canary_percent']:g}% of new connections to {c['vip']} "
                   f"(seen: prod {c['new_connections']['prod']}, canary {c['new_connections']['canary']})")
     for gw, counts in st["fences"].items():
@@ -323,9 +341,12 @@ def route_set(
         typer.echo("\n".join(dry.lines))
         return
     require_root()
+    from netconfig import haproxy
+
     ns = _gateway_ns(spec, netns, prefix, "set --canary N")
-    routing.set_canary(ns, canary)
-    typer.echo(f"canary weight {canary:g}% for new connections ({_where(ns)})")
+    haproxy.set_canary(ns, canary)
+    what = "requests (haproxy)" if haproxy.split_of(ns) == "haproxy" else "new connections"
+    typer.echo(f"canary weight {canary:g}% for {what} ({_where(ns)})")
 
 
 @route_app.command("show")
@@ -340,14 +361,23 @@ def route_show(
 
     Addresses the namespace lab; in the Vagrant lab run it inside the gateway VM (--netns -).
     """
-    from netconfig import routing
     from netconfig.errors import require_root
 
     require_root()
+    from netconfig import haproxy
+
     ns = _gateway_ns(spec, netns, prefix, "show")
-    st = routing.show(ns)
+    st = haproxy.show(ns)
     if as_json:
         _print_json(st)
+        return
+    if st["split"] == "haproxy":
+        obs = st["observed_canary_percent"]
+        typer.echo(f"VIP {st['vip']} (haproxy, per request): canary {st['canary_percent']:g}% "
+                   f"of requests (weights prod {st['weights']['prod']}, canary "
+                   f"{st['weights']['canary']}); answered prod {st['requests']['prod']}, canary "
+                   f"{st['requests']['canary']}" + (f" ({obs:g}% canary)" if obs is not None else ""))
+        typer.echo(f"({_where(ns)})")
         return
     obs = st["observed_canary_percent"]
     typer.echo(f"VIP {st['vip']}: canary {st['canary_percent']:g}% of new connections; "

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 import strictconf
-from netconfig import isolation, mirror, routing, state
+from netconfig import haproxy, isolation, mirror, routing, state
 from netconfig import netns as nsmod
 from netconfig.errors import NetconfigError, SpecError, require_root
 from netconfig.ops import DryRunner, LiveRunner, Runner
@@ -131,6 +131,12 @@ class CanarySpec:
     prod: str
     canary: str
     percent: float = 0.0
+    split: str = "nft"
+    """``haproxy``: per-request split by HAProxy on the VIP in the gateway (``shadowtap lab up``'s
+    default for HTTP services); ``nft``: the proxy-free per-connection split."""
+    port: int = 80
+    sticky: bool = False
+    routes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -186,6 +192,21 @@ class LabSpec:
         _, canary_end = self.link_between(c.node, c.canary)
         return routing.CanaryRoute(self.ns(c.node), c.vip, _ip(prod_end.addr), _ip(canary_end.addr))
 
+    def haproxy_split(self) -> haproxy.HAProxySplit | None:
+        """The request-level split (``canary.split: haproxy``): servers at their link addresses."""
+        if not self.canary or self.canary.split != "haproxy":
+            return None
+        c = self.canary
+        _, prod_end = self.link_between(c.node, c.prod)
+        _, canary_end = self.link_between(c.node, c.canary)
+        try:
+            routes = [haproxy.ABRoute(**r) for r in c.routes or []]
+        except TypeError as exc:
+            raise SpecError(f"canary.routes: {exc}") from None
+        return haproxy.HAProxySplit(self.ns(c.node), c.vip, _ip(prod_end.addr),
+                                    _ip(canary_end.addr), port=int(c.port), sticky=bool(c.sticky),
+                                    routes=routes)
+
     def fence_list(self) -> list[isolation.Fence]:
         out = []
         for f in self.fences:
@@ -240,7 +261,9 @@ SPEC_SCHEMA: dict[str, Any] = {
                  "filter": {"proto": (str, int), "ports": (int, [int]), "sports": (int, [int]),
                             "dports": (int, [int]), "nets": (str, [str]),
                             "srcs": (str, [str]), "dsts": (str, [str])}}],
-    "canary": {"node": str, "vip": str, "prod": str, "canary": str, "percent": float},
+    "canary": {"node": str, "vip": str, "prod": str, "canary": str, "percent": float,
+               "split": str, "port": int, "sticky": bool,
+               "routes": [{"to": str, "header": str, "cookie": str, "value": str}]},
     "fences": [{"shadow": str, "appliance": str}],
 }
 """Every key a lab spec knows (``strictconf``): a typo is an error with its path."""
@@ -384,7 +407,14 @@ def validate(spec: LabSpec) -> None:
         except (TypeError, ValueError):
             raise SpecError(f"canary.percent must be a number, not {c.percent!r}") from None
         routing.check_percent(c.percent)
+        if c.split not in ("haproxy", "nft"):
+            raise SpecError(f"canary.split must be haproxy or nft, not {c.split!r}")
         spec.canary_route()
+        if c.split == "haproxy":
+            try:
+                spec.haproxy_split().validate()
+            except NetconfigError as exc:
+                raise SpecError(f"canary: {exc}") from None
     for i, f in enumerate(spec.fences):
         known(f.shadow, f"fences[{i}].shadow")
         known(f.appliance, f"fences[{i}].appliance")
@@ -450,7 +480,21 @@ def build(runner: Runner, spec: LabSpec) -> None:
         for r in n.routes:
             runner.route_replace(spec.ns(n.name), r.to, via=r.via, dev=r.dev, table=r.table)
     cr = spec.canary_route()
-    if cr and spec.canary:
+    hp = spec.haproxy_split()
+    if hp is not None and spec.canary:
+        # the proxy owns the VIP in the gateway: clients' requests end there, and it opens its
+        # own connections to prod's and canary's link addresses (mirrored on prod0/canary0)
+        runner.addr_add(hp.netns, "lo", f"{hp.vip}/32")
+        if isinstance(runner, LiveRunner):
+            percent = float(spec.canary.percent)
+            if haproxy.running(hp.netns) is not None:  # re-running 'up' keeps the live weight
+                percent = haproxy.live_percent(hp.netns)
+            haproxy.install(hp, percent)
+        elif isinstance(runner, DryRunner):
+            runner.lines.append(f"ip netns exec {hp.netns} haproxy -D -f "
+                                f"{haproxy.workdir(hp.netns) / 'haproxy.cfg'}  # request-level "
+                                f"split, canary {spec.canary.percent:g} %")
+    elif cr and spec.canary:
         percent = float(spec.canary.percent)
         if isinstance(runner, LiveRunner) and nsmod.exists(cr.netns):
             # re-running 'up' must not silently move production's split back to the spec's
@@ -519,6 +563,8 @@ def down(prefix: str, dry_run: bool = False) -> list[str]:
     from pyroute2 import netns
 
     with state.locked(path):
+        for ns in rec["namespaces"]:
+            haproxy.stop(ns)  # its sockets would keep the namespace alive
         for ns in todo:
             netns.remove(ns)
         left = [ns for ns in rec["namespaces"] if nsmod.exists(ns)]
@@ -567,7 +613,7 @@ def status(spec: LabSpec) -> dict[str, Any]:
         cr = spec.canary_route()
         if cr and live and nsmod.exists(cr.netns):
             try:
-                out["canary"] = routing.show(cr.netns)
+                out["canary"] = haproxy.show(cr.netns)
             except NetconfigError as exc:
                 out["canary"] = {"error": str(exc)}
         if live:

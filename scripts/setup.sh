@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-dev gcc tshark tcpdump tcpflow tcpreplay rsync nftables
               iproute2 ethtool wrk procps nginx-light openssh-server openssh-client
               vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils
-              debootstrap dnsmasq-base redis-server chromium prometheus)
+              debootstrap dnsmasq-base redis-server chromium prometheus haproxy)
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 

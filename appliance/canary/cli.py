@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Progressive canary rollout with automatic rollback.",
                         no_args_is_help=True)
     group.command("run")(canary_run)
+    from appliance.canary import control_cli
+
+    control_cli.register(group)
+    group.command("history")(canary_history)
     app.add_typer(group, name="canary")
 
 
@@ -76,6 +80,24 @@ def canary_run(
         help="Serve /metrics (rollout, capture, shadows) on HOST:PORT, e.g. 127.0.0.1:9618")
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+    state_file: Annotated[Path | None, typer.Option(
+        "--state-file", help="The rollout's durable record (default $SHADOWTAP_HOME/canary/"
+        "<netns>.json); a restart after a crash reconciles with it (policy on_restart)")] = None,
+    control: Annotated[str | None, typer.Option(
+        "--control", help="Serve the control API (canary status|pause|resume|promote|abort) "
+        "on 127.0.0.1:PORT (0: any free port)")] = None,
+    control_token_file: Annotated[Path | None, typer.Option(
+        "--control-token-file", help="Bearer token of the control API, 0600 (created when "
+        "missing; default $SHADOWTAP_HOME/canary/control.token)")] = None,
+    hold: Annotated[bool, typer.Option(
+        "--hold", help="With --control: wait for 'shadowtap canary start' before step 1")
+    ] = False,
+    image_target: Annotated[str | None, typer.Option(
+        "--image-target", help="IMAGE:SHADOW: the canary is that shadow of the image pipeline; "
+        "a rollback also puts it back on its previous snapshot (policy key image:)")] = None,
+    history: Annotated[Path | None, typer.Option(
+        "--history", help="Rollout history database (default $SHADOWTAP_HOME/"
+        "canary-history.sqlite)")] = None,
 ) -> None:
     """Move new connections to the canary step by step; roll back on errors or latency.
 
@@ -95,10 +117,8 @@ def canary_run(
         ConntrackBackends,
         Rollout,
         load_policy,
-        run_rollout,
     )
     from appliance.live.capture import CaptureError
-    from netconfig import routing
     from netconfig.errors import NetconfigError
     from replay.cli import check_output
     from replay.errors import InputError
@@ -106,6 +126,7 @@ def canary_run(
     con = Console(stderr=True)
     try:
         policy = load_policy(config) if config is not None else CanaryPolicy()
+        policy_dir = config.parent if config is not None else None
     except ValueError as e:
         raise _fail(str(e)) from None
     given = {"steps": _steps(steps) if steps is not None else None,
@@ -115,6 +136,13 @@ def canary_run(
     for k, v in given.items():
         if v is not None:
             setattr(policy, k, v)
+    if image_target is not None:
+        from appliance.canary.history import ImageTarget
+
+        try:
+            policy.image = ImageTarget.parse(image_target)
+        except ValueError as e:
+            raise _fail(str(e)) from None
     try:
         policy.validate()
     except ValueError as e:
@@ -130,16 +158,27 @@ def canary_run(
     if os.geteuid() != 0:
         raise _fail("a rollout changes the gateway's nftables split and captures on its mirror "
                     "port: run it as root")
+    from appliance.canary import control as ctl
+    from appliance.canary import state as cstate
+    from netconfig import haproxy
+
+    store = cstate.StateStore(state_file or cstate.default_dir() / f"{netns or 'host'}.json")
     try:
-        live = routing.show(netns)
-    except NetconfigError as e:
+        live = haproxy.show(netns)  # either split: HAProxy (per request) or nft
+        saved = store.read()
+    except (NetconfigError, cstate.StateError) as e:
         raise _fail(str(e)) from None
-    if live["canary_percent"] != 0:
-        raise _fail(f"the canary already has {live['canary_percent']:g} % of new connections; "
+    unfinished = saved is not None and saved.get("state") not in (*cstate.FINAL, "pending")
+    if live["canary_percent"] != 0 and not unfinished:
+        raise _fail(f"the canary already has {live['canary_percent']:g} % of the traffic; "
                     f"set it to 0 first (shadowtap route set --canary 0"
                     f"{' --netns ' + netns if netns else ''})")
-    backend_of: Any = (AddressBackends(canary_ip) if canary_ip
-                       else ConntrackBackends(netns, live["vip"]))
+    if canary_ip:
+        backend_of: Any = AddressBackends(canary_ip)
+    elif live["split"] == "haproxy":  # the proxy connects to each backend's own address
+        backend_of = AddressBackends([live["servers"]["canary"]], [live["servers"]["prod"]])
+    else:
+        backend_of = ConntrackBackends(netns, live["vip"])
 
     from appliance.live import config
     from appliance.live.daemon import Appliance
@@ -181,10 +220,37 @@ def canary_run(
         tee = feed.process
 
     def set_weight(pct: float) -> None:
-        routing.set_canary(netns, pct)
+        haproxy.set_canary(netns, pct)
 
-    rollout = Rollout(policy, set_weight,
-                      divergence=shadows.regression_names if shadows is not None else None)
+    rollout = ctl.ControlledRollout(
+        policy, set_weight, divergence=shadows.regression_names if shadows is not None else None)
+    try:
+        from appliance.canary.webhooks import Webhooks, from_config
+
+        hooks = from_config(policy.webhooks, policy_dir)
+    except ValueError as e:
+        app.stop()
+        raise _fail(str(e)) from None
+    controller = ctl.Controller(
+        rollout, name=netns or "host", store=store,
+        split_get=lambda: haproxy.live_percent(netns), split_set=set_weight,
+        webhooks=Webhooks(hooks, netns or "host", "") if hooks else None)
+    if controller.webhooks is not None:
+        controller.webhooks.rollout_id = controller.id
+    control_server = None
+    if control is not None:
+        try:
+            host, _, cport = control.rpartition(":")
+            tfile = control_token_file or cstate.default_dir() / "control.token"
+            control_server = ctl.ControlServer(
+                ctl.load_or_create_token(tfile), controller.status, rollout.submit,
+                port=int(cport), host=host or "127.0.0.1").start()
+            ctl.write_discovery(store.path.with_name("control.json"), control_server.url,
+                                tfile, controller.name)
+        except (ValueError, OSError, ctl.ControlError) as e:
+            app.stop()
+            raise _fail(f"--control {control}: {e}") from None
+        con.print(f"control API on {control_server.url} (token in {tfile})")
     if server is not None:
         from appliance.canary.rollout import RolloutCollector
 
@@ -193,25 +259,43 @@ def canary_run(
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     last_step = [0]
 
+    import time
+
+    held: set[int] = set()
+
     def on_tick(r: Rollout, j: Any) -> None:
         if r.history and r.history[-1]["step"] != last_step[0]:
             h = r.history[-1]
             last_step[0] = h["step"]
             c, p = h["canary"], h["prod"]
             mark = "[green]ok[/]" if h["decision"] == "promote" else "[red]ROLLBACK[/]"
+            jd = h.get("judgement") or {}
+            if jd.get("score") is not None:
+                mark += f" ({jd['outcome']}, score {jd['score']:.0f})"
             con.print(f"step {h['step']}: {h['weight']:g} % for {h['seconds']:.0f} s  {mark}  "
                       f"canary {c['requests']} req, {c['error_rate']:.1%} errors, p95 "
                       f"{c['p95_ms']} ms | prod {p['requests']} req, {p['error_rate']:.1%} "
                       f"errors, p95 {p['p95_ms']} ms")
             for reason in h["reasons"]:
                 con.print(f"   {reason}")
+        elif (j is not None and j.decision == "wait" and r.step not in held
+              and time.monotonic() - r.step_started >= policy.step_seconds):
+            held.add(r.step)  # the step's time is up but the evidence is not: say so once
+            jd = j.stats.get("judgement") or {}
+            con.print(f"step {r.step + 1}: holding, {jd.get('outcome', 'inconclusive')} "
+                      f"({'; '.join(jd.get('reasons') or [])[:160]})")
 
     con.print(f"canary rollout in {netns or 'the host namespace'}: steps {policy.steps} "
-              f"(% of new connections), {policy.step_seconds:g} s each, judged on {interface}")
+              f"(% of {'requests, haproxy' if live['split'] == 'haproxy' else 'new connections'}), "
+              f"{policy.step_seconds:g} s each, judged on {interface}")
+    started = time.time()
     try:
-        doc = run_rollout(rollout, app.handoff, backend_of, stop=stop, on_tick=on_tick,
-                          tee=tee)
+        doc = controller.run(app.handoff, backend_of, stop=stop, on_tick=on_tick, tee=tee,
+                             hold=hold and control_server is not None)
     finally:
+        if control_server is not None:
+            control_server.stop()
+            store.path.with_name("control.json").unlink(missing_ok=True)
         app.stop()
         if shadows is not None:
             shadows.stop(timeout=10)
@@ -223,6 +307,10 @@ def canary_run(
     if last:
         doc["shadow_comparison"] = {k: last.get(k) for k in ("summary", "regressions",
                                                               "shadows")}
+    from appliance.canary.history import finish_rollout
+
+    finish_rollout(doc, policy, started=started, source=f"{netns or '-'} {interface}",
+                   history=history, say=con.print)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(doc, indent=2))
@@ -232,3 +320,19 @@ def canary_run(
     con.print(f"[bold red]rolled back[/]: new connections go to production "
               f"({'; '.join(rollout.reasons)})")
     raise typer.Exit(1)
+
+
+def canary_history(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Rollouts shown", min=1)] = 20,
+    rollout_id: Annotated[int | None, typer.Option(
+        "--id", help="One rollout's steps with the judge's evidence (metrics, endpoints, "
+        "effect sizes, p-values)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+    history: Annotated[Path | None, typer.Option(
+        "--history", help="History database (default $SHADOWTAP_HOME/canary-history.sqlite)")
+    ] = None,
+) -> None:
+    """Past rollouts: outcome, step reached, why, the image rollback; --id N for the evidence."""
+    from appliance.canary.history import history_command
+
+    raise typer.Exit(history_command(limit, rollout_id, as_json, history))

@@ -56,6 +56,34 @@ class CanaryPolicy:
     """A latency regression must also be at least this many ms at p95 (not just a ratio)."""
     step_deadline: float | None = None
     """Seconds after which a step without ``min_requests`` rolls back (default 4 x step)."""
+    on_restart: str = "rollback"
+    """A controller restarted mid-rollout (``appliance.canary.state``): ``resume`` the step at
+    its recorded weight, or ``rollback``."""
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+    """``appliance.canary.webhooks``: pre-rollout, step, confirm-promotion, rollback, promoted."""
+    judge: Any = None
+    """The judge's policy (``appliance.canary.judge``): None derives it from the keys above;
+    a ``judge:`` mapping of the policy file (``appliance.canary.policy``) or a JudgePolicy."""
+    image: Any = None
+    """``appliance.canary.history.ImageTarget``: roll the canary's image back too."""
+
+    def default_judge(self) -> Any:
+        from appliance.canary.judge import default_judge_policy
+
+        return default_judge_policy(
+            max_error_rate=self.max_error_rate, alpha=self.alpha,
+            max_latency_ratio=self.max_latency_ratio, min_latency_ms=self.min_latency_ms,
+            min_requests=self.min_requests)
+
+    def judge_policy(self) -> Any:
+        if self.judge is None:
+            return self.default_judge()
+        if isinstance(self.judge, dict):
+            from appliance.canary.policy import parse_judge
+
+            return parse_judge(self.judge, self.default_judge())
+        self.judge.validate()
+        return self.judge
 
     def validate(self) -> None:
         if not self.steps or any(not 0 < s <= 100 for s in self.steps):
@@ -66,6 +94,9 @@ class CanaryPolicy:
             raise ValueError("step seconds must be > 0 and min requests >= 1")
         if not 0 <= self.max_error_rate < 1 or self.max_latency_ratio < 1:
             raise ValueError("max error rate must be in [0, 1) and max latency ratio >= 1")
+        self.judge_policy()  # raises ValueError naming the judge's key
+        if self.on_restart not in ("resume", "rollback"):
+            raise ValueError(f"on_restart must be resume or rollback, not {self.on_restart!r}")
 
     @property
     def deadline(self) -> float:
@@ -79,7 +110,9 @@ class CanaryConfigError(ValueError):
 POLICY_SCHEMA: dict[str, Any] = {
     "steps": ([float], str), "step_seconds": float, "min_requests": int,
     "max_error_rate": float, "alpha": float, "max_latency_ratio": float,
-    "min_latency_ms": float, "step_deadline": float,
+    "min_latency_ms": float, "step_deadline": float, "on_restart": str,
+    "webhooks": [{"name": str, "type": str, "url": str, "secret_file": str, "secret": str,
+                  "timeout": float, "retries": int, "backoff": float}],
 }
 """The keys of a canary policy file (``canary run --config``), each a ``CanaryPolicy`` field::
 
@@ -95,14 +128,16 @@ POLICY_SCHEMA: dict[str, Any] = {
 def load_policy(path: str | Any) -> CanaryPolicy:
     """Read and validate a canary policy file (strict: unknown keys are errors)."""
     import strictconf
+    from appliance.canary import policy as sections
 
-    d = strictconf.load(path, POLICY_SCHEMA, what="canary policy", error=CanaryConfigError)
+    d = strictconf.load(path, {**POLICY_SCHEMA, **sections.SECTIONS}, what="canary policy",
+                        error=CanaryConfigError)
     if d is None:
         d = {}
     if not isinstance(d, dict):
         raise CanaryConfigError(f"{path}: expected a mapping of policy keys, e.g. "
                                 "steps: [5, 25, 50, 100]")
-    kw = {k: v for k, v in d.items() if v is not None}
+    kw = sections.take_sections({k: v for k, v in d.items() if v is not None}, path)
     steps = kw.get("steps")
     if isinstance(steps, str):
         try:
@@ -170,13 +205,27 @@ class Judgement:
 
 
 class CanaryJudge:
-    """One step's evidence: exchanges of both backends over the same seconds."""
+    """One step's evidence: exchanges of both backends over the same seconds, judged by
+    ``appliance.canary.judge`` (per metric and endpoint: Mann-Whitney U, Hodges-Lehmann effect
+    against the allowance, critical metrics, weighted score, inconclusive)."""
 
-    def __init__(self, policy: CanaryPolicy) -> None:
+    def __init__(self, policy: CanaryPolicy, previous: CanaryJudge | None = None) -> None:
+        from appliance.canary.judge import Evidence, Judge, PrometheusFetcher
+
         self.policy = policy
+        self.previous = previous.evidence if previous is not None else None
+        """The step before's evidence: its production samples stand in where this step has
+        too few (at 100 %, production gets no new connections)."""
         self.sides = {PROD: _Side(), CANARY: _Side()}
+        self.jpolicy = policy.judge_policy()
+        self.evidence = Evidence()
+        self.judge_ = Judge(self.jpolicy, CANARY, PROD)
+        self.external = (PrometheusFetcher(self.jpolicy)
+                         if any(m.kind == "prometheus" for m in self.jpolicy.metrics) else None)
+        self.verdict: Any = None
 
-    def add(self, backend: str, status: int | None, latency: float | None) -> None:
+    def add(self, backend: str, status: int | None, latency: float | None,
+            endpoint: str | None = None) -> None:
         s = self.sides.get(backend)
         if s is None:
             return
@@ -185,38 +234,36 @@ class CanaryJudge:
             s.errors += 1
         elif latency is not None:
             s.latencies.append(latency)
+        self.evidence.add(backend, status, latency, endpoint)
 
     def judge(self, elapsed: float, divergence: list[str] | None = None) -> Judgement:
         """``elapsed``: seconds since the step began; ``divergence``: regressions the shadow
-        comparison found for the canary's build (any one vetoes)."""
-        pol = self.policy
-        c, p = self.sides[CANARY], self.sides[PROD]
-        stats = {CANARY: c.to_dict(), PROD: p.to_dict()}
-        if divergence:
-            return Judgement("rollback", [f"divergence: {d}" for d in divergence[:5]], stats)
-        reasons: list[str] = []
-        if c.requests >= pol.min_requests:
-            excess = c.error_rate - p.error_rate
-            allowed = min(1.0, p.error_rate + pol.max_error_rate)
-            if (excess > pol.max_error_rate
-                    and binomial_tail(c.errors, c.requests, allowed) < pol.alpha):
-                reasons.append(f"errors: {c.error_rate:.1%} of {c.requests} canary requests vs "
-                               f"{p.error_rate:.1%} in production (allowed +"
-                               f"{pol.max_error_rate:.1%})")
-            cp, pp = _p95(c.latencies), _p95(p.latencies)
-            if (cp is not None and pp is not None and len(p.latencies) >= pol.min_requests
-                    and cp > pp * pol.max_latency_ratio
-                    and (cp - pp) * 1000 >= pol.min_latency_ms):
-                reasons.append(f"latency: p95 {cp * 1000:.1f} ms vs {pp * 1000:.1f} ms in "
-                               f"production (allowed x{pol.max_latency_ratio:g})")
-            if reasons:
-                return Judgement("rollback", reasons, stats)
-            if elapsed >= pol.step_seconds:
+        comparison found for the canary's build (None: no shadows)."""
+        from appliance.canary.judge import FAIL, INCONCLUSIVE, MARGINAL, PASS
+
+        pol, jp = self.policy, self.jpolicy
+        c = self.sides[CANARY]
+        ext = self.external(elapsed) if self.external is not None else None
+        v = self.verdict = self.judge_.judge(self.evidence, divergence, ext, self.previous)
+        stats = {CANARY: c.to_dict(), PROD: self.sides[PROD].to_dict(),
+                 "judgement": v.to_dict()}
+        if v.outcome == FAIL:
+            return Judgement("rollback", v.reasons, stats)
+        enough = c.requests >= pol.min_requests
+        if elapsed >= pol.step_seconds and enough:
+            if v.outcome == PASS:
                 return Judgement("promote", [], stats)
-            return Judgement("wait", [], stats)
-        if elapsed >= pol.deadline:
-            return Judgement("rollback", [f"too little traffic: {c.requests} canary requests in "
-                                          f"{elapsed:.0f} s (need {pol.min_requests})"], stats)
+            if v.outcome == MARGINAL and jp.marginal != "hold":
+                return Judgement("promote" if jp.marginal == "promote" else "rollback",
+                                 v.reasons, stats)
+        deadline = jp.max_wait if jp.max_wait is not None else pol.deadline
+        if elapsed >= deadline and (v.outcome in (INCONCLUSIVE, MARGINAL) or not enough):
+            why = ([f"too little traffic: {c.requests} canary requests in {elapsed:.0f} s "
+                    f"(need {pol.min_requests})"] if not enough else
+                   [f"{v.outcome} for {elapsed:.0f} s", *v.reasons])
+            if jp.on_timeout == "promote":
+                return Judgement("promote", why, stats)
+            return Judgement("rollback", why, stats)
         return Judgement("wait", [], stats)
 
 
@@ -255,10 +302,11 @@ class Rollout:
         self.weight = self.policy.steps[i]
         self.set_weight(self.weight)
         self.step_started = now
-        self.judge = CanaryJudge(self.policy)
+        self.judge = CanaryJudge(self.policy, self.judge if i > 0 else None)
         log.info("canary step %d: %g %% of new connections", i + 1, self.weight)
 
-    def add(self, backend: str | None, status: int | None, latency: float | None) -> None:
+    def add(self, backend: str | None, status: int | None, latency: float | None,
+            endpoint: str | None = None) -> None:
         if backend is None:
             self.unattributed += 1
             return
@@ -267,7 +315,7 @@ class Rollout:
             t[0] += 1
             t[1] += status is None or status >= 500
         if self.state == "running":
-            self.judge.add(backend, status, latency)
+            self.judge.add(backend, status, latency, endpoint)
 
     def tick(self, now: float) -> Judgement | None:
         """Judge the current step; act on the decision. Returns it (None when not running)."""
@@ -446,6 +494,14 @@ def exchange_outcome(ex: Any) -> tuple[int | None, float | None]:
     return ex.response.status, lat
 
 
+def exchange_endpoint(ex: Any) -> str | None:
+    """``GET /orders/{id}`` (``replay.compare.endpoint_of``): the judge's per-endpoint key."""
+    from replay.compare import endpoint_of
+
+    req = ex.request
+    return endpoint_of(req.method, req.target) if req is not None else None
+
+
 def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str | None], *,
                 stop: threading.Event | None = None,
                 on_tick: Callable[[Rollout, Judgement | None], None] | None = None,
@@ -464,7 +520,7 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
     refresh = getattr(backend_of, "refresh", None)
 
     def judge(ex: Any, b: str | None, status: int | None, lat: float | None) -> None:
-        rollout.add(b, status, lat)
+        rollout.add(b, status, lat, exchange_endpoint(ex))
         if tee is not None and b == PROD:
             tee(ex)
     try:

@@ -35,7 +35,10 @@ class ConsoleConfig:
     rules_file: str | None = None
     """Where marks from the page are written (default: console-rules.yaml beside the report)."""
     canary_status: str | None = None
-    """A canary's JSON status/report file to show (read-only)."""
+    """A canary's JSON status/report file to show (read-only), e.g. its state record."""
+    canary_control: str | None = None
+    """A canary controller's ``control.json`` (``canary run --control``): the page shows its
+    live state and offers pause/resume/promote/abort through its control API (its token)."""
 
 
 __all__ = ["ConsoleConfig"]

@@ -12,7 +12,11 @@ Routes (every one needs the token; without it 401)::
     GET  /api/exchanges?method=&status=&q=&host=&offset=&limit=   newest first, paged
     GET  /api/exchange?id=  one sanitised exchange (recent ones)
     GET  /api/latency[?endpoint=]   latency per endpoint over time
-    GET  /api/shadows       live shadows and the image/shadow pool; /api/canary (read-only)
+    GET  /api/shadows       live shadows and the image/shadow pool
+    GET  /api/canary        the canary: a controller's live state (console.canary_control) or
+                            a status file (console.canary_status); weight and step over time
+    POST /api/canary/{pause,resume,promote,abort}   forwarded to the controller's control API
+                            (with the controller's own token); 404 without canary_control
     GET  /api/events        Server-Sent Events: "overview" every second, "verdict" on a new one
 
 The token travels as ``Authorization: Bearer T`` or the HttpOnly, SameSite=Strict cookie the
@@ -196,7 +200,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             self._json({"error": "send application/json"}, 415)
             return
-        if urllib.parse.urlsplit(self.path).path != "/api/noise":
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith("/api/canary/"):
+            self._canary_verb(path.rsplit("/", 1)[-1], body)
+            return
+        if path != "/api/noise":
             self._json({"error": "not found"}, 404)
             return
         try:
@@ -220,6 +228,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             st.sample()
         self._json({"changed": changed, "marks": st.marks.marked(),
                     "verdict": st.overview()["verdict"]})
+
+    def _canary_verb(self, verb: str, body: bytes) -> None:
+        from appliance.canary.control import ControlError
+
+        if verb not in ("pause", "resume", "promote", "abort"):
+            self._json({"error": f"no canary verb {verb!r}"}, 404)
+            return
+        st = self.server.state
+        if not st.ccfg.canary_control:
+            self._json({"error": "no canary controller configured (console.canary_control)"},
+                       404)
+            return
+        try:
+            args = orjson.loads(body) if body else {}
+            if not isinstance(args, dict):
+                raise TypeError
+        except (orjson.JSONDecodeError, TypeError):
+            self._json({"error": "expected a JSON object"}, 400)
+            return
+        args = {k: args[k] for k in ("full", "reason") if k in args}
+        args["by"] = "console"
+        try:
+            out = st.canary_client().call(verb, args)
+        except ControlError as e:
+            self._json({"ok": False, "error": str(e)}, 409)
+            return
+        log.info("console: canary %s", verb)
+        self._json(out)
 
     def _events(self) -> None:
         srv = self.server

@@ -508,15 +508,35 @@ class ConsoleState:
                         "failed": h.get("failed")} for n, h in (st.get("shadows") or {}).items()}
         return {"live": live or {}, "pool": pool}
 
+    def canary_client(self) -> Any:
+        """The controller's control API client (``console.canary_control``), or None."""
+        if not self.ccfg.canary_control:
+            return None
+        from appliance.canary.control import ControlClient
+
+        return ControlClient.discover(Path(self.ccfg.canary_control))
+
     def canary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "running_here": False,
             "controls": False,
             "note": "No canary runs inside 'shadowtap appliance run': 'shadowtap canary run' is "
-                    "a process of its own and has no control API yet, so this page shows its "
-                    "state read-only (console.canary_status) and offers no pause/promote/abort.",
+                    "a process of its own. With console.canary_control (its control.json) this "
+                    "page drives it; with console.canary_status it shows a status or state "
+                    "file read-only.",
             "status": None,
         }
+        if self.ccfg.canary_control:
+            from appliance.canary.control import ControlError
+
+            try:
+                out["status"] = self.canary_client().call("status")
+                out["controls"] = True
+                out["note"] = "A running controller (its control API): pause, resume, promote "\
+                              "and abort act on it."
+                return out
+            except ControlError as e:
+                out["error"] = str(e)
         p = self.ccfg.canary_status
         if p:
             try:

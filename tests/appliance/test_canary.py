@@ -240,7 +240,10 @@ def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     prefix = f"k{secrets.token_hex(2)}-"
     old = os.environ.get("SHADOWTAP_STATE_DIR")
+    old_home = os.environ.get("SHADOWTAP_HOME")
     os.environ["SHADOWTAP_STATE_DIR"] = str(tmp_path_factory.mktemp("canarystate"))
+    # rollout records and history too: nothing of a test under /var/lib/shadowtap
+    os.environ["SHADOWTAP_HOME"] = str(tmp_path_factory.mktemp("canaryhome"))
     spec = lab.load_spec(None)
     spec.prefix = prefix
     try:
@@ -249,10 +252,11 @@ def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         with contextlib.suppress(Exception):
             lab.down(prefix)
-        if old is None:
-            os.environ.pop("SHADOWTAP_STATE_DIR", None)
-        else:
-            os.environ["SHADOWTAP_STATE_DIR"] = old
+        for key, value in (("SHADOWTAP_STATE_DIR", old), ("SHADOWTAP_HOME", old_home)):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _scrape(port: int) -> str:

@@ -179,3 +179,57 @@ def test_the_token_guards_every_route_and_a_mark_rejudges(tmp_path: Path) -> Non
         assert "body:$.a" in (tmp_path / "marks.yaml").read_text()
     finally:
         con.stop()
+
+
+def test_the_canary_page_drives_a_running_controller_through_its_control_api(
+        tmp_path: Path) -> None:
+    """console.canary_control: /api/canary shows the controller's live state with its weight
+    timeline; POST /api/canary/<verb> (console token) reaches the controller (its own token)."""
+    from test_canary_control import Running
+
+    from appliance.canary.rollout import CanaryPolicy
+
+    run = Running(tmp_path / "ctl", CanaryPolicy(steps=[10, 30, 60], step_seconds=0.5,
+                                                 min_requests=5))
+    (tmp_path / "tok").write_text("c" * 20 + "\n")
+    cfg = _cfg(tmp_path, {"listen": "127.0.0.1:0", "token_file": str(tmp_path / "tok"),
+                          "canary_control": str(run.control_file)})
+    con = Console(_Engine(cfg), cfg.console).start()
+    try:
+        base = con.url.rstrip("/")
+        assert con.token != run.token  # two tokens: the console's and the controller's
+        assert _req(base + "/api/canary")[0] == 401
+        run.wait(lambda: run.rollout.step >= 1)
+        code, body, _ = _req(base + "/api/canary", token=con.token)
+        d = json.loads(body)
+        assert code == 200 and d["controls"] is True and d["status"]["state"] == "running"
+        assert [p["weight"] for p in d["status"]["timeline"]][:2] == [10, 30]
+        # a verb needs the console's token and JSON, then reaches the controller
+        assert _req(base + "/api/canary/pause", body=b"{}")[0] == 401
+        assert _req(base + "/api/canary/pause", token=con.token, body=b"{}",
+                    ctype="text/plain")[0] == 415
+        assert _req(base + "/api/canary/explode", token=con.token, body=b"{}")[0] == 404
+        code, body, _ = _req(base + "/api/canary/pause", token=con.token, body=b"{}")
+        assert code == 200 and json.loads(body)["paused"] is True
+        step = run.rollout.step
+        time.sleep(1.5)  # three step-times: a paused step holds
+        assert run.rollout.step == step and run.rollout.paused_at is not None
+        code, body, _ = _req(base + "/api/canary/abort", token=con.token, body=b"{}")
+        assert code == 200 and json.loads(body)["state"] == "rolled_back"
+        assert run.split.weight == 0 and run.rollout.reasons == ["aborted by console"]
+        code, body, _ = _req(base + "/api/canary/resume", token=con.token, body=b"{}")
+        assert code == 409 and "over" in json.loads(body)["error"]
+        assert [e["by"] for e in run.rollout.events if "by" in e] == ["console", "console"]
+    finally:
+        con.stop()
+        run.close()
+    # without canary_control: the page is read-only and verbs are 404
+    cfg = _cfg(tmp_path, {"listen": "127.0.0.1:0", "token_file": str(tmp_path / "tok")})
+    con = Console(_Engine(cfg), cfg.console).start()
+    try:
+        base = con.url.rstrip("/")
+        assert _req(base + "/api/canary/pause", token=con.token, body=b"{}")[0] == 404
+        d = json.loads(_req(base + "/api/canary", token=con.token)[1])
+        assert d["controls"] is False
+    finally:
+        con.stop()

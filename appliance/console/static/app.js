@@ -238,9 +238,34 @@ async function loadLatency() {
 // ---- canary, shadows ---------------------------------------------------------------------
 async function loadCanary() {
   const d = await api("/api/canary");
+  const s = d.status;
   $("#cn-note").textContent = d.note + (d.error ? " (" + d.error + ")" : "");
-  $("#cn-status").textContent = d.status ? JSON.stringify(d.status, null, 2) : "No canary status file configured (console.canary_status).";
+  $("#cn-status").textContent = s ? JSON.stringify(s, null, 2) : "No canary status file configured (console.canary_status).";
+  $("#cn-actions").hidden = !d.controls;
+  if (s && s.state !== undefined) {
+    const steps = s.steps || [];
+    $("#cn-summary").textContent = `${s.state}${s.paused ? " (paused)" : ""}${s.gate_holding ? " (waiting for confirm-promotion)" : ""}: step ${Number(s.step ?? -1) + 1}/${steps.length}, canary weight ${fmt(s.weight)} %` + ((s.reasons || []).length ? " - " + s.reasons.join("; ") : "");
+  } else { $("#cn-summary").textContent = ""; }
+  // weight and step over time: the controller's timeline (one point per applied weight, held
+  // until the next one, and "now" while it runs)
+  const tl = (s && s.timeline) || [];
+  if (tl.length) {
+    const pts = [];
+    tl.forEach((p, i) => { if (i) pts.push({t: p.t - 0.001, weight: tl[i - 1].weight, step: tl[i - 1].step}); pts.push({t: p.t, weight: p.weight, step: p.step}); });
+    if (s.state === "running") pts.push({t: Date.now() / 1000, weight: s.weight, step: Number(s.step) + 1});
+    lineChart($("#cn-chart"), pts, [{key: "weight", label: "canary weight %"}, {key: "step", label: "step"}], {height: 180});
+  } else { $("#cn-chart").innerHTML = ""; }
 }
+
+document.addEventListener("click", async (e) => {
+  const b = e.target.closest("#cn-actions button[data-verb]");
+  if (!b) return;
+  const verb = b.dataset.verb;
+  if (verb === "abort" && !window.confirm("Roll the canary back now?")) return;
+  const r = await api("/api/canary/" + verb, {method: "POST", headers: {"Content-Type": "application/json"}, body: "{}"});
+  $("#cn-result").textContent = r.error ? "refused: " + r.error : `${verb}: ${r.state}, step ${r.step ?? "-"}, weight ${fmt(r.weight)} %`;
+  loadCanary();
+});
 
 async function loadShadows() {
   const d = await api("/api/shadows");
@@ -263,6 +288,7 @@ function connect() {
     renderOverview(ov);
     if (state.page === "overview" && Date.now() - lastRates > 2000) { lastRates = Date.now(); api("/api/rates?points=300").then(drawRates); }
     if (state.page === "exchanges" && $("#ex-filter [name=follow]").checked && state.exOffset === 0) loadExchanges();
+    if (state.page === "canary" && Date.now() - lastRates > 2000) { lastRates = Date.now(); loadCanary(); }
   });
   es.addEventListener("verdict", () => {
     if (state.page === "findings") api("/api/findings").then(renderFindings);
