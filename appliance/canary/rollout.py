@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from replay.replayer import percentile
 
 log = logging.getLogger("shadowtap.canary")
 
@@ -159,25 +160,9 @@ def load_policy(path: str | Any) -> CanaryPolicy:
 # The judge (sans-I/O)
 
 
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), in log space (n may be large)."""
-    if k <= 0:
-        return 1.0
-    if p <= 0.0:
-        return 0.0
-    if p >= 1.0 or k > n:
-        return 1.0 if p >= 1.0 else 0.0
-    lp, lq = math.log(p), math.log1p(-p)
-    lc = math.lgamma(n + 1)
-    return min(1.0, sum(math.exp(lc - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp
-                                 + (n - i) * lq) for i in range(k, n + 1)))
-
-
 def _p95(v: list[float]) -> float | None:
-    if not v:
-        return None
-    s = sorted(v)
-    return s[min(len(s) - 1, int(0.95 * len(s)))]
+    """Nearest-rank p95, the replayer's definition (19th of 20 samples, not the maximum)."""
+    return percentile(sorted(v), 95) if v else None
 
 
 @dataclass
