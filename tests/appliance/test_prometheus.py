@@ -33,9 +33,10 @@ pytestmark = [
 
 # Expressions (by a substring) that must return at least one series against a live appliance
 # with traffic and a regression. The rest must be valid queries; they may be empty here (no
-# drops, no weird HTTP, no restarts, no canary; and no in-process queues: with worker processes
-# the hand-off is a pipe, so ``shadowtap_queue_depth`` has no series, only its HELP/TYPE).
+# drops, no weird HTTP, no restarts, no canary). The queue panel reads the in-process queues or,
+# with worker processes (a pipe per worker), each pipe's backlog against the shed threshold.
 MUST_HAVE = [
+    "shadowtap_handoff_pending_bytes",
     "rate(shadowtap_capture_packets_total",
     "rate(shadowtap_capture_bytes_total",
     "rate(shadowtap_capture_kernel_drops_total",
