@@ -113,6 +113,10 @@ def summary_table(s: Any) -> Any:
     if tls.get("connections"):
         at = next(i for i, r in enumerate(rows) if r[0] == "non-HTTP streams") + 1
         rows[at:at] = tls_rows(s)
+    h2 = getattr(s, "h2", None) or {}
+    if h2.get("connections"):
+        at = next(i for i, r in enumerate(rows) if r[0] == "exchanges")
+        rows[at:at] = h2_rows(h2)
     for k, v in rows:
         t.add_row(k, v)
     skipped = {**s.skipped_packets}
@@ -124,7 +128,7 @@ def summary_table(s: Any) -> Any:
 
 
 TLS_OUTCOMES = (("decrypted", "decrypted"), ("no_key", "no key"),
-                ("auth_failed", "authentication failed"), ("h2", "HTTP/2, not parsed"),
+                ("auth_failed", "authentication failed"), ("h2", "decrypted, HTTP/2"),
                 ("mid_stream", "picked up mid-stream"),
                 ("unsupported_cipher", "cipher not supported"))
 
@@ -139,6 +143,27 @@ def tls_rows(s: Any) -> list[tuple[str, str]]:
         rows.append(("TLS not decrypted (SNI, ALPN)", _top(s.tls_undecrypted)))
     if tls.get("auth_failures"):
         rows.append(("TLS records failing authentication", f"{tls['auth_failures']:,}"))
+    return rows
+
+
+def h2_rows(h2: dict[str, int]) -> list[tuple[str, str]]:
+    """The summary's HTTP/2 rows: connections by how they were found, streams, gRPC calls,
+    errors by kind (``replay.h2.reader.ERROR_KINDS``)."""
+    from replay.h2.reader import ERROR_KINDS
+
+    via = [f"{label} {h2[k]:,}" for k, label in (("via_tls", "TLS"), ("via_h2c", "h2c"),
+                                                 ("via_upgrade", "Upgrade: h2c"))
+           if h2.get(k)]
+    rows = [("HTTP/2 connections", f"{h2['connections']:,} ({', '.join(via)})"),
+            ("HTTP/2 streams", f"{h2.get('streams', 0):,}"
+                               + (f" (gRPC calls {h2['grpc_calls']:,})"
+                                  if h2.get("grpc_calls") else ""))]
+    errs = {k: h2[k] for k in ERROR_KINDS if h2.get(k)}
+    for k in ("rst_stream", "goaway", "hpack_unknown_refs", "gaps", "mid_stream"):
+        if h2.get(k):
+            errs[k] = h2[k]
+    if errs:
+        rows.append(("HTTP/2 errors and events", _top(errs, 12)))
     return rows
 
 

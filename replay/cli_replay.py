@@ -368,6 +368,10 @@ def diff_cmd(
                                     "production's times come from another host)")] = False,
     alpha: Annotated[float, typer.Option(
         "--alpha", min=1e-9, max=0.5, help="Family-wise significance level (Holm)")] = 0.05,
+    proto: Annotated[list[Path] | None, typer.Option(
+        "--proto", help="gRPC: .proto files or FileDescriptorSets (protoc --descriptor_set_out"
+                        " --include_imports) giving the messages' field names (repeat)")
+    ] = None,
     min_samples: Annotated[int, typer.Option(
         "--min-samples", min=1, help="Compared requests an endpoint needs for a verdict")] = 10,
     speed: Speed = None,
@@ -418,6 +422,13 @@ def diff_cmd(
         output_format(output)
         check_output(output)
         rules = Rules.load(noise_rules) if noise_rules is not None else Rules()
+        if proto:
+            from replay.h2.grpc import load_descriptors
+
+            try:
+                load_descriptors(list(proto))
+            except Exception as e:  # a bad file: one line, no traceback
+                raise InputError(f"--proto: {e}") from None
         if allow_extra_fields:
             rules.allow_extra_fields = True
         add_ignores(rules, ignore_header or (), ignore_field or ())

@@ -392,13 +392,16 @@ class Prepared:
     differ from the other side's. Whether such a body is JSON to orjson is settled when first
     needed (``kind``; see ``_check``), and a comparison settles it for one side by the other."""
 
-    __slots__ = ("_checked", "_doc", "_kind", "body", "ctype", "decode_error", "layout", "lazy",
-                 "raw_headers", "status")
+    __slots__ = ("_checked", "_doc", "_kind", "body", "ctype", "decode_error", "grpc", "layout",
+                 "lazy", "raw_headers", "status")
 
     def __init__(self, status: int, raw_headers: Headers, layout: _Layout, ctype: str, kind: str,
                  body: bytes, doc: Any = None, decode_error: str | None = None,
-                 lazy: Any = None, checked: bool = True) -> None:
+                 lazy: Any = None, checked: bool = True, grpc: int | None = None) -> None:
         self.status = status
+        self.grpc = grpc
+        """A gRPC answer's grpc-status (trailers, or a trailers-only head), compared like the
+        HTTP status; None for anything else."""
         self.raw_headers = raw_headers
         self.layout = layout
         self.ctype = ctype
@@ -466,11 +469,13 @@ class Prepared:
 _TEXTY = ("text/", "xml", "javascript", "x-www-form-urlencoded", "csv", "yaml")
 
 
-def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
+def prepare(resp: Response, like: Prepared | None = None, path: str = "") -> Prepared:
     """Decode, classify and parse ``resp``. ``like``: an already prepared answer to the same
     request (the primary); when the decoded body is the same bytes under the same Content-Type,
     its kind and parsed document are reused instead of parsing again (a secondary running
-    production's build often answers byte for byte what production did)."""
+    production's build often answers byte for byte what production did). ``path``: the
+    request's, for a gRPC answer (its messages are decoded by the method's output type when
+    descriptors are loaded, ``replay.h2.grpc``)."""
     raw = resp.headers
     lay = _layout(raw)
     body = resp.body
@@ -478,6 +483,8 @@ def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
     if lay.encodings and body:
         body, err = decode_body(body, [raw[i][1] for i in lay.encodings])
     ct = raw[lay.ctype][1].lower() if lay.ctype >= 0 else ""
+    if ct.startswith("application/grpc"):
+        return _prepare_grpc(resp, raw, lay, ct, body, err, like, path)
     if not body:
         return Prepared(resp.status, raw, lay, ct, "empty", body, None, err)
     if like is not None and like.ctype == ct and like.body == body:
@@ -498,6 +505,21 @@ def prepare(resp: Response, like: Prepared | None = None) -> Prepared:
             pass
     kind, doc = _parse(body, ct)
     return Prepared(resp.status, raw, lay, ct, kind, body, doc, err)
+
+
+def _prepare_grpc(resp: Response, raw: Headers, lay: _Layout, ct: str, body: bytes,
+                  err: str | None, like: Prepared | None, path: str) -> Prepared:
+    """A gRPC answer: its messages decoded as protobuf into a JSON-like document (diffed field
+    by field like a JSON body), its grpc-status apart (compared like the HTTP status)."""
+    from replay.h2 import grpc
+
+    code, _ = grpc.status_of(resp)
+    if like is not None and like.ctype == ct and like.body == body and like._doc is not None:
+        doc = like._doc
+    else:
+        doc = grpc.document(raw, body, path)
+    return Prepared(resp.status, raw, lay, ct, "json" if body else "empty", body, doc, err,
+                    grpc=code)
 
 
 def _parse(body: bytes, ct: str) -> tuple[str, Any]:
@@ -862,6 +884,10 @@ class Comparator:
             # differing from a normal answer's are its consequences, not more findings.
             out.append(("status", "changed_value", a.status, b.status))
             return out
+        if a.grpc != b.grpc:
+            # gRPC's own status (trailers): the same, for a call
+            out.append(("grpc-status", "changed_value", a.grpc, b.grpc))
+            return out
         if a.raw_headers != b.raw_headers:  # the same list is the same in every mode
             if a.layout is b.layout:
                 self._header_values(a.raw_headers, b.raw_headers, a.layout.lower, out)
@@ -1184,11 +1210,14 @@ def _pretty(p: Prepared | None, err: str | None = None) -> dict[str, Any]:
         body = f"({len(p.body)} bytes, sha256 {hashlib.sha256(p.body).hexdigest()[:16]})"
     else:
         body = p.body.decode("utf-8", "replace")
-    return {
+    d = {
         "status": p.status,
         "headers": [[k, v] for k, vs in p.headers.items() for v in vs],
         "body": _short(body),
     }
+    if p.grpc is not None:
+        d["grpc_status"] = p.grpc
+    return d
 
 
 def _alike_headers(a: Headers, b: Headers, modes: dict[str, str]) -> bool:
@@ -1263,12 +1292,12 @@ class ThreeWay:
             return
         self.compared += 1
         e.compared += 1
-        P = prepare(primary)
+        P = prepare(primary, path=request.path)
         diff = self.comparator.diff
         cd: dict[tuple[str, str], Diff] = {}
         C: Prepared | None = None
         if isinstance(candidate, Response):
-            C = prepare(candidate, like=P)
+            C = prepare(candidate, like=P, path=request.path)
             for d in diff(P, C):
                 cd.setdefault((d[0], d[1]), d)
         else:
@@ -1280,6 +1309,7 @@ class ThreeWay:
         if isinstance(secondary, Response):
             if (C is not None and secondary.status == candidate.status
                     and secondary.body == candidate.body
+                    and secondary.trailers == candidate.trailers
                     and _alike_headers(candidate.headers, secondary.headers,
                                        self.rules.headers)):
                 # The two shadows answered alike (common for endpoints the build did not
@@ -1287,7 +1317,7 @@ class ThreeWay:
                 S = C
                 sd = cd
             else:
-                S = prepare(secondary, like=P)
+                S = prepare(secondary, like=P, path=request.path)
                 for d in diff(P, S):
                     sd.setdefault((d[0], d[1]), d)
         rules = self.rules

@@ -71,6 +71,10 @@ class Summary:
     ``mid_stream``, ``unsupported_cipher``) and record counters (``replay.tls.records``)."""
     tls_undecrypted: dict[str, int] = field(default_factory=dict)
     """TLS connections that were not decrypted, by ``"SNI (ALPN)"``."""
+    h2: dict[str, int] = field(default_factory=dict)
+    """HTTP/2 (``replay.h2``): ``connections`` (``via_tls``, ``via_h2c``, ``via_upgrade``),
+    ``streams``, ``exchanges``, ``grpc_calls``, and errors by kind (``replay.h2.reader.
+    ERROR_KINDS``: bounded HPACK bombs, CONTINUATION floods, bad frames...)."""
     keylog_keys: int = 0
     """Client randoms with secrets in the key logs given (``--keylog``, pcapng DSBs)."""
     errors: list[str] = field(default_factory=list)
@@ -109,7 +113,9 @@ class Extractor:
         and ALPN, as having no key."""
         self.tls_stats: dict[str, int] = {}
         self.tls_undecrypted: dict[str, int] = {}
+        self.h2_stats: dict[str, int] = {}
         self._tls_cls: Any = None
+        self._h2_cls: Any = None
         self._emit_line = emit_line
         """With the native fast path: where the exchanges it reads go as finished JSONL lines
         (``JsonlWriter``'s bytes exactly, in blocks of whole lines, with their number and each
@@ -180,6 +186,7 @@ class Extractor:
             resync=not from_start,
         )
         h.sniff = self._tls_sniff
+        h.h2c = self._h2c_upgrade
         return h
 
     def _tls_sniff(self, conn: HttpConnection, from_client: bool, data: bytes,
@@ -190,13 +197,14 @@ class Extractor:
         such connections back at their first bytes: it reads only HTTP/1 heads."""
         mid = conn.client.resyncing
         if not looks_like_tls(data, not mid) or (mid and len(data) < 5):
-            return False
+            return self._h2_sniff(conn, from_client, data, ts, mid)
         if self._tls_cls is None:
             from replay.tls.records import TlsConnection  # imports cryptography: only now
 
             self._tls_cls = TlsConnection
         tls = self._tls_cls(conn, self.keylog, self.tls_stats, self.tls_undecrypted,
                             mid_stream=mid)
+        tls.h2_stats = self.h2_stats
         conn.foreign = tls
         for r in (conn.client, conn.server):
             if r.buf:
@@ -206,6 +214,67 @@ class Extractor:
             r.state = FOREIGN
         tls.feed(from_client, data, ts)
         return True
+
+    def _h2_sniff(self, conn: HttpConnection, from_client: bool, data: bytes, ts: float,
+                  mid: bool) -> bool:
+        """Cleartext HTTP/2 (h2c): the client preface, a server's first SETTINGS frame, or (a
+        connection picked up mid-way) bytes that tile into plausible frames: an
+        ``replay.h2.H2Connection`` takes the connection over."""
+        preface = from_client and data.startswith(b"PRI * HTTP/2.0\r\n")
+        settings = (not from_client and not mid and len(data) >= 9 and data[3] == 4
+                    and data[4] == 0 and data[5:9] == b"\0\0\0\0"
+                    and ((data[0] << 16) | (data[1] << 8) | data[2]) % 6 == 0)
+        if preface or settings:
+            h2 = True
+        else:
+            # picked up mid-connection, or after a gap at the start: frames by their shape,
+            # from any offset (a segment may start inside a frame); else only from the first
+            # byte (cheap: one header looked at, for most streams that are not HTTP/2)
+            if self._h2_cls is None:
+                self._load_h2()
+            if mid or conn.client.after_gap or conn.server.after_gap:
+                h2 = self._h2_cls[1](data)
+            else:
+                h2 = self._h2_cls[2](data)
+            mid = mid or h2
+        if not h2:
+            return False
+        h = self._h2_take(conn, mid, "h2c")
+        h.feed(from_client, data, ts)  # (a server's SETTINGS first: the preface still expected)
+        return True
+
+    def _load_h2(self) -> None:
+        from replay.h2.reader import H2Connection, find_h2_frames, looks_like_h2_frames
+
+        self._h2_cls = (H2Connection, find_h2_frames, looks_like_h2_frames)
+
+    def _h2_take(self, conn: HttpConnection, mid: bool, via: str) -> Any:
+        if self._h2_cls is None:
+            self._load_h2()
+        h = self._h2_cls[0](conn.conn, conn.conn_id, conn.emit, self.h2_stats, mid_stream=mid,
+                            via=via, first_n=conn.n)
+        h.outer = conn
+        conn.foreign = h
+        for r in (conn.client, conn.server):
+            if r.buf and via != "upgrade":
+                self.http_stats["bytes_skipped"] = self.http_stats.get("bytes_skipped",
+                                                                       0) + len(r.buf)
+                r.buf = b""
+            r.state = FOREIGN
+        return h
+
+    def _h2c_upgrade(self, conn: HttpConnection, ex: Exchange, rest: bytes, ts: float) -> None:
+        """``Upgrade: h2c`` answered 101 (called by ``replay.http1``): the rest of the
+        connection is HTTP/2; stream 1 is the upgraded request, whose exchange (the 101 as its
+        interim response) the HTTP/2 reader finishes."""
+        client_buf = conn.client.buf
+        conn.client.buf = b""
+        h = self._h2_take(conn, False, "upgrade")
+        h.adopt_upgrade(ex)
+        if client_buf:
+            h.feed(True, client_buf, ts)
+        if rest:
+            h.feed(False, rest, ts)
 
     @staticmethod
     def _classify(key: bytes, payload: bytes) -> bool:
@@ -333,7 +402,8 @@ class Extractor:
         s.connections += t.get("connections", 0)
         tls = self.tls_stats
         s.http_connections += (self.http_conns - t.get("non_http_streams", 0)
-                               - tls.get("connections", 0) + tls.get("decrypted", 0))
+                               - tls.get("connections", 0) + tls.get("decrypted", 0)
+                               + tls.get("h2", 0))
         s.non_http_streams += t.get("non_http_streams", 0)
         s.exchanges += self.exchanges
         s.incomplete_exchanges += self.incomplete
@@ -350,7 +420,7 @@ class Extractor:
         if self.keylog is not None:
             s.keylog_keys = max(s.keylog_keys, len(self.keylog))
         for src, dst in ((self.decoder.skipped, s.skipped_packets), (t, s.tcp),
-                         (self.http_stats, s.http), (tls, s.tls),
+                         (self.http_stats, s.http), (tls, s.tls), (self.h2_stats, s.h2),
                          (self.tls_undecrypted, s.tls_undecrypted)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v

@@ -40,7 +40,9 @@ class Request:
     target: str
     """The request-target exactly as sent (origin, absolute, authority or asterisk form)."""
     version: str = "HTTP/1.1"
-    """``HTTP/1.0``, ``HTTP/1.1`` or ``HTTP/0.9`` (a bare request line with no version)."""
+    """``HTTP/1.0``, ``HTTP/1.1``, ``HTTP/0.9`` (a bare request line with no version) or
+    ``HTTP/2`` (``replay.h2``: ``:authority``, ``:scheme`` and ``:protocol`` lead the headers,
+    as sent; ``:method`` and ``:path`` are ``method`` and ``target``)."""
     headers: Headers = field(default_factory=list)
     body: bytes = b""
     """Body with transfer coding (chunked) removed; content coding (gzip, br) kept as sent."""
@@ -49,6 +51,8 @@ class Request:
     @property
     def host(self) -> str | None:
         h = header_get(self.headers, "host")
+        if h is None and self.version == "HTTP/2":
+            h = header_get(self.headers, ":authority")
         if h is None and "://" in self.target:
             rest = self.target.split("://", 1)[1]
             h = rest.split("/", 1)[0]

@@ -528,6 +528,8 @@ class Replayer:
         self._workers: list[asyncio.Task] = []
         self._sweeper: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._h2_pools: Any = None
+        """The HTTP/2 connections (``replay.replayer_h2``), made at the first HTTP/2 exchange."""
 
     # lifecycle
     async def start(self) -> None:
@@ -574,6 +576,10 @@ class Replayer:
             self._sweeper = None
         for p in self._pools:
             p.close()
+        if self._h2_pools is not None:
+            from replay import replayer_h2
+
+            replayer_h2.close(self)
         if not self.stats.finished:
             self.stats.finished = time.perf_counter()
 
@@ -586,7 +592,14 @@ class Replayer:
 
     # preparing
     def prepare(self, ex: Exchange) -> Prepared:
-        """The request for each target (model + wire bytes); reusable across loops."""
+        """The request for each target (model + wire bytes); reusable across loops. An
+        exchange that was HTTP/2 is replayed as HTTP/2 (``replay.replayer_h2``): its requests
+        have version ``HTTP/2`` and no bytes."""
+        r = ex.request
+        if r is not None and (r.version == "HTTP/2" or "h2" in ex.meta):
+            from replay import replayer_h2
+
+            return replayer_h2.prepare(self, ex)
         out: list[tuple[Request, bytes]] = []
         first: Target | None = None
         for t in self.targets:
@@ -619,6 +632,10 @@ class Replayer:
             await self.start()
         if prepared is None:
             prepared = self.prepare(ex)
+        if prepared[0][0].version == "HTTP/2":
+            from replay import replayer_h2
+
+            return await replayer_h2.send(self, ex, prepared, loop_no, skip)
         is_head = prepared[0][0].method == "HEAD"
         pools = self._pools
         started = time.perf_counter()
@@ -672,6 +689,11 @@ class Replayer:
         if loop is None:
             raise RuntimeError("Replayer.dispatch before start()")
         prepared = self.prepare(ex)
+        if prepared[0][0].version == "HTTP/2":  # a task: HTTP/2 is not the common case
+            t = loop.create_task(self.send(ex, prepared, 0, skip))
+            t.add_done_callback(lambda t: done(t.result() if not t.cancelled()
+                                               and t.exception() is None else {}))
+            return
         is_head = prepared[0][0].method == "HEAD"
         started = time.perf_counter()
         results: Results = {}
@@ -870,7 +892,7 @@ class Replayer:
         lateness = st.lateness
         send = self.send
 
-        if len(self._pools) == 1:
+        if len(self._pools) == 1 and not any(p[0][0].version == "HTTP/2" for p in prepared):
             # One target: the same steps as ``send``, without a coroutine per request.
             pool = self._pools[0]
             start, single, after_fail = pool.start, self._single, self._after_fail

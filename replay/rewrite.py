@@ -166,6 +166,10 @@ def skip_reason(ex: Exchange, *, include_incomplete: bool = False, need_response
         return "request truncated"
     if r.method.upper() == "CONNECT" or ex.tunnel is not None:
         return "tunnel (CONNECT/Upgrade)"
+    h2 = ex.meta.get("h2") if ex.meta else None
+    if h2 is not None and h2.get("hpack_unknown"):
+        # fields that referenced HPACK entries from before the capture (replay.h2)
+        return "HTTP/2 header fields unknown"
     if need_response and ex.response is None:
         return "no response captured"
     if not include_incomplete:

@@ -663,6 +663,9 @@ class SourceSpec:
     port: int = 4789
     vnis: list[int] = field(default_factory=list)
     path: str | None = None
+    keylog: list[str] = field(default_factory=list)
+    """NSS key log files (``SSLKEYLOGFILE``) the servers append to, tailed while capturing
+    (``appliance.live.daemon``): TLS connections are decrypted with them (``replay.tls``)."""
 
     def open(self, workers: int = 1) -> Source:
         """Open the source for one of ``workers`` workers (fanout / reuseport group size)."""

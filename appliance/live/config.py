@@ -18,6 +18,7 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       fanout_group: auto
       vxlan: {listen: 0.0.0.0, port: 4789, vnis: [4242]}
       file: capture.pcap
+      keylog: /var/lib/nginx/sslkeys.log   # NSS key log(s) the servers append to (TLS)
     extract: {port: 80, idle_timeout: 120s, max_connections: 100000, max_buffer: 4MiB}
     pipeline:
       workers: auto              # processes for sanitise, sinks, shadowing (cores - 1; 0: none)
@@ -38,6 +39,7 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       exchanges: 50000           # recent exchanges the list keeps (a bounded ring)
       rules_file: null           # noise marks from the page (default: beside shadowing.report)
       canary_status: null        # a canary's JSON status file to show (read-only)
+      canary_control: null       # a canary controller's control.json: live state + pause/promote/abort
     shadowing:                   # live replay to shadows + three-way comparison (in workers)
       candidate: http://10.77.12.2:8080     # required: the build under test
       secondary: http://10.77.11.2:8080     # production's build: what differs there is noise
@@ -84,7 +86,7 @@ SCHEMA: dict[str, Any] = {
         "ring": {"block_size": _SIZE_T, "block_count": int, "retire_ms": int},
         "rcvbuf": _SIZE_T, "workers": int, "fanout_group": (int, str),
         "vxlan": {"listen": str, "port": int, "vnis": (int, [int])},
-        "file": str,
+        "file": str, "keylog": (str, [str]),
     },
     "extract": {"port": int, "idle_timeout": _DUR_T, "max_connections": int,
                 "max_buffer": _SIZE_T},
@@ -99,7 +101,7 @@ SCHEMA: dict[str, Any] = {
     },
     "metrics": {"listen": str},
     "console": {"listen": str, "token_file": str, "exchanges": int, "rules_file": str,
-                "canary_status": str},
+                "canary_status": str, "canary_control": str},
     "shadowing": {
         "candidate": _TARGET_T, "secondary": _TARGET_T, "concurrency": int, "timeout": _DUR_T,
         "connect_timeout": _DUR_T, "verdict_every": _DUR_T, "min_samples": int,
@@ -338,6 +340,7 @@ def _console(r: _Reader) -> Any:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"console.rules_file: {parent} is not a directory")
     c.canary_status = r.str_("canary_status")
+    c.canary_control = r.str_("canary_control")
     r.done()
     return c
 
@@ -430,6 +433,10 @@ def _source(r: _Reader) -> tuple[SourceSpec, int]:
     if spec.netns is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", spec.netns):
         raise ConfigError(f"source.netns: {spec.netns!r} is not a namespace name")
     spec.bpf = r.str_("filter")
+    spec.keylog = r.list_("keylog", str)
+    for p in spec.keylog:
+        if not p or "\0" in p:
+            raise ConfigError(f"source.keylog: {p!r} is not a path")
     skip = r.get("skip_bare_acks")
     if skip is not None and not isinstance(skip, bool):
         raise ConfigError(f"source.skip_bare_acks: expected true or false, got {skip!r}")

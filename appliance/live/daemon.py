@@ -80,11 +80,19 @@ class Worker:
         self.pipeline: Pipeline = self._build(cfg.pipeline, handoff)
         boot = format(int(time.time() * 1000) % (36 ** 6), "x")
         ex = cfg.extract
+        self.keylog: Any = None
+        """source.keylog: the key log files, tailed (``_poll_keylog``) as the servers append."""
+        self._keylog_at = 0.0
+        if cfg.source.keylog:
+            from replay.tls.keylog import KeyLog
+
+            self.keylog = KeyLog()
+            self._poll_keylog(0.0)
         # The emit callback is a bound method of the worker, so a reload only swaps
         # self.pipeline: the Extractor and its connection state live on.
         self.extractor = Extractor(self._emit, port=ex.port, id_prefix=f"{boot}w{index}-",
                                    max_connections=ex.max_connections, max_buffer=ex.max_buffer,
-                                   idle_timeout=ex.idle_timeout)
+                                   idle_timeout=ex.idle_timeout, keylog=self.keylog)
         self._sync_lines()
         self.stop_event = threading.Event()
         self.reload_requested = False
@@ -156,6 +164,8 @@ class Worker:
                 if self.dispatcher is not None:
                     self.dispatcher.flush()
                 now = time.monotonic()
+                if self.keylog is not None and now - self._keylog_at >= 0.02:
+                    self._poll_keylog(now)
                 if now >= next_tick:
                     next_tick = now + 1.0
                     self._tick()
@@ -168,6 +178,17 @@ class Worker:
             self.pipeline.close()
             src.close()
             gc.set_threshold(*old_gc)
+
+    def _poll_keylog(self, now: float) -> None:
+        """Read what the servers appended to the key logs (a stat per file when nothing was:
+        every 20 ms, so a connection's secrets are usually there before its first encrypted
+        record; one whose secrets come later is decrypted from the record they arrive at)."""
+        self._keylog_at = now
+        for p in self.cfg.source.keylog:
+            try:
+                self.keylog.poll_file(p)
+            except Exception as e:  # a key log must never stop capture
+                log.warning("source.keylog %s: %r", p, e)
 
     def _native_ring(self) -> bool:
         """Whether frames can go straight from the ring to the native extractor: nothing in

@@ -85,7 +85,7 @@ def _wait_http(ns: str, url: str, timeout: float = 20.0) -> None:
 
 def one_run(spec: Any, work: Path, kind: str, i: int, args: argparse.Namespace
             ) -> dict[str, Any]:
-    from netconfig import routing
+    from netconfig import haproxy as split  # either split: the proxy, or nft without it
 
     pre = spec.prefix
     gw, vip = pre + "gateway", spec.canary.vip
@@ -101,7 +101,7 @@ def one_run(spec: Any, work: Path, kind: str, i: int, args: argparse.Namespace
                                   cwd=SHOP / build, stdout=log, stderr=subprocess.STDOUT))
         _wait_http(pre + "prod", "http://127.0.0.1/healthz")
         _wait_http(pre + "canary", "http://127.0.0.1/healthz")
-        routing.set_canary(gw, 0)
+        split.set_canary(gw, 0)
         tout = (d / "traffic.json").open("wb")
         traffic = _ns_exec(pre + "client", [sys.executable, str(SHOP / "traffic.py"),
                                             f"http://{vip}", "--users", str(args.users),
@@ -122,7 +122,7 @@ def one_run(spec: Any, work: Path, kind: str, i: int, args: argparse.Namespace
         for pr in procs:
             _stop(pr)
         with contextlib.suppress(Exception):
-            routing.set_canary(gw, 0)
+            split.set_canary(gw, 0)
     doc: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         doc = json.loads(report.read_text())

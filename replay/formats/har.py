@@ -83,6 +83,10 @@ def request_url(req: Request, ex: Exchange) -> str:
     if req.method.upper() == "CONNECT" or not (t.startswith("/") or t == "*"):
         return f"http://{t}/"  # authority-form (CONNECT host:port)
     host = header_get(req.headers, "host")
+    scheme = "http"
+    if req.version == "HTTP/2":  # replay.h2: :authority and :scheme lead the headers
+        host = host or header_get(req.headers, ":authority")
+        scheme = header_get(req.headers, ":scheme") or "https"
     if not host:
         if ex.conn is not None:
             ip = ex.conn.server_ip
@@ -91,8 +95,8 @@ def request_url(req: Request, ex: Exchange) -> str:
         else:
             host = "unknown.invalid"
     if t == "*":
-        return f"http://{host}"
-    return f"http://{host}{t}"
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}{t}"
 
 
 def _cookies(headers: Headers) -> list[dict[str, Any]]:

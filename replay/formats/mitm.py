@@ -83,6 +83,22 @@ def _split_target(req: Request, conn: ConnKey | None) -> tuple[str, int, str, st
     return host, port, "http", "", t
 
 
+def _split_h2(req: Request, conn: ConnKey | None) -> tuple[str, int, str, str, str]:
+    """(host, port, scheme, authority, path) of an HTTP/2 request (``:authority``,
+    ``:scheme``, the target as ``:path``)."""
+    authority = header_get(req.headers, ":authority") or header_get(req.headers, "host") or ""
+    scheme = header_get(req.headers, ":scheme") or "https"
+    if authority:
+        host, port = _split_hostport(authority, 443 if scheme == "https" else 80)
+    elif conn is not None:
+        host, port = conn.server_ip, conn.server_port
+    else:
+        host, port = "unknown.invalid", 443
+    if req.method.upper() == "CONNECT":
+        return host, port, "", authority or req.target, ""
+    return host, port, scheme, authority, req.target
+
+
 def _join_target(method: str, scheme: str, authority: str, path: str) -> str:
     """Inverse of ``_split_target`` (what a reader gets without our metadata)."""
     if method.upper() == "CONNECT" and authority and not path:
@@ -117,8 +133,18 @@ def exchange_to_flow(ex: Exchange) -> Any:
     if req is None:
         st["no_request"] = True
         req = Request(PLACEHOLDER_METHOD, "/")
-    host, port, scheme, authority, path = _split_target(req, conn)
-    if _join_target(req.method, scheme, authority, path) != req.target:
+    h2 = req.version == "HTTP/2"
+    req_headers = req.headers
+    if h2:
+        # mitmproxy's HTTP/2 flows: version "HTTP/2.0", pseudo-headers as fields of the
+        # request, not headers (``replay.h2`` keeps :authority/:scheme leading the headers)
+        host, port, scheme, authority, path = _split_h2(req, conn)
+        req_headers = [(k, v) for k, v in req.headers if not k.startswith(":")]
+        st["h2_pseudo"] = [[k, v] for k, v in req.headers if k.startswith(":")]
+    else:
+        host, port, scheme, authority, path = _split_target(req, conn)
+    if (_join_target(req.method, scheme, authority, path) != req.target
+            and not (h2 and path == req.target)):
         st["target"] = req.target
     try:
         authority_b = authority.encode("latin-1")
@@ -133,8 +159,8 @@ def exchange_to_flow(ex: Exchange) -> Any:
         scheme=scheme.encode("latin-1"),
         authority=authority_b,
         path=path_b,
-        http_version=req.version.encode("latin-1"),
-        headers=http.Headers(_hb(req.headers)),
+        http_version=b"HTTP/2.0" if h2 else req.version.encode("latin-1"),
+        headers=http.Headers(_hb(req_headers)),
         content=req.body,
         trailers=http.Headers(_hb(req.trailers)) if req.trailers else None,
         timestamp_start=float(t_start),
@@ -157,7 +183,7 @@ def exchange_to_flow(ex: Exchange) -> Any:
             placeholders.append("ts_response_start")
             r_start = ex.ts_request_end if ex.ts_request_end is not None else t_start
         flow.response = http.Response(
-            http_version=r.version.encode("latin-1"),
+            http_version=b"HTTP/2.0" if r.version == "HTTP/2" else r.version.encode("latin-1"),
             status_code=r.status,
             reason=r.reason.encode("latin-1"),
             headers=http.Headers(_hb(r.headers)),
@@ -227,6 +253,10 @@ def flow_to_exchange(flow: Any) -> Exchange:
         d = mreq.data
         method = d.method.decode("latin-1")
         target = st.get("target")
+        h2 = d.http_version == b"HTTP/2.0"
+        if h2 and not isinstance(target, str):
+            target = d.path.decode("latin-1") or (d.authority.decode("latin-1")
+                                                  if method.upper() == "CONNECT" else "/")
         if not isinstance(target, str):
             target = _join_target(
                 method,
@@ -234,11 +264,19 @@ def flow_to_exchange(flow: Any) -> Exchange:
                 d.authority.decode("latin-1"),
                 d.path.decode("latin-1"),
             )
+        headers = _hs(d.headers)
+        if h2:
+            pseudo = [(":authority", d.authority.decode("latin-1")),
+                      (":scheme", d.scheme.decode("latin-1"))]
+            kept = st.get("h2_pseudo")
+            if isinstance(kept, list):  # ours: as they were, in their order
+                pseudo = [(str(k), str(v)) for k, v in kept]
+            headers = [(k, v) for k, v in pseudo if v] + headers
         req = Request(
             method=method,
             target=target,
-            version=d.http_version.decode("latin-1"),
-            headers=_hs(d.headers),
+            version="HTTP/2" if h2 else d.http_version.decode("latin-1"),
+            headers=headers,
             body=d.content or b"",
             trailers=_hs(d.trailers) if d.trailers is not None else [],
         )
@@ -249,7 +287,8 @@ def flow_to_exchange(flow: Any) -> Exchange:
         response = Response(
             status=rd.status_code,
             reason=rd.reason.decode("latin-1"),
-            version=rd.http_version.decode("latin-1"),
+            version="HTTP/2" if rd.http_version == b"HTTP/2.0"
+            else rd.http_version.decode("latin-1"),
             headers=_hs(rd.headers),
             body=rd.content or b"",
             trailers=_hs(rd.trailers) if rd.trailers is not None else [],

@@ -18,7 +18,8 @@ bytes, gaps and closes exactly as the HTTP/1 reader would be, and:
   failure instead of raising;
 - hands each direction's application data to an inner ``HttpConnection`` as if it were the TCP
   payload, so TLS exchanges are ordinary Exchanges, marked ``meta["tls"]`` = {version, cipher,
-  sni, alpn}. HTTP/2 (ALPN ``h2`` or the client preface) is reported and counted, not parsed.
+  sni, alpn}. HTTP/2 (ALPN ``h2`` or the client preface) goes to an inner
+  ``replay.h2.H2Connection`` instead (outcome ``h2``: decrypted, HTTP/2).
 
 Every connection ends in exactly one outcome, counted in ``stats`` (``decrypted``, ``no_key``,
 ``auth_failed``, ``h2``, ``mid_stream``, ``unsupported_cipher``); connections without a key are
@@ -145,6 +146,10 @@ class TlsConnection:
         """"" not looked up yet, "ok", "no_key", "unsupported"."""
         self.inner: HttpConnection | None = None
         self.h2 = False
+        self.inner_h2: Any = None
+        """The HTTP/2 reader of the decrypted bytes (``replay.h2.H2Connection``)."""
+        self.h2_stats: dict[str, int] | None = None
+        """Where that reader counts (``Extractor.h2_stats``); a dict of its own if unset."""
         self.swapped = False
         self.auth_failures = 0
         self.finished = False
@@ -219,6 +224,8 @@ class TlsConnection:
             dr.buf = b""
         if self.inner is not None:
             self.inner.close(dr.is_client, ts)
+        if self.inner_h2 is not None:
+            self.inner_h2.close(dr.is_client, ts)
 
     def finish(self, ts: float, timed_out: bool = False) -> None:
         if self.finished:
@@ -230,6 +237,8 @@ class TlsConnection:
             self.inner.finish(ts, timed_out)
             if self.inner.non_http:
                 self._count("decrypted_not_http")
+        if self.inner_h2 is not None:
+            self.inner_h2.finish(ts, timed_out)
         self._count(self.outcome())
         if self.outcome() in ("no_key", "mid_stream", "unsupported_cipher", "auth_failed"):
             k = f"{self.sni or '-'} ({self.alpn or ','.join(self.alpn_offered) or '-'})"
@@ -239,9 +248,9 @@ class TlsConnection:
 
     def outcome(self) -> str:
         """What became of this connection (one of the counted outcomes)."""
-        if self.h2:
-            return "h2"
         decrypted = self.dirs[True].decrypted + self.dirs[False].decrypted
+        if self.h2 and (decrypted or self.keys_state == "ok"):
+            return "h2"  # decrypted, and HTTP/2 (``inner_h2``)
         if self.keys_state == "unsupported":
             return "unsupported_cipher"
         if decrypted:
@@ -612,6 +621,7 @@ class TlsConnection:
         if self.h2 or (self.inner is None and dr.is_client and pt.startswith(H2_PREFACE[:14])):
             self.h2 = True
             self._count("h2_bytes", len(pt))
+            self._h2_data(dr, pt, ts, lost)
             return
         inner = self.inner
         if inner is None:
@@ -626,6 +636,24 @@ class TlsConnection:
         elif lost:
             inner.gap(dr.is_client, lost, ts)
         inner.data(dr.is_client, pt, ts)
+
+    def _h2_data(self, dr: _Dir, pt: bytes, ts: float, lost: int) -> None:
+        h = self.inner_h2
+        if h is None:
+            from replay.h2.reader import H2Connection  # only for HTTP/2 inside TLS
+
+            o = self.outer
+            key = o.conn
+            if self.swapped:
+                key = ConnKey(key.server_ip, key.server_port, key.client_ip, key.client_port)
+            if self.h2_stats is None:
+                self.h2_stats = {}
+            mid = self.mid_stream or (dr.is_client and not pt.startswith(H2_PREFACE[:14]))
+            h = self.inner_h2 = H2Connection(key, o.conn_id, self._emit, self.h2_stats,
+                                             max_body=o.max_body, mid_stream=mid, via="tls")
+        elif lost:
+            h.gap(dr.is_client, lost, ts)
+        h.feed(dr.is_client, pt, ts)
 
     def _emit(self, ex: Exchange) -> None:
         ex.meta["tls"] = self.info()

@@ -99,6 +99,8 @@ def _keys(path: Path) -> KeyLog:
 def _by_cipher(exs: list[Exchange]) -> dict[str, list[Exchange]]:
     out: dict[str, list[Exchange]] = {}
     for e in exs:
+        if e.request is not None and e.request.version == "HTTP/2":
+            continue  # the HTTP/2 connection (replay.h2; tests/h2 has its own)
         out.setdefault(e.meta["tls"]["cipher"], []).append(e)
     return out
 
@@ -125,10 +127,13 @@ def test_every_request_recovered_per_cipher_and_version(world: World, native: bo
         assert big.response.body == (world.d / "www" / "big").read_bytes()
     assert s.tls["connections"] == len(COMBOS) + 1
     assert s.tls["decrypted"] == len(COMBOS)
-    assert s.tls["h2"] == 1  # HTTP/2 (ALPN h2): reported and counted, not parsed
+    assert s.tls["h2"] == 1  # HTTP/2 (ALPN h2): decrypted, read by replay.h2
+    (h2,) = [e for e in exs if e.request.version == "HTTP/2"]
+    assert h2.request.target == "/small" and h2.response.status == world.h2_status
+    assert h2.meta["tls"]["alpn"] == "h2" and s.h2["via_tls"] == 1
     assert not s.tls.get("auth_failures") and not s.tls.get("no_key")
-    assert s.exchanges == sum(len(f) for f in world.fetches.values())
-    assert s.http_connections == len(COMBOS)
+    assert s.exchanges == sum(len(f) for f in world.fetches.values()) + 1
+    assert s.http_connections == len(COMBOS) + 1  # the HTTP/2 one is HTTP too
 
 
 def test_agrees_with_tshark(world: World):
@@ -138,7 +143,8 @@ def test_agrees_with_tshark(world: World):
     theirs = tshark_requests(world.pcap, world.keylog)
     # (tshark's http.request is HTTP/1 only: the HTTP/2 connection is in neither list)
     assert len(theirs) == sum(len(f) for f in world.fetches.values())
-    assert Counter(theirs) == Counter((e.request.method, e.request.target) for e in exs)
+    assert Counter(theirs) == Counter((e.request.method, e.request.target) for e in exs
+                                      if e.request.version != "HTTP/2")
 
 
 def test_cli_with_and_without_keylog(world: World, tmp_path: Path):
@@ -163,7 +169,7 @@ def test_cli_with_and_without_keylog(world: World, tmp_path: Path):
     summ = json.loads(p.stderr.strip().splitlines()[-1])
     assert summ["tls"]["decrypted"] == len(COMBOS) and summ["tls"]["h2"] == 1
     recs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(recs) == sum(len(f) for f in world.fetches.values())
+    assert len(recs) == sum(len(f) for f in world.fetches.values()) + 1  # + the HTTP/2 one
     assert {r["meta"]["tls"]["cipher"] for r in recs} == set(world.fetches)
     # the marker survives a round trip through the JSONL reader
     back = list(read_jsonl(out))
@@ -183,7 +189,7 @@ def test_pcapng_decryption_secrets_block(world: World, tmp_path: Path):
                     str(ng)], check=True, capture_output=True)
     exs, s = _extract(ng, None)
     assert s.tls["decrypted"] == len(COMBOS)
-    assert len(exs) == sum(len(f) for f in world.fetches.values())
+    assert len(exs) == sum(len(f) for f in world.fetches.values()) + 1  # + the HTTP/2 one
 
 
 # -- hostile -------------------------------------------------------------------------------------
@@ -217,7 +223,7 @@ def test_garbage_in_the_key_log(world: World, tmp_path: Path):
     assert kl.garbage >= 4
     exs, s = _extract(world.pcap, kl)
     assert s.tls["decrypted"] == len(COMBOS)
-    assert len(exs) == sum(len(f) for f in world.fetches.values())
+    assert len(exs) == sum(len(f) for f in world.fetches.values()) + 1  # + the HTTP/2 one
 
 
 def test_truncated_capture(world: World, tmp_path: Path):
@@ -271,7 +277,8 @@ def test_capture_starting_mid_connection(world: World, tmp_path: Path):
     assert s.tls["mid_stream"] == 1
     assert s.tls["decrypted"] == len(COMBOS) - 1
     assert any(k.startswith("- (") for k in s.tls_undecrypted)  # no SNI seen for that one
-    assert len(exs) == sum(len(f) for f in world.fetches.values()) - len(PATHS) - 1
+    # (+ 1: the HTTP/2 connection's exchange)
+    assert len(exs) == sum(len(f) for f in world.fetches.values()) - len(PATHS) - 1 + 1
 
 
 def test_missing_segments_inside_a_response(world: World, tmp_path: Path):

@@ -1,0 +1,98 @@
+"""Decrypted extraction against tshark on the same TLS capture: HTTP/1.1 and HTTP/2.
+
+Builds a capture in a network namespace of its own (prefix ``h2-``; needs root, nginx, curl,
+tcpdump, tshark): nginx serving HTTPS (TLS 1.3; ALPN h2 and http/1.1), curl with
+``SSLKEYLOGFILE`` fetching ``--requests`` small files over ``--connections`` connections, once
+as HTTP/1.1 (keep-alive) and once as HTTP/2 (``-Z --parallel``, multiplexed). Then times, on
+each capture, ``shadowtap extract --keylog`` (JSONL to a file) and tshark decrypting with the
+same key log and printing every request's method and path (``-Y http.request`` /
+``-Y "http2.type == 1"``), checks both found every request, and prints a table.
+
+Run: ``sudo .venv/bin/python bench/extract/tls_h2.py [--requests 3000] [--connections 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "h2"))
+sys.path.insert(0, str(ROOT / "tests" / "tls"))
+
+from h2lab import HOST, capture, h2_lab  # noqa: E402
+
+SHADOWTAP = Path(sys.executable).parent / "shadowtap"
+
+
+def fetch(lab, keylog: Path, n: int, conns: int, h2: bool) -> None:
+    per = n // conns
+    procs = []
+    for c in range(conns):
+        argv = ["curl", "-k", "-sS", "--resolve", f"{HOST}:443:127.0.0.1",
+                "--http2" if h2 else "--http1.1", "--tlsv1.3"]
+        if h2:
+            argv += ["-Z", "--parallel", "--parallel-max", "50"]
+        for i in range(per):
+            argv += ["-o", "/dev/null", f"https://{HOST}/{('small', 'mid')[i % 2]}?c={c}&i={i}"]
+        procs.append(lab.popen(*argv, env=dict(os.environ, SSLKEYLOGFILE=str(keylog)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode(errors="replace")
+
+
+def timed(argv: list[str], out: Path | None = None) -> tuple[float, bytes]:
+    t0 = time.perf_counter()
+    with (out.open("wb") if out else open(os.devnull, "wb")) as f:
+        r = subprocess.run(argv, stdout=subprocess.PIPE if out is None else f,
+                           stderr=subprocess.PIPE, timeout=3600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return time.perf_counter() - t0, r.stdout or b""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--keep", type=Path, help="keep the captures and key logs in this directory")
+    a = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="h2-bench-") as td:
+        d = Path(td)
+        if a.keep:
+            a.keep.mkdir(parents=True, exist_ok=True)
+            d = a.keep
+        with h2_lab(d) as lab:
+            for name, h2 in (("HTTP/1.1", False), ("HTTP/2", True)):
+                pcap, keys = d / f"{name[-1]}.pcap", d / f"{name[-1]}.keys"
+                with capture(lab, pcap, (443,)):
+                    fetch(lab, keys, a.requests, a.connections, h2)
+                packets = int(subprocess.run(["capinfos", "-c", "-M", str(pcap)],
+                                             capture_output=True, text=True).stdout
+                              .split(":")[-1].strip() or 0)
+                t_st, _ = timed([str(SHADOWTAP), "extract", str(pcap), "--keylog", str(keys),
+                                 "-o", str(d / "out.jsonl")])
+                n_st = sum(1 for _ in (d / "out.jsonl").open())
+                flt = "http2.type == 1" if h2 else "http.request"
+                fld = "http2.headers.path" if h2 else "http.request.uri"
+                t_ts, out = timed(["tshark", "-n", "-r", str(pcap), "-o",
+                                   f"tls.keylog_file:{keys}", "-Y", flt, "-T", "fields",
+                                   "-E", "occurrence=a", "-E", "aggregator=|", "-e", fld])
+                n_ts = sum(len([p for p in ln.split("|") if p])
+                           for ln in out.decode().splitlines())
+                rows.append((name, packets, n_st, t_st, n_ts, t_ts))
+    print(f"{'capture':10} {'packets':>8} {'shadowtap':>22} {'tshark':>22} {'ratio':>6}")
+    for name, packets, n_st, t_st, n_ts, t_ts in rows:
+        print(f"{name:10} {packets:8d} {n_st:7d} req {t_st:7.2f} s "
+              f"{n_ts:7d} req {t_ts:7.2f} s {t_ts / t_st:5.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""An HTTP/2 lab for the tests of ``replay.h2``: nginx serving HTTP/2 over TLS (1.2 and 1.3,
+ALPN h2) and h2c with prior knowledge, a small ``h2``-package server answering ``Upgrade: h2c``,
+and a gRPC server (grpcio), with tcpdump capturing, all in a network namespace made for the
+test (prefix ``h2-``) and removed at its end. Reuses ``tests/tls/tlslab.py``'s certificate and
+namespace helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tls"))
+
+from tlslab import HOST, Lab, make_cert, sh
+
+SIZES = {"empty": 0, "small": 120, "mid": 5000, "big": 70000}
+
+NGINX_CONF = """
+user root;
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp;
+    proxy_temp_path {d}/tmp;
+    fastcgi_temp_path {d}/tmp;
+    uwsgi_temp_path {d}/tmp;
+    scgi_temp_path {d}/tmp;
+    keepalive_requests 100000;  # also HTTP/2's requests per connection (bench/extract/tls_h2.py)
+    server {{
+        listen 127.0.0.1:443 ssl http2;
+        server_name {host};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+        root {d}/www;
+        location = /post {{ return 201 "created\\n"; }}
+        location = /big {{ limit_rate 150k; }}  # slow: the other streams overtake it
+    }}
+    server {{
+        listen 127.0.0.1:8080 http2;
+        root {d}/www;
+        location = /post {{ return 201 "created\\n"; }}
+    }}
+}}
+"""
+
+PORTS = (443, 8080, 8081, 50051)
+
+
+def wait_port(lab: Lab, port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        r = lab.run("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}", capture_output=True)
+        if r.returncode == 0:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{what} did not start: {err}")
+        time.sleep(0.05)
+
+
+def stop(p: subprocess.Popen | None) -> None:
+    if p is None:
+        return
+    p.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(5)
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+@contextlib.contextmanager
+def h2_lab(tmp: Path) -> Iterator[Lab]:
+    """The namespace with nginx (443 TLS h2, 8080 h2c) running."""
+    ns = f"h2-{secrets.token_hex(3)}"
+    lab = Lab(ns, tmp)
+    nginx = None
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "mtu", "1500")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("ip", "netns", "exec", ns, "ethtool", "-K", "lo", "tso", "off", "gso", "off",
+               "gro", "off")
+        (tmp / "www").mkdir()
+        (tmp / "tmp").mkdir()
+        for name, n in SIZES.items():
+            (tmp / "www" / name).write_bytes(bytes((i * 7 + n) % 251 for i in range(n)))
+        cert, key = make_cert(tmp)
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(d=tmp, host=HOST, cert=cert, key=key))
+        nginx = lab.popen("nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(lab, 443, nginx, "nginx")
+        yield lab
+    finally:
+        stop(nginx)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def capture(lab: Lab, pcap: Path, ports: tuple[int, ...] = PORTS) -> Iterator[None]:
+    """tcpdump on the namespace's loopback, on the lab's ports, for the duration."""
+    flt: list[str] = []
+    for p in ports:
+        flt += (["or"] if flt else []) + ["tcp", "port", str(p)]
+    p = lab.popen("tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
+                  *flt, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert p.stderr is not None
+        os.set_blocking(p.stderr.fileno(), False)
+        deadline = time.monotonic() + 10
+        seen = b""
+        while b"listening on" not in seen:
+            seen += p.stderr.read() or b""
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tcpdump did not start: {seen.decode(errors='replace')}")
+            time.sleep(0.02)
+        yield
+        time.sleep(0.5)
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def curl(lab: Lab, urls: list[str], *opts: str, keylog: Path | None = None
+         ) -> list[tuple[str, int]]:
+    """One curl run over one connection (``-Z --parallel``: multiplexed streams): (path,
+    status) of each transfer."""
+    argv = ["curl", "-k", "-sS", "--resolve", f"{HOST}:443:127.0.0.1", *opts,
+            "-w", "%{url_effective} %{http_code} %{http_version}\\n"]
+    for u in urls:
+        argv += ["-o", "/dev/null", u]
+    env = dict(os.environ)
+    if keylog is not None:
+        env["SSLKEYLOGFILE"] = str(keylog)
+    r = lab.run(*argv, capture_output=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    out = []
+    for line in r.stdout.decode().splitlines():
+        url, code, version = line.split()
+        assert version == "2", line
+        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+        out.append((path, int(code)))
+    return out
+
+
+def tshark_h2(pcap: Path, keylog: Path | None, *extra: str) -> list[tuple[str, ...]]:
+    """(method, path) of every HTTP/2 request header block tshark dissects."""
+    argv = ["tshark", "-n", "-r", str(pcap)]
+    if keylog is not None:
+        argv += ["-o", f"tls.keylog_file:{keylog}"]
+    argv += [*extra, "-Y", "http2.type == 1 && http2.header.name == \":method\"",
+             "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|",
+             "-e", "http2.headers.method", "-e", "http2.headers.path"]
+    r = subprocess.run(argv, capture_output=True, timeout=120, check=True)
+    out = []
+    for line in r.stdout.decode().splitlines():
+        if not line.strip():
+            continue
+        methods, paths = line.split("\t")
+        out.extend(zip(methods.split("|"), paths.split("|"), strict=False))
+    return out
