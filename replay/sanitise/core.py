@@ -44,6 +44,7 @@ from replay.sanitise.detectors import (
     is_ipv6,
     scan,
 )
+from replay.sanitise.grpc import sanitise_grpc
 from replay.sanitise.keyscan import KeyScan, trie
 from replay.sanitise.policy import (
     FRAMING_HEADERS,
@@ -1068,7 +1069,10 @@ class Sanitiser:
         """Sanitise a message body; returns (body, headers with Content-Length fixed)."""
         if not body:
             return body, headers
-        new = self._body(ctype, cenc, body, ctx)
+        if ctype is not None and ctype[:16].lower() == "application/grpc":
+            new = self._grpc(headers, body, cenc, ctx)
+        else:
+            new = self._body(ctype, cenc, body, ctx)
         if new is body:
             return body, headers
         self.report.bodies_rewritten += 1
@@ -1107,6 +1111,22 @@ class Sanitiser:
         if new == inner:
             return body
         return bodies.encode(new, codes)
+
+    def _grpc(self, headers: Headers, body: bytes, cenc: str | None, ctx: _Ctx) -> bytes:
+        """A gRPC body: walked message by message, every string field through the text scan,
+        lengths and prefixes written anew (``replay.sanitise.grpc``); a body that does not walk
+        is dropped with its length and keyed hash."""
+        if cenc:  # gRPC compresses per message (grpc-encoding), not the whole body
+            return self._opaque(body, ctx)
+        enc = None
+        for k, v in headers:
+            if k.lower() == "grpc-encoding":
+                enc = v
+        new = sanitise_grpc(body, enc, lambda b: self._text(b, ctx))
+        if new is None:
+            self.report.fallback("gRPC body that does not walk as length-prefixed protobuf")
+            return self._opaque(body, ctx)
+        return new
 
     def _opaque(self, data: bytes, ctx: _Ctx) -> bytes:
         """A body nothing can look inside (a content coding that does not decode, or one not
