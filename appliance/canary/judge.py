@@ -666,8 +666,17 @@ def _metric(m: MetricPolicy, tests: list[Test]) -> MetricResult:
         res = PASS
     # the worst first: the smallest p beyond the allowance
     fails.sort(key=lambda t: (t.p_beyond if t.p_beyond is not None else 1.0))
-    return MetricResult(m.name, m.kind, m.group, m.critical, res, tests,
-                        [t.reason() for t in fails[:5]])
+    reasons = [t.reason() for t in fails[:5]]
+    if fails and fails[0] is overall and not any(t.endpoint for t in fails):
+        # Only the sum is significant: name the endpoint that moved it most, so a rollback
+        # always says where to look.
+        eps = [t for t in tests if t.endpoint is not None and t.effect is not None
+               and t.n_canary > 0]
+        if eps:
+            top = max(eps, key=lambda t: (t.effect or 0.0) * (1 if m.direction != "decrease"
+                                                               else -1) * t.n_canary)
+            reasons[0] += f"; most of it on {top.endpoint} ({top.reason().split(': ', 2)[-1]})"
+    return MetricResult(m.name, m.kind, m.group, m.critical, res, tests, reasons)
 
 
 def _two_proportions(k1: int, n1: int, k2: int, n2: int) -> float | None:

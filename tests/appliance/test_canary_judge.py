@@ -496,3 +496,23 @@ def test_a_hung_prometheus_never_delays_the_judge() -> None:
     release.set()
     f._busy.join(5)
     assert f(2.0)["q"] == ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+
+
+def test_a_failure_only_the_sum_shows_still_names_the_endpoint() -> None:
+    """Errors spread thin (each endpoint's share not significant alone, the total is): the
+    reason names the endpoint that moved the total most, so a rollback says where to look."""
+    rng = random.Random(11)
+    ev = Evidence()
+    for _ in range(4000):
+        ev.add(PROD, 200, 0.004, rng.choice(["GET /a", "GET /b", "GET /c", "GET /d"]))
+    eps = ["GET /a", "GET /b", "GET /c", "GET /d"]
+    errors = {"GET /a": 3, "GET /b": 3, "GET /c": 4, "GET /d": 3}  # 13 of 400 in all
+    for ep in eps:
+        for i in range(100):
+            ev.add(CANARY, 500 if i < errors[ep] else 200, 0.004, ep)
+    v = Judge(default_judge_policy(), CANARY, PROD).judge(ev, divergence=[])
+    errs = next(m for m in v.metrics if m.name == "errors")
+    assert errs.result == FAIL
+    assert not any(t.endpoint and t.result == FAIL for t in errs.tests)  # no endpoint alone
+    assert errs.reasons[0].startswith("errors: 3.2% of 400 canary requests"), errs.reasons
+    assert "most of it on GET /c (4.0% of 100 canary requests" in errs.reasons[0], errs.reasons
