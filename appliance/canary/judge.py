@@ -567,7 +567,17 @@ class Judge:
             tests.append(Test(m.name, ep, cc.requests, bc.requests, cs, bs, cs - bs, allowed,
                               p_two, p_beyond, FAIL if bad else PASS, "share", note,
                               metric_kind=m.kind))
-        return _metric(m, tests)
+        hint = None
+        if len(keys) > 1:  # where the excess errors are, even on endpoints too thin to judge
+            bs0 = base[None][0]
+            rate = bs0.errors / bs0.requests if bs0.requests else 0.0
+            excess = {ep: c.errors - c.requests * rate for ep in keys[1:]
+                      if (c := ev.counts.get((self.canary, ep))) is not None and c.errors}
+            if excess:
+                top = max(excess, key=lambda e: excess[e])
+                c = ev.counts[(self.canary, top)]
+                hint = f"{top} ({c.errors} errors in {c.requests} canary requests)"
+        return _metric(m, tests, hint)
 
     def _distribution(self, m: MetricPolicy,
                       rows: list[tuple[str | None, list[float], list[float], bool]]
@@ -653,7 +663,7 @@ class Judge:
                        [f"score {score:.0f} below {pol.marginal_score:g}", *reasons])
 
 
-def _metric(m: MetricPolicy, tests: list[Test]) -> MetricResult:
+def _metric(m: MetricPolicy, tests: list[Test], hint: str | None = None) -> MetricResult:
     fails = [t for t in tests if t.result == FAIL]
     overall = tests[0] if tests and tests[0].endpoint is None else None
     if fails:
@@ -672,7 +682,9 @@ def _metric(m: MetricPolicy, tests: list[Test]) -> MetricResult:
         # always says where to look.
         eps = [t for t in tests if t.endpoint is not None and t.effect is not None
                and t.n_canary > 0]
-        if eps:
+        if hint is not None:  # the metric's own account (errors: where the excess is)
+            reasons[0] += f"; most of it on {hint}"
+        elif eps:
             top = max(eps, key=lambda t: (t.effect or 0.0) * (1 if m.direction != "decrease"
                                                                else -1) * t.n_canary)
             reasons[0] += f"; most of it on {top.endpoint} ({top.reason().split(': ', 2)[-1]})"

@@ -515,4 +515,19 @@ def test_a_failure_only_the_sum_shows_still_names_the_endpoint() -> None:
     assert errs.result == FAIL
     assert not any(t.endpoint and t.result == FAIL for t in errs.tests)  # no endpoint alone
     assert errs.reasons[0].startswith("errors: 3.2% of 400 canary requests"), errs.reasons
-    assert "most of it on GET /c (4.0% of 100 canary requests" in errs.reasons[0], errs.reasons
+    assert "most of it on GET /c (4 errors in 100 canary requests)" in errs.reasons[0], errs.reasons
+
+
+def test_errors_too_thin_to_judge_per_endpoint_are_still_located() -> None:
+    """A step's first seconds: the total fails but no endpoint has enough requests to be
+    judged; the reason still says where the errors are."""
+    ev = Evidence()
+    for i in range(2000):
+        ev.add(PROD, 200, 0.004, "GET /a" if i % 2 else "GET /b")
+    for i in range(60):
+        ep = "GET /orders" if i < 8 else "GET /a"
+        ev.add(CANARY, 500 if i < 5 else 200, 0.004, ep)
+    v = Judge(default_judge_policy(), CANARY, PROD).judge(ev, divergence=[])
+    errs = next(m for m in v.metrics if m.name == "errors")
+    assert errs.result == FAIL, errs.reasons
+    assert "most of it on GET /orders (5 errors in 8 canary requests)" in errs.reasons[0]
