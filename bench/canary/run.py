@@ -133,11 +133,9 @@ def one_run(spec: Any, work: Path, kind: str, i: int, args: argparse.Namespace
     last = hist[-1] if hist else {}
     reasons = doc.get("reasons") or []
     first = reasons[0] if reasons else ""
-    names = bool(first) and first.split(":", 1)[0] in ("errors", "latency") and (
-        " /" in first.split(":", 2)[1] if first.count(":") >= 2 else False)
     return {"kind": kind, "run": i, "exit": p.returncode, "state": doc.get("state"),
             "steps": [h.get("weight") for h in hist], "reason": first,
-            "names_endpoint_and_metric": names or first.startswith("divergence: "),
+            "names_endpoint_and_metric": names_endpoint_and_metric(first),
             # only a rollback for what v2 does wrong (not for too little traffic)
             "rollback_seconds": last.get("seconds") if doc.get("state") == "rolled_back"
             and len(hist) == 1 and first.split(":", 1)[0] in ("errors", "latency",
@@ -149,6 +147,19 @@ def one_run(spec: Any, work: Path, kind: str, i: int, args: argparse.Namespace
             "client_failed": (sum((seen.get("transport_errors") or {}).values())
                               if seen else None),
             "stderr_tail": p.stderr[-400:] if p.returncode not in (0, 1) else ""}
+
+
+def names_endpoint_and_metric(reason: str) -> bool:
+    """Whether a rollback's first reason says which metric and where: ``errors: GET /x: ...``,
+    ``latency: GET /x: ...``, a total ``...; most of it on GET /x (...)``, or a divergence
+    (which names its field and endpoint)."""
+    metric = reason.split(":", 1)[0]
+    if metric == "divergence":
+        return True
+    if metric not in ("errors", "latency"):
+        return False
+    where = reason.split(":", 2)[1] if reason.count(":") >= 2 else ""
+    return " /" in where or "; most of it on " in reason
 
 
 def _q(v: list[float], q: float) -> float | None:
@@ -163,7 +174,8 @@ def section(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
     v2 = [r for r in rows if r["kind"] == "v2"]
     aa_ok = sum(r["state"] == "promoted" for r in aa)
     v2_rb = sum(r["state"] == "rolled_back" for r in v2)
-    v2_named = sum(r["state"] == "rolled_back" and r["names_endpoint_and_metric"] for r in v2)
+    v2_named = sum(r["state"] == "rolled_back" and names_endpoint_and_metric(r["reason"])
+                   for r in v2)
     v2_found = sum(r["state"] == "rolled_back" and r["reason"].split(":", 1)[0]
                    in ("errors", "latency", "divergence") for r in v2)
     tt = [r["rollback_seconds"] for r in v2 if r["rollback_seconds"] is not None]
@@ -221,7 +233,15 @@ def main() -> int:
                     help="the lab's canary split (default: the lab spec's)")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every run's row here")
+    ap.add_argument("--rows", type=Path, help="no runs: the section from rows --json wrote")
+    ap.add_argument("--seconds", type=float, default=0.0, help="with --rows: the runs' time")
     args = ap.parse_args()
+    if args.rows is not None:
+        text = section(json.loads(args.rows.read_text()), args, args.seconds)
+        print(text)
+        if not args.no_docs:
+            update_docs("canary", text)
+        return 0
     if os.geteuid() != 0:
         print("error: run as root (namespaces, nftables, capture)", file=sys.stderr)
         return 2
