@@ -44,9 +44,17 @@ PY = str(ROOT / ".venv/bin/python")
 
 DRIVER = r'''
 import json, resource, sys, time
-from appliance.live import config
-from appliance.live.pipeline import Handoff, Stats
-from appliance.live.shadowing import LiveShadowing
+import os, appliance
+# the house as regrouped (appliance/live/), or a checkout from before (--baseline): decided by
+# the tree itself (an editable install would answer appliance.live from the other one)
+if os.path.isfile(os.path.join(os.path.dirname(appliance.__file__), "live", "shadowing.py")):
+    from appliance.live import config
+    from appliance.live.pipeline import Handoff, Stats
+    from appliance.live.shadowing import LiveShadowing
+else:
+    from appliance import config
+    from appliance.pipeline import Handoff, Stats
+    from appliance.shadowing import LiveShadowing
 from replay.formats.jsonl import read_jsonl
 exs = [e for e in read_jsonl(sys.argv[1]) if e.response is not None
        and e.completeness.complete]
@@ -64,7 +72,7 @@ t0 = time.perf_counter()
 ls = LiveShadowing(cfg.shadowing, h, registry=False).start()
 while ls.status()["compared"] + sum(ls.status()["skipped"].values()) < len(exs):
     time.sleep(0.01)
-    if time.perf_counter() - t0 > 300:
+    if time.perf_counter() - t0 > 300 or getattr(ls, "error", None):
         break
 wall = time.perf_counter() - t0
 r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -134,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate_pcap(tmp / "t.pcap", connections=a.connections, concurrency=50, seed=3,
                       truth=[])
-        subprocess.run([PY, "-m", "appliance.cli", "extract", str(tmp / "t.pcap"), "-o",
-                        str(tmp / "t.jsonl")], cwd=ROOT, check=True, capture_output=True)
-        procs, urls = shadows()
         trees = [("now", ROOT)] + ([("before", a.baseline)] if a.baseline else [])
+        for label, tree in trees:  # each tree reads the log its own extract writes
+            subprocess.run([PY, "-m", "appliance.cli", "extract", str(tmp / "t.pcap"), "-o",
+                            str(tmp / f"t-{label}.jsonl")], cwd=tree, check=True,
+                           capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)})
+        procs, urls = shadows()
         for _ in range(a.repeat):
             for label, tree in trees:
-                r = driver(tree, tmp / "t.jsonl", urls)
+                r = driver(tree, tmp / f"t-{label}.jsonl", urls)
                 print(label, r, flush=True)
                 rows.append((label, r))
             for w in (1, 2):
