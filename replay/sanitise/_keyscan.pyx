@@ -315,15 +315,32 @@ cdef inline bint _cls_alpha(unsigned char c) noexcept:
     return c == 65 or c == 97  # 'A' or 'a' on the class map
 
 
-def iban_anchors(bytes t):
+cdef inline bint _alnum(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122)
+
+
+def iban_anchors(bytes t, bytes text=None, bytes countries=None):
     """Where an IBAN in any case could start, on the class map (``detectors.CLASS_MAP``):
     ``[i, ...]`` for each ``[Aa][Aa]00`` followed by eleven of ``0``, ``A``, ``a`` — exactly
     the starts of ``re.finditer(rb"(?:AA|aa|Aa|aA)00(?=[0Aa]{11})", t)``.
 
+    With ``text`` (the original bytes) and ``countries`` (676 bytes, non-zero at
+    ``(A - 65) * 26 + (B - 65)`` for each country code ``AB``), the first checks of
+    ``detectors.find_iban`` are made here too: no letter or digit right before, two real digits,
+    a known country in either case. Tokens full of ``ab12...`` then cost no Python at all.
+
     Why: that regex has no literal prefix, so ``re`` tries it at every byte of a body full of
     letters; here a memchr hops from one '0' class byte (digits, spaces, dashes) to the next."""
     cdef const unsigned char* s = t
+    cdef const unsigned char* x = NULL
+    cdef const unsigned char* cc = NULL
+    cdef unsigned char a, b
     cdef Py_ssize_t n = len(t)
+    if text is not None and countries is not None:
+        if len(text) != n or len(countries) != 676:
+            raise ValueError("text must match t, countries must be 676 bytes")
+        x = text
+        cc = countries
     cdef Py_ssize_t i = 2, p, k
     cdef const unsigned char* q
     cdef bint ok
@@ -342,6 +359,12 @@ def iban_anchors(bytes t):
                     ok = False
                     break
                 k += 1
+            if ok and x != NULL:
+                a = x[p - 2] & 0xDF  # upper case
+                b = x[p - 1] & 0xDF
+                ok = (not (p > 2 and _alnum(x[p - 3])) and 48 <= x[p] <= 57
+                      and 48 <= x[p + 1] <= 57 and 65 <= a <= 90 and 65 <= b <= 90
+                      and cc[(a - 65) * 26 + (b - 65)] != 0)
             if ok:
                 out.append(p - 2)
                 i = p + 2

@@ -226,6 +226,9 @@ _KEY_AT = _key_at()
 _key_gates = _native.load_pyx("replay.sanitise._keyscan", "key_gates")
 _ipv6_gate = _native.load_pyx("replay.sanitise._keyscan", "ipv6_gate")
 _iban_anchors = _native.load_pyx("replay.sanitise._keyscan", "iban_anchors")
+_IBAN_COUNTRIES = bytes(
+    1 if bytes((65 + i // 26, 65 + i % 26)) in IBAN_LENGTHS else 0 for i in range(676))
+"""Country codes with an IBAN, as ``iban_anchors`` looks them up."""
 
 
 def key_gates_py(text: bytes, us: bytes, dash: bytes, dot: bytes) -> tuple[list[Span], bool]:
@@ -787,7 +790,7 @@ def find_iban(p: Prep) -> list[Span]:
     if b"00" not in t:
         return []
     if _iban_anchors is not None:
-        starts = _iban_anchors(t)
+        starts = _iban_anchors(t, text, _IBAN_COUNTRIES)
     else:
         starts = [a.start() for a in _IBAN_ANCHOR_ANY.finditer(t)]
     out: list[Span] = []

@@ -164,6 +164,15 @@ def test_iban_anchors_agree_with_their_regex() -> None:
     for _ in range(5000):
         t = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
         assert d._iban_anchors(t) == [m.start() for m in d._IBAN_ANCHOR_ANY.finditer(t)], t
+    # with the text and the countries: exactly find_iban's first checks, made in C
+    for _ in range(5000):
+        text = b"".join(rng.choice([b"de", b"DE", b"Nl", b"zz", b"89", b"12", b"370400440532",
+                                    b" ", b"-", b"x", b"0"]) for _ in range(rng.randrange(0, 12)))
+        t = text.translate(d.CLASS_MAP)
+        want = [s for s in (m.start() for m in d._IBAN_ANCHOR_ANY.finditer(t))
+                if not (s > 0 and text[s - 1] in d._ALNUM) and 48 <= text[s + 2] <= 57
+                and 48 <= text[s + 3] <= 57 and text[s:s + 2].upper() in d.IBAN_LENGTHS]
+        assert d._iban_anchors(t, text, d._IBAN_COUNTRIES) == want, text
     body = (b'{"items": [' + b", ".join(b'{"sku": "ab%06d", "qty": %d}' % (i, i % 7)
                                         for i in range(400))
             + b'], "note": "pay to nl91abna0417164300 please"}')
