@@ -147,13 +147,13 @@ def decode_raw(data: bytes, depth: int = 0) -> dict[str, Any]:
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _varint(data, pos)
+        key, pos = read_varint(data, pos)
         num, wt = key >> 3, key & 7
         if num == 0:
             raise ValueError("field 0")
         v: Any
         if wt == 0:
-            v, pos = _varint(data, pos)
+            v, pos = read_varint(data, pos)
         elif wt == 1:
             if pos + 8 > end:
                 raise ValueError("truncated fixed64")
@@ -165,7 +165,7 @@ def decode_raw(data: bytes, depth: int = 0) -> dict[str, Any]:
             v = int.from_bytes(data[pos:pos + 4], "little")
             pos += 4
         elif wt == 2:
-            n, pos = _varint(data, pos)
+            n, pos = read_varint(data, pos)
             if pos + n > end:
                 raise ValueError("truncated bytes")
             v = _bytes_value(data[pos:pos + n], depth)
@@ -206,7 +206,8 @@ def _bytes_value(b: bytes, depth: int) -> Any:
     return b.hex()
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A protobuf varint at ``pos``: (value, position after it); ValueError if bad."""
     v = 0
     shift = 0
     end = len(data)

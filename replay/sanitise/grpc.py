@@ -21,21 +21,10 @@ import gzip
 import zlib
 from collections.abc import Callable
 
+from replay.h2.grpc import read_varint
+
 MAX_DEPTH = 32
 """Nested messages deeper than this are scanned as bytes (a hostile body cannot recurse us)."""
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("bad varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
 
 
 def _put_varint(out: bytearray, n: int) -> None:
@@ -63,19 +52,19 @@ def sanitise_message(msg: bytes, text: Callable[[bytes], bytes], depth: int = 0)
     changed = False
     while pos < n:
         start = pos
-        tag, pos = _varint(msg, pos)
+        tag, pos = read_varint(msg, pos)
         tag_end = pos
         field, wire = tag >> 3, tag & 7
         if field == 0:
             return None
         if wire == 0:
-            _, pos = _varint(msg, pos)
+            _, pos = read_varint(msg, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         elif wire == 2:
-            size, p = _varint(msg, pos)
+            size, p = read_varint(msg, pos)
             if p + size > n:
                 return None
             payload = msg[p : p + size]

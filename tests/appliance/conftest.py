@@ -33,3 +33,32 @@ def shadow_pair() -> Iterator[tuple[int, int]]:
     v2 = type("ShadowV2", (StatusShadow,), {"build": "v2"})
     with serve_http(StatusShadow, "127.0.0.1", p1), serve_http(v2, "127.0.0.1", p2):
         yield p1, p2
+
+
+@pytest.fixture
+def running_lab(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The default namespace lab (its own prefix and state dir), torn down after the test
+    with every namespace of that prefix, whatever ``lab.down`` managed."""
+    import secrets
+    import subprocess
+
+    import yaml
+
+    from netconfig import lab
+    from netconfig import netns as nsmod
+
+    prefix = f"sa{secrets.token_hex(2)}-"
+    monkeypatch.setenv("SHADOWTAP_STATE_DIR", str(tmp_path / "state"))
+    d = yaml.safe_load(lab.DEFAULT_SPEC_YAML)
+    d["prefix"] = prefix
+    spec = lab.parse_spec(d)
+    try:
+        lab.up(spec)
+        yield spec
+    finally:
+        try:
+            lab.down(prefix)
+        finally:
+            for ns in nsmod.list_netns():
+                if ns.startswith(prefix):
+                    subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)

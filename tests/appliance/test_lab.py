@@ -3,47 +3,17 @@ lab's mirror port, and exchanges taken live from the hand-off queue."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from apphelpers import Server, check_exactly_once, run_load
 
 from appliance.live import config
 from appliance.live.daemon import Appliance
 from netconfig import lab
-from netconfig import netns as nsmod
 
 pytestmark = pytest.mark.root
 VIP = "10.77.100.10"
-
-
-@pytest.fixture
-def running_lab(tmp_path: Path) -> Iterator[lab.LabSpec]:
-    prefix = f"sa{secrets.token_hex(2)}-"
-    old = os.environ.get("SHADOWTAP_STATE_DIR")
-    os.environ["SHADOWTAP_STATE_DIR"] = str(tmp_path / "state")
-    d = yaml.safe_load(lab.DEFAULT_SPEC_YAML)
-    d["prefix"] = prefix
-    spec = lab.parse_spec(d)
-    try:
-        lab.up(spec)
-        yield spec
-    finally:
-        try:
-            lab.down(prefix)
-        finally:
-            for ns in nsmod.list_netns():
-                if ns.startswith(prefix):
-                    subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-            if old is None:
-                os.environ.pop("SHADOWTAP_STATE_DIR", None)
-            else:
-                os.environ["SHADOWTAP_STATE_DIR"] = old
 
 
 def test_appliance_on_the_lab_mirror_port_feeds_the_handoff_queue(running_lab: lab.LabSpec,

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 from apphelpers import Server, free_port, serve_http, wait_for
 
 from appliance.live import config
@@ -52,30 +49,6 @@ class Recorder(BaseHTTPRequestHandler):
 
     def log_message(self, *a: object) -> None:
         pass
-
-
-@pytest.fixture
-def running_lab(tmp_path: Path) -> Iterator[lab.LabSpec]:
-    prefix = f"sm{secrets.token_hex(2)}-"
-    old = os.environ.get("SHADOWTAP_STATE_DIR")
-    os.environ["SHADOWTAP_STATE_DIR"] = str(tmp_path / "state")
-    d = yaml.safe_load(lab.DEFAULT_SPEC_YAML)
-    d["prefix"] = prefix
-    spec = lab.parse_spec(d)
-    try:
-        lab.up(spec)
-        yield spec
-    finally:
-        try:
-            lab.down(prefix)
-        finally:
-            for ns in nsmod.list_netns():
-                if ns.startswith(prefix):
-                    subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-            if old is None:
-                os.environ.pop("SHADOWTAP_STATE_DIR", None)
-            else:
-                os.environ["SHADOWTAP_STATE_DIR"] = old
 
 
 def _nginx(ns: str, port: int, d: Path) -> subprocess.Popen:

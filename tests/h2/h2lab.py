@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -19,9 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tls"))
 
-from tlslab import HOST, Lab, make_cert, sh
-
-SIZES = {"empty": 0, "small": 120, "mid": 5000, "big": 70000}
+from tlslab import HOST, SIZES, Lab, nginx_lab, stop, wait_port  # noqa: F401
 
 NGINX_CONF = """
 user root;
@@ -60,55 +57,9 @@ http {{
 PORTS = (443, 8080, 8081, 50051)
 
 
-def wait_port(lab: Lab, port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        r = lab.run("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}", capture_output=True)
-        if r.returncode == 0:
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"{what} did not start: {err}")
-        time.sleep(0.05)
-
-
-def stop(p: subprocess.Popen | None) -> None:
-    if p is None:
-        return
-    p.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        p.wait(5)
-    if p.poll() is None:
-        p.kill()
-        p.wait()
-
-
-@contextlib.contextmanager
-def h2_lab(tmp: Path) -> Iterator[Lab]:
+def h2_lab(tmp: Path) -> contextlib.AbstractContextManager[Lab]:
     """The namespace with nginx (443 TLS h2, 8080 h2c) running."""
-    ns = f"h2-{secrets.token_hex(3)}"
-    lab = Lab(ns, tmp)
-    nginx = None
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "mtu", "1500")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        with contextlib.suppress(subprocess.CalledProcessError):
-            sh("ip", "netns", "exec", ns, "ethtool", "-K", "lo", "tso", "off", "gso", "off",
-               "gro", "off")
-        (tmp / "www").mkdir()
-        (tmp / "tmp").mkdir()
-        for name, n in SIZES.items():
-            (tmp / "www" / name).write_bytes(bytes((i * 7 + n) % 251 for i in range(n)))
-        cert, key = make_cert(tmp)
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(d=tmp, host=HOST, cert=cert, key=key))
-        nginx = lab.popen("nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_port(lab, 443, nginx, "nginx")
-        yield lab
-    finally:
-        stop(nginx)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    return nginx_lab(tmp, NGINX_CONF, "h2-")
 
 
 @contextlib.contextmanager

@@ -101,10 +101,37 @@ class Lab:
         return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kw)  # type: ignore
 
 
+def wait_port(lab: Lab, port: int, proc: subprocess.Popen, what: str) -> None:
+    """Until something listens on ``port`` in the lab, or ``proc`` died (its stderr raised)."""
+    deadline = time.monotonic() + 15
+    while True:
+        r = lab.run("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}", capture_output=True)
+        if r.returncode == 0:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{what} did not start: {err}" + _read(lab.d / "error.log"))
+        time.sleep(0.05)
+
+
+def stop(p: subprocess.Popen | None) -> None:
+    """Terminate, then kill after 5 s."""
+    if p is None:
+        return
+    p.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(5)
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
 @contextlib.contextmanager
-def tls_lab(tmp: Path) -> Iterator[Lab]:
-    """The namespace with nginx serving HTTPS on 127.0.0.1:443 (``HOST``)."""
-    ns = f"sttls{secrets.token_hex(3)}"
+def nginx_lab(tmp: Path, conf: str, prefix: str) -> Iterator[Lab]:
+    """A namespace (loopback at MTU 1500, offloads off: records really split over segments)
+    with the ``SIZES`` files, a self-signed cert for ``HOST`` and nginx running ``conf``
+    (formatted with ``d``, ``host``, ``cert``, ``key``) until port 443 answers."""
+    ns = f"{prefix}{secrets.token_hex(3)}"
     lab = Lab(ns, tmp)
     nginx = None
     try:
@@ -119,29 +146,19 @@ def tls_lab(tmp: Path) -> Iterator[Lab]:
         for name, n in SIZES.items():
             (tmp / "www" / name).write_bytes(bytes((i * 7 + n) % 251 for i in range(n)))
         cert, key = make_cert(tmp)
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(d=tmp, host=HOST, cert=cert, key=key))
+        (tmp / "nginx.conf").write_text(conf.format(d=tmp, host=HOST, cert=cert, key=key))
         nginx = lab.popen("nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while True:
-            r = lab.run("bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/443", capture_output=True)
-            if r.returncode == 0:
-                break
-            if nginx.poll() is not None or time.monotonic() > deadline:
-                err = nginx.stderr.read().decode() if nginx.stderr else ""
-                raise RuntimeError(f"nginx did not start: {err}"
-                                   + _read(tmp / 'error.log'))
-            time.sleep(0.05)
+        wait_port(lab, 443, nginx, "nginx")
         yield lab
     finally:
-        if nginx is not None:
-            nginx.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                nginx.wait(5)
-            if nginx.poll() is None:
-                nginx.kill()
-                nginx.wait()
+        stop(nginx)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def tls_lab(tmp: Path) -> contextlib.AbstractContextManager[Lab]:
+    """The namespace with nginx serving HTTPS on 127.0.0.1:443 (``HOST``)."""
+    return nginx_lab(tmp, NGINX_CONF, "sttls")
 
 
 @contextlib.contextmanager
