@@ -113,6 +113,12 @@ class Backend:
         self._ready.set()
         self.loop.run_forever()
         self.server.close()
+        # connections still open (keep-alive clients, the proxy's pool) end here, not as
+        # "Event loop is closed" noise when their coroutines are collected later
+        pending = asyncio.all_tasks(self.loop)
+        for t in pending:
+            t.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.run_until_complete(self.server.wait_closed())
         self.loop.close()
 
