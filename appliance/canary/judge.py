@@ -37,6 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+EARLY_ERRORS = 5
+"""Errors a canary side needs before it may fail ahead of ``min_samples`` (see ``_errors``)."""
+EARLY_ALPHA = 0.01
+"""The early failure's significance is the metric's ``alpha`` times this (it is looked at on
+every tick, so it must be far stricter than the test at the step's end)."""
 MAX_PAIRS = 10_000
 """Hodges-Lehmann over at most this many pairwise differences (a seeded sample past it)."""
 RESERVOIR = 2_000
@@ -554,6 +559,20 @@ class Judge:
             bs = bc.errors / bc.requests if bc.requests else 0.0
             allowed = min(1.0, m.allowed_increase.of(bs))
             if not enough:
+                # Fail early, never pass early: errors far beyond the allowance are a verdict
+                # before the sample minimum (a canary answering 500 to a third of one endpoint
+                # need not wait for 30 requests there). The exact binomial tail is valid at
+                # any n; a much smaller alpha pays for looking at it on every tick, and a
+                # handful of errors is required so one stray reset never decides.
+                p_early = binomial_tail(cc.errors, cc.requests, min(1.0, bs + allowed))
+                a = pol.alpha * EARLY_ALPHA / (1 if ep is None else max(1, len(keys) - 1))
+                if (cc.errors >= EARLY_ERRORS and bc.requests >= pol.endpoint_min_samples
+                        and cs - bs > allowed and p_early < a):
+                    tests.append(Test(m.name, ep, cc.requests, bc.requests, cs, bs, cs - bs,
+                                      allowed, None, p_early, FAIL, "share",
+                                      "early: beyond doubt before the sample minimum",
+                                      metric_kind=m.kind))
+                    continue
                 if ep is None:
                     tests.append(Test(m.name, ep, cc.requests, bc.requests, cs, bs, cs - bs,
                                       allowed, None, None, INCONCLUSIVE, "share",
@@ -675,7 +694,8 @@ def _metric(m: MetricPolicy, tests: list[Test], hint: str | None = None) -> Metr
     else:
         res = PASS
     # the worst first: the smallest p beyond the allowance
-    fails.sort(key=lambda t: (t.p_beyond if t.p_beyond is not None else 1.0))
+    fails.sort(key=lambda t: (t.p_beyond if t.p_beyond is not None else 1.0,
+                              t.endpoint is None))  # on a tie the endpoint says more
     reasons = [t.reason() for t in fails[:5]]
     if fails and fails[0] is overall and not any(t.endpoint for t in fails):
         # Only the sum is significant: name the endpoint that moved it most, so a rollback

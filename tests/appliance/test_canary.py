@@ -58,7 +58,7 @@ def test_errors_roll_back_as_soon_as_there_is_enough_evidence() -> None:
     r = Rollout(CanaryPolicy(steps=[10, 50, 100], step_seconds=60, min_requests=40),
                 weights.append)
     r.start(0.0)
-    _feed(r, 60, canary_err=0.2)  # ~18 canary requests: not yet enough to judge
+    _feed(r, 25, canary_err=0.2)  # ~7 canary requests, 1 or 2 errors: nothing to judge yet
     assert r.tick(1.0).decision == "wait"  # type: ignore[union-attr]
     _feed(r, 200, canary_err=0.2, seed=2)
     j = r.tick(2.0)

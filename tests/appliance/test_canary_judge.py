@@ -531,3 +531,30 @@ def test_errors_too_thin_to_judge_per_endpoint_are_still_located() -> None:
     errs = next(m for m in v.metrics if m.name == "errors")
     assert errs.result == FAIL, errs.reasons
     assert "most of it on GET /orders (5 errors in 8 canary requests)" in errs.reasons[0]
+
+
+def test_errors_beyond_doubt_fail_before_the_sample_minimum_and_a_few_do_not() -> None:
+    """A step's first second: 12 canary requests on one endpoint, 6 of them 500s, against a
+    production that answers it without errors. No test needs 30 requests to see that; the
+    early failure says so and names the endpoint. A couple of errors, or errors production
+    makes as often, stay inconclusive until the minimum."""
+    def ev_with(errors: int, n: int) -> Evidence:
+        ev = Evidence()
+        for i in range(3000):
+            ev.add(PROD, 200, 0.004, "GET /a" if i % 3 else "GET /u")
+        for i in range(n):
+            ev.add(CANARY, 500 if i < errors else 200, 0.004, "GET /u")
+        return ev
+
+    judge = Judge(default_judge_policy(), CANARY, PROD)
+    v = judge.judge(ev_with(6, 12), divergence=[])
+    assert v.outcome == FAIL, v.reasons
+    assert v.reasons[0].startswith("errors: GET /u: 50.0% of 12 canary requests"), v.reasons
+    errs = next(m for m in v.metrics if m.name == "errors")
+    assert any("early" in t.note for t in errs.tests if t.result == FAIL)
+    assert judge.judge(ev_with(2, 12), divergence=[]).outcome == INCONCLUSIVE
+    # production fails a third of GET /u too: 4 in 12 is no news
+    same = ev_with(4, 12)
+    for _ in range(1000):
+        same.add(PROD, 500, 0.004, "GET /u")
+    assert judge.judge(same, divergence=[]).outcome == INCONCLUSIVE
