@@ -230,7 +230,7 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=6)
     ap.add_argument("--canary-args", default="", help="more options for canary run")
     ap.add_argument("--split", choices=("haproxy", "nft"), default=None,
-                    help="the lab's canary split (default: the lab spec's)")
+                    help="the lab's canary split (default: haproxy, as lab up gives)")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every run's row here")
     ap.add_argument("--rows", type=Path, help="no runs: the section from rows --json wrote")
@@ -249,8 +249,8 @@ def main() -> int:
 
     spec = lab.load_spec(None)
     spec.prefix = f"kjb{secrets.token_hex(1)}-"
-    if args.split is not None:
-        spec.canary.split = args.split
+    # what 'shadowtap lab up' gives the built-in lab (the API's spec default is nft)
+    spec.canary.split = args.split or "haproxy"
     args.split = spec.canary.split
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
