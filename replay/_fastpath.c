@@ -22,6 +22,19 @@
  *     Python code would have emitted is lost or emitted twice; tests/test_fastpath.py checks that
  *     both paths write identical exchange logs.
  *
+ * The hand-back contract (docs/architecture.md): this file reads and writes no attribute of the
+ * per-connection Python objects; it calls their named methods, once per event:
+ *   - taking a connection over: _Conn.export_state() and HttpConnection.export_state() (what it
+ *     starts from, and the conditions it adopts under), then _Conn.set_fast(True);
+ *   - giving it back: _Conn.import_state(last_ts, (nxt, closed) x2),
+ *     HttpConnection.import_state(n, (state, buf, first_message, last_ts) x2), then
+ *     Reassembler.replay_native(conn, log) for the segments since the checkpoint;
+ *   - ending it here (both FINs, or an RST between exchanges): Reassembler.end_native(conn).
+ * The one field written in place is _Conn.last_ts (FP_touch, before a sweep or an eviction).
+ * The reader states are replay.http1.ReaderState's numbers, read at import (READER_STATES): this
+ * file has none of its own. The per-packet path uses the Reassembler's own tables and clock as
+ * before (keys, stats, now, next_sweep, hole_count, segment, ack_only, _timers).
+ *
  * The parts, in file order: the connection table; the checkpoint and the give-back; strict
  * HTTP/1 heads; JSONL lines built from the head bytes (byte-identical to JsonlWriter, for
  * `shadowtap extract` and log-only appliance pipelines); emission; TCP segments and adoption;
@@ -45,7 +58,10 @@
 #define MAX_HEAD (64 * 1024)
 #define LOG_MAX_BYTES (16 * 1024 * 1024)
 
-enum { H_HEAD, H_BODY_CL, H_CHUNK_SIZE, H_CHUNK_DATA, H_CHUNK_CRLF, H_TRAILERS };
+/* The states of a direction's reader that this code reads strictly: replay.http1.ReaderState's
+ * values of the same names, read once at import (init_states), never numbers of its own. */
+static long H_HEAD = -1, H_BODY_CL = -1, H_CHUNK_SIZE = -1, H_CHUNK_DATA = -1, H_CHUNK_CRLF = -1,
+            H_TRAILERS = -1;
 enum { OK = 0, BAIL = 1, BAIL_LOGGED = 2, ERR = -1 };
 /* BAIL: give the connection back, then Python takes the segment; BAIL_LOGGED: the segment
  * is already in the log that is replayed. */
@@ -98,7 +114,7 @@ typedef struct {
 } PEx;
 
 typedef struct {
-    int state;
+    long state;         /* a replay.http1.ReaderState value (H_*) */
     Buf buf;            /* a head or chunk line not complete yet */
     long long remaining;
     PEx *ex;            /* the exchange whose message is being read, or NULL between messages */
@@ -131,6 +147,7 @@ typedef struct Conn {
     /* checkpoint */
     uint32_t ck_nxt[2];
     char ck_has_nxt[2], ck_closed[2], ck_first[2];
+    long ck_state[2];
     double ck_last_ts, ck_rlast[2];
     long ck_n;
     PyObject *ck_buf[2];
@@ -156,13 +173,14 @@ typedef struct FastPath {
     PyObject_HEAD
     PyObject *ex;       /* the Python Extractor */
     PyObject *reasm;
-    PyObject *keys, *lru;
+    PyObject *keys;
     PyObject *segment, *ack_only, *timers, *slow_frame, *emit, *stats;
     PyObject *emit_line, *line_parts; /* write exchanges as JSONL lines (None: as Exchanges) */
     PyObject *float_text;
     int lines_on;
     Buf line, line_ts;  /* pending lines, and each one's last timestamp (doubles) */
     long long lines, pending_lines;
+    PyObject *replay, *end_native; /* the Reassembler's hand-back methods */
     Slot *tab;
     size_t cap, used, tomb;
     Conn head;          /* list of adopted connections */
@@ -174,10 +192,8 @@ typedef struct FastPath {
 } FastPath;
 
 static PyObject *S_conn; /* (with the encoder's names below) */
-static PyObject *S_fast, *S_now, *S_next_sweep, *S_hole_count, *S_last_ts, *S_dirs, *S_nxt,
-    *S_fin_seq, *S_closed, *S_n, *S_client, *S_server, *S_first_message, *S_buf, *S_feed,
-    *S_handler, *S_parked, *S_serial, *S_keys, *S_state, *S_resyncing, *S_max_body,
-    *S_resets, *S_ooo, *S_fwd_is_client, *S_HTTP11, *S_HTTP10, *S_empty_bytes, *S_retransmits, *S_non_http;
+static PyObject *S_now, *S_next_sweep, *S_hole_count, *S_last_ts, *S_resets, *S_HTTP11,
+    *S_HTTP10, *S_empty_bytes, *S_retransmits, *S_export_state, *S_set_fast;
 
 /* ------------------------------------------------------------------------------------------ */
 /* hash table: directional key -> (conn, direction) */
@@ -323,6 +339,7 @@ static int checkpoint(Conn *c) {
         c->ck_has_nxt[d] = c->has_nxt[d];
         c->ck_closed[d] = c->closed[d];
         c->ck_first[d] = c->rd[d].first_message;
+        c->ck_state[d] = c->rd[d].state;
         c->ck_rlast[d] = c->rd[d].last_ts;
         Py_CLEAR(c->ck_buf[d]);
         if (c->rd[d].buf.len) {
@@ -361,83 +378,60 @@ static int log_add(Conn *c, char kind, int d, double ts, uint32_t seq, int flags
     return 0;
 }
 
-/* Give a connection back to the Python reassembler: its objects are set to the checkpoint and
- * the segments since are replayed through it. */
+/* Give a connection back to the Python reassembler: its objects are set to the checkpoint
+ * (_Conn.import_state, HttpConnection.import_state) and the segments since are replayed through
+ * it (Reassembler.replay_native). */
 static int give_back(FastPath *fp, Conn *c, const char *why) {
     int rc = -1;
-    PyObject *dirs = NULL, *saved_now = NULL;
+    PyObject *nx[2] = {NULL, NULL}, *r = NULL, *log = NULL;
     conn_unlink(fp, c);
     fp->given_back++;
     count_reason(fp, why);
     PyObject *pc = c->pyconn, *h = c->handler;
-    if (PyObject_SetAttr(pc, S_fast, Py_False) < 0) goto done;
-    if (set_attr_double(pc, S_last_ts, c->ck_last_ts) < 0) goto done;
-    dirs = PyObject_GetAttr(pc, S_dirs);
-    if (!dirs) goto done;
     for (int d = 0; d < 2; d++) {
-        PyObject *dr = PyTuple_GetItem(dirs, d);
-        if (!dr) goto done;
-        PyObject *v;
-        if (c->ck_has_nxt[d]) v = PyLong_FromUnsignedLong(c->ck_nxt[d]);
-        else { v = Py_None; Py_INCREF(v); }
-        if (!v) goto done;
-        int r = PyObject_SetAttr(dr, S_nxt, v);
-        if (r == 0 && c->ck_closed[d]) {
-            r = PyObject_SetAttr(dr, S_fin_seq, v);
-            if (r == 0) r = PyObject_SetAttr(dr, S_closed, Py_True);
+        if (c->ck_has_nxt[d]) {
+            if (!(nx[d] = PyLong_FromUnsignedLong(c->ck_nxt[d]))) goto done;
+        } else {
+            nx[d] = Py_None;
+            Py_INCREF(nx[d]);
         }
-        Py_DECREF(v);
-        if (r < 0) goto done;
-        PyObject *reader = PyObject_GetAttr(h, d == 0 ? S_client : S_server);
-        if (!reader) goto done;
-        r = PyObject_SetAttr(reader, S_first_message, c->ck_first[d] ? Py_True : Py_False);
-        if (r == 0) r = set_attr_double(reader, S_last_ts, c->ck_rlast[d]);
-        if (r == 0) r = PyObject_SetAttr(reader, S_buf, c->ck_buf[d] ? c->ck_buf[d] : S_empty_bytes);
-        Py_DECREF(reader);
-        if (r < 0) goto done;
     }
-    {
-        PyObject *n = PyLong_FromLong(c->ck_n);
-        if (!n) goto done;
-        int r = PyObject_SetAttr(h, S_n, n);
-        Py_DECREF(n);
-        if (r < 0) goto done;
-    }
-    saved_now = PyObject_GetAttr(fp->reasm, S_now);
-    if (!saved_now) goto done;
-    /* The replayed segments were seen before the timers last ran: they must not run them again
-     * (with non-monotonic capture times they could). */
-    double saved_sweep = fp->next_sweep;
-    if (set_attr_double(fp->reasm, S_next_sweep, Py_HUGE_VAL) < 0) goto done;
+    /* TCP: the time of the last segment, each direction's (nxt, closed) */
+    r = PyObject_CallMethod(pc, "import_state", "d(OO)(OO)", c->ck_last_ts, nx[0],
+                            c->ck_closed[0] ? Py_True : Py_False, nx[1],
+                            c->ck_closed[1] ? Py_True : Py_False);
+    if (!r) goto done;
+    Py_DECREF(r);
+    /* HTTP: exchanges numbered, each reader's (state, buf, first_message, last_ts) */
+    r = PyObject_CallMethod(h, "import_state", "l(lOOd)(lOOd)", c->ck_n,
+                            c->ck_state[0], c->ck_buf[0] ? c->ck_buf[0] : S_empty_bytes,
+                            c->ck_first[0] ? Py_True : Py_False, c->ck_rlast[0],
+                            c->ck_state[1], c->ck_buf[1] ? c->ck_buf[1] : S_empty_bytes,
+                            c->ck_first[1] ? Py_True : Py_False, c->ck_rlast[1]);
+    if (!r) goto done;
+    Py_DECREF(r);
+    /* the segments since the checkpoint: (through the reassembler, direction, ts, seq, flags,
+     * payload, ack); 'f' entries are the rest of a segment after a checkpoint, which go
+     * straight to the direction's reader */
+    if (!(log = PyList_New(c->nlog))) goto done;
     for (Py_ssize_t i = 0; i < c->nlog; i++) {
         LogEntry *e = &c->log[i];
-        PyObject *r;
         /* (no payload logged yet: logdata.p is NULL, and "y#" would pass None, not b"") */
         const char *pl = c->logdata.p ? c->logdata.p + e->off : "";
-        if (e->kind == 'f') {
-            PyObject *dr = PyTuple_GetItem(dirs, e->d);
-            if (!dr) goto done;
-            PyObject *feed = PyObject_GetAttr(dr, S_feed);
-            if (!feed) goto done;
-            r = PyObject_CallFunction(feed, "y#d", pl, e->len, e->ts);
-            Py_DECREF(feed);
-        } else {
-            r = PyObject_CallFunction(fp->segment, "dOkiy#k", e->ts, c->key[(int)e->d],
-                                      (unsigned long)e->seq, e->flags, pl, e->len,
-                                      (unsigned long)e->ack);
-        }
-        if (!r) goto done;
-        Py_DECREF(r);
+        PyObject *t = Py_BuildValue("(Oidkiy#k)", e->kind == 's' ? Py_True : Py_False,
+                                    (int)e->d, e->ts, (unsigned long)e->seq, e->flags, pl, e->len,
+                                    (unsigned long)e->ack);
+        if (!t) goto done;
+        PyList_SET_ITEM(log, i, t);
     }
-    if (PyObject_SetAttr(fp->reasm, S_now, saved_now) < 0) goto done;
-    if (refresh_sweep(fp) < 0) goto done;
-    if (set_attr_double(fp->reasm, S_next_sweep,
-                        fp->next_sweep < saved_sweep ? fp->next_sweep : saved_sweep) < 0)
-        goto done;
+    r = PyObject_CallFunctionObjArgs(fp->replay, pc, log, NULL);
+    if (!r) goto done;
+    Py_DECREF(r);
     rc = refresh_sweep(fp);
 done:
-    Py_XDECREF(dirs);
-    Py_XDECREF(saved_now);
+    Py_XDECREF(nx[0]);
+    Py_XDECREF(nx[1]);
+    Py_XDECREF(log);
     conn_free(c);
     return rc;
 }
@@ -1052,7 +1046,7 @@ static int http_feed(FastPath *fp, Conn *c, int d, const char *data, Py_ssize_t 
     if (owned) { hold = r->buf; r->buf.p = NULL; r->buf.len = r->buf.cap = 0; }
     int rc = OK;
     while (p < end) {
-        int st = r->state;
+        long st = r->state;
         if (st == H_BODY_CL || st == H_CHUNK_DATA) {
             Py_ssize_t take = end - p < r->remaining ? end - p : (Py_ssize_t)r->remaining;
             if (r->body.len + take > c->max_body) { rc = BAIL; goto out; }
@@ -1170,30 +1164,14 @@ out:
 /* ------------------------------------------------------------------------------------------ */
 /* segments */
 
-/* Remove a finished connection from the Python reassembler's tables, as its _end would. */
+/* A connection ends here, with nothing pending: the Python reassembler drops it from its tables
+ * as its _end would, and breaks the readers' cycle with the HttpConnection, so the objects go at
+ * once instead of waiting for a garbage collection (which the tuned threshold makes rare), and
+ * memory stays flat however long the capture (Reassembler.end_native). */
 static int native_end(FastPath *fp, Conn *c) {
-    for (int d = 0; d < 2; d++) {
-        PyObject *e = PyDict_GetItemWithError(fp->keys, c->key[d]);
-        if (!e) { if (PyErr_Occurred()) return -1; continue; }
-        if (PyTuple_Check(e) && PyTuple_GET_ITEM(e, 0) == c->pyconn)
-            if (PyDict_DelItem(fp->keys, c->key[d]) < 0) return -1;
-    }
-    PyObject *serial = PyObject_GetAttr(c->pyconn, S_serial);
-    if (!serial) return -1;
-    int r = PyDict_DelItem(fp->lru, serial);
-    Py_DECREF(serial);
-    if (r < 0) PyErr_Clear();
-    if (PyObject_SetAttr(c->pyconn, S_fast, Py_False) < 0) return -1;
-    /* Its readers and the HttpConnection refer to each other: break that cycle now, so the
-     * objects go at once instead of waiting for a garbage collection (which the tuned
-     * threshold makes rare), and memory stays flat however long the capture. */
-    for (int d = 0; d < 2; d++) {
-        PyObject *reader = PyObject_GetAttr(c->handler, d ? S_server : S_client);
-        if (!reader) return -1;
-        int r = PyObject_SetAttr(reader, S_conn, Py_None);
-        Py_DECREF(reader);
-        if (r < 0) return -1;
-    }
+    PyObject *r = PyObject_CallFunctionObjArgs(fp->end_native, c->pyconn, NULL);
+    if (!r) return -1;
+    Py_DECREF(r);
     conn_unlink(fp, c);
     conn_free(c);
     return 0;
@@ -1265,83 +1243,88 @@ static int conn_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, i
 /* ------------------------------------------------------------------------------------------ */
 /* adoption */
 
+/* Is a direction's (nxt, fin_seq, closed, ooo) from _Conn.export_state one to start from: nxt
+ * as given (want_nxt < 0: None), no FIN, nothing out of order? */
+static int fresh_dir(PyObject *t, long long want_nxt) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 4) return 0;
+    PyObject *nxt = PyTuple_GET_ITEM(t, 0), *ooo = PyTuple_GET_ITEM(t, 3);
+    if (PyTuple_GET_ITEM(t, 1) != Py_None || !PyLong_Check(ooo) || PyLong_AsLong(ooo) != 0)
+        return 0;
+    if (want_nxt < 0) return nxt == Py_None;
+    return PyLong_Check(nxt) && PyLong_AsUnsignedLong(nxt) == (unsigned long)want_nxt;
+}
+
+/* Is a reader's (state, buf, first_message, last_ts, resyncing) from _Reader.export_state one to
+ * start from: between messages (H_HEAD), nothing buffered, not resynchronising? */
+static int fresh_reader(PyObject *t, Rd *r) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 5) return 0;
+    PyObject *st = PyTuple_GET_ITEM(t, 0), *bf = PyTuple_GET_ITEM(t, 1);
+    if (!PyLong_Check(st) || PyLong_AsLong(st) != H_HEAD || !PyBytes_Check(bf) ||
+        PyBytes_GET_SIZE(bf) != 0 || PyTuple_GET_ITEM(t, 4) != Py_False)
+        return 0;
+    int first = PyObject_IsTrue(PyTuple_GET_ITEM(t, 2));
+    double last = PyFloat_AsDouble(PyTuple_GET_ITEM(t, 3));
+    if (first < 0 || (last == -1.0 && PyErr_Occurred())) return 0;
+    r->state = H_HEAD;
+    r->first_message = (char)first;
+    r->last_ts = last;
+    return 1;
+}
+
+/* Take a connection over just after its client SYN, when the Python objects (as their
+ * export_state methods tell) are where this code starts from: a fresh HTTP/1 connection. */
 static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
     PyObject *e = PyDict_GetItemWithError(fp->keys, key);
     if (!e) return PyErr_Occurred() ? -1 : 0;
     if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 2) return 0;
     if (PyLong_AsLong(PyTuple_GET_ITEM(e, 1)) != 0) return 0;
     PyObject *pc = PyTuple_GET_ITEM(e, 0);
-    PyObject *h = PyObject_GetAttr(pc, S_handler);
-    if (!h) return -1;
-    int ok = h != Py_None;
-    PyObject *v = NULL;
+    Rd rd[2];
+    memset(rd, 0, sizeof rd);
+    long max_body = 0, n = -1;
+    /* (keys, handler, fwd_is_client, parked, last_ts, fwd, rev) */
+    PyObject *ts_ = PyObject_CallMethodObjArgs(pc, S_export_state, NULL), *hs = NULL;
+    if (!ts_) return -1;
+    PyObject *keys = NULL, *h = NULL;
+    int ok = PyTuple_Check(ts_) && PyTuple_GET_SIZE(ts_) == 7;
     if (ok) {
-        v = PyObject_GetAttr(pc, S_parked);
-        ok = v == Py_None;
-        Py_XDECREF(v);
-        v = PyObject_GetAttr(h, S_n);
-        ok = ok && v && PyLong_Check(v) && PyLong_AsLong(v) == 0;
-        Py_XDECREF(v);
-        v = PyObject_GetAttr(h, S_retransmits);
-        ok = ok && v && PyLong_Check(v) && PyLong_AsLong(v) == 0;
-        Py_XDECREF(v);
-        v = PyObject_GetAttr(h, S_non_http);
-        ok = ok && v == Py_False;
-        Py_XDECREF(v);
+        keys = PyTuple_GET_ITEM(ts_, 0);
+        h = PyTuple_GET_ITEM(ts_, 1);
+        ok = h != Py_None && PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) == 2 &&
+             PyBytes_Check(PyTuple_GET_ITEM(keys, 0)) && PyBytes_Check(PyTuple_GET_ITEM(keys, 1)) &&
+             PyTuple_GET_ITEM(ts_, 2) == Py_True && PyTuple_GET_ITEM(ts_, 3) == Py_False &&
+             fresh_dir(PyTuple_GET_ITEM(ts_, 5), MASK32(seq + 1)) &&
+             fresh_dir(PyTuple_GET_ITEM(ts_, 6), -1);
     }
-    long max_body = 0;
     if (ok) {
-        v = PyObject_GetAttr(h, S_max_body);
-        max_body = v ? PyLong_AsLong(v) : -1;
-        Py_XDECREF(v);
-        ok = max_body > 0;
-    }
-    PyObject *dirs = ok ? PyObject_GetAttr(pc, S_dirs) : NULL;
-    if (ok && dirs) {
-        PyObject *n0 = PyObject_GetAttr(PyTuple_GET_ITEM(dirs, 0), S_nxt);
-        PyObject *n1 = PyObject_GetAttr(PyTuple_GET_ITEM(dirs, 1), S_nxt);
-        ok = n0 && n1 && PyLong_Check(n0) && n1 == Py_None &&
-             PyLong_AsUnsignedLong(n0) == (unsigned long)MASK32(seq + 1);
-        Py_XDECREF(n0);
-        Py_XDECREF(n1);
-        for (int d = 0; d < 2 && ok; d++) {
-            PyObject *dr = PyTuple_GET_ITEM(dirs, d);
-            PyObject *ooo = PyObject_GetAttr(dr, S_ooo);
-            PyObject *fs = PyObject_GetAttr(dr, S_fin_seq);
-            ok = ooo && fs == Py_None && PyDict_Check(ooo) && PyDict_GET_SIZE(ooo) == 0;
-            Py_XDECREF(ooo);
-            Py_XDECREF(fs);
-        }
-        PyObject *fc = PyObject_GetAttr(pc, S_fwd_is_client);
-        ok = ok && fc == Py_True;
-        Py_XDECREF(fc);
-    }
-    Py_XDECREF(dirs);
-    if (ok) {
-        for (int d = 0; d < 2 && ok; d++) {
-            PyObject *rd = PyObject_GetAttr(h, d ? S_server : S_client);
-            PyObject *st = rd ? PyObject_GetAttr(rd, S_state) : NULL;
-            PyObject *rs = rd ? PyObject_GetAttr(rd, S_resyncing) : NULL;
-            PyObject *bf = rd ? PyObject_GetAttr(rd, S_buf) : NULL;
-            ok = st && PyLong_Check(st) && PyLong_AsLong(st) == 0 && rs == Py_False &&
-                 bf && PyBytes_Check(bf) && PyBytes_GET_SIZE(bf) == 0;
-            Py_XDECREF(bf);
-            Py_XDECREF(rd);
-            Py_XDECREF(st);
-            Py_XDECREF(rs);
+        /* (n, client, server, retransmits, non_http, max_body) */
+        hs = PyObject_CallMethodObjArgs(h, S_export_state, NULL);
+        ok = hs && PyTuple_Check(hs) && PyTuple_GET_SIZE(hs) == 6;
+        if (ok) {
+            PyObject *nn = PyTuple_GET_ITEM(hs, 0), *rt = PyTuple_GET_ITEM(hs, 3),
+                     *mb = PyTuple_GET_ITEM(hs, 5);
+            ok = PyLong_Check(nn) && (n = PyLong_AsLong(nn)) == 0 && PyLong_Check(rt) &&
+                 PyLong_AsLong(rt) == 0 && PyTuple_GET_ITEM(hs, 4) == Py_False &&
+                 PyLong_Check(mb) && (max_body = PyLong_AsLong(mb)) > 0 &&
+                 fresh_reader(PyTuple_GET_ITEM(hs, 1), &rd[0]) &&
+                 fresh_reader(PyTuple_GET_ITEM(hs, 2), &rd[1]);
         }
     }
-    if (PyErr_Occurred()) { Py_DECREF(h); return -1; }
-    if (!ok) { Py_DECREF(h); return 0; }
+    if (PyErr_Occurred() || !ok) {
+        Py_DECREF(ts_);
+        Py_XDECREF(hs);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_DECREF(hs);
     Conn *c = PyMem_Calloc(1, sizeof(Conn));
-    if (!c) { Py_DECREF(h); PyErr_NoMemory(); return -1; }
+    if (!c) { Py_DECREF(ts_); PyErr_NoMemory(); return -1; }
     if (fp->lines_on) {
         /* the line's fixed parts, made by the Python encoder itself: {"v":1,"id":"<conn id>.
          * and ,"conn":{...} */
         PyObject *parts = PyObject_CallFunctionObjArgs(fp->line_parts, h, NULL);
         if (!parts || !PyArg_ParseTuple(parts, "SS", &c->line_id, &c->line_conn)) {
             Py_XDECREF(parts);
-            Py_DECREF(h);
+            Py_DECREF(ts_);
             PyMem_Free(c);
             return -1;
         }
@@ -1352,24 +1335,26 @@ static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
     c->pyconn = pc;
     Py_INCREF(pc);
     c->handler = h;
+    Py_INCREF(h);
     c->max_body = max_body;
-    PyObject *keys = PyObject_GetAttr(pc, S_keys);
-    if (!keys || !PyTuple_Check(keys) || PyTuple_GET_SIZE(keys) != 2) {
-        Py_XDECREF(keys);
-        conn_free(c);
-        return PyErr_Occurred() ? -1 : 0;
-    }
+    c->n = n;
     c->key[0] = PyTuple_GET_ITEM(keys, 0);
     c->key[1] = PyTuple_GET_ITEM(keys, 1);
     Py_INCREF(c->key[0]);
     Py_INCREF(c->key[1]);
-    Py_DECREF(keys);
+    Py_DECREF(ts_);
     c->nxt[0] = seq + 1;
     c->has_nxt[0] = 1;
     c->last_ts = ts;
-    for (int d = 0; d < 2; d++) c->rd[d].first_message = 1;
+    for (int d = 0; d < 2; d++) {
+        c->rd[d].state = rd[d].state;
+        c->rd[d].first_message = rd[d].first_message;
+        c->rd[d].last_ts = rd[d].last_ts;
+    }
     if (checkpoint(c) < 0) { conn_free(c); return -1; }
-    if (PyObject_SetAttr(pc, S_fast, Py_True) < 0) { conn_free(c); return -1; }
+    PyObject *r = PyObject_CallMethodObjArgs(pc, S_set_fast, Py_True, NULL);
+    if (!r) { conn_free(c); return -1; }
+    Py_DECREF(r);
     if (tab_put(fp, c, 0) < 0 || tab_put(fp, c, 1) < 0) { conn_free(c); return -1; }
     c->next = fp->head.next;
     c->prev = &fp->head;
@@ -1999,15 +1984,24 @@ fail:
 
 /* Give back one connection (by its Python _Conn), e.g. before the Python side ends it. */
 static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
-    PyObject *keys = PyObject_GetAttr(pyconn, S_keys);
-    if (!keys) return NULL;
-    PyObject *k = PyTuple_GetItem(keys, 0);
-    if (!k || !PyBytes_Check(k)) { Py_DECREF(keys); return NULL; }
+    /* its keys: the first item of _Conn.export_state() */
+    PyObject *st = PyObject_CallMethodObjArgs(pyconn, S_export_state, NULL);
+    if (!st) return NULL;
+    PyObject *keys = PyTuple_Check(st) && PyTuple_GET_SIZE(st) ? PyTuple_GET_ITEM(st, 0) : NULL;
+    PyObject *k = keys && PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) ? PyTuple_GET_ITEM(keys, 0)
+                                                                        : NULL;
+    if (!k || !PyBytes_Check(k)) {
+        Py_DECREF(st);
+        PyErr_SetString(PyExc_TypeError, "_Conn.export_state(): (keys, ...) expected");
+        return NULL;
+    }
     Slot *s = tab_find(fp, (unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
                        hkey((unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)));
-    Py_DECREF(keys);
+    Py_DECREF(st);
     if (!s || s->c->pyconn != pyconn) {
-        if (PyObject_SetAttr(pyconn, S_fast, Py_False) < 0) return NULL;
+        PyObject *r = PyObject_CallMethodObjArgs(pyconn, S_set_fast, Py_False, NULL);
+        if (!r) return NULL;
+        Py_DECREF(r);
         Py_RETURN_NONE;
     }
     if (give_back(fp, s->c, "python_needs_it") < 0) return NULL;
@@ -2055,7 +2049,8 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     fp->reasm = reasm;
     Py_INCREF(reasm);
     fp->keys = PyObject_GetAttrString(reasm, "keys");
-    fp->lru = PyObject_GetAttrString(reasm, "lru");
+    fp->replay = PyObject_GetAttrString(reasm, "replay_native");
+    fp->end_native = PyObject_GetAttrString(reasm, "end_native");
     fp->stats = PyObject_GetAttrString(reasm, "stats");
     fp->segment = PyObject_GetAttrString(reasm, "segment");
     fp->ack_only = PyObject_GetAttrString(reasm, "ack_only");
@@ -2069,9 +2064,9 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     fp->line_parts = PyObject_GetAttrString(ex, "_line_parts");
     fp->float_text = PyObject_GetAttrString(ex, "_float_text");
     fp->reasons = PyDict_New();
-    if (!fp->keys || !fp->lru || !fp->stats || !fp->segment || !fp->ack_only || !fp->timers ||
-        !fp->slow_frame || !fp->emit || !fp->reasons || !fp->emit_line || !fp->line_parts ||
-        !fp->float_text) {
+    if (!fp->keys || !fp->replay || !fp->end_native || !fp->stats || !fp->segment ||
+        !fp->ack_only || !fp->timers || !fp->slow_frame || !fp->emit || !fp->reasons ||
+        !fp->emit_line || !fp->line_parts || !fp->float_text) {
         Py_DECREF(fp);
         return NULL;
     }
@@ -2102,7 +2097,8 @@ static int FP_clear(FastPath *fp) {
     Py_CLEAR(fp->ex);
     Py_CLEAR(fp->reasm);
     Py_CLEAR(fp->keys);
-    Py_CLEAR(fp->lru);
+    Py_CLEAR(fp->replay);
+    Py_CLEAR(fp->end_native);
     Py_CLEAR(fp->stats);
     Py_CLEAR(fp->segment);
     Py_CLEAR(fp->ack_only);
@@ -2156,36 +2152,55 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1
 
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
 
+/* The reader states, from replay.http1.ReaderState (the definition): a dict name -> value of
+ * the ones this code reads, or NULL. A state missing there, or two of the same value, fail the
+ * import, so an edit to http1.py can never leave this file on other numbers. */
+static PyObject *init_states(void) {
+    static const char *names[] = {"HEAD", "BODY_CL", "CHUNK_SIZE", "CHUNK_DATA", "CHUNK_CRLF",
+                                  "TRAILERS", NULL};
+    long *vars[] = {&H_HEAD, &H_BODY_CL, &H_CHUNK_SIZE, &H_CHUNK_DATA, &H_CHUNK_CRLF,
+                    &H_TRAILERS};
+    PyObject *mod = PyImport_ImportModule("replay.http1");
+    if (!mod) return NULL;
+    PyObject *cls = PyObject_GetAttrString(mod, "ReaderState");
+    Py_DECREF(mod);
+    if (!cls) return NULL;
+    PyObject *out = PyDict_New();
+    for (int i = 0; out && names[i]; i++) {
+        PyObject *v = PyObject_GetAttrString(cls, names[i]);
+        long x = v ? PyLong_AsLong(v) : -1;
+        Py_XDECREF(v);
+        if (x == -1 && PyErr_Occurred()) { Py_CLEAR(out); break; }
+        for (int j = 0; j < i; j++)
+            if (*vars[j] == x) {
+                PyErr_Format(PyExc_ImportError, "replay.http1.ReaderState: %s and %s are both %ld",
+                             names[j], names[i], x);
+                Py_CLEAR(out);
+                break;
+            }
+        if (!out) break;
+        *vars[i] = x;
+        PyObject *xv = PyLong_FromLong(x);
+        if (!xv || PyDict_SetItemString(out, names[i], xv) < 0) Py_CLEAR(out);
+        Py_XDECREF(xv);
+    }
+    Py_DECREF(cls);
+    return out;
+}
+
 PyMODINIT_FUNC PyInit__fastpath(void) {
     init_tables();
     init_json();
-    INTERN(S_fast, "fast");
+    PyObject *states = init_states();
+    if (!states) return NULL;
+    INTERN(S_export_state, "export_state");
+    INTERN(S_set_fast, "set_fast");
     INTERN(S_now, "now");
     INTERN(S_next_sweep, "next_sweep");
     INTERN(S_hole_count, "hole_count");
     INTERN(S_last_ts, "last_ts");
-    INTERN(S_dirs, "dirs");
-    INTERN(S_nxt, "nxt");
-    INTERN(S_fin_seq, "fin_seq");
-    INTERN(S_closed, "closed");
-    INTERN(S_n, "n");
-    INTERN(S_client, "client");
-    INTERN(S_server, "server");
-    INTERN(S_first_message, "first_message");
-    INTERN(S_buf, "buf");
-    INTERN(S_feed, "feed");
-    INTERN(S_handler, "handler");
-    INTERN(S_parked, "parked");
-    INTERN(S_serial, "serial");
-    INTERN(S_keys, "keys");
-    INTERN(S_state, "state");
-    INTERN(S_resyncing, "resyncing");
-    INTERN(S_max_body, "max_body");
     INTERN(S_resets, "resets");
-    INTERN(S_ooo, "ooo");
-    INTERN(S_fwd_is_client, "fwd_is_client");
     INTERN(S_retransmits, "retransmits");
-    INTERN(S_non_http, "non_http");
     INTERN(S_HTTP11, "HTTP/1.1");
     INTERN(S_HTTP10, "HTTP/1.0");
     if (!(S_empty_bytes = PyBytes_FromStringAndSize("", 0))) return NULL;
@@ -2223,10 +2238,12 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(S_desync, "desync");
     INTERN(S_weird, "weird");
     for (int i = 0; METHODS[i]; i++) INTERN(METHOD_STR[i], METHODS[i]);
-    if (PyType_Ready(&FastPathType) < 0) return NULL;
+    if (PyType_Ready(&FastPathType) < 0) { Py_DECREF(states); return NULL; }
     PyObject *m = PyModule_Create(&moddef);
-    if (!m) return NULL;
+    if (!m) { Py_DECREF(states); return NULL; }
     Py_INCREF(&FastPathType);
     if (PyModule_AddObject(m, "FastPath", (PyObject *)&FastPathType) < 0) return NULL;
+    /* the reader states this code uses, by name: replay.http1.ReaderState's (tests compare) */
+    if (PyModule_AddObject(m, "READER_STATES", states) < 0) { Py_DECREF(states); return NULL; }
     return m;
 }

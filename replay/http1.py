@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import httptools
@@ -31,12 +32,112 @@ MAX_HEAD = 64 * 1024
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Bodies beyond this are kept as a prefix (noted 'body-capped'), to bound memory."""
 
-# Reader states.
-HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE = range(7)
-WAIT, TUNNEL, RESYNC, DEAD, DESYNC = range(7, 12)
-FOREIGN = 12
-"""Another reader owns the stream (TLS, ``HttpConnection.sniff``): bytes, gaps and closes go
-to ``HttpConnection.foreign``."""
+
+# -- reader states -------------------------------------------------------------------------------
+# Each direction is read by a ``_Reader``, a state machine over these states, written down in
+# the manner of h11's ``_state.py``: the states by name, and every change between them in a
+# table (``TRANSITIONS``) that tests/test_http1_states.py holds the code to.
+
+
+class ReaderState(IntEnum):
+    """The states of one direction's reader (``_Reader.state``).
+
+    The numbers are part of the hand-back contract with the native fast path (see
+    ``HttpConnection.export_state``): replay/_fastpath.c reads them from this class once, at its
+    import, and has none of its own. The reader compares plain ints (the module constants
+    ``HEAD``... below), which keeps its per-segment code on the interpreter's int fast paths."""
+
+    HEAD = 0
+    """Between messages: the next bytes start a head (stray CRLFs before it are skipped)."""
+    BODY_CL = 1
+    """In a Content-Length body (``_Reader.remaining`` bytes left)."""
+    CHUNK_SIZE = 2
+    """Before a chunk-size line of a chunked body."""
+    CHUNK_DATA = 3
+    """In a chunk's data (``_Reader.remaining`` bytes left)."""
+    CHUNK_CRLF = 4
+    """After a chunk's data: the CRLF ending it."""
+    TRAILERS = 5
+    """After the last (zero-size) chunk: the trailer section, up to its blank line."""
+    BODY_CLOSE = 6
+    """In a body that the end of the stream delimits (a response; an HTTP/0.9 answer)."""
+    WAIT = 7
+    """(client) A CONNECT or Upgrade request is done: what follows waits for its answer."""
+    TUNNEL = 8
+    """Past a 101 or a 2xx to CONNECT: bytes are counted, not read."""
+    RESYNC = 9
+    """After a gap or garbage: looking for the next line that starts a message."""
+    DEAD = 10
+    """Not HTTP/1, or closed while waiting: bytes are counted, not read."""
+    DESYNC = 11
+    """After a message whose framing cannot be trusted: nothing more is read as messages (the
+    client's bytes go to the lenient reader, ``replay.smuggled``)."""
+    FOREIGN = 12
+    """Another reader owns the stream (TLS or HTTP/2 by ``HttpConnection.sniff``, HTTP/2 after
+    an h2c upgrade): bytes, gaps and closes go to ``HttpConnection.foreign``."""
+
+
+HEAD, BODY_CL, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, BODY_CLOSE = (
+    ReaderState.HEAD.value, ReaderState.BODY_CL.value, ReaderState.CHUNK_SIZE.value,
+    ReaderState.CHUNK_DATA.value, ReaderState.CHUNK_CRLF.value, ReaderState.TRAILERS.value,
+    ReaderState.BODY_CLOSE.value)
+WAIT, TUNNEL, RESYNC, DEAD, DESYNC, FOREIGN = (
+    ReaderState.WAIT.value, ReaderState.TUNNEL.value, ReaderState.RESYNC.value,
+    ReaderState.DEAD.value, ReaderState.DESYNC.value, ReaderState.FOREIGN.value)
+
+_DONE = ("the message ended (complete, or truncated by a gap, a close or a framing error); "
+         "a gap or garbage then goes on to RESYNC, a poisoned direction to DESYNC")
+_TUNNEL = "the server's 101 or 2xx to CONNECT answers an earlier request (start_tunnel)"
+TRANSITIONS: dict[ReaderState, dict[ReaderState, str]] = {
+    ReaderState.HEAD: {
+        ReaderState.BODY_CL: "a head with Content-Length > 0",
+        ReaderState.CHUNK_SIZE: "a head with a chunked body",
+        ReaderState.BODY_CLOSE: "a response head without length (or an HTTP/0.9 answer)",
+        ReaderState.WAIT: "(client) a CONNECT or Upgrade request ended",
+        ReaderState.RESYNC: "garbage where a head should start, or a gap",
+        ReaderState.DESYNC: "a message of a poisoned direction ended, a gap when poisoned, or "
+                            "(server) a response when the client is poisoned and nothing waits",
+        ReaderState.TUNNEL: "a 101, or a 2xx to CONNECT (start_tunnel)",
+        ReaderState.DEAD: "the connection's first bytes are not HTTP/1 (mark_non_http)",
+        ReaderState.FOREIGN: "another reader took the stream (sniff, h2c upgrade)",
+    },
+    ReaderState.BODY_CL: {ReaderState.HEAD: _DONE, ReaderState.TUNNEL: _TUNNEL},
+    ReaderState.CHUNK_SIZE: {ReaderState.CHUNK_DATA: "a chunk-size > 0",
+                             ReaderState.TRAILERS: "the chunk-size 0",
+                             ReaderState.HEAD: _DONE, ReaderState.TUNNEL: _TUNNEL},
+    ReaderState.CHUNK_DATA: {ReaderState.CHUNK_CRLF: "the chunk's data read (or lost in a gap)",
+                             ReaderState.HEAD: _DONE, ReaderState.TUNNEL: _TUNNEL},
+    ReaderState.CHUNK_CRLF: {ReaderState.CHUNK_SIZE: "the CRLF",
+                             ReaderState.HEAD: _DONE, ReaderState.TUNNEL: _TUNNEL},
+    ReaderState.TRAILERS: {ReaderState.HEAD: _DONE, ReaderState.TUNNEL: _TUNNEL},
+    ReaderState.BODY_CLOSE: {ReaderState.HEAD: "the stream closed: the body ends"},
+    ReaderState.WAIT: {ReaderState.HEAD: "the CONNECT or Upgrade was refused (refuse_tunnel)",
+                       ReaderState.TUNNEL: "it was accepted (start_tunnel)",
+                       ReaderState.DEAD: "the stream closed while waiting",
+                       ReaderState.FOREIGN: "an h2c upgrade was accepted"},
+    ReaderState.RESYNC: {ReaderState.HEAD: "a line that starts a message",
+                         ReaderState.TUNNEL: _TUNNEL,
+                         ReaderState.DEAD: "too much garbage from the connection's start "
+                                           "(mark_non_http)",
+                         ReaderState.FOREIGN: "another reader took the stream (sniff)"},
+    ReaderState.DESYNC: {ReaderState.TUNNEL: _TUNNEL},
+    ReaderState.DEAD: {ReaderState.TUNNEL: "(client, closed while waiting) the CONNECT or "
+                                           "Upgrade was accepted"},
+    ReaderState.TUNNEL: {},
+    ReaderState.FOREIGN: {},
+}
+"""Every change of ``_Reader.state``: ``{state: {next state: when}}``. A change not listed
+here does not happen; TUNNEL and FOREIGN are final. (A message ending goes through HEAD even
+when the direction goes on to WAIT, DESYNC or TUNNEL: ``_finish_message`` resets it first.)"""
+del _DONE, _TUNNEL
+
+ReaderSnapshot = tuple[int, bytes, bool, float, bool]
+"""``_Reader.export_state()``: ``(state, buf, first_message, last_ts, resyncing)``."""
+
+HANDBACK_STATES = frozenset((HEAD,))
+"""The states in which a reader is handed over between the native fast path and this module
+(``_Reader.export_state``, ``_Reader.import_state``): between messages, nothing in progress
+but the bytes in ``buf``."""
 
 WEIRD_REASONS = {
     # a message whose framing cannot be trusted: marked desync (RFC 9112 §6.3, §11.2)
@@ -479,6 +580,44 @@ class HttpConnection:
         self.order.clear()
         self.awaiting.clear()
 
+    # -- the hand-back contract with the native fast path --------------------------------------
+    # replay/_fastpath.c takes a connection over at its client SYN (reading ``export_state``),
+    # reads it in C, and may give it back at a point where no exchange is pending
+    # (``import_state``), or end it there (``detach``). It calls these methods and reads or
+    # writes no attribute of this class or of ``_Reader``.
+
+    def export_state(self) -> tuple[int, ReaderSnapshot, ReaderSnapshot, int, bool, int]:
+        """What the native fast path reads when it takes this connection over:
+        ``(n, client, server, retransmits, non_http, max_body)``.
+
+        - ``n``: exchanges numbered so far (the next one is ``n + 1``: its id ``conn_id.n+1``);
+        - ``client``, ``server``: each reader's ``_Reader.export_state()``;
+        - ``retransmits``: segments the reassembler saw twice (stamped on every exchange);
+        - ``non_http``: the stream was found not to be HTTP/1;
+        - ``max_body``: bytes of a body kept (beyond them it is capped).
+
+        The first three are what ``import_state`` takes back; the last three are read only (the
+        native path adopts only a connection with ``n == 0``, no retransmission, HTTP/1, and
+        readers in ``HANDBACK_STATES`` with nothing buffered and not resynchronising)."""
+        return (self.n, self.client.export_state(), self.server.export_state(),
+                self.retransmits, self.non_http, self.max_body)
+
+    def import_state(self, n: int, client: tuple[int, bytes, bool, float],
+                     server: tuple[int, bytes, bool, float]) -> None:
+        """The native fast path gives the connection back, at its last checkpoint (no exchange
+        pending): ``n`` exchanges numbered (all emitted), and each reader's ``(state, buf,
+        first_message, last_ts)`` (see ``_Reader.import_state``). The segments since the
+        checkpoint are then replayed through the reassembler."""
+        self.client.import_state(*client)
+        self.server.import_state(*server)
+        self.n = n
+
+    def detach(self) -> None:
+        """The connection ended in the native fast path with nothing pending: its readers let go
+        of it, so that the reader/connection cycle is gone at once rather than at the next
+        garbage collection (which a tuned threshold makes rare)."""
+        self.client.conn = self.server.conn = None  # type: ignore[assignment]
+
     # -- callbacks from readers --------------------------------------------------------------
     def _new_exchange(self) -> Exchange:
         self.n += 1
@@ -660,6 +799,30 @@ class _Reader:
         self.lenient: LenientReader | None = None
         """After a desync (client side): the bytes read once more the lenient way, to report
         the smuggled requests (``replay.smuggled``; never replayed)."""
+
+    # -- the hand-back contract (see HttpConnection.export_state) -------------------------------
+    def export_state(self) -> ReaderSnapshot:
+        """``(state, buf, first_message, last_ts, resyncing)``:
+
+        - ``state``: a ``ReaderState`` value (an int);
+        - ``buf``: bytes received and not read yet (an incomplete head);
+        - ``first_message``: no message of this direction has ended yet;
+        - ``last_ts``: the capture time of the last bytes fed;
+        - ``resyncing``: the direction started (or went on) by resynchronising: read only.
+        """
+        return self.state, self.buf, self.first_message, self.last_ts, self.resyncing
+
+    def import_state(self, state: int, buf: bytes, first_message: bool, last_ts: float) -> None:
+        """Take back the fields ``export_state`` gave (all but ``resyncing``), between messages:
+        ``state`` must be one of ``HANDBACK_STATES`` and no message may be in progress here,
+        or ValueError (the native path broke the contract; nothing is changed)."""
+        if state not in HANDBACK_STATES or self.msg is not None or self.ex is not None:
+            raise ValueError(f"hand-back in reader state {state!r} (message in progress: "
+                             f"{self.msg is not None}): only between messages")
+        self.state = state
+        self.buf = buf
+        self.first_message = first_message
+        self.last_ts = last_ts
 
     def _count(self, key: str, n: int = 1) -> None:
         st = self.conn.stats

@@ -21,6 +21,7 @@ is counted in ``stats`` by reason. No clocks inside: time is the capture's times
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -65,6 +66,14 @@ class _Dir:
         self.fin_seq: int | None = None
         self.closed = False
 
+    def export_state(self) -> DirSnapshot:
+        """``(nxt, fin_seq, closed, ooo)`` (see ``_Conn.export_state``)."""
+        return self.nxt, self.fin_seq, self.closed, len(self.ooo)
+
+
+DirSnapshot = tuple["int | None", "int | None", bool, int]
+"""``_Dir.export_state()``: ``(nxt, fin_seq, closed, ooo)``."""
+
 
 class _Conn:
     __slots__ = ("dirs", "fast", "fwd_is_client", "handler", "keys", "last_ts", "parked",
@@ -79,11 +88,55 @@ class _Conn:
         self.last_ts = 0.0
         self.keys = keys
         self.parked: list[tuple[float, int, int, int, bytes, int | None, float]] | None = None
+        """Segments waiting for the peer's bytes their ACK covers (see the module docstring):
+        (ts, direction, seq, flags, payload, ack, deadline), in arrival order."""
         self.fast = False
         """Held by the native fast path (``replay._fastpath``): these Python objects are at its
         last checkpoint until it gives the connection back (``Reassembler.native.sync``)."""
-        """Segments waiting for the peer's bytes their ACK covers (see the module docstring):
-        (ts, direction, seq, flags, payload, ack, deadline), in arrival order."""
+
+    # -- the hand-back contract with the native fast path ---------------------------------------
+    # replay/_fastpath.c takes a connection over just after its client SYN (``export_state``,
+    # then ``set_fast(True)``), and either gives it back at a checkpoint (``import_state``, then
+    # ``Reassembler.replay_native`` for the segments since) or ends it itself
+    # (``Reassembler.end_native``). The one field it writes directly is ``last_ts``
+    # (``Reassembler.native.touch()``, before a sweep or an eviction reads it).
+
+    def export_state(self) -> tuple[tuple[bytes, bytes], StreamHandler | None, bool, bool,
+                                    float, DirSnapshot, DirSnapshot]:
+        """What the native fast path reads when it takes this connection over: ``(keys,
+        handler, fwd_is_client, parked, last_ts, fwd, rev)``.
+
+        - ``keys``: the directional keys (first sender's direction first, ``dirs`` order);
+        - ``handler``: the ``HttpConnection`` (its own contract: ``export_state`` there);
+        - ``fwd_is_client``: the first sender is the client (it sent the SYN);
+        - ``parked``: segments are parked for reordering (``parked is not None``);
+        - ``last_ts``: the capture time of the last segment;
+        - ``fwd``, ``rev``: each direction's ``(nxt, fin_seq, closed, ooo)``: the next sequence
+          number expected (None before any), the FIN's sequence number (None before it),
+          closed (the FIN was delivered), and how many segments wait out of order.
+
+        The native path adopts only a connection whose client SYN is all there is: a handler,
+        ``fwd_is_client``, nothing parked, ``fwd.nxt == ISN + 1``, ``rev.nxt`` None, no FIN
+        and nothing out of order."""
+        return (self.keys, self.handler, self.fwd_is_client, self.parked is not None,
+                self.last_ts, self.dirs[0].export_state(), self.dirs[1].export_state())
+
+    def set_fast(self, held: bool) -> None:
+        """The native fast path holds this connection from now (True), or no longer (False)."""
+        self.fast = held
+
+    def import_state(self, last_ts: float, fwd: tuple[int | None, bool],
+                     rev: tuple[int | None, bool]) -> None:
+        """The native fast path gives the connection back at its last checkpoint: the time of
+        its last segment, and each direction's ``(nxt, closed)`` (a closed direction's FIN was
+        at ``nxt``). Nothing was out of order or parked there; it is no longer held."""
+        self.fast = False
+        self.last_ts = last_ts
+        for dr, (nxt, closed) in zip(self.dirs, (fwd, rev), strict=True):
+            dr.nxt = nxt
+            if closed:
+                dr.fin_seq = nxt
+                dr.closed = True
 
 
 class Reassembler:
@@ -116,7 +169,11 @@ class Reassembler:
         self.hole_count = 0
         self.native: Any = None
         """The native fast path (``replay._fastpath.FastPath``) when one drives this reassembler:
-        before Python touches a connection it holds, ``sync`` gives it back."""
+        before Python touches a connection it holds, ``sync`` gives it back. Per connection it
+        goes through the hand-back contract (``_Conn.export_state``, ``replay_native``,
+        ``end_native``); per packet it uses this object's own tables and clock as they are:
+        ``keys``, ``stats``, ``now``, ``next_sweep``, ``hole_count``, ``segment``, ``ack_only``
+        and ``_timers``."""
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -484,6 +541,41 @@ class Reassembler:
         conn.handler.close(dr.from_client, ts)
         if conn.dirs[1 - d].closed:
             self._end(conn, ts)
+
+    def replay_native(self, conn: _Conn,
+                      log: list[tuple[bool, int, float, int, int, bytes, int]]) -> None:
+        """The native fast path gave ``conn`` back at its checkpoint (``_Conn.import_state``):
+        the segments it applied since, in order, as ``(through, d, ts, seq, flags, payload,
+        ack)`` with ``d`` an index of ``conn.dirs``. A segment goes through ``segment`` when
+        ``through``; otherwise it is the rest of a segment after a checkpoint, which goes
+        straight to the direction's reader. They were seen before the timers last ran: they
+        must not run them again (with non-monotonic capture times they could), and ``now`` is
+        left as it was (part of the hand-back contract, see ``_Conn.export_state``)."""
+        now, due = self.now, self.next_sweep
+        self.next_sweep = math.inf
+        for through, d, ts, seq, flags, payload, ack in log:
+            if through:
+                self.segment(ts, conn.keys[d], seq, flags, payload, ack)
+            else:
+                feed = conn.dirs[d].feed
+                assert feed is not None
+                feed(payload, ts)
+        self.now = now
+        if due < self.next_sweep:
+            self.next_sweep = due
+
+    def end_native(self, conn: _Conn) -> None:
+        """The native fast path ended a connection it held (both FINs, or an RST between
+        exchanges), every exchange emitted: drop it from the tables as ``_end`` would, with
+        nothing left to flush (part of the hand-back contract, see ``_Conn.export_state``)."""
+        for k in conn.keys:
+            e = self.keys.get(k)
+            if e is not None and e[0] is conn:
+                del self.keys[k]
+        self.lru.pop(conn.serial, None)
+        conn.fast = False
+        if conn.handler is not None:
+            conn.handler.detach()  # type: ignore[attr-defined]
 
     def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False) -> None:
         """Finish a connection: flush what is buffered (with gaps) and drop its state."""

@@ -29,7 +29,8 @@ from replay.synth import generate_pcap
 
 FAST = load_c("replay._fastpath", "FastPath")
 pytestmark = pytest.mark.skipif(
-    FAST is None, reason="replay._fastpath is not built (bash scripts/setup.sh builds it)")
+    FAST is None, reason="replay._fastpath is not built (bash scripts/setup.sh builds it), or "
+                         "SHADOWTAP_PURE_PYTHON is set")
 
 
 def _lines(x: Exchange | bytes) -> list[bytes]:
@@ -445,3 +446,39 @@ def test_gzip_pcap_walk_matches_the_reader(tmp_path: Path, clean: Path, cut: flo
         s = Summary()
         list(extract_file(p, summary=s))
         assert s.errors and "read failed" in s.errors[0]
+
+
+def test_hand_back_goes_through_the_contract_methods(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C code takes connections over, gives them back and ends them only through the named
+    methods of the hand-back contract (docs/architecture.md), once per event: each adopted
+    connection is either given back (two import_state calls and one replay) or ended in C."""
+    from replay import http1, tcp
+
+    calls: dict[str, int] = {}
+
+    def spy(cls: type, name: str) -> None:
+        real = getattr(cls, name)
+
+        def wrapper(*a: object, **k: object) -> object:
+            key = f"{cls.__name__}.{name}" + (f"({a[1]})" if name == "set_fast" else "")
+            calls[key] = calls.get(key, 0) + 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    for cls, name in [(tcp._Conn, "export_state"), (tcp._Conn, "import_state"),
+                      (tcp._Conn, "set_fast"), (http1.HttpConnection, "export_state"),
+                      (http1.HttpConnection, "import_state"),
+                      (tcp.Reassembler, "replay_native"), (tcp.Reassembler, "end_native")]:
+        spy(cls, name)
+    p = tmp_path / "d.pcap"
+    generate_pcap(p, connections=120, concurrency=40, seed=5, loss=0.01, reorder=0.02)
+    st = _fast_stats(p)
+    assert st["adopted"] == calls["_Conn.set_fast(True)"] == 120
+    assert calls["HttpConnection.export_state"] >= 120
+    assert 0 < st["given_back"] < st["adopted"]
+    for name in ("_Conn.import_state", "HttpConnection.import_state",
+                 "Reassembler.replay_native"):
+        assert calls[name] == st["given_back"], name
+    assert calls["Reassembler.end_native"] == st["adopted"] - st["given_back"]
