@@ -26,6 +26,16 @@ NATIVE = (
     "replay.sanitise.detectors",
     "replay.sanitise.bodies",
     "replay.sanitise.pseudonym",
+    "replay.sanitise.checksums",
+    "replay.sanitise.cache",
+    "replay.sanitise.report",
+    "replay.sanitise.values",
+    "replay.sanitise.headers",
+    "replay.sanitise.url",
+    "replay.sanitise.form",
+    "replay.sanitise.jsonbody",
+    "replay.sanitise.multipart",
+    "replay.sanitise.message",
 )
 """Modules compiled when the project is installed (per exchange, interpreter-bound)."""
 

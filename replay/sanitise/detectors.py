@@ -22,8 +22,8 @@ import re
 from collections.abc import Callable
 
 from replay import _native
+from replay.sanitise.checksums import iban_mod97, luhn_ok
 from replay.sanitise.keyscan import stem_finder
-from replay.sanitise.pseudonym import iban_mod97, luhn_ok
 
 Span = tuple[int, int]
 

@@ -12,7 +12,7 @@ copied. Lengths, the messages' prefixes and their compression are written anew.
 
 Anything that does not walk (a bad frame, a truncated message, a group, an unknown
 ``grpc-encoding``) returns None: the caller drops the body and keeps its length and keyed hash
-(``Sanitiser._opaque``), as for any body nothing can look inside. Never passed on raw.
+(``MessagePart.opaque``), as for any body nothing can look inside. Never passed on raw.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Finding the JSON members a name rule selects, without parsing the document.
 
 Why a module of its own: the sanitiser's name rules (``access_token``, ``password``...) are
-applied to JSON bodies by editing the text in place (``Sanitiser._json_splice``), and finding
+applied to JSON bodies by editing the text in place (``jsonbody.JsonPart.splice``), and finding
 the members is the single largest cost of a typical API exchange. Python's ``re`` does it with
 one attempt per quote in the document (a trie-shaped alternation of the names, ~3 ns a byte).
 The compiled helper ``_keyscan.pyx`` does the same walk as a C loop over the quotes (memchr)

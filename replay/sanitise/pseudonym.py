@@ -19,9 +19,13 @@ import binascii
 import hashlib
 import ipaddress
 import re
-from types import ModuleType
 
 import orjson
+
+from replay.sanitise import detectors
+from replay.sanitise.checksums import iban_mod97, luhn_digit, luhn_ok
+
+__all__ = ["FORMATS", "Pseudonymiser", "iban_mod97", "key_fingerprint", "luhn_digit", "luhn_ok"]
 
 _DIGITS = b"0123456789"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
@@ -95,56 +99,6 @@ def class_replace(value: bytes, rnd: bytes) -> bytes:
     return out.to_bytes(n)
 
 
-_DETECTORS: list[ModuleType] = []
-
-
-def _detectors() -> ModuleType:
-    """``replay.sanitise.detectors`` (which imports this module), imported on first use and
-    kept: an import statement in a hot function costs a module lookup on every call."""
-    if not _DETECTORS:
-        from replay.sanitise import detectors
-
-        _DETECTORS.append(detectors)
-    return _DETECTORS[0]
-
-
-def luhn_ok(digits: bytes) -> bool:
-    """True if an ASCII digit string passes the Luhn check (payment card numbers)."""
-    total = 0
-    dbl = False
-    for c in reversed(digits):
-        x = c - 48
-        if dbl:
-            x = x * 2
-            if x > 9:
-                x -= 9
-        total += x
-        dbl = not dbl
-    return total % 10 == 0
-
-
-def luhn_digit(partial: bytes) -> int:
-    """The check digit that makes ``partial + digit`` Luhn-valid."""
-    total = 0
-    dbl = True  # the digit left of the (future) check digit is doubled
-    for c in reversed(partial):
-        x = c - 48
-        if dbl:
-            x = x * 2
-            if x > 9:
-                x -= 9
-        total += x
-        dbl = not dbl
-    return (10 - total % 10) % 10
-
-
-def iban_mod97(compact: bytes) -> int:
-    """ISO 13616 remainder of an IBAN without spaces (valid IBANs give 1)."""
-    s = compact[4:] + compact[:4]
-    num = "".join(str(int(chr(c), 36)) for c in s)
-    return int(num) % 97
-
-
 class Pseudonymiser:
     """Deterministic keyed pseudonyms, one method per format, with a bounded cache.
 
@@ -210,7 +164,6 @@ class Pseudonymiser:
 
     def classify(self, value: bytes) -> str:
         """The format a whole value looks like (used by ``format: auto``)."""
-        detectors = _detectors()
         v = value.strip()
         if not v:
             return "token"

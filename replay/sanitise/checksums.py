@@ -1,0 +1,46 @@
+"""Check digits: Luhn (payment cards) and ISO 13616 mod 97 (IBANs).
+
+A leaf module (no project imports): the detectors validate candidates with these and the
+pseudonymiser writes valid ones with them, while the pseudonymiser also asks the detectors what
+a value looks like (``format: auto``). Keeping the arithmetic here lets that dependency run one
+way only (pseudonym -> detectors -> checksums) instead of in a circle.
+"""
+
+from __future__ import annotations
+
+
+def luhn_ok(digits: bytes) -> bool:
+    """True if an ASCII digit string passes the Luhn check (payment card numbers)."""
+    total = 0
+    dbl = False
+    for c in reversed(digits):
+        x = c - 48
+        if dbl:
+            x = x * 2
+            if x > 9:
+                x -= 9
+        total += x
+        dbl = not dbl
+    return total % 10 == 0
+
+
+def luhn_digit(partial: bytes) -> int:
+    """The check digit that makes ``partial + digit`` Luhn-valid."""
+    total = 0
+    dbl = True  # the digit left of the (future) check digit is doubled
+    for c in reversed(partial):
+        x = c - 48
+        if dbl:
+            x = x * 2
+            if x > 9:
+                x -= 9
+        total += x
+        dbl = not dbl
+    return (10 - total % 10) % 10
+
+
+def iban_mod97(compact: bytes) -> int:
+    """ISO 13616 remainder of an IBAN without spaces (valid IBANs give 1)."""
+    s = compact[4:] + compact[:4]
+    num = "".join(str(int(chr(c), 36)) for c in s)
+    return int(num) % 97
