@@ -8,15 +8,12 @@ code 2 — never a traceback. pyroute2 is imported lazily inside the commands so
 
 from __future__ import annotations
 
-import functools
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
-F = TypeVar("F", bound=Callable[..., Any])
+from netconfig.cli_common import JsonOpt, SpecOpt, friendly, print_json
 
 lab_app = typer.Typer(help="The namespace lab: client, gateway, prod, canary, shadows.",
                       no_args_is_help=True)
@@ -25,9 +22,6 @@ mirror_app = typer.Typer(help="Mirror ports: copy an interface's packets (tc cls
 route_app = typer.Typer(help="Canary weights for new connections to the VIP.",
                         no_args_is_help=True)
 
-SpecOpt = typer.Option(None, "--spec", help="Lab spec (YAML); default: the built-in lab.",
-                       dir_okay=False)
-JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 DryOpt = typer.Option(False, "--dry-run", help="Print the equivalent ip/tc/nft commands only.")
 PrefixOpt = typer.Option(None, "--prefix", help="Namespace prefix (overrides the spec's; "
                          "several labs can coexist).")
@@ -38,37 +32,6 @@ def _load(spec: Path | None, prefix: str | None) -> Any:
 
     s = lab.load_spec(spec)
     return lab.parse_spec({**s.raw, "prefix": prefix}) if prefix else s
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def friendly(fn: F) -> F:
-    """Turn expected failures into ``error: ...`` + exit 2, unexpected ones into exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from netconfig.errors import NetconfigError
-
-        try:
-            return fn(*args, **kwargs)
-        except NetconfigError as exc:
-            _fail(str(exc))
-        except PermissionError as exc:
-            _fail(f"permission denied ({exc.filename or exc}): run as root")
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a bug or an unexpected kernel answer: say it in one line
-            name = type(exc).__name__
-            _fail(f"unexpected {name}: {exc} (please report this)", code=1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 # ---- lab -----------------------------------------------------------------------------------
@@ -100,12 +63,12 @@ def lab_up(
     lines = lab.up(s, dry_run=dry_run)
     if dry_run:
         if as_json:
-            _print_json({"commands": lines})
+            print_json({"commands": lines})
         else:
             typer.echo("\n".join(lines))
         return
     if as_json:
-        _print_json(lab.status(s))
+        print_json(lab.status(s))
     else:
         typer.echo(f"lab {s.prefix} is up: {len(s.nodes)} namespaces ({s.prefix}*); "
                    "see 'shadowtap lab status'")
@@ -123,7 +86,7 @@ def lab_down(
     s = _load(spec, prefix)
     done = lab.down(s.prefix, dry_run=dry_run)
     if as_json:
-        _print_json({"prefix": s.prefix, "removed": done, "dry_run": dry_run})
+        print_json({"prefix": s.prefix, "removed": done, "dry_run": dry_run})
     elif dry_run:
         typer.echo("\n".join(done) if done else "# nothing to remove")
     else:
@@ -143,7 +106,7 @@ def lab_status(
     s = _load(spec, prefix)
     st = lab.status(s)
     if as_json:
-        _print_json(st)
+        print_json(st)
         return
     from rich.console import Console
     from rich.table import Table
@@ -243,7 +206,7 @@ def mirror_add(
         return
     mirror.add(m)
     if as_json:
-        _print_json(m.to_dict())
+        print_json(m.to_dict())
     else:
         typer.echo(f"{m.id}: {netns or 'host'}:{dev} ({direction}, {m.filter.describe()}) -> "
                    f"{m.target_dev}")
@@ -257,7 +220,7 @@ def mirror_list(as_json: bool = JsonOpt) -> None:
 
     rows = [{**m.to_dict(), "status": mirror.live_status(m)} for m in mirror.load_all()]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         typer.echo("no mirrors")
@@ -369,7 +332,7 @@ def route_show(
     ns = _gateway_ns(spec, netns, prefix, "show")
     st = haproxy.show(ns)
     if as_json:
-        _print_json(st)
+        print_json(st)
         return
     if st["split"] == "haproxy":
         obs = st["observed_canary_percent"]

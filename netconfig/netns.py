@@ -106,17 +106,6 @@ def write_sysctl(ns: str | None, key: str, value: str | int) -> None:
     run_in_netns(ns, write)
 
 
-def read_sysctl(ns: str | None, key: str) -> str:
-    """Read ``/proc/sys/<key>`` as seen from ``ns``."""
-    path = "/proc/sys/" + key.replace(".", "/")
-
-    def read() -> str:
-        with open(path) as fh:
-            return fh.read().strip()
-
-    return run_in_netns(ns, read)
-
-
 def ns_argv(ns: str | None, argv: Sequence[str]) -> list[str]:
     """Prefix ``argv`` with ``ip netns exec NS`` (no shell involved)."""
     return ["ip", "netns", "exec", ns, *argv] if ns else list(argv)

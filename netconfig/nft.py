@@ -111,14 +111,6 @@ def list_objects(ns: str | None, what: list[str]) -> list[dict[str, Any]]:
     return [o for o in json.loads(out or "{}").get("nftables", []) if "metainfo" not in o]
 
 
-def table_exists(ns: str | None, family: str, name: str) -> bool:
-    """Whether table ``family name`` exists in ``ns``."""
-    return any(
-        "table" in o and o["table"]["family"] == family and o["table"]["name"] == name
-        for o in list_objects(ns, ["tables"])
-    )
-
-
 def replace_table(family: str, name: str, body: Batch) -> Batch:
     """A batch that atomically swaps table ``name`` for a fresh one holding ``body``.
 
@@ -126,12 +118,6 @@ def replace_table(family: str, name: str, body: Batch) -> Batch:
     """
     t = {"family": family, "name": name}
     return [{"add": {"table": t}}, {"delete": {"table": t}}, {"add": {"table": t}}, *body]
-
-
-def delete_table(family: str, name: str) -> Batch:
-    """A batch that removes table ``name`` whether or not it exists."""
-    t = {"family": family, "name": name}
-    return [{"add": {"table": t}}, {"delete": {"table": t}}]
 
 
 def match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from netconfig.cli import JsonOpt, SpecOpt, _print_json, friendly
+from netconfig.cli_common import JsonOpt, SpecOpt, friendly, print_json
 
 app = typer.Typer(help="The same lab as VMs: Vagrant + libvirt in a private namespace.",
                   no_args_is_help=True)
@@ -45,7 +45,7 @@ def vm_up(
     st = vmlab.up(lab.load_spec(spec), _nodes(nodes), install=install, timeout=timeout,
                   keep_on_failure=keep)
     if as_json:
-        _print_json(st)
+        print_json(st)
 
 
 @app.command("down")
@@ -68,7 +68,7 @@ def vm_status(as_json: bool = JsonOpt) -> None:
 
     st = vmlab.status()
     if as_json:
-        _print_json(st)
+        print_json(st)
         return
     typer.echo(f"vagrant lab: {st['state']} (namespace {st['netns']}: "
                f"{'present' if st['netns_exists'] else 'absent'})")

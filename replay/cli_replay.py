@@ -402,7 +402,7 @@ def diff_cmd(
     the secondary does (exact one-sided McNemar test, Holm-corrected; see docs/replay.md).
     """
     from replay.compare import Rules, ThreeWay
-    from replay.model import Exchange
+    from replay.model import NO_ANSWER, Exchange
     from replay.pacing import PacingError, Schedule
     from replay.replayer import Replayer, run_async
     from replay.report import build_report, diff_tables, write_report
@@ -459,7 +459,7 @@ def diff_cmd(
         s = results.get(sec_url) if sec_url else None
         lat.add(ex, c, s)
         tw.add(ex.id, ex.request, ex.response,
-               c.response if isinstance(c, Exchange) and c.response else getattr(c, "kind", "?"),
+               c.response if isinstance(c, Exchange) and c.response else getattr(c, "kind", NO_ANSWER),
                None if s is None else s.response if isinstance(s, Exchange) else s.kind)
         if writer is not None:
             for i, out in enumerate(results.values()):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import math
 import re
 import zlib
 from collections.abc import Iterable
@@ -66,7 +65,8 @@ except ImportError:  # pragma: no cover
     _MsgspecError = ValueError
 
 from replay.errors import InputError
-from replay.model import Headers, Request, Response
+from replay.model import NO_ANSWER, Headers, Request, Response
+from replay.stats import binom_sf_half, holm
 
 # ---------------------------------------------------------------------------------------------
 # Rules
@@ -114,7 +114,7 @@ KINDS = (
     "array_length",
     "lines_changed",
     "bytes_changed",
-    "no_response",
+    NO_ANSWER,
 )
 
 
@@ -1067,39 +1067,6 @@ def describe_values(kind: str, va: Any, vb: Any, limit: int = 400) -> tuple[str,
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
-
-
-def binom_sf_half(k: int, m: int) -> float:
-    """P(X >= k) for X ~ Binomial(m, 1/2): the one-sided exact McNemar p-value with k of m
-    discordant pairs going the candidate's way."""
-    if k <= 0:
-        return 1.0
-    if k > m:
-        return 0.0
-    if m <= 1000:
-        return min(1.0, sum(math.comb(m, i) for i in range(k, m + 1)) / 2**m)
-    # log-space sum for large m
-    lg = math.lgamma
-    base = lg(m + 1) - m * math.log(2)
-    terms = [base - lg(i + 1) - lg(m - i + 1) for i in range(k, m + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    adj = [1.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        adj[i] = running
-    return adj
-
-
-# ---------------------------------------------------------------------------------------------
 # Three-way judgement
 
 
@@ -1203,7 +1170,7 @@ def _short(text: bytes | str, limit: int = 4000) -> str:
 
 def _pretty(p: Prepared | None, err: str | None = None) -> dict[str, Any]:
     if p is None:
-        return {"error": err or "no response"}
+        return {"error": err or NO_ANSWER}
     if p.kind == "json":
         body = orjson.dumps(p.doc, option=orjson.OPT_INDENT_2).decode()
     elif p.kind == "binary":
@@ -1302,8 +1269,7 @@ class ThreeWay:
                 cd.setdefault((d[0], d[1]), d)
         else:
             e.candidate_errors += 1
-            cd[("response", "no_response")] = ("response", "no_response", primary.status,
-                                               candidate)
+            cd[("response", NO_ANSWER)] = ("response", NO_ANSWER, primary.status, candidate)
         sd: dict[tuple[str, str], Diff] = {}
         S: Prepared | None = None
         if isinstance(secondary, Response):

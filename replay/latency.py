@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from replay.stats import median, percentile
+
 
 def mann_whitney_p(a: list[float], b: list[float]) -> float:
     """One-sided p-value that ``a`` tends to be larger than ``b`` (Mann-Whitney U, normal
@@ -44,22 +46,6 @@ def mann_whitney_p(a: list[float], b: list[float]) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def _median(v: Any) -> float | None:
-    if not v:
-        return None
-    s = sorted(v)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
-
-
-def _quantile(v: Any, q: float) -> float | None:
-    """Nearest-rank quantile (the value a user can find in the samples)."""
-    if not v:
-        return None
-    s = sorted(v)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
-
-
 def judge_latency(samples: dict[str, dict[str, Any]], *, alpha: float = 0.01,
                   min_samples: int = 10, min_ms: float = 20.0,
                   min_ratio: float = 1.3, baseline: str = "secondary") -> list[dict[str, Any]]:
@@ -80,14 +66,14 @@ def judge_latency(samples: dict[str, dict[str, Any]], *, alpha: float = 0.01,
         for k in ("production", "secondary", "candidate"):
             v = s.get(k, ())
             row[f"{k}_n"] = len(v)
-            m = _median(v)
+            m = median(v)
             row[f"{k}_p50_ms"] = None if m is None else round(m * 1000, 2)
-            q = _quantile(v, 0.9)
+            q = percentile(sorted(v), 90)
             row[f"{k}_p90_ms"] = None if q is None else round(q * 1000, 2)
         row["baseline"] = baseline
         if ep in eps:
             p = mann_whitney_p(list(s["candidate"]), list(s[baseline]))
-            mc, mb = _median(s["candidate"]) or 0.0, _median(s[baseline]) or 0.0
+            mc, mb = median(s["candidate"]) or 0.0, median(s[baseline]) or 0.0
             row["p_value"] = p
             row["regression"] = bool(p < alpha / max(1, len(eps))
                                      and (mc - mb) * 1000 >= min_ms

@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Any
 
 from replay.compare import Rules, ThreeWay, Verdict
-from replay.model import Exchange
+from replay.model import NO_ANSWER, Exchange
 from replay.replayer import Replayer, Results
 from replay.rewrite import Rewrite, skip_reason
 
@@ -72,10 +72,10 @@ class LiveDiff:
         self.judge.add(
             ex.id, ex.request, ex.response,
             c.response if isinstance(c, Exchange) and c.response is not None
-            else getattr(c, "kind", "no_response"),
+            else getattr(c, "kind", NO_ANSWER),
             None if s is None
             else s.response if isinstance(s, Exchange) and s.response is not None
-            else getattr(s, "kind", "no_response"),
+            else getattr(s, "kind", NO_ANSWER),
         )
 
     def verdict(self) -> Verdict:

@@ -18,6 +18,14 @@ from typing import Any
 
 Headers = list[tuple[str, str]]
 
+NO_ANSWER = "no_response"
+"""The one label for a shadow that did not answer at all (no response and no error kind saying
+why): the comparison's finding kind, the live shadowing's failure kind and every report's."""
+NO_RESPONSE_CAPTURED = "no response captured"
+"""Why an exchange is not replayed when the capture holds its request but no response."""
+NO_REQUEST_CAPTURED = "no request captured"
+"""Why an exchange is not replayed when the capture holds a response but no request."""
+
 
 def header_get(headers: Headers, name: str, default: str | None = None) -> str | None:
     """First value of header ``name`` (case-insensitive), or ``default``."""
@@ -26,12 +34,6 @@ def header_get(headers: Headers, name: str, default: str | None = None) -> str |
         if k.lower() == lname:
             return v
     return default
-
-
-def header_all(headers: Headers, name: str) -> list[str]:
-    """Every value of header ``name`` (case-insensitive), in order."""
-    lname = name.lower()
-    return [v for k, v in headers if k.lower() == lname]
 
 
 @dataclass(slots=True)

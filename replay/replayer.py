@@ -2,8 +2,8 @@
 
 Why it is built on raw asyncio protocols and httptools rather than aiohttp or httpx: on this kind
 of machine an asyncio protocol on uvloop parsing with httptools reaches ~100k requests/s on one
-core, aiohttp ~14-19k and httpx ~1k (docs/benchmarks.md, /work/shared/FACTS.md). A replayer that is
-slower than the service it tests measures itself.
+core, aiohttp ~14-19k and httpx ~1k (docs/benchmarks.md). A replayer that is slower than the
+service it tests measures itself.
 
 Shape:
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import socket
 import ssl
 import time
@@ -43,6 +42,7 @@ import httptools
 from replay.model import Completeness, ConnKey, Exchange, Request, Response
 from replay.pacing import Schedule
 from replay.rewrite import Rewrite, Target, encode_request, rewrite_request
+from replay.stats import percentile
 
 ERROR_KINDS = (
     "connect_refused",
@@ -372,14 +372,6 @@ class _Pool:
 # Statistics
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of an already sorted sequence (None when empty)."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[k]
-
-
 @dataclass(slots=True)
 class TargetStats:
     """Per target: requests, answers by status, errors by kind, latencies (seconds)."""
@@ -442,9 +434,6 @@ class ReplayStats:
         """Exchanges replayed per second of wall time."""
         s = self.seconds
         return self.completed / s if s > 0 and self.completed else None
-
-    def errors_total(self) -> int:
-        return sum(sum(t.errors.values()) for t in self.targets.values())
 
     def to_dict(self) -> dict[str, Any]:
         late = sorted(self.lateness)

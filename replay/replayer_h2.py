@@ -36,12 +36,6 @@ CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
                                  "transfer-encoding", "upgrade", "http2-settings", "host"})
 
 
-def is_h2(ex: Exchange) -> bool:
-    """Was this exchange HTTP/2 on the wire (so it is replayed as HTTP/2)?"""
-    r = ex.request
-    return r is not None and (r.version == "HTTP/2" or "h2" in ex.meta)
-
-
 def h2_request(ex: Exchange, t: Target, rw: Any) -> Request:
     """``ex.request`` as it will be sent to ``t`` over HTTP/2: the HTTP/1 rewrite (path
     substitutions, base path, header rules), then pseudo-headers first, names lower-cased,

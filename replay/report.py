@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from replay.errors import InputError
+from replay.model import NO_ANSWER
 
 REPORT_VERSION = 1
 
@@ -98,7 +99,7 @@ NARROW = 120
 
 KIND_SHORT = {"changed_value": "value", "changed_type": "type", "missing": "missing",
               "extra": "extra", "array_order": "order", "array_length": "length",
-              "lines_changed": "lines", "bytes_changed": "bytes", "no_response": "no answer"}
+              "lines_changed": "lines", "bytes_changed": "bytes", NO_ANSWER: "no answer"}
 
 
 def _narrow(width: int | None) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from replay.errors import InputError
-from replay.model import Exchange, Request
+from replay.model import NO_REQUEST_CAPTURED, NO_RESPONSE_CAPTURED, Exchange, Request
 
 HOP_BY_HOP = frozenset(
     {
@@ -156,7 +156,7 @@ def skip_reason(ex: Exchange, *, include_incomplete: bool = False, need_response
     """
     r = ex.request
     if r is None:
-        return "no request captured"
+        return NO_REQUEST_CAPTURED
     c = ex.completeness
     if c.desync:
         return "desync"  # framing not to be trusted (a smuggling shape): never replayed
@@ -171,7 +171,7 @@ def skip_reason(ex: Exchange, *, include_incomplete: bool = False, need_response
         # fields that referenced HPACK entries from before the capture (replay.h2)
         return "HTTP/2 header fields unknown"
     if need_response and ex.response is None:
-        return "no response captured"
+        return NO_RESPONSE_CAPTURED
     if not include_incomplete:
         if c.response_gaps:
             return "response has gaps"
@@ -180,7 +180,7 @@ def skip_reason(ex: Exchange, *, include_incomplete: bool = False, need_response
         if c.timed_out:
             return "timed out in capture"
         if c.unpaired:
-            return "no response captured"
+            return NO_RESPONSE_CAPTURED
     if need_response and (c.response_gaps or c.response_truncated):
         return "response has gaps" if c.response_gaps else "response truncated"
     return None
@@ -273,8 +273,3 @@ def encode_request(r: Request) -> bytes:
     head = f"{r.method} {r.target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in r.headers)
     data = (head + "\r\n").encode("latin-1", "replace")
     return data + r.body if r.body else data
-
-
-def build_request(ex: Exchange, target: Target, rw: Rewrite) -> bytes:
-    """The wire bytes of ``ex.request`` rewritten for ``target`` (HTTP/1.1, Content-Length)."""
-    return encode_request(rewrite_request(ex, target, rw))

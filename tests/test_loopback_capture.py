@@ -11,13 +11,13 @@ import http.server
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from replay.extract import Summary, extract_file
 
@@ -63,14 +63,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _reply
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_loopback_capture_matches_client_view(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     cap = tmp_path / "lo.pcap"

@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from replay.stats import binomial_tail, median, percentile
+
 EARLY_ERRORS = 5
 """Errors a canary side needs before it may fail ahead of ``min_samples`` (see ``_errors``)."""
 EARLY_ALPHA = 0.01
@@ -143,35 +145,6 @@ def hodges_lehmann(a: Sequence[float], b: Sequence[float], *, max_pairs: int = M
     d.sort()
     m = len(d) // 2
     return d[m] if len(d) % 2 else (d[m - 1] + d[m]) / 2
-
-
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), in log space (n may be large)."""
-    if k <= 0:
-        return 1.0
-    if p <= 0.0:
-        return 0.0
-    if p >= 1.0 or k > n:
-        return 1.0 if p >= 1.0 else 0.0
-    lp, lq = math.log(p), math.log1p(-p)
-    lc = math.lgamma(n + 1)
-    return min(1.0, sum(math.exp(lc - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp
-                                 + (n - i) * lq) for i in range(k, n + 1)))
-
-
-def _median(v: Sequence[float]) -> float | None:
-    if not v:
-        return None
-    s = sorted(v)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
-
-
-def _quantile(v: Sequence[float], q: float) -> float | None:
-    if not v:
-        return None
-    s = sorted(v)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,7 +585,7 @@ class Judge:
                 enough = len(c) >= need and len(b) >= need
             else:
                 enough = any(r[0] == ep for r in judged)
-            cm, bm = _median(c), _median(b)
+            cm, bm = median(c), median(b)
             if not enough:
                 if ep is None:
                     short = len(c) < need
@@ -646,7 +619,8 @@ class Judge:
                               p_beyond, FAIL if bad else PASS, m.unit,
                               "production: the step before's samples" if carried else "",
                               metric_kind=m.kind,
-                              p95=(_quantile(c, .95) or 0.0, _quantile(b, .95) or 0.0)))
+                              p95=(percentile(sorted(c), 95) or 0.0,
+                                   percentile(sorted(b), 95) or 0.0)))
         return _metric(m, tests)
 
     # -- the verdict --

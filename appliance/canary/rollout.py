@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.replayer import percentile
+from replay.stats import percentile
 
 log = logging.getLogger("shadowtap.canary")
 
@@ -161,7 +161,7 @@ def load_policy(path: str | Any) -> CanaryPolicy:
 
 
 def _p95(v: list[float]) -> float | None:
-    """Nearest-rank p95, the replayer's definition (19th of 20 samples, not the maximum)."""
+    """Nearest-rank p95 (``replay.stats.percentile``: 19th of 20 samples, not the maximum)."""
     return percentile(sorted(v), 95) if v else None
 
 

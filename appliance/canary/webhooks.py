@@ -227,9 +227,6 @@ class Webhooks:
             self._gate_thread.start()
         return False
 
-    def reset_gate(self) -> None:
-        self._gate_open = False
-
     def flush(self, timeout: float = 10.0) -> None:
         """Wait for background deliveries (at the end of a rollout)."""
         end = time.monotonic() + timeout

@@ -29,7 +29,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from appliance.live.capture import Frame, conn_hash, endpoint_bytes, frame_conn_hash
 from appliance.live.config import FilterConfig, PipelineConfig, SinkConfig
@@ -66,14 +66,6 @@ class Stats:
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
-
-
-class Stage(Protocol):
-    """One step of the pipeline: the Exchange to pass on, or None to stop it here."""
-
-    name: str
-
-    def process(self, ex: Exchange) -> Exchange | None: ...
 
 
 # ---- stages ------------------------------------------------------------------------------

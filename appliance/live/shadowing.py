@@ -46,6 +46,7 @@ from replay.compare import endpoint_of
 # The latency judge is pure and shared with ``shadowtap diff``: it lives in ``replay.latency``
 # (``replay`` may not import ``appliance``); the names stay importable from here.
 from replay.latency import judge_latency, mann_whitney_p  # noqa: F401
+from replay.model import NO_ANSWER, NO_REQUEST_CAPTURED, NO_RESPONSE_CAPTURED
 from replay.model import Exchange as _Ex
 
 log = logging.getLogger("shadowtap.shadowing")
@@ -223,7 +224,7 @@ class Shadower:
         self._closed = False
         self._target_list = cfg.targets
         self._probe_at = {t.name: 0.0 for t in cfg.targets}
-        self._last_fail = {t.name: "no_response" for t in cfg.targets}
+        self._last_fail = {t.name: NO_ANSWER for t in cfg.targets}
 
     async def start(self) -> Shadower:
         from replay.compare import Rules, ThreeWay
@@ -265,7 +266,7 @@ class Shadower:
             self._skip("desync")  # never replayed, whatever else is true of it
             return
         if ex.request is None or ex.response is None:
-            self._skip("no_response" if ex.request is not None else "no_request")
+            self._skip(NO_RESPONSE_CAPTURED if ex.request is not None else NO_REQUEST_CAPTURED)
             return
         if not ex.completeness.complete:
             self._skip("incomplete")
@@ -390,7 +391,7 @@ class Shadower:
                 self.not_sent[t.name] += 1
                 kind = self._last_fail[t.name]
             else:
-                kind = getattr(r, "kind", "no_response")
+                kind = getattr(r, "kind", NO_ANSWER)
                 self._last_fail[t.name] = kind
             self.health[t.name].record(False, now, kind)
             outs[t.role] = kind

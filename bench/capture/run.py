@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
 
 import yaml  # noqa: E402
 
-from bench.common import update_docs, wait_healthy  # noqa: E402
+from bench.common import free_port, update_docs, wait_healthy  # noqa: E402
 from netconfig import netns as nsmod  # noqa: E402
 
 PY = str(ROOT / ".venv/bin/python")
@@ -123,14 +123,6 @@ def scrape(port: int) -> dict[str, float]:
         for s in fam.samples:
             out[s.name] = out.get(s.name, 0.0) + s.value
     return out
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def trial_appliance(ns_s: str, ns_a: str, frames: list[bytes], rate: float, expected: int,

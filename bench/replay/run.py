@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port  # noqa: E402
 from replay.compare import Comparator, Rules, ThreeWay, prepare  # noqa: E402
 from replay.formats import open_writer  # noqa: E402
 from replay.model import ConnKey, Exchange, Request, Response  # noqa: E402
@@ -56,14 +56,6 @@ TASKSET = shutil.which("taskset")
 
 def pinned(cpu: int, cmd: list[str]) -> list[str]:
     return [TASKSET, "-c", str(cpu), *cmd] if TASKSET and (os.cpu_count() or 1) > 1 else cmd
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def server_stats(port: int, reset: bool = False) -> dict:

@@ -50,16 +50,6 @@ def open_writer(fmt: str, fp: BinaryIO) -> ExchangeWriter:
     return _load(_WRITERS[fmt])(fp)
 
 
-def format_for_output(path: str | Path) -> str:
-    """Guess an output format from a file name (``.har``, ``.mitm``/``.flows``, else jsonl)."""
-    name = str(path).lower()
-    if name.endswith(".har"):
-        return "har"
-    if name.endswith((".mitm", ".flows", ".flow")):
-        return "mitm"
-    return "jsonl"
-
-
 def detect_format(path: str | Path) -> str:
     """Tell the format of an input file from its first bytes (not its name)."""
     p = Path(path)

@@ -34,6 +34,9 @@ from typing import Any
 
 import yaml
 
+# free_port is imported from here by the appliance tests
+from helpers import NsServer, free_port  # noqa: F401
+
 from netconfig import mirror
 from netconfig import netns as nsmod
 from replay.model import Exchange
@@ -113,15 +116,12 @@ def topology(tmp: Path, vxlan: bool = False) -> Iterator[Topo]:
 
 # ---- HTTP server ---------------------------------------------------------------------------
 
-class Server:
+class Server(NsServer):
     """Keep-alive HTTP/1.1 server in ``ns``: echoes the request id, bodies of varied sizes (some
     binary), and never answers ``/hang`` (to leave an exchange open)."""
 
     def __init__(self, ns: str, addr: str = SERVER, port: int = 80) -> None:
-        self.ns, self.addr, self.port = ns, addr, port
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(ns, addr, port)
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
@@ -148,35 +148,6 @@ class Server:
             pass
         finally:
             w.close()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        sock = nsmod.socket_in_netns(self.ns)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.addr, self.port))
-        sock.listen(4096)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, sock=sock, backlog=4096))
-        self._ready.set()
-        self.loop.run_forever()
-
-    def __enter__(self) -> Server:
-        self._thread.start()
-        assert self._ready.wait(5), "server did not start"
-        return self
-
-    async def _shutdown(self) -> None:
-        self.server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -383,14 +354,6 @@ def check_exactly_once(load: Load, exchanges: list[Exchange], tag: str | None = 
 
 
 # ---- the daemon ------------------------------------------------------------------------
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def write_config(path: Path, topo: Topo, out: Path, *, vxlan: bool = False, workers: int = 1,
                  extra_pipeline: dict[str, Any] | None = None, metrics_port: int,

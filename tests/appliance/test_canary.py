@@ -94,7 +94,7 @@ def test_a_few_unlucky_errors_are_not_a_regression() -> None:
 
 
 def test_binomial_tail() -> None:
-    from appliance.canary.judge import binomial_tail
+    from replay.stats import binomial_tail
 
     assert binomial_tail(0, 10, .3) == 1.0
     assert abs(binomial_tail(10, 10, .5) - 0.5 ** 10) < 1e-12

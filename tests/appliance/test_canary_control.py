@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers import free_port
 
 from appliance.canary import control as ctl
 from appliance.canary import state as cstate
@@ -32,14 +32,6 @@ from appliance.canary.webhooks import Webhooks, from_config, sign, verify
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 # ---- the record and the reconciliation ---------------------------------------------------------
@@ -101,7 +93,7 @@ def hap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setenv("SHADOWTAP_STATE_DIR", str(tmp_path / "run"))
     haproxy.install(haproxy.HAProxySplit(None, "127.0.0.1", "127.0.0.2", "127.0.0.3",
-                                         port=_free_port()), 0)
+                                         port=free_port()), 0)
     try:
         yield haproxy
     finally:

@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tls"))
 
+from helpers import free_port
 from tlslab import make_cert
 
 from replay.compare import Comparator, ThreeWay, prepare
@@ -29,12 +30,6 @@ from replay.replayer import Replayer, ReplayError, run_async
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from helpers import NsServer
 
 from netconfig import lab
 from netconfig import netns as nsmod
@@ -77,15 +78,13 @@ def host_traces(prefix: str) -> list[str]:
 
 # ---- HTTP backend in a namespace ---------------------------------------------------------------
 
-class Backend:
+class Backend(NsServer):
     """A tiny keep-alive HTTP/1.1 server on (addr, port) in ``ns``; answers with its name."""
 
     def __init__(self, ns: str, name: str, addr: str = VIP, port: int = 80) -> None:
-        self.ns, self.name, self.addr, self.port = ns, name, addr, port
-        self.loop = asyncio.new_event_loop()
+        super().__init__(ns, addr, port)
+        self.name = name
         self.requests = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
@@ -101,35 +100,6 @@ class Backend:
             pass
         finally:
             w.close()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        sock = nsmod.socket_in_netns(self.ns)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.addr, self.port))
-        sock.listen(4096)
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, sock=sock, backlog=4096))
-        self._ready.set()
-        self.loop.run_forever()
-        self.server.close()
-        # connections still open (keep-alive clients, the proxy's pool) end here, not as
-        # "Event loop is closed" noise when their coroutines are collected later
-        pending = asyncio.all_tasks(self.loop)
-        for t in pending:
-            t.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.run_until_complete(self.server.wait_closed())
-        self.loop.close()
-
-    def __enter__(self) -> Backend:
-        self._thread.start()
-        assert self._ready.wait(5), "backend did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 @dataclass

@@ -17,15 +17,14 @@ from replay.compare import (
     FieldRule,
     Rules,
     ThreeWay,
-    binom_sf_half,
     decode_body,
     diff_json,
     endpoint_of,
-    holm,
     prepare,
 )
 from replay.errors import InputError
 from replay.model import Request, Response
+from replay.stats import binom_sf_half, holm
 
 
 def kinds(a: object, b: object) -> set[tuple[str, str]]:

@@ -18,7 +18,7 @@ from replay_servers import HttpServer
 
 from replay.model import Exchange, Request
 from replay.pacing import Pacing, PacingError, Schedule, order_by_time
-from replay.replayer import percentile
+from replay.stats import percentile
 
 
 def test_parse() -> None:
