@@ -57,13 +57,13 @@ def _ns_exec(ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["ip", "netns", "exec", ns, *argv], start_new_session=True, **kw)
 
 
-def _stop(p: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) -> None:
+def _stop(p: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, wait: float = 15) -> None:
     if p is None or p.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, sig)
     try:
-        p.wait(15)
+        p.wait(wait)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
@@ -118,7 +118,9 @@ def one_run(spec: Any, work: Path, kind: str, i: int, args: argparse.Namespace
         wall = time.monotonic() - t0
     finally:
         if traffic is not None:
-            _stop(traffic, signal.SIGINT)
+            # its report covers every request of the run (200,000 in a 2-minute A/A): give
+            # it time to write it, or the failed-request count is lost with a SIGKILL
+            _stop(traffic, signal.SIGINT, wait=120)
         for pr in procs:
             _stop(pr)
         with contextlib.suppress(Exception):
