@@ -247,6 +247,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("error: run as root (namespaces, nftables, capture)", file=sys.stderr)
         return 2
+    # Started in the background (nohup, '&'), SIGINT comes ignored, and children inherit an
+    # ignored signal: the traffic driver would never write its report when told to stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from netconfig import lab
 
     spec = lab.load_spec(None)
