@@ -43,6 +43,20 @@ def _conn(resync: bool = False) -> tuple[HttpConnection, list]:
                           max_body=4096, resync=resync), out
 
 
+def random_steps(rng: random.Random, c: HttpConnection, ts: float) -> None:
+    """1 to 12 hostile steps on one connection: mutated seed bytes, gaps and closes, either
+    side (the fuzz tests' driver, shared with the state-table test)."""
+    for _ in range(rng.randint(1, 12)):
+        side = rng.random() < 0.5
+        act = rng.random()
+        if act < 0.8:
+            c.data(side, _mutate(rng, rng.choice(SEEDS)), ts)
+        elif act < 0.9:
+            c.gap(side, rng.randint(1, 5000), ts)
+        else:
+            c.close(side, ts)
+
+
 def _mutate(rng: random.Random, b: bytes) -> bytes:
     buf = bytearray(b)
     for _ in range(rng.randint(0, 4)):
@@ -70,15 +84,7 @@ def test_random_streams_never_raise_or_hang(seed: int) -> None:
         for it in range(2500):
             c, out = _conn(resync=rng.random() < 0.3)
             signal.alarm(2)
-            for _ in range(rng.randint(1, 12)):
-                side = rng.random() < 0.5
-                act = rng.random()
-                if act < 0.8:
-                    c.data(side, _mutate(rng, rng.choice(SEEDS)), float(it))
-                elif act < 0.9:
-                    c.gap(side, rng.randint(1, 5000), float(it))
-                else:
-                    c.close(side, float(it))
+            random_steps(rng, c, float(it))
             c.finish(float(it), timed_out=rng.random() < 0.5)
             signal.alarm(0)
             assert all(x.request is not None or x.response is not None for x in out)

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 from netsim import Conv, run
-from test_http1_fuzz import SEEDS, _mutate
+from test_http1_fuzz import random_steps
 
 from replay import http1
 from replay._native import load_c
@@ -88,15 +88,7 @@ def test_hostile_streams_change_states_only_as_the_table_says(
     for it in range(1500):
         c = HttpConnection(ConnKey("10.0.0.1", 1, "10.0.0.2", 80), "c", lambda e: None, {},
                            max_body=4096, resync=rng.random() < 0.3)
-        for _ in range(rng.randint(1, 12)):
-            side = rng.random() < 0.5
-            act = rng.random()
-            if act < 0.8:
-                c.data(side, _mutate(rng, rng.choice(SEEDS)), float(it))
-            elif act < 0.9:
-                c.gap(side, rng.randint(1, 5000), float(it))
-            else:
-                c.close(side, float(it))
+        random_steps(rng, c, float(it))
         c.finish(float(it) + 1)
     _check(changes)
     # the common changes were seen (the hostile streams do reach them)

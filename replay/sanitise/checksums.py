@@ -9,34 +9,29 @@ way only (pseudonym -> detectors -> checksums) instead of in a circle.
 from __future__ import annotations
 
 
-def luhn_ok(digits: bytes) -> bool:
-    """True if an ASCII digit string passes the Luhn check (payment card numbers)."""
+def _luhn_total(digits: bytes, doubled: bool) -> int:
+    """Luhn's weighted digit sum from the right; ``doubled``: whether the rightmost digit is
+    one of the doubled ones (it is when a check digit is still to come)."""
     total = 0
-    dbl = False
     for c in reversed(digits):
         x = c - 48
-        if dbl:
+        if doubled:
             x = x * 2
             if x > 9:
                 x -= 9
         total += x
-        dbl = not dbl
-    return total % 10 == 0
+        doubled = not doubled
+    return total
+
+
+def luhn_ok(digits: bytes) -> bool:
+    """True if an ASCII digit string passes the Luhn check (payment card numbers)."""
+    return _luhn_total(digits, False) % 10 == 0
 
 
 def luhn_digit(partial: bytes) -> int:
     """The check digit that makes ``partial + digit`` Luhn-valid."""
-    total = 0
-    dbl = True  # the digit left of the (future) check digit is doubled
-    for c in reversed(partial):
-        x = c - 48
-        if dbl:
-            x = x * 2
-            if x > 9:
-                x -= 9
-        total += x
-        dbl = not dbl
-    return (10 - total % 10) % 10
+    return (10 - _luhn_total(partial, True) % 10) % 10
 
 
 def iban_mod97(compact: bytes) -> int:
