@@ -7,6 +7,8 @@ module only mounts them. Heavy imports (scapy, mitmproxy, pyroute2) stay inside 
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -52,6 +54,42 @@ def _usage_exit(e: UsageError) -> NoReturn:
     raise typer.Exit(e.exit_code)
 
 
+_KEEP_BREAK = re.compile(r"\s|[-*•] |\d+[.)] |\$ ")
+
+
+def reflow(text: str) -> str:
+    """A docstring as ``--help`` should show it: the line breaks inside a paragraph (where the
+    source wraps at 100 columns) become spaces, so the terminal wraps it at its own width
+    (typer's rich help keeps them: at 80 columns every source line wrapped into two). Kept:
+    paragraphs, a click ``\\b`` paragraph, list items and indented lines."""
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = para.split("\n")
+        if para.startswith("\b"):
+            out.append(para)
+            continue
+        keep = [lines[0]]
+        for ln in lines[1:]:
+            if _KEEP_BREAK.match(ln) or keep[-1][:1].isspace():
+                keep.append(ln)
+            else:
+                keep[-1] += " " + ln
+        out.append("\n".join(keep))
+    return "\n\n".join(out)
+
+
+def reflow_help(cmd: Any) -> None:
+    """``reflow`` the help of ``cmd`` and of every command below it (once)."""
+    if getattr(cmd, "_reflowed", False):
+        return
+    cmd._reflowed = True
+    for attr in ("help", "short_help"):
+        if getattr(cmd, attr, None):
+            setattr(cmd, attr, reflow(getattr(cmd, attr)))
+    for sub in (getattr(cmd, "commands", None) or {}).values():
+        reflow_help(sub)
+
+
 class OneLineErrors(TyperGroup):
     """The root group: a usage mistake anywhere below it is one ``error:`` line and exit 2
     (click/typer would print a usage block and a boxed panel). Both places such mistakes are
@@ -60,6 +98,7 @@ class OneLineErrors(TyperGroup):
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: Any = None, **extra: Any) -> Any:
+        reflow_help(self)
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except UsageError as e:

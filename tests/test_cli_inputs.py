@@ -102,6 +102,38 @@ def test_every_help_page_renders(path: list[str]) -> None:
         assert "Usage" in r.stdout
 
 
+def test_help_paragraphs_follow_the_terminal_width() -> None:
+    """Docstrings wrap at 100 columns in the source; at 80 the help joins a paragraph's lines
+    and the terminal wraps them (not every source line cut in two: a long line, then a
+    stub)."""
+    r = CliRunner().invoke(cli.app, ["diff", "--help"], prog_name="shadowtap",
+                           env={"COLUMNS": "80"})
+    assert r.exit_code == 0, _text(r)
+    lines = [ln.rstrip() for ln in r.stdout.splitlines()]
+    assert max(map(len, lines)) <= 80
+    i = next(k for k, ln in enumerate(lines) if "Replays the input" in ln)
+    para = lines[i:lines.index("", i)]
+    assert len(para) >= 3 and all(len(ln) > 60 for ln in para[:-1]), para
+    assert any("(--speed max unless told otherwise)" in ln for ln in para), para
+
+
+def test_reflow_keeps_paragraphs_lists_and_verbatim_blocks() -> None:
+    text = """First line.
+
+    Wrapped in the
+    source here.
+
+    - one item
+    - another
+      continued
+
+    \b
+    kept
+    as is"""
+    assert cli.reflow(text) == ("First line.\n\nWrapped in the source here.\n\n"
+                                "- one item\n- another\n  continued\n\n\b\nkept\nas is")
+
+
 def test_version() -> None:
     r = run("--version")
     assert r.exit_code == 0

@@ -172,25 +172,40 @@ class LogTail:
             self._open.pop(p, None)
         return n
 
+    CHUNK = 8 << 20
+
     def _read(self, p: Path, fh: Any, budget: int, now: float) -> int:
-        data = fh.read(8 << 20)
-        if not data:
-            return 0
-        data = self._partial.pop(p, b"") + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._partial[p] = data
-            return 0
-        if cut + 1 < len(data):
-            self._partial[p] = data[cut + 1:]
-        lines = data[:cut].split(b"\n")
-        self.ring.seen += len(lines)
-        take = lines[-budget:] if budget > 0 else []
-        self.skipped += len(lines) - len(take)
-        for line in take:
-            if line.startswith(b"{"):
-                self.ring.add_line(line, now)
-        return len(take)
+        """Read to the end of ``fh`` (a chunk at a time): every line is counted, the newest
+        ``budget`` are parsed. A full chunk (more follows) is only counted, so a log written
+        faster than the console parses is never read behind, and a rotated file is read out
+        whole before it is closed."""
+        n = 0
+        while True:
+            data = fh.read(self.CHUNK)
+            if not data:
+                return n
+            more = len(data) == self.CHUNK
+            data = self._partial.pop(p, b"") + data
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                if len(data) <= ExchangeRing.MAX_DETAIL * 4:
+                    self._partial[p] = data  # else: one absurd line, dropped
+                continue
+            if cut + 1 < len(data):
+                self._partial[p] = data[cut + 1:]
+            if more:
+                k = data.count(b"\n", 0, cut) + 1
+                self.ring.seen += k
+                self.skipped += k
+                continue
+            lines = data[:cut].split(b"\n")
+            self.ring.seen += len(lines)
+            take = lines[-(budget - n):] if budget > n else []
+            self.skipped += len(lines) - len(take)
+            for line in take:
+                if line.startswith(b"{"):
+                    self.ring.add_line(line, now)
+            n += len(take)
 
     def close(self) -> None:
         for fh, _ in self._open.values():
@@ -506,7 +521,30 @@ class ConsoleState:
             st = self._status()
             live = {n: {"role": "", "up": h.get("up"), "answered": h.get("answered"),
                         "failed": h.get("failed")} for n, h in (st.get("shadows") or {}).items()}
-        return {"live": live or {}, "pool": pool}
+        builds, note = self.builds()
+        return {"live": live or {}, "pool": pool, "builds": builds, "builds_note": note}
+
+    BUILDS = 15
+
+    def builds(self, home: Path | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The last image pushes (``shadowtap build-hook``/``image push``) and their verdicts,
+        newest first, from the build history beside the pool (read only: no history file, no
+        rows, and nothing created)."""
+        try:
+            from appliance.images.feedback import History
+            from appliance.images.shadows import home as pool_home
+
+            path = (home or pool_home()) / "history.sqlite"
+            if not path.is_file():
+                return [], f"no pushes recorded ({path} does not exist)"
+            rows = History(path).builds(limit=self.BUILDS)
+        except Exception as e:  # a history it cannot read: say so, show the rest
+            return [], f"build history: {type(e).__name__}: {e}"
+        keep = ("id", "image", "snapshot", "stage", "started", "verdict", "shadows", "switched",
+                "push_seconds", "verdict_seconds", "trigger")
+        return [{**{k: r.get(k) for k in keep},
+                 "failed": sorted({c["name"] for c in r.get("checks") or () if not c["ok"]})}
+                for r in rows], ""
 
     def canary_client(self) -> Any:
         """The controller's control API client (``console.canary_control``), or None."""

@@ -111,6 +111,18 @@ def test_console_in_chromium(tmp_path: Path) -> None:
                 ".every(td => td.textContent === 'GET')", timeout=15_000)
             assert "Sanitised" in page.inner_text("#ex-info")
 
+            # Latency per endpoint over time: production and each shadow, a line each.
+            page.click("nav a[data-page=latency]")
+            for key in ("production_p50_ms", "secondary_p50_ms", "candidate_p50_ms"):
+                page.wait_for_selector(f"#lat-chart polyline[data-series={key}]",
+                                       timeout=30_000)
+            # Images and shadows: both shadows up; the pushes of the build history (none
+            # recorded for this appliance's home: the table says so).
+            page.click("nav a[data-page=shadows]")
+            page.wait_for_selector("#sh-live tbody td.up", timeout=15_000)
+            assert page.locator("#sh-live tbody td.up").count() == 2
+            page.wait_for_selector("#sh-builds tbody tr td", timeout=15_000)
+
             # Mark the field as noise on every endpoint: the verdict turns to PASS.
             page.click("nav a[data-page=findings]")
             page.click("#fd-regressions tr[data-field='header:cache-control'] "
@@ -121,6 +133,11 @@ def test_console_in_chromium(tmp_path: Path) -> None:
             rules = (app.workdir / "console-rules.yaml").read_text()
             assert "header:cache-control" in rules and "marked as noise in the console" in rules
             assert "marked as noise in the console" in page.inner_text("#fd-noise")
+            # noise apart, with its rates and p-values (a column of its own)
+            heads = page.eval_on_selector_all("#fd-noise thead th",
+                                              "els => els.map(e => e.textContent)")
+            assert "p (Holm)" in heads and "why" in heads, heads
+            assert "%" in page.inner_text("#fd-noise tbody tr:first-child td:nth-child(4)")
             # ... and back.
             page.click("#fd-marks tr[data-field='header:cache-control'] button")
             page.wait_for_selector("#verdict-badge.fail", timeout=30_000)
@@ -137,3 +154,50 @@ def test_console_in_chromium(tmp_path: Path) -> None:
         assert app.daemon.proc is not None and app.daemon.proc.poll() is None
     for name in ("console-overview.png", "console-regression.png", "report.png"):
         assert (IMG / name).stat().st_size > 10_000, name
+
+
+def test_canary_page_in_chromium(tmp_path: Path) -> None:
+    """The canary page against a running controller (its control API, as ``canary run
+    --control`` serves it): the weight over time, the judge's result per step, and the Pause
+    and Abort buttons reaching the controller."""
+    from test_canary_control import Running
+    from test_console import _cfg, _Engine
+
+    from appliance.canary.rollout import CanaryPolicy
+    from appliance.console.server import Console
+
+    # many short steps: a promoted one to show, and plenty left to pause and abort
+    run = Running(tmp_path / "ctl", CanaryPolicy(steps=list(range(2, 101, 2)),
+                                                 step_seconds=0.5, min_requests=5))
+    cfg = _cfg(tmp_path, {"listen": "127.0.0.1:0", "canary_control": str(run.control_file)})
+    con = Console(_Engine(cfg), cfg.console).start()
+    try:
+        run.wait(lambda: run.rollout.step >= 1)
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.on("dialog", lambda d: d.accept())  # "Roll the canary back now?"
+                page.goto(f"{con.url}?token={con.token}")
+                page.click("nav a[data-page=canary]")
+                page.wait_for_selector("#cn-actions:not([hidden])", timeout=15_000)
+                page.wait_for_selector("#cn-chart polyline[data-series=weight]")
+                # a judged step: its decision, the judge's outcome and both sides' figures
+                row = page.locator("#cn-judge tbody tr", has_text="promote").first
+                row.wait_for(timeout=15_000)
+                assert "judge:" in row.inner_text() and "req" in row.inner_text()
+                page.click("#cn-actions button[data-verb=pause]")
+                page.wait_for_function("() => /pause: running/.test("
+                                       "document.querySelector('#cn-result').textContent)")
+                assert run.rollout.paused_at is not None
+                page.wait_for_selector("#cn-summary:has-text('(paused)')")
+                page.click("#cn-actions button[data-verb=abort]")
+                page.wait_for_function("() => /abort: rolled_back/.test("
+                                       "document.querySelector('#cn-result').textContent)")
+                assert run.split.weight == 0 and run.rollout.reasons == ["aborted by console"]
+            finally:
+                browser.close()
+    finally:
+        con.stop()
+        run.close()

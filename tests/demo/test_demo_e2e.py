@@ -11,6 +11,10 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,57 @@ def test_stopped_shadow_is_marked_down_and_comes_back(tmp_path: Path) -> None:
               if ln.startswith("shadowtap_shadow_requests_total{")
               and 'result="failed"' in ln and 'shadow="shadow-2"' in ln]
     assert failed and float(failed[0].split()[-1]) > 0, metrics[:2000]
+
+
+def test_demo_prints_its_console_which_answers_while_the_demo_runs(tmp_path: Path) -> None:
+    """#18: the demo prints the console's URL with its token, and the console (inside the
+    gateway namespace, forwarded to the host's loopback) answers while the demo runs: refused
+    without the token, the live counters with it."""
+    prefix = f"t{secrets.token_hex(2)}-"
+    p = subprocess.Popen([str(SHADOWTAP), "demo", "--duration", "15", "--users", "2",
+                          "--baseline", "0", "--prefix", prefix, "--workdir", str(tmp_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(p.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+
+    def get(url: str, token: str | None = None) -> tuple[int, dict]:
+        h = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=h),
+                                        timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, {}
+
+    try:
+        m = None
+        while m is None and p.poll() is None:
+            m = next((re.search(r"web console \(while the demo runs\): "
+                                r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", ln)
+                      for ln in list(err) if "web console" in ln), None)
+            time.sleep(0.2)
+        assert m is not None, "".join(err)[-3000:]
+        base, token = m.group(1), m.group(2)
+        packets, refused = 0.0, None
+        while p.poll() is None and not (packets > 0 and refused == 401):
+            try:
+                refused = get(base + "api/overview")[0]
+                code, ov = get(base + "api/overview", token)
+            except OSError:  # the engine (and its console) not up yet
+                time.sleep(0.5)
+                continue
+            if code == 200:
+                packets = ov["capture"]["packets"]
+            time.sleep(0.5)
+        assert packets > 0 and refused == 401, ("the console never answered with live "
+                                                "counters while the demo ran", packets, refused)
+        assert p.wait(240) == 0, "".join(err)[-3000:]
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(60)
+        reader.join(10)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in left, f"namespaces left behind: {left}"

@@ -105,15 +105,17 @@ function drawRates(points) {
 }
 
 // ---- findings ----------------------------------------------------------------------------
+const rate = (n, of) => of ? ` (${(100 * n / of).toFixed(n === of || n === 0 ? 0 : 1)} %)` : "";
+const pval = (v) => v === null || v === undefined ? "-" : Number(v).toExponential(1);
 function findingRow(f, group) {
-  const sec = f.secondary_diffs === null ? "-" : `${f.secondary_diffs}/${f.compared}`;
-  const last = group === "noise" ? `<td>${esc(f.reason)}</td>` : `<td class=n>${f.p_adjusted === null ? "-" : Number(f.p_adjusted).toExponential(1)}</td>`;
+  const sec = f.secondary_diffs === null ? "-" : `${f.secondary_diffs}/${f.compared}${rate(f.secondary_diffs, f.compared)}`;
+  const last = `<td class=n>${pval(f.p_adjusted)}</td>` + (group === "noise" ? `<td>${esc(f.reason)}</td>` : "");
   const btn = f.marked ? `<span class="muted">marked</span>`
     : (group === "noise" ? "" : `<button class="mark" data-noise="1">mark as noise</button> ` +
        `<button class="mark" data-noise="1" data-all="1" title="this field and kind on every endpoint">… on all endpoints</button>`);
   return `<tr class="click ${group === "regressions" ? "reg" : ""}" data-endpoint="${esc(f.endpoint)}" data-field="${esc(f.field)}" data-kind="${esc(f.kind)}">` +
     `<td>${esc(f.endpoint)}</td><td><code>${esc(f.field)}</code></td><td>${esc(f.kind)}</td>` +
-    `<td class=n>${f.candidate_diffs}/${f.compared}</td><td class=n>${sec}</td>${last}<td>${btn}</td></tr>`;
+    `<td class=n>${f.candidate_diffs}/${f.compared}${rate(f.candidate_diffs, f.compared)}</td><td class=n>${sec}</td>${last}<td>${btn}</td></tr>`;
 }
 
 function renderFindings(d) {
@@ -131,7 +133,7 @@ function renderFindings(d) {
   for (const g of ["regressions", "undecided", "noise"]) {
     const body = $(`#fd-${g} tbody`);
     const rows = d[g].filter((f) => !ep || f.endpoint === ep);
-    body.innerHTML = rows.length ? rows.map((f) => findingRow(f, g)).join("") : `<tr><td colspan=7 class="muted">none</td></tr>`;
+    body.innerHTML = rows.length ? rows.map((f) => findingRow(f, g)).join("") : `<tr><td colspan=8 class="muted">none</td></tr>`;
   }
   $("#fd-noise-count").textContent = `(${d.noise_total})`;
   $("#fd-marks tbody").innerHTML = d.marks.map((m) => `<tr data-endpoint="${esc(m.endpoint)}" data-field="${esc(m.field)}" data-kind="${esc((m.kinds || [])[0] || "")}"><td>${esc(m.endpoint)}</td><td><code>${esc(m.field)}</code></td><td>${esc((m.kinds || []).join(", ") || "any")}</td><td><button class="mark" data-noise="0">un-mark</button></td></tr>`).join("") ||
@@ -255,6 +257,13 @@ async function loadCanary() {
     if (s.state === "running") pts.push({t: Date.now() / 1000, weight: s.weight, step: Number(s.step) + 1});
     lineChart($("#cn-chart"), pts, [{key: "weight", label: "canary weight %"}, {key: "step", label: "step"}], {height: 180});
   } else { $("#cn-chart").innerHTML = ""; }
+  // the judge's results over time: one row per judged step (the rollout's history), then the
+  // evidence of the step in progress
+  const side = (d) => d ? `${fmt(d.requests, 0)} req, ${pct(d.error_rate)} errors, p95 ${fmt(d.p95_ms)} ms` : "-";
+  const hist = (s && s.history) || [];
+  const cur = s && s.state === "running" && s.current ? [{step: Number(s.step) + 1, weight: s.weight, seconds: s.step_elapsed, decision: "judging…", reasons: [], ...s.current}] : [];
+  $("#cn-judge tbody").innerHTML = hist.concat(cur).map((h) => `<tr class="${h.decision === "rollback" ? "reg" : ""}"><td class=n>${esc(h.step)}</td><td class=n>${fmt(h.weight)} %</td><td class=n>${fmt(h.seconds)}</td><td>${side(h.prod)}</td><td>${side(h.canary)}</td><td><b>${esc(h.decision)}</b>${h.judgement ? ` (judge: ${esc(h.judgement.outcome)}${h.judgement.score === null || h.judgement.score === undefined ? "" : ", score " + fmt(h.judgement.score)})` : ""}</td><td>${esc((h.reasons || []).join("; "))}</td></tr>`).join("") ||
+    `<tr><td colspan=7 class=muted>no step judged yet</td></tr>`;
 }
 
 document.addEventListener("click", async (e) => {
@@ -274,6 +283,9 @@ async function loadShadows() {
     $("#sh-pool tbody").innerHTML = d.pool.map((r) => `<tr><td>${esc(r.name)}</td><td>${esc(r.backend)}</td><td>${esc(r.addr)}</td><td>${esc(r.image)}</td><td>${esc(r.branch)}</td><td>${r.expires ? new Date(r.expires * 1000).toLocaleString() : "-"}</td><td>${esc(r.status)}</td></tr>`).join("") || `<tr><td colspan=7 class=muted>the pool is empty</td></tr>`;
     $("#sh-pool-note").textContent = "";
   } else { $("#sh-pool-note").textContent = "pool: " + (d.pool && d.pool.error); }
+  // the image pushes of shadowtap build-hook / image push, and their verdicts (newest first)
+  $("#sh-builds tbody").innerHTML = (d.builds || []).map((b) => `<tr class="${b.verdict === "fail" ? "reg" : ""}"><td>${new Date(b.started * 1000).toLocaleString()}</td><td>${esc(b.image)}</td><td><code>${esc(b.snapshot)}</code></td><td>${esc(b.stage)}</td><td class=n>${b.switched}/${b.shadows}</td><td class=n>${fmt(b.push_seconds, 2)}</td><td class=${b.verdict === "pass" ? "up" : "down"}>${esc(b.verdict)}</td><td>${esc((b.failed || []).join(", "))}</td></tr>`).join("") ||
+    `<tr><td colspan=8 class=muted>${esc(d.builds_note || "no pushes recorded")}</td></tr>`;
 }
 
 // ---- live updates ------------------------------------------------------------------------
