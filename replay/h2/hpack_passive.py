@@ -37,6 +37,10 @@ HPACK bomb. Instructions are still read, so the dynamic table stays in step."""
 MAX_FIELDS = 4096
 """Fields of one header block beyond which fields are dropped (counted)."""
 MAX_INT = 1 << 28
+MAX_CACHED_BLOCK = 1024
+"""Header blocks up to this size that reference no dynamic entry are kept with their fields
+(responses repeat: the same date, type, length and etag), at most ``MAX_CACHED_BLOCKS``."""
+MAX_CACHED_BLOCKS = 4096
 
 
 class HpackError(Exception):
@@ -98,12 +102,22 @@ class PassiveDecoder:
 
     def decode(self, block: bytes) -> tuple[list[tuple[str, str]], int, bool]:
         """(fields, how many reference unknown entries, whether the block was read whole)."""
+        hit = _BLOCKS.get(block)
+        if hit is not None:
+            # the same block decoded before, and it referenced no dynamic entry: the same
+            # fields, whatever the table holds; its inserts are made again
+            fields, inserts = hit
+            for field in inserts:
+                self._add(field[0], field[1])
+            return list(fields), 0, True
         out: list[tuple[str, str]] = []
+        inserts: list[tuple[str, str]] | None = [] if len(block) <= MAX_CACHED_BLOCK else None
         unknown = 0
         total = 0
         over = False
         pos = 0
         end = len(block)
+        cache = _HUFF_CACHE
         try:
             entries = self.entries
             while pos < end:
@@ -116,6 +130,7 @@ class PassiveDecoder:
                             field = STATIC[idx - 1]
                         elif N_STATIC < idx <= N_STATIC + len(entries):
                             field = entries[idx - N_STATIC - 1]
+                            inserts = None
                         else:
                             e = self._lookup(idx)
                             if e is None:
@@ -123,6 +138,7 @@ class PassiveDecoder:
                                 e = (UNKNOWN, UNKNOWN)
                             field = e
                     else:
+                        inserts = None
                         idx, pos = _int(block, pos, 7)
                         e = self._lookup(idx)
                         if e is None:
@@ -130,6 +146,7 @@ class PassiveDecoder:
                             e = (UNKNOWN, UNKNOWN)
                         field = e
                 elif b & 0xE0 == 0x20:  # dynamic table size update
+                    inserts = None
                     size, pos = _int(block, pos, 5)
                     if size > MAX_TABLE:
                         self._count("hpack_table_size_capped")
@@ -139,20 +156,51 @@ class PassiveDecoder:
                     continue
                 else:
                     if b & 0x40:
-                        prefix, add = 6, True
-                    else:
-                        prefix, add = 4, False  # without indexing / never indexed
-                    idx, pos = _int(block, pos, prefix)
-                    if idx:
-                        e = self._lookup(idx)
-                        if e is None:
-                            unknown += 1
-                            name = UNKNOWN
+                        idx, add = b & 0x3F, True
+                        if idx == 0x3F:
+                            idx, pos = _int(block, pos, 6)
                         else:
-                            name = e[0]
+                            pos += 1
+                    else:  # without indexing / never indexed
+                        idx, add = b & 0x0F, False
+                        if idx == 0x0F:
+                            idx, pos = _int(block, pos, 4)
+                        else:
+                            pos += 1
+                    if idx:
+                        if idx <= N_STATIC:
+                            name = STATIC[idx - 1][0]
+                        elif idx <= N_STATIC + len(entries):
+                            name = entries[idx - N_STATIC - 1][0]
+                            inserts = None
+                        else:
+                            e = self._lookup(idx)
+                            if e is None:
+                                unknown += 1
+                                name = UNKNOWN
+                            else:
+                                name = e[0]
                     else:
                         name, pos = _str(block, pos)
-                    value, pos = _str(block, pos)
+                    # the value: _str, inline
+                    if pos >= end:
+                        raise HpackError("truncated string")
+                    h = block[pos]
+                    n = h & 0x7F
+                    if n == 0x7F:
+                        n, pos = _int(block, pos, 7)
+                    else:
+                        pos += 1
+                    if pos + n > end:
+                        raise HpackError("truncated string")
+                    raw = block[pos:pos + n]
+                    pos += n
+                    if h & 0x80:
+                        value = cache.get(raw)  # type: ignore[assignment]
+                        if value is None:
+                            value = _huff_str(raw)
+                    else:
+                        value = raw.decode("latin-1")
                     field = (name, value)
                     if add:
                         if name == UNKNOWN:
@@ -161,7 +209,18 @@ class PassiveDecoder:
                             self.forget()
                             self._count("hpack_unknown_insert")
                         else:
-                            self._add(name, value)
+                            if inserts is not None:
+                                inserts.append(field)
+                            # _add, inline
+                            k = len(name) + len(value) + 32
+                            if k > self.max_size:
+                                entries.clear()
+                                self.size = 0
+                            else:
+                                entries.insert(0, field)
+                                self.size += k
+                                if self.size > self.max_size:
+                                    self._evict()
                         entries = self.entries
                 if over:
                     continue
@@ -178,6 +237,10 @@ class PassiveDecoder:
             return out, unknown, False
         if unknown:
             self._count("hpack_unknown_refs", unknown)
+        elif inserts is not None and not over:
+            if len(_BLOCKS) >= MAX_CACHED_BLOCKS:
+                _BLOCKS.clear()
+            _BLOCKS[bytes(block)] = (tuple(out), tuple(inserts))
         return out, unknown, not over
 
 
@@ -214,56 +277,76 @@ def _str(data: bytes, pos: int) -> tuple[str, int]:
     if huff:
         text = _HUFF_CACHE.get(raw)
         if text is None:
-            text = huffman(raw).decode("latin-1")
-            if len(_HUFF_CACHE) >= 8192:
-                _HUFF_CACHE.clear()
-            _HUFF_CACHE[raw] = text
+            text = _huff_str(raw)
         return text, pos
     return raw.decode("latin-1"), pos
 
 
+def _huff_str(raw: bytes) -> str:
+    """A Huffman string decoded, and kept in the cache."""
+    text = huffman(raw).decode("latin-1")
+    if len(_HUFF_CACHE) >= 8192:
+        _HUFF_CACHE.clear()
+    _HUFF_CACHE[raw] = text
+    return text
+
+
+_BLOCKS: dict[bytes, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {}
+"""Decoded header blocks that reference no dynamic entry: (fields, the entries they insert)."""
 _HUFF_CACHE: dict[bytes, str] = {}
 """Decoded Huffman strings by their code: header values repeat (dates, types, servers)."""
-_DFA: list[tuple[bytes, int]] = []
+_DFA: list[tuple[bytes, int] | None] = []
+"""The Huffman code (RFC 7541 Appendix B, the ``hpack`` package's table) as a byte-wise
+automaton: for each partial code (a state) and input byte, the bytes it completes and the partial
+code left; (b"", -1) for the EOS code. Entries are made at their first use (building all 65,536
+up front took 0.12 s of every run); then ~3x the ``hpack`` decoder."""
+_TREE: list[list[int]] = []
+"""The code's binary tree: per node, [child 0, child 1, symbol or -1]."""
+_INTERNAL: list[int] = []
+"""Tree node of each automaton state; ``_STATE``: the reverse."""
+_STATE: dict[int, int] = {}
 
 
-def _build_dfa() -> None:
-    """The Huffman code (RFC 7541 Appendix B, the ``hpack`` package's table) as a byte-wise
-    automaton: for each partial code (a state) and input byte, the bytes it completes and the
-    partial code left. Built at the first use (about 0.2 s), then ~3x the ``hpack`` decoder."""
-    children: list[list[int]] = [[-1, -1]]
-    leaf: list[int] = [-1]
+def _build_tree() -> None:
+    tree: list[list[int]] = [[-1, -1, -1]]
     for sym in range(256):
         code, ln = REQUEST_CODES[sym], REQUEST_CODES_LENGTH[sym]
         node = 0
         for k in range(ln - 1, -1, -1):
             bit = (code >> k) & 1
-            nxt = children[node][bit]
+            nxt = tree[node][bit]
             if nxt < 0:
-                nxt = len(children)
-                children.append([-1, -1])
-                leaf.append(-1)
-                children[node][bit] = nxt
+                nxt = len(tree)
+                tree.append([-1, -1, -1])
+                tree[node][bit] = nxt
             node = nxt
-        leaf[node] = sym
-    internal = [i for i in range(len(children)) if leaf[i] < 0]
-    index = {node: i for i, node in enumerate(internal)}
-    dfa: list[tuple[bytes, int]] = []
-    for node0 in internal:
-        for byte in range(256):
-            node = node0
-            out = bytearray()
-            dead = False
-            for k in range(7, -1, -1):
-                node = children[node][(byte >> k) & 1]
-                if node < 0:  # the EOS code (30 ones), or past it: not a string
-                    dead = True
-                    break
-                if leaf[node] >= 0:
-                    out.append(leaf[node])
-                    node = 0
-            dfa.append((b"", -1) if dead else (bytes(out), index[node]))
-    _DFA[:] = dfa
+        tree[node][2] = sym
+    internal = [i for i in range(len(tree)) if tree[i][2] < 0]
+    _STATE.update((node, i) for i, node in enumerate(internal))
+    _INTERNAL[:] = internal
+    _TREE[:] = tree
+    _DFA[:] = [None] * (len(internal) << 8)
+
+
+def _dfa_entry(i: int) -> tuple[bytes, int]:
+    """Make the automaton's entry ``i`` (state << 8 | byte)."""
+    tree = _TREE
+    node = _INTERNAL[i >> 8]
+    byte = i & 0xFF
+    out = bytearray()
+    e: tuple[bytes, int]
+    for k in range(7, -1, -1):
+        node = tree[node][(byte >> k) & 1]
+        if node < 0:  # the EOS code (30 ones), or past it: not a string
+            e = (b"", -1)
+            break
+        if tree[node][2] >= 0:
+            out.append(tree[node][2])
+            node = 0
+    else:
+        e = (bytes(out), _STATE[node])
+    _DFA[i] = e
+    return e
 
 
 def huffman(data: bytes) -> bytes:
@@ -271,12 +354,13 @@ def huffman(data: bytes) -> bytes:
     reads what the peer accepted)."""
     dfa = _DFA
     if not dfa:
-        _build_dfa()
-        dfa = _DFA
+        _build_tree()
     state = 0
     out = []
     for b in data:
-        chunk, state = dfa[(state << 8) | b]
+        i = (state << 8) | b
+        e = dfa[i]
+        chunk, state = e if e is not None else _dfa_entry(i)
         if state < 0:
             raise HpackError("bad huffman")
         if chunk:

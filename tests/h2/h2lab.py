@@ -63,24 +63,30 @@ def h2_lab(tmp: Path) -> contextlib.AbstractContextManager[Lab]:
 
 
 @contextlib.contextmanager
-def capture(lab: Lab, pcap: Path, ports: tuple[int, ...] = PORTS) -> Iterator[None]:
-    """tcpdump on the namespace's loopback, on the lab's ports, for the duration."""
+def capture(lab: Lab, pcap: Path, ports: tuple[int, ...] = PORTS, *,
+            buffer_kib: int = 65536) -> Iterator[dict[str, int]]:
+    """tcpdump on the namespace's loopback, on the lab's ports, for the duration. Yields a dict
+    filled in when tcpdump has stopped: ``captured`` and ``dropped`` (its "packets dropped by
+    kernel" line; a loaded loopback overruns a small capture buffer and the capture then lacks
+    segments, so a count of what was extracted means nothing). ``buffer_kib``: tcpdump's ``-B``."""
     flt: list[str] = []
     for p in ports:
         flt += (["or"] if flt else []) + ["tcp", "port", str(p)]
-    p = lab.popen("tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
-                  *flt, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stats = {"captured": -1, "dropped": -1}
+    p = lab.popen("tcpdump", "-i", "lo", "-B", str(buffer_kib), "--immediate-mode", "-U",
+                  "-s", "0", "-w", str(pcap), *flt,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
     try:
         assert p.stderr is not None
         os.set_blocking(p.stderr.fileno(), False)
         deadline = time.monotonic() + 10
-        seen = b""
         while b"listening on" not in seen:
             seen += p.stderr.read() or b""
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"tcpdump did not start: {seen.decode(errors='replace')}")
             time.sleep(0.02)
-        yield
+        yield stats
         time.sleep(0.5)
     finally:
         p.send_signal(signal.SIGINT)
@@ -89,6 +95,15 @@ def capture(lab: Lab, pcap: Path, ports: tuple[int, ...] = PORTS) -> Iterator[No
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        assert p.stderr is not None
+        seen += p.stderr.read() or b""
+        p.stderr.close()
+        for line in seen.decode(errors="replace").splitlines():
+            words = line.split()
+            if line.endswith("packets captured") and words[0].isdigit():
+                stats["captured"] = int(words[0])
+            elif line.endswith("packets dropped by kernel") and words[0].isdigit():
+                stats["dropped"] = int(words[0])
 
 
 def curl(lab: Lab, urls: list[str], *opts: str, keylog: Path | None = None

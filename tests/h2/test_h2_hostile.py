@@ -443,3 +443,49 @@ def test_passive_hpack_agrees_with_hpack_decoder(seed: int) -> None:
         got, unknown, whole = mine.decode(block)
         assert whole and not unknown
         assert got == [(a.decode("latin-1"), b.decode("latin-1")) for a, b in want]
+
+
+def _hint(v: int, prefix: int, first: int) -> bytes:
+    """An HPACK integer with ``first``'s flag bits in its first byte."""
+    mask = (1 << prefix) - 1
+    if v < mask:
+        return bytes([first | v])
+    out = bytearray([first | mask])
+    v -= mask
+    while v >= 128:
+        out.append(0x80 | (v & 0x7F))
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _hstr(s: str) -> bytes:
+    b = s.encode("latin-1")
+    return _hint(len(b), 7, 0) + b
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_repeated_blocks_keep_the_dynamic_table_exact(seed: int) -> None:
+    """Blocks that reference no dynamic entry are decoded once and then taken from a cache (a
+    server's responses repeat): their inserts must still be made every time, evictions
+    included, so that later references to dynamic entries read what ``hpack`` reads."""
+    rng = random.Random(seed)
+    inserting = [  # static names or literal names, inserted; no dynamic reference
+        b"\x88" + _hint(33, 6, 0x40) + _hstr("Mon, 07 Dec 2026 01:50:47 GMT"),
+        b"\x88" + _hint(28, 6, 0x40) + _hstr("5000") + _hint(0, 6, 0x40) + _hstr("etag")
+        + _hstr('"6b1610f6-1388"'),
+        _hint(0, 6, 0x40) + _hstr("x-big") + _hstr("z" * 1500),  # evicts much of the table
+        b"\x82" + _hint(4, 4, 0) + _hstr("/only/static"),  # inserts nothing
+    ]
+    ref = hpack.Decoder()
+    mine = PassiveDecoder({})
+    for i in range(400):
+        if i > 4 and rng.random() < 0.3:
+            block = b"".join(bytes([0x80 | rng.randrange(62, 62 + len(mine.entries))])
+                             for _ in range(rng.randrange(1, 4)))  # dynamic references
+        else:
+            block = rng.choice(inserting)
+        want = [(a.decode("latin-1"), b.decode("latin-1")) for a, b in ref.decode(block, raw=True)]
+        got, unknown, whole = mine.decode(block)
+        assert whole and not unknown and got == want, i
+        assert len(mine.entries) == len(ref.header_table.dynamic_entries), i

@@ -164,8 +164,8 @@ def tls_lab(tmp: Path) -> contextlib.AbstractContextManager[Lab]:
 @contextlib.contextmanager
 def capture(lab: Lab, pcap: Path) -> Iterator[None]:
     """tcpdump on the namespace's loopback, port 443, for the duration."""
-    p = lab.popen("tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
-                  "tcp", "port", "443", "or", "tcp", "port", "8443",
+    p = lab.popen("tcpdump", "-i", "lo", "-B", "65536", "--immediate-mode", "-U", "-s", "0",
+                  "-w", str(pcap), "tcp", "port", "443", "or", "tcp", "port", "8443",
                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert p.stderr is not None
