@@ -282,6 +282,21 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _TOKEN = re.compile(r"(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-]{24,}\Z")
 
 
+_DIGIT = re.compile(r"\d")
+_PARTS = re.compile(r"([-_.~,]+)")
+_SLUG_WORD = re.compile(r"[^\W\d_]+\Z|%[0-9A-Fa-f]{2}")
+
+
+def _part(p: str) -> str:
+    """One part of a segment split at ``-_.~,``: long numbers and fingerprints become
+    placeholders, words stay."""
+    if len(p) >= 3 and p.isdigit():
+        return "{id}"
+    if _HEX.match(p):
+        return "{hash}"
+    return p
+
+
 def _segment(s: str) -> str:
     if not s:
         return s
@@ -295,7 +310,21 @@ def _segment(s: str) -> str:
         return "{date}"
     if _TOKEN.match(s):
         return "{token}"
-    return s
+    if not _DIGIT.search(s):
+        return s
+    # Ids inside a segment: product slugs (``red-shoe-966070``) and fingerprinted assets
+    # (``app.5c91361f.css``, ``301120_640.png``). Left apart, every product or build is an
+    # endpoint of its own with a sample or two, which no test can judge.
+    parts = _PARTS.split(s)
+    out = [_part(p) if i % 2 == 0 else p for i, p in enumerate(parts)]
+    if out == parts:
+        return s
+    words = [p for i, p in enumerate(out) if i % 2 == 0]
+    if (all(p in ("{id}", "{hash}") or _SLUG_WORD.match(p) for p in words)
+            and all(sep in ("-", "_") for sep in out[1::2])
+            and any(p not in ("{id}", "{hash}") for p in words)):
+        return "{slug}"  # words and an id: a slug, whatever its words are
+    return "".join(out)
 
 
 _EP_CACHE: dict[tuple[str, str], str] = {}
@@ -1248,11 +1277,14 @@ class ThreeWay:
         return e
 
     def add(self, rid: str, request: Request, primary: Response,
-            candidate: Response | str, secondary: Response | str | None = None) -> None:
+            candidate: Response | str, secondary: Response | str | None = None,
+            ep: str | None = None) -> None:
         """One request: the captured answer and the replayed ones. A ``str`` in place of a
         response is the error that replaced it (its kind). With ``three_way``, a request whose
-        secondary failed is not compared (there is nothing to weigh the candidate against)."""
-        ep = endpoint_of(request.method, request.target)
+        secondary failed is not compared (there is nothing to weigh the candidate against).
+        ``ep``: the request's ``endpoint_of``, when the caller has it already."""
+        if ep is None:
+            ep = endpoint_of(request.method, request.target)
         e = self._ep(ep)
         if self.three_way and not isinstance(secondary, Response):
             e.not_compared += 1

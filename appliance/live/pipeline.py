@@ -364,6 +364,22 @@ class Handoff:
         except queue.Empty:
             return None
 
+    def get_many(self, limit: int, timeout: float | None = None) -> list[Exchange]:
+        """Up to ``limit`` exchanges: waits (``timeout``) for the first only, then takes what
+        is already queued. Why: one wake-up of the consumer per batch instead of per exchange
+        (a cross-thread hand-over costs as much as a third of a comparison)."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        out = [first]
+        q = self.queue
+        while len(out) < limit:
+            try:
+                out.append(q.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
     def depth(self) -> int:
         return self.queue.qsize()
 

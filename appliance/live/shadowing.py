@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import ipaddress
 import logging
 import math
@@ -395,7 +396,8 @@ class Shadower:
                 self._last_fail[t.name] = kind
             self.health[t.name].record(False, now, kind)
             outs[t.role] = kind
-        self.tw.add(ex.id, ex.request, ex.response, outs["candidate"], outs.get("secondary"))
+        self.tw.add(ex.id, ex.request, ex.response, outs["candidate"], outs.get("secondary"),
+                    ep)
         last = (ex.ts_response_end or ex.ts_response_start or ex.ts_request_end
                 or ex.ts_request_start)
         if last is not None:
@@ -773,6 +775,12 @@ class LiveShadowing:
         return self._report
 
     def _main(self) -> None:
+        # As in the live workers (``live/worker.py``): with the default gen-0 threshold (700)
+        # the collector runs every few comparisons over everything the process holds (5-10 %
+        # of this thread's time); what exists at start is frozen out of every collection.
+        gc.freeze()
+        old = gc.get_threshold()
+        gc.set_threshold(max(old[0], 100_000), old[1], old[2])
         try:
             run_loop(self._run())
         except Exception as e:  # reported by status() and the log; capture goes on regardless
@@ -789,32 +797,35 @@ class LiveShadowing:
 
         def pump() -> None:
             # Takes from the hand-off only while there is room: beyond that the hand-off queue
-            # fills and counts its overflow; the capture never waits.
+            # fills and counts its overflow; the capture never waits. Exchanges cross to the
+            # loop in batches: one wake-up of the loop per batch, not per exchange.
             while not self._stop.is_set():
-                if sh.in_flight + taken[0] - accepted[0] >= limit:
+                room = limit - (sh.in_flight + taken[0] - accepted[0])
+                if room <= 0:
                     time.sleep(0.01)
                     continue
-                ex = self.handoff.get(timeout=0.2)
-                if ex is not None:
-                    taken[0] += 1
-                    loop.call_soon_threadsafe(inbox.put_nowait, ex)
-            while (ex := self.handoff.get(timeout=0.05)) is not None:  # what is left
-                taken[0] += 1
-                loop.call_soon_threadsafe(inbox.put_nowait, ex)
+                batch = self.handoff.get_many(min(room, 256), timeout=0.2)
+                if batch:
+                    taken[0] += len(batch)
+                    loop.call_soon_threadsafe(inbox.put_nowait, batch)
+            while batch := self.handoff.get_many(256, timeout=0.05):  # what is left
+                taken[0] += len(batch)
+                loop.call_soon_threadsafe(inbox.put_nowait, batch)
             loop.call_soon_threadsafe(inbox.put_nowait, None)
 
         threading.Thread(target=pump, name="shadowing-pump", daemon=True).start()
         last = time.monotonic()
         while True:
             try:
-                ex = await asyncio.wait_for(inbox.get(), 0.5)
+                batch = await asyncio.wait_for(inbox.get(), 0.5)
             except TimeoutError:
-                ex = False
-            if ex is None:
+                batch = False
+            if batch is None:
                 break
-            if ex is not False:
-                accepted[0] += 1
-                sh.take(ex)
+            if batch is not False:
+                for ex in batch:
+                    accepted[0] += 1
+                    sh.take(ex)
             if time.monotonic() - last > self.cfg.verdict_every:
                 last = time.monotonic()
                 self._rolling()

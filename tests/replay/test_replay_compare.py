@@ -131,6 +131,13 @@ def test_endpoint_templates() -> None:
     assert endpoint_of("GET", "http://h.example/users/7") == "GET /users/{id}"
     assert endpoint_of("GET", "/api/v2/health") == "GET /api/v2/health"
     assert endpoint_of("GET", "/feed/deadbeef") == "GET /feed/deadbeef"  # a word, not a hash
+    # ids inside a segment: product slugs and fingerprinted assets group together
+    assert endpoint_of("GET", "/products/red-shoe-966070") == "GET /products/{slug}"
+    assert endpoint_of("GET", "/products/blue-coat-12") == "GET /products/blue-coat-12"
+    assert endpoint_of("GET", "/static/app.5c91361f.css") == "GET /static/app.{hash}.css"
+    assert endpoint_of("GET", "/img/301120_640.png") == "GET /img/{id}_{id}.png"
+    assert endpoint_of("GET", "/files/report_2024.pdf") == "GET /files/report_{id}.pdf"
+    assert endpoint_of("GET", "/api/v1.2/items") == "GET /api/v1.2/items"  # short numbers stay
 
 
 def test_exact_binomial_and_holm() -> None:
