@@ -182,10 +182,16 @@ def kv_scan_stems(frozenset names, Py_ssize_t minlen, Py_ssize_t maxlen, bytes t
     return out
 
 
+cdef inline bint _hex(unsigned char c) noexcept:
+    return (48 <= c <= 57) or (65 <= c <= 70) or (97 <= c <= 102)
+
+
 def key_gates(bytes text, bytes us_tbl, bytes dash_tbl, bytes dot_tbl):
     """Where a vendor key could start: ``[(offset, separator byte), ...]`` for each '_', '-'
     and '.' whose preceding byte is marked in that separator's 256-byte table, and (byte 65)
-    each 'A' starting 'A?[A-Z]A' with ? in KSGIRN, or 'AIza'; in order per separator; and whether the text holds '-----BEGIN' (a PEM block). One memchr walk per
+    each 'A' starting 'A?[A-Z]A' with ? in KSGIRN, or 'AIza', and (byte 83) each 'SK' + a
+    hex digit with room for 32 of them; in order per separator; and whether the text holds
+    '-----BEGIN' (a PEM block). One memchr walk per
     separator instead of a regex attempt at each of them (see ``detectors.find_api_key``)."""
     cdef const unsigned char* s = text
     cdef const unsigned char* tu = us_tbl
@@ -243,11 +249,16 @@ def key_gates(bytes text, bytes us_tbl, bytes dash_tbl, bytes dot_tbl):
         if tp[s[i - 1]]:
             out.append((i, 46))
         i += 1
+    i = 0
+    while i + 34 <= n:  # Twilio API keys: 'SK' and 32 hex digits
+        q = <const unsigned char*>memchr(s + i, 83, n - i)
+        if q == NULL:
+            break
+        i = q - s
+        if i + 34 <= n and s[i + 1] == 75 and _hex(s[i + 2]):
+            out.append((i, 83))
+        i += 1
     return out, pem
-
-
-cdef inline bint _hex(unsigned char c) noexcept:
-    return (48 <= c <= 57) or (65 <= c <= 70) or (97 <= c <= 102)
 
 
 def ipv6_gate(bytes text):
@@ -370,4 +381,40 @@ def iban_anchors(bytes t, bytes text=None, bytes countries=None):
                 i = p + 2
                 continue
         i = p + 1
+    return out
+
+
+def nine_digit_runs(bytes text):
+    """Offsets of the runs of exactly nine ASCII digits (not inside a longer run of digits, not
+    followed by a letter) that are not the whole value of a JSON member (``"id":123456789``, ``"ref": "123456789"``:
+    the member's name says what it is, and the name rules decide), in order: where a bare SSN
+    can be (``detectors.find_ssn``). Same results as ``detectors.nine_digit_runs_py``. A byte
+    eight places on that is not a digit skips nine."""
+    cdef const unsigned char* s = text
+    cdef Py_ssize_t n = len(text)
+    cdef Py_ssize_t i = 0, j, k, start
+    cdef bint quoted
+    out = []
+    while i + 9 <= n:
+        if not (48 <= s[i + 8] <= 57):
+            i += 9  # no run of nine holds a position before i + 9
+            continue
+        start = i + 8  # the run holding i + 8; s[i - 1] is no digit, so it starts at i or on
+        while start > i and 48 <= s[start - 1] <= 57:
+            start -= 1
+        j = i + 9
+        while j < n and 48 <= s[j] <= 57:
+            j += 1
+        i = j + 1
+        if j - start != 9 or (j < n and ((65 <= s[j] <= 90) or (97 <= s[j] <= 122))):
+            continue  # not nine, or glued to a letter after it (a token, a hash)
+        k = start - 1
+        quoted = k >= 0 and s[k] == 34
+        if quoted:
+            k -= 1
+        while k >= 0 and s[k] == 32:
+            k -= 1
+        if k >= 1 and s[k] == 58 and s[k - 1] == 34 and (not quoted or (j < n and s[j] == 34)):
+            continue
+        out.append(start)
     return out

@@ -144,10 +144,12 @@ _SSN_LABEL = re.compile(
 )
 """Labels (lower case) that make nine bare digits after them an SSN."""
 _SSN_LABEL_START = (b"ssn", b"social", b"tax")
-_SSN_LABEL_TEXT_MAX = 512
-"""Texts up to this long get the SSN detector's own label search (longer ones: the pairs')."""
+_NINE = re.compile(rb"(?<![0-9])[0-9]{9}(?![0-9A-Za-z])")
 _SSN_WINDOW = 40
 """Bytes after a label in which its nine digits may stand ('SSN (on file): 123456789')."""
+_SSN_AFTER = 12
+"""Bytes after nine digits in which a label saying SSN may follow them ('123456789 (SSN)')."""
+_DIGIT_OR_EOL = re.compile(rb"[0-9\r\n]")
 _BARE_NUMBER = re.compile(rb"\d{3}[\- ]?\d{2}[\- ]?\d{4}(?!\d)|\d{4,8}(?![\d\-])")
 _PHONE_INTL = re.compile(rb"\+[ ]?\(?[1-9](?:[ .\-]?\(?\d\)?){7,14}")
 _PHONE_NANP = re.compile(rb"\d{3}[\- ]\d{3}[\- ]\d{4}")
@@ -197,7 +199,12 @@ _APIKEY_DASH = [
 _APIKEY_DOT = [
     (4, b"9", re.compile(rb"ya29\.[0-9A-Za-z_\-]{20,2048}")),
     (2, b"G", re.compile(rb"SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{16,64}")),
+    # Slack incoming webhooks: the path after the kind is the credential (group 1)
+    (5, b"s", re.compile(
+        rb"hooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9_\-]+/[A-Za-z0-9_/\-]{8,200})")),
 ]
+_APIKEY_TWILIO = re.compile(rb"SK[0-9a-fA-F]{32}(?![0-9A-Za-z])")
+"""Twilio API key SIDs (the key's name, but paired with its secret in every request)."""
 _GATE_BEFORE = {  # separator -> the bytes a key prefix ends with before it
     sep: bytes(sorted({c for _b, before, _rx in pats for c in before}))
     for sep, pats in ((95, _APIKEY_UNDERSCORE), (45, _APIKEY_DASH), (46, _APIKEY_DOT))
@@ -226,6 +233,14 @@ _KEY_AT = _key_at()
 _key_gates = _native.load_pyx("replay.sanitise._keyscan", "key_gates")
 _ipv6_gate = _native.load_pyx("replay.sanitise._keyscan", "ipv6_gate")
 _iban_anchors = _native.load_pyx("replay.sanitise._keyscan", "iban_anchors")
+_nine_digit_runs = _native.load_pyx("replay.sanitise._keyscan", "nine_digit_runs")
+
+
+def nine_digit_runs_py(text: bytes) -> list[int]:
+    """The pure-Python ``_keyscan.nine_digit_runs`` (the definition): where runs of exactly
+    nine digits not followed by a letter start, but for those that are the whole value of a
+    JSON member."""
+    return [m.start() for m in _NINE.finditer(text) if not _json_member_value(text, m.start())]
 _IBAN_COUNTRIES = bytes(
     1 if bytes((65 + i // 26, 65 + i % 26)) in IBAN_LENGTHS else 0 for i in range(676))
 """Country codes with an IBAN, as ``iban_anchors`` looks them up."""
@@ -247,6 +262,11 @@ def key_gates_py(text: bytes, us: bytes, dash: bytes, dot: bytes) -> tuple[list[
         if (w[2] == 65 and 65 <= w[1] <= 90 and w[0] in b"KSGIRN") or w == b"Iza":
             out.append((i, 65))
         i = text.find(b"A", i + 1)
+    i = text.find(b"SK")
+    while 0 <= i <= len(text) - 34:
+        if text[i + 2] in _HEXSET:
+            out.append((i, 83))
+        i = text.find(b"SK", i + 1)
     return out, b"-----BEGIN" in text
 
 
@@ -597,14 +617,16 @@ def find_ssn(p: Prep) -> list[Span]:
     serial 0000).
 
     - '123-45-6789' and '123 45 6789' anywhere (inside the digit regions).
-    - Nine bare digits only after a label saying what they are (``_SSN_LABEL``: 'SSN',
-      'social security', 'tax id', 'taxpayer id', 'tax number'; at most ``_SSN_WINDOW`` bytes
-      before them: 'SSN 123456789', 'SSN#: 123456789', 'my ssn is 123456789'). This detector
-      looks for labels in short texts (query values, header values, small bodies, up to
-      ``_SSN_LABEL_TEXT_MAX`` bytes); in longer texts the pair detectors find them on their
-      scan for secret names (``find_pairs``), and a field, parameter or element *named* like
-      an SSN is the name rules' job. A bare nine-digit number with no label is an order or
-      account id far more often than an SSN, so it is left alone (docs/sanitise.md)."""
+    - Nine bare digits only with a label saying what they are (``_SSN_LABEL``: 'SSN',
+      'social security', 'tax id', 'taxpayer id', 'tax number') at most ``_SSN_WINDOW`` bytes
+      before them ('SSN 123456789', 'SSN#: 123456789', 'my ssn is 123456789') or at most
+      ``_SSN_AFTER`` bytes after them on the same line ('123456789 (SSN)'), in texts of any
+      size: the runs of exactly nine digits are listed (a C loop that mostly hops nine bytes
+      at a time) and only the bytes around each are searched for a label. The whole value of
+      a JSON member (``"id": 123456789``) is left to the name rules: a field, parameter or
+      element *named* like an SSN is theirs. A bare
+      nine-digit number with neither is an order or account id far more often than an SSN,
+      so it is left alone (docs/sanitise.md)."""
     text = p.text
     n = len(text)
     out: list[Span] = []
@@ -620,18 +642,63 @@ def find_ssn(p: Prep) -> list[Span]:
                 continue
             if _SSN.match(text, s, e):
                 out.append((s, e))
-    if n <= _SSN_LABEL_TEXT_MAX and b"000000000" in p.t:
-        lo = p.lower
-        for lit in _SSN_LABEL_START:
-            a = lo.find(lit)
-            while a >= 0:
-                sp = ssn_after_label(text, lo, a)
-                if sp is not None:
-                    out.append(sp)
-                a = lo.find(lit, a + 1)
+    for a in (_nine_digit_runs or nine_digit_runs_py)(text):  # a bare SSN, with a label?
+        if _SSN_BARE.match(text, a, a + 9) is not None and _ssn_labelled(text, a, a + 9):
+            out.append((a, a + 9))
     if len(out) > 1:
         out = sorted(set(out))
     return out
+
+
+def _json_member_value(text: bytes, i: int) -> bool:
+    """Whether the nine digits at text[i:] are the whole value of a JSON member
+    (``"id":123456789``, ``"ref": "123456789"``): its name says what it is, and the name rules
+    decide."""
+    k = i - 1
+    quoted = k >= 0 and text[k] == 34
+    if quoted:
+        k -= 1
+    while k >= 0 and text[k] == 32:
+        k -= 1
+    return k >= 1 and text[k] == 58 and text[k - 1] == 34 and (
+        not quoted or text[i + 9 : i + 10] == b'"')
+
+
+def _ssn_labelled(text: bytes, s: int, e: int) -> bool:
+    """Whether the nine bare digits at text[s:e] have an SSN label at most ``_SSN_WINDOW``
+    bytes before them ('SSN#: 123456789'), or at most ``_SSN_AFTER`` bytes after them on the
+    same line with no digit between ('123456789 (SSN)', '123456789 is my SSN'). Labels are
+    looked for with ``find`` in the window only (a regex pass over a window costs more)."""
+    a0 = s - _SSN_WINDOW - 26
+    if a0 < 0:
+        a0 = 0
+    win = text[a0:s].lower()
+    for lit in _SSN_LABEL_START:
+        k = win.find(lit)
+        while k >= 0:
+            m = _SSN_LABEL.match(win, k)
+            if m is not None and s - a0 - m.end() <= _SSN_WINDOW and _ssn_label_word(
+                    text, a0 + k, a0 + m.end()):
+                return True
+            k = win.find(lit, k + 1)
+    tail = text[e : e + _SSN_AFTER + 26].lower()
+    for lit in _SSN_LABEL_START:
+        k = tail.find(lit)
+        if 0 <= k <= _SSN_AFTER:
+            m = _SSN_LABEL.match(tail, k)
+            if (m is not None and _ssn_label_word(text, e + k, e + m.end())
+                    and _DIGIT_OR_EOL.search(tail, 0, k) is None):
+                return True
+    return False
+
+
+def _ssn_label_word(text: bytes, a: int, b: int) -> bool:
+    """The label at text[a:b] stands as a word: not inside one ('classname', 'taxonomy'),
+    though camelCase counts ('customerSsn')."""
+    if a > 0 and (97 <= text[a - 1] <= 122 or 65 <= text[a - 1] <= 90) and not (
+            65 <= text[a] <= 90):
+        return False
+    return not (b < len(text) and 97 <= text[b] <= 122)
 
 
 def ssn_after_label(text: bytes, lo: bytes, a: int) -> Span | None:
@@ -824,8 +891,8 @@ def find_iban(p: Prep) -> list[Span]:
 
 
 def find_api_key(p: Prep) -> list[Span]:
-    """Vendor key shapes (AWS, GitHub, GitLab, Stripe, Slack, Google, OpenAI, SendGrid,
-    Shopify, npm, PyPI, Hugging Face, DigitalOcean, Square, Mailgun).
+    """Vendor key shapes (AWS, GitHub, GitLab, Stripe, Slack incl. webhook URLs, Google,
+    OpenAI, SendGrid, Shopify, npm, PyPI, Hugging Face, DigitalOcean, Square, Mailgun, Twilio).
 
     Every key family but AWS/Google ('A...', one regex pass with a literal first byte) has a
     '_', '-' or '.' right after its prefix, and the prefix ends with one of a few letters. One
@@ -839,8 +906,10 @@ def find_api_key(p: Prep) -> list[Span]:
     for i, sep in sorted(p.gates[0]):
         if i < end:
             continue
-        if sep == 65:
-            m = _APIKEY_AWS.match(text, i)
+        if sep == 65 or sep == 83:
+            if sep == 83 and i > 0 and text[i - 1] in _ALNUM:
+                continue
+            m = (_APIKEY_AWS if sep == 65 else _APIKEY_TWILIO).match(text, i)
             if m is not None:
                 out.append(m.span())
                 end = m.end()
@@ -850,7 +919,7 @@ def find_api_key(p: Prep) -> list[Span]:
             if i >= back:
                 m = rx.match(text, i - back)
                 if m is not None:
-                    out.append(m.span())
+                    out.append(m.span() if m.lastindex is None else m.span(1))
                     end = m.end()
                     break
     if len(out) > 1:
@@ -1019,6 +1088,9 @@ _META_PREFIX = frozenset({"max", "min", "total", "num", "prompt", "completion", 
                           "output", "cached", "reasoning", "is", "has", "use", "uses", "allow",
                           "enable", "enabled", "require", "requires", "show", "forgot",
                           "no", "needs", "need", "can", "should", "must", "with", "without"})
+_SSN_NOT = frozenset({"verified", "verification", "check", "checked", "match", "matched",
+                      "provided", "missing", "masked", "on", "off", "flag", "state"})
+"""What follows 'ssn' in a name that is about an SSN, not one (``ssnVerified``)."""
 _NAME_NOT = ("access-control-", "sec-websocket-", "content-security-", "strict-transport-",
              "public-key-pins", "x-content-type-", "cross-origin-", "permissions-policy")
 _NAME_CACHE: dict[str, int] = {}
@@ -1069,6 +1141,9 @@ def _word_class(w: str) -> int:
         return 1
     if w in _SECRET_WORDS or _stem_hit(w, _SECRET_STEMS):
         return 2
+    if (w.startswith("ssn") and w[3:] not in _META_SUFFIX and w[3:] not in _SSN_NOT) or (
+            w.endswith("ssn") and w[:-3] not in _META_PREFIX):
+        return 2  # ssnNumber, ssnLast4, customerSsn (no English word starts or ends so)
     if w.endswith("key") and w[:-3] in _KEY_PREFIX:
         return 2
     if w.endswith("code") and w[:-4] in _CODE_PREFIX:
@@ -1104,7 +1179,8 @@ def _name_class(lname: str) -> int:
         last, prev = words[-1], words[-2]
         if last in ("key", "keys") and prev not in _KEY_NOT:
             return 2
-        if last in ("code", "codes") and prev in _CODE_PREFIX:
+        if last in ("code", "codes") and (prev in _CODE_PREFIX
+                                          or "".join(words[-3:-1]) in _CODE_PREFIX):
             return 2
         if last == "id" and prev in ("app", "api", "session", "sess"):
             return 2
@@ -1135,6 +1211,10 @@ _NAME_MAX = 64
 _VALUE_MAX = 4096
 _STOP_EQ = frozenset(b" \t\r\n&;,\"'<>\\")
 _STOP_COLON = frozenset(b"\r\n&;,\"'<>\\}]")
+_NAMEISH = re.compile(rb"(?:[A-Z]*[a-z]{2,}|[A-Z]{2,}|[0-9]{1,2}|[_.\-\[\]]+)+")
+"""A camelCase, snake_case or dotted name made of words (``SecretAccessKey``, ``AccessKeyId``),
+which the random-token test would take for a token: its case changes every few characters."""
+_TEXTAREA = re.compile(rb"(?i)<textarea\b")
 _ATTR_VALUE = re.compile(rb"""(?i:\b(?:value|content)\s*=\s*)(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>]+))""")
 
 
@@ -1163,9 +1243,10 @@ def find_pairs(p: Prep) -> list[tuple[int, int, int]]:
         while b < n and b - a < _NAME_MAX and text[b] in _NAME_CHARS:
             b += 1
         last_name_end = b
-        if b - a >= _NAME_MAX or text[a] in _DIGITSET or (a > 0 and text[a - 1] in b"+/"):
+        if b - a >= _NAME_MAX or (text[a] in _DIGITSET and not lo.startswith(b"2fa", a)) or (
+                a > 0 and text[a - 1] in b"+/"):
             continue  # not a name: a number, base64
-        if b - a >= 12 and _is_random_token(text[a:b]):
+        if b - a >= 12 and _is_random_token(text[a:b]) and _NAMEISH.fullmatch(text, a, b) is None:
             continue  # a token or a hash that happens to hold 'pw', 'key'...
         cls = name_class(lo[a:b].decode("latin-1"))
         span = _pair_value(text, a, b) if cls else None
@@ -1207,9 +1288,10 @@ def _pair_value(text: bytes, a: int, b: int) -> Span | None:
         while e > s and text[e - 1] in b" \t\r\n":
             e -= 1
         return (s, e)
-    # HTML: name="csrf_token" ... value="..." (or content="..." in a meta tag)
-    if pc in (34, 39) and a >= 2:
-        j = a - 2
+    # HTML: name="csrf_token" ... value="..." (or content="..." in a meta tag); also unquoted,
+    # name=csrf_token value=... (HTML5, minified pages)
+    if (pc in (34, 39) and a >= 2) or (pc == 61 and text[a - 5 : a - 1].lower() == b"name"):
+        j = a - 2 if pc != 61 else a - 1
         while j >= 0 and text[j] in b" \t":
             j -= 1
         if j >= 0 and text[j] == 61:  # '='
@@ -1221,7 +1303,10 @@ def _pair_value(text: bytes, a: int, b: int) -> Span | None:
                 gt = min(n, b + 1024)
             m = _ATTR_VALUE.search(text, lt, gt)
             if m is None:
-                return None
+                if _TEXTAREA.match(text, lt) is None or gt >= n:
+                    return None
+                e = text.find(b"</", gt + 1, gt + 1 + _VALUE_MAX)  # <textarea name="pw">v</
+                return (gt + 1, e if e >= 0 else min(n, gt + 1 + _VALUE_MAX))
             g = 1 if m.start(1) >= 0 else 2 if m.start(2) >= 0 else 3
             return m.span(g)
     # name = value / name: value, the name and the value optionally quoted (\" in JSON text)
@@ -1315,7 +1400,8 @@ BUILTIN: dict[str, Detector] = {
             find_api_key,
             "token",
             rb"gh[pousr]_|github_pat_|k_live_|k_test_|whsec_|shp|npm_|dop_v1_|hf_|A[A-Z][A-Za-z]A"
-            rb"|AIza|xox[abposre]-|xapp-|glpat-|sk-|pypi-|GOCSPX-|sq0|key-|ya29\.|SG\.",
+            rb"|AIza|xox[abposre]-|xapp-|glpat-|sk-|pypi-|GOCSPX-|sq0|key-|ya29\.|SG\.|SK[0-9a-fA-F]"
+            rb"|hooks\.slack",
         ),
         Detector("pem", find_pem, "token", rb"-----BEGIN"),
         Detector("email", find_email, "email", rb"@"),
