@@ -176,15 +176,18 @@ class LogTail:
 
     def _read(self, p: Path, fh: Any, budget: int, now: float) -> int:
         """Read to the end of ``fh`` (a chunk at a time): every line is counted, the newest
-        ``budget`` are parsed. A full chunk (more follows) is only counted, so a log written
-        faster than the console parses is never read behind, and a rotated file is read out
-        whole before it is closed."""
-        n = 0
+        ``budget`` are parsed (once the end is reached: those of a full chunk are only cut out
+        when a later one does not hold ``budget`` lines itself), so a log written faster than
+        the console parses is never read behind, and a rotated file is read out whole before it
+        is closed. What waits to be parsed is at most ``budget`` lines and about two chunks."""
+        room = max(0, budget)
+        keep: list[bytes] = []
+        kept = 0  # bytes in ``keep``
+        lines_read = 0
         while True:
             data = fh.read(self.CHUNK)
             if not data:
-                return n
-            more = len(data) == self.CHUNK
+                break
             data = self._partial.pop(p, b"") + data
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -193,19 +196,33 @@ class LogTail:
                 continue
             if cut + 1 < len(data):
                 self._partial[p] = data[cut + 1:]
-            if more:
-                k = data.count(b"\n", 0, cut) + 1
-                self.ring.seen += k
-                self.skipped += k
+            k = data.count(b"\n", 0, cut) + 1
+            lines_read += k
+            if not room:
                 continue
-            lines = data[:cut].split(b"\n")
-            self.ring.seen += len(lines)
-            take = lines[-(budget - n):] if budget > n else []
-            self.skipped += len(lines) - len(take)
-            for line in take:
-                if line.startswith(b"{"):
-                    self.ring.add_line(line, now)
-            n += len(take)
+            start = cut
+            for _ in range(min(k, room)):  # where the newest ``room`` lines of the chunk start
+                start = data.rfind(b"\n", 0, start)
+                if start < 0:
+                    break
+            new = data[start + 1:cut].split(b"\n")
+            if len(new) >= room:
+                keep, kept = new, cut - start
+            else:
+                keep.extend(new)
+                kept += cut - start
+                drop = 0
+                while len(keep) - drop > room or (kept > 2 * self.CHUNK
+                                                  and len(keep) - drop > len(new)):
+                    kept -= len(keep[drop]) + 1
+                    drop += 1
+                del keep[:drop]
+        self.ring.seen += lines_read
+        self.skipped += lines_read - len(keep)
+        for line in keep:
+            if line.startswith(b"{"):
+                self.ring.add_line(line, now)
+        return len(keep)
 
     def close(self) -> None:
         for fh, _ in self._open.values():

@@ -778,6 +778,10 @@ class LiveShadowing:
         # As in the live workers (``live/worker.py``): with the default gen-0 threshold (700)
         # the collector runs every few comparisons over everything the process holds (5-10 %
         # of this thread's time); what exists at start is frozen out of every collection.
+        # Unlike a worker, this thread shares its process (the appliance, the canary CLI):
+        # garbage is collected before the freeze (frozen, it would never be freed), and the
+        # threshold is put back at stop.
+        gc.collect()
         gc.freeze()
         old = gc.get_threshold()
         gc.set_threshold(max(old[0], 100_000), old[1], old[2])
@@ -786,6 +790,8 @@ class LiveShadowing:
         except Exception as e:  # reported by status() and the log; capture goes on regardless
             self.error = repr(e)
             log.exception("live shadowing stopped")
+        finally:
+            gc.set_threshold(*old)
 
     async def _run(self) -> None:
         sh = await self.shadower.start()

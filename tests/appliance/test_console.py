@@ -375,3 +375,24 @@ def test_the_canary_page_drives_a_running_controller_through_its_control_api(
         assert d["controls"] is False
     finally:
         con.stop()
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_log_tail_parses_the_newest_lines_across_a_full_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: int) -> None:
+    """Review: more than a read (``CHUNK``) between two polls, ending exactly at a read's end or
+    one line after it: the newest ``budget`` lines are the ones listed, not only those of the
+    last, short read (or none at all)."""
+    log = tmp_path / "x.jsonl"
+    lines = [b'{"id": "c%d", "request": {"method": "GET", "target": "/%d"}}' % (i, i)
+             for i in range(200)]
+    blob = b"".join(ln + b"\n" for ln in lines[:190])
+    monkeypatch.setattr(LogTail, "CHUNK", len(blob))  # the first 190 lines: one full read
+    with open(log, "wb") as fh:
+        fh.write(blob + b"".join(ln + b"\n" for ln in lines[190:190 + extra]))
+    ring = ExchangeRing(size=1000, details=10)
+    tail = LogTail([log], ring, max_rate=50)
+    assert tail.poll(50, 0.0) == 50
+    tail.close()
+    assert ring.seen == 190 + extra and tail.skipped == ring.seen - 50
+    assert [r[8] for r in ring.rows] == [f"c{i}" for i in range(140 + extra, 190 + extra)]

@@ -239,3 +239,37 @@ def test_live_report_lists_the_captures_http_weirds() -> None:
     assert doc["summary"]["http_weird"] == dict(sorted(weird.items()))
     doc, _ = live_report(cfg, [], source="live")
     assert "http_weird" not in doc["summary"]
+
+
+def test_live_shadowing_leaves_the_collector_as_it_found_it() -> None:
+    """Review: the shadowing thread runs inside a longer-lived process (the appliance, the
+    canary CLI): it raises the gen-0 threshold while it runs and puts it back at stop, and what
+    it freezes is collected first (garbage frozen at start would never be freed)."""
+    import gc
+    import weakref
+
+    from appliance.live.pipeline import Handoff, Stats
+    from appliance.live.shadowing import LiveShadowing, ShadowingConfig, ShadowTarget
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle: only the collector frees it
+    gone = weakref.ref(a)
+    del a, b
+    before = gc.get_threshold()
+    cfg = ShadowingConfig(candidate=ShadowTarget("c", "http://127.0.0.1:9", "candidate"),
+                          drain_timeout=0.1, verdict_every=60.0)
+    ls = LiveShadowing(cfg, Handoff(10, Stats()), registry=False).start()
+    try:
+        wait_for(lambda: gc.get_threshold()[0] >= 100_000 or ls._thread is None
+                 or not ls._thread.is_alive(), 10, "shadowing running")
+    finally:
+        ls.stop(30)
+    assert not ls._thread.is_alive()
+    assert gc.get_threshold() == before
+    gc.collect()
+    freed = gone() is None
+    gc.unfreeze()
+    assert freed
