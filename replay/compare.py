@@ -284,7 +284,7 @@ _TOKEN = re.compile(r"(?=.*\d)(?=.*[A-Za-z])[A-Za-z0-9_\-]{24,}\Z")
 
 _DIGIT = re.compile(r"\d")
 _PARTS = re.compile(r"([-_.~,]+)")
-_SLUG_WORD = re.compile(r"[^\W\d_]+\Z|%[0-9A-Fa-f]{2}")
+_SLUG_WORD = re.compile(r"(?:[^\W\d_]|%[0-9A-Fa-f]{2})+\Z")
 
 
 def _part(p: str) -> str:

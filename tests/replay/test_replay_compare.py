@@ -138,6 +138,8 @@ def test_endpoint_templates() -> None:
     assert endpoint_of("GET", "/img/301120_640.png") == "GET /img/{id}_{id}.png"
     assert endpoint_of("GET", "/files/report_2024.pdf") == "GET /files/report_{id}.pdf"
     assert endpoint_of("GET", "/api/v1.2/items") == "GET /api/v1.2/items"  # short numbers stay
+    assert endpoint_of("GET", "/p/caf%C3%A9-966070") == "GET /p/{slug}"  # an encoded word
+    assert endpoint_of("GET", "/p/%41!!-966070") == "GET /p/%41!!-{id}"  # not a word
 
 
 def test_exact_binomial_and_holm() -> None:
