@@ -331,8 +331,9 @@ def test_the_canary_page_drives_a_running_controller_through_its_control_api(
 
     from appliance.canary.rollout import CanaryPolicy
 
-    run = Running(tmp_path / "ctl", CanaryPolicy(steps=[10, 30, 60], step_seconds=0.5,
-                                                 min_requests=5))
+    # Nine half-second steps: a loaded host still pauses it well before it could end.
+    run = Running(tmp_path / "ctl", CanaryPolicy(steps=[10, 20, 30, 40, 50, 60, 70, 80, 90],
+                                                 step_seconds=0.5, min_requests=5))
     (tmp_path / "tok").write_text("c" * 20 + "\n")
     cfg = _cfg(tmp_path, {"listen": "127.0.0.1:0", "token_file": str(tmp_path / "tok"),
                           "canary_control": str(run.control_file)})
@@ -345,7 +346,7 @@ def test_the_canary_page_drives_a_running_controller_through_its_control_api(
         code, body, _ = _req(base + "/api/canary", token=con.token)
         d = json.loads(body)
         assert code == 200 and d["controls"] is True and d["status"]["state"] == "running"
-        assert [p["weight"] for p in d["status"]["timeline"]][:2] == [10, 30]
+        assert [p["weight"] for p in d["status"]["timeline"]][:2] == [10, 20]
         # a verb needs the console's token and JSON, then reaches the controller
         assert _req(base + "/api/canary/pause", body=b"{}")[0] == 401
         assert _req(base + "/api/canary/pause", token=con.token, body=b"{}",
