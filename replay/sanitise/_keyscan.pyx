@@ -15,6 +15,11 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memchr
 
 
+cdef extern from "string.h":
+    # GNU memmem (pyconfig.h defines _GNU_SOURCE before any system header)
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
+
 cdef inline bint _blank(unsigned char c) noexcept:
     return c == 32 or c == 9 or c == 13 or c == 10
 
@@ -330,7 +335,41 @@ cdef inline bint _alnum(unsigned char c) noexcept:
     return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122)
 
 
-def iban_anchors(bytes t, bytes text=None, bytes countries=None):
+cdef inline bint _iban_at(const unsigned char* s, const unsigned char* x,
+                         const unsigned char* cc, const unsigned char* ln, Py_ssize_t p,
+                         Py_ssize_t n) noexcept:
+    """Whether an IBAN anchor starts at p - 2 (s[p] and s[p + 1] are '0' on the class map)."""
+    cdef Py_ssize_t k, e
+    cdef unsigned char a, b
+    if p + 12 >= n or not _cls_alpha(s[p - 1]) or not _cls_alpha(s[p - 2]):
+        return False
+    k = p + 2
+    while k < p + 13:
+        if s[k] != 48 and not _cls_alpha(s[k]):
+            return False
+        k += 1
+    if x == NULL:
+        return True
+    a = x[p - 2] & 0xDF  # upper case
+    b = x[p - 1] & 0xDF
+    if not ((not (p > 2 and _alnum(x[p - 3])) and 48 <= x[p] <= 57
+             and 48 <= x[p + 1] <= 57 and 65 <= a <= 90 and 65 <= b <= 90
+             and cc[(a - 65) * 26 + (b - 65)] != 0)):
+        return False
+    if ln != NULL:
+        # the country's length of letters and digits, then one more: find_iban takes exactly
+        # that many and rejects an IBAN glued to a further letter or digit (a hex token 'at00...')
+        e = p - 2 + ln[(a - 65) * 26 + (b - 65)]
+        if e < n:
+            k = p + 2
+            while k <= e and _alnum(x[k]):
+                k += 1
+            if k > e:
+                return False
+    return True
+
+
+def iban_anchors(bytes t, bytes text=None, bytes countries=None, bytes lengths=None):
     """Where an IBAN in any case could start, on the class map (``detectors.CLASS_MAP``):
     ``[i, ...]`` for each ``[Aa][Aa]00`` followed by eleven of ``0``, ``A``, ``a`` — exactly
     the starts of ``re.finditer(rb"(?:AA|aa|Aa|aA)00(?=[0Aa]{11})", t)``.
@@ -339,49 +378,99 @@ def iban_anchors(bytes t, bytes text=None, bytes countries=None):
     ``(A - 65) * 26 + (B - 65)`` for each country code ``AB``), the first checks of
     ``detectors.find_iban`` are made here too: no letter or digit right before, two real digits,
     a known country in either case. Tokens full of ``ab12...`` then cost no Python at all.
+    With ``lengths`` too (676 bytes, the country's IBAN length), a start whose country's length
+    of letters and digits is followed by one more letter or digit is left out: ``find_iban``
+    rejects it (it is part of a longer token).
 
     Why: that regex has no literal prefix, so ``re`` tries it at every byte of a body full of
-    letters; here a memchr hops from one '0' class byte (digits, spaces, dashes) to the next."""
+    letters; here a loop looks at every other byte of the class map for a '0' (both '0's of the
+    '00' cannot be missed) and checks the rest only there."""
     cdef const unsigned char* s = t
     cdef const unsigned char* x = NULL
     cdef const unsigned char* cc = NULL
-    cdef unsigned char a, b
+    cdef const unsigned char* ln = NULL
     cdef Py_ssize_t n = len(t)
     if text is not None and countries is not None:
         if len(text) != n or len(countries) != 676:
             raise ValueError("text must match t, countries must be 676 bytes")
         x = text
         cc = countries
-    cdef Py_ssize_t i = 2, p, k
-    cdef const unsigned char* q
-    cdef bint ok
+        if lengths is not None:
+            if len(lengths) != 676:
+                raise ValueError("lengths must be 676 bytes")
+            ln = lengths
+    cdef Py_ssize_t q = 3
     out = []
-    while i + 1 < n:
-        q = <const unsigned char*>memchr(s + i, 48, n - i)
+    # an anchor's '00' is at p, p + 1 with p >= 2: q = 3, 5, 7 ... covers p = q - 1 and p = q
+    while q < n:
+        if s[q] == 48:
+            if s[q - 1] == 48:
+                if _iban_at(s, x, cc, ln, q - 1, n):
+                    out.append(q - 3)
+            elif q + 1 < n and s[q + 1] == 48:
+                if _iban_at(s, x, cc, ln, q, n):
+                    out.append(q - 2)
+        q += 2
+    return out
+
+
+def zero_runs(bytes t):
+    """The runs of eleven or more '0' on the class map (digits, spaces, dashes), as
+    ``[(start, end), ...]`` in order: the same as ``detectors.zero_runs_py``. A byte ten places
+    on that is not '0' skips eleven."""
+    cdef const unsigned char* s = t
+    cdef Py_ssize_t n = len(t)
+    cdef Py_ssize_t i = 0, j, start
+    out = []
+    while i + 11 <= n:  # s[i - 1] is no '0' (or i == 0)
+        if s[i + 10] != 48:
+            i += 11
+            continue
+        start = i + 10
+        while start > i and s[start - 1] == 48:
+            start -= 1
+        j = i + 11
+        while j < n and s[j] == 48:
+            j += 1
+        if j - start >= 11:
+            out.append((start, j))
+        i = j + 1
+    return out
+
+
+def dot_spans(bytes t):
+    """``[m.span() for m in re.finditer(rb"\\.0{1,3}\\.", t)]`` (``detectors._DOT``) as a memchr
+    hop from one '.' to the next."""
+    cdef const unsigned char* s = t
+    cdef Py_ssize_t n = len(t)
+    cdef Py_ssize_t i = 0, k
+    cdef const unsigned char* q
+    out = []
+    while i < n:
+        q = <const unsigned char*>memchr(s + i, 46, n - i)
         if q == NULL:
             break
-        p = q - s
-        if p + 1 < n and s[p + 1] == 48 and _cls_alpha(s[p - 1]) and _cls_alpha(s[p - 2]) \
-                and p + 12 < n:
-            ok = True
-            k = p + 2
-            while k < p + 13:
-                if s[k] != 48 and not _cls_alpha(s[k]):
-                    ok = False
-                    break
-                k += 1
-            if ok and x != NULL:
-                a = x[p - 2] & 0xDF  # upper case
-                b = x[p - 1] & 0xDF
-                ok = (not (p > 2 and _alnum(x[p - 3])) and 48 <= x[p] <= 57
-                      and 48 <= x[p + 1] <= 57 and 65 <= a <= 90 and 65 <= b <= 90
-                      and cc[(a - 65) * 26 + (b - 65)] != 0)
-            if ok:
-                out.append(p - 2)
-                i = p + 2
-                continue
-        i = p + 1
+        i = q - s
+        k = 0
+        while k < 3 and i + 1 + k < n and s[i + 1 + k] == 48:
+            k += 1
+        if k > 0 and i + 1 + k < n and s[i + 1 + k] == 46:
+            out.append((i, i + k + 2))
+            i += k + 2
+        else:
+            i += 1
     return out
+
+
+def contains(hay, needle):
+    """``needle in hay`` (memmem for two ``bytes``): CPython's own search skips poorly for a
+    needle of many distinct bytes in a body of many distinct bytes (the echo check of a
+    bearer token over a JSON body)."""
+    if type(hay) is not bytes or type(needle) is not bytes:
+        return needle in hay
+    cdef const unsigned char* h = hay
+    cdef const unsigned char* nd = needle
+    return memmem(h, len(hay), nd, len(needle)) != NULL
 
 
 def nine_digit_runs(bytes text):

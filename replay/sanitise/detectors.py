@@ -234,6 +234,21 @@ _key_gates = _native.load_pyx("replay.sanitise._keyscan", "key_gates")
 _ipv6_gate = _native.load_pyx("replay.sanitise._keyscan", "ipv6_gate")
 _iban_anchors = _native.load_pyx("replay.sanitise._keyscan", "iban_anchors")
 _nine_digit_runs = _native.load_pyx("replay.sanitise._keyscan", "nine_digit_runs")
+_zero_runs = _native.load_pyx("replay.sanitise._keyscan", "zero_runs")
+_dot_spans = _native.load_pyx("replay.sanitise._keyscan", "dot_spans")
+
+
+def zero_runs_py(t: bytes) -> list[Span]:
+    """The pure-Python ``_keyscan.zero_runs`` (the definition): the runs of 11+ '0' on the
+    class map. 'find' of the literal, then the run's end by an anchored match: a full regex pass
+    costs ~8 instructions a byte, and most texts hold few runs or none."""
+    runs = []
+    i = t.find(_RUN_LIT)
+    while i >= 0:
+        e = _RUN.match(t, i).end()  # type: ignore[union-attr]
+        runs.append((i, e))
+        i = t.find(_RUN_LIT, e)
+    return runs
 
 
 def nine_digit_runs_py(text: bytes) -> list[int]:
@@ -244,6 +259,10 @@ def nine_digit_runs_py(text: bytes) -> list[int]:
 _IBAN_COUNTRIES = bytes(
     1 if bytes((65 + i // 26, 65 + i % 26)) in IBAN_LENGTHS else 0 for i in range(676))
 """Country codes with an IBAN, as ``iban_anchors`` looks them up."""
+_IBAN_LENGTH_T = bytes(
+    IBAN_LENGTHS.get(bytes((65 + i // 26, 65 + i % 26)), 0) for i in range(676))
+"""Each country's IBAN length, in the same places (``iban_anchors`` leaves out a start that is
+part of a longer token, as ``find_iban`` would)."""
 
 
 def key_gates_py(text: bytes, us: bytes, dash: bytes, dot: bytes) -> tuple[list[Span], bool]:
@@ -312,16 +331,7 @@ class Prep:
         """Regions of 11+ digits/spaces/dashes: the only places a card, SSN or phone can be
         (and the digits of an IBAN written in lower case)."""
         if self._runs is None:
-            # 'find' of the literal, then the run's end by an anchored match: a full regex pass
-            # costs ~8 instructions a byte, and most texts hold few runs or none
-            t = self.t
-            runs = []
-            i = t.find(_RUN_LIT)
-            while i >= 0:
-                e = _RUN.match(t, i).end()  # type: ignore[union-attr]
-                runs.append((i, e))
-                i = t.find(_RUN_LIT, e)
-            self._runs = runs
+            self._runs = (_zero_runs or zero_runs_py)(self.t)
         return self._runs
 
     @property
@@ -337,7 +347,10 @@ class Prep:
         """``.d.``, ``.dd.``, ``.ddd.`` places (class map): where IPv4s and dotted phones are."""
         if self._dots is None:
             if b"." in self.text:
-                self._dots = [m.span() for m in _DOT.finditer(self.t)]
+                if _dot_spans is not None:
+                    self._dots = _dot_spans(self.t)
+                else:
+                    self._dots = [m.span() for m in _DOT.finditer(self.t)]
             else:
                 self._dots = []
         return self._dots
@@ -857,7 +870,7 @@ def find_iban(p: Prep) -> list[Span]:
     if b"00" not in t:
         return []
     if _iban_anchors is not None:
-        starts = _iban_anchors(t, text, _IBAN_COUNTRIES)
+        starts = _iban_anchors(t, text, _IBAN_COUNTRIES, _IBAN_LENGTH_T)
     else:
         starts = [a.start() for a in _IBAN_ANCHOR_ANY.finditer(t)]
     out: list[Span] = []

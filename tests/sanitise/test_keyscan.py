@@ -193,3 +193,40 @@ def test_nine_digit_runs_agree_with_the_regex() -> None:
     for _ in range(4000):
         text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
         assert d._nine_digit_runs(text) == d.nine_digit_runs_py(text), text
+
+
+@needs_native
+def test_run_dot_and_contains_helpers_agree_with_their_definitions() -> None:
+    """The C digit-run, '.d.' and memmem helpers give what their Python definitions give, and
+    the IBAN anchors left out by the country lengths are exactly starts ``find_iban`` rejects."""
+    from replay.sanitise import _keyscan as k
+    from replay.sanitise import detectors as d
+
+    rng = random.Random(11)
+    pieces = [b"0", b"00", b".", b"a", b"A", b"0000", b"00000000000", b".0.", b" ", b'"', b"-"]
+    for _ in range(5000):
+        t = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
+        assert k.zero_runs(t) == d.zero_runs_py(t), t
+        assert k.dot_spans(t) == [m.span() for m in d._DOT.finditer(t)], t
+        needle = rng.choice([b"0", b"00", b"a.", b"0a0", b""])
+        assert k.contains(t, needle) == (needle in t)
+    assert k.contains("abc", "b") and not k.contains(bytearray(b"abc"), b"x")
+    real = d._iban_anchors
+    words = [b"de", b"DE", b"Nl", b"at", b"zz", b"89", b"12", b"370400440532", b"ab", b"f3",
+             b"0532013000", b" ", b"-", b"x", b"0", b'"']
+    left_out = 0
+    try:
+        for _ in range(5000):
+            text = b"".join(rng.choice(words) for _ in range(rng.randrange(0, 16)))
+            t = text.translate(d.CLASS_MAP)
+            every = real(t, text, d._IBAN_COUNTRIES)
+            fewer = real(t, text, d._IBAN_COUNTRIES, d._IBAN_LENGTH_T)
+            assert set(fewer) <= set(every)
+            left_out += len(every) - len(fewer)
+            d._iban_anchors = lambda *a, s=every: s  # type: ignore[assignment]
+            want = d.find_iban(d.Prep(text))
+            d._iban_anchors = lambda *a, s=fewer: s  # type: ignore[assignment]
+            assert d.find_iban(d.Prep(text)) == want, text
+    finally:
+        d._iban_anchors = real
+    assert left_out > 100
