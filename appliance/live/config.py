@@ -51,6 +51,7 @@ The schema (every key optional unless marked; see docs/appliance.md for the full
       allow_extra_fields: true   # a new field in the candidate is not a regression
       down_after: 3              # failures in a row before a shadow is marked down
       max_in_flight: 2048        # beyond: the hand-off queue fills and counts its overflow
+      max_lag: 500ms             # comparisons stay this close behind capture (new connections shed)
       drain_timeout: 30s         # at stop, how long taken exchanges may still wait to be replayed
       report: /var/lib/shadowtap/report.json   # rewritten at every verdict (+ .html)
     bus:                         # scale-out: publish sanitised exchanges to Redis Streams
@@ -106,7 +107,7 @@ SCHEMA: dict[str, Any] = {
         "candidate": _TARGET_T, "secondary": _TARGET_T, "concurrency": int, "timeout": _DUR_T,
         "connect_timeout": _DUR_T, "verdict_every": _DUR_T, "min_samples": int,
         "allow_extra_fields": bool, "down_after": int, "max_in_flight": int,
-        "drain_timeout": _DUR_T, "report": str,
+        "max_lag": _DUR_T, "drain_timeout": _DUR_T, "report": str,
     },
     "bus": {"url": str, "stream": str, "shards": int, "maxlen": int, "backlog": int},
 }
@@ -408,6 +409,10 @@ def _shadowing(r: _Reader) -> ShadowingConfig:
     c.allow_extra_fields = r.bool_("allow_extra_fields", True)
     c.down_after = r.int_("down_after", 3, 1, 1000) or 3
     c.max_in_flight = r.int_("max_in_flight", 2048, 1, 1_000_000) or 2048
+    c.max_lag = r.duration("max_lag", 0.5)
+    if c.max_lag <= 0:
+        raise ConfigError("shadowing.max_lag: must be above 0 (e.g. 500ms): how far behind "
+                          "the capture comparisons may fall before new connections are shed")
     c.drain_timeout = r.duration("drain_timeout", 30.0)
     c.report = r.str_("report")
     if c.report is not None:

@@ -51,11 +51,13 @@ class Shedder:
         self.shed = 0
         self._at = 0.0
 
-    def keep(self, conn_id: bytes, h: int) -> bool:
-        """Whether this exchange (of connection ``conn_id``, hash ``h``) is kept."""
+    def keep(self, conn_id: bytes, h: int, room: bool = True) -> bool:
+        """Whether this exchange (of connection ``conn_id``, hash ``h``) is kept. ``room``:
+        False when the consumer's waiting line is full; a new connection is then shed whatever
+        its hash (one already kept goes on: its sequence stays whole)."""
         d = self.decided.get(conn_id)
         if d is None:
-            d = (h % 10_000) < self.level
+            d = room and (h % 10_000) < self.level
             if len(self.decided) >= self.max_decided:
                 # Forget the older half (dicts keep insertion order): connections that old have
                 # almost always ended; one still open is decided again at the current level.

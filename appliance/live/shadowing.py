@@ -77,6 +77,10 @@ class ShadowingConfig:
     allow_extra_fields: bool = True
     down_after: int = 3
     max_in_flight: int = 2048
+    max_lag: float = 0.5
+    """Freshness budget (seconds): exchanges may wait this long for a replay slot. Beyond it new
+    connections are shed (whole), so comparisons stay close behind the capture instead of
+    working through a backlog of seconds."""
     drain_timeout: float = 30.0
     """At stop, how long exchanges already taken may still wait for the shadows."""
     latency_window: int = 5000
@@ -209,6 +213,13 @@ class Shadower:
         self.not_sent = {t.name: 0 for t in cfg.targets}
         self.in_flight = 0
         self.shedder = Shedder(high=0.5, low=0.2)
+        self.queue_cap = cfg.max_in_flight
+        """How many exchanges may wait for a slot: the measured replay rate times ``max_lag``
+        (``adapt``; the concurrency until a rate is known); a new connection beyond it is
+        shed. Without ``adapt`` calls, ``max_in_flight``."""
+        self._rate = 0.0
+        self._rate_at: float | None = None
+        self._rate_mark = 0
         self.started = time.time()
         self.tw: Any = None
         self.rp: Any = None
@@ -277,7 +288,8 @@ class Shadower:
             self._skip("refused_production")
             return
         cid = ex.id.rpartition(".")[0].encode()
-        if not self.lossless and not self.shedder.keep(cid, zlib.crc32(cid)):
+        if not self.lossless and not self.shedder.keep(
+                cid, zlib.crc32(cid), self.in_flight - self._active < self.queue_cap):
             self._skip("shed_overload")
             return
         if self.in_flight >= self.cfg.max_in_flight and not self.lossless:
@@ -346,9 +358,29 @@ class Shadower:
 
     def adapt(self, lag: float = 0.0) -> None:
         """Move the shed level with the backlog (call a few times a second). ``lag``: how far
-        (seconds) the caller is behind the capture; past a second, shadowing sheds so that the
-        worker's CPU goes to sanitising and logging first."""
-        self.shedder.adapt(max(self.in_flight / self.cfg.max_in_flight, lag / 2.0))
+        (seconds) the caller is behind the capture; past ``max_lag``, shadowing sheds so that
+        the worker's CPU goes to sanitising and logging first.
+
+        The waiting line is held to what the shadows get through in ``max_lag`` (Little's law:
+        wait = queued / rate), measured here as replays per second, so a comparison lags the
+        capture by about ``max_lag`` plus the shadows' own latency, not by a backlog."""
+        now = time.monotonic()
+        if self._rate_at is None:  # the first call: no rate known yet
+            self._rate_at = now
+            self._rate_mark = self.replayed
+            self.queue_cap = min(self.cfg.concurrency, self.cfg.max_in_flight)
+        dt = now - self._rate_at
+        if dt >= 0.25:
+            r = (self.replayed - self._rate_mark) / dt
+            self._rate = r if self._rate == 0.0 else 0.7 * self._rate + 0.3 * r
+            self._rate_mark = self.replayed
+            self._rate_at = now
+            self.queue_cap = min(self.cfg.max_in_flight,
+                                 max(self.cfg.concurrency, int(self._rate * self.cfg.max_lag)))
+        queued = self.in_flight - self._active
+        budget = max(1e-3, self.cfg.max_lag)
+        self.shedder.adapt(max(self.in_flight / self.cfg.max_in_flight, lag / (2 * budget),
+                               queued / self.queue_cap))
 
     def _samples(self, ep: str) -> dict[str, deque[float]]:
         s = self.latency.get(ep)

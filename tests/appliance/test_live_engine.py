@@ -6,6 +6,7 @@ forked workers, pipes) and replay to real HTTP servers on loopback: no root need
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,6 +61,72 @@ def test_shedder_keeps_whole_connections_whatever_the_level_does() -> None:
         sh._at = 0.0
         sh.adapt(0.0)
     assert sh.level == 10_000
+
+
+def test_shedder_sheds_a_new_connection_when_there_is_no_room() -> None:
+    sh = Shedder()
+    kept = b"c1"
+    assert sh.keep(kept, conn_hash(kept))
+    assert not sh.keep(b"c2", conn_hash(b"c2"), room=False)  # new, no room: shed
+    assert sh.keep(kept, conn_hash(kept), room=False)  # kept before: its sequence goes on
+    assert not sh.keep(b"c2", conn_hash(b"c2"))  # shed once: shed whole
+    assert sh.kept == 2 and sh.shed == 2
+
+
+def test_shadowing_holds_its_waiting_line_to_max_lag_and_sheds_whole_connections() -> None:
+    """Shadows slower than the traffic (one slot, 50 ms an answer; 300 exchanges offered at
+    several hundred a second): the exchanges waiting for a slot are held to what the shadow
+    answers in ``max_lag`` (measured), new connections beyond are shed, and a connection is
+    replayed whole or not at all."""
+    import asyncio
+
+    from appliance.live.shadowing import Shadower, ShadowingConfig, ShadowTarget, run_loop
+    from replay.model import ConnKey, Exchange, Request, Response
+
+    got: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                got.append(head.split(b" ", 2)[1].decode())
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[Shadower, list[tuple[int, int]]]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = ShadowingConfig(candidate=ShadowTarget("c", f"http://127.0.0.1:{port}",
+                                                     "candidate"),
+                              concurrency=1, max_lag=0.2, drain_timeout=30.0)
+        sh = Shadower(cfg)
+        await sh.start()
+        lines: list[tuple[int, int]] = []
+        t0 = time.monotonic()
+        for c in range(150):
+            for n in (1, 2):
+                ex = Exchange(f"c{c}.{n}", ConnKey("10.0.0.1", 1000 + c, "10.0.0.2", 80),
+                              Request("GET", f"/c{c}/{n}", "HTTP/1.1", [("Host", "h")], b""),
+                              Response(200, "OK", "HTTP/1.1", [], b"ok"), ts_request_end=1.0,
+                              ts_response_end=1.0)
+                sh.take(ex)
+            sh.adapt()
+            if time.monotonic() - t0 > 0.3:  # the replay rate is known from here on
+                lines.append((sh.in_flight - sh._active, sh.queue_cap))
+            await asyncio.sleep(0.005)
+        await sh.settle()
+        await sh.close()
+        server.close()
+        return sh, lines
+
+    sh, lines = run_loop(main())
+    shed = sh.skipped.get("shed_overload", 0)
+    assert shed > 0 and sh.replayed + shed == 300
+    assert lines and all(queued <= cap + 1 for queued, cap in lines)
+    assert max(cap for _, cap in lines) < 150  # what one slot answers in 0.2 s, not 2048
+    for c in range(150):  # whole connections: both exchanges replayed, or neither
+        assert (f"/c{c}/1" in got) == (f"/c{c}/2" in got), c
 
 
 def test_shedder_memory_is_bounded() -> None:
