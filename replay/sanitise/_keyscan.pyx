@@ -507,3 +507,67 @@ def nine_digit_runs(bytes text):
             continue
         out.append(start)
     return out
+
+
+def pair_names(bytes first, bytes stems, bytes pid, bytes tri, bytes namechars,
+               Py_ssize_t name_max, bytes lo, bytes text):
+    """``stem_find`` over ``lo`` (the same stems, the same non-overlapping hits) with, for each
+    hit, the name around it in ``text``: ``[(stem start, name start, name end), ...]``.
+
+    The name runs over the bytes marked in ``namechars`` (256 bytes): back from the stem start
+    while fewer than ``name_max`` bytes have been taken, then forward from the stem end while the
+    name is shorter than ``name_max`` (the loops of ``detectors.find_pairs``).
+
+    ``pid``: 65536 bytes, for the first two bytes of each stem a small id (1-255), 0 elsewhere;
+    ``tri``: 65536 bytes, non-zero at ``id << 8 | b`` when a stem with that two-byte start has
+    ``b`` as its third byte, and at every ``b`` when the two bytes are a stem of their own. Most
+    positions of a text cost one lookup, most two-byte starts of English words a second one.
+    ``first`` and ``stems`` as for ``stem_find``."""
+    cdef const unsigned char* s = lo
+    cdef const unsigned char* tx = text
+    cdef const unsigned char* f = first
+    cdef const unsigned char* st = stems
+    cdef const unsigned char* pi = pid
+    cdef const unsigned char* tr = tri
+    cdef const unsigned char* nc = namechars
+    cdef Py_ssize_t ns = len(stems)
+    cdef Py_ssize_t n = len(lo)
+    cdef Py_ssize_t p = 0, q2, r, a, b
+    cdef unsigned int v
+    out = []
+    if len(first) != 512 or len(pid) != 65536 or len(tri) != 65536 or len(namechars) != 256:
+        raise ValueError("first must be 512 bytes, pid and tri 65536, namechars 256")
+    if len(text) != n:
+        raise ValueError("text and lo must be the same length")
+    while p + 1 < n:
+        v = pi[(s[p] << 8) | s[p + 1]]
+        if not v or (p + 2 < n and not tr[(v << 8) | s[p + 2]]):
+            p += 1
+            continue
+        # the stems starting with this byte, in sorted order (as _stem_at)
+        q2 = 0
+        r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
+        if r:
+            r -= 1
+            while r < ns and st[r] == s[p]:
+                q2 = 1
+                while r + q2 < ns and st[r + q2] != 0 and p + q2 < n and st[r + q2] == s[p + q2]:
+                    q2 += 1
+                if r + q2 < ns and st[r + q2] == 0:
+                    break
+                q2 = 0
+                while r < ns and st[r] != 0:
+                    r += 1
+                r += 1
+        if not q2:
+            p += 1
+            continue
+        a = p
+        while a > 0 and p - a < name_max and nc[tx[a - 1]]:
+            a -= 1
+        b = p + q2
+        while b < n and b - a < name_max and nc[tx[b]]:
+            b += 1
+        out.append((p, a, b))
+        p += q2
+    return out

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from replay import _native
 from replay.sanitise.checksums import iban_mod97, luhn_ok
-from replay.sanitise.keyscan import stem_finder
+from replay.sanitise.keyscan import pair_name_finder, stem_finder
 
 Span = tuple[int, int]
 
@@ -152,6 +152,8 @@ _SSN_AFTER = 12
 _DIGIT_OR_EOL = re.compile(rb"[0-9\r\n]")
 _BARE_NUMBER = re.compile(rb"\d{3}[\- ]?\d{2}[\- ]?\d{4}(?!\d)|\d{4,8}(?![\d\-])")
 _PHONE_INTL = re.compile(rb"\+[ ]?\(?[1-9](?:[ .\-]?\(?\d\)?){7,14}")
+_INTL_NEXT = frozenset(b"123456789 (")
+"""What ``_PHONE_INTL`` can have right after its '+'."""
 _PHONE_NANP = re.compile(rb"\d{3}[\- ]\d{3}[\- ]\d{4}")
 _PHONE_NAT = re.compile(rb"0\d{1,4}(?:[ \-]\d{2,8}){1,4}")
 _PHONE_DOT = re.compile(rb"\d{3}\.\d{3}\.\d{4}")
@@ -302,7 +304,7 @@ class Prep:
     """One text prepared for scanning: the class map and the digit regions, made on demand and
     shared by every detector that scans this text."""
 
-    __slots__ = ("_dots", "_gates", "_lo", "_pairs", "_runs", "_t", "text")
+    __slots__ = ("_digit_runs", "_dots", "_gates", "_lo", "_pairs", "_runs", "_t", "text")
 
     def __init__(self, text: bytes) -> None:
         self.text = text
@@ -310,6 +312,7 @@ class Prep:
         self._gates: tuple[list[Span], bool] | None = None
         self._t: bytes | None = None
         self._runs: list[Span] | None = None
+        self._digit_runs: list[Span] | None = None
         self._dots: list[int] | None = None
         self._lo: bytes | None = None
 
@@ -333,6 +336,17 @@ class Prep:
         if self._runs is None:
             self._runs = (_zero_runs or zero_runs_py)(self.t)
         return self._runs
+
+    @property
+    def digit_runs(self) -> list[Span]:
+        """The ``runs`` holding at least nine digits: every card (12+ digits), SSN (9) and
+        phone number (10+) the finders look for inside a run has that many, and a run of
+        blanks or dashes alone (indentation, a rule line) holds none."""
+        if self._digit_runs is None:
+            text = self.text
+            self._digit_runs = [
+                (s, e) for s, e in self.runs if len(text[s:e].translate(None, b" -")) >= 9]
+        return self._digit_runs
 
     @property
     def gates(self) -> tuple[list[Span], bool]:
@@ -442,13 +456,28 @@ def find_jwt(p: Prep) -> list[Span]:
     return out
 
 
+def _literal_matches(text: bytes, lit: bytes, rx: re.Pattern[bytes]) -> list[re.Match[bytes]]:
+    """``list(rx.finditer(text))`` for a pattern that starts with ``lit`` and never matches
+    empty: the literal found by ``find`` (memchr speed), the pattern matched only there."""
+    out = []
+    i = text.find(lit)
+    while i >= 0:
+        m = rx.match(text, i)
+        if m is not None:
+            out.append(m)
+            i = text.find(lit, m.end())
+        else:
+            i = text.find(lit, i + 1)
+    return out
+
+
 def find_bearer(p: Prep) -> list[Span]:
     """The token after 'Bearer' (any case of B), if it looks like a token, not a word."""
     text = p.text
     if b"earer" not in text:
         return []
     out = []
-    for m in _BEARER.finditer(text):
+    for m in _literal_matches(text, b"earer", _BEARER):
         s = m.start()
         if s > 0 and text[s - 1] in b"Bb":
             tok = m.group(1)
@@ -466,7 +495,7 @@ def find_basic(p: Prep) -> list[Span]:
     if b"asic" not in text:
         return []
     out = []
-    for m in _BASIC.finditer(text):
+    for m in _literal_matches(text, b"asic", _BASIC):
         s = m.start()
         if s == 0 or text[s - 1] not in b"Bb":
             continue
@@ -553,7 +582,7 @@ def find_card(p: Prep) -> list[Span]:
     A chain of groups ('order 12 4111 1111 1111 1111 x') is tried from each group start, so a
     card written next to other numbers is still found; the longest valid number from the
     earliest start wins. A number glued to a '.' and more digits is a float, not a card."""
-    runs = p.runs
+    runs = p.digit_runs
     if not runs:
         return []
     text = p.text
@@ -643,7 +672,7 @@ def find_ssn(p: Prep) -> list[Span]:
     text = p.text
     n = len(text)
     out: list[Span] = []
-    for rs, re_ in p.runs:
+    for rs, re_ in p.digit_runs:
         for m in _SSN_C.finditer(text, rs, re_):
             s, e = m.span()
             if s > 0 and (text[s - 1] in _DIGITSET or text[s - 1] == 45):
@@ -740,6 +769,9 @@ def find_phone(p: Prep) -> list[Span]:
     out: list[Span] = []
     i = text.find(b"+")
     while i >= 0:
+        if i + 1 < n and text[i + 1] not in _INTL_NEXT:
+            i = text.find(b"+", i + 1)  # '++', '+=', '+x': no phone ('+' then digit, ' ' or '(')
+            continue
         m = _PHONE_INTL.match(text, i)
         if m is not None:
             e = m.end()
@@ -751,7 +783,7 @@ def find_phone(p: Prep) -> list[Span]:
                 continue
         i = text.find(b"+", i + 1)
     cands: list[tuple[int, int]] = []
-    for rs, re_ in p.runs:
+    for rs, re_ in p.digit_runs:
         cands.extend([m.span() for m in _PHONE_NANP.finditer(text, rs, re_)])
         # national ('020 7946 0958', '07700 900123') and '00'-international numbers
         for m in _PHONE_NAT.finditer(text, rs, re_):
@@ -1227,6 +1259,12 @@ _STOP_COLON = frozenset(b"\r\n&;,\"'<>\\}]")
 _NAMEISH = re.compile(rb"(?:[A-Z]*[a-z]{2,}|[A-Z]{2,}|[0-9]{1,2}|[_.\-\[\]]+)+")
 """A camelCase, snake_case or dotted name made of words (``SecretAccessKey``, ``AccessKeyId``),
 which the random-token test would take for a token: its case changes every few characters."""
+_PAIR_NAMES = pair_name_finder(NAME_STEMS, _NAME_CHARS, _NAME_MAX)
+"""``(lo, text) -> [(stem start, name start, name end), ...]``: ``_PAIR_STEMS`` with the name
+around each stem (one C loop when built)."""
+_PAIR_NAME_CACHE: dict[bytes, int] = {}
+"""What a name found around a stem is, by its bytes: -1 no name (a number, a token or a hash
+holding a stem), else its ``name_class``."""
 _TEXTAREA = re.compile(rb"(?i)<textarea\b")
 _ATTR_VALUE = re.compile(rb"""(?i:\b(?:value|content)\s*=\s*)(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>]+))""")
 
@@ -1245,23 +1283,23 @@ def find_pairs(p: Prep) -> list[tuple[int, int, int]]:
     out: list[tuple[int, int, int]] = []
     p._pairs = out
     lo = p.lower
-    n = len(text)
     last_name_end = -1
-    for k, b in _PAIR_STEMS(lo):
+    cache = _PAIR_NAME_CACHE
+    for k, a, b in _PAIR_NAMES(lo, text):
         if k < last_name_end:
             continue
-        a = k
-        while a > 0 and k - a < _NAME_MAX and text[a - 1] in _NAME_CHARS:
-            a -= 1
-        while b < n and b - a < _NAME_MAX and text[b] in _NAME_CHARS:
-            b += 1
         last_name_end = b
-        if b - a >= _NAME_MAX or (text[a] in _DIGITSET and not lo.startswith(b"2fa", a)) or (
-                a > 0 and text[a - 1] in b"+/"):
-            continue  # not a name: a number, base64
-        if b - a >= 12 and _is_random_token(text[a:b]) and _NAMEISH.fullmatch(text, a, b) is None:
-            continue  # a token or a hash that happens to hold 'pw', 'key'...
-        cls = name_class(lo[a:b].decode("latin-1"))
+        if b - a >= _NAME_MAX or (a > 0 and text[a - 1] in b"+/"):
+            continue  # not a name: base64
+        name = text[a:b]
+        cls = cache.get(name)
+        if cls is None:
+            cls = _pair_name_class(name)
+            if len(cache) > 8192:
+                cache.clear()
+            cache[name] = cls
+        if cls < 0:
+            continue
         span = _pair_value(text, a, b) if cls else None
         if span is None and lo.startswith(_SSN_LABEL_START, k):
             span = ssn_after_label(text, lo, k)  # 'Social Security Number (on file): 123456789'
@@ -1271,6 +1309,16 @@ def find_pairs(p: Prep) -> list[tuple[int, int, int]]:
             if span[1] > last_name_end:
                 last_name_end = span[1]
     return out
+
+
+def _pair_name_class(name: bytes) -> int:
+    """-1 when the bytes around a stem are no name (a number; a token or a hash that happens to
+    hold 'pw', 'key'...), else the ``name_class`` of the name."""
+    if name[0] in _DIGITSET and not name.lower().startswith(b"2fa"):
+        return -1
+    if len(name) >= 12 and _is_random_token(name) and _NAMEISH.fullmatch(name) is None:
+        return -1
+    return name_class(name.lower().decode("latin-1"))
 
 
 def _pair_value(text: bytes, a: int, b: int) -> Span | None:

@@ -24,6 +24,7 @@ _kv_scan: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan")
 _fnv1a: Any = _native.load_pyx("replay.sanitise._keyscan", "fnv1a") if _kv_scan else None
 _kv_stems: Any = _native.load_pyx("replay.sanitise._keyscan", "kv_scan_stems") if _kv_scan else None
 _stem_find: Any = _native.load_pyx("replay.sanitise._keyscan", "stem_find") if _kv_scan else None
+_pair_names: Any = _native.load_pyx("replay.sanitise._keyscan", "pair_names") if _kv_scan else None
 STEM_MAXLEN = 96
 """Names longer than this are not looked at by stem (a JSON key that long is data)."""
 
@@ -78,6 +79,59 @@ def stem_finder(stems: Iterable[bytes], native: bool = True) -> Any:
     if native and _stem_find is not None and all(len(x) >= 2 for x in ordered):
         return partial(_stem_find, *stem_tables(ordered))
     return lambda lo: [m.span() for m in rx.finditer(lo)]
+
+
+def pair_tables(stems: Iterable[bytes]) -> tuple[bytes, bytes]:
+    """``pid`` and ``tri`` of ``_keyscan.pair_names``: a small id per two-byte start of a stem,
+    and per id the third bytes a stem with that start can go on with (every byte when the two
+    bytes are a stem themselves)."""
+    pid = bytearray(65536)
+    tri = bytearray(65536)
+    ids: dict[bytes, int] = {}
+    for x in sorted(set(stems)):
+        if len(x) < 2:
+            raise ValueError("stems must be at least two bytes long")
+        v = ids.setdefault(x[:2], len(ids) + 1)
+        if v > 255:
+            raise ValueError("too many two-byte stem starts")
+        pid[(x[0] << 8) | x[1]] = v
+        if len(x) == 2:
+            for c in range(256):
+                tri[(v << 8) | c] = 1
+        else:
+            tri[(v << 8) | x[2]] = 1
+    return bytes(pid), bytes(tri)
+
+
+def pair_name_finder(stems: Iterable[bytes], name_chars: Iterable[int], name_max: int,
+                     native: bool = True) -> Any:
+    """A function ``(lo, text) -> [(stem start, name start, name end), ...]``: the hits of
+    ``stem_finder(stems)`` in ``lo`` (``text`` lower-cased), each with the name around it in
+    ``text``: the bytes of ``name_chars`` before the stem (while fewer than ``name_max`` are
+    taken) and after it (while the name is shorter than ``name_max``). In C when built
+    (``_keyscan.pair_names``), else this loop over ``stem_finder`` (same results)."""
+    ordered = sorted(set(stems))
+    chars = frozenset(name_chars)
+    table = bytes(1 if c in chars else 0 for c in range(256))
+    if native and _pair_names is not None and all(len(x) >= 2 for x in ordered):
+        first, blob, _pairs = stem_tables(ordered)
+        pid, tri = pair_tables(ordered)
+        return partial(_pair_names, first, blob, pid, tri, table, name_max)
+    find = stem_finder(ordered, native=False)
+
+    def names(lo: bytes, text: bytes) -> list[tuple[int, int, int]]:
+        out = []
+        n = len(text)
+        for k, b in find(lo):
+            a = k
+            while a > 0 and k - a < name_max and text[a - 1] in chars:
+                a -= 1
+            while b < n and b - a < name_max and text[b] in chars:
+                b += 1
+            out.append((k, a, b))
+        return out
+
+    return names
 
 
 class KeyScan:

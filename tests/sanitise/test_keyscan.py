@@ -156,6 +156,32 @@ def test_stem_finder_agrees_with_finditer() -> None:
 
 
 @needs_native
+def test_pair_name_finder_agrees_with_python() -> None:
+    """The C stem-and-name walk (``_keyscan.pair_names``, used by the text pair detectors)
+    gives the pure-Python loop's (stem start, name start, name end), with stems that are
+    prefixes of each other, two-byte stems, names at the text's ends and at the length cap."""
+    from replay.sanitise.detectors import _NAME_CHARS, _NAME_MAX, NAME_STEMS
+    from replay.sanitise.keyscan import pair_name_finder
+
+    rng = random.Random(9)
+    native = pair_name_finder(NAME_STEMS, _NAME_CHARS, _NAME_MAX)
+    py = pair_name_finder(NAME_STEMS, _NAME_CHARS, _NAME_MAX, native=False)
+    assert getattr(native, "func", None) is not None  # really the C one
+    alphabet = b"pawsecrtokyuhigndvmjbxlPWK_.-=:\" \xff"
+    for text in _texts(rng, 2000) + _docs(rng, 1000):
+        assert native(text.lower(), text) == py(text.lower(), text), text
+    for _ in range(3000):
+        text = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 150)))
+        assert native(text.lower(), text) == py(text.lower(), text), text
+    stems = [b"pa", b"pass", b"ss", b"sx"]
+    n2 = pair_name_finder(stems, b"pasx", 6)
+    r2 = pair_name_finder(stems, b"pasx", 6, native=False)
+    for _ in range(3000):
+        text = bytes(rng.choice(b"pasx =") for _ in range(rng.randrange(0, 30)))
+        assert n2(text, text) == r2(text, text), text
+
+
+@needs_native
 def test_iban_anchors_agree_with_their_regex() -> None:
     """The C IBAN anchor search gives the starts of its regex definition on the class map,
     and a compact lower-case IBAN deep inside a long body is found and masked."""
