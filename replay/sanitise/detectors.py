@@ -71,6 +71,9 @@ IBAN_LENGTHS: dict[bytes, int] = {
 
 def is_card(v: bytes) -> bool:
     """12-19 digits (optionally grouped), a real scheme prefix and length, and Luhn."""
+    m = _CARD_ALT.fullmatch(v)
+    if m is not None:
+        v = v.replace(m.group(2), b"")
     d = v.replace(b" ", b"").replace(b"-", b"")
     return 12 <= len(d) <= 19 and d.isdigit() and card_network_ok(d) and luhn_ok(d)
 
@@ -238,6 +241,7 @@ _iban_anchors = _native.load_pyx("replay.sanitise._keyscan", "iban_anchors")
 _nine_digit_runs = _native.load_pyx("replay.sanitise._keyscan", "nine_digit_runs")
 _zero_runs = _native.load_pyx("replay.sanitise._keyscan", "zero_runs")
 _dot_spans = _native.load_pyx("replay.sanitise._keyscan", "dot_spans")
+_alt_card_starts = _native.load_pyx("replay.sanitise._keyscan", "alt_card_starts")
 
 
 def zero_runs_py(t: bytes) -> list[Span]:
@@ -575,13 +579,71 @@ def _card_grouping(groups: list[Span], i: int, j: int) -> bool:
     return groups[j][1] - groups[j][0] <= k
 
 
+_ALT_START = re.compile(
+    rb"(?<![0-9])[0-9]{4}(?=(?:[./]|\xc2\xa0|\xe2\x80\xaf|&(?i:nbsp);|&#160;)[0-9]{4})")
+
+
+def alt_card_starts_py(text: bytes) -> list[int]:
+    """The pure-Python ``_keyscan.alt_card_starts`` (the definition): where runs of exactly four
+    digits are followed by a '.', '/', a UTF-8 no-break space (U+00A0, U+202F), ``&nbsp;`` or
+    ``&#160;`` and four more digits: the places a card grouped so can start."""
+    return [m.start() for m in _ALT_START.finditer(text)]
+
+
+_CARD_ALT = re.compile(
+    rb"(\d{4})(\.|/|\xc2\xa0|\xe2\x80\xaf|(?i:&nbsp;)|&#160;)"
+    rb"(?:(\d{4})\2(\d{4})\2(\d{4})(?:\2(\d{1,3}))?|(\d{6})\2(\d{4,5}))"
+    rb"(?![0-9A-Za-z])(?!\2[0-9])"
+)
+"""A card grouped by one of those separators, the same one throughout, in the groupings cards
+are printed in: 4-4-4-4 with an optional last group of 1-3 (17-19 digits), 4-6-5 (Amex),
+4-6-4 (Diners). Versions (1.2.3.4), dates (2024/05/01), IPs and prices have no such groups."""
+
+
+def _find_card_alt(p: Prep) -> list[Span]:
+    """Cards grouped by dots, slashes or no-break spaces (see ``_CARD_ALT``), with the scheme
+    and Luhn checks of ``find_card``. Not after a letter, a '+' or a digit and the same kind of
+    separator (one more group of a longer dotted or slashed number)."""
+    text = p.text
+    out: list[Span] = []
+    last = 0
+    for s in (_alt_card_starts or alt_card_starts_py)(text):
+        if s < last:
+            continue
+        m = _CARD_ALT.match(text, s)
+        if m is None:
+            continue
+        if s > 0:
+            c = text[s - 1]
+            if c in _LETTERS or c == 43 or c in _DIGITSET:
+                continue
+            sep = m.group(2)
+            if s > len(sep) and text.startswith(sep, s - len(sep)) \
+                    and text[s - len(sep) - 1] in _DIGITSET:
+                continue
+        d = m.group(1) + b"".join([x for x in m.groups()[2:] if x])
+        if card_network_ok(d) and luhn_ok(d):
+            out.append(m.span())
+            last = m.end()
+    return out
+
+
 def find_card(p: Prep) -> list[Span]:
-    """Card numbers inside the digit regions: 12-19 digits bare or in any grouping by single
-    spaces or dashes, a real scheme prefix and length, and Luhn.
+    """Card numbers: 12-19 digits bare or in any grouping by single spaces or dashes (inside
+    the digit regions), or grouped by dots, slashes or no-break spaces (``_CARD_ALT``); a real
+    scheme prefix and length, and Luhn.
 
     A chain of groups ('order 12 4111 1111 1111 1111 x') is tried from each group start, so a
     card written next to other numbers is still found; the longest valid number from the
     earliest start wins. A number glued to a '.' and more digits is a float, not a card."""
+    alt = _find_card_alt(p)
+    out = _find_card_runs(p)
+    if alt:
+        out = sorted(out + [x for x in alt if not any(a < x[1] and x[0] < b for a, b in out)])
+    return out
+
+
+def _find_card_runs(p: Prep) -> list[Span]:
     runs = p.digit_runs
     if not runs:
         return []
@@ -1071,7 +1133,7 @@ NAME_STEMS: tuple[bytes, ...] = (
     b"pass", b"pw", b"secret", b"token", b"key", b"auth", b"sig", b"sess", b"sid", b"pin",
     b"otp", b"cvv", b"cvc", b"cvn", b"csc", b"mfa", b"pan", b"ssn", b"cred", b"card", b"code",
     b"csrf", b"xsrf", b"app", b"cc", b"social", b"verifier", b"mnemonic", b"seed", b"jwt",
-    b"bearer", b"hmac", b"priv", b"tax",
+    b"bearer", b"hmac", b"priv", b"tax", b"tin", b"nino", b"vat", b"nation", b"driv", b"dl",
 )  # fmt: skip
 """Substrings every secret name holds (lower case): the cheap pre-check, in C for JSON keys
 (``_keyscan.pyx``), before ``name_class`` decides."""
@@ -1136,6 +1198,18 @@ _META_PREFIX = frozenset({"max", "min", "total", "num", "prompt", "completion", 
 _SSN_NOT = frozenset({"verified", "verification", "check", "checked", "match", "matched",
                       "provided", "missing", "masked", "on", "off", "flag", "state"})
 """What follows 'ssn' in a name that is about an SSN, not one (``ssnVerified``)."""
+_ID_NAME = re.compile(
+    r"(?:customer|user|payer|payee|seller|buyer|vendor|supplier|merchant|company|business"
+    r"|employee|employer|client|holder|account|person|owner|applicant|member|billing|my)?"
+    r"(?:(?:tin|nino|taxid|taxpayerid|vatin|vatid|nationalid|driv(?:er|ers|ing)licen[cs]e)"
+    r"(?:number|num|no|nr)?|dl(?:number|num|no|nr)"
+    r"|(?:vat|vatreg|vatregistration|passport|taxpayer|nationalinsurance|nationalidentity"
+    r"|nationalidentification|nationalidcard|idcard)(?:number|num|no|nr|id))")
+"""Names of national and tax identifiers (``tin``, ``vat_number``, ``national_id``, ``nino``,
+``passport_number``, ``driver_license``, ``dl_number``), matched against the whole name or its
+last words joined (``billing.vat_number``, ``customer[tin]``): whole words, so ``tint``,
+``tinyUrl``, ``destination``, ``vatican``, ``dlq``, ``vat`` (an amount) and ``passport``
+(the library) are not. An owner word may come first (``customerTin``, ``userPassportNo``)."""
 _NAME_NOT = ("access-control-", "sec-websocket-", "content-security-", "strict-transport-",
              "public-key-pins", "x-content-type-", "cross-origin-", "permissions-policy")
 _NAME_CACHE: dict[str, int] = {}
@@ -1215,6 +1289,9 @@ def _name_class(lname: str) -> int:
             cls = 2
     if cls:
         return cls
+    for i in range(len(words)):
+        if _ID_NAME.fullmatch("".join(words[i:])) is not None:
+            return 2
     joined = "".join(words)
     if len(words) > 1:
         if _stem_hit(joined, _PW_STEMS):
@@ -1467,7 +1544,7 @@ BUILTIN: dict[str, Detector] = {
         Detector("pem", find_pem, "token", rb"-----BEGIN"),
         Detector("email", find_email, "email", rb"@"),
         Detector("iban", find_iban, "iban", rb"[A-Za-z]{2}\d\d"),
-        Detector("card", find_card, "card", rb"\d[\d \-]{10,}\d"),
+        Detector("card", find_card, "card", rb"\d[\d \-]{10,}\d|\d{4}(?:[./]|\xc2\xa0|\xe2|&)"),
         Detector("ssn", find_ssn, "ssn", rb"\d{3}[\- ]?\d\d[\- ]?\d{4}"),
         Detector("ipv6", find_ipv6, "ipv6", rb"::|[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:"),
         Detector("ipv4", find_ipv4, "ipv4", rb"\d\.\d{1,3}\.\d"),

@@ -609,6 +609,168 @@ def test_redteam_covers_every_structure() -> None:
     assert seen == set(STRUCTURES)
 
 
+# -- tax and national ids by name; cards grouped by dots, slashes and no-break spaces ---------
+# A generator of its own (own seeds), so the cases above stay what they were.
+
+ID_NAMES = ["tin", "TIN", "taxId", "tax_id", "taxpayer_id", "TaxpayerId", "vat_number", "vatId",
+            "VATIN", "vat_no", "national_id", "nationalId", "nino", "NINO", "passport_number",
+            "passportNo", "passport-number", "driver_license", "driversLicense",
+            "driving_licence_number", "dl_number", "dlNo", "customer[tin]", "billing.vat_number",
+            "customerTin", "user_passport_no", "applicant.national_id"]
+ID_STRUCTURES = ["json", "json_deep", "query", "form", "xml", "html_input", "text_log", "header",
+                 "multipart"]
+ALT_STRUCTURES = ["json_text", "json_value", "html_text", "xml_text", "text_log", "query_value",
+                  "form_value", "multipart"]
+ALT_SEPS = [".", "/", "\u00a0", "\u202f", "&nbsp;", "&#160;"]
+ID_SEEDS = (3032001, 3032002)
+ID_PER_SEED = 300
+
+
+def id_value(r: random.Random) -> str:
+    k = r.randrange(5)
+    if k == 0:  # a VAT number
+        return r.choice(["DE", "FR", "IT", "NL", "GB"]) + "".join(r.choices(string.digits, k=9))
+    if k == 1:  # a UK national insurance number
+        return (r.choice("ABCEGHJKLMNOPRSTWXYZ") + r.choice("ABCEGHJKLMNPRSTWXYZ")
+                + "".join(r.choices(string.digits, k=6)) + r.choice("ABCD"))
+    if k == 2:  # a passport / licence number
+        return r.choice(string.ascii_uppercase) + "".join(r.choices(string.digits, k=r.randint(7, 9)))
+    if k == 3:  # a TIN / EIN
+        return f"{r.randint(10, 99)}-{r.randint(1000000, 9999999)}"
+    return "".join(r.choices(string.digits, k=r.randint(9, 12)))
+
+
+def alt_card(r: random.Random, sep: str) -> tuple[str, str]:
+    """(scheme, card printed with ``sep`` between its groups: 4-4-4-4[-1..3], 4-6-5, 4-6-4)."""
+    while True:
+        scheme, num = card_digits(r)
+        n = len(num)
+        if n in (14, 15):
+            return scheme, sep.join([num[:4], num[4:10], num[10:]])
+        if n >= 16:
+            return scheme, sep.join(num[i : i + 4] for i in range(0, n, 4))
+
+
+def _exchange(i: int, target: str, req_h: list[tuple[str, str]], body: bytes,
+              ctype: str | None, resp_body: bytes = b'{"ok":true}',
+              resp_ct: str = "application/json") -> Exchange:
+    if body:
+        if ctype:
+            req_h.append(("Content-Type", ctype))
+        req_h.append(("Content-Length", str(len(body))))
+    return Exchange(id=f"id{i}", conn=ConnKey("203.0.113.8", 40000 + i % 10000, "10.0.0.9", 443),
+                    request=Request("POST" if body else "GET", target, headers=req_h, body=body),
+                    response=Response(200, "OK", headers=[("Content-Type", resp_ct),
+                                                          ("Content-Length", str(len(resp_body)))],
+                                      body=resp_body))
+
+
+def _multipart(nm: str, v: str) -> tuple[bytes, str]:
+    b = "----rtb0undary"
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="{nm}"\r\n\r\n{v}\r\n--{b}--\r\n')
+    return body.encode(), f"multipart/form-data; boundary={b}"
+
+
+def build_id_case(r: random.Random, i: int) -> tuple[Exchange, list[tuple[str, str, str]]]:
+    """A tax/national id under its name, or a card grouped by an unusual separator, in one of
+    the structures, next to look-alikes that must stay (dates, versions, IPs, prices)."""
+    req_h = [("Host", "shop.example.org"), ("User-Agent", "Mozilla/5.0 redteam")]
+    body, ctype, target = b"", None, "/api/v2/customers"
+    resp_body, resp_ct = b'{"ok":true}', "application/json"
+    if r.random() < 0.5:
+        nm, v = r.choice(ID_NAMES), id_value(r)
+        st = r.choice(ID_STRUCTURES)
+        kind = f"id:{nm}"
+        if st == "json":
+            body, ctype = orjson.dumps({"name": "Jo", nm: v, "country": "DE"}), "application/json"
+        elif st == "json_deep":
+            body = orjson.dumps({"customer": {"billing": {nm: v, "zip": "10115"}}, "n": 2})
+            ctype = "application/json"
+        elif st == "query":
+            target += f"?lang=en&{quote(nm, safe='[]')}={quote_plus(v)}"
+        elif st == "form":
+            body = f"first=Jo&{quote(nm, safe='[]')}={quote_plus(v)}&ok=1".encode()
+            ctype = "application/x-www-form-urlencoded"
+        elif st == "xml":
+            tag = nm.replace("[", "_").replace("]", "").replace(".", "_")
+            body = f"<Customer><Name>Jo</Name><{tag}>{v}</{tag}></Customer>".encode()
+            ctype = "application/xml"
+        elif st == "html_input":
+            resp_body = (f'<form><input type="text" name="{nm}" value="{v}">'
+                         f'<input name="city" value="Berlin"></form>').encode()
+            resp_ct = "text/html"
+        elif st == "text_log":
+            body = f"2024-05-01T12:00:00Z INFO saved customer {nm}={v} ok\n".encode()
+            ctype = "text/plain"
+        elif st == "header":
+            req_h.append((f"X-Customer-{nm.replace('[', '-').replace(']', '').replace('.', '-')}", v))
+        else:
+            body, ctype = _multipart(nm, v)
+    else:
+        st = r.choice(ALT_STRUCTURES)
+        html = st == "html_text" or (st == "xml_text" and r.random() < 0.3)
+        sep = r.choice(ALT_SEPS if html else ALT_SEPS[:4])
+        scheme, v = alt_card(r, sep)
+        kind = f"card_alt:{scheme}"
+        decoy = r.choice(["v1.2.3.4", "2024/05/01", "10.0.0.12", "EUR 1234.56", "build 2024.05.17"])
+        if st == "json_text":
+            body = json.dumps({"memo": f"paid with {v} on {decoy}", "n": 1},
+                              ensure_ascii=r.random() < 0.5).encode()
+            ctype = "application/json"
+        elif st == "json_value":
+            body = json.dumps({"ref": v, "at": "2024/05/01"}, ensure_ascii=r.random() < 0.5).encode()
+            ctype = "application/json"
+        elif st == "html_text":
+            resp_body = f"<table><tr><td>Card</td><td>{v}</td><td>{decoy}</td></tr></table>".encode()
+            resp_ct = "text/html"
+        elif st == "xml_text":
+            body = f"<Payment><Ref>{v}</Ref><Date>{decoy}</Date></Payment>".encode()
+            ctype = "application/xml"
+        elif st == "text_log":
+            body = f"charge ok card {v} amount 12.50 ({decoy})\n".encode()
+            ctype = "text/plain"
+        elif st == "query_value":
+            target += f"?q={quote_plus(v)}&d={quote(decoy)}"
+        elif st == "form_value":
+            body = f"memo={quote_plus('card ' + v)}&d={quote_plus(decoy)}".encode()
+            ctype = "application/x-www-form-urlencoded"
+        else:
+            body, ctype = _multipart("note", f"card {v}")
+    ex = _exchange(i, target, req_h, body, ctype, resp_body, resp_ct)
+    return ex, [(kind, st, v)]
+
+
+def id_leaks(seed: int, n: int = ID_PER_SEED) -> tuple[list[tuple[str, str, str]], int]:
+    r = random.Random(seed)
+    san = Sanitiser(Policy.default(), KEY)
+    found: list[tuple[str, str, str]] = []
+    for i in range(n):
+        ex, secrets = build_id_case(r, i)
+        out = san.apply(ex)
+        assert out is not None
+        buf = io.BytesIO()
+        w = JsonlWriter(buf)
+        w.write(out)
+        w.close()
+        blob = buf.getvalue() + b"\n" + _wire(out)
+        found += [s for s in secrets if any(f in blob for f in _forms(s[2]))]
+    return found, n
+
+
+@pytest.mark.parametrize("seed", ID_SEEDS)
+def test_tax_ids_and_unusually_grouped_cards_leak_nothing(seed: int) -> None:
+    found, total = id_leaks(seed)
+    assert not found, f"{len(found)} of {total} leaked: {found[:8]}"
+
+
+def test_id_generator_covers_every_structure_and_separator() -> None:
+    r = random.Random(ID_SEEDS[0])
+    got = [build_id_case(r, i)[1][0] for i in range(ID_PER_SEED)]
+    assert {st for _k, st, _v in got} == set(ID_STRUCTURES) | set(ALT_STRUCTURES)
+    seps = {sep for k, _st, v in got if k.startswith("card_alt") for sep in ALT_SEPS if sep in v}
+    assert seps == set(ALT_SEPS)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     n_seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 10

@@ -222,6 +222,19 @@ def test_nine_digit_runs_agree_with_the_regex() -> None:
 
 
 @needs_native
+def test_alt_card_starts_agree_with_the_regex() -> None:
+    from replay.sanitise import detectors as d
+
+    rng = random.Random(13)
+    pieces = [b"1", b"12", b"1234", b"4111", b"12345", b".", b"/", b"\xc2\xa0", b"\xc2", b"\xa0",
+              b"\xe2\x80\xaf", b"\x80\xaf", b"&nbsp;", b"&NBSP;", b"&#160;", b"&#16;", b";", b"&",
+              b" ", b"a", b"-"]
+    for _ in range(6000):
+        text = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
+        assert d._alt_card_starts(text) == d.alt_card_starts_py(text), text
+
+
+@needs_native
 def test_run_dot_and_contains_helpers_agree_with_their_definitions() -> None:
     """The C digit-run, '.d.' and memmem helpers give what their Python definitions give, and
     the IBAN anchors left out by the country lengths are exactly starts ``find_iban`` rejects."""
