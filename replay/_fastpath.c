@@ -519,6 +519,9 @@ static PyObject *parse_fields(const char *p, const char *end, int *framing, long
             te = 1;
         } else if (kn == 7 && ieq(k, kn, "upgrade")) {
             goto bail;
+        } else if ((kn == 17 && ieq(k, kn, "transfer_encoding")) ||
+                   (kn == 14 && ieq(k, kn, "content_length"))) {
+            goto bail; /* '_' for '-': a desync in a request (Python's bad_framing_field_name) */
         } else if (kn == 6 && ieq(k, kn, "expect")) {
             expect = 1; /* Expect: 100-continue without a body is a desync shape (Python's) */
         }

@@ -156,6 +156,12 @@ WEIRD_REASONS = {
     "expect_without_body": "Expect: 100-continue on a request with no body (0.CL shape)",
     "bare_cr": "a CR not followed by LF in a head (RFC 9112 §2.2)",
     "space_before_colon": "whitespace between a field name and its colon (RFC 9112 §5.1)",
+    "bad_framing_field_name": "a field name some parsers read as Transfer-Encoding or "
+                              "Content-Length: '_' for '-', a NUL or other non-token bytes",
+    "field_line_without_colon": "a header section line with no colon (some parsers end the "
+                                "head there, others skip the line)",
+    "bad_trailer": "a trailer section line that is not a field line (a request read as "
+                   "trailers when the last CRLF is missing)",
     "chunk_size_overflow": "a chunk size of more than 15 hex digits",
     "bad_chunk_size": "a chunk-size line that is not hex digits and extensions",
     "chunk_bare_lf": "a chunk line ended by a bare LF",
@@ -288,16 +294,34 @@ def head_weirds(head: bytes) -> list[str]:
         if not line:
             continue
         if line[:1] in (b" ", b"\t"):
-            if prev in (b"transfer-encoding", b"content-length"):
+            # A continuation of a framing field, or a line that reads as a framing field to a
+            # parser that trims the leading whitespace (" Transfer-Encoding: chunked", also
+            # right after the start line, RFC 9112 §2.2): a desync.
+            if prev in _FRAMING_NAMES or _framing_lookalike(line.partition(b":")[0]):
                 out.append("te_obs_fold")
             else:
                 out.append("obs_fold")
             continue
         name, sep, _ = line.partition(b":")
-        if sep and name != name.rstrip(b" \t\x0b\x0c"):
+        if not sep:
+            out.append("field_line_without_colon")
+        elif name != name.rstrip(b" \t\x0b\x0c"):
             out.append("space_before_colon")
+        elif not _TOKEN_NAME.fullmatch(name) and _framing_lookalike(name):
+            out.append("bad_framing_field_name")
         prev = name.strip(b" \t").lower()
     return out
+
+
+_FRAMING_NAMES = (b"transfer-encoding", b"content-length")
+_TOKEN_NAME = re.compile(_TOKEN + rb"+")
+_NOT_TOKEN = re.compile(rb"[^!#$%&'*+.^`|~0-9A-Za-z-]+")
+
+
+def _framing_lookalike(name: bytes) -> bool:
+    """Does a field name read as Transfer-Encoding or Content-Length once stripped of
+    whitespace, of bytes no token holds (NUL, brackets...) and with '_' for '-'?"""
+    return _NOT_TOKEN.sub(b"", name.replace(b"_", b"-")).lower() in _FRAMING_NAMES
 
 
 def parse_request_head(head: bytes) -> tuple[Request, str | None]:
@@ -421,6 +445,19 @@ def _find_head_end(data: bytes, pos: int) -> int:
 
 def _body_framing(special: list[tuple[str, str]], notes: list[str], request: bool,
                   version: str) -> tuple[str, int, str | None]:
+    """``_body_framing_rfc``, and a request with ``Transfer_Encoding`` or ``Content_Length``
+    (the same field as with '-' to CGI/WSGI-style servers) is a desync too."""
+    framing, length, bad = _body_framing_rfc(special, notes, request, version)
+    if bad is None and request and any(k in _UNDERSCORED for k, _ in special):
+        bad = "bad_framing_field_name"
+    return framing, length, bad
+
+
+_UNDERSCORED = frozenset(("transfer_encoding", "content_length"))
+
+
+def _body_framing_rfc(special: list[tuple[str, str]], notes: list[str], request: bool,
+                      version: str) -> tuple[str, int, str | None]:
     """('chunked'|'length'|'none'|'close', length, desync reason or None) from
     Transfer-Encoding / Content-Length (RFC 9112 §6.1-6.3).
 
@@ -439,7 +476,9 @@ def _body_framing(special: list[tuple[str, str]], notes: list[str], request: boo
         elif lk == "content-length":
             cl.extend(x.strip(" \t") for x in v.split(","))
         elif lk == "expect":
-            expect = v.strip(" \t").lower() == "100-continue"
+            # also an obfuscated expectation ("y 100-continue", "100-continue, x", "\x0b..."),
+            # which some servers still answer with 100 (the 0.CL shape)
+            expect = expect or "100-continue" in v.lower()
     if te is not None:
         bad = None
         te = [x for x in te if x]
@@ -995,8 +1034,13 @@ class _Reader:
                     self.buf = data[pos:]
                     return
                 assert self.msg is not None
+                trailers = data[pos:he]
+                bad = _bad_trailers(trailers)
+                if bad is not None:
+                    self._protocol_error(bad, ts)
+                    continue
                 self.msg.trailers = _parse_headers_lenient(
-                    data[pos:he].replace(b"\r\n", b"\n").split(b"\n")
+                    trailers.replace(b"\r\n", b"\n").split(b"\n")
                 )
                 pos = he
                 self._finish_message(ts)
@@ -1295,9 +1339,11 @@ class _Reader:
     def _protocol_error(self, what: str, ts: float) -> None:
         """Framing broke mid-message (a chunked body not as RFC 9112 §7.1 writes it): where the
         message ends is unknown, so it is a desync: ended as truncated, nothing after it read."""
-        if self.client and self.state == CHUNK_SIZE and self.lenient is None:
-            # a chunk-size line the strict reading refuses: the lenient one may read on
-            self.lenient = LenientReader(self._smuggled, "chunked", methods=KNOWN_METHODS)
+        if self.client and self.state in (CHUNK_SIZE, TRAILERS) and self.lenient is None:
+            # a chunk-size line or trailers the strict reading refuses: the lenient one may
+            # read on
+            self.lenient = LenientReader(self._smuggled, "chunked" if self.state == CHUNK_SIZE
+                                         else "trailers", methods=KNOWN_METHODS)
         if self.msg is not None and self.ex is not None:
             self.msg.truncated = True
             self.ex.completeness.notes.append(what)
@@ -1363,6 +1409,22 @@ class _Reader:
         self.buf = b""
         if self.state not in (TUNNEL, DEAD):
             self.state = DEAD if self.state == WAIT else self.state
+
+
+_TRAILER_LINE = re.compile(_TOKEN + rb"+:[^\r\n]*")
+
+
+def _bad_trailers(block: bytes) -> str | None:
+    """Why a trailer section (its lines and the empty line ending it) is not one, or None: a
+    bare LF, or a line that is not ``field-name ":" value`` (RFC 9112 §7.1.2) -- a request
+    line there is a request smuggled behind a last chunk with its final CRLF left out."""
+    if block.count(b"\n") != block.count(b"\r\n"):
+        return "chunk_bare_lf"
+    lines = block.split(b"\r\n")[:-2]
+    if block.count(b"\r") != block.count(b"\r\n") or not all(
+            _TRAILER_LINE.fullmatch(x) for x in lines):
+        return "bad_trailer"
+    return None
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:

@@ -182,3 +182,33 @@ def test_tab_after_chunked_is_read_alike_by_both_readers() -> None:
     na, _ = _run(frames, "native")
     assert _records(na) == _records(py)
     assert not py[0].completeness.desync
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("field", [b"Transfer_Encoding: chunked", b"Content_Length: 0"])
+def test_underscore_framing_name_is_desync_even_where_nothing_follows(reader: str,
+                                                                      field: bytes) -> None:
+    """A well-formed head the C code could read itself: it must hand it to Python, which marks
+    it (CGI/WSGI-style servers read '_' as '-')."""
+    stream = b"GET / HTTP/1.1\r\nHost: t\r\n" + field + b"\r\n\r\n"
+    exs, s = _run(frames_for(stream), reader)
+    (x,) = exs
+    assert x.completeness.desync_reason == "bad_framing_field_name"
+    assert s.weird == {"bad_framing_field_name": 1}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_request_after_connection_close_is_not_replayed(reader: str) -> None:
+    """The server answered /a with Connection: close and closed: /b was never served. It is
+    read (the client did send it) but has no response and is skipped by replay."""
+    from replay.rewrite import skip_reason
+
+    conv = Conv()
+    frames = [*conv.handshake(), conv.c(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\n"
+                                        b"Host: t\r\n\r\n"),
+              conv.s(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+              conv.fin_s(), conv.fin_c()]
+    exs, _ = _run(frames, reader)
+    assert [(x.request.target, x.response is not None) for x in exs] == [("/a", True),
+                                                                        ("/b", False)]
+    assert skip_reason(exs[0]) is None and skip_reason(exs[1]) is not None

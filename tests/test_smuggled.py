@@ -26,10 +26,15 @@ def _head(*fields: bytes) -> bytes:
     ((b"Content-Length: 18446744073709551615",), ("length", 0)),
     ((b"Transfer-Encoding: chunked", b"Content-Length: 5"), ("chunked", 0)),
     ((b"Transfer-Encoding: chunked, identity",), ("chunked", 0)),
-    ((b"Transfer-Encoding: xchunked",), ("length", 0)),
-    ((b'Transfer-Encoding: "chunked"',), ("length", 0)),
+    ((b"Transfer-Encoding: xchunked",), ("stop", 0)),  # a coding it does not know: until close
+    ((b"Transfer-Encoding: xchunked", b"Content-Length: 5"), ("stop", 0)),
+    ((b'Transfer-Encoding: "chunked"',), ("stop", 0)),
+    ((b"Transfer-Encoding: chunked;q=1",), ("chunked", 0)),  # a "chunked" prefix, as tshark
+    ((b"Transfer-Encoding: CHUNKED",), ("stop", 0)),  # ... case-sensitive
     ((b"Transfer-Encoding : chunked",), ("length", 0)),
-    ((b"Transfer-Encoding:", b" chunked"), ("length", 0)),
+    ((b"Transfer-Encoding:", b" chunked"), ("stop", 0)),  # obs-fold: the head is not read
+    ((b"XA b", b"Content-Length: 5"), ("stop", 0)),  # not a field line
+    ((b"Content-Length:\x0b5",), ("length", 5)),  # g_ascii_strtoll skips the blank
     ((b"X-A: a\rb", b"Content-Length: 5"), ("stop", 0)),
 ])
 def test_lenient_framing(fields: tuple[bytes, ...], want: tuple[str, int]) -> None:
@@ -40,9 +45,18 @@ def test_chunked_end() -> None:
     body = b"5;ext\r\nhello\r\n 3 \r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
     assert chunked_end(body + SMUGGLED, 0) == len(body)
     assert chunked_end(body[:-3], 0) == -1  # more bytes needed
-    assert chunked_end(b"5\nhello\n0\n\n" + SMUGGLED, 0) is None  # bare LF
-    assert chunked_end(b"3\r\nhello\r\n0\r\n\r\n", 0) is None  # data longer than its size
-    assert chunked_end(b"10000000000000005\r\nhello\r\n", 0) is None  # more than 16 digits
+    # Wireshark's reading: LF ends a line, the two bytes after data are skipped unread, an
+    # empty size line ends the body before it
+    lf = b"5\nhello\n0\n\n"
+    assert chunked_end(lf + SMUGGLED, 0) == len(b"5\nhello\n0")  # "\n0" skipped unread
+    assert chunked_end(b"3\r\nhello\r\n0\r\n\r\n", 0) == 8  # at the empty line after "lo"
+    assert chunked_end(b"10000000000000005\r\nhello\r\n", 0) == -1  # LONG_MAX: waits for more
+    # strtol: blanks, a sign, 0x; 32 bits kept
+    for size in (b"0x5", b"+5", b" 5", b"5 ", b"1000000000000005", b"05;x"):
+        body = size + b"\r\nhello\r\n0\r\n\r\n"
+        assert chunked_end(body + SMUGGLED, 0) == len(body), size
+    assert chunked_end(b"0\r\nX: 1\n\n" + SMUGGLED, 0) == 9  # trailers end at an LF line too
+    assert chunked_end(b"f" * 1100, 0) is None  # no line end at all
 
 
 def _read(head: bytes, after: bytes, seg: int = 0) -> list:
