@@ -18,6 +18,7 @@ from replay.sanitise.cache import CTYPE_ENTRIES
 from replay.sanitise.form import FormPart
 from replay.sanitise.grpc import sanitise_grpc
 from replay.sanitise.jsonbody import JsonPart
+from replay.sanitise.media import sanitise_image
 from replay.sanitise.multipart import MultipartPart
 from replay.sanitise.values import Ctx, Drop, Values
 
@@ -168,5 +169,10 @@ class MessagePart:
                 new = self._sniffed(data, ctx)
                 if new is not None:
                     return new
+        if data[:3] in (b"\x89PN", b"\xff\xd8\xff"):  # PNG, JPEG: text parts, not pixels
+            img = sanitise_image(data, lambda b: self._echo(
+                self._replace_hits("body", b, self._body_dets, ctx), ctx))
+            if img is not None:
+                return img
         new = self._replace_hits("body", data, self._body_dets, ctx)
         return self._echo(new, ctx)
