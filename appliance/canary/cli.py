@@ -216,7 +216,7 @@ def canary_run(
 
         feed = Handoff(50000, Stats())
         shadows = LiveShadowing(cfg.shadowing, feed, registry=registry,
-                                source=f"canary rollout ({interface})").start()
+                                source=f"canary rollout ({interface})", live=True).start()
         tee = feed.process
 
     def set_weight(pct: float) -> None:

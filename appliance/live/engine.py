@@ -102,7 +102,8 @@ class LiveEngine:
 
                 self.shadowing = LiveShadowing(
                     cfg.shadowing, self.app.handoff, registry=False, source=self.source,
-                    capture_snapshot=lambda: self.app.snapshots()[0])
+                    capture_snapshot=lambda: self.app.snapshots()[0],
+                    live=cfg.source.kind != "file")
                 self.shadowing.rules = self.rules
                 self.shadowing.start()
             return self

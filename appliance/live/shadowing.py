@@ -772,11 +772,16 @@ class LiveShadowing:
 
     def __init__(self, cfg: ShadowingConfig, handoff: Any, *, registry: Any = None,
                  source: str = "live capture",
-                 capture_snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
+                 capture_snapshot: Callable[[], dict[str, Any]] | None = None,
+                 live: bool = False) -> None:
         self.cfg = cfg
         self.handoff = handoff
         self.source = source
         self.capture_snapshot = capture_snapshot
+        self.live = live
+        """Live traffic: the waiting line is held to ``max_lag`` (``Shadower.adapt``), new
+        connections beyond it shed. Otherwise (a capture file, a test feeding everything at
+        once) every exchange handed over is replayed."""
         self.shadower = Shadower(cfg)
         self._verdict: Any = None
         self.rules: Callable[[], Any] | None = None
@@ -864,6 +869,8 @@ class LiveShadowing:
                 for ex in batch:
                     accepted[0] += 1
                     sh.take(ex)
+            if self.live:
+                sh.adapt()
             if time.monotonic() - last > self.cfg.verdict_every:
                 last = time.monotonic()
                 self._rolling()

@@ -129,6 +129,59 @@ def test_shadowing_holds_its_waiting_line_to_max_lag_and_sheds_whole_connections
         assert (f"/c{c}/1" in got) == (f"/c{c}/2" in got), c
 
 
+def test_in_process_live_shadowing_holds_its_line_too() -> None:
+    """The one-process mode and the canary (``LiveShadowing(live=True)``): the same waiting
+    line bound as the workers' shadower, so a slow shadow sheds whole connections instead of
+    building a backlog of seconds."""
+    import http.server
+    import threading
+
+    from appliance.live.pipeline import Handoff, Stats
+    from appliance.live.shadowing import LiveShadowing, ShadowingConfig, ShadowTarget
+    from replay.model import ConnKey, Exchange, Request, Response
+
+    got: list[str] = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            got.append(self.path)
+            time.sleep(0.05)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cfg = ShadowingConfig(candidate=ShadowTarget(
+        "c", f"http://127.0.0.1:{srv.server_address[1]}", "candidate"), concurrency=1,
+        max_lag=0.2, drain_timeout=30.0, verdict_every=60.0)
+    h = Handoff(1000, Stats())
+    ls = LiveShadowing(cfg, h, registry=False, live=True).start()
+    try:
+        for c in range(100):
+            for n in (1, 2):
+                h.process(Exchange(
+                    f"c{c}.{n}", ConnKey("10.0.0.1", 1000 + c, "10.0.0.2", 80),
+                    Request("GET", f"/c{c}/{n}", "HTTP/1.1", [("Host", "h")], b""),
+                    Response(200, "OK", "HTTP/1.1", [], b"ok"), ts_request_end=1.0,
+                    ts_response_end=1.0))
+            time.sleep(0.005)
+    finally:
+        ls.stop(60)
+        srv.shutdown()
+    st = ls.status()
+    shed = st["skipped"].get("shed_overload", 0)
+    assert shed > 0 and st["replayed"] + shed == 200
+    for c in range(100):  # whole connections
+        assert (f"/c{c}/1" in got) == (f"/c{c}/2" in got), c
+
+
 def test_shedder_memory_is_bounded() -> None:
     sh = Shedder(max_decided=1000)
     for i in range(10_000):
