@@ -933,6 +933,13 @@ static int on_head(FastPath *fp, Conn *c, int d, const char *p, const char *he, 
         PyObject *fields;
         int hr = head_fields(q, he, ver, jb, &framing, &length, &fields);
         if (hr != OK) return hr;
+        if ((mi == 0 || mi == 1 || mi == 4 || mi == 5 || mi == 7) &&
+            (framing == 2 || (framing == 1 && length > 0))) {
+            /* a body on GET/HEAD/DELETE/OPTIONS/TRACE (rare): Python checks it for a request
+             * line (request_in_body, the CL.0 shape) */
+            Py_XDECREF(fields);
+            return BAIL;
+        }
         PyObject *head = NULL;
         if (!jb) {
             PyObject *target = latin1(t, tend - t);

@@ -167,6 +167,9 @@ WEIRD_REASONS = {
     "chunk_bare_lf": "a chunk line ended by a bare LF",
     "bad_chunk_end": "chunk data not followed by CRLF",
     "trailers_too_long": "a trailer section longer than a head may be",
+    "request_in_body": "a GET, HEAD, OPTIONS, TRACE or DELETE request whose body starts with a "
+                       "request line (CL.0: a server ignoring the body reads it as the next "
+                       "request)",
     # a request read after a desync by the lenient framing (replay.smuggled): reported, desync
     "smuggled_request": "a request the lenient reading (Wireshark's) finds after a desync",
     # oddities counted, the message itself still framed as usual
@@ -196,6 +199,11 @@ _RESYNC = {
     True: (re.compile(_REQUEST_LINE), re.compile(rb"\n" + _REQUEST_LINE)),
     False: (re.compile(_RESPONSE_LINE), re.compile(rb"\n" + _RESPONSE_LINE)),
 }
+_BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "DELETE"))
+"""Methods with no defined body semantics (RFC 9110 §9.3), whose body some servers ignore; a
+DELETE body is legitimate in some APIs, so it too is flagged only when it holds a request."""
+_REQUEST_IN_BODY = re.compile(rb"(?:\r?\n)?" + _TOKEN + rb"+ [^\s]+ HTTP/1\.\d")
+"""A body starting with a request line (after at most one line end): the CL.0 shape."""
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)(?:[ \t]*;[^\r\n]*)?(\r?)\n")
 """chunk-size [ BWS ; chunk-ext ] CRLF (RFC 9112 §7.1); a bare LF end is read, and noted."""
 _KNOWN_BYTES = frozenset(m.encode() for m in KNOWN_METHODS)
@@ -516,6 +524,20 @@ def _body_framing_rfc(special: list[tuple[str, str]], notes: list[str], request:
     if expect and request:
         return "none", 0, "expect_without_body"
     return "none", 0, None
+
+
+def _request_in_body(msg: _Message) -> bool:
+    """A request of a bodyless method whose (first stored) body bytes start a request line."""
+    if msg.head.method.upper() not in _BODYLESS_METHODS:  # type: ignore[union-attr]
+        return False
+    if msg.gaps and msg.gaps[0][0] == 0:
+        return False  # its first bytes were never captured
+    start = b""
+    for piece in msg.body:
+        start += piece[: 256 - len(start)]
+        if len(start) >= 256:
+            break
+    return _REQUEST_IN_BODY.match(start) is not None
 
 
 class _Message:
@@ -925,6 +947,13 @@ class _Reader:
         self.msg = None
         self.ex = None
         self.state = HEAD
+        if self.client and not self.poisoned and msg.body_len and _request_in_body(msg):
+            # CL.0 (a body a server may ignore holds a request): this request is a desync, and
+            # what follows is read the lenient way (the body itself is a body, as tshark reads it)
+            self._weird("request_in_body", ex)
+            ex.completeness.notes.append("request-in-body")
+            if not msg.truncated and self.lenient is None:
+                self.lenient = LenientReader(self._smuggled, "head", methods=KNOWN_METHODS)
         if self.poisoned:
             self.state = DESYNC
             if self.buf:

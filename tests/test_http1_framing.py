@@ -212,3 +212,50 @@ def test_request_after_connection_close_is_not_replayed(reader: str) -> None:
     assert [(x.request.target, x.response is not None) for x in exs] == [("/a", True),
                                                                         ("/b", False)]
     assert skip_reason(exs[0]) is None and skip_reason(exs[1]) is not None
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"DELETE"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_request_in_body_is_desync_and_never_replayed(reader: str, method: bytes,
+                                                      chunked: bool) -> None:
+    """CL.0: a body on a method with no body semantics that holds a request line. A server
+    that ignores the body reads the inner request as the next one: the outer request is a
+    desync (not replayed), the inner one is body bytes, never an exchange of its own. The
+    native path hands such a well-formed head to Python, which marks it."""
+    from replay.rewrite import skip_reason
+
+    inner = b"\r\nGET /admin HTTP/1.1\r\nHost: t\r\n\r\n"
+    head = method + b" /o HTTP/1.1\r\nHost: t\r\n"
+    if chunked:
+        stream = head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(inner) + inner + (
+            b"\r\n0\r\n\r\n")
+    else:
+        stream = head + b"Content-Length: %d\r\n\r\n" % len(inner) + inner
+    exs, s = _run(frames_for(stream, seg=5), reader)
+    (x,) = exs
+    assert x.request.target == "/o" and x.request.body == inner
+    assert x.completeness.desync_reason == "request_in_body" and x.completeness.desync
+    assert x.response is not None and x.response.status == 200
+    assert skip_reason(x) is not None
+    assert s.weird == {"request_in_body": 1} and s.desync_messages == 1
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize(("method", "body"), [
+    (b"GET", b'{"query": {"match": "GET /x HTTP/1.1"}}'),
+    (b"DELETE", b'{"ids": [1, 2, 3]}'),
+    (b"GET", b"GET/x HTTP/1.1\r\n"),  # no SP after the method: not a request line
+    (b"POST", b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"),  # a body servers do read
+])
+def test_ordinary_body_on_get_is_kept(reader: str, method: bytes, body: bytes) -> None:
+    """No false positive: a GET (or DELETE) with a JSON body stays a normal, replayable
+    exchange, and so does a POST whose body happens to hold a request."""
+    from replay.rewrite import skip_reason
+
+    stream = method + b" /q HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    exs, s = _run(frames_for(stream), reader)
+    (x,) = exs
+    assert x.request.body == body and not x.completeness.desync
+    assert skip_reason(x) is None and not s.weird
+    assert "request_in_body" in WEIRD_REASONS and "request_in_body" not in NOT_DESYNC
