@@ -26,7 +26,11 @@ PNG_SIG = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
 _PIXELS = (b"IDAT", b"fdAT")
 _MAX_TEXT = 16 * 1024 * 1024
-"""Inflated size allowed for one compressed text chunk (a zip bomb is dropped, not read)."""
+"""Inflated size allowed for all the compressed text of one image (a zip bomb is dropped,
+not read)."""
+_MAX_PARTS = 1000
+"""Text-bearing chunks or segments walked one by one; beyond, the whole-body scan (one pass)
+is cheaper than a scan call per tiny chunk."""
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 Scan = Callable[[bytes], bytes]
@@ -56,23 +60,28 @@ def sanitise_image(data: bytes, scan: Scan) -> bytes | None:
     return b"".join(out)
 
 
-def _inflate(raw: bytes) -> bytes | None:
+def _inflate(raw: bytes, budget: list[int]) -> bytes | None:
+    """``raw`` inflated, within what is left of the image's ``budget`` (one-element list)."""
     d = zlib.decompressobj()
     try:
-        out = d.decompress(raw, _MAX_TEXT)
+        out = d.decompress(raw, max(1, budget[0]))
     except zlib.error:
         return None
-    return None if d.unconsumed_tail or not d.eof else out
+    if d.unconsumed_tail or not d.eof:
+        budget[0] = 0
+        return None
+    budget[0] -= len(out)
+    return out
 
 
-def _png_chunk(typ: bytes, raw: bytes, scan: Scan) -> bytes | None:
+def _png_chunk(typ: bytes, raw: bytes, scan: Scan, budget: list[int]) -> bytes | None:
     """The chunk's data after the scan (``raw`` itself if unchanged); None: drop the chunk
     (compressed text that does not inflate cannot be checked)."""
     if typ == b"zTXt":
         kw, sep, rest = raw.partition(b"\0")
         if not sep or not rest:
             return scan(raw)
-        text = _inflate(rest[1:])
+        text = _inflate(rest[1:], budget)
         if text is None:
             return None
         kw2, text2 = scan(kw), scan(text)
@@ -86,7 +95,7 @@ def _png_chunk(typ: bytes, raw: bytes, scan: Scan) -> bytes | None:
             tkw, s2, packed = rest2.partition(b"\0")
             if not (s1 and s2):
                 return None
-            text = _inflate(packed)
+            text = _inflate(packed, budget)
             if text is None:
                 return None
             head = kw + b"\0" + rest[:2] + lang + b"\0" + tkw + b"\0"
@@ -100,6 +109,8 @@ def _png_chunk(typ: bytes, raw: bytes, scan: Scan) -> bytes | None:
 def _png(data: bytes, scan: Scan) -> list[_Edit] | None:
     edits: list[_Edit] = []
     pos, n = len(PNG_SIG), len(data)
+    budget = [_MAX_TEXT]
+    parts = 0
     while True:
         if pos + 12 > n:
             return None  # cut short before IEND
@@ -109,8 +120,11 @@ def _png(data: bytes, scan: Scan) -> list[_Edit] | None:
         if ln > 0x7FFFFFFF or end + 4 > n:
             return None
         if typ not in _PIXELS and ln:
+            parts += 1
+            if parts > _MAX_PARTS:
+                return None
             raw = data[pos + 8:end]
-            new = _png_chunk(typ, raw, scan)
+            new = _png_chunk(typ, raw, scan, budget)
             if new is None:
                 edits.append((pos, end + 4, b""))
             elif new is not raw and new != raw:
@@ -130,6 +144,7 @@ def _png(data: bytes, scan: Scan) -> list[_Edit] | None:
 def _jpeg(data: bytes, scan: Scan) -> list[_Edit] | None:
     edits: list[_Edit] = []
     pos, n = 2, len(data)
+    parts = 0
     while pos < n:
         if data[pos] != 0xFF:
             return None
@@ -156,6 +171,9 @@ def _jpeg(data: bytes, scan: Scan) -> list[_Edit] | None:
         if ln < 2 or end > n:
             return None
         if 0xE0 <= code <= 0xEF or code == 0xFE:  # APPn (EXIF, XMP, ICC), COM
+            parts += 1
+            if parts > _MAX_PARTS:
+                return None
             raw = data[pos + 2:end]
             new = scan(raw)
             if new is not raw and new != raw:

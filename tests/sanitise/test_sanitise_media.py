@@ -117,3 +117,24 @@ def test_a_compressed_text_that_does_not_inflate_is_dropped() -> None:
            + _chunk(b"IDAT", PIXELS) + _chunk(b"IEND", b""))
     chunks = _walk_png(_sanitise(png))
     assert b"zTXt" not in chunks and chunks[b"IDAT"] == PIXELS
+
+
+def test_compressed_text_is_bounded_per_image() -> None:
+    """A zip bomb spread over many zTXt chunks inflates 16 MiB in all, then the rest of the
+    compressed text is dropped (not inflated); the pixels stay."""
+    bomb = zlib.compress(b"\0" * (4 << 20), 9)  # 4 MiB of text each, ~4 KB compressed
+    ihdr = (16).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    png = (PNG_SIG + _chunk(b"IHDR", ihdr)
+           + b"".join(_chunk(b"zTXt", b"C%d\0\x00" % i + bomb) for i in range(12))
+           + _chunk(b"IDAT", PIXELS) + _chunk(b"IEND", b""))
+    new = _sanitise(png)
+    assert _walk_png(new)[b"IDAT"] == PIXELS
+    assert new.count(b"zTXt") <= 4  # what fits in the budget is kept, the rest dropped
+
+
+def test_many_tiny_chunks_get_one_whole_body_scan() -> None:
+    ihdr = (16).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    png = (PNG_SIG + _chunk(b"IHDR", ihdr) + _chunk(b"tEXt", b"Author\0" + EMAIL)
+           + b"".join(_chunk(b"tIME", b"\x07\xe8\x01\x01\x00\x00\x00") for _ in range(1500))
+           + _chunk(b"IDAT", PIXELS) + _chunk(b"IEND", b""))
+    assert EMAIL not in _sanitise(png)
