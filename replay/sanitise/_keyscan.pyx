@@ -95,9 +95,16 @@ cdef inline Py_ssize_t _stem_at(const unsigned char* s, Py_ssize_t p, Py_ssize_t
                                 const unsigned char* pr) noexcept:
     """The length of the first stem (in ``stems`` order) starting at ``s[p]`` and ending by
     ``limit``, or 0: the two-byte ``pairs`` mark first, then the stems of that first byte."""
-    cdef Py_ssize_t r, q2
     if p + 1 >= limit or not pr[(s[p] << 8) | s[p + 1]]:
         return 0
+    return _stem_len(s, p, limit, f, st, ns)
+
+
+cdef inline Py_ssize_t _stem_len(const unsigned char* s, Py_ssize_t p, Py_ssize_t limit,
+                                 const unsigned char* f, const unsigned char* st,
+                                 Py_ssize_t ns) noexcept:
+    """``_stem_at`` without the two-byte gate (the caller has its own)."""
+    cdef Py_ssize_t r, q2
     r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
     if not r:
         return 0
@@ -532,7 +539,7 @@ def pair_names(bytes first, bytes stems, bytes pid, bytes tri, bytes namechars,
     cdef const unsigned char* nc = namechars
     cdef Py_ssize_t ns = len(stems)
     cdef Py_ssize_t n = len(lo)
-    cdef Py_ssize_t p = 0, q2, r, a, b
+    cdef Py_ssize_t p = 0, q2, a, b
     cdef unsigned int v
     out = []
     if len(first) != 512 or len(pid) != 65536 or len(tri) != 65536 or len(namechars) != 256:
@@ -544,21 +551,7 @@ def pair_names(bytes first, bytes stems, bytes pid, bytes tri, bytes namechars,
         if not v or (p + 2 < n and not tr[(v << 8) | s[p + 2]]):
             p += 1
             continue
-        # the stems starting with this byte, in sorted order (as _stem_at)
-        q2 = 0
-        r = f[2 * s[p]] | (f[2 * s[p] + 1] << 8)
-        if r:
-            r -= 1
-            while r < ns and st[r] == s[p]:
-                q2 = 1
-                while r + q2 < ns and st[r + q2] != 0 and p + q2 < n and st[r + q2] == s[p + q2]:
-                    q2 += 1
-                if r + q2 < ns and st[r + q2] == 0:
-                    break
-                q2 = 0
-                while r < ns and st[r] != 0:
-                    r += 1
-                r += 1
+        q2 = _stem_len(s, p, n, f, st, ns)
         if not q2:
             p += 1
             continue
