@@ -577,6 +577,20 @@ class Gen:
         return ex, secrets
 
 
+def _leaked(san: Sanitiser, ex: Exchange,
+            secrets: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The planted secrets found in any form in the sanitised exchange: its JSONL record and
+    its decoded wire view."""
+    out = san.apply(ex)
+    assert out is not None
+    buf = io.BytesIO()
+    w = JsonlWriter(buf)
+    w.write(out)
+    w.close()
+    blob = buf.getvalue() + b"\n" + _wire(out)
+    return [s for s in secrets if any(f in blob for f in _forms(s[2]))]
+
+
 def leaks(seed: int, n: int = PER_SEED) -> tuple[list[tuple[str, str, str]], int]:
     g = Gen(seed)
     san = Sanitiser(Policy.default(), KEY)
@@ -584,15 +598,8 @@ def leaks(seed: int, n: int = PER_SEED) -> tuple[list[tuple[str, str, str]], int
     total = 0
     for i in range(n):
         ex, secrets = g.build(i)
-        out = san.apply(ex)
-        assert out is not None
-        buf = io.BytesIO()
-        w = JsonlWriter(buf)
-        w.write(out)
-        w.close()
-        blob = buf.getvalue() + b"\n" + _wire(out)
         total += len(secrets)
-        found += [s for s in secrets if any(f in blob for f in _forms(s[2]))]
+        found += _leaked(san, ex, secrets)
     return found, total
 
 
@@ -746,14 +753,7 @@ def id_leaks(seed: int, n: int = ID_PER_SEED) -> tuple[list[tuple[str, str, str]
     found: list[tuple[str, str, str]] = []
     for i in range(n):
         ex, secrets = build_id_case(r, i)
-        out = san.apply(ex)
-        assert out is not None
-        buf = io.BytesIO()
-        w = JsonlWriter(buf)
-        w.write(out)
-        w.close()
-        blob = buf.getvalue() + b"\n" + _wire(out)
-        found += [s for s in secrets if any(f in blob for f in _forms(s[2]))]
+        found += _leaked(san, ex, secrets)
     return found, n
 
 
