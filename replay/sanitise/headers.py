@@ -55,8 +55,7 @@ class HeaderPart:
         headers, never rewritten), found in the same pass (see the module's doc)."""
         memo = self._hmemo
         ctype = cenc = None
-        new: list[tuple[str, str]] | None = None
-        drop: list[int] | None = None
+        new: list[tuple[str, str] | None] | None = None  # a dropped line is None
         later: list[tuple[int, int]] | None = None  # URL and cookie lines, after the values
         rep = self.report
         for i, kv in enumerate(headers):
@@ -78,12 +77,7 @@ class HeaderPart:
                 if nv is not kv[1]:
                     if new is None:
                         new = list(headers)
-                    if nv is None:
-                        if drop is None:
-                            drop = []
-                        drop.append(i)
-                    else:
-                        new[i] = (kv[0], nv)
+                    new[i] = None if nv is None else (kv[0], nv)
             elif kind == H_CTYPE:
                 if ctype is None:
                     ctype = kv[1]
@@ -106,24 +100,18 @@ class HeaderPart:
                         continue
                     if new is None:
                         new = list(headers)
-                    if nv is None:
-                        if drop is None:
-                            drop = []
-                        drop.append(i)
-                    else:
-                        new[i] = (k, nv)
+                    new[i] = None if nv is None else (k, nv)
         if new is None:
             return headers, ctype, cenc
-        if drop:
-            gone = set(drop)
-            new = [h for i, h in enumerate(new) if i not in gone]
+        if None in new:
+            new = [h for h in new if h is not None]
         if new == headers:
             return headers, ctype, cenc
         return new, ctype, cenc
 
     def url_header(
-        self, headers: Headers, new: list[tuple[str, str]] | None, i: int, ctx: Ctx
-    ) -> list[tuple[str, str]] | None:
+        self, headers: Headers, new: list[tuple[str, str] | None] | None, i: int, ctx: Ctx
+    ) -> list[tuple[str, str] | None] | None:
         """A URL header (Referer, Location...): sanitised as a URL, then the header detectors
         over the whole URL (host, fragment...), skipping what the URL pass already wrote."""
         cur = headers[i][1]
