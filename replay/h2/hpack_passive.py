@@ -13,12 +13,21 @@ It uses the ``hpack`` package's static table and Huffman decoder; the instructio
 own so that it can be bounded: the decoded header list of one block is capped (an "HPACK bomb"
 references one large entry thousands of times), table size updates are capped, integers are
 capped, and a malformed block is counted and abandoned without an exception.
+
+``replay/h2/_hpack.c`` does exactly what ``PassiveDecoder.decode_py`` does (Huffman included,
+with this module's table, marker, limits and code); ``decode`` runs it when it is built (not
+with ``SHADOWTAP_PURE_PYTHON=1``), and ``tests/h2/test_hpack_native.py`` holds the two, and the
+``hpack`` package, to the same results.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
+
+from replay._native import load_c
 
 STATIC = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE]
 """RFC 7541 Appendix A, index 1..61 at 0..60."""
@@ -101,7 +110,12 @@ class PassiveDecoder:
         return None
 
     def decode(self, block: bytes) -> tuple[list[tuple[str, str]], int, bool]:
-        """(fields, how many reference unknown entries, whether the block was read whole)."""
+        """(fields, how many reference unknown entries, whether the block was read whole):
+        ``decode_py``, in C when ``replay/h2/_hpack.c`` is built (``DECODE``)."""
+        return DECODE(self, block)
+
+    def decode_py(self, block: bytes) -> tuple[list[tuple[str, str]], int, bool]:
+        """``decode``, the definition (``replay/h2/_hpack.c`` does exactly this)."""
         hit = _BLOCKS.get(block)
         if hit is not None:
             # the same block decoded before, and it referenced no dynamic entry: the same
@@ -366,3 +380,24 @@ def huffman(data: bytes) -> bytes:
         if chunk:
             out.append(chunk)
     return b"".join(out)
+
+
+def _load_c() -> Callable[[PassiveDecoder, bytes], tuple[list[tuple[str, str]], int, bool]]:
+    """``replay/h2/_hpack.c``'s ``decode``, given this module's table, marker, limits and
+    Huffman code; else ``PassiveDecoder.decode_py``."""
+    configure = load_c("replay.h2._hpack", "configure")
+    decode = load_c("replay.h2._hpack", "decode")
+    if configure is None or decode is None:
+        return PassiveDecoder.decode_py
+    try:
+        configure(STATIC, UNKNOWN, MAX_TABLE, MAX_HEADER_LIST, MAX_FIELDS, MAX_INT,
+                  REQUEST_CODES[:256], REQUEST_CODES_LENGTH[:256])
+    except (TypeError, ValueError):  # a build that does not match this module: not used
+        return PassiveDecoder.decode_py
+    return decode  # type: ignore[no-any-return]
+
+
+DECODE = _load_c()
+"""``PassiveDecoder.decode`` as a function of (decoder, block): C when built (``C_DECODE``),
+else the Python definition."""
+C_DECODE = DECODE if DECODE is not PassiveDecoder.decode_py else None

@@ -7,7 +7,10 @@
 - frames are cut by their 9-byte header and parsed with ``hyperframe`` (DATA, HEADERS and
   CONTINUATION, the frames of every stream, by a few lines here that check what hyperframe
   checks: padding, priority, stream 0); a frame that does not parse is counted and skipped,
-  never raised;
+  never raised. With ``replay/h2/_hpack.c`` built, the usual frames (complete DATA frames and
+  HEADERS frames that end their block) are cut, HPACK-decoded and their heads split into
+  request/response parts in C (``SCAN``, handed on by ``_events``); everything else, and all
+  of it without the build, goes through ``_frame``, the definition;
 - header blocks (HEADERS/PUSH_PROMISE + CONTINUATION) are decoded by one passive HPACK decoder
   per direction (``replay.h2.hpack_passive``): a capture that starts mid-connection, or lost a
   header block in a gap, decodes what is knowable and marks the fields that reference unknown
@@ -38,7 +41,8 @@ from typing import Any
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import Frame
 
-from replay.h2.hpack_passive import UNKNOWN, PassiveDecoder
+from replay._native import load_c
+from replay.h2.hpack_passive import C_DECODE, DECODE, UNKNOWN, PassiveDecoder
 from replay.model import ConnKey, Exchange, Request, Response
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -305,6 +309,13 @@ class H2Connection:
                 self._count("resyncs")
             if end - pos < 9:
                 break
+            if SCAN is not None and not side.block:
+                # the usual frames (DATA, whole header blocks) read in C, as ``_frame`` would
+                events, p = SCAN(side.hpack, self.stats, side.client, data, pos, side.max_frame)
+                if events:
+                    pos = p
+                    self._events(side, events, ts)
+                    continue
             length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
             if length > side.max_frame and length >= 16384:
                 if length > MAX_FRAME - 1 or not plausible_frame(data, pos, MAX_FRAME - 1):
@@ -436,8 +447,31 @@ class H2Connection:
             return p + len(PREFACE), True
         return first, False
 
+    def _events(self, side: _Side, events: list[tuple[Any, ...]], ts: float) -> None:
+        """The frames ``SCAN`` read: what ``_frame`` does with them, from there on."""
+        for ev in events:
+            if ev[0] == 0:
+                self._data(side, ev[1], ev[2], ev[3], ts)
+                continue
+            _, sid, end_stream, fields, unknown, whole, parts = ev
+            side.block_sid = sid
+            st = self.streams.get(sid) or self._stream(sid, side.client, ts)
+            if st is None:
+                continue
+            if unknown:
+                st.unknown += unknown
+            if not whole:
+                st.ex.completeness.notes.append("h2-header-list-cut")
+            if side.client:
+                self._request_headers(st, fields, ts, parts)
+            else:
+                self._response_headers(st, fields, ts, parts)
+            if end_stream:
+                self._end(st, side.client, ts)
+
     def _frame(self, side: _Side, data: bytes, pos: int, length: int, ts: float) -> None:
-        self._count("frames")
+        stats = self.stats
+        stats["frames"] = stats.get("frames", 0) + 1
         ftype = data[pos + 3]
         if side.block and ftype != 9:
             # a header block must go on in CONTINUATION frames (RFC 9113 §6.10)
@@ -463,10 +497,14 @@ class H2Connection:
                 self._bad_frame(side, ftype)
                 return
             if ftype == 0:
-                self._data(side, sid, body, bool(flags & 0x01), ts)
+                self._data(side, sid, body, flags & 0x01, ts)
             elif ftype == 1:
-                self._block_start(side, sid, "headers", body, bool(flags & 0x01),
-                                  bool(flags & 0x04), 0, ts)
+                if flags & 0x04:  # END_HEADERS: the whole block in this frame (the usual)
+                    side.block_sid = sid
+                    self._headers(side, sid, body, flags & 0x01, ts)
+                else:
+                    self._block_start(side, sid, "headers", body, bool(flags & 0x01), False, 0,
+                                      ts)
             else:
                 self._continuation(side, sid, body, bool(flags & 0x04), ts)
             return
@@ -574,11 +612,16 @@ class H2Connection:
         block = b"".join(side.block) if len(side.block) != 1 else side.block[0]
         side.block = []
         sid = side.block_sid
-        fields, unknown, whole = side.hpack.decode(block)
         if side.block_kind == "push":
+            fields, unknown, _ = DECODE(side.hpack, block)
             self._push(sid, side.block_promised, fields, unknown, ts)
             return
-        st = self._stream(sid, side.client, ts)
+        self._headers(side, sid, block, side.block_end_stream, ts)
+
+    def _headers(self, side: _Side, sid: int, block: bytes, end_stream: int, ts: float) -> None:
+        """A whole header block of stream ``sid`` (HEADERS and its CONTINUATIONs)."""
+        fields, unknown, whole = DECODE(side.hpack, block)
+        st = self.streams.get(sid) or self._stream(sid, side.client, ts)
         if st is None:
             return
         if unknown:
@@ -589,7 +632,7 @@ class H2Connection:
             self._request_headers(st, fields, ts)
         else:
             self._response_headers(st, fields, ts)
-        if side.block_end_stream:
+        if end_stream:
             self._end(st, side.client, ts)
 
     def _stream(self, sid: int, from_client: bool, ts: float) -> _Stream | None:
@@ -603,11 +646,12 @@ class H2Connection:
             self._count("streams_over_limit")
             return None
         self.n += 1
-        ex = Exchange(id=f"{self.conn_id}.{self.n}", conn=self.conn)
+        ex = Exchange(f"{self.conn_id}.{self.n}", self.conn)
         ex.meta["h2"] = {"stream": sid}
         st = _Stream(sid, ex)
         self.streams[sid] = st
-        self._count("streams")
+        stats = self.stats
+        stats["streams"] = stats.get("streams", 0) + 1
         if not from_client:
             # the request was before the capture (or lost): the response alone
             ex.completeness.unpaired = True
@@ -616,50 +660,40 @@ class H2Connection:
             self._count("responses_without_request")
         return st
 
-    def _request_headers(self, st: _Stream, fields: list[tuple[str, str]], ts: float) -> None:
+    def _request_headers(self, st: _Stream, fields: list[tuple[str, str]], ts: float,
+                         parts: tuple[str, str, list[tuple[str, str]]] | None = None) -> None:
+        """``parts``: ``_request_parts(fields)`` when made already (``SCAN``)."""
         ex = st.ex
         if ex.request is not None:
             ex.request.trailers = _plain(fields)
             return
-        method = target = authority = ""
-        headers: list[tuple[str, str]] = []
-        regular: list[tuple[str, str]] = []
-        for k, v in fields:
-            if k == ":method":
-                method = v
-            elif k == ":path":
-                target = v
-            elif k.startswith(":") and k != UNKNOWN:
-                if k == ":authority":
-                    authority = v
-                headers.append((k, v))
-            else:
-                regular.append((k, v) if k != UNKNOWN else ("?", v if v != UNKNOWN else "?"))
-        if not target and method == "CONNECT":
-            target = authority
-        ex.request = Request(method=method, target=target, version="HTTP/2",
-                             headers=headers + regular)
+        method, target, headers = parts if parts is not None else _request_parts(fields)
+        ex.request = Request(method, target, "HTTP/2", headers)
         ex.ts_request_start = ts
         ex.ts_request_end = ts
 
-    def _response_headers(self, st: _Stream, fields: list[tuple[str, str]], ts: float) -> None:
+    def _response_headers(self, st: _Stream, fields: list[tuple[str, str]], ts: float,
+                          parts: tuple[str | None, list[tuple[str, str]]] | None = None
+                          ) -> None:
+        """``parts``: ``_response_parts(fields)`` when made already (``SCAN``)."""
         ex = st.ex
+        v, plain = parts if parts is not None else _response_parts(fields)
         if st.final:
             assert ex.response is not None
-            ex.response.trailers = _plain(fields)
+            ex.response.trailers = plain
             return
         status = -1
-        for k, v in fields:
-            if k == ":status":
+        if v is not None:
+            status = _STATUS.get(v, -1)
+            if status < 0:
                 try:
                     status = int(v)
                 except ValueError:
                     self._count("protocol_errors")
-                break
         if status < 0:
             ex.completeness.notes.append("h2-status-unknown")
             status = 0
-        resp = Response(status=status, reason="", version="HTTP/2", headers=_plain(fields))
+        resp = Response(status, "", "HTTP/2", plain)
         if 100 <= status < 200:
             ex.interim.append(resp)
             return
@@ -779,15 +813,24 @@ class H2Connection:
     def _emit(self, st: _Stream) -> None:
         ex = st.ex
         c = ex.completeness
-        for msg, head, gaps_attr, side in ((st.req, ex.request, "request_gaps", "request"),
-                                           (st.resp, ex.response, "response_gaps", "response")):
-            self.held -= msg.kept
-            if head is not None:
-                head.body = b"".join(msg.body) if len(msg.body) != 1 else msg.body[0]
-            if msg.gaps:
-                setattr(c, gaps_attr, msg.gaps)
-            if msg.capped:
-                c.notes.append(f"{side}-body-capped")
+        msg = st.req
+        self.held -= msg.kept
+        head: Any = ex.request
+        if head is not None:
+            head.body = msg.body[0] if len(msg.body) == 1 else b"".join(msg.body)
+        if msg.gaps:
+            c.request_gaps = msg.gaps
+        if msg.capped:
+            c.notes.append("request-body-capped")
+        msg = st.resp
+        self.held -= msg.kept
+        head = ex.response
+        if head is not None:
+            head.body = msg.body[0] if len(msg.body) == 1 else b"".join(msg.body)
+        if msg.gaps:
+            c.response_gaps = msg.gaps
+        if msg.capped:
+            c.notes.append("response-body-capped")
         if st.unknown:
             c.notes.append(f"hpack-unknown:{st.unknown}")
             ex.meta["h2"]["hpack_unknown"] = st.unknown
@@ -804,18 +847,59 @@ class H2Connection:
             from replay.h2.grpc import annotate
 
             annotate(ex, self.stats)
-        self._count("exchanges")
+        stats = self.stats
+        stats["exchanges"] = stats.get("exchanges", 0) + 1
         self.emit(ex)
+
+
+def _request_parts(fields: list[tuple[str, str]]) -> tuple[str, str, list[tuple[str, str]]]:
+    """A request head's (method, target, headers): ``:method`` and ``:path`` (``:authority``
+    for CONNECT) taken out, the other pseudo-headers first as sent, unknown fields marked."""
+    method = target = authority = ""
+    headers: list[tuple[str, str]] = []
+    regular: list[tuple[str, str]] = []
+    for f in fields:
+        k = f[0]
+        if k[:1] != ":":  # a regular field (or an unknown one: UNKNOWN is not ":...")
+            regular.append(f if k != UNKNOWN else ("?", f[1] if f[1] != UNKNOWN else "?"))
+        elif k == ":method":
+            method = f[1]
+        elif k == ":path":
+            target = f[1]
+        else:
+            if k == ":authority":
+                authority = f[1]
+            headers.append(f)
+    if not target and method == "CONNECT":
+        target = authority
+    headers += regular
+    return method, target, headers
+
+
+def _response_parts(fields: list[tuple[str, str]]) -> tuple[str | None, list[tuple[str, str]]]:
+    """A response head's first ``:status`` value (None: none) and ``_plain(fields)``."""
+    status = None
+    for k, v in fields:
+        if k == ":status":
+            status = v
+            break
+    return status, _plain(fields)
+
+
+SCAN = load_c("replay.h2._hpack", "scan") if C_DECODE is not None else None
+"""``replay/h2/_hpack.c``'s reading of the usual frames (see ``H2Connection._events``)."""
+
+_STATUS = {str(n): n for n in range(100, 600)}
+"""``int(:status)`` of the usual three-digit ones."""
 
 
 def _plain(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Fields without pseudo-headers (response heads, trailers); unknown ones marked."""
     out = []
-    for k, v in fields:
-        if k == UNKNOWN:
-            out.append(("?", v if v != UNKNOWN else "?"))
-        elif not k.startswith(":"):
-            out.append((k, v))
+    for f in fields:
+        k = f[0]
+        if k[:1] != ":":  # UNKNOWN is not ":..."
+            out.append(f if k != UNKNOWN else ("?", f[1] if f[1] != UNKNOWN else "?"))
     return out
 
 
