@@ -35,6 +35,18 @@
  * file has none of its own. The per-packet path uses the Reassembler's own tables and clock as
  * before (keys, stats, now, next_sweep, hole_count, segment, ack_only, _timers).
  *
+ * Connections whose bytes another reader took (TLS, HTTP/2: HttpConnection.export_foreign),
+ * after they were given back at their first bytes: their TCP reassembly comes back here, in-order
+ * bytes handed to that reader's feed(from_client, data, ts) as the HTTP/1 readers in state FOREIGN
+ * would (_Conn.export_state to start from, _Conn.import_state and HttpConnection.import_foreign
+ * to give them back, at once: every segment is a checkpoint). Given back, a connection stays in
+ * the table, dormant (Python's), and is taken again once its TCP state is clean. Decrypted
+ * HTTP/1 (replay.tls.records) is read by Plain, the same HTTP/1 reader and JSONL encoder fed
+ * plaintext, with the same checkpoint-and-replay hand-back (HttpConnection.import_state and the
+ * logged feeds); and a TLS 1.3 direction in the steady state can be lent to the foreign
+ * connection (Plain.lend): its records are then decrypted (the AEAD object's decrypt) and read
+ * here with no Python call per segment, until one is not for it (TlsConnection._lent_back).
+ *
  * The parts, in file order: the connection table; the checkpoint and the give-back; strict
  * HTTP/1 heads; JSONL lines built from the head bytes (byte-identical to JsonlWriter, for
  * `shadowtap extract` and log-only appliance pipelines); emission; TCP segments and adoption;
@@ -141,6 +153,8 @@ typedef struct Conn {
     struct Conn *prev, *next;
     PyObject *pyconn, *handler, *key[2];
     PyObject *line_id, *line_conn; /* JSONL fragments when exchanges are written as lines */
+    PyObject *line_sfx; /* or NULL: what follows the response in each line (a Plain's: the
+                         * completeness and meta of decrypted TLS exchanges) */
     uint32_t nxt[2];
     char has_nxt[2], closed[2];
     double last_ts;
@@ -158,6 +172,16 @@ typedef struct Conn {
     long n;
     long max_body;
     PEx *ex;            /* the exchange not yet emitted, or NULL: nothing pending */
+    /* A connection another reader took over (HttpConnection.export_foreign: TLS, HTTP/2): its
+     * in-order bytes go to that reader's feed(from_client, data, ts), and anything else gives
+     * it back (foreign_back); it then stays in the table, dormant (Python holds it), and is
+     * taken again once its TCP state is clean (try_foreign). */
+    PyObject *ffeed;
+    struct Plain *plain; /* the decrypted HTTP/1 reader some of whose directions' records are
+                          * read here (Plain.lend), or NULL */
+    char dormant;
+    char busy; /* a segment of it is with Python now: sweep_dormant leaves it */
+    int retry, retry_in;
 } Conn;
 
 typedef struct {
@@ -184,10 +208,14 @@ typedef struct FastPath {
     Slot *tab;
     size_t cap, used, tomb;
     Conn head;          /* list of adopted connections */
+    Conn *cur_conn;     /* the foreign connection whose reader is being fed (Plain.lend) */
     long nconn;
     double next_sweep;
     long long packets, bytes, segments;
     long long adopted, given_back, exchanges;
+    long long f_adopted, f_given_back; /* connections fed to a foreign reader (TLS, HTTP/2) */
+    long long lent_segments; /* segments whose TLS records were read here (Plain.lend) */
+    long ndormant, dormant_limit;
     PyObject *reasons;  /* dict: why connections were given back */
 } FastPath;
 
@@ -294,7 +322,10 @@ static void pex_free(PEx *e) {
     PyMem_Free(e);
 }
 
+static void plain_detach(Conn *c);
+
 static void conn_free(Conn *c) {
+    if (c->plain) plain_detach(c);
     for (int d = 0; d < 2; d++) {
         buf_free(&c->rd[d].buf);
         buf_free(&c->rd[d].body);
@@ -308,6 +339,8 @@ static void conn_free(Conn *c) {
     Py_XDECREF(c->handler);
     Py_XDECREF(c->line_id);
     Py_XDECREF(c->line_conn);
+    Py_XDECREF(c->line_sfx);
+    Py_XDECREF(c->ffeed);
     PyMem_Free(c->log);
     buf_free(&c->logdata);
     PyMem_Free(c);
@@ -661,14 +694,24 @@ invalid:
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+static char B64_PAIR[4096 * 2]; /* 12 bits -> their two base64 letters (init_b64) */
+
+static void init_b64(void) {
+    for (int v = 0; v < 4096; v++) {
+        B64_PAIR[2 * v] = B64[v >> 6];
+        B64_PAIR[2 * v + 1] = B64[v & 63];
+    }
+}
+
 static int put_base64(Buf *b, const unsigned char *s, Py_ssize_t n) {
     if (reserve(b, (n + 2) / 3 * 4) < 0) return -1;
     char *o = b->p + b->len;
     Py_ssize_t i = 0;
     for (; i + 3 <= n; i += 3) {
         uint32_t v = ((uint32_t)s[i] << 16) | (s[i + 1] << 8) | s[i + 2];
-        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = B64[(v >> 6) & 63];
-        *o++ = B64[v & 63];
+        memcpy(o, B64_PAIR + 2 * (v >> 12), 2);
+        memcpy(o + 2, B64_PAIR + 2 * (v & 4095), 2);
+        o += 4;
     }
     if (n - i == 1) {
         uint32_t v = (uint32_t)s[i] << 16;
@@ -700,11 +743,22 @@ static int put_json_ascii(Buf *b, const char *s, Py_ssize_t n) {
 /* A float as orjson prints it: Python's repr where the two agree (plain notation), else the
  * text orjson itself gives (asked through Python: rare). */
 static int put_float(FastPath *fp, Buf *b, double v) {
+    /* the last one written again (an exchange's timestamps are often equal in pairs) */
+    static double last_v;
+    static char last_s[40];
+    static Py_ssize_t last_n = -1;
+    if (last_n >= 0 && memcmp(&v, &last_v, sizeof v) == 0) return put(b, last_s, last_n);
     char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (!r) return -1;
     int rc;
     if (strpbrk(r, "eEni") == NULL) {
-        rc = puts_(b, r);
+        size_t n = strlen(r);
+        rc = put(b, r, (Py_ssize_t)n);
+        if (n < sizeof last_s) {
+            memcpy(last_s, r, n);
+            last_n = (Py_ssize_t)n;
+            last_v = v;
+        }
     } else {
         PyObject *t = PyObject_CallFunction(fp->float_text, "d", v);
         rc = t && PyBytes_Check(t) ? put(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t)) : -1;
@@ -769,8 +823,16 @@ static int emit_jsonl(FastPath *fp, Conn *c, PEx *e) {
                         put(b, "]", 1) < 0))
         return -1;
     if (puts_(b, ",\"response\":") < 0 || put(b, e->jresp.p, e->jresp.len) < 0 ||
-        put_body(b, &e->bresp) < 0 || puts_(b, "}}\n") < 0)
+        put_body(b, &e->bresp) < 0)
         return -1;
+    if (c->line_sfx) {
+        if (put(b, "}", 1) < 0 ||
+            put(b, PyBytes_AS_STRING(c->line_sfx), PyBytes_GET_SIZE(c->line_sfx)) < 0 ||
+            puts_(b, "}\n") < 0)
+            return -1;
+    } else if (puts_(b, "}}\n") < 0) {
+        return -1;
+    }
     if (put(&fp->line_ts, (const char *)&e->t3, sizeof(double)) < 0) return -1;
     fp->lines++;
     fp->pending_lines++;
@@ -1376,6 +1438,289 @@ static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* foreign readers: connections whose bytes another reader took (TLS, HTTP/2) */
+
+static PyObject *S_export_foreign;
+static int lent_feed(FastPath *fp, Conn *c, int d, double ts, const char *pl, Py_ssize_t plen,
+                     PyObject **rest);
+static int lent_return_all(Conn *c);
+static int sweep_dormant(FastPath *fp);
+
+static int python_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, double ts,
+                          uint32_t seq, int flags, const unsigned char *pl, Py_ssize_t plen,
+                          uint32_t ack);
+
+/* A direction's (nxt, fin_seq, closed, ooo) from _Dir.export_state to carry on from: no FIN,
+ * nothing out of order (nxt None: nothing seen yet). */
+static int foreign_dir(PyObject *t, uint32_t *nxt, char *has) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 4) return 0;
+    PyObject *n = PyTuple_GET_ITEM(t, 0), *ooo = PyTuple_GET_ITEM(t, 3);
+    if (PyTuple_GET_ITEM(t, 1) != Py_None || PyTuple_GET_ITEM(t, 2) != Py_False ||
+        !PyLong_Check(ooo) || PyLong_AsLong(ooo) != 0)
+        return 0;
+    if (n == Py_None) {
+        *has = 0;
+        *nxt = 0;
+        return 1;
+    }
+    if (!PyLong_Check(n)) return 0;
+    unsigned long v = PyLong_AsUnsignedLong(n);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    *nxt = (uint32_t)v;
+    *has = 1;
+    return 1;
+}
+
+/* Is the Python reassembler's entry for c's first key still c's connection? */
+static int still_tracked(FastPath *fp, Conn *c) {
+    PyObject *e = PyDict_GetItemWithError(fp->keys, c->key[0]);
+    if (!e) return PyErr_Occurred() ? -1 : 0;
+    return PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 2 && PyTuple_GET_ITEM(e, 0) == c->pyconn;
+}
+
+static void drop_dormant(FastPath *fp, Conn *c) {
+    conn_unlink(fp, c);
+    fp->ndormant--;
+    conn_free(c);
+}
+
+/* Take connection pc over as a foreign one (c: its dormant entry, or NULL for a new one) when
+ * its handler's readers both go to another reader (HttpConnection.export_foreign) and its TCP
+ * state is one to carry on from (_Conn.export_state: held by the reassembler, client first,
+ * nothing parked, no FIN, nothing out of order). 1 taken, 0 not, -1 error. */
+static int try_foreign(FastPath *fp, PyObject *pc, Conn *c) {
+    PyObject *st = PyObject_CallMethodObjArgs(pc, S_export_state, NULL), *feed = NULL, *hs = NULL;
+    if (!st) return -1;
+    PyObject *keys = NULL, *h = NULL;
+    uint32_t nxt[2] = {0, 0};
+    char has[2] = {0, 0};
+    double last = 0.0, rl[2] = {0.0, 0.0};
+    int ok = PyTuple_Check(st) && PyTuple_GET_SIZE(st) == 7;
+    if (ok) {
+        keys = PyTuple_GET_ITEM(st, 0);
+        h = PyTuple_GET_ITEM(st, 1);
+        ok = h != Py_None && PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) == 2 &&
+             PyBytes_Check(PyTuple_GET_ITEM(keys, 0)) && PyBytes_Check(PyTuple_GET_ITEM(keys, 1)) &&
+             PyTuple_GET_ITEM(st, 2) == Py_True && PyTuple_GET_ITEM(st, 3) == Py_False &&
+             foreign_dir(PyTuple_GET_ITEM(st, 5), &nxt[0], &has[0]) &&
+             foreign_dir(PyTuple_GET_ITEM(st, 6), &nxt[1], &has[1]);
+        if (ok) {
+            last = PyFloat_AsDouble(PyTuple_GET_ITEM(st, 4));
+            if (last == -1.0 && PyErr_Occurred()) goto err;
+            /* still the connection those keys lead to */
+            PyObject *e = PyDict_GetItemWithError(fp->keys, PyTuple_GET_ITEM(keys, 0));
+            if (!e && PyErr_Occurred()) goto err;
+            ok = e && PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 2 &&
+                 PyTuple_GET_ITEM(e, 0) == pc;
+        }
+    }
+    if (ok) {
+        feed = PyObject_CallMethodObjArgs(h, S_export_foreign, NULL);
+        if (!feed) goto err;
+        ok = feed != Py_None;
+    }
+    if (ok) {
+        hs = PyObject_CallMethodObjArgs(h, S_export_state, NULL);
+        if (!hs) goto err;
+        ok = PyTuple_Check(hs) && PyTuple_GET_SIZE(hs) == 6;
+        for (int d = 0; ok && d < 2; d++) {
+            PyObject *r = PyTuple_GET_ITEM(hs, 1 + d);
+            ok = PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 5;
+            if (ok) {
+                rl[d] = PyFloat_AsDouble(PyTuple_GET_ITEM(r, 3));
+                if (rl[d] == -1.0 && PyErr_Occurred()) goto err;
+            }
+        }
+    }
+    if (!ok) {
+        Py_DECREF(st);
+        Py_XDECREF(feed);
+        Py_XDECREF(hs);
+        return 0;
+    }
+    int fresh = c == NULL;
+    if (fresh) {
+        c = PyMem_Calloc(1, sizeof(Conn));
+        if (!c) { PyErr_NoMemory(); goto err; }
+        c->pyconn = pc;
+        Py_INCREF(pc);
+        c->key[0] = PyTuple_GET_ITEM(keys, 0);
+        c->key[1] = PyTuple_GET_ITEM(keys, 1);
+        Py_INCREF(c->key[0]);
+        Py_INCREF(c->key[1]);
+    }
+    Py_INCREF(h);
+    Py_XSETREF(c->handler, h);
+    Py_XSETREF(c->ffeed, feed);
+    feed = NULL;
+    for (int d = 0; d < 2; d++) {
+        c->nxt[d] = nxt[d];
+        c->has_nxt[d] = has[d];
+        c->closed[d] = 0;
+        c->rd[d].last_ts = rl[d];
+    }
+    c->last_ts = last;
+    PyObject *r = PyObject_CallMethodObjArgs(pc, S_set_fast, Py_True, NULL);
+    if (!r) {
+        if (fresh) conn_free(c);
+        else Py_CLEAR(c->ffeed);
+        goto err;
+    }
+    Py_DECREF(r);
+    if (fresh) {
+        if (tab_put(fp, c, 0) < 0 || tab_put(fp, c, 1) < 0) { conn_free(c); goto err; }
+        c->next = fp->head.next;
+        c->prev = &fp->head;
+        fp->head.next->prev = c;
+        fp->head.next = c;
+        fp->nconn++;
+    } else {
+        c->dormant = 0;
+        fp->ndormant--;
+    }
+    c->retry = 0;
+    fp->f_adopted++;
+    Py_DECREF(st);
+    Py_DECREF(hs);
+    return 1;
+err:
+    Py_DECREF(st);
+    Py_XDECREF(feed);
+    Py_XDECREF(hs);
+    return -1;
+}
+
+/* Give a foreign connection back (its state is always a checkpoint: each segment was handed on
+ * whole): _Conn.import_state, HttpConnection.import_foreign. It stays in the table, dormant. */
+static int foreign_back(FastPath *fp, Conn *c) {
+    PyObject *nx[2] = {NULL, NULL}, *r = NULL;
+    int rc = -1;
+    fp->f_given_back++;
+    if (c->plain && lent_return_all(c) < 0) return -1;
+    for (int d = 0; d < 2; d++) {
+        if (c->has_nxt[d]) {
+            if (!(nx[d] = PyLong_FromUnsignedLong(c->nxt[d]))) goto done;
+        } else {
+            nx[d] = Py_None;
+            Py_INCREF(nx[d]);
+        }
+    }
+    Py_CLEAR(c->ffeed);
+    c->dormant = 1;
+    fp->ndormant++;
+    c->retry_in = 1;
+    if (fp->ndormant > fp->dormant_limit && fp->dormant_limit && sweep_dormant(fp) < 0)
+        goto done;
+    if (!fp->dormant_limit) fp->dormant_limit = 64;
+    r = PyObject_CallMethod(c->pyconn, "import_state", "d(OO)(OO)", c->last_ts, nx[0], Py_False,
+                            nx[1], Py_False);
+    if (!r) goto done;
+    Py_DECREF(r);
+    r = PyObject_CallMethod(c->handler, "import_foreign", "dd", c->rd[0].last_ts,
+                            c->rd[1].last_ts);
+    if (!r) goto done;
+    Py_DECREF(r);
+    rc = refresh_sweep(fp);
+done:
+    Py_XDECREF(nx[0]);
+    Py_XDECREF(nx[1]);
+    return rc;
+}
+
+/* After Python took a segment of a dormant connection: take it again when it is clean (tried
+ * after 1, 2, 4... 64 segments while it is not). */
+static int dormant_retry(FastPath *fp, Conn *c) {
+    if (--c->retry_in > 0) return 0;
+    int t = still_tracked(fp, c);
+    if (t < 0) return -1;
+    if (!t) { drop_dormant(fp, c); return 0; }
+    t = try_foreign(fp, c->pyconn, c);
+    if (t < 0) return -1;
+    if (t == 0) {
+        c->retry++;
+        c->retry_in = 1 << (c->retry < 6 ? c->retry : 6);
+    }
+    return 0;
+}
+
+/* A segment of a dormant connection: Python's. */
+static int dormant_segment(FastPath *fp, Conn *c, const unsigned char *key, Py_ssize_t klen,
+                           double ts, uint32_t seq, int flags, const unsigned char *pl,
+                           Py_ssize_t plen, uint32_t ack) {
+    int t = (flags & F_SYN) ? 0 : still_tracked(fp, c);
+    if (t < 0) return -1;
+    if (!t) {
+        drop_dormant(fp, c); /* the connection ended (or a new one reuses the ports) */
+        return python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+    }
+    c->busy = 1;
+    int pr = python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+    c->busy = 0;
+    if (pr < 0) return -1;
+    t = still_tracked(fp, c);
+    if (t < 0) return -1;
+    if (!t) {
+        drop_dormant(fp, c); /* that segment ended it */
+        return 0;
+    }
+    return dormant_retry(fp, c);
+}
+
+/* Drop the dormant connections the Python reassembler no longer tracks (ended by an idle
+ * timeout, an eviction, or a segment of theirs): run when their number has doubled, so memory
+ * follows the connections alive. */
+static int sweep_dormant(FastPath *fp) {
+    Conn *c = fp->head.next;
+    while (c != &fp->head) {
+        Conn *nx = c->next;
+        if (c->dormant && !c->busy) {
+            int t = still_tracked(fp, c);
+            if (t < 0) return -1;
+            if (!t) drop_dormant(fp, c);
+        }
+        c = nx;
+    }
+    fp->dormant_limit = fp->ndormant * 2 > 64 ? fp->ndormant * 2 : 64;
+    return 0;
+}
+
+/* An in-order data segment of a foreign connection: to the reader, as the HTTP/1 readers in
+ * state FOREIGN pass it on (their last_ts kept here). Anything else: BAIL. */
+static int foreign_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, int flags,
+                           const char *pl, Py_ssize_t plen, uint32_t ack, int slow) {
+    int od = 1 - d;
+    if (c->has_nxt[od]) {
+        uint32_t ahead = MASK32(ack - c->nxt[od]);
+        if (ahead && ahead < HALF) return BAIL; /* (the reassembler's slow path) */
+    }
+    if ((flags & 7) || !plen || !c->has_nxt[d] || seq != c->nxt[d]) return BAIL;
+    if (slow && set_attr_double(fp->reasm, S_now, ts) < 0) return ERR;
+    c->last_ts = ts;
+    c->nxt[d] = seq + (uint32_t)plen;
+    c->rd[d].last_ts = ts;
+    PyObject *a[3];
+    a[0] = d == 0 ? Py_True : Py_False;
+    a[1] = NULL;
+    if (c->plain) {
+        /* a direction whose records are read here (Plain.lend)? */
+        int lr = lent_feed(fp, c, d, ts, pl, plen, &a[1]);
+        if (lr < 0) return ERR;
+        if (lr == 0) return OK;
+    }
+    if (!a[1]) a[1] = PyBytes_FromStringAndSize(pl, plen);
+    a[2] = a[1] ? PyFloat_FromDouble(ts) : NULL;
+    Conn *was = fp->cur_conn;
+    fp->cur_conn = c;
+    PyObject *r = a[2] ? PyObject_Vectorcall(c->ffeed, a, 3, NULL) : NULL;
+    fp->cur_conn = was;
+    Py_XDECREF(a[1]);
+    Py_XDECREF(a[2]);
+    if (!r) return ERR;
+    Py_DECREF(r);
+    return OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* frames */
 
 static int python_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, double ts,
@@ -1416,6 +1761,7 @@ static int tcp_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, 
     uint64_t h = hkey(key, klen);
     Slot *s = tab_find(fp, key, klen, h);
     if (!s) return python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+    if (s->c->dormant) return dormant_segment(fp, s->c, key, klen, ts, seq, flags, pl, plen, ack);
     if (bare) return 0; /* nothing to reassemble, and adopted connections have no holes */
     int slow = (flags & 7) != 0;
     if (ts > fp->next_sweep) {
@@ -1429,16 +1775,48 @@ static int tcp_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, 
             if (set_attr_double(fp->reasm, S_now, ts) < 0) return -1;
             return python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
         }
+        if (s->c->dormant) {
+            if (set_attr_double(fp->reasm, S_now, ts) < 0) return -1;
+            return dormant_segment(fp, s->c, key, klen, ts, seq, flags, pl, plen, ack);
+        }
     }
     Conn *c = s->c;
     int d = s->d;
-    int r = conn_segment(fp, c, d, ts, seq, flags, (const char *)pl, plen, ack, slow);
+    int r;
+    if (c->ffeed) {
+        r = foreign_segment(fp, c, d, ts, seq, flags, (const char *)pl, plen, ack, slow);
+        if (r == OK) return 0;
+        if (r == ERR) return -1;
+        /* Python takes this segment, then the connection again if it is clean by then */
+        c->busy = 1;
+        int fr = foreign_back(fp, c) < 0 ||
+                 python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack) < 0;
+        c->busy = 0;
+        if (fr) return -1;
+        int t = still_tracked(fp, c);
+        if (t < 0) return -1;
+        if (!t) {
+            drop_dormant(fp, c); /* that segment ended it */
+            return 0;
+        }
+        return dormant_retry(fp, c);
+    }
+    r = conn_segment(fp, c, d, ts, seq, flags, (const char *)pl, plen, ack, slow);
     if (r == OK) return 0;
     if (r == ERR) return -1;
     const char *why = r == BAIL_LOGGED ? "http_or_close" : "tcp";
-    if (give_back(fp, c, why) < 0) return -1;
+    PyObject *pc = c->pyconn;
+    Py_INCREF(pc);
+    if (give_back(fp, c, why) < 0) { Py_DECREF(pc); return -1; }
     /* BAIL: Python takes this segment now; BAIL_LOGGED: the replay already applied it */
-    return r == BAIL ? -2 : 0;
+    if (r == BAIL && python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack) < 0) {
+        Py_DECREF(pc);
+        return -1;
+    }
+    /* another reader (TLS, HTTP/2) may have taken its bytes over: its TCP stays here */
+    int t = try_foreign(fp, pc, NULL);
+    Py_DECREF(pc);
+    return t < 0 ? -1 : 0;
 }
 
 /* Decode the frames this code reads; 1 = handled, 0 = not ours (Python decodes it), -1 error. */
@@ -1811,9 +2189,13 @@ static PyObject *encode_line(PyObject *mod, PyObject *ex) {
     return line;
 }
 
+static PyObject *tls13_open(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef module_methods[] = {
     {"encode_line", (PyCFunction)encode_line, METH_O,
      "The JSONL line of an Exchange (orjson's bytes exactly), or None to encode it in Python."},
+    {"tls13_open", (PyCFunction)(void (*)(void))tls13_open, METH_FASTCALL,
+     "TLS 1.3 application data records in sequence, decrypted: (pos, seq, records, plaintext)."},
     {NULL}};
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2014,6 +2396,11 @@ static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
         Py_DECREF(r);
         Py_RETURN_NONE;
     }
+    if (s->c->dormant) Py_RETURN_NONE; /* Python holds it already */
+    if (s->c->ffeed) {
+        if (foreign_back(fp, s->c) < 0) return NULL;
+        Py_RETURN_NONE;
+    }
     if (give_back(fp, s->c, "python_needs_it") < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -2022,7 +2409,7 @@ static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
  * eviction reads them). */
 static PyObject *FP_touch(FastPath *fp, PyObject *unused) {
     for (Conn *c = fp->head.next; c != &fp->head; c = c->next)
-        if (set_attr_double(c->pyconn, S_last_ts, c->last_ts) < 0) return NULL;
+        if (!c->dormant && set_attr_double(c->pyconn, S_last_ts, c->last_ts) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -2042,10 +2429,13 @@ static PyObject *FP_flush(FastPath *fp, PyObject *unused) {
 }
 
 static PyObject *FP_stats(FastPath *fp, PyObject *unused) {
-    return Py_BuildValue("{sLsLsLsLsLsLsLslsO}", "packets", fp->packets, "bytes", fp->bytes,
-                         "segments", fp->segments, "adopted", fp->adopted, "given_back",
-                         fp->given_back, "exchanges", fp->exchanges, "lines", fp->lines,
-                         "tracked", fp->nconn, "given_back_why", fp->reasons);
+    return Py_BuildValue("{sLsLsLsLsLsLsLslsOsLsLslsL}", "packets", fp->packets, "bytes",
+                         fp->bytes, "segments", fp->segments, "adopted", fp->adopted,
+                         "given_back", fp->given_back, "exchanges", fp->exchanges, "lines",
+                         fp->lines, "tracked", fp->nconn, "given_back_why", fp->reasons,
+                         "foreign_adopted", fp->f_adopted, "foreign_given_back",
+                         fp->f_given_back, "dormant", fp->ndormant, "tls_lent_segments",
+                         fp->lent_segments);
 }
 
 static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -2088,9 +2478,23 @@ static int FP_traverse(FastPath *fp, visitproc visit, void *arg) {
     Py_VISIT(fp->reasm);
     Py_VISIT(fp->slow_frame);
     Py_VISIT(fp->emit);
+    /* (the bound methods of the extractor and the reassembler too: they hold them) */
+    Py_VISIT(fp->keys);
+    Py_VISIT(fp->segment);
+    Py_VISIT(fp->ack_only);
+    Py_VISIT(fp->timers);
+    Py_VISIT(fp->stats);
+    Py_VISIT(fp->emit_line);
+    Py_VISIT(fp->line_parts);
+    Py_VISIT(fp->float_text);
+    Py_VISIT(fp->replay);
+    Py_VISIT(fp->end_native);
+    Py_VISIT(fp->reasons);
     for (Conn *c = fp->head.next; c && c != &fp->head; c = c->next) {
         Py_VISIT(c->pyconn);
         Py_VISIT(c->handler);
+        Py_VISIT(c->ffeed);
+        Py_VISIT((PyObject *)c->plain);
     }
     return 0;
 }
@@ -2130,6 +2534,580 @@ static void FP_dealloc(FastPath *fp) {
     Py_TYPE(fp)->tp_free((PyObject *)fp);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Plain: the HTTP/1 reader of one decrypted TLS connection (replay.tls.records.TlsConnection).
+ *
+ * The same strict reader and JSONL encoder as above, fed plaintext instead of TCP segments:
+ * feed(d, data, ts) is HttpConnection.data(d == 0, data, ts), and exchanges become lines of the
+ * FastPath's pending block (so their order with every other exchange is kept), each ending with
+ * the suffix Python sets (set_suffix: completeness and meta, as JsonlWriter writes them). The
+ * same checkpoint-and-replay keeps it exact: every feed since the last checkpoint is logged, and
+ * anything this code does not read (or a gap, a close, the end: the Python side asks with
+ * handback()) gives the reader back as (n, (state, buf, first_message, last_ts) x2, [(d, ts,
+ * data), ...]): HttpConnection.import_state(n, ...) and the logged feeds replayed through its
+ * data() give exactly what the Python reader would have done from the start. Only used when
+ * exchanges are written as lines. */
+/* A direction of a TLS connection whose application data records are read here (lent by
+ * TlsConnection._lend): the record layer's state for it, while it is lent. */
+typedef struct {
+    char on;
+    int pd;                 /* the direction for the HTTP reader (0: the TLS client) */
+    PyObject *decrypt;      /* the AEAD's decrypt */
+    unsigned char iv[12];
+    unsigned long long seq;
+    long nrec;              /* records decrypted since it was lent */
+    Buf buf;                /* a record not complete yet */
+} Lent;
+
+typedef struct Plain {
+    PyObject_HEAD
+    FastPath *fp;
+    Conn *c;          /* NULL once given back */
+    Lent lent[2];     /* by TCP direction (0: the TCP client) */
+    Conn *conn;       /* the foreign connection they are lent to (it holds a reference) */
+    PyObject *back, *stats, *errs; /* TlsConnection._lent_back, its counters, decrypt errors */
+    long max_record;
+} Plain;
+
+static PyTypeObject PlainType;
+
+static PyObject *FP_plain(FastPath *fp, PyObject *args) {
+    PyObject *line_id, *line_conn;
+    long max_body;
+    if (!PyArg_ParseTuple(args, "SSl", &line_id, &line_conn, &max_body)) return NULL;
+    Conn *c = PyMem_Calloc(1, sizeof(Conn));
+    if (!c) return PyErr_NoMemory();
+    c->line_id = line_id;
+    Py_INCREF(line_id);
+    c->line_conn = line_conn;
+    Py_INCREF(line_conn);
+    c->max_body = max_body > 0 ? max_body : 1;
+    for (int d = 0; d < 2; d++) {
+        c->rd[d].state = H_HEAD;
+        c->rd[d].first_message = 1;
+        c->rd[d].last_ts = 0.0;
+    }
+    if (checkpoint(c) < 0) { conn_free(c); return NULL; }
+    Plain *p = PyObject_GC_New(Plain, &PlainType);
+    if (!p) { conn_free(c); return NULL; }
+    /* (GC_New does not zero what follows the header) */
+    memset((char *)p + sizeof(PyObject), 0, sizeof(Plain) - sizeof(PyObject));
+    p->fp = fp;
+    Py_INCREF(fp);
+    p->c = c;
+    PyObject_GC_Track(p);
+    return (PyObject *)p;
+}
+
+static PyObject *plain_handback(Plain *p) {
+    Conn *c = p->c;
+    if (!c) { PyErr_SetString(PyExc_ValueError, "Plain: already given back"); return NULL; }
+    PyObject *log = PyList_New(c->nlog), *out = NULL;
+    if (!log) return NULL;
+    for (Py_ssize_t i = 0; i < c->nlog; i++) {
+        LogEntry *e = &c->log[i];
+        const char *pl = c->logdata.p ? c->logdata.p + e->off : "";
+        PyObject *t = Py_BuildValue("(idy#)", (int)e->d, e->ts, pl, e->len);
+        if (!t) { Py_DECREF(log); return NULL; }
+        PyList_SET_ITEM(log, i, t);
+    }
+    out = Py_BuildValue("l(lOOd)(lOOd)O", c->ck_n,
+                        c->ck_state[0], c->ck_buf[0] ? c->ck_buf[0] : S_empty_bytes,
+                        c->ck_first[0] ? Py_True : Py_False, c->ck_rlast[0],
+                        c->ck_state[1], c->ck_buf[1] ? c->ck_buf[1] : S_empty_bytes,
+                        c->ck_first[1] ? Py_True : Py_False, c->ck_rlast[1], log);
+    Py_DECREF(log);
+    if (!out) return NULL;
+    p->c = NULL;
+    conn_free(c);
+    return out;
+}
+
+static PyObject *plain_feed_bytes(Plain *p, int d, const char *data, Py_ssize_t len, double ts) {
+    Conn *c = p->c;
+    if (!c) { PyErr_SetString(PyExc_ValueError, "Plain: already given back"); return NULL; }
+    if (log_add(c, 'f', d, ts, 0, 0, data, len, 0) < 0) return NULL;
+    if (c->logdata.len > LOG_MAX_BYTES)
+        return plain_handback(p); /* too much in flight to keep for a replay */
+    int rc = http_feed(p->fp, c, d, data, len, ts);
+    if (rc == ERR) return NULL;
+    if (rc != OK) return plain_handback(p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Plain_feed(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "feed(d, data: bytes, ts)");
+        return NULL;
+    }
+    long d = PyLong_AsLong(args[0]);
+    double ts = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (d != 0 && d != 1) { PyErr_SetString(PyExc_ValueError, "d: 0 or 1"); return NULL; }
+    return plain_feed_bytes(p, (int)d, PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]), ts);
+}
+
+static PyObject *Plain_handback(Plain *p, PyObject *unused) { return plain_handback(p); }
+
+static PyObject *Plain_set_suffix(Plain *p, PyObject *sfx) {
+    if (!PyBytes_Check(sfx)) { PyErr_SetString(PyExc_TypeError, "bytes expected"); return NULL; }
+    if (!p->c) Py_RETURN_NONE;
+    Py_INCREF(sfx);
+    Py_XSETREF(p->c->line_sfx, sfx);
+    Py_RETURN_NONE;
+}
+
+static int Plain_traverse(Plain *p, visitproc visit, void *arg) {
+    Py_VISIT(p->fp);
+    Py_VISIT(p->back);
+    Py_VISIT(p->stats);
+    Py_VISIT(p->errs);
+    Py_VISIT(p->lent[0].decrypt);
+    Py_VISIT(p->lent[1].decrypt);
+    return 0;
+}
+
+static int Plain_clear(Plain *p) {
+    if (p->c) { conn_free(p->c); p->c = NULL; }
+    for (int d = 0; d < 2; d++) {
+        Py_CLEAR(p->lent[d].decrypt);
+        buf_free(&p->lent[d].buf);
+        p->lent[d].on = 0;
+    }
+    Py_CLEAR(p->back);
+    Py_CLEAR(p->stats);
+    Py_CLEAR(p->errs);
+    Py_CLEAR(p->fp);
+    return 0;
+}
+
+static void Plain_dealloc(Plain *p) {
+    PyObject_GC_UnTrack(p);
+    Plain_clear(p);
+    PyObject_GC_Del(p);
+}
+
+static PyObject *Plain_records(Plain *p, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *Plain_lend(Plain *p, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *Plain_unlend(Plain *p, PyObject *fc);
+
+static PyMethodDef Plain_methods[] = {
+    {"feed", (PyCFunction)(void (*)(void))Plain_feed, METH_FASTCALL,
+     "feed(d, data, ts): None, or the hand-back (n, client, server, log) if not read here."},
+    {"records", (PyCFunction)(void (*)(void))Plain_records, METH_FASTCALL,
+     "records(d, data, pos, decrypt, iv, seq, errors, max_record, ts): TLS 1.3 application "
+     "data records decrypted and fed: (pos, seq, records, hand-back or None)."},
+    {"lend", (PyCFunction)(void (*)(void))Plain_lend, METH_FASTCALL,
+     "lend(from_client, d, decrypt, iv, seq, buf, back, stats, errors, max_record): the "
+     "direction's records read in C from now (only from the connection's feed): True if so."},
+    {"unlend", (PyCFunction)Plain_unlend, METH_O,
+     "unlend(from_client): the direction back to the TLS reader (through back) if lent."},
+    {"handback", (PyCFunction)Plain_handback, METH_NOARGS,
+     "Give the reader back: (n, (state, buf, first_message, last_ts) x2, [(d, ts, data)])."},
+    {"set_suffix", (PyCFunction)Plain_set_suffix, METH_O,
+     "The bytes after the response in each line (before the closing brace)."},
+    {NULL}};
+
+static PyTypeObject PlainType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "replay._fastpath.Plain",
+    .tp_basicsize = sizeof(Plain),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)Plain_dealloc,
+    .tp_traverse = (traverseproc)Plain_traverse,
+    .tp_clear = (inquiry)Plain_clear,
+    .tp_methods = Plain_methods,
+    .tp_doc = "The HTTP/1 reader of decrypted TLS plaintext, in C (FastPath.plain).",
+};
+
+/* TLS 1.3 application data records from *pos, in sequence, as TlsConnection._fast_record (kind
+ * 0) reads them one by one: each whole record of type 23 (version 3.x, 0 < length <=
+ * max_record) is decrypted with decrypt(iv xor seq, body, header); the plaintexts (inner type
+ * 23, padding stripped) are joined. It stops before the first record that is anything else,
+ * does not verify (an exception of type errs) or holds another inner type: that one is the
+ * caller's. *pos, *seq and *k (records read) are updated; the plaintext is returned (a new
+ * reference), NULL on an error. */
+static PyObject *open13(const unsigned char *data, Py_ssize_t end, Py_ssize_t *ppos,
+                        PyObject *decrypt, const unsigned char *iv, unsigned long long *pseq,
+                        PyObject *errs, long max_record, long *pk) {
+    Py_ssize_t pos = *ppos;
+    unsigned long long seq = *pseq;
+    Buf out = {0};
+    PyObject *one = NULL; /* a single record's plaintext, kept as is */
+    Py_ssize_t one_len = 0;
+    long k = 0;
+    while (pos >= 0 && end - pos >= 5 && data[pos] == 23 && data[pos + 1] == 3) {
+        long n = (data[pos + 3] << 8) | data[pos + 4];
+        if (n <= 0 || n > max_record || end - pos < 5 + n) break;
+        unsigned char nonce[12];
+        memcpy(nonce, iv, 12);
+        for (int i = 0; i < 8; i++) nonce[11 - i] ^= (unsigned char)(seq >> (8 * i));
+        PyObject *a[3];
+        a[0] = PyBytes_FromStringAndSize((const char *)nonce, 12);
+        a[1] = PyBytes_FromStringAndSize((const char *)data + pos + 5, n);
+        a[2] = PyBytes_FromStringAndSize((const char *)data + pos, 5);
+        PyObject *pt = NULL;
+        if (a[0] && a[1] && a[2]) pt = PyObject_Vectorcall(decrypt, a, 3, NULL);
+        Py_XDECREF(a[0]);
+        Py_XDECREF(a[1]);
+        Py_XDECREF(a[2]);
+        if (!pt) {
+            if (PyErr_ExceptionMatches(errs)) { PyErr_Clear(); break; }
+            goto error;
+        }
+        if (!PyBytes_Check(pt)) { Py_DECREF(pt); break; }
+        const char *q = PyBytes_AS_STRING(pt);
+        Py_ssize_t m = PyBytes_GET_SIZE(pt);
+        if (m == 0) { Py_DECREF(pt); break; }
+        if (q[m - 1] != 23) {
+            while (m && q[m - 1] == 0) m--;
+            if (!m || q[m - 1] != 23) { Py_DECREF(pt); break; }
+        }
+        m--;
+        if (m) {
+            if (!one && !out.len) {
+                one = pt;
+                one_len = m;
+                pt = NULL;
+            } else {
+                if (one) {
+                    if (buf_add(&out, PyBytes_AS_STRING(one), one_len) < 0) {
+                        Py_XDECREF(pt);
+                        goto error;
+                    }
+                    Py_CLEAR(one);
+                }
+                if (buf_add(&out, q, m) < 0) { Py_DECREF(pt); goto error; }
+            }
+        }
+        Py_XDECREF(pt);
+        seq++;
+        pos += 5 + n;
+        k++;
+    }
+    PyObject *res;
+    if (one) {
+        if (one_len == PyBytes_GET_SIZE(one)) {
+            res = one;
+        } else {
+            res = PyBytes_FromStringAndSize(PyBytes_AS_STRING(one), one_len);
+            Py_DECREF(one);
+        }
+    } else {
+        res = PyBytes_FromStringAndSize(out.p ? out.p : "", out.len);
+    }
+    buf_free(&out);
+    if (!res) return NULL;
+    *ppos = pos;
+    *pseq = seq;
+    *pk = k;
+    return res;
+error:
+    Py_XDECREF(one);
+    buf_free(&out);
+    return NULL;
+}
+
+static int open13_args(PyObject *const *args, const unsigned char **data, Py_ssize_t *end,
+                       Py_ssize_t *pos, const unsigned char **iv, unsigned long long *seq,
+                       long *max_record) {
+    /* (data, pos, decrypt, iv, seq, errors, max_record) */
+    if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) != 12) {
+        PyErr_SetString(PyExc_TypeError, "(data: bytes, pos, decrypt, iv: 12 bytes, seq, errors, "
+                                         "max_record) expected");
+        return -1;
+    }
+    *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    *end = PyBytes_GET_SIZE(args[0]);
+    *pos = PyLong_AsSsize_t(args[1]);
+    *iv = (const unsigned char *)PyBytes_AS_STRING(args[3]);
+    *seq = PyLong_AsUnsignedLongLong(args[4]);
+    *max_record = PyLong_AsLong(args[6]);
+    if (PyErr_Occurred()) return -1;
+    if (*pos < 0 || *pos > *end) { PyErr_SetString(PyExc_ValueError, "pos"); return -1; }
+    return 0;
+}
+
+/* tls13_open(data, pos, decrypt, iv, seq, errors, max_record) -> (pos, seq, records,
+ * plaintext): open13 from Python. */
+static PyObject *tls13_open(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "tls13_open: 7 arguments");
+        return NULL;
+    }
+    const unsigned char *data, *iv;
+    Py_ssize_t end, pos;
+    unsigned long long seq;
+    long max_record, k = 0;
+    if (open13_args(args, &data, &end, &pos, &iv, &seq, &max_record) < 0) return NULL;
+    PyObject *pt = open13(data, end, &pos, args[2], iv, &seq, args[5], max_record, &k);
+    if (!pt) return NULL;
+    return Py_BuildValue("nKlN", pos, seq, k, pt);
+}
+
+/* Plain.records(d, data, pos, decrypt, iv, seq, errors, max_record, ts) -> (pos, seq, records,
+ * hand-back or None): open13, and the plaintext (if any) fed as feed(d, plaintext, ts): what
+ * TlsConnection.feed does with a segment's application data records in the steady state. */
+static PyObject *plain_feed_bytes(Plain *p, int d, const char *data, Py_ssize_t len, double ts);
+
+static PyObject *Plain_records(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "records: 9 arguments");
+        return NULL;
+    }
+    long d = PyLong_AsLong(args[0]);
+    double ts = PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    if (d != 0 && d != 1) { PyErr_SetString(PyExc_ValueError, "d: 0 or 1"); return NULL; }
+    if (!p->c) { PyErr_SetString(PyExc_ValueError, "Plain: already given back"); return NULL; }
+    const unsigned char *data, *iv;
+    Py_ssize_t end, pos;
+    unsigned long long seq;
+    long max_record, k = 0;
+    if (open13_args(args + 1, &data, &end, &pos, &iv, &seq, &max_record) < 0) return NULL;
+    PyObject *pt = open13(data, end, &pos, args[3], iv, &seq, args[6], max_record, &k);
+    if (!pt) return NULL;
+    PyObject *back;
+    if (PyBytes_GET_SIZE(pt)) {
+        back = plain_feed_bytes(p, (int)d, PyBytes_AS_STRING(pt), PyBytes_GET_SIZE(pt), ts);
+    } else {
+        back = Py_None;
+        Py_INCREF(back);
+    }
+    Py_DECREF(pt);
+    if (!back) return NULL;
+    return Py_BuildValue("nKlN", pos, seq, k, back);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lent directions: while a foreign connection's TLS direction is in the steady state (TLS 1.3
+ * application data under known keys, in sequence, the plaintext read by this Plain), its
+ * segments are read here as TlsConnection.feed would read them (the Plain.records branch), with
+ * no Python call: the record layer's state (sequence number, a partial record) is kept in the
+ * Lent. The first record that is anything else, a Plain given back, or the connection leaving
+ * C (foreign_back) returns the direction: TlsConnection._lent_back(from_client, seq, records,
+ * buf, hand-back or None) puts that state back into its _Dir, and the rest of the bytes go to
+ * its feed. */
+
+static void lent_clear(Lent *L) {
+    L->on = 0;
+    Py_CLEAR(L->decrypt);
+    buf_free(&L->buf);
+    L->nrec = 0;
+}
+
+/* Return direction d (TCP) to the TLS reader; buf: its partial record; back: the Plain's
+ * hand-back or NULL. */
+static int lent_return(Plain *p, int d, PyObject *back, const char *buf, Py_ssize_t blen) {
+    Lent *L = &p->lent[d];
+    PyObject *b = PyBytes_FromStringAndSize(buf ? buf : "", buf ? blen : 0);
+    if (!b) return -1;
+    PyObject *r = PyObject_CallFunction(p->back, "OKlNO", d == 0 ? Py_True : Py_False, L->seq,
+                                        L->nrec, b, back ? back : Py_None);
+    lent_clear(L);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Every lent direction of c back to Python, and the Plain let go (foreign_back). */
+static int lent_return_all(Conn *c) {
+    Plain *p = c->plain;
+    if (!p) return 0;
+    Py_INCREF(p);
+    int rc = 0;
+    for (int d = 0; d < 2 && rc == 0; d++) {
+        Lent *L = &p->lent[d];
+        if (L->on) {
+            Buf keep = L->buf;
+            L->buf.p = NULL;
+            L->buf.len = L->buf.cap = 0;
+            rc = lent_return(p, d, NULL, keep.p, keep.len);
+            buf_free(&keep);
+        }
+    }
+    if (c->plain) plain_detach(c);
+    Py_DECREF(p);
+    return rc;
+}
+
+static void plain_detach(Conn *c) {
+    Plain *p = c->plain;
+    c->plain = NULL;
+    if (p->conn == c) p->conn = NULL;
+    Py_DECREF(p);
+}
+
+static int bump_count(PyObject *stats, PyObject *key, long n) {
+    PyObject *v = PyDict_GetItemWithError(stats, key);
+    if (!v && PyErr_Occurred()) return -1;
+    long cur = v ? PyLong_AsLong(v) : 0;
+    if (cur == -1 && PyErr_Occurred()) return -1;
+    PyObject *nv = PyLong_FromLong(cur + n);
+    if (!nv) return -1;
+    int r = PyDict_SetItem(stats, key, nv);
+    Py_DECREF(nv);
+    return r;
+}
+
+static PyObject *S_records_decrypted;
+
+/* A segment of lent direction d: 0 read here, 1 *rest (new) to the TLS reader's feed (the
+ * direction was returned), 2 not lent (all of it to the feed), -1 error. */
+static int lent_feed(FastPath *fp, Conn *c, int d, double ts, const char *pl, Py_ssize_t plen,
+                     PyObject **rest) {
+    Plain *p = c->plain;
+    Lent *L = &p->lent[d];
+    if (!L->on) return 2;
+    if (!p->c) {
+        /* the reader was given back meanwhile: the direction too, with its partial record */
+        Buf keep = L->buf;
+        L->buf.p = NULL;
+        L->buf.len = L->buf.cap = 0;
+        int r = lent_return(p, d, NULL, keep.p, keep.len);
+        buf_free(&keep);
+        return r < 0 ? -1 : 2;
+    }
+    Buf tmp = {0};
+    const unsigned char *data = (const unsigned char *)pl;
+    Py_ssize_t end = plen;
+    if (L->buf.len) {
+        if (buf_add(&L->buf, pl, plen) < 0) return -1;
+        tmp = L->buf;
+        L->buf.p = NULL;
+        L->buf.len = L->buf.cap = 0;
+        data = (const unsigned char *)tmp.p;
+        end = tmp.len;
+    }
+    int rc = -1;
+    Py_ssize_t pos = 0;
+    long k = 0;
+    unsigned long long seq = L->seq;
+    PyObject *back = NULL;
+    fp->lent_segments++;
+    Py_INCREF(p);
+    PyObject *pt = open13(data, end, &pos, L->decrypt, L->iv, &seq, p->errs, p->max_record, &k);
+    if (!pt) goto out;
+    L->seq = seq;
+    if (k) {
+        L->nrec += k;
+        if (bump_count(p->stats, S_records_decrypted, k) < 0) { Py_DECREF(pt); goto out; }
+    }
+    if (PyBytes_GET_SIZE(pt)) {
+        back = plain_feed_bytes(p, L->pd, PyBytes_AS_STRING(pt), PyBytes_GET_SIZE(pt), ts);
+        if (!back) { Py_DECREF(pt); goto out; }
+    }
+    Py_DECREF(pt);
+    Py_ssize_t rem = end - pos;
+    int partial = 0;
+    if (rem > 0) {
+        long n = rem >= 5 ? ((data[pos + 3] << 8) | data[pos + 4]) : 0;
+        partial = rem < 5 || (data[pos] >= 20 && data[pos] <= 24 && data[pos + 1] == 3 &&
+                              data[pos + 2] <= 4 && n > 0 && n <= p->max_record &&
+                              rem < 5 + n);
+    }
+    if (back && back != Py_None) {
+        /* the HTTP reader was given back: both directions go back to Python */
+        if (lent_return(p, d, back, partial ? (const char *)data + pos : NULL, rem) < 0)
+            goto out;
+        for (int od = 0; od < 2; od++) {
+            Lent *O = &p->lent[od];
+            if (O->on) {
+                Buf keep = O->buf;
+                O->buf.p = NULL;
+                O->buf.len = O->buf.cap = 0;
+                int r = lent_return(p, od, NULL, keep.p, keep.len);
+                buf_free(&keep);
+                if (r < 0) goto out;
+            }
+        }
+        if (rem == 0 || partial) {
+            rc = 0;
+        } else {
+            *rest = PyBytes_FromStringAndSize((const char *)data + pos, rem);
+            rc = *rest ? 1 : -1;
+        }
+        goto out;
+    }
+    if (rem == 0) {
+        rc = 0;
+    } else if (partial) {
+        rc = buf_add(&L->buf, (const char *)data + pos, rem) < 0 ? -1 : 0;
+    } else {
+        /* a record that is not one for this path: the direction and the rest to Python */
+        if (lent_return(p, d, NULL, NULL, 0) < 0) goto out;
+        *rest = PyBytes_FromStringAndSize((const char *)data + pos, rem);
+        rc = *rest ? 1 : -1;
+    }
+out:
+    Py_XDECREF(back);
+    buf_free(&tmp);
+    Py_DECREF(p);
+    return rc;
+}
+
+/* Plain.lend(from_client, d, decrypt, iv, seq, buf, back, stats, errors, max_record): from the
+ * foreign connection's feed (the TLS reader, called from C), the direction's next records are
+ * read here until one is not for it. False when not called so (or already lent). */
+static PyObject *Plain_lend(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10 || !PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) != 12 ||
+        !PyBytes_Check(args[5]) || !PyDict_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "lend(from_client, d, decrypt, iv: 12 bytes, seq, "
+                                         "buf: bytes, back, stats: dict, errors, max_record)");
+        return NULL;
+    }
+    int from_client = PyObject_IsTrue(args[0]);
+    long pd = PyLong_AsLong(args[1]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[4]);
+    long max_record = PyLong_AsLong(args[9]);
+    if (PyErr_Occurred() || from_client < 0) return NULL;
+    Conn *c = p->fp->cur_conn;
+    int d = from_client ? 0 : 1;
+    if (!p->c || !c || (c->plain && c->plain != p) || (p->conn && p->conn != c) ||
+        p->lent[d].on || (pd != 0 && pd != 1))
+        Py_RETURN_FALSE;
+    Lent *L = &p->lent[d];
+    if (PyBytes_GET_SIZE(args[5]) &&
+        buf_add(&L->buf, PyBytes_AS_STRING(args[5]), PyBytes_GET_SIZE(args[5])) < 0)
+        return NULL;
+    if (!c->plain) {
+        c->plain = p;
+        Py_INCREF(p);
+    }
+    p->conn = c;
+    L->on = 1;
+    L->pd = (int)pd;
+    Py_INCREF(args[2]);
+    Py_XSETREF(L->decrypt, args[2]);
+    memcpy(L->iv, PyBytes_AS_STRING(args[3]), 12);
+    L->seq = seq;
+    L->nrec = 0;
+    Py_INCREF(args[6]);
+    Py_XSETREF(p->back, args[6]);
+    Py_INCREF(args[7]);
+    Py_XSETREF(p->stats, args[7]);
+    Py_INCREF(args[8]);
+    Py_XSETREF(p->errs, args[8]);
+    p->max_record = max_record;
+    Py_RETURN_TRUE;
+}
+
+/* Plain.unlend(from_client): the direction back now (through back), if it is lent. */
+static PyObject *Plain_unlend(Plain *p, PyObject *fc) {
+    int from_client = PyObject_IsTrue(fc);
+    if (from_client < 0) return NULL;
+    int d = from_client ? 0 : 1;
+    Lent *L = &p->lent[d];
+    if (L->on) {
+        Buf keep = L->buf;
+        L->buf.p = NULL;
+        L->buf.len = L->buf.cap = 0;
+        int r = lent_return(p, d, NULL, keep.p, keep.len);
+        buf_free(&keep);
+        if (r < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef FP_methods[] = {
     {"run", (PyCFunction)FP_run, METH_O, "Feed (ts, linktype, frame) tuples; returns frames read."},
     {"run_pcap", (PyCFunction)FP_run_pcap, METH_VARARGS,
@@ -2141,6 +3119,8 @@ static PyMethodDef FP_methods[] = {
     {"touch", (PyCFunction)FP_touch, METH_NOARGS, "Write last activity times to Python."},
     {"stats", (PyCFunction)FP_stats, METH_NOARGS, "Counters of the fast path."},
     {"flush", (PyCFunction)FP_flush, METH_NOARGS, "Hand over the JSONL lines pending."},
+    {"plain", (PyCFunction)FP_plain, METH_VARARGS,
+     "plain(line_id, line_conn, max_body): a Plain, the HTTP/1 reader of decrypted TLS."},
     {"set_lines", (PyCFunction)FP_set_lines, METH_O,
      "JSONL lines (True) or Exchanges (False) for connections adopted from now on."},
     {NULL}};
@@ -2201,10 +3181,13 @@ static PyObject *init_states(void) {
 PyMODINIT_FUNC PyInit__fastpath(void) {
     init_tables();
     init_json();
+    init_b64();
     PyObject *states = init_states();
     if (!states) return NULL;
     INTERN(S_export_state, "export_state");
     INTERN(S_set_fast, "set_fast");
+    INTERN(S_export_foreign, "export_foreign");
+    INTERN(S_records_decrypted, "records_decrypted");
     INTERN(S_now, "now");
     INTERN(S_next_sweep, "next_sweep");
     INTERN(S_hole_count, "hole_count");
@@ -2248,7 +3231,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(S_desync, "desync");
     INTERN(S_weird, "weird");
     for (int i = 0; METHODS[i]; i++) INTERN(METHOD_STR[i], METHODS[i]);
-    if (PyType_Ready(&FastPathType) < 0) { Py_DECREF(states); return NULL; }
+    if (PyType_Ready(&FastPathType) < 0 || PyType_Ready(&PlainType) < 0) {
+        Py_DECREF(states);
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&moddef);
     if (!m) { Py_DECREF(states); return NULL; }
     Py_INCREF(&FastPathType);

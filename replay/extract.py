@@ -205,6 +205,8 @@ class Extractor:
         tls = self._tls_cls(conn, self.keylog, self.tls_stats, self.tls_undecrypted,
                             mid_stream=mid)
         tls.h2_stats = self.h2_stats
+        if self.native is not None and self._emit_line is not None:
+            tls.new_plain = self._new_plain  # decrypted HTTP/1 read in C, as JSONL lines
         conn.foreign = tls
         for r in (conn.client, conn.server):
             if r.buf:
@@ -300,6 +302,13 @@ class Extractor:
         (called from C): ``{"v":1,"id":"<conn id>.`` and ``,"conn":{...}``."""
         head = orjson.dumps({"v": SCHEMA_VERSION, "id": f"{h.conn_id}."})
         return head[:-2], b',"conn":' + orjson.dumps(conn_to_record(h.conn))
+
+    def _new_plain(self, conn_id: str, key: ConnKey, max_body: int) -> Any:
+        """The C HTTP/1 reader of a decrypted TLS connection (``replay._fastpath.Plain``), its
+        lines' fixed parts made as ``_line_parts`` makes them."""
+        head = orjson.dumps({"v": SCHEMA_VERSION, "id": f"{conn_id}."})
+        return self.native.plain(head[:-2], b',"conn":' + orjson.dumps(conn_to_record(key)),
+                                 max_body)
 
     @staticmethod
     def _float_text(v: float) -> bytes:

@@ -673,6 +673,25 @@ class HttpConnection:
         self.server.import_state(*server)
         self.n = n
 
+    def export_foreign(self) -> Callable[[bool, bytes, float], None] | None:
+        """When another reader took both directions over (``foreign``: TLS, HTTP/2; both
+        readers in state FOREIGN with nothing buffered), its ``feed``: what each reader passes
+        its bytes to. The native fast path then keeps the connection's TCP reassembly and calls
+        it with the in-order bytes (``(from_client, data, ts)``) as the readers would; else
+        None."""
+        c, s = self.client, self.server
+        if (self.foreign is None or c.state != FOREIGN or s.state != FOREIGN or c.buf
+                or s.buf):
+            return None
+        return self.foreign.feed
+
+    def import_foreign(self, client_last_ts: float, server_last_ts: float) -> None:
+        """The native fast path gives back a connection it fed through ``export_foreign``'s
+        reader: each reader's ``last_ts`` (the time of the last bytes fed) as the readers
+        would have kept it."""
+        self.client.last_ts = client_last_ts
+        self.server.last_ts = server_last_ts
+
     def detach(self) -> None:
         """The connection ended in the native fast path with nothing pending: its readers let go
         of it, so that the reader/connection cycle is gone at once rather than at the next

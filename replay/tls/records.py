@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
+from replay._native import load_c
 from replay.http1 import HttpConnection
 from replay.model import ConnKey, Exchange
 from replay.tls.keylog import KeyLog
@@ -58,6 +59,11 @@ MAX_UNDECRYPTED_KINDS = 1000
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 VERSIONS = {0x0301: "TLS 1.0", 0x0302: "TLS 1.1", 0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_FAST_ERRORS = (InvalidTag, ValueError, OverflowError, IndexError)
+_tls13_open = load_c("replay._fastpath", "tls13_open")
+"""TLS 1.3 application data records in a row, decrypted in C (``replay._fastpath``): the loop of
+``TlsConnection._fast_record`` (kind 0) without a Python call per record; None without the
+module."""
 
 
 def plausible_header(data: bytes, pos: int) -> bool:
@@ -87,6 +93,7 @@ class _Dir:
         "hs",
         "is_client",
         "iv",
+        "lent",
         "resync",
         "seq",
         "seq_known",
@@ -115,6 +122,9 @@ class _Dir:
         decrypted."""
         self.gap_records = 0
         """Records among those that failed authentication (their framing is not plaintext)."""
+        self.lent = False
+        """Its records are read by the C reader (``TlsConnection._lend``): ``seq`` and ``buf``
+        are there until ``_lent_back``."""
 
 
 class TlsConnection:
@@ -145,6 +155,16 @@ class TlsConnection:
         self.keys_state = ""
         """"" not looked up yet, "ok", "no_key", "unsupported"."""
         self.inner: HttpConnection | None = None
+        self.new_plain: Any = None
+        """``(conn_id, key, max_body) -> replay._fastpath.Plain`` when the extractor's native
+        fast path writes exchanges as JSONL lines (``replay.extract`` sets it): the decrypted
+        HTTP/1 is then read by that C reader (``plain``) until it gives it back to ``inner``."""
+        self.plain: Any = None
+        """The C HTTP/1 reader of the plaintext (``FastPath.plain``), in place of ``inner``
+        while it reads the common case; ``_python_inner`` turns it into ``inner``."""
+        self._sfx_key: Any = None
+        self._lender: Any = None
+        """The ``plain`` that directions were lent to (``_lend``), kept after it is gone."""
         self.h2 = False
         self.inner_h2: Any = None
         """The HTTP/2 reader of the decrypted bytes (``replay.h2.H2Connection``)."""
@@ -173,20 +193,97 @@ class TlsConnection:
     # -- input (from the outer HttpConnection's readers) ---------------------------------------
     def feed(self, from_client: bool, data: bytes, ts: float) -> None:
         dr = self.dirs[from_client]
+        if dr.lent:
+            self._lender.unlend(from_client)
+        self._feed(dr, data, ts)
+        if self.plain is not None and self.new_plain is not None:
+            self._lend(from_client, dr)
+
+    def _lend(self, from_client: bool, dr: _Dir) -> None:
+        """When the extractor's native path feeds this connection (``replay._fastpath``), let
+        it read this direction's next records itself while they are the steady state of the
+        ``plain`` branch of ``_feed`` (TLS 1.3 application data, in sequence, for the C reader),
+        each segment exactly as ``_feed`` would; ``_lent_back`` when one is not. (Outside
+        that native feed, ``plain.lend`` declines.)"""
+        if self._sfx_key != (self.outer.retransmits, self.version, self.suite_code, self.sni,
+                             self.alpn, self.alpn_offered):
+            self._set_suffix()
+        fast = self._fast_open(dr)
+        if fast is None or fast[2] != 0 or dr.resync or self.h2:
+            return
+        plain = self.plain
+        if plain.lend(from_client, 0 if dr.is_client else 1, fast[0].decrypt, dr.iv, dr.seq,
+                      dr.buf, self._lent_back, self.stats, _FAST_ERRORS, MAX_RECORD):
+            dr.lent = True
+            dr.buf = b""
+            self._lender = plain
+
+    def _lent_back(self, from_client: bool, seq: int, records: int, buf: bytes,
+                   back: tuple | None) -> None:
+        """A direction lent (``_lend``) comes back (called from C): its sequence number, the
+        records read meanwhile (``records_decrypted`` is counted there already), a record not
+        complete yet; ``back``: the C reader gave the plaintext back (``_python_inner``)."""
+        dr = self.dirs[from_client]
+        dr.lent = False
+        dr.seq = seq
+        if records:
+            dr.decrypted += records
+            dr.fail_streak = 0
+        dr.buf = buf
+        if back is not None:
+            self._python_inner(back)
+
+    def _feed(self, dr: _Dir, data: bytes, ts: float) -> None:
         if dr.buf:
             data = dr.buf + data
             dr.buf = b""
         pos = 0
         end = len(data)
+        fast = self._fast_open(dr)
+        plain = self.plain
+        if (plain is not None and fast is not None and fast[2] == 0 and not dr.resync
+                and not self.h2):
+            # The steady state with the C reader, in one call: the segment's application data
+            # records decrypted and their plaintext fed to it (as the loop below and
+            # ``_app_data`` would); a record that is not one for it, or a partial one, is left.
+            if self._sfx_key != (self.outer.retransmits, self.version, self.suite_code, self.sni,
+                                 self.alpn, self.alpn_offered):
+                self._set_suffix()
+            pos, seq, k, back = plain.records(0 if dr.is_client else 1, data, 0,
+                                              fast[0].decrypt, dr.iv, dr.seq, _FAST_ERRORS,
+                                              MAX_RECORD, ts)
+            if k:
+                dr.seq = seq
+                dr.decrypted += k
+                dr.fail_streak = 0
+                self._count("records_decrypted", k)
+                if back is not None:
+                    self._python_inner(back)
+            if pos == end:
+                return
+            if end - pos < 5 or (plausible_header(data, pos) and end - pos < 5 + (
+                    (data[pos + 3] << 8) | data[pos + 4])):
+                dr.buf = data[pos:]  # a record not complete yet
+                return
+            fast = self._fast_open(dr)
         # The steady state (application data under known keys, in sequence, nothing lost) is
         # decrypted here, without the general path's per-record calls; its plaintext is handed
         # on in one piece per segment. Anything else (and any record that does not verify) goes
         # to ``_record``, after the plaintext gathered so far.
-        fast = self._fast_open(dr)
         pts: list[bytes] = []
         nfast = 0
         while pos < end:
             if fast is not None and not dr.resync and end - pos >= 5 and data[pos] == 23:
+                if fast[2] == 0 and _tls13_open is not None:
+                    pos2, seq, k, pt = _tls13_open(data, pos, fast[0].decrypt, dr.iv, dr.seq,
+                                                   _FAST_ERRORS, MAX_RECORD)
+                    if k:
+                        dr.seq = seq
+                        if pt:
+                            pts.append(pt)
+                        nfast += k
+                        pos = pos2
+                        continue
                 n = (data[pos + 3] << 8) | data[pos + 4]
                 if data[pos + 1] == 3 and 0 < n <= MAX_RECORD and end - pos >= 5 + n:
                     pt = self._fast_record(dr, fast, data, pos, n)
@@ -288,6 +385,8 @@ class TlsConnection:
         """``n`` bytes of this direction were not captured: resynchronise on a record header
         and find the sequence number by trial."""
         dr = self.dirs[from_client]
+        if dr.lent:
+            self._lender.unlend(from_client)
         self._count("gaps")
         dr.gap_bytes += n + len(dr.buf)
         if dr.buf:
@@ -299,9 +398,13 @@ class TlsConnection:
 
     def close(self, from_client: bool, ts: float) -> None:
         dr = self.dirs[from_client]
+        if dr.lent:
+            self._lender.unlend(from_client)
         if dr.buf:
             self._count("bytes_truncated", len(dr.buf))
             dr.buf = b""
+        if self.plain is not None:
+            self._python_inner(self.plain.handback())
         if self.inner is not None:
             self.inner.close(dr.is_client, ts)
         if self.inner_h2 is not None:
@@ -312,7 +415,7 @@ class TlsConnection:
             return
         self.finished = True
         for fc in (True, False):
-            self.close(fc, ts)
+            self.close(fc, ts)  # (a C reader is given back to ``inner`` there)
         if self.inner is not None:
             self.inner.finish(ts, timed_out)
             if self.inner.non_http:
@@ -698,24 +801,71 @@ class TlsConnection:
     def _app_data(self, dr: _Dir, pt: bytes, ts: float, lost: int) -> None:
         if not pt:
             return
-        if self.h2 or (self.inner is None and dr.is_client and pt.startswith(H2_PREFACE[:14])):
+        if self.h2 or (self.inner is None and self.plain is None and dr.is_client
+                       and pt.startswith(H2_PREFACE[:14])):
             self.h2 = True
             self._count("h2_bytes", len(pt))
             self._h2_data(dr, pt, ts, lost)
             return
+        plain = self.plain
+        if plain is not None:
+            if not lost:
+                if self._sfx_key != (self.outer.retransmits, self.version, self.suite_code,
+                                     self.sni, self.alpn, self.alpn_offered):
+                    self._set_suffix()
+                back = plain.feed(0 if dr.is_client else 1, pt, ts)
+                if back is not None:
+                    self._python_inner(back)
+                return
+            self._python_inner(plain.handback())
         inner = self.inner
         if inner is None:
-            o = self.outer
-            key = o.conn
-            if self.swapped:
-                key = ConnKey(key.server_ip, key.server_port, key.client_ip, key.client_port)
-            inner = self.inner = HttpConnection(key, o.conn_id, self._emit, o.stats,
-                                                max_body=o.max_body,
-                                                resync=self.mid_stream or bool(lost))
-            inner.retransmits = o.retransmits
+            resync = self.mid_stream or bool(lost)
+            if self.new_plain is not None and not resync:
+                # the common case: read in C (same exchanges, as JSONL lines), given back to a
+                # Python reader when it is not (see ``replay._fastpath.Plain``)
+                o = self.outer
+                self.plain = self.new_plain(o.conn_id, self._key(), o.max_body)
+                self._app_data(dr, pt, ts, 0)
+                return
+            inner = self._new_inner(resync)
         elif lost:
             inner.gap(dr.is_client, lost, ts)
         inner.data(dr.is_client, pt, ts)
+
+    def _key(self) -> ConnKey:
+        key = self.outer.conn
+        if self.swapped:
+            key = ConnKey(key.server_ip, key.server_port, key.client_ip, key.client_port)
+        return key
+
+    def _new_inner(self, resync: bool) -> HttpConnection:
+        o = self.outer
+        inner = self.inner = HttpConnection(self._key(), o.conn_id, self._emit, o.stats,
+                                            max_body=o.max_body, resync=resync)
+        inner.retransmits = o.retransmits
+        return inner
+
+    def _python_inner(self, back: tuple) -> None:
+        """The C reader gave the plaintext back (``replay._fastpath.Plain``): ``inner`` from
+        its checkpoint (``n``, each reader's state), and the feeds since replayed through it."""
+        self.plain = None
+        n, client, server, log = back
+        inner = self._new_inner(False)
+        inner.import_state(n, client, server)
+        for d, ts, data in log:
+            inner.data(d == 0, data, ts)
+
+    def _set_suffix(self) -> None:
+        """What follows the response in the C reader's lines: the completeness and meta that
+        ``_emit`` gives an exchange, as ``replay.formats.jsonl`` writes them."""
+        import orjson
+
+        rt = self.outer.retransmits
+        self._sfx_key = (rt, self.version, self.suite_code, self.sni, self.alpn,
+                         self.alpn_offered)
+        sfx = b',"completeness":{"retransmits":%d}' % rt if rt else b""
+        self.plain.set_suffix(sfx + b',"meta":' + orjson.dumps({"tls": self.info()}))
 
     def _h2_data(self, dr: _Dir, pt: bytes, ts: float, lost: int) -> None:
         h = self.inner_h2
