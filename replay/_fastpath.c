@@ -46,6 +46,8 @@
  * logged feeds); and a TLS 1.3 direction in the steady state can be lent to the foreign
  * connection (Plain.lend): its records are then decrypted (the AEAD object's decrypt) and read
  * here with no Python call per segment, until one is not for it (TlsConnection._lent_back).
+ * HTTP/2 over TLS lends its directions the same way to a sink (FastPath.sink), a Plain with no
+ * HTTP/1 reader: each segment's plaintext goes to the HTTP/2 reader's feed in one call.
  *
  * The parts, in file order: the connection table; the checkpoint and the give-back; strict
  * HTTP/1 heads; JSONL lines built from the head bytes (byte-identical to JsonlWriter, for
@@ -1923,7 +1925,8 @@ static int one_frame(FastPath *fp, double ts, int lt, PyObject *fobj, const unsi
 /* ------------------------------------------------------------------------------------------ */
 /* encode_line(exchange): the JSONL line of any Exchange of the usual shape, byte for byte what
  * orjson.dumps(exchange_to_record(ex), option=OPT_APPEND_NEWLINE) gives; None for anything else
- * (meta present, a number orjson would print differently, an unexpected type), which the caller
+ * (meta other than str/int/bool/None values in dicts (e_meta), a number orjson would print
+ * differently, an unexpected type), which the caller
  * then encodes in Python. The exchange log sinks spend most of their time there otherwise. */
 
 #define FB 1 /* "fall back to Python" */
@@ -2120,6 +2123,30 @@ out:
     return rc;
 }
 
+/* A meta value as orjson writes it (no option): dicts with str keys (in their order), str, int,
+ * true, false, null; anything else (a float, a list, bytes, deeper than 8) falls back. */
+static int e_meta(Buf *b, PyObject *v, int depth) {
+    if (v == Py_True) return puts_(b, "true");
+    if (v == Py_False) return puts_(b, "false");
+    if (v == Py_None) return puts_(b, "null");
+    if (PyUnicode_CheckExact(v)) return e_str(b, v);
+    if (PyLong_CheckExact(v)) return e_int(b, v);
+    if (!PyDict_CheckExact(v) || depth >= 8) return FB;
+    Py_ssize_t i = 0;
+    PyObject *k, *x;
+    int first = 1, r;
+    if (put(b, "{", 1) < 0) return -1;
+    while (PyDict_Next(v, &i, &k, &x)) {
+        if (!PyUnicode_CheckExact(k)) return FB;
+        if (!first && put(b, ",", 1) < 0) return -1;
+        first = 0;
+        if ((r = e_str(b, k))) return r;
+        if (put(b, ":", 1) < 0) return -1;
+        if ((r = e_meta(b, x, depth + 1))) return r;
+    }
+    return put(b, "}", 1);
+}
+
 static int e_exchange(Buf *b, PyObject *ex) {
     int rc = 0;
     PyObject *o[13] = {NULL};
@@ -2130,7 +2157,7 @@ static int e_exchange(Buf *b, PyObject *ex) {
         if (!o[i]) { PyErr_Clear(); rc = FB; goto out; }
     }
     PyObject *meta = o[11];
-    if (!PyDict_CheckExact(meta) || PyDict_GET_SIZE(meta)) { rc = FB; goto out; }
+    if (!PyDict_CheckExact(meta)) { rc = FB; goto out; }
     PUT("{\"v\":1,\"id\":");
     TRY(e_str(b, o[0]));
     if (o[1] != Py_None) {
@@ -2170,6 +2197,7 @@ static int e_exchange(Buf *b, PyObject *ex) {
     if (o[8] != Py_None) { PUT(",\"response\":"); TRY(e_message(b, o[8], 1)); }
     TRY(e_completeness(b, o[9]));
     if (o[10] != Py_None) { PUT(",\"tunnel\":"); TRY(e_str(b, o[10])); }
+    if (PyDict_GET_SIZE(meta)) { PUT(",\"meta\":"); TRY(e_meta(b, meta, 0)); }
     PUT("}\n");
 out:
     for (int i = 0; i < 13; i++) Py_XDECREF(o[i]);
@@ -2566,6 +2594,8 @@ typedef struct Plain {
     Lent lent[2];     /* by TCP direction (0: the TCP client) */
     Conn *conn;       /* the foreign connection they are lent to (it holds a reference) */
     PyObject *back, *stats, *errs; /* TlsConnection._lent_back, its counters, decrypt errors */
+    PyObject *sink;   /* a sink (FastPath.sink): the HTTP/2 reader's feed(from_client, data, ts)
+                       * the plaintext goes to, in place of the HTTP/1 reader c (NULL) */
     long max_record;
 } Plain;
 
@@ -2595,6 +2625,26 @@ static PyObject *FP_plain(FastPath *fp, PyObject *args) {
     p->fp = fp;
     Py_INCREF(fp);
     p->c = c;
+    PyObject_GC_Track(p);
+    return (PyObject *)p;
+}
+
+/* FastPath.sink(feed): a Plain with no HTTP/1 reader whose lent directions' plaintext goes to
+ * feed(from_client, data, ts) (the HTTP/2 reader of a TLS connection, TlsConnection._lend_h2),
+ * as TlsConnection._fast_flush and _app_data hand it on: records_decrypted and h2_bytes counted,
+ * one call per segment. */
+static PyObject *FP_sink(FastPath *fp, PyObject *feed) {
+    if (!PyCallable_Check(feed)) {
+        PyErr_SetString(PyExc_TypeError, "sink(feed): a callable");
+        return NULL;
+    }
+    Plain *p = PyObject_GC_New(Plain, &PlainType);
+    if (!p) return NULL;
+    memset((char *)p + sizeof(PyObject), 0, sizeof(Plain) - sizeof(PyObject));
+    p->fp = fp;
+    Py_INCREF(fp);
+    p->sink = feed;
+    Py_INCREF(feed);
     PyObject_GC_Track(p);
     return (PyObject *)p;
 }
@@ -2662,6 +2712,7 @@ static int Plain_traverse(Plain *p, visitproc visit, void *arg) {
     Py_VISIT(p->back);
     Py_VISIT(p->stats);
     Py_VISIT(p->errs);
+    Py_VISIT(p->sink);
     Py_VISIT(p->lent[0].decrypt);
     Py_VISIT(p->lent[1].decrypt);
     return 0;
@@ -2677,6 +2728,7 @@ static int Plain_clear(Plain *p) {
     Py_CLEAR(p->back);
     Py_CLEAR(p->stats);
     Py_CLEAR(p->errs);
+    Py_CLEAR(p->sink);
     Py_CLEAR(p->fp);
     return 0;
 }
@@ -2949,7 +3001,7 @@ static int bump_count(PyObject *stats, PyObject *key, long n) {
     return r;
 }
 
-static PyObject *S_records_decrypted;
+static PyObject *S_records_decrypted, *S_h2_bytes;
 
 /* A segment of lent direction d: 0 read here, 1 *rest (new) to the TLS reader's feed (the
  * direction was returned), 2 not lent (all of it to the feed), -1 error. */
@@ -2958,7 +3010,7 @@ static int lent_feed(FastPath *fp, Conn *c, int d, double ts, const char *pl, Py
     Plain *p = c->plain;
     Lent *L = &p->lent[d];
     if (!L->on) return 2;
-    if (!p->c) {
+    if (!p->c && !p->sink) {
         /* the reader was given back meanwhile: the direction too, with its partial record */
         Buf keep = L->buf;
         L->buf.p = NULL;
@@ -2992,7 +3044,27 @@ static int lent_feed(FastPath *fp, Conn *c, int d, double ts, const char *pl, Py
         L->nrec += k;
         if (bump_count(p->stats, S_records_decrypted, k) < 0) { Py_DECREF(pt); goto out; }
     }
-    if (PyBytes_GET_SIZE(pt)) {
+    if (PyBytes_GET_SIZE(pt) && p->sink) {
+        /* (TlsConnection._app_data, h2: h2_bytes counted, then inner_h2.feed) */
+        PyObject *a[3] = {L->pd == 0 ? Py_True : Py_False, pt, PyFloat_FromDouble(ts)};
+        PyObject *r = NULL;
+        if (a[2] && bump_count(p->stats, S_h2_bytes, (long)PyBytes_GET_SIZE(pt)) == 0)
+            r = PyObject_Vectorcall(p->sink, a, 3, NULL);
+        Py_XDECREF(a[2]);
+        if (!r) { Py_DECREF(pt); goto out; }
+        Py_DECREF(r);
+        if (!L->on) {
+            /* (not expected) the direction was returned meanwhile: the rest to its feed */
+            Py_DECREF(pt);
+            if (pos == end) {
+                rc = 0;
+            } else {
+                *rest = PyBytes_FromStringAndSize((const char *)data + pos, end - pos);
+                rc = *rest ? 1 : -1;
+            }
+            goto out;
+        }
+    } else if (PyBytes_GET_SIZE(pt)) {
         back = plain_feed_bytes(p, L->pd, PyBytes_AS_STRING(pt), PyBytes_GET_SIZE(pt), ts);
         if (!back) { Py_DECREF(pt); goto out; }
     }
@@ -3062,7 +3134,7 @@ static PyObject *Plain_lend(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
     if (PyErr_Occurred() || from_client < 0) return NULL;
     Conn *c = p->fp->cur_conn;
     int d = from_client ? 0 : 1;
-    if (!p->c || !c || (c->plain && c->plain != p) || (p->conn && p->conn != c) ||
+    if ((!p->c && !p->sink) || !c || (c->plain && c->plain != p) || (p->conn && p->conn != c) ||
         p->lent[d].on || (pd != 0 && pd != 1))
         Py_RETURN_FALSE;
     Lent *L = &p->lent[d];
@@ -3121,6 +3193,9 @@ static PyMethodDef FP_methods[] = {
     {"flush", (PyCFunction)FP_flush, METH_NOARGS, "Hand over the JSONL lines pending."},
     {"plain", (PyCFunction)FP_plain, METH_VARARGS,
      "plain(line_id, line_conn, max_body): a Plain, the HTTP/1 reader of decrypted TLS."},
+    {"sink", (PyCFunction)FP_sink, METH_O,
+     "sink(feed): a Plain that lent directions' plaintext goes to as feed(from_client, data, "
+     "ts) (HTTP/2 over TLS)."},
     {"set_lines", (PyCFunction)FP_set_lines, METH_O,
      "JSONL lines (True) or Exchanges (False) for connections adopted from now on."},
     {NULL}};
@@ -3188,6 +3263,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(S_set_fast, "set_fast");
     INTERN(S_export_foreign, "export_foreign");
     INTERN(S_records_decrypted, "records_decrypted");
+    INTERN(S_h2_bytes, "h2_bytes");
     INTERN(S_now, "now");
     INTERN(S_next_sweep, "next_sweep");
     INTERN(S_hole_count, "hole_count");

@@ -207,6 +207,8 @@ class Extractor:
         tls.h2_stats = self.h2_stats
         if self.native is not None and self._emit_line is not None:
             tls.new_plain = self._new_plain  # decrypted HTTP/1 read in C, as JSONL lines
+        if self.native is not None:
+            tls.new_sink = self.native.sink  # HTTP/2's records decrypted in C (its reader fed)
         conn.foreign = tls
         for r in (conn.client, conn.server):
             if r.buf:

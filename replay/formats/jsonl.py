@@ -269,8 +269,10 @@ def exchange_line(ex: Exchange) -> bytes:
 
     The native encoder (``replay/_fastpath.c``) writes the same bytes for exchanges of the usual
     shape without building the record (escaping bodies itself instead of decoding them to
-    ``str`` for orjson to encode back); it declines anything unusual (``meta`` set, a number
-    orjson would print in another notation), which is then encoded here.
+    ``str`` for orjson to encode back; ``meta`` too when it holds only dicts of strings, ints,
+    bools and None, as HTTP/2 and TLS exchanges' do); it declines anything unusual (floats or
+    lists in ``meta``, a number orjson would print in another notation), which is then
+    encoded here.
     """
     if _encode_line is not None:
         line = _encode_line(ex)

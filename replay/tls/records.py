@@ -164,7 +164,12 @@ class TlsConnection:
         while it reads the common case; ``_python_inner`` turns it into ``inner``."""
         self._sfx_key: Any = None
         self._lender: Any = None
-        """The ``plain`` that directions were lent to (``_lend``), kept after it is gone."""
+        """The ``plain`` (or sink) that directions were lent to (``_lend``), kept after it is
+        gone."""
+        self.new_sink: Any = None
+        """``(feed) -> replay._fastpath.Plain`` (``FastPath.sink``) when the extractor's native
+        path feeds this connection: HTTP/2's directions are then lent to it (``_lend_h2``)."""
+        self._sink: Any = None
         self.h2 = False
         self.inner_h2: Any = None
         """The HTTP/2 reader of the decrypted bytes (``replay.h2.H2Connection``)."""
@@ -198,6 +203,8 @@ class TlsConnection:
         self._feed(dr, data, ts)
         if self.plain is not None and self.new_plain is not None:
             self._lend(from_client, dr)
+        elif self.inner_h2 is not None and self.new_sink is not None:
+            self._lend_h2(from_client, dr)
 
     def _lend(self, from_client: bool, dr: _Dir) -> None:
         """When the extractor's native path feeds this connection (``replay._fastpath``), let
@@ -217,6 +224,24 @@ class TlsConnection:
             dr.lent = True
             dr.buf = b""
             self._lender = plain
+
+    def _lend_h2(self, from_client: bool, dr: _Dir) -> None:
+        """``_lend`` for HTTP/2 (``inner_h2`` reads the plaintext): in the steady state of
+        ``_feed``'s loop (TLS 1.3 application data, in sequence), the direction's records are
+        decrypted in C and each segment's plaintext goes to ``inner_h2.feed`` in one call, as
+        ``_fast_flush`` and ``_app_data`` hand it on (``records_decrypted`` and ``h2_bytes``
+        counted there); ``_lent_back`` when a record is not one for it."""
+        fast = self._fast_open(dr)
+        if fast is None or fast[2] != 0 or dr.resync or not self.h2:
+            return
+        sink = self._sink
+        if sink is None:
+            sink = self._sink = self.new_sink(self.inner_h2.feed)
+        if sink.lend(from_client, 0 if dr.is_client else 1, fast[0].decrypt, dr.iv, dr.seq,
+                     dr.buf, self._lent_back, self.stats, _FAST_ERRORS, MAX_RECORD):
+            dr.lent = True
+            dr.buf = b""
+            self._lender = sink
 
     def _lent_back(self, from_client: bool, seq: int, records: int, buf: bytes,
                    back: tuple | None) -> None:

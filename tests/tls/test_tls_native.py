@@ -11,7 +11,9 @@ same summary counters. The captures: a real OpenSSL conversation over memory BIO
 segments of every awkward size, then made hostile (records split over segments, a gap
 mid-connection, retransmissions and reordering, wrong keys, a truncated record, random damage,
 HTTP the C reader does not read); and, as root with nginx and curl, a real capture, also through
-the CLI with and without ``SHADOWTAP_PURE_PYTHON``.
+the CLI with and without ``SHADOWTAP_PURE_PYTHON``. HTTP/2 over TLS 1.3 (the h2 library on both
+ends) has its directions lent to a sink (``FastPath.sink``): the same comparisons, and the HTTP/2
+reader fed the same bytes at the same times; ``meta`` is encoded in C as orjson writes it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tlslab import capture, curl, make_cert, tls_lab
 import replay.tls.records as records
 from replay._native import load_c
 from replay.extract import Extractor, Lines, Summary, extract_file
-from replay.formats.jsonl import exchange_to_record
+from replay.formats.jsonl import exchange_from_record, exchange_to_record
 from replay.formats.pcap import CaptureReader
 from replay.tls import KeyLog
 
@@ -408,3 +410,301 @@ def test_real_capture_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     lossy = [f for i, f in enumerate(frames) if i not in (data[len(data) // 3],
                                                           data[2 * len(data) // 3])]
     _same(_write(tmp_path / "lossy.pcap", lossy), keylog, monkeypatch)
+
+
+# -- HTTP/2 over TLS -------------------------------------------------------------------------
+# Its directions are lent to a sink in C (``FastPath.sink``, ``TlsConnection._lend_h2``): the
+# records of each segment decrypted there and their plaintext handed to the HTTP/2 reader's
+# feed in one call, as the Python record loop hands it on.
+
+N_H2 = 30
+
+
+def _h2_body(i: int, response: bool) -> bytes:
+    n = (i * 1237 % 40000) if response else (i * 997 % 30000 if i % 3 == 0 else 0)
+    if response and i % 7 == 3:
+        n = 0
+    return bytes((i * 7 + k) % 256 for k in range(n))
+
+
+def _h2_conversation(tmp: Path, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+                     ) -> tuple[list[tuple[bool, bytes]], Path]:
+    """(from_client, bytes) flights of one TLS connection (OpenSSL on both ends, ALPN h2)
+    carrying N_H2 HTTP/2 exchanges (the h2 library on both ends): bodies of every size up to
+    several DATA frames, some streams at once; and the key log."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    cert, key = make_cert(tmp)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    sctx.set_alpn_protocols(["h2"])
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname = False
+    cctx.verify_mode = ssl.CERT_NONE
+    cctx.minimum_version = cctx.maximum_version = version
+    cctx.set_alpn_protocols(["h2"])
+    keylog = tmp / f"h2keys-{version.name}.log"
+    cctx.keylog_filename = str(keylog)
+    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
+    c = cctx.wrap_bio(cin, cout, server_hostname="shop.test")
+    s = sctx.wrap_bio(sin, sout, server_side=True)
+    flights: list[tuple[bool, bytes]] = []
+    hc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    hs = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    pending: dict[int, int] = {}  # server: stream -> exchange
+
+    def read_all(obj: ssl.SSLObject) -> bytes:
+        out = b""
+        while True:
+            try:
+                b = obj.read(65536)
+            except ssl.SSLWantReadError:
+                return out
+            if not b:
+                return out
+            out += b
+
+    queue: list[list] = []  # [conn, stream, body left]: sent as flow control allows
+
+    def send_data(conn: h2.connection.H2Connection, sid: int, body: bytes) -> None:
+        queue.append([conn, sid, body])
+
+    def send_queued() -> None:
+        for q in list(queue):
+            conn, sid, body = q
+            while body:
+                n = min(16384, len(body), conn.local_flow_control_window(sid))
+                if n <= 0:
+                    break
+                conn.send_data(sid, body[:n], end_stream=n == len(body))
+                body = body[n:]
+            q[2] = body
+            if not body:
+                queue.remove(q)
+
+    def move() -> None:
+        for _ in range(2000):
+            send_queued()
+            moved = False
+            for obj, conn in ((c, hc), (s, hs)):
+                out = conn.data_to_send()
+                if out:
+                    obj.write(out)
+                    moved = True
+            for obj in (c, s):
+                try:
+                    obj.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            for from_client, src, dst in ((True, cout, sin), (False, sout, cin)):
+                b = src.read()
+                if b:
+                    flights.append((from_client, b))
+                    dst.write(b)
+                    moved = True
+            for obj, conn in ((s, hs), (c, hc)):
+                try:
+                    data = read_all(obj)
+                except ssl.SSLError:
+                    data = b""
+                if not data:
+                    continue
+                moved = True
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                       ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded) and conn is hs:
+                        i = pending.pop(ev.stream_id)
+                        body = _h2_body(i, True)
+                        hs.send_headers(ev.stream_id, [
+                            (":status", "200"), ("content-type", "application/x-test"),
+                            ("content-length", str(len(body))), ("x-i", str(i))],
+                            end_stream=not body)
+                        if body:
+                            send_data(hs, ev.stream_id, body)
+            if not moved:
+                return
+
+    move()  # the handshake
+    hc.initiate_connection()
+    hs.initiate_connection()
+    move()
+    i = 0
+    while i < N_H2:
+        batch = [i, i + 1, i + 2] if i % 10 == 4 else [i]
+        for j in batch:
+            sid = hc.get_next_available_stream_id()
+            pending[sid] = j
+            body = _h2_body(j, False)
+            hc.send_headers(sid, [(":method", "POST" if body else "GET"),
+                                  (":scheme", "https"), (":authority", "shop.test"),
+                                  (":path", f"/h2/{j}")], end_stream=not body)
+            if body:
+                send_data(hc, sid, body)
+        move()
+        i += len(batch)
+    return flights, keylog
+
+
+@pytest.fixture(scope="module")
+def conv_h2(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[bool, bytes]], Path]:
+    return _h2_conversation(tmp_path_factory.mktemp("h2conv"))
+
+
+def _h2_targets(recs: list[bytes]) -> list[str]:
+    return [json.loads(r)["request"]["target"] for r in recs if b'"request"' in r]
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 4, 5, 7], [1448], [100, 5000], [60000]],
+                         ids=["1", "odd", "mss", "mixed", "coalesced"])
+def test_h2_segmentation_identical_and_lent(conv_h2, sizes: list[int], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/2 over TLS 1.3: records split over segments, many records in one segment; the
+    records read in C (lent to the sink), the same records and counters as all in Python."""
+    flights, keylog = conv_h2
+    pcap = _write(tmp_path / "h2.pcap", _frames(flights, sizes, random.Random(11)))
+    recs = _same(pcap, keylog, monkeypatch)
+    assert sorted(_h2_targets(recs)) == sorted(f"/h2/{i}" for i in range(N_H2))
+    for r in recs:
+        d = json.loads(r)
+        i = int(d["request"]["target"].rsplit("/", 1)[1])
+        body = _h2_body(i, True)
+        assert len(body) == int(dict(d["response"]["headers"])["content-length"])
+        assert d["meta"]["tls"]["alpn"] == "h2"
+    _, summ = _run(pcap, keylog, native=True, lines=True, monkeypatch=monkeypatch)
+    assert summ == _run(pcap, keylog, native=False, lines=False, monkeypatch=monkeypatch)[1]
+    st = _native_stats(pcap, keylog)
+    assert st["foreign_adopted"] >= 1, st
+    assert st["tracked"] == 0 and st["dormant"] == 0, st
+    if sizes != [60000]:
+        assert st["tls_lent_segments"] > 0, st  # records read in C, no Python call
+
+
+def test_h2_lent_counts_and_feeds(conv_h2, tmp_path: Path) -> None:
+    """The sink counts what the Python loop counts (records_decrypted, h2_bytes) and feeds
+    the reader exactly the bytes it would, segment by segment (the same reads and times)."""
+    flights, keylog = conv_h2
+    pcap = _write(tmp_path / "h2f.pcap", _frames(flights, [700, 1448], random.Random(12)))
+    seen: dict[bool, list] = {}
+    for native in (True, False):
+        from replay.h2.reader import H2Connection
+
+        calls: list[tuple[bool, bytes, float]] = []
+        orig = H2Connection.feed
+
+        def spy(self, from_client, data, ts, orig=orig, calls=calls):
+            calls.append((from_client, bytes(data), ts))
+            return orig(self, from_client, data, ts)
+
+        mp = pytest.MonkeyPatch()
+        mp.setattr(H2Connection, "feed", spy)
+        if not native:
+            mp.setattr(records, "_tls13_open", None)
+        try:
+            ex = Extractor(lambda e: None, native=native, keylog=_keys(keylog))
+            with CaptureReader(pcap) as r:
+                ex.run(iter(r))
+            ex.finish()
+        finally:
+            mp.undo()
+        seen[native] = [calls, dict(ex.tls_stats), dict(ex.h2_stats)]
+        if native:
+            assert ex.native.stats()["tls_lent_segments"] > 0
+    assert seen[True][1] == seen[False][1]
+    assert seen[True][2] == seen[False][2]
+    assert seen[True][0] == seen[False][0]
+    assert seen[True][1]["h2_bytes"] == sum(len(d) for _, d, _ in seen[True][0])
+
+
+def test_h2_gap_retransmits_damage(conv_h2, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gap, retransmissions and reordering, flipped bits, a capture starting anywhere, a
+    truncated record: every one returns the direction to Python at the right record."""
+    flights, keylog = conv_h2
+    rng = random.Random(13)
+    for trial in range(9):
+        frames = _frames(flights, [37, 500, 1448, 5000], rng)
+        data = _data_frames(frames)
+        kind = trial % 5
+        if kind == 0:  # segments lost
+            i = data[len(data) // (2 + trial % 3)]
+            del frames[i:i + 1 + trial % 3]
+        elif kind == 1:  # retransmissions and two segments swapped
+            for i in sorted(rng.sample(data[4:-2], 3), reverse=True):
+                if rng.random() < 0.5:
+                    frames.insert(i + 1, frames[i])
+                else:
+                    frames[i], frames[i + 1] = frames[i + 1], frames[i]
+        elif kind == 2:  # flipped bits: a record that does not verify
+            for i in rng.sample(data[4:], 3):
+                ts, lt, f = frames[i]
+                b = bytearray(f)
+                b[rng.randrange(54, len(b))] ^= 1 << rng.randrange(8)
+                frames[i] = (ts, lt, bytes(b))
+        elif kind == 3:  # the capture starts anywhere
+            frames = frames[rng.randrange(3, len(frames) - 2):]
+        else:  # ends inside a record header
+            i = data[rng.randrange(len(data) // 2, len(data) - 1)]
+            ts, lt, fr = frames[i]
+            frames = frames[:i] + [(ts, lt, fr[:54 + 3])]
+        _same(_write(tmp_path / f"h2d{trial}.pcap", frames), keylog, monkeypatch)
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_connections": 1}, {"idle_timeout": 0.5},
+                                    {"max_buffer": 3000}], ids=str)
+def test_h2_interleaved_connections_and_limits(conv_h2, limits: dict, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three HTTP/2 TLS connections at once, one with a retransmission, a pause mid-way:
+    connections taken from C while their records are lent."""
+    flights, keylog = conv_h2
+    rng = random.Random(14)
+    convs = []
+    for k in range(3):
+        c = Conv(client=("10.0.0.1", 41000 + k), server=("10.0.0.2", 443), ts=1000.0)
+        frames = c.handshake()
+        for from_client, b in flights:
+            for seg in segments(b, rng.choice([300, 1448, 4000])):
+                frames.append(c.c(seg) if from_client else c.s(seg))
+        frames += [c.fin_c(), c.fin_s()]
+        if k == 1:
+            i = _data_frames(frames)[len(frames) // 2]
+            frames.insert(i + 1, frames[i])
+        convs.append(frames)
+    merged = [f for i in range(max(map(len, convs))) for fr in convs if i < len(fr)
+              for f in [fr[i]]]
+    half = len(merged) // 2
+    merged = [(ts + (0 if j < half else 3.0), lt, f) for j, (ts, lt, f)
+              in enumerate(sorted(merged, key=lambda x: x[0]))]
+    recs = _same(_write(tmp_path / "h2m.pcap", merged), keylog, monkeypatch, **limits)
+    if not limits:
+        assert len(_h2_targets(recs)) == 3 * N_H2
+
+
+def test_meta_encoded_in_c_as_orjson() -> None:
+    """``encode_line`` writes ``meta`` (dicts of str, int, bool, None: the TLS and HTTP/2
+    markers) byte for byte as orjson does, and declines what it does not write."""
+    encode_line = load_c("replay._fastpath", "encode_line")
+    base = json.loads(
+        b'{"v":1,"id":"c1.1","conn":{"client_ip":"10.0.0.1","client_port":1,"server_ip":'
+        b'"10.0.0.2","server_port":443},"ts_request_start":1.5,"request":{"method":"GET",'
+        b'"target":"/","version":"HTTP/2","headers":[[":authority","a"]]}}')
+    ok = [{"tls": {"version": "TLS 1.3", "cipher": "TLS_AES_256_GCM_SHA384", "sni": "shop.test",
+                   "alpn": "h2"}},
+          {"h2": {"stream": 2**31 - 1}, "tls": {"alpn": "h2,http/1.1"}},
+          {"k": True, "f": False, "n": None, "i": -7, "e": {}, "u": "caf\u00e9 \u2603 \U0001f600",
+           "q": "a\"b\\c\n\u0001\u007f", "d": {"x": {"y": {"z": 1}}}},
+          {"\u00e9\n": "v"}]
+    declined = [{"f": 1.5}, {"l": [1, 2]}, {"b": {"x": b"y"}}, {"big": 2**70}, {1: "x"},
+                {"s": "\ud800"}]
+    for meta in ok + declined:
+        ex = exchange_from_record(dict(base))
+        ex.meta = meta
+        line = encode_line(ex)
+        if meta in ok:
+            want = orjson.dumps(exchange_to_record(ex), option=orjson.OPT_APPEND_NEWLINE)
+            assert line == want, meta
+        else:
+            assert line is None, meta
