@@ -15,13 +15,20 @@
  * splits the heads as ``_request_parts`` / ``_response_parts`` do, and hands them back as events
  * for ``H2Connection._events``; any other frame is left to ``_frame``.
  * tests/h2/test_hpack_native.py holds both to their Python definitions.
+ *
+ * The block and frame bytes are hostile; so may be the Python objects read (the decoder's
+ * attributes are plain): an entry that is not a (str, str) tuple or a size beyond 2^60 is
+ * refused (TypeError, OverflowError) before it is used, counters are added to as Python adds,
+ * lengths are read again after anything that may run Python code, and the static table is a
+ * copy made at ``configure``.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-static PyObject *STATIC = NULL;   /* list of 61 (name, value) tuples */
+static PyObject *STATIC = NULL;   /* tuple of 61 (name, value) tuples: a copy, so that a
+                                   * change to the Python list cannot move what is read */
 static Py_ssize_t N_STATIC = 0;
 static PyObject *UNKNOWN = NULL;  /* str */
 static PyObject *UNKNOWN_FIELD = NULL;  /* (UNKNOWN, UNKNOWN) */
@@ -46,7 +53,7 @@ static uint32_t nib[256][16];
 
 static PyObject *s_entries, *s_size, *s_max_size, *s_known_all, *s_stats, *s_forget;
 static PyObject *k_bad_index, *k_capped, *k_unknown_insert, *k_too_large, *k_errors,
-    *k_unknown_refs;
+    *k_unknown_refs, *k_frames;
 
 typedef struct {
     PyObject *dec;
@@ -55,38 +62,80 @@ typedef struct {
     long long size;
     long long max_size;
     int known_all;
+    int dirty;  /* entries, size or max_size changed since read or stored */
 } St;
 
-static int count(St *st, PyObject *key, long long n) {
-    PyObject *old = PyDict_GetItemWithError(st->stats, key);
-    long long v = 0;
-    if (old != NULL) {
-        v = PyLong_AsLongLong(old);
-        if (v == -1 && PyErr_Occurred()) return -1;
-    } else if (PyErr_Occurred()) {
-        return -1;
+/* ``stats[key] = stats.get(key, 0) + n``, as the Python code counts (any number type, no
+ * overflow). */
+static int count_in(PyObject *stats, PyObject *key, long long n) {
+    PyObject *old = PyDict_GetItemWithError(stats, key);
+    if (old == NULL && PyErr_Occurred()) return -1;
+    PyObject *add = PyLong_FromLongLong(n);
+    if (add == NULL) return -1;
+    PyObject *nv;
+    if (old == NULL) {
+        nv = add;
+    } else {
+        Py_INCREF(old);  /* borrowed from the dict: its __add__ may change the dict */
+        nv = PyNumber_Add(old, add);
+        Py_DECREF(old);
+        Py_DECREF(add);
+        if (nv == NULL) return -1;
     }
-    PyObject *nv = PyLong_FromLongLong(v + n);
-    if (nv == NULL) return -1;
-    int r = PyDict_SetItem(st->stats, key, nv);
+    int r = PyDict_SetItem(stats, key, nv);
     Py_DECREF(nv);
     return r;
 }
 
-/* Field size as HPACK counts it (RFC 7541 §4.1): the lengths of the str objects + 32. */
+static inline int count(St *st, PyObject *key, long long n) {
+    return count_in(st->stats, key, n);
+}
+
+/* Field size as HPACK counts it (RFC 7541 §4.1): the lengths of the str objects + 32. Only
+ * for a checked field (``entry_ok``, the static table, a field made here). */
 static inline long long fsize(PyObject *field) {
     return (long long)PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(field, 0))
         + (long long)PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(field, 1)) + 32;
 }
 
+/* A dynamic entry read from the Python side (``dec.entries`` is anyone's list): a (str, str)
+ * tuple, else TypeError. */
+static int entry_ok(PyObject *e) {
+    if (PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 2 && PyUnicode_Check(PyTuple_GET_ITEM(e, 0))
+        && PyUnicode_Check(PyTuple_GET_ITEM(e, 1)))
+        return 1;
+    PyErr_SetString(PyExc_TypeError, "decoder entries must be (str, str) tuples");
+    return 0;
+}
+
 static int evict(St *st) {
-    Py_ssize_t n = PyList_GET_SIZE(st->entries);
-    while (st->size > st->max_size && n > 0) {
+    Py_ssize_t n;
+    /* the size is read again each time: removing an entry may run code (a __del__) */
+    while (st->size > st->max_size && (n = PyList_GET_SIZE(st->entries)) > 0) {
         PyObject *last = PyList_GET_ITEM(st->entries, n - 1);
+        if (!entry_ok(last)) return -1;
         st->size -= fsize(last);
+        st->dirty = 1;
         if (PyList_SetSlice(st->entries, n - 1, n, NULL) < 0) return -1;
-        n--;
     }
+    return 0;
+}
+
+/* Sizes beyond this (only from a decoder's attributes set by hand) are refused: the sums of
+ * sizes below stay far from overflowing. */
+#define SIZE_LIMIT (1LL << 60)
+
+static int read_size(PyObject *dec, PyObject *name, long long *out) {
+    PyObject *tmp = PyObject_GetAttr(dec, name);
+    if (tmp == NULL) return -1;
+    long long v = PyLong_AsLongLong(tmp);
+    Py_DECREF(tmp);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v > SIZE_LIMIT || v < -SIZE_LIMIT) {
+        PyErr_Format(PyExc_OverflowError, "decoder %U out of range", name);
+        return -1;
+    }
+    *out = v;
     return 0;
 }
 
@@ -102,6 +151,7 @@ static int store(St *st, int forget) {
     r = PyObject_SetAttr(st->dec, s_max_size, v);
     Py_DECREF(v);
     if (r < 0) return -1;
+    st->dirty = 0;
     if (forget) {
         PyObject *x = PyObject_CallMethodNoArgs(st->dec, s_forget);
         if (x == NULL) return -1;
@@ -112,11 +162,8 @@ static int store(St *st, int forget) {
             PyErr_SetString(PyExc_TypeError, "entries must be a list");
             return -1;
         }
-        PyObject *sz = PyObject_GetAttr(st->dec, s_size);
-        if (sz == NULL) return -1;
-        st->size = PyLong_AsLongLong(sz);
-        Py_DECREF(sz);
-        if (st->size == -1 && PyErr_Occurred()) return -1;
+        if (read_size(st->dec, s_size, &st->size) < 0) return -1;
+        if (read_size(st->dec, s_max_size, &st->max_size) < 0) return -1;
         PyObject *ka = PyObject_GetAttr(st->dec, s_known_all);
         if (ka == NULL) return -1;
         st->known_all = PyObject_IsTrue(ka);
@@ -144,7 +191,9 @@ static int read_int(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, int
         unsigned b = d[*pos];
         (*pos)++;
         if (b & 0x7F) {
-            if (shift > 28) return BAD;  /* > MAX_INT whatever came before */
+            /* >= 2^56 > MAX_INT (``configure`` checks) whatever came before; v stays below
+             * 2^57 */
+            if (shift >= 56) return BAD;
             v += (long long)(b & 0x7F) << shift;
             if (v > MAX_INT) return BAD;
         }
@@ -152,14 +201,16 @@ static int read_int(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pos, int
             *out = v;
             return 0;
         }
-        shift += 7;
+        /* any number of 0x80 bytes (adding nothing) may come: shift stops growing */
+        if (shift < 56) shift += 7;
     }
 }
 
 static PyObject *huffman_str(const unsigned char *s, Py_ssize_t n, int *bad) {
     unsigned char stackbuf[1024];
     stackbuf[0] = 0;
-    Py_ssize_t cap = n * 8 / 5 + 1;
+    /* a code is 5 bits at least (``configure`` checks): at most 8n/5 symbols */
+    Py_ssize_t cap = n / 5 * 8 + 8;
     unsigned char *buf = cap <= (Py_ssize_t)sizeof(stackbuf) ? stackbuf : PyMem_Malloc(cap);
     if (buf == NULL) return PyErr_NoMemory();
     Py_ssize_t o = 0;
@@ -205,22 +256,28 @@ static PyObject *read_str(const unsigned char *d, Py_ssize_t end, Py_ssize_t *po
 }
 
 /* Entry ``idx`` (1-based, static then dynamic): borrowed; NULL with *bad for index 0, NULL
- * without it for an entry not known (counted as the peer's error when all are known). */
+ * without it for an entry not known (counted as the peer's error when all are known); NULL
+ * with *err and an exception for an error. */
 static PyObject *lookup(St *st, long long idx, int *bad, int *err) {
     if (idx <= 0) {
         *bad = 1;
         return NULL;
     }
-    if (idx <= N_STATIC) return PyList_GET_ITEM(STATIC, idx - 1);
+    if (idx <= N_STATIC) return PyTuple_GET_ITEM(STATIC, idx - 1);
     long long i = idx - N_STATIC - 1;
-    if (i < PyList_GET_SIZE(st->entries)) return PyList_GET_ITEM(st->entries, i);
+    if (i < PyList_GET_SIZE(st->entries)) {
+        PyObject *e = PyList_GET_ITEM(st->entries, i);
+        if (entry_ok(e)) return e;
+        *err = 1;
+        return NULL;
+    }
     if (st->known_all && count(st, k_bad_index, 1) < 0) *err = 1;
     return NULL;
 }
 
 /* (fields, unknown, whole) of the block d[0:end], decoded with ``dec``'s state. */
 static PyObject *decode_impl(PyObject *dec, const unsigned char *d, Py_ssize_t end) {
-    St st = {dec, NULL, NULL, 0, 0, 0};
+    St st = {dec, NULL, NULL, 0, 0, 0, 0};
     PyObject *out = NULL, *result = NULL, *tmp;
     long long unknown = 0, total = 0;
     int over = 0, bad = 0, err = 0;
@@ -237,16 +294,8 @@ static PyObject *decode_impl(PyObject *dec, const unsigned char *d, Py_ssize_t e
         PyErr_SetString(PyExc_TypeError, "entries must be a list");
         goto fail;
     }
-    tmp = PyObject_GetAttr(st.dec, s_size);
-    if (tmp == NULL) goto fail;
-    st.size = PyLong_AsLongLong(tmp);
-    Py_DECREF(tmp);
-    if (st.size == -1 && PyErr_Occurred()) goto fail;
-    tmp = PyObject_GetAttr(st.dec, s_max_size);
-    if (tmp == NULL) goto fail;
-    st.max_size = PyLong_AsLongLong(tmp);
-    Py_DECREF(tmp);
-    if (st.max_size == -1 && PyErr_Occurred()) goto fail;
+    if (read_size(st.dec, s_size, &st.size) < 0) goto fail;
+    if (read_size(st.dec, s_max_size, &st.max_size) < 0) goto fail;
     tmp = PyObject_GetAttr(st.dec, s_known_all);
     if (tmp == NULL) goto fail;
     st.known_all = PyObject_IsTrue(tmp);
@@ -279,6 +328,7 @@ static PyObject *decode_impl(PyObject *dec, const unsigned char *d, Py_ssize_t e
                 size = MAX_TABLE;
             }
             st.max_size = size;
+            st.dirty = 1;
             if (evict(&st) < 0) goto fail;
             continue;
         } else {
@@ -332,12 +382,14 @@ static PyObject *decode_impl(PyObject *dec, const unsigned char *d, Py_ssize_t e
                             goto fail;
                         }
                         st.size = 0;
+                        st.dirty = 1;
                     } else {
                         if (PyList_Insert(st.entries, 0, field) < 0) {
                             Py_DECREF(field);
                             goto fail;
                         }
                         st.size += k;
+                        st.dirty = 1;
                         if (st.size > st.max_size && evict(&st) < 0) {
                             Py_DECREF(field);
                             goto fail;
@@ -372,6 +424,15 @@ static PyObject *decode_impl(PyObject *dec, const unsigned char *d, Py_ssize_t e
         result = Py_BuildValue("(OLO)", out, unknown, over ? Py_False : Py_True);
     }
 fail:
+    if (result == NULL && st.dirty && st.entries != NULL) {
+        /* an exception (never from the block: from the decoder's objects, or memory) after
+         * entries changed: the decoder's size kept in step with them, as the Python code
+         * keeps it */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (store(&st, 0) < 0) PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
     Py_XDECREF(out);
     Py_XDECREF(st.entries);
     Py_XDECREF(st.stats);
@@ -481,22 +542,7 @@ done:
 }
 
 static int count_frame(PyObject *stats) {
-    static PyObject *k_frames = NULL;
-    if (k_frames == NULL && (k_frames = PyUnicode_InternFromString("frames")) == NULL)
-        return -1;
-    PyObject *old = PyDict_GetItemWithError(stats, k_frames);
-    long long v = 0;
-    if (old != NULL) {
-        v = PyLong_AsLongLong(old);
-        if (v == -1 && PyErr_Occurred()) return -1;
-    } else if (PyErr_Occurred()) {
-        return -1;
-    }
-    PyObject *nv = PyLong_FromLongLong(v + 1);
-    if (nv == NULL) return -1;
-    int r = PyDict_SetItem(stats, k_frames, nv);
-    Py_DECREF(nv);
-    return r;
+    return count_in(stats, k_frames, 1);
 }
 
 /* scan(decoder, stats, client, data, pos, max_frame) -> (events, pos): the frames at ``pos``
@@ -527,8 +573,9 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!PyBytes_Check(args[3]))  /* (a bytearray, a view): all left to ``_frame`` */
         return Py_BuildValue("(NO)", PyList_New(0), args[4]);
     Py_ssize_t pos = PyLong_AsSsize_t(args[4]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
     long long max_frame = PyLong_AsLongLong(args[5]);
-    if (PyErr_Occurred()) return NULL;
+    if (max_frame == -1 && PyErr_Occurred()) return NULL;
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[3]);
     Py_ssize_t end = PyBytes_GET_SIZE(args[3]);
     PyObject *events = PyList_New(0);
@@ -593,6 +640,11 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!ULLnLOO", &PyList_Type, &stat, &unk, &mt, &mhl, &mf, &mi,
                           &codes, &lengths))
         return NULL;
+    if (mt < 0 || mt > SIZE_LIMIT || mhl < 0 || mhl > SIZE_LIMIT || mf < 0 || mi < 0
+        || mi >= (1LL << 56)) {
+        PyErr_SetString(PyExc_ValueError, "limits out of range");
+        return NULL;
+    }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stat); i++) {
         PyObject *t = PyList_GET_ITEM(stat, i);
         if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2
@@ -619,7 +671,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         Py_DECREF(c);
         Py_DECREF(l);
         if (PyErr_Occurred()) return NULL;
-        if (ln < 1 || ln > 32) {
+        if (ln < 5 || ln > 32) {  /* 5 at least: one symbol per nibble, 8n/5 per n bytes */
             PyErr_SetString(PyExc_ValueError, "bad Huffman code length");
             return NULL;
         }
@@ -677,9 +729,13 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     }
     PyObject *uf = PyTuple_Pack(2, unk, unk);
     if (uf == NULL) return NULL;
-    Py_INCREF(stat);
-    Py_XSETREF(STATIC, stat);
-    N_STATIC = PyList_GET_SIZE(stat);
+    PyObject *stat_copy = PyList_AsTuple(stat);
+    if (stat_copy == NULL) {
+        Py_DECREF(uf);
+        return NULL;
+    }
+    Py_XSETREF(STATIC, stat_copy);
+    N_STATIC = PyTuple_GET_SIZE(stat_copy);
     Py_INCREF(unk);
     Py_XSETREF(UNKNOWN, unk);
     Py_XSETREF(UNKNOWN_FIELD, uf);
@@ -716,6 +772,7 @@ PyMODINIT_FUNC PyInit__hpack(void) {
     INTERN(k_too_large, "header_list_too_large");
     INTERN(k_errors, "hpack_errors");
     INTERN(k_unknown_refs, "hpack_unknown_refs");
+    INTERN(k_frames, "frames");
     INTERN(QMARK, "?");
 #undef INTERN
     return PyModule_Create(&moduledef);

@@ -222,6 +222,7 @@ class PassiveDecoder:
                             # exact, so they are known no more
                             self.forget()
                             self._count("hpack_unknown_insert")
+                            inserts = None  # not a list of inserts to make again: no cache
                         else:
                             if inserts is not None:
                                 inserts.append(field)
