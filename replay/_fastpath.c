@@ -29,7 +29,11 @@
  *   - giving it back: _Conn.import_state(last_ts, (nxt, closed) x2),
  *     HttpConnection.import_state(n, (state, buf, first_message, last_ts) x2), then
  *     Reassembler.replay_native(conn, log) for the segments since the checkpoint;
- *   - ending it here (both FINs, or an RST between exchanges): Reassembler.end_native(conn).
+ *   - ending it here (both FINs, or an RST between exchanges): Reassembler.end_native(conn);
+ *   - Python ending it (Reassembler._end: idle, evicted, the end of the input, a port reused)
+ *     calls FastPath.end(conn): given back if held, and its entry dropped whatever its state;
+ *   - a retransmission of a foreign connection (below), counted as the reassembler counts it:
+ *     Reassembler.retransmit_native(conn, ts).
  * The one field written in place is _Conn.last_ts (FP_touch, before a sweep or an eviction).
  * The reader states are replay.http1.ReaderState's numbers, read at import (READER_STATES): this
  * file has none of its own. The per-packet path uses the Reassembler's own tables and clock as
@@ -39,8 +43,11 @@
  * after they were given back at their first bytes: their TCP reassembly comes back here, in-order
  * bytes handed to that reader's feed(from_client, data, ts) as the HTTP/1 readers in state FOREIGN
  * would (_Conn.export_state to start from, _Conn.import_state and HttpConnection.import_foreign
- * to give them back, at once: every segment is a checkpoint). Given back, a connection stays in
- * the table, dormant (Python's), and is taken again once its TCP state is clean. Decrypted
+ * to give them back, at once: every segment is a checkpoint); a segment wholly before what was
+ * delivered (a retransmission) is only counted (foreign_retransmit), so a retransmission storm
+ * does not take the connection from C. Given back, a connection stays in the table, dormant
+ * (Python's), and is taken again once its TCP state is clean (with a back-off when it keeps
+ * coming back), until Python ends it (FastPath.end drops its entry). Decrypted
  * HTTP/1 (replay.tls.records) is read by Plain, the same HTTP/1 reader and JSONL encoder fed
  * plaintext, with the same checkpoint-and-replay hand-back (HttpConnection.import_state and the
  * logged feeds); and a TLS 1.3 direction in the steady state can be lent to the foreign
@@ -71,6 +78,9 @@
 #define F_ACK 0x10
 #define MAX_HEAD (64 * 1024)
 #define LOG_MAX_BYTES (16 * 1024 * 1024)
+/* A foreign connection read here for this many segments since it was taken has settled: its
+ * back-off (foreign_back) starts again from 1. */
+#define FOREIGN_SETTLED 64
 
 /* The states of a direction's reader that this code reads strictly: replay.http1.ReaderState's
  * values of the same names, read once at import (init_states), never numbers of its own. */
@@ -175,15 +185,19 @@ typedef struct Conn {
     long max_body;
     PEx *ex;            /* the exchange not yet emitted, or NULL: nothing pending */
     /* A connection another reader took over (HttpConnection.export_foreign: TLS, HTTP/2): its
-     * in-order bytes go to that reader's feed(from_client, data, ts), and anything else gives
-     * it back (foreign_back); it then stays in the table, dormant (Python holds it), and is
-     * taken again once its TCP state is clean (try_foreign). */
+     * in-order bytes go to that reader's feed(from_client, data, ts), retransmissions are
+     * counted, and anything else gives it back (foreign_back); it then stays in the table,
+     * dormant (Python holds it), and is taken again once its TCP state is clean (try_foreign),
+     * or dropped when Python ends it (FP_end) or no longer tracks it. */
     PyObject *ffeed;
     struct Plain *plain; /* the decrypted HTTP/1 reader some of whose directions' records are
                           * read here (Plain.lend), or NULL */
     char dormant;
-    char busy; /* a segment of it is with Python now: sweep_dormant leaves it */
-    int retry, retry_in;
+    char busy; /* with Python now (a segment, its feed, a give-back): sweep_dormant, keys_free
+                * and FP_end leave it */
+    char ended; /* Python ended it while it was busy (FP_end): dropped when that returns */
+    int retry, retry_in; /* back-off of the next take (dormant_retry) */
+    long fsegs; /* segments read here since it was last taken (FOREIGN_SETTLED resets retry) */
 } Conn;
 
 typedef struct {
@@ -207,6 +221,7 @@ typedef struct FastPath {
     Buf line, line_ts;  /* pending lines, and each one's last timestamp (doubles) */
     long long lines, pending_lines;
     PyObject *replay, *end_native; /* the Reassembler's hand-back methods */
+    PyObject *retransmit; /* Reassembler.retransmit_native, or NULL (then a give-back) */
     Slot *tab;
     size_t cap, used, tomb;
     Conn head;          /* list of adopted connections */
@@ -217,6 +232,7 @@ typedef struct FastPath {
     long long adopted, given_back, exchanges;
     long long f_adopted, f_given_back; /* connections fed to a foreign reader (TLS, HTTP/2) */
     long long lent_segments; /* segments whose TLS records were read here (Plain.lend) */
+    long long f_retransmits; /* retransmissions of foreign connections counted here */
     long ndormant, dormant_limit;
     PyObject *reasons;  /* dict: why connections were given back */
 } FastPath;
@@ -1345,6 +1361,27 @@ static int fresh_reader(PyObject *t, Rd *r) {
     return 1;
 }
 
+static int still_tracked(FastPath *fp, Conn *c);
+static void drop_dormant(FastPath *fp, Conn *c);
+
+/* May a connection with these keys go into the table? An entry already there for one of them is
+ * a dormant one Python no longer tracks (dropped now), or the key is taken: 1 yes, 0 no, -1. */
+static int keys_free(FastPath *fp, PyObject *k0, PyObject *k1) {
+    PyObject *k[2] = {k0, k1};
+    for (int i = 0; i < 2; i++) {
+        const unsigned char *kb = (const unsigned char *)PyBytes_AS_STRING(k[i]);
+        Py_ssize_t n = PyBytes_GET_SIZE(k[i]);
+        Slot *s = tab_find(fp, kb, n, hkey(kb, n));
+        if (!s) continue;
+        Conn *o = s->c;
+        if (!o->dormant || o->busy || o == fp->cur_conn) return 0;
+        int t = still_tracked(fp, o);
+        if (t) return t < 0 ? -1 : 0;
+        drop_dormant(fp, o);
+    }
+    return 1;
+}
+
 /* Take a connection over just after its client SYN, when the Python objects (as their
  * export_state methods tell) are where this code starts from: a fresh HTTP/1 connection. */
 static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
@@ -1384,7 +1421,8 @@ static int try_adopt(FastPath *fp, PyObject *key, double ts, uint32_t seq) {
                  fresh_reader(PyTuple_GET_ITEM(hs, 2), &rd[1]);
         }
     }
-    if (PyErr_Occurred() || !ok) {
+    if (ok) ok = keys_free(fp, PyTuple_GET_ITEM(keys, 0), PyTuple_GET_ITEM(keys, 1));
+    if (PyErr_Occurred() || ok <= 0) {
         Py_DECREF(ts_);
         Py_XDECREF(hs);
         return PyErr_Occurred() ? -1 : 0;
@@ -1480,9 +1518,10 @@ static int still_tracked(FastPath *fp, Conn *c) {
     return PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 2 && PyTuple_GET_ITEM(e, 0) == c->pyconn;
 }
 
+/* Drop a foreign connection's entry (dormant, or ended while busy: FP_end). */
 static void drop_dormant(FastPath *fp, Conn *c) {
     conn_unlink(fp, c);
-    fp->ndormant--;
+    if (c->dormant) fp->ndormant--;
     conn_free(c);
 }
 
@@ -1515,6 +1554,10 @@ static int try_foreign(FastPath *fp, PyObject *pc, Conn *c) {
             ok = e && PyTuple_Check(e) && PyTuple_GET_SIZE(e) == 2 &&
                  PyTuple_GET_ITEM(e, 0) == pc;
         }
+    }
+    if (ok && !c) {
+        ok = keys_free(fp, PyTuple_GET_ITEM(keys, 0), PyTuple_GET_ITEM(keys, 1));
+        if (ok < 0) goto err;
     }
     if (ok) {
         feed = PyObject_CallMethodObjArgs(h, S_export_foreign, NULL);
@@ -1580,7 +1623,7 @@ static int try_foreign(FastPath *fp, PyObject *pc, Conn *c) {
         c->dormant = 0;
         fp->ndormant--;
     }
-    c->retry = 0;
+    c->fsegs = 0; /* (the back-off, retry, is kept until it settles: FOREIGN_SETTLED) */
     fp->f_adopted++;
     Py_DECREF(st);
     Py_DECREF(hs);
@@ -1593,12 +1636,16 @@ err:
 }
 
 /* Give a foreign connection back (its state is always a checkpoint: each segment was handed on
- * whole): _Conn.import_state, HttpConnection.import_foreign. It stays in the table, dormant. */
+ * whole): _Conn.import_state, HttpConnection.import_foreign. It stays in the table, dormant,
+ * unless the caller drops it (FP_end: Python is ending it). c is busy meanwhile, so that no
+ * sweep frees it. */
 static int foreign_back(FastPath *fp, Conn *c) {
     PyObject *nx[2] = {NULL, NULL}, *r = NULL;
     int rc = -1;
+    char busy = c->busy;
+    c->busy = 1;
     fp->f_given_back++;
-    if (c->plain && lent_return_all(c) < 0) return -1;
+    if (c->plain && lent_return_all(c) < 0) { c->busy = busy; return -1; }
     for (int d = 0; d < 2; d++) {
         if (c->has_nxt[d]) {
             if (!(nx[d] = PyLong_FromUnsignedLong(c->nxt[d]))) goto done;
@@ -1610,7 +1657,11 @@ static int foreign_back(FastPath *fp, Conn *c) {
     Py_CLEAR(c->ffeed);
     c->dormant = 1;
     fp->ndormant++;
-    c->retry_in = 1;
+    /* The back-off of the next take: a connection given back again soon after it was taken
+     * (a storm of losses or reorderings) waits twice as many segments each time, up to 64. */
+    if (c->fsegs >= FOREIGN_SETTLED) c->retry = 0;
+    c->retry_in = 1 << c->retry;
+    if (c->retry < 6) c->retry++;
     if (fp->ndormant > fp->dormant_limit && fp->dormant_limit && sweep_dormant(fp) < 0)
         goto done;
     if (!fp->dormant_limit) fp->dormant_limit = 64;
@@ -1626,11 +1677,13 @@ static int foreign_back(FastPath *fp, Conn *c) {
 done:
     Py_XDECREF(nx[0]);
     Py_XDECREF(nx[1]);
+    c->busy = busy;
     return rc;
 }
 
 /* After Python took a segment of a dormant connection: take it again when it is clean (tried
- * after 1, 2, 4... 64 segments while it is not). */
+ * after 1, 2, 4... 64 segments while it is not, or while it keeps coming back soon after it was
+ * taken: see foreign_back). */
 static int dormant_retry(FastPath *fp, Conn *c) {
     if (--c->retry_in > 0) return 0;
     int t = still_tracked(fp, c);
@@ -1639,8 +1692,8 @@ static int dormant_retry(FastPath *fp, Conn *c) {
     t = try_foreign(fp, c->pyconn, c);
     if (t < 0) return -1;
     if (t == 0) {
-        c->retry++;
-        c->retry_in = 1 << (c->retry < 6 ? c->retry : 6);
+        if (c->retry < 6) c->retry++;
+        c->retry_in = 1 << c->retry;
     }
     return 0;
 }
@@ -1658,6 +1711,10 @@ static int dormant_segment(FastPath *fp, Conn *c, const unsigned char *key, Py_s
     c->busy = 1;
     int pr = python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
     c->busy = 0;
+    if (c->ended) {
+        drop_dormant(fp, c); /* Python ended it meanwhile (FP_end) */
+        return pr < 0 ? -1 : 0;
+    }
     if (pr < 0) return -1;
     t = still_tracked(fp, c);
     if (t < 0) return -1;
@@ -1686,8 +1743,31 @@ static int sweep_dormant(FastPath *fp) {
     return 0;
 }
 
+/* A data segment of a foreign connection wholly before what was delivered (a retransmission):
+ * what the reassembler does with it (Reassembler.segment -> _segment -> _apply -> _deliver, on
+ * a connection with nothing out of order or parked, whose ACK does not run ahead: the caller
+ * checked) is to set its clock and the connection's last activity, and count it
+ * (Reassembler.retransmit_native: the "retransmits" counter and the handler's, which every
+ * later exchange carries: the suffix of a Plain reading lent directions is refreshed). */
+static int plain_refresh(Conn *c);
+static int foreign_retransmit(FastPath *fp, Conn *c, double ts) {
+    PyObject *a[2] = {c->pyconn, PyFloat_FromDouble(ts)};
+    if (!a[1]) return ERR;
+    c->last_ts = ts;
+    Py_INCREF(c->pyconn); /* (c is not freed by this, but the call must not see it go) */
+    PyObject *r = PyObject_Vectorcall(fp->retransmit, a, 2, NULL);
+    Py_DECREF(a[1]);
+    Py_DECREF(a[0]);
+    if (!r) return ERR;
+    Py_DECREF(r);
+    fp->f_retransmits++;
+    c->fsegs++;
+    return plain_refresh(c) < 0 ? ERR : OK;
+}
+
 /* An in-order data segment of a foreign connection: to the reader, as the HTTP/1 readers in
- * state FOREIGN pass it on (their last_ts kept here). Anything else: BAIL. */
+ * state FOREIGN pass it on (their last_ts kept here); a retransmission: counted
+ * (foreign_retransmit). Anything else: BAIL. */
 static int foreign_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq, int flags,
                            const char *pl, Py_ssize_t plen, uint32_t ack, int slow) {
     int od = 1 - d;
@@ -1695,9 +1775,17 @@ static int foreign_segment(FastPath *fp, Conn *c, int d, double ts, uint32_t seq
         uint32_t ahead = MASK32(ack - c->nxt[od]);
         if (ahead && ahead < HALF) return BAIL; /* (the reassembler's slow path) */
     }
-    if ((flags & 7) || !plen || !c->has_nxt[d] || seq != c->nxt[d]) return BAIL;
+    if ((flags & 7) || !plen || !c->has_nxt[d]) return BAIL;
+    if (seq != c->nxt[d]) {
+        /* all of it before nxt: (seq - nxt) mod 2^32 >= 2^31 and nxt - seq >= its length, as
+         * _deliver tells a retransmission from an overlap (trimmed) or a hole (out of order) */
+        uint32_t behind = MASK32(c->nxt[d] - seq);
+        if (!fp->retransmit || behind > HALF || (Py_ssize_t)behind < plen) return BAIL;
+        return foreign_retransmit(fp, c, ts);
+    }
     if (slow && set_attr_double(fp->reasm, S_now, ts) < 0) return ERR;
     c->last_ts = ts;
+    c->fsegs++;
     c->nxt[d] = seq + (uint32_t)plen;
     c->rd[d].last_ts = ts;
     PyObject *a[3];
@@ -1786,22 +1874,27 @@ static int tcp_segment(FastPath *fp, const unsigned char *key, Py_ssize_t klen, 
     int d = s->d;
     int r;
     if (c->ffeed) {
+        c->busy = 1;
         r = foreign_segment(fp, c, d, ts, seq, flags, (const char *)pl, plen, ack, slow);
+        c->busy = 0;
+        if (c->ended) {
+            drop_dormant(fp, c); /* Python ended it meanwhile (FP_end) */
+            return r == ERR ? -1 : 0;
+        }
         if (r == OK) return 0;
         if (r == ERR) return -1;
         /* Python takes this segment, then the connection again if it is clean by then */
-        c->busy = 1;
-        int fr = foreign_back(fp, c) < 0 ||
-                 python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack) < 0;
-        c->busy = 0;
-        if (fr) return -1;
-        int t = still_tracked(fp, c);
-        if (t < 0) return -1;
-        if (!t) {
-            drop_dormant(fp, c); /* that segment ended it */
-            return 0;
+        if (foreign_back(fp, c) < 0) {
+            if (c->ended) drop_dormant(fp, c);
+            return -1;
         }
-        return dormant_retry(fp, c);
+        if ((flags & F_SYN) || c->ended) {
+            /* as dormant_segment: a SYN ends it or starts another on its ports (which
+             * python_segment may adopt under the same keys): dropped first */
+            drop_dormant(fp, c);
+            return python_segment(fp, key, klen, ts, seq, flags, pl, plen, ack);
+        }
+        return dormant_segment(fp, c, key, klen, ts, seq, flags, pl, plen, ack);
     }
     r = conn_segment(fp, c, d, ts, seq, flags, (const char *)pl, plen, ack, slow);
     if (r == OK) return 0;
@@ -2402,6 +2495,59 @@ fail:
     return NULL;
 }
 
+/* The entry of a Python _Conn (its keys: the first item of export_state()), or NULL. */
+static Slot *find_pyconn(FastPath *fp, PyObject *pyconn) {
+    PyObject *st = PyObject_CallMethodObjArgs(pyconn, S_export_state, NULL);
+    if (!st) return NULL;
+    PyObject *keys = PyTuple_Check(st) && PyTuple_GET_SIZE(st) ? PyTuple_GET_ITEM(st, 0) : NULL;
+    PyObject *k = keys && PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) ? PyTuple_GET_ITEM(keys, 0)
+                                                                        : NULL;
+    if (!k || !PyBytes_Check(k)) {
+        Py_DECREF(st);
+        PyErr_SetString(PyExc_TypeError, "_Conn.export_state(): (keys, ...) expected");
+        return NULL;
+    }
+    Slot *s = tab_find(fp, (unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                       hkey((unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)));
+    Py_DECREF(st);
+    return s && s->c->pyconn == pyconn ? s : NULL;
+}
+
+/* Python ends a connection (Reassembler._end: an idle timeout, an eviction, the end of the
+ * input, a port reused): given back if this code holds it (as sync), and its entry dropped, so
+ * nothing stays here holding its objects. An entry with Python right now (busy: one of its
+ * segments, its reader fed, a give-back in progress) is marked and left to that caller, which
+ * drops it when Python returns. */
+static PyObject *FP_end(FastPath *fp, PyObject *pyconn) {
+    Slot *s = find_pyconn(fp, pyconn);
+    if (!s) {
+        if (PyErr_Occurred()) return NULL;
+        PyObject *r = PyObject_CallMethodObjArgs(pyconn, S_set_fast, Py_False, NULL);
+        if (!r) return NULL;
+        Py_DECREF(r);
+        Py_RETURN_NONE;
+    }
+    Conn *c = s->c;
+    if (c->busy) {
+        c->ended = 1;
+        Py_RETURN_NONE;
+    }
+    if (!c->dormant && !c->ffeed) {
+        if (give_back(fp, c, "python_needs_it") < 0) return NULL; /* (c is freed) */
+        Py_RETURN_NONE;
+    }
+    if (!c->dormant && foreign_back(fp, c) < 0) return NULL;
+    drop_dormant(fp, c);
+    Py_RETURN_NONE;
+}
+
+/* Drop every dormant entry whose connection Python no longer tracks (after Reassembler.finish:
+ * none should be left). */
+static PyObject *FP_sweep(FastPath *fp, PyObject *unused) {
+    if (sweep_dormant(fp) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* Give back one connection (by its Python _Conn), e.g. before the Python side ends it. */
 static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
     /* its keys: the first item of _Conn.export_state() */
@@ -2457,13 +2603,13 @@ static PyObject *FP_flush(FastPath *fp, PyObject *unused) {
 }
 
 static PyObject *FP_stats(FastPath *fp, PyObject *unused) {
-    return Py_BuildValue("{sLsLsLsLsLsLsLslsOsLsLslsL}", "packets", fp->packets, "bytes",
+    return Py_BuildValue("{sLsLsLsLsLsLsLslsOsLsLslsLsL}", "packets", fp->packets, "bytes",
                          fp->bytes, "segments", fp->segments, "adopted", fp->adopted,
                          "given_back", fp->given_back, "exchanges", fp->exchanges, "lines",
                          fp->lines, "tracked", fp->nconn, "given_back_why", fp->reasons,
                          "foreign_adopted", fp->f_adopted, "foreign_given_back",
                          fp->f_given_back, "dormant", fp->ndormant, "tls_lent_segments",
-                         fp->lent_segments);
+                         fp->lent_segments, "foreign_retransmits", fp->f_retransmits);
 }
 
 static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -2479,6 +2625,9 @@ static PyObject *FP_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     fp->keys = PyObject_GetAttrString(reasm, "keys");
     fp->replay = PyObject_GetAttrString(reasm, "replay_native");
     fp->end_native = PyObject_GetAttrString(reasm, "end_native");
+    /* (optional: without it, a retransmission gives a foreign connection back) */
+    fp->retransmit = PyObject_GetAttrString(reasm, "retransmit_native");
+    if (!fp->retransmit) PyErr_Clear();
     fp->stats = PyObject_GetAttrString(reasm, "stats");
     fp->segment = PyObject_GetAttrString(reasm, "segment");
     fp->ack_only = PyObject_GetAttrString(reasm, "ack_only");
@@ -2517,6 +2666,7 @@ static int FP_traverse(FastPath *fp, visitproc visit, void *arg) {
     Py_VISIT(fp->float_text);
     Py_VISIT(fp->replay);
     Py_VISIT(fp->end_native);
+    Py_VISIT(fp->retransmit);
     Py_VISIT(fp->reasons);
     for (Conn *c = fp->head.next; c && c != &fp->head; c = c->next) {
         Py_VISIT(c->pyconn);
@@ -2541,6 +2691,7 @@ static int FP_clear(FastPath *fp) {
     Py_CLEAR(fp->keys);
     Py_CLEAR(fp->replay);
     Py_CLEAR(fp->end_native);
+    Py_CLEAR(fp->retransmit);
     Py_CLEAR(fp->stats);
     Py_CLEAR(fp->segment);
     Py_CLEAR(fp->ack_only);
@@ -2596,6 +2747,8 @@ typedef struct Plain {
     PyObject *back, *stats, *errs; /* TlsConnection._lent_back, its counters, decrypt errors */
     PyObject *sink;   /* a sink (FastPath.sink): the HTTP/2 reader's feed(from_client, data, ts)
                        * the plaintext goes to, in place of the HTTP/1 reader c (NULL) */
+    PyObject *refresh; /* or NULL: called when the connection's retransmission count changed
+                        * here (foreign_retransmit), as the suffix of c's lines carries it */
     long max_record;
 } Plain;
 
@@ -2713,6 +2866,7 @@ static int Plain_traverse(Plain *p, visitproc visit, void *arg) {
     Py_VISIT(p->stats);
     Py_VISIT(p->errs);
     Py_VISIT(p->sink);
+    Py_VISIT(p->refresh);
     Py_VISIT(p->lent[0].decrypt);
     Py_VISIT(p->lent[1].decrypt);
     return 0;
@@ -2729,6 +2883,7 @@ static int Plain_clear(Plain *p) {
     Py_CLEAR(p->stats);
     Py_CLEAR(p->errs);
     Py_CLEAR(p->sink);
+    Py_CLEAR(p->refresh);
     Py_CLEAR(p->fp);
     return 0;
 }
@@ -3121,10 +3276,12 @@ out:
  * foreign connection's feed (the TLS reader, called from C), the direction's next records are
  * read here until one is not for it. False when not called so (or already lent). */
 static PyObject *Plain_lend(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10 || !PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) != 12 ||
-        !PyBytes_Check(args[5]) || !PyDict_Check(args[7])) {
+    if ((nargs != 10 && nargs != 11) || !PyBytes_Check(args[3]) ||
+        PyBytes_GET_SIZE(args[3]) != 12 || !PyBytes_Check(args[5]) || !PyDict_Check(args[7]) ||
+        (nargs == 11 && args[10] != Py_None && !PyCallable_Check(args[10]))) {
         PyErr_SetString(PyExc_TypeError, "lend(from_client, d, decrypt, iv: 12 bytes, seq, "
-                                         "buf: bytes, back, stats: dict, errors, max_record)");
+                                         "buf: bytes, back, stats: dict, errors, max_record"
+                                         "[, refresh])");
         return NULL;
     }
     int from_client = PyObject_IsTrue(args[0]);
@@ -3132,6 +3289,7 @@ static PyObject *Plain_lend(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
     unsigned long long seq = PyLong_AsUnsignedLongLong(args[4]);
     long max_record = PyLong_AsLong(args[9]);
     if (PyErr_Occurred() || from_client < 0) return NULL;
+    if (!p->fp) Py_RETURN_FALSE; /* (cleared by the garbage collector) */
     Conn *c = p->fp->cur_conn;
     int d = from_client ? 0 : 1;
     if ((!p->c && !p->sink) || !c || (c->plain && c->plain != p) || (p->conn && p->conn != c) ||
@@ -3159,8 +3317,25 @@ static PyObject *Plain_lend(Plain *p, PyObject *const *args, Py_ssize_t nargs) {
     Py_XSETREF(p->stats, args[7]);
     Py_INCREF(args[8]);
     Py_XSETREF(p->errs, args[8]);
+    if (nargs == 11 && args[10] != Py_None) {
+        Py_INCREF(args[10]);
+        Py_XSETREF(p->refresh, args[10]);
+    }
     p->max_record = max_record;
     Py_RETURN_TRUE;
+}
+
+/* The retransmission count of c changed here (foreign_retransmit): a Plain reading its lent
+ * directions into lines has its suffix made again (refresh, from Plain.lend). */
+static int plain_refresh(Conn *c) {
+    Plain *p = c->plain;
+    if (!p || !p->c || !p->refresh || !(p->lent[0].on || p->lent[1].on)) return 0;
+    Py_INCREF(p);
+    PyObject *r = PyObject_CallNoArgs(p->refresh);
+    Py_DECREF(p);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 /* Plain.unlend(from_client): the direction back now (through back), if it is lent. */
@@ -3188,6 +3363,10 @@ static PyMethodDef FP_methods[] = {
      "Walk the TPACKET_V3 blocks user space owns: (block, frames, bytes, truncated, errors, "
      "last error)."},
     {"sync", (PyCFunction)FP_sync, METH_O, "Give an adopted connection back to Python."},
+    {"end", (PyCFunction)FP_end, METH_O,
+     "Python ends this connection: given back if held here, and forgotten."},
+    {"sweep", (PyCFunction)FP_sweep, METH_NOARGS,
+     "Forget the connections Python no longer tracks."},
     {"touch", (PyCFunction)FP_touch, METH_NOARGS, "Write last activity times to Python."},
     {"stats", (PyCFunction)FP_stats, METH_NOARGS, "Counters of the fast path."},
     {"flush", (PyCFunction)FP_flush, METH_NOARGS, "Hand over the JSONL lines pending."},

@@ -99,7 +99,9 @@ class _Conn:
     # then ``set_fast(True)``), and either gives it back at a checkpoint (``import_state``, then
     # ``Reassembler.replay_native`` for the segments since) or ends it itself
     # (``Reassembler.end_native``). The one field it writes directly is ``last_ts``
-    # (``Reassembler.native.touch()``, before a sweep or an eviction reads it).
+    # (``Reassembler.native.touch()``, before a sweep or an eviction reads it). When Python ends
+    # a connection (``Reassembler._end``), ``native.end`` gives it back if it is held and makes
+    # the native path forget it (a foreign one it kept a dormant entry for, too).
 
     def export_state(self) -> tuple[tuple[bytes, bytes], StreamHandler | None, bool, bool,
                                     float, DirSnapshot, DirSnapshot]:
@@ -173,7 +175,8 @@ class Reassembler:
         goes through the hand-back contract (``_Conn.export_state``, ``replay_native``,
         ``end_native``); per packet it uses this object's own tables and clock as they are:
         ``keys``, ``stats``, ``now``, ``next_sweep``, ``hole_count``, ``segment``, ``ack_only``
-        and ``_timers``."""
+        and ``_timers``; ``retransmit_native`` counts a retransmission of a connection it holds.
+        When this object ends a connection (``_end``), ``end`` makes it forget it."""
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
@@ -564,6 +567,15 @@ class Reassembler:
         if due < self.next_sweep:
             self.next_sweep = due
 
+    def retransmit_native(self, conn: _Conn, ts: float) -> None:
+        """The native fast path saw a data segment of ``conn`` (a connection it holds, whose
+        bytes another reader takes: nothing out of order or parked there, its ACK not ahead of
+        the peer) that lies wholly before what was delivered: what ``segment`` does with it
+        (``_segment``, ``_apply``, ``_deliver``), the connection's ``last_ts`` kept there (part of
+        the hand-back contract, see ``_Conn.export_state``)."""
+        self.now = ts
+        self._retransmit(conn)
+
     def end_native(self, conn: _Conn) -> None:
         """The native fast path ended a connection it held (both FINs, or an RST between
         exchanges), every exchange emitted: drop it from the tables as ``_end`` would, with
@@ -579,9 +591,11 @@ class Reassembler:
 
     def _end(self, conn: _Conn, ts: float, *, timed_out: bool = False) -> None:
         """Finish a connection: flush what is buffered (with gaps) and drop its state."""
-        if conn.fast:
-            self.native.sync(conn)
-            if conn.serial not in self.lru:
+        if self.native is not None:
+            # given back if the native path holds it, and forgotten there either way
+            fast = conn.fast
+            self.native.end(conn)
+            if fast and conn.serial not in self.lru:
                 return  # the replayed segments ended it
         if conn.parked:
             self._flush_parked(conn)
@@ -630,6 +644,8 @@ class Reassembler:
         while self.lru:
             for conn in list(self.lru.values()):
                 self._end(conn, self.now)
+        if self.native is not None:
+            self.native.sweep()  # nothing it holds outlives the connections
 
     @property
     def tracked(self) -> int:

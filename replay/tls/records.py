@@ -220,10 +220,20 @@ class TlsConnection:
             return
         plain = self.plain
         if plain.lend(from_client, 0 if dr.is_client else 1, fast[0].decrypt, dr.iv, dr.seq,
-                      dr.buf, self._lent_back, self.stats, _FAST_ERRORS, MAX_RECORD):
+                      dr.buf, self._lent_back, self.stats, _FAST_ERRORS, MAX_RECORD,
+                      self._refresh_suffix):
             dr.lent = True
             dr.buf = b""
             self._lender = plain
+
+    def _refresh_suffix(self) -> None:
+        """The C path counted a retransmission of the outer connection while a direction is
+        lent (called from C): the C reader's lines carry the count from now on, as ``_emit``'s
+        exchanges do."""
+        if self.plain is not None and self._sfx_key != (
+                self.outer.retransmits, self.version, self.suite_code, self.sni, self.alpn,
+                self.alpn_offered):
+            self._set_suffix()
 
     def _lend_h2(self, from_client: bool, dr: _Dir) -> None:
         """``_lend`` for HTTP/2 (``inner_h2`` reads the plaintext): in the steady state of

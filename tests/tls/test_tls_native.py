@@ -18,6 +18,7 @@ reader fed the same bytes at the same times; ``meta`` is encoded in C as orjson 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -265,8 +266,9 @@ def test_gap_mid_connection(conv, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_retransmits_and_reordering(conv, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The connection leaves C at a retransmission or a segment out of order, and comes back
-    once the reassembler has nothing out of order (and the records stay in step)."""
+    """The connection leaves C at a segment out of order, and comes back once the reassembler
+    has nothing out of order (and the records stay in step); a retransmission is counted in C
+    as the reassembler counts it (the connection stays there)."""
     flights, keylog, _ = conv
     frames = _frames(flights, [500, 1448], random.Random(4))
     data = _data_frames(frames)
@@ -282,7 +284,10 @@ def test_retransmits_and_reordering(conv, tmp_path: Path,
         recs = _same(pcap, keylog, monkeypatch)
         assert len(_targets(recs)) == N_EXCHANGES
         st = _native_stats(pcap, keylog)
-        assert st["foreign_adopted"] >= 2 and st["foreign_given_back"] >= 2, st
+        if trial % 2:
+            assert st["foreign_retransmits"] == 3 and st["foreign_adopted"] == 1, st
+        else:
+            assert st["foreign_adopted"] >= 2 and st["foreign_given_back"] >= 2, st
         assert st["tracked"] == 0 and st["dormant"] == 0, st
 
 
@@ -369,6 +374,125 @@ def test_interleaved_connections_and_limits(conv, limits: dict, tmp_path: Path,
     recs = _same(_write(tmp_path / "m.pcap", merged), keylog, monkeypatch, **limits)
     if not limits:
         assert len(_targets(recs)) == 3 * N_EXCHANGES
+
+
+def _cut_conversations(flights: list[tuple[bool, bytes]], n: int, gap: float
+                       ) -> list[tuple[float, int, bytes]]:
+    """``n`` TLS connections one after another, ``gap`` seconds apart, each cut before its end
+    (no FIN: a capture cut, a peer gone): Python ends them (idle timeout, eviction, finish)."""
+    frames: list[tuple[float, int, bytes]] = []
+    rng = random.Random(20)
+    for k in range(n):
+        c = Conv(client=("10.0.0.1", 42000 + k), server=("10.0.0.2", 443),
+                 ts=1000.0 + k * gap)
+        frames += c.handshake()
+        for from_client, b in flights[:rng.randrange(len(flights) // 3, len(flights))]:
+            for seg in segments(b, rng.choice([300, 1448])):
+                frames.append(c.c(seg) if from_client else c.s(seg))
+    return frames
+
+
+def _tls_objects() -> int:
+    gc.collect()
+    return sum(isinstance(o, records.TlsConnection) for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("limits", [{"idle_timeout": 5.0}, {"max_connections": 2}, {}],
+                         ids=["idle", "evicted", "finish"])
+def test_ended_connections_leave_c(conv, limits: dict, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections Python ends (an idle timeout, an eviction, the end of the input) while the
+    C path holds them or keeps them given back are forgotten there at once: nothing stays in
+    its table holding their objects (the _Conn, the HttpConnection, the TlsConnection and its
+    C reader), during the capture or after finish(); and the records are Python's."""
+    flights, keylog, _ = conv
+    frames = _cut_conversations(flights, 12, 10.0)
+    pcap = _write(tmp_path / "cut.pcap", frames)
+    recs = _same(pcap, keylog, monkeypatch, **limits)
+    assert recs
+    before = _tls_objects()
+    ex = Extractor(lambda e: None, emit_line=lambda b, n, t: None, keylog=_keys(keylog),
+                   **limits)
+    with CaptureReader(pcap) as r:
+        ex.run(iter(r))
+    st = ex.native.stats()
+    assert st["foreign_adopted"] >= 12, st
+    if limits:
+        # each connection ended by the later ones' segments: only those Python still tracks
+        # (the last one or two) are here
+        assert st["tracked"] <= ex.reasm.tracked <= 2, st
+    ex.finish()
+    st = ex.native.stats()
+    assert st["tracked"] == 0 and st["dormant"] == 0, st
+    ex.native.flush()
+    assert _tls_objects() == before  # (ex is still alive: nothing of theirs is held)
+
+
+def _with_duplicates(frames: list[tuple[float, int, bytes]], older: bool
+                     ) -> tuple[list[tuple[float, int, bytes]], int]:
+    """Every data segment sent twice: at once, or (``older``) after the next one (a
+    retransmission of something already delivered, the other direction in between)."""
+    out: list[tuple[float, int, bytes]] = []
+    prev = None
+    n = 0
+    for f in frames:
+        out.append(f)
+        if len(f[2]) > 54 and f[2][47] & 0x07 == 0:  # data, no SYN/FIN/RST
+            dup = prev if older and prev is not None else f
+            out.append((f[0], dup[1], dup[2]))
+            n += 1
+            prev = f
+    return out, n
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["at_once", "older"])
+def test_steady_duplicates_read_in_c(conv, older: bool, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retransmission storm (every data segment twice): each duplicate is counted in C as the
+    reassembler counts it (its counter, and the handler's, which every later exchange carries:
+    the C reader's lines included), without giving the connection back, so the records are
+    still decrypted there (lent directions); the records and counters are Python's."""
+    flights, keylog, version = conv
+    frames, n = _with_duplicates(_frames(flights, [400, 1448], random.Random(21)), older)
+    pcap = _write(tmp_path / "dup.pcap", frames)
+    recs = _same(pcap, keylog, monkeypatch)
+    assert len(_targets(recs)) == N_EXCHANGES
+    rts = [json.loads(r).get("completeness", {}).get("retransmits", 0) for r in recs]
+    assert rts == sorted(rts) and rts[-1] > 0, rts
+    st = _native_stats(pcap, keylog)
+    assert st["foreign_retransmits"] == n, st
+    assert st["foreign_adopted"] == 1 and st["foreign_given_back"] <= 1, st  # (the FIN)
+    assert st["tracked"] == 0 and st["dormant"] == 0, st
+    assert st["lines"] == 7, st
+    if version == ssl.TLSVersion.TLSv1_3:
+        assert st["tls_lent_segments"] > 0, st
+
+
+def test_syn_and_port_reuse_on_a_connection_in_c(conv, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stray SYN in the middle of a TLS connection held in C, and the same ports used again
+    by a new connection after it (a new SYN, once or twice), also without its FINs: the entries
+    are replaced, never two for one key, and the records are Python's."""
+    flights, keylog, _ = conv
+    rng = random.Random(22)
+    frames: list[tuple[float, int, bytes]] = []
+    for k, (isn, fins) in enumerate([(1000, True), (900_000, False), (7_000_000, True)]):
+        c = Conv(client=("10.0.0.1", 43000), server=("10.0.0.2", 443), isn_c=isn,
+                 isn_s=isn * 3, ts=1000.0 + 20 * k)
+        frames += c.handshake()
+        for j, (from_client, b) in enumerate(flights):
+            for seg in segments(b, rng.choice([500, 1448])):
+                frames.append(c.c(seg) if from_client else c.s(seg))
+            if j == len(flights) // 2 and k == 0:
+                stray = Conv(client=("10.0.0.1", 43000), server=("10.0.0.2", 443),
+                             isn_c=123_456, ts=frames[-1][0])
+                frames.append(stray.handshake()[0])  # a SYN, another ISN
+        if fins:
+            frames += [c.fin_c(), c.fin_s()]
+    pcap = _write(tmp_path / "reuse.pcap", frames)
+    _same(pcap, keylog, monkeypatch)
+    st = _native_stats(pcap, keylog)
+    assert st["tracked"] == 0 and st["dormant"] == 0, st
 
 
 @pytest.mark.root
@@ -681,6 +805,45 @@ def test_h2_interleaved_connections_and_limits(conv_h2, limits: dict, tmp_path: 
     recs = _same(_write(tmp_path / "h2m.pcap", merged), keylog, monkeypatch, **limits)
     if not limits:
         assert len(_h2_targets(recs)) == 3 * N_H2
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["at_once", "older"])
+def test_h2_steady_duplicates_lent(conv_h2, older: bool, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/2 over TLS with every data segment twice: the duplicates counted in C, the
+    directions still lent to the sink, the records and counters Python's."""
+    flights, keylog = conv_h2
+    frames, n = _with_duplicates(_frames(flights, [400, 1448], random.Random(23)), older)
+    pcap = _write(tmp_path / "h2dup.pcap", frames)
+    recs = _same(pcap, keylog, monkeypatch)
+    assert sorted(_h2_targets(recs)) == sorted(f"/h2/{i}" for i in range(N_H2))
+    st = _native_stats(pcap, keylog)
+    assert st["foreign_retransmits"] == n and st["foreign_adopted"] == 1, st
+    assert st["tls_lent_segments"] > 0, st
+    assert st["tracked"] == 0 and st["dormant"] == 0, st
+
+
+@pytest.mark.parametrize("limits", [{"idle_timeout": 5.0}, {"max_connections": 2}, {}],
+                         ids=["idle", "evicted", "finish"])
+def test_h2_ended_connections_leave_c(conv_h2, limits: dict, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/2 TLS connections cut before their end: forgotten by the C path when Python ends
+    them (their sinks too), the records Python's."""
+    flights, keylog = conv_h2
+    pcap = _write(tmp_path / "h2cut.pcap", _cut_conversations(flights, 8, 10.0))
+    _same(pcap, keylog, monkeypatch, **limits)
+    before = _tls_objects()
+    ex = Extractor(lambda e: None, emit_line=lambda b, n, t: None, keylog=_keys(keylog),
+                   **limits)
+    with CaptureReader(pcap) as r:
+        ex.run(iter(r))
+    if limits:
+        st = ex.native.stats()
+        assert st["tracked"] <= ex.reasm.tracked <= 2, st
+    ex.finish()
+    st = ex.native.stats()
+    assert st["tracked"] == 0 and st["dormant"] == 0, st
+    assert _tls_objects() == before
 
 
 def test_meta_encoded_in_c_as_orjson() -> None:
