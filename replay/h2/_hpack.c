@@ -13,8 +13,11 @@
  * ``scan(...)`` reads the usual frames of ``replay.h2.reader.H2Connection`` (complete DATA
  * frames, HEADERS frames that end their block) as its ``_frame`` does, decodes their blocks and
  * splits the heads as ``_request_parts`` / ``_response_parts`` do, and hands them back as events
- * for ``H2Connection._events``; any other frame is left to ``_frame``.
- * tests/h2/test_hpack_native.py holds both to their Python definitions.
+ * for ``H2Connection._events``; any other frame is left to ``_frame``. ``run(...)`` reads the
+ * same frames and handles their usual events itself (see its comment below), making the
+ * reader's objects by recipe (``make``).
+ * tests/h2/test_hpack_native.py and tests/h2/test_h2_run_native.py hold them to their Python
+ * definitions.
  *
  * The block and frame bytes are hostile; so may be the Python objects read (the decoder's
  * attributes are plain): an entry that is not a (str, str) tuple or a size beyond 2^60 is
@@ -24,6 +27,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -139,18 +143,21 @@ static int read_size(PyObject *dec, PyObject *name, long long *out) {
     return 0;
 }
 
-/* Write the decoder's state back; then ``forget()`` when asked. */
+/* Write the decoder's state back (when it changed: as the Python code, which assigns only
+ * what it changes); then ``forget()`` when asked. */
 static int store(St *st, int forget) {
-    PyObject *v = PyLong_FromLongLong(st->size);
-    if (v == NULL) return -1;
-    int r = PyObject_SetAttr(st->dec, s_size, v);
-    Py_DECREF(v);
-    if (r < 0) return -1;
-    v = PyLong_FromLongLong(st->max_size);
-    if (v == NULL) return -1;
-    r = PyObject_SetAttr(st->dec, s_max_size, v);
-    Py_DECREF(v);
-    if (r < 0) return -1;
+    if (st->dirty) {
+        PyObject *v = PyLong_FromLongLong(st->size);
+        if (v == NULL) return -1;
+        int r = PyObject_SetAttr(st->dec, s_size, v);
+        Py_DECREF(v);
+        if (r < 0) return -1;
+        v = PyLong_FromLongLong(st->max_size);
+        if (v == NULL) return -1;
+        r = PyObject_SetAttr(st->dec, s_max_size, v);
+        Py_DECREF(v);
+        if (r < 0) return -1;
+    }
     st->dirty = 0;
     if (forget) {
         PyObject *x = PyObject_CallMethodNoArgs(st->dec, s_forget);
@@ -464,7 +471,9 @@ static inline int is_pseudo(PyObject *k) {
 /* ("?", value or "?") for a field naming an unknown entry; else the field. New reference. */
 static PyObject *marked(PyObject *f) {
     PyObject *k = PyTuple_GET_ITEM(f, 0), *v = PyTuple_GET_ITEM(f, 1);
-    if (k != UNKNOWN && PyUnicode_Compare(k, UNKNOWN) != 0) {
+    /* (a str of another length is not UNKNOWN: most are compared by their length alone) */
+    if (k != UNKNOWN && (PyUnicode_GET_LENGTH(k) != PyUnicode_GET_LENGTH(UNKNOWN)
+                         || PyUnicode_Compare(k, UNKNOWN) != 0)) {
         if (PyErr_Occurred()) return NULL;
         Py_INCREF(f);
         return f;
@@ -632,6 +641,765 @@ fail:
     return NULL;
 }
 
+/* ---- Objects of the reader's dataclasses made as their generated ``__init__`` makes them ----
+ *
+ * ``configure_make(i, cls, nargs, recipe)``: recipe i makes ``cls(*args)`` for ``nargs``
+ * positional arguments: per field (``dataclasses.fields`` order), its slot's name and how it is
+ * filled: (name, 0, None) the next argument, (name, 1, default) the default object itself,
+ * (name, 2, list or dict) a new empty one, (name, 3, j) an object of recipe j < i (a
+ * ``default_factory`` that is another of these classes). ``replay.h2.reader`` builds the recipes
+ * from the dataclasses and checks that ``__init__`` is the generated one; here each name must be
+ * a writable object slot of ``cls`` itself (a member descriptor inside the instance) and
+ * ``cls`` must be made by ``object.__new__``. tests/h2/test_hpack_native.py holds the objects
+ * made to the ones the classes make. */
+#define N_RECIPES 8
+#define MAX_RFIELDS 24
+typedef struct {
+    PyTypeObject *cls;  /* NULL: not configured (the class is called) */
+    int nargs, n;
+    Py_ssize_t off[MAX_RFIELDS];
+    int kind[MAX_RFIELDS];
+    PyObject *val[MAX_RFIELDS];
+} Recipe;
+static Recipe recipes[N_RECIPES];
+#define RC_COMPLETENESS 0
+#define RC_EXCHANGE 1
+#define RC_REQUEST 2
+#define RC_RESPONSE 3
+#define RC_MSG 4
+#define RC_STREAM 5
+
+static PyObject *make(int r, PyObject *const *args, Py_ssize_t nargs) {
+    Recipe *R = &recipes[r];
+    if (R->cls == NULL || nargs != R->nargs) {
+        PyErr_SetString(PyExc_RuntimeError, "replay.h2._hpack: recipe not configured");
+        return NULL;
+    }
+    PyObject *o = R->cls->tp_alloc(R->cls, 0);
+    if (o == NULL) return NULL;
+    int a = 0;
+    for (int i = 0; i < R->n; i++) {
+        PyObject *v;
+        switch (R->kind[i]) {
+        case 0:
+            v = args[a++];
+            Py_INCREF(v);
+            break;
+        case 1:
+            v = R->val[i];
+            Py_INCREF(v);
+            break;
+        case 2:
+            v = R->val[i] == (PyObject *)&PyList_Type ? PyList_New(0) : PyDict_New();
+            break;
+        default:
+            v = make((int)PyLong_AsLong(R->val[i]), NULL, 0);
+            break;
+        }
+        if (v == NULL) {
+            Py_DECREF(o);
+            return NULL;
+        }
+        PyObject **slot = (PyObject **)((char *)o + R->off[i]);
+        Py_XSETREF(*slot, v);
+    }
+    return o;
+}
+
+/* ``cls(*args)``: by its recipe when there is one, else called. */
+static PyObject *new_of(int r, PyObject *cls, PyObject *const *args, Py_ssize_t nargs) {
+    if (recipes[r].cls != NULL) return make(r, args, nargs);
+    return PyObject_Vectorcall(cls, args, nargs, NULL);
+}
+
+static PyObject *configure_make(PyObject *self, PyObject *args) {
+    int r, nargs;
+    PyObject *cls, *recipe;
+    if (!PyArg_ParseTuple(args, "iO!iO!", &r, &PyType_Type, &cls, &nargs, &PyList_Type,
+                          &recipe))
+        return NULL;
+    PyTypeObject *t = (PyTypeObject *)cls;
+    Py_ssize_t n = PyList_GET_SIZE(recipe);
+    if (r < 0 || r >= N_RECIPES || n > MAX_RFIELDS || nargs < 0 || nargs > n) {
+        PyErr_SetString(PyExc_ValueError, "recipe out of range");
+        return NULL;
+    }
+    if (t->tp_new != PyBaseObject_Type.tp_new || t->tp_alloc == NULL
+        || t->tp_basicsize < (Py_ssize_t)sizeof(PyObject) || t->tp_itemsize != 0) {
+        PyErr_SetString(PyExc_TypeError, "recipe: a class made by object.__new__");
+        return NULL;
+    }
+    Recipe R;
+    memset(&R, 0, sizeof(R));
+    R.nargs = nargs;
+    R.n = (int)n;
+    int args_seen = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(recipe, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3
+            || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0))
+            || !PyLong_Check(PyTuple_GET_ITEM(item, 1))) {
+            PyErr_SetString(PyExc_TypeError, "recipe: (name, kind, value) tuples");
+            return NULL;
+        }
+        PyObject *d = PyDict_GetItemWithError(t->tp_dict, PyTuple_GET_ITEM(item, 0));
+        if (d == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "recipe: a slot of the class itself");
+            return NULL;
+        }
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type)
+            || ((PyMemberDescrObject *)d)->d_common.d_type != t) {
+            PyErr_SetString(PyExc_TypeError, "recipe: a slot of the class itself");
+            return NULL;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)
+            || m->offset < (Py_ssize_t)sizeof(PyObject)
+            || m->offset > t->tp_basicsize - (Py_ssize_t)sizeof(PyObject *)) {
+            PyErr_SetString(PyExc_TypeError, "recipe: a writable object slot");
+            return NULL;
+        }
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        PyObject *v = PyTuple_GET_ITEM(item, 2);
+        if (kind == 0) {
+            if (args_seen != i) {
+                PyErr_SetString(PyExc_ValueError, "recipe: the arguments first");
+                return NULL;
+            }
+            args_seen++;
+        } else if (kind == 2) {
+            if (v != (PyObject *)&PyList_Type && v != (PyObject *)&PyDict_Type) {
+                PyErr_SetString(PyExc_ValueError, "recipe: list or dict");
+                return NULL;
+            }
+        } else if (kind == 3) {
+            long j = PyLong_Check(v) ? PyLong_AsLong(v) : -1;
+            if (j < 0 || j >= r || recipes[j].cls == NULL || recipes[j].nargs != 0) {
+                PyErr_SetString(PyExc_ValueError, "recipe: an earlier recipe without arguments");
+                return NULL;
+            }
+        } else if (kind != 1) {
+            PyErr_SetString(PyExc_ValueError, "recipe: kind 0 to 3");
+            return NULL;
+        }
+        R.off[i] = m->offset;
+        R.kind[i] = (int)kind;
+        R.val[i] = kind == 0 ? NULL : v;
+    }
+    if (args_seen != nargs) {
+        PyErr_SetString(PyExc_ValueError, "recipe: as many arguments as said");
+        return NULL;
+    }
+    for (int i = 0; i < R.n; i++) Py_XINCREF(R.val[i]);
+    Py_INCREF(cls);
+    R.cls = t;
+    Recipe old = recipes[r];
+    recipes[r] = R;
+    for (int i = 0; i < old.n; i++) Py_XDECREF(old.val[i]);
+    Py_XDECREF(old.cls);
+    Py_RETURN_NONE;
+}
+
+/* make(i, *args): an object by recipe i (for the tests). */
+static PyObject *make_py(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "make(recipe, *args)");
+        return NULL;
+    }
+    long r = PyLong_AsLong(args[0]);
+    if (r == -1 && PyErr_Occurred()) return NULL;
+    if (r < 0 || r >= N_RECIPES) {
+        PyErr_SetString(PyExc_ValueError, "recipe out of range");
+        return NULL;
+    }
+    return make((int)r, args + 1, nargs - 1);
+}
+
+/* ---- The reader's usual events, handled in C ------------------------------------------------
+ *
+ * ``run(conn, side, data, pos, ts) -> pos`` reads the frames ``scan`` reads, and does with each
+ * what ``H2Connection._events`` (``_data``, ``_body``, ``_end``, ``_stream``,
+ * ``_request_headers``, ``_response_headers``, ``_done``, ``_emit``) does with it, in the usual
+ * case: a request head (read whole, no unknown entry) opening a new stream, a final response
+ * head (2xx-5xx) on a stream without one, a body chunk within the limits on a known stream, the
+ * ends of streams and the emission of a plain exchange (no gap, no cap, no unknown entry,
+ * request and response both seen, not gRPC). Anything else goes to the Python code, the
+ * definition, as it comes: the event to ``conn._events`` (decided before anything is changed),
+ * the end of a stream to ``conn._done``, an emission to ``conn._emit``; a frame ``scan`` does
+ * not read stops ``run`` (left to ``_frame``). Each frame is handled before the next is read
+ * (the order ``_frame`` keeps). The Python objects read are checked: an attribute of another
+ * type than the reader's makes the event go to Python, never a crash. */
+static PyObject *R_Exchange = NULL, *R_Request = NULL, *R_Response = NULL, *R_Stream = NULL;
+static Py_ssize_t R_MAX_STREAMS = -1;
+static PyObject *R_HTTP2, *R_EMPTY, *R_GRPC, *R_CTYPE, *R_EMPTY_BYTES;
+static PyObject *a_hpack, *a_stats, *a_client, *a_max_frame, *a_streams, *a_closed, *a_n,
+    *a_conn_id, *a_conn, *a_meta, *a_h2, *a_stream, *a_req, *a_resp, *a_ex, *a_sid, *a_final,
+    *a_unknown, *a_request, *a_response, *a_ts_rqs, *a_ts_rqe, *a_ts_rss, *a_ts_rse, *a_body,
+    *a_length, *a_kept, *a_capped, *a_ended, *a_gaps, *a_held, *a_max_body, *a_block_sid,
+    *a_events, *a_done, *a_emit_m, *a_emit, *a_outer, *a_retransmits, *a_completeness,
+    *a_headers, *a_update, *a_join, *k_streams, *k_exchanges;
+
+#define DECLINE 0
+#define HANDLED 1
+#define FAILED (-1)
+
+/* A long long attribute that is an int (exactly) in range: 1; 0 when it is not one; -1 on an
+ * error. */
+static int get_ll(PyObject *o, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int ok = 0;
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) {
+            Py_DECREF(v);
+            return -1;
+        }
+        if (!overflow && x < SIZE_LIMIT && x > -SIZE_LIMIT) {
+            *out = x;
+            ok = 1;
+        }
+    }
+    Py_DECREF(v);
+    return ok;
+}
+
+static int set_ll(PyObject *o, PyObject *name, long long x) {
+    PyObject *v = PyLong_FromLongLong(x);
+    if (v == NULL) return -1;
+    int r = PyObject_SetAttr(o, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* The attribute's truth: 1, 0; -1 on an error. */
+static int get_true(PyObject *o, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL) return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* ``conn.<name>(*args)`` (the Python definition, for what is not the usual case). */
+static int call_py(PyObject *conn, PyObject *name, PyObject *a, PyObject *b, PyObject *c) {
+    PyObject *r = PyObject_CallMethodObjArgs(conn, name, a, b, c, NULL);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ``msg.body[0] if len(msg.body) == 1 else b"".join(msg.body)``: new reference. */
+static PyObject *joined(PyObject *body) {
+    Py_ssize_t n = PyList_GET_SIZE(body);
+    if (n == 1) {
+        PyObject *b = PyList_GET_ITEM(body, 0);
+        Py_INCREF(b);
+        return b;
+    }
+    if (n == 0) {
+        Py_INCREF(R_EMPTY_BYTES);
+        return R_EMPTY_BYTES;
+    }
+    return PyObject_CallMethodOneArg(R_EMPTY_BYTES, a_join, body);
+}
+
+/* ``_is_grpc(ex)`` of the request's headers: 1, 0; 2 when they are not (str, str) tuples in
+ * a list (left to Python); -1 on an error. */
+static int is_grpc(PyObject *request) {
+    PyObject *hs = PyObject_GetAttr(request, a_headers);
+    if (hs == NULL) return -1;
+    int r = 2;
+    if (PyList_CheckExact(hs)) {
+        r = 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(hs); i++) {
+            PyObject *f = PyList_GET_ITEM(hs, i);
+            if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 2
+                || !PyUnicode_CheckExact(PyTuple_GET_ITEM(f, 0))
+                || !PyUnicode_CheckExact(PyTuple_GET_ITEM(f, 1))) {
+                r = 2;
+                break;
+            }
+            PyObject *k = PyTuple_GET_ITEM(f, 0);
+            if (PyUnicode_GET_LENGTH(k) == 12 && PyUnicode_Compare(k, R_CTYPE) == 0) {
+                PyObject *v = PyTuple_GET_ITEM(f, 1);
+                Py_ssize_t m = PyUnicode_Tailmatch(v, R_GRPC, 0, PY_SSIZE_T_MAX, -1);
+                r = m < 0 ? -1 : (int)m;
+                break;
+            }
+        }
+    }
+    Py_DECREF(hs);
+    return r;
+}
+
+/* ``_emit(st)``: the plain exchange here, any other by ``conn._emit``. */
+static int r_emit(PyObject *conn, PyObject *stats, PyObject *st) {
+    PyObject *req = NULL, *resp = NULL, *ex = NULL, *request = NULL, *response = NULL,
+        *rb = NULL, *sb = NULL, *g = NULL, *tmp = NULL;
+    int rc = -1, plain = 0;
+    long long rk = 0, sk = 0, held = 0, unk = 1;
+    if ((req = PyObject_GetAttr(st, a_req)) == NULL) goto done;
+    if ((resp = PyObject_GetAttr(st, a_resp)) == NULL) goto done;
+    if ((ex = PyObject_GetAttr(st, a_ex)) == NULL) goto done;
+    if ((request = PyObject_GetAttr(ex, a_request)) == NULL) goto done;
+    if ((response = PyObject_GetAttr(ex, a_response)) == NULL) goto done;
+    if (request == Py_None || response == Py_None) goto decided;
+    int k;
+    if ((k = get_ll(st, a_unknown, &unk)) < 0) goto done;
+    if (!k || unk) goto decided;
+    PyObject *msgs[2] = {req, resp};
+    for (int i = 0; i < 2; i++) {
+        if ((g = PyObject_GetAttr(msgs[i], a_gaps)) == NULL) goto done;
+        int ok = PyList_CheckExact(g) && PyList_GET_SIZE(g) == 0;
+        Py_CLEAR(g);
+        if (!ok) goto decided;
+        if ((k = get_true(msgs[i], a_capped)) < 0) goto done;
+        if (k) goto decided;
+        if ((k = get_ll(msgs[i], a_kept, i ? &sk : &rk)) < 0) goto done;
+        if (!k) goto decided;
+        if ((tmp = PyObject_GetAttr(msgs[i], a_body)) == NULL) goto done;
+        if (!PyList_CheckExact(tmp)) goto decided;
+        if (i) sb = tmp; else rb = tmp;
+        tmp = NULL;
+    }
+    if ((k = get_ll(conn, a_held, &held)) < 0) goto done;
+    if (!k) goto decided;
+    if ((k = is_grpc(request)) < 0) goto done;
+    if (k) goto decided;
+    plain = 1;
+decided:
+    if (!plain) {
+        rc = call_py(conn, a_emit_m, st, NULL, NULL);
+        goto done;
+    }
+    /* as ``_emit`` does with a plain exchange */
+    if (set_ll(conn, a_held, held - rk - sk) < 0) goto done;
+    if ((tmp = joined(rb)) == NULL || PyObject_SetAttr(request, a_body, tmp) < 0) goto done;
+    Py_CLEAR(tmp);
+    if ((tmp = joined(sb)) == NULL || PyObject_SetAttr(response, a_body, tmp) < 0) goto done;
+    Py_CLEAR(tmp);
+    if ((tmp = PyObject_GetAttr(conn, a_meta)) == NULL) goto done;
+    if (tmp != Py_None) {
+        PyObject *m = PyObject_CallNoArgs(tmp);
+        if (m == NULL) goto done;
+        Py_SETREF(tmp, m);
+        PyObject *em = PyObject_GetAttr(ex, a_meta);
+        if (em == NULL) goto done;
+        PyObject *r = PyObject_CallMethodOneArg(em, a_update, tmp);
+        Py_DECREF(em);
+        if (r == NULL) goto done;
+        Py_DECREF(r);
+    }
+    Py_CLEAR(tmp);
+    if ((tmp = PyObject_GetAttr(conn, a_outer)) == NULL) goto done;
+    if (tmp != Py_None) {
+        PyObject *rt = PyObject_GetAttr(tmp, a_retransmits);
+        if (rt == NULL) goto done;
+        PyObject *c = PyObject_GetAttr(ex, a_completeness);
+        if (c == NULL) {
+            Py_DECREF(rt);
+            goto done;
+        }
+        int e = PyObject_SetAttr(c, a_retransmits, rt);
+        Py_DECREF(c);
+        Py_DECREF(rt);
+        if (e < 0) goto done;
+    }
+    Py_CLEAR(tmp);
+    if (count_in(stats, k_exchanges, 1) < 0) goto done;
+    if ((tmp = PyObject_GetAttr(conn, a_emit)) == NULL) goto done;
+    PyObject *r = PyObject_CallOneArg(tmp, ex);
+    if (r == NULL) goto done;
+    Py_DECREF(r);
+    rc = 0;
+done:
+    Py_XDECREF(tmp);
+    Py_XDECREF(g);
+    Py_XDECREF(rb);
+    Py_XDECREF(sb);
+    Py_XDECREF(request);
+    Py_XDECREF(response);
+    Py_XDECREF(ex);
+    Py_XDECREF(resp);
+    Py_XDECREF(req);
+    return rc;
+}
+
+/* ``_done(st)``: here while the closed streams are few, else by ``conn._done``. */
+static int r_done(PyObject *conn, PyObject *stats, PyObject *st) {
+    PyObject *streams = PyObject_GetAttr(conn, a_streams), *closed = NULL, *sid = NULL;
+    int rc = -1;
+    if (streams == NULL) return -1;
+    if ((closed = PyObject_GetAttr(conn, a_closed)) == NULL) goto done;
+    if ((sid = PyObject_GetAttr(st, a_sid)) == NULL) goto done;
+    if (!PyDict_CheckExact(streams) || !PySet_CheckExact(closed) || !PyLong_CheckExact(sid)
+        || PySet_GET_SIZE(closed) >= 4 * R_MAX_STREAMS) {
+        rc = call_py(conn, a_done, st, NULL, NULL);
+        goto done;
+    }
+    int has = PyDict_Contains(streams, sid);
+    if (has < 0) goto done;
+    if (has && PyDict_DelItem(streams, sid) < 0) goto done;
+    if (PySet_Add(closed, sid) < 0) goto done;
+    rc = r_emit(conn, stats, st);
+done:
+    Py_XDECREF(sid);
+    Py_XDECREF(closed);
+    Py_DECREF(streams);
+    return rc;
+}
+
+/* ``_end(st, client, ts)``. */
+static int r_end(PyObject *conn, PyObject *stats, PyObject *st, PyObject *ex, int client,
+                 PyObject *ts) {
+    PyObject *msg = PyObject_GetAttr(st, client ? a_req : a_resp);
+    if (msg == NULL) return -1;
+    int e = PyObject_SetAttr(msg, a_ended, Py_True);
+    Py_DECREF(msg);
+    if (e < 0) return -1;
+    if (PyObject_SetAttr(ex, client ? a_ts_rqe : a_ts_rse, ts) < 0) return -1;
+    PyObject *other = PyObject_GetAttr(st, client ? a_resp : a_req);
+    if (other == NULL) return -1;
+    int ended = get_true(other, a_ended);
+    Py_DECREF(other);
+    if (ended <= 0) return ended;
+    return r_done(conn, stats, st);
+}
+
+/* ``_data(side, sid, chunk, end_stream, ts)`` on a known stream, within the body limits. */
+static int r_data(PyObject *conn, PyObject *stats, PyObject *streams, int client,
+                  PyObject *sid, const unsigned char *body, Py_ssize_t n, int end_stream,
+                  PyObject *ts) {
+    PyObject *st = PyDict_GetItemWithError(streams, sid);
+    if (st == NULL) return PyErr_Occurred() ? FAILED : DECLINE;
+    Py_INCREF(st);
+    PyObject *msg = NULL, *ex = NULL, *lst = NULL, *chunk = NULL;
+    int rc = FAILED, k;
+    long long kept = 0, held = 0, max_body = 0, length = 0;
+    if ((msg = PyObject_GetAttr(st, client ? a_req : a_resp)) == NULL) goto done;
+    if ((ex = PyObject_GetAttr(st, a_ex)) == NULL) goto done;
+    if (n) {
+        rc = DECLINE;
+        if ((k = get_true(msg, a_capped)) != 0) goto fail_or_decline;
+        if ((k = get_ll(msg, a_kept, &kept)) <= 0) goto fail_or_decline;
+        if ((k = get_ll(msg, a_length, &length)) <= 0) goto fail_or_decline;
+        if ((k = get_ll(conn, a_held, &held)) <= 0) goto fail_or_decline;
+        if ((k = get_ll(conn, a_max_body, &max_body)) <= 0) goto fail_or_decline;
+        long long room = max_body - kept < max_body - held ? max_body - kept : max_body - held;
+        if (n > room) goto done;
+        if ((lst = PyObject_GetAttr(msg, a_body)) == NULL) goto fail;
+        if (!PyList_CheckExact(lst)) goto done;
+        rc = FAILED;
+    }
+    /* as ``_body`` and ``_end`` do */
+    if (client) {
+        if (PyObject_SetAttr(ex, a_ts_rqe, ts) < 0) goto done;
+    } else {
+        if (PyObject_SetAttr(ex, a_ts_rse, ts) < 0) goto done;
+        PyObject *t = PyObject_GetAttr(ex, a_ts_rss);
+        if (t == NULL) goto done;
+        Py_DECREF(t);
+        if (t == Py_None && PyObject_SetAttr(ex, a_ts_rss, ts) < 0) goto done;
+    }
+    if (n) {
+        if (set_ll(msg, a_length, length + n) < 0) goto done;
+        if ((chunk = PyBytes_FromStringAndSize((const char *)body, n)) == NULL) goto done;
+        if (PyList_Append(lst, chunk) < 0) goto done;
+        if (set_ll(msg, a_kept, kept + n) < 0) goto done;
+        if (set_ll(conn, a_held, held + n) < 0) goto done;
+    }
+    if (end_stream && r_end(conn, stats, st, ex, client, ts) < 0) goto done;
+    rc = HANDLED;
+    goto done;
+fail_or_decline:
+    if (k > 0 || (k == 0 && !PyErr_Occurred())) goto done;  /* k: 1 (capped) or 0: decline */
+fail:
+    rc = FAILED;
+done:
+    Py_XDECREF(chunk);
+    Py_XDECREF(lst);
+    Py_XDECREF(ex);
+    Py_XDECREF(msg);
+    Py_DECREF(st);
+    return rc;
+}
+
+/* ``f"{conn_id}.{n}"`` of a str and an int (checked exactly by the caller). */
+static PyObject *exchange_id(PyObject *cid, PyObject *n) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(n, &overflow);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t len = PyUnicode_GET_LENGTH(cid);
+    if (overflow || v < 0 || !PyUnicode_IS_ASCII(cid) || len > 4096)
+        return PyUnicode_FromFormat("%U.%S", cid, n);
+    char digits[24];
+    int nd = snprintf(digits, sizeof(digits), ".%lld", v);
+    PyObject *r = PyUnicode_New(len + nd, 127);
+    if (r == NULL) return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(r), PyUnicode_1BYTE_DATA(cid), (size_t)len);
+    memcpy(PyUnicode_1BYTE_DATA(r) + len, digits, (size_t)nd);
+    return r;
+}
+
+/* A three-digit final status ("200" to "599") as ``_STATUS`` maps it; else -1. */
+static long final_status(PyObject *v) {
+    if (!PyUnicode_CheckExact(v) || PyUnicode_GET_LENGTH(v) != 3) return -1;
+    long s = 0;
+    for (int i = 0; i < 3; i++) {
+        Py_UCS4 ch = PyUnicode_READ_CHAR(v, i);
+        if (ch < '0' || ch > '9') return -1;
+        s = s * 10 + (long)(ch - '0');
+    }
+    return s >= 200 && s < 600 ? s : -1;
+}
+
+/* A whole header block read with no unknown entry: a request head opening a new stream, or a
+ * final response head on a stream without one. */
+static int r_headers(PyObject *conn, PyObject *stats, PyObject *side, PyObject *streams,
+                     int client, PyObject *sid, PyObject *fields, int end_stream,
+                     PyObject *ts) {
+    PyObject *st = PyDict_GetItemWithError(streams, sid);
+    if (st == NULL && PyErr_Occurred()) return FAILED;
+    PyObject *parts = NULL, *ex = NULL, *tmp = NULL, *id = NULL, *n1 = NULL, *closed = NULL,
+        *cid = NULL, *cconn = NULL, *own = NULL;
+    int rc = DECLINE;
+    if (client) {
+        if (st != NULL) return DECLINE;  /* trailers, or a head again */
+        if ((closed = PyObject_GetAttr(conn, a_closed)) == NULL) return FAILED;
+        int k = PySet_CheckExact(closed) ? PySet_Contains(closed, sid) : 1;
+        Py_CLEAR(closed);
+        if (k != 0) return k < 0 ? FAILED : DECLINE;
+        if (PyDict_GET_SIZE(streams) >= R_MAX_STREAMS) return DECLINE;
+        rc = FAILED;
+        if ((tmp = PyObject_GetAttr(conn, a_n)) == NULL) goto done;
+        if ((cid = PyObject_GetAttr(conn, a_conn_id)) == NULL) goto done;
+        if (!PyLong_CheckExact(tmp) || !PyUnicode_CheckExact(cid)) {
+            rc = DECLINE;
+            goto done;
+        }
+        if ((parts = request_parts(fields)) == NULL) goto done;
+        /* as ``_stream`` does */
+        PyObject *one = PyLong_FromLong(1);
+        if (one == NULL) goto done;
+        n1 = PyNumber_Add(tmp, one);
+        Py_DECREF(one);
+        if (n1 == NULL) goto done;
+        Py_CLEAR(tmp);
+        if (PyObject_SetAttr(side, a_block_sid, sid) < 0) goto done;
+        if (PyObject_SetAttr(conn, a_n, n1) < 0) goto done;
+        if ((id = exchange_id(cid, n1)) == NULL) goto done;
+        if ((cconn = PyObject_GetAttr(conn, a_conn)) == NULL) goto done;
+        PyObject *xa[2] = {id, cconn};
+        if ((ex = new_of(RC_EXCHANGE, R_Exchange, xa, 2)) == NULL) goto done;
+        if ((tmp = PyObject_GetAttr(ex, a_meta)) == NULL) goto done;
+        PyObject *h2 = Py_BuildValue("{OO}", a_stream, sid);
+        if (h2 == NULL) goto done;
+        int e = PyObject_SetItem(tmp, a_h2, h2);
+        Py_DECREF(h2);
+        if (e < 0) goto done;
+        Py_CLEAR(tmp);
+        PyObject *sa[2] = {sid, ex};
+        if ((own = new_of(RC_STREAM, R_Stream, sa, 2)) == NULL) goto done;
+        if (PyDict_SetItem(streams, sid, own) < 0) goto done;
+        if (count_in(stats, k_streams, 1) < 0) goto done;
+        /* as ``_request_headers`` does */
+        PyObject *qa[4] = {PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1), R_HTTP2,
+                           PyTuple_GET_ITEM(parts, 2)};
+        PyObject *req = new_of(RC_REQUEST, R_Request, qa, 4);
+        if (req == NULL) goto done;
+        e = PyObject_SetAttr(ex, a_request, req);
+        Py_DECREF(req);
+        if (e < 0 || PyObject_SetAttr(ex, a_ts_rqs, ts) < 0
+            || PyObject_SetAttr(ex, a_ts_rqe, ts) < 0)
+            goto done;
+        if (end_stream && r_end(conn, stats, own, ex, 1, ts) < 0) goto done;
+        rc = HANDLED;
+    } else {
+        if (st == NULL) return DECLINE;  /* a response without its request */
+        Py_INCREF(st);
+        own = st;
+        int k = get_true(own, a_final);
+        if (k != 0) {  /* trailers */
+            rc = k < 0 ? FAILED : DECLINE;
+            goto done;
+        }
+        rc = FAILED;
+        if ((parts = response_parts(fields)) == NULL) goto done;
+        long status = final_status(PyTuple_GET_ITEM(parts, 0));
+        if (status < 0) {  /* 1xx, or odd: ``_response_headers`` */
+            rc = DECLINE;
+            goto done;
+        }
+        if ((ex = PyObject_GetAttr(own, a_ex)) == NULL) goto done;
+        if (PyObject_SetAttr(side, a_block_sid, sid) < 0) goto done;
+        /* as ``_response_headers`` does */
+        if ((tmp = PyLong_FromLong(status)) == NULL) goto done;
+        PyObject *pa[4] = {tmp, R_EMPTY, R_HTTP2, PyTuple_GET_ITEM(parts, 1)};
+        PyObject *resp = new_of(RC_RESPONSE, R_Response, pa, 4);
+        if (resp == NULL) goto done;
+        Py_CLEAR(tmp);
+        int e = PyObject_SetAttr(own, a_final, Py_True);
+        if (e == 0) e = PyObject_SetAttr(ex, a_response, resp);
+        Py_DECREF(resp);
+        if (e < 0 || PyObject_SetAttr(ex, a_ts_rss, ts) < 0
+            || PyObject_SetAttr(ex, a_ts_rse, ts) < 0)
+            goto done;
+        if (end_stream && r_end(conn, stats, own, ex, 0, ts) < 0) goto done;
+        rc = HANDLED;
+    }
+done:
+    Py_XDECREF(own);
+    Py_XDECREF(cconn);
+    Py_XDECREF(id);
+    Py_XDECREF(n1);
+    Py_XDECREF(cid);
+    Py_XDECREF(tmp);
+    Py_XDECREF(ex);
+    Py_XDECREF(parts);
+    return rc;
+}
+
+/* The event ``scan`` would make, to ``conn._events(side, [event], ts)``. */
+static int to_python(PyObject *conn, PyObject *side, PyObject *ev, PyObject *ts) {
+    if (ev == NULL) return -1;
+    PyObject *lst = PyList_New(1);
+    if (lst == NULL) {
+        Py_DECREF(ev);
+        return -1;
+    }
+    PyList_SET_ITEM(lst, 0, ev);
+    int r = call_py(conn, a_events, side, lst, ts);
+    Py_DECREF(lst);
+    return r;
+}
+
+static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "run(conn, side, data, pos, ts)");
+        return NULL;
+    }
+    if (!configured || R_Exchange == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "replay.h2._hpack: configure_reader() first");
+        return NULL;
+    }
+    PyObject *conn = args[0], *side = args[1], *data = args[2], *ts = args[4];
+    Py_ssize_t pos = PyLong_AsSsize_t(args[3]);
+    if (pos == -1 && PyErr_Occurred()) return NULL;
+    if (!PyBytes_CheckExact(data)) return PyLong_FromSsize_t(pos);  /* left to ``_frame`` */
+    PyObject *dec = NULL, *stats = NULL, *streams = NULL, *ev = NULL;
+    Py_ssize_t start = pos;
+    long long max_frame = 0;
+    int client = 0;
+    if ((dec = PyObject_GetAttr(side, a_hpack)) == NULL) goto fail;
+    if ((stats = PyObject_GetAttr(conn, a_stats)) == NULL) goto fail;
+    if ((streams = PyObject_GetAttr(conn, a_streams)) == NULL) goto fail;
+    if ((client = get_true(side, a_client)) < 0) goto fail;
+    int k = get_ll(side, a_max_frame, &max_frame);
+    if (k < 0) goto fail;
+    if (!k || !PyDict_CheckExact(stats) || !PyDict_CheckExact(streams)) goto out;
+    /* ``data`` is a bytes object held by the caller: immutable while read */
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t end = PyBytes_GET_SIZE(data);
+    if (pos < 0 || pos > end) goto out;
+    while (end - pos >= 9) {
+        const unsigned char *h = d + pos;
+        long long length = ((long long)h[0] << 16) | (h[1] << 8) | h[2];
+        unsigned ftype = h[3], flags = h[4];
+        long sidv = ((long)(h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8];
+        if (length > max_frame && length >= 16384) break;
+        if (end - pos < 9 + length) break;
+        if (ftype > 1 || !sidv) break;
+        if (ftype == 1 && !(flags & 0x04)) break;
+        const unsigned char *body = h + 9;
+        Py_ssize_t n = (Py_ssize_t)length;
+        if (flags & 0x08) {  /* PADDED */
+            if (n == 0 || body[0] >= n) break;
+            n = n - 1 - body[0];
+            body += 1;
+        }
+        if (ftype == 1 && (flags & 0x20)) {  /* PRIORITY */
+            if (n < 5) break;
+            body += 5;
+            n -= 5;
+        }
+        /* the frame is taken: whatever happens next, ``pos`` goes past it */
+        pos += 9 + (Py_ssize_t)length;
+        if (count_frame(stats) < 0) goto fail;
+        PyObject *sid = PyLong_FromLong(sidv);
+        if (sid == NULL) goto fail;
+        int end_stream = flags & 0x01, r;
+        if (ftype == 0) {
+            r = r_data(conn, stats, streams, client, sid, body, n, end_stream, ts);
+            if (r == DECLINE)
+                r = to_python(conn, side, Py_BuildValue("(iOy#N)", 0, sid, (const char *)body,
+                                                        n, PyBool_FromLong(end_stream)),
+                              ts);
+        } else {
+            PyObject *res = decode_impl(dec, body, n);
+            if (res == NULL) {
+                Py_DECREF(sid);
+                goto fail;
+            }
+            PyObject *fields = PyTuple_GET_ITEM(res, 0);
+            PyObject *unknown = PyTuple_GET_ITEM(res, 1);
+            PyObject *whole = PyTuple_GET_ITEM(res, 2);
+            r = DECLINE;
+            if (whole == Py_True && PyLong_AsLong(unknown) == 0)
+                r = r_headers(conn, stats, side, streams, client, sid, fields, end_stream, ts);
+            if (r == DECLINE) {
+                PyObject *parts = client ? request_parts(fields) : response_parts(fields);
+                r = parts == NULL ? -1
+                    : to_python(conn, side,
+                                Py_BuildValue("(iONOOON)", 1, sid, PyBool_FromLong(end_stream),
+                                              fields, unknown, whole, parts),
+                                ts);
+            }
+            Py_DECREF(res);
+        }
+        Py_DECREF(sid);
+        if (r < 0) goto fail;
+    }
+out:
+    Py_XDECREF(ev);
+    Py_XDECREF(dec);
+    Py_XDECREF(stats);
+    Py_XDECREF(streams);
+    return PyLong_FromSsize_t(pos);
+fail:
+    (void)start;
+    Py_XDECREF(ev);
+    Py_XDECREF(dec);
+    Py_XDECREF(stats);
+    Py_XDECREF(streams);
+    return NULL;
+}
+
+/* configure_reader(Exchange, Request, Response, _Stream, max_streams) */
+static PyObject *configure_reader(PyObject *self, PyObject *args) {
+    PyObject *ex, *rq, *rs, *st;
+    Py_ssize_t ms;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!n", &PyType_Type, &ex, &PyType_Type, &rq, &PyType_Type,
+                          &rs, &PyType_Type, &st, &ms))
+        return NULL;
+    if (ms < 0 || ms > (PY_SSIZE_T_MAX / 8)) {
+        PyErr_SetString(PyExc_ValueError, "max_streams out of range");
+        return NULL;
+    }
+    Py_INCREF(ex);
+    Py_XSETREF(R_Exchange, ex);
+    Py_INCREF(rq);
+    Py_XSETREF(R_Request, rq);
+    Py_INCREF(rs);
+    Py_XSETREF(R_Response, rs);
+    Py_INCREF(st);
+    Py_XSETREF(R_Stream, st);
+    R_MAX_STREAMS = ms;
+    Py_RETURN_NONE;
+}
+
 /* configure(static, unknown, max_table, max_header_list, max_fields, max_int, codes, lengths) */
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *stat, *unk, *codes, *lengths;
@@ -752,7 +1520,14 @@ static PyMethodDef methods[] = {
      "decode(decoder, block) -> (fields, unknown, whole): PassiveDecoder.decode_py in C."},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(decoder, stats, client, data, pos, max_frame) -> (events, pos)."},
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
+     "run(conn, side, data, pos, ts) -> pos: the usual frames read and handled."},
     {"configure", configure, METH_VARARGS, "The static table, marker, limits and code."},
+    {"configure_make", configure_make, METH_VARARGS,
+     "configure_make(i, cls, nargs, recipe): how recipe i makes cls(*args)."},
+    {"make", (PyCFunction)(void (*)(void))make_py, METH_FASTCALL, "make(i, *args)."},
+    {"configure_reader", configure_reader, METH_VARARGS,
+     "configure_reader(Exchange, Request, Response, _Stream, max_streams)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -774,6 +1549,56 @@ PyMODINIT_FUNC PyInit__hpack(void) {
     INTERN(k_unknown_refs, "hpack_unknown_refs");
     INTERN(k_frames, "frames");
     INTERN(QMARK, "?");
+    INTERN(R_HTTP2, "HTTP/2");
+    INTERN(R_EMPTY, "");
+    INTERN(R_GRPC, "application/grpc");
+    INTERN(R_CTYPE, "content-type");
+    INTERN(a_hpack, "hpack");
+    INTERN(a_stats, "stats");
+    INTERN(a_client, "client");
+    INTERN(a_max_frame, "max_frame");
+    INTERN(a_streams, "streams");
+    INTERN(a_closed, "closed_streams");
+    INTERN(a_n, "n");
+    INTERN(a_conn_id, "conn_id");
+    INTERN(a_conn, "conn");
+    INTERN(a_meta, "meta");
+    INTERN(a_h2, "h2");
+    INTERN(a_stream, "stream");
+    INTERN(a_req, "req");
+    INTERN(a_resp, "resp");
+    INTERN(a_ex, "ex");
+    INTERN(a_sid, "sid");
+    INTERN(a_final, "final");
+    INTERN(a_unknown, "unknown");
+    INTERN(a_request, "request");
+    INTERN(a_response, "response");
+    INTERN(a_ts_rqs, "ts_request_start");
+    INTERN(a_ts_rqe, "ts_request_end");
+    INTERN(a_ts_rss, "ts_response_start");
+    INTERN(a_ts_rse, "ts_response_end");
+    INTERN(a_body, "body");
+    INTERN(a_length, "length");
+    INTERN(a_kept, "kept");
+    INTERN(a_capped, "capped");
+    INTERN(a_ended, "ended");
+    INTERN(a_gaps, "gaps");
+    INTERN(a_held, "held");
+    INTERN(a_max_body, "max_body");
+    INTERN(a_block_sid, "block_sid");
+    INTERN(a_events, "_events");
+    INTERN(a_done, "_done");
+    INTERN(a_emit_m, "_emit");
+    INTERN(a_emit, "emit");
+    INTERN(a_outer, "outer");
+    INTERN(a_retransmits, "retransmits");
+    INTERN(a_completeness, "completeness");
+    INTERN(a_headers, "headers");
+    INTERN(a_update, "update");
+    INTERN(a_join, "join");
+    INTERN(k_streams, "streams");
+    INTERN(k_exchanges, "exchanges");
 #undef INTERN
+    if ((R_EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0)) == NULL) return NULL;
     return PyModule_Create(&moduledef);
 }

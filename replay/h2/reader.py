@@ -9,8 +9,11 @@
   checks: padding, priority, stream 0); a frame that does not parse is counted and skipped,
   never raised. With ``replay/h2/_hpack.c`` built, the usual frames (complete DATA frames and
   HEADERS frames that end their block) are cut, HPACK-decoded and their heads split into
-  request/response parts in C (``SCAN``, handed on by ``_events``); everything else, and all
-  of it without the build, goes through ``_frame``, the definition;
+  request/response parts in C, and their usual events handled there too (``RUN``: a request
+  head opening a stream, a final response head, body chunks within the limits, the end and
+  emission of a plain exchange, its objects made as their dataclasses make them); the other
+  events of those frames go to ``_events`` (and ``_done``, ``_emit``), the definition, as they
+  come; every other frame, and all of it without the build, goes through ``_frame``;
 - header blocks (HEADERS/PUSH_PROMISE + CONTINUATION) are decoded by one passive HPACK decoder
   per direction (``replay.h2.hpack_passive``): a capture that starts mid-connection, or lost a
   header block in a gap, decodes what is knowable and marks the fields that reference unknown
@@ -35,7 +38,9 @@ knowledge (the client preface, ``replay.extract``), and ``Upgrade: h2c`` answere
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from hyperframe.exceptions import HyperframeError
@@ -43,7 +48,7 @@ from hyperframe.frame import Frame
 
 from replay._native import load_c
 from replay.h2.hpack_passive import C_DECODE, DECODE, UNKNOWN, PassiveDecoder
-from replay.model import ConnKey, Exchange, Request, Response
+from replay.model import Completeness, ConnKey, Exchange, Request, Response
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -186,30 +191,26 @@ class _Side:
         """The direction ended: a frame found by resynchronisation is taken unchecked."""
 
 
+@dataclass(slots=True)
 class _Msg:
-    __slots__ = ("body", "capped", "ended", "gaps", "kept", "length")
-
-    def __init__(self) -> None:
-        self.body: list[bytes] = []
-        self.length = 0
-        """Body bytes seen (kept or not): offsets of gaps."""
-        self.kept = 0
-        self.gaps: list[tuple[int, int]] = []
-        self.capped = False
-        self.ended = False
+    body: list[bytes] = field(default_factory=list)
+    length: int = 0
+    """Body bytes seen (kept or not): offsets of gaps."""
+    kept: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    capped: bool = False
+    ended: bool = False
 
 
+@dataclass(slots=True)
 class _Stream:
-    __slots__ = ("ex", "final", "req", "resp", "sid", "unknown")
-
-    def __init__(self, sid: int, ex: Exchange) -> None:
-        self.sid = sid
-        self.ex = ex
-        self.req = _Msg()
-        self.resp = _Msg()
-        self.final = False
-        """A final (non-1xx) response head was seen."""
-        self.unknown = 0
+    sid: int
+    ex: Exchange
+    req: _Msg = field(default_factory=_Msg)
+    resp: _Msg = field(default_factory=_Msg)
+    final: bool = False
+    """A final (non-1xx) response head was seen."""
+    unknown: int = 0
 
 
 class H2Connection:
@@ -309,7 +310,15 @@ class H2Connection:
                 self._count("resyncs")
             if end - pos < 9:
                 break
-            if SCAN is not None and not side.block:
+            if RUN is not None and not side.block:
+                # the usual frames (DATA, whole header blocks) read in C, as ``_frame`` would,
+                # and their usual events handled there as ``_events`` would (the rest given to
+                # ``_events``, ``_done`` and ``_emit``: see ``replay/h2/_hpack.c``'s ``run``)
+                p = RUN(self, side, data, pos, ts)
+                if p != pos:
+                    pos = p
+                    continue
+            elif SCAN is not None and not side.block:
                 # the usual frames (DATA, whole header blocks) read in C, as ``_frame`` would
                 events, p = SCAN(side.hpack, self.stats, side.client, data, pos, side.max_frame)
                 if events:
@@ -888,6 +897,57 @@ def _response_parts(fields: list[tuple[str, str]]) -> tuple[str | None, list[tup
 
 SCAN = load_c("replay.h2._hpack", "scan") if C_DECODE is not None else None
 """``replay/h2/_hpack.c``'s reading of the usual frames (see ``H2Connection._events``)."""
+RUN = load_c("replay.h2._hpack", "run") if SCAN is not None else None
+"""``replay/h2/_hpack.c``'s reading of the usual frames and handling of their usual events
+(``_events`` and what it calls, for a plain request and response), the rest handed to the
+methods here; None: ``SCAN`` and ``_events``."""
+
+
+def _recipes() -> list[tuple[int, type, int, list[tuple[str, int, Any]]]]:
+    """How ``run`` makes the reader's objects without calling their ``__init__`` (the one
+    ``dataclass`` generates, checked here): per class, its recipe's number, the class, how many
+    positional arguments it is given there, and per field: (name, 0, None) an argument,
+    (name, 1, default), (name, 2, list or dict) a new empty one, (name, 3, recipe) a new object
+    of an earlier recipe (see ``configure_make`` in ``replay/h2/_hpack.c``)."""
+    order: list[tuple[type, int]] = [(Completeness, 0), (Exchange, 2), (Request, 4),
+                                     (Response, 4), (_Msg, 0), (_Stream, 2)]
+    out: list[tuple[int, type, int, list[tuple[str, int, Any]]]] = []
+    for i, (cls, nargs) in enumerate(order):
+        init = cls.__dict__.get("__init__")
+        if (not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__")
+                or getattr(getattr(init, "__code__", None), "co_qualname", "")
+                != "__create_fn__.<locals>.__init__"):
+            continue  # not a plain dataclass (any more): ``run`` calls it
+        recipe: list[tuple[str, int, Any]] = []
+        ok = True
+        for k, f in enumerate(dataclasses.fields(cls)):
+            if not f.init:
+                ok = False
+            elif k < nargs:
+                recipe.append((f.name, 0, None))
+            elif f.default is not dataclasses.MISSING:
+                recipe.append((f.name, 1, f.default))
+            elif f.default_factory in (list, dict):
+                recipe.append((f.name, 2, f.default_factory))
+            elif any(f.default_factory is c for c, _ in order[:i]) and any(
+                    r[1] is f.default_factory for r in out):
+                j = next(r[0] for r in out if r[1] is f.default_factory)
+                recipe.append((f.name, 3, j))
+            else:
+                ok = False
+        if ok:
+            out.append((i, cls, nargs, recipe))
+    return out
+
+
+if RUN is not None:
+    for _i, _cls, _nargs, _recipe in _recipes():
+        try:
+            load_c("replay.h2._hpack", "configure_make")(_i, _cls, _nargs, _recipe)
+        except (TypeError, ValueError):  # the class is called instead
+            pass
+    load_c("replay.h2._hpack", "configure_reader")(Exchange, Request, Response, _Stream,
+                                                   MAX_STREAMS)
 
 _STATUS = {str(n): n for n in range(100, 600)}
 """``int(:status)`` of the usual three-digit ones."""

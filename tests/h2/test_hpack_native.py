@@ -347,6 +347,7 @@ def test_reader_scan_agrees_with_python(seed: int, monkeypatch: pytest.MonkeyPat
         cc, ss = (c[len(PREFACE_BYTES) + 9:], s[9:]) if mid else (c, s)
         native = _run_reader(cc, ss, cuts, mid, gaps)
         with monkeypatch.context() as m:
+            m.setattr(reader, "RUN", None)
             m.setattr(reader, "SCAN", None)
             m.setattr(reader, "DECODE", PassiveDecoder.decode_py)
             pure = _run_reader(cc, ss, cuts, mid, gaps)
