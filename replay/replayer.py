@@ -41,7 +41,7 @@ import httptools
 
 from replay.model import Completeness, ConnKey, Exchange, Request, Response
 from replay.pacing import Schedule
-from replay.rewrite import Rewrite, Target, encode_request, rewrite_request
+from replay.rewrite import Rewrite, Target, WireBuilder, encode_request, rewrite_request
 from replay.stats import percentile
 
 ERROR_KINDS = (
@@ -228,7 +228,16 @@ class _Conn(asyncio.Protocol):
         self.fut = fut
         self.is_head = is_head
         self.head_done = False
-        self._reset_message()
+        # _reset_message(), inline (once per request)
+        self.got_bytes = False
+        self.headers_done = False
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.body = []
+        self.keep_alive = True
+        self.version = "HTTP/1.1"
+        self.interim = None
         self.reused = self.uses > 0
         self.uses += 1
         self.t_sent = t = time.perf_counter()
@@ -511,6 +520,7 @@ class Replayer:
         self._host_first = not rw.keep_host and all(n.lower() != "host"
                                                       for n, _ in rw.set_headers)
         """Every request's first header is the target's Host (see ``prepare``)."""
+        self._wire = WireBuilder(self.targets, rw)
         self.stats = ReplayStats(targets={u: TargetStats(u) for u in urls})
         self._pools: list[_Pool] = []
         self._queue: asyncio.Queue | None = None
@@ -741,6 +751,118 @@ class Replayer:
             else:
                 t = loop.create_task(self._connect_send(pool, data, is_head))
                 t.add_done_callback(lambda t, i=i: finished(i, t))
+
+    def wire(self, ex: Exchange) -> list[bytes] | None:
+        """The bytes ``prepare`` would give for each target, without the request models; None
+        when ``prepare`` must be used (HTTP/2, a Host kept or set by the rewrite, no request)."""
+        r = ex.request
+        if r is None or not self._wire.ok or r.version == "HTTP/2" or "h2" in ex.meta:
+            return None
+        return self._wire.build(r)
+
+    def dispatch_lean(self, ex: Exchange, done: Callable[[list[Any]], Any],
+                      skip: Container[int] = ()) -> None:
+        """``dispatch`` for a caller that needs each target's answer and latency only (the live
+        shadowing): ``done(outs)`` with, per target index, ``(response, latency_ms)`` (the
+        ``meta['latency_ms']`` of the ``Exchange`` that ``dispatch`` would record), the
+        ``ReplayError``, or None for a skipped target. Same requests, retries, errors and
+        statistics as ``dispatch``; what it saves is the recorded ``Exchange`` (id, meta,
+        completeness) and the request models of every answer. With an ``on_result`` (which
+        gets the full results) or when ``wire`` declines, it is ``dispatch`` underneath."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Replayer.dispatch before start()")
+        datas = self.wire(ex) if self.on_result is None else None
+        if datas is None:
+            self.dispatch(ex, lambda res: done(self.lean_outs(res)), skip)
+            return
+        is_head = ex.request.method == "HEAD"  # type: ignore[union-attr]
+        started = time.perf_counter()
+        pools = self._pools
+        n = len(pools)
+        outs: list[Any] = [None] * n
+        todo = [i for i in range(n) if i not in skip] if skip else range(n)
+        left = [len(todo)]
+        if not todo:
+            done(outs)
+            return
+        targets = self.stats.targets
+
+        def landed(i: int, got: Any) -> None:
+            url = pools[i].target.url
+            if isinstance(got, _Fail):
+                err = ReplayError(got.kind, str(got), url, time.perf_counter() - started)
+                outs[i] = err
+                self._count_error(url, err)
+            else:  # ``_record``'s statistics, without the record
+                resp = got[0]
+                lat = got[3] - got[2]
+                ts = targets[url]
+                ts.sent += 1
+                ts.ok += 1
+                ts.statuses[resp.status] += 1
+                ts.latencies.append(lat)
+                outs[i] = (resp, round(lat * 1000, 3))
+            left[0] -= 1
+            if left[0] == 0:
+                self.stats.completed += 1
+                done(outs)
+
+        def answered(i: int, fut: asyncio.Future) -> None:
+            if fut.cancelled():
+                landed(i, _Fail("closed", "cancelled at stop"))
+                return
+            f = fut.exception()
+            if f is None:
+                got = fut.result()  # what landed() does with an answer, inline
+                resp = got[0]
+                lat = got[3] - got[2]
+                ts = targets[pools[i].target.url]
+                ts.sent += 1
+                ts.ok += 1
+                ts.statuses[resp.status] += 1
+                ts.latencies.append(lat)
+                outs[i] = (resp, round(lat * 1000, 3))
+                left[0] -= 1
+                if left[0] == 0:
+                    self.stats.completed += 1
+                    done(outs)
+            elif isinstance(f, _Fail) and (f.stale or self.retries):
+                t = loop.create_task(self._after_fail(pools[i], datas[i], is_head, f))
+                t.add_done_callback(lambda t, i=i: finished(i, t))
+            else:
+                landed(i, f if isinstance(f, _Fail) else _Fail("closed", str(f)))
+
+        def finished(i: int, t: asyncio.Future) -> None:  # a task: the slow path's result
+            if t.cancelled():
+                landed(i, _Fail("closed", "cancelled at stop"))
+            elif t.exception() is not None:
+                e = t.exception()
+                landed(i, e if isinstance(e, _Fail) else _Fail("connect_error", str(e)))
+            else:
+                landed(i, t.result())
+
+        timeout = self.timeout
+        for i in todo:
+            pool = pools[i]
+            c = pool.get_idle()
+            if c is not None:
+                c.send(datas[i], is_head, timeout).add_done_callback(
+                    lambda f, i=i: answered(i, f))
+            else:
+                t = loop.create_task(self._connect_send(pool, datas[i], is_head))
+                t.add_done_callback(lambda t, i=i: finished(i, t))
+
+    def lean_outs(self, results: Results) -> list[Any]:
+        """``dispatch``'s results in ``dispatch_lean``'s form (per target index)."""
+        out: list[Any] = []
+        for t in self.targets:
+            r = results.get(t.url)
+            if isinstance(r, Exchange) and r.response is not None:
+                out.append((r.response, r.meta.get("latency_ms")))
+            else:
+                out.append(r)
+        return out
 
     async def _connect_send(self, pool: _Pool, data: bytes, is_head: bool) -> Any:
         """A fresh connection, the request, and the retries a failure earns; the answer or

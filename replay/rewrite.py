@@ -273,3 +273,62 @@ def encode_request(r: Request) -> bytes:
     head = f"{r.method} {r.target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in r.headers)
     data = (head + "\r\n").encode("latin-1", "replace")
     return data + r.body if r.body else data
+
+
+class WireBuilder:
+    """The wire bytes ``encode_request(rewrite_request(ex, t, rw))`` gives for each target, built
+    in one pass without the ``Request`` models (the live shadowing's hot path: it needs the bytes
+    only). Per-target constants (the Host line, the base path) and the header-name verdicts are
+    computed once. ``ok`` is False for the rewrites it does not cover (``keep_host``, a Host set
+    by the user): callers then use ``rewrite_request`` + ``encode_request``, which remain the
+    definition (tests hold the two byte for byte)."""
+
+    __slots__ = ("_bases", "_drop", "_hosts", "_names", "_rw", "_tail", "ok")
+
+    def __init__(self, targets: list[Target], rw: Rewrite) -> None:
+        set_names = {n.lower() for n, _ in rw.set_headers}
+        self.ok = not rw.keep_host and "host" not in set_names
+        self._drop = HOP_BY_HOP | {"host"} | rw.remove_headers | set_names
+        self._tail = "".join(f"{k}: {v}\r\n" for k, v in rw.set_headers)
+        self._rw = rw
+        self._hosts = [f"Host: {t.authority}\r\n".encode("latin-1", "replace") for t in targets]
+        bases = [t.base_path for t in targets]
+        self._bases = None if len(set(bases)) == 1 and not bases[0] else bases
+        self._names: dict[str, bool] = {}
+
+    def build(self, r: Request) -> list[bytes]:
+        """One request's bytes for every target (only when ``ok``)."""
+        path = "*" if r.target == "*" else r.path
+        rw = self._rw
+        if rw.path_subs and path != "*":
+            path = rw.path(path)
+        names = self._names
+        parts = []
+        for k, v in r.headers:
+            d = names.get(k)
+            if d is None:
+                if len(names) > 4096:
+                    names.clear()
+                d = names[k] = k.lower() in self._drop
+            if not d:
+                parts.append(f"{k}: {v}\r\n")
+        text = "".join(parts)
+        body = r.body
+        method = r.method
+        if body or method.upper() in ("POST", "PUT", "PATCH"):
+            rest = f"{text}{self._tail}Content-Length: {len(body)}\r\n\r\n"
+        else:
+            rest = f"{text}{self._tail}\r\n"
+        data = rest.encode("latin-1", "replace")
+        if body:
+            data += body
+        hosts = self._hosts
+        if self._bases is None:
+            line = f"{method} {path or '/'} HTTP/1.1\r\n".encode("latin-1", "replace")
+            return [line + h + data for h in hosts]
+        out = []
+        for base, h in zip(self._bases, hosts, strict=True):
+            p = base + path if base and path != "*" else path
+            out.append(f"{method} {p or '/'} HTTP/1.1\r\n".encode("latin-1", "replace") + h
+                       + data)
+        return out

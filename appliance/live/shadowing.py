@@ -48,7 +48,6 @@ from replay.compare import endpoint_of
 # (``replay`` may not import ``appliance``); the names stay importable from here.
 from replay.latency import judge_latency, mann_whitney_p  # noqa: F401
 from replay.model import NO_ANSWER, NO_REQUEST_CAPTURED, NO_RESPONSE_CAPTURED
-from replay.model import Exchange as _Ex
 
 log = logging.getLogger("shadowtap.shadowing")
 
@@ -174,6 +173,8 @@ def hist_quantile(counts: list[int], buckets: tuple[float, ...], q: float) -> fl
     return math.inf
 
 
+_UNSET = object()
+
 MAX_ENDPOINTS = 2000
 """Endpoints with latency reservoirs of their own; later ones share one."""
 
@@ -237,6 +238,9 @@ class Shadower:
         self._target_list = cfg.targets
         self._probe_at = {t.name: 0.0 for t in cfg.targets}
         self._last_fail = {t.name: NO_ANSWER for t in cfg.targets}
+        self._prod_hist = self.lat_hist["production"]
+        self._per_target = [(t.name, t.role, self.health[t.name], self.lat_hist[t.name])
+                            for t in cfg.targets]
 
     async def start(self) -> Shadower:
         from replay.compare import Rules, ThreeWay
@@ -312,21 +316,24 @@ class Shadower:
         """Send ``ex`` to the shadows that are up (a down one gets a probe a second); its
         judgement runs when the last answer lands (``_landed``). Holds one of the
         ``concurrency`` slots until then."""
-        mono = time.monotonic()
+        mono = None
         skip: list[int] = []
-        for i, t in enumerate(self._target_list):
-            if not self.health[t.name].up:
-                if mono < self._probe_at[t.name]:
+        for i, (name, _, health, _) in enumerate(self._per_target):
+            if not health.up:
+                if mono is None:
+                    mono = time.monotonic()
+                if mono < self._probe_at[name]:
                     skip.append(i)  # down: not sent, counted as a failure below
                 else:
-                    self._probe_at[t.name] = mono + 1.0
+                    self._probe_at[name] = mono + 1.0
         try:
-            self.rp.dispatch(ex, lambda res: self._landed(ex, key, res, skip), skip)
+            self.rp.dispatch_lean(ex, lambda outs: self._landed(ex, key, outs, skip), skip)
         except Exception as e:  # never expected; the exchange is counted, the slot freed
             log.error("shadowing: replaying %s failed: %r", ex.id, e)
-            self._landed(ex, key, {}, list(range(len(self._target_list))))
+            n = len(self._target_list)
+            self._landed(ex, key, [None] * n, list(range(n)))
 
-    def _landed(self, ex: Any, key: Any, res: dict[str, Any], skip: list[int]) -> None:
+    def _landed(self, ex: Any, key: Any, outs: list[Any], skip: list[int]) -> None:
         """Every shadow answered (or failed) for ``ex``: free its slot, start the next of its
         connection or of the waiting line, then judge it."""
         if self._closed:
@@ -346,7 +353,7 @@ class Shadower:
         if self.in_flight == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
         try:
-            self._judge(ex, res, skip)
+            self._judge(ex, outs, skip)
         except Exception:  # one odd exchange must not stop the comparison
             self._skip("judge_error")
             log.exception("shadowing: judging %s failed", ex.id)
@@ -395,41 +402,59 @@ class Shadower:
                                     "candidate": deque(maxlen=n)}
         return s
 
-    def _judge(self, ex: Any, res: dict[str, Any], skip: list[int]) -> None:
-        """Latency samples, shadow health and the three-way comparison of one exchange."""
+    def _judge(self, ex: Any, outs: list[Any], skip: list[int]) -> None:
+        """Latency samples, shadow health and the three-way comparison of one exchange.
+        ``outs``: per target (``Replayer.dispatch_lean``), ``(response, latency_ms)``, the
+        ``ReplayError``, or None when not sent."""
         self.replayed += 1
-        targets = self._target_list
-        ep = endpoint_of(ex.request.method, ex.request.target)
+        req = ex.request
+        t = req.target
+        if "://" not in t:
+            # The query never counts in an endpoint; without it, ``endpoint_of``'s cache serves
+            # every query string of a path (absolute-form targets are left to it whole).
+            t = t.split("?", 1)[0].split("#", 1)[0]
+        ep = endpoint_of(req.method, t)
         samples = self._samples(ep)
+        lat_sum = self.lat_sum
         if ex.ts_response_end is not None and ex.ts_request_end is not None:
             lat = ex.ts_response_end - ex.ts_request_end
             samples["production"].append(lat)
-            self.lat_hist["production"][bisect.bisect_left(LATENCY_BUCKETS, lat)] += 1
-            self.lat_sum["production"] += lat
+            self._prod_hist[bisect.bisect_left(LATENCY_BUCKETS, lat)] += 1
+            lat_sum["production"] += lat
         now = time.time()
-        outs: dict[str, Any] = {}
-        for i, t in enumerate(targets):
-            r = res.get(t.url)
-            if isinstance(r, _Ex) and r.response is not None:
-                self.health[t.name].record(True, now)
-                ms = r.meta.get("latency_ms")
+        cand: Any = _UNSET
+        sec: Any = None
+        for i, (name, role, health, hist) in enumerate(self._per_target):
+            r = outs[i]
+            if r.__class__ is tuple:
+                resp, ms = r
+                if health.up and len(health.transitions) <= 200:  # Health.record(True), inline
+                    health.answered += 1
+                    health.fails_in_row = 0
+                else:
+                    health.record(True, now)
                 if ms is not None:
                     v = ms / 1000
-                    samples[t.role].append(v)
-                    self.lat_hist[t.name][bisect.bisect_left(LATENCY_BUCKETS, v)] += 1
-                    self.lat_sum[t.name] += v
-                outs[t.role] = r.response
-                continue
-            if r is None and i in skip:
-                self.not_sent[t.name] += 1
-                kind = self._last_fail[t.name]
+                    samples[role].append(v)
+                    hist[bisect.bisect_left(LATENCY_BUCKETS, v)] += 1
+                    lat_sum[name] += v
+                out = resp
             else:
-                kind = getattr(r, "kind", NO_ANSWER)
-                self._last_fail[t.name] = kind
-            self.health[t.name].record(False, now, kind)
-            outs[t.role] = kind
-        self.tw.add(ex.id, ex.request, ex.response, outs["candidate"], outs.get("secondary"),
-                    ep)
+                if r is None and i in skip:
+                    self.not_sent[name] += 1
+                    kind = self._last_fail[name]
+                else:
+                    kind = getattr(r, "kind", NO_ANSWER)
+                    self._last_fail[name] = kind
+                health.record(False, now, kind)
+                out = kind
+            if role == "candidate":
+                cand = out
+            elif role == "secondary":
+                sec = out
+        if cand is _UNSET:
+            raise KeyError("candidate")
+        self.tw.add(ex.id, req, ex.response, cand, sec, ep)
         last = (ex.ts_response_end or ex.ts_response_start or ex.ts_request_end
                 or ex.ts_request_start)
         if last is not None:
