@@ -66,7 +66,7 @@ class _SourceIfStale(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, src)
 
 
-C_EXT = ("replay._fastpath", "replay.h2._hpack")
+C_EXT = ("replay._fastpath", "replay.h2._hpack", "replay._compare")
 """Extension modules written in C (``.c``), each optional: the Python code they speed up is
 the definition and runs when they are not built."""
 

@@ -32,6 +32,14 @@ skipped: equal header lists, header names compared by position when both sides l
 names in the same order, a body identical to the primary's (its parse is reused). The walk uses
 Python equality to skip equal subtrees, so a ``true`` ↔ ``1`` swap inside an otherwise equal
 object is not seen (Python says ``True == 1``); a swap where the values differ is.
+
+In ``ThreeWay.add``, nothing is prepared when no answer has production's status (that is the
+only difference ``diff`` reports then) unless an example shows it; text is decoded only when
+compared or shown (``_TEXT``); small bodies and shown bodies are remembered (``_SMALL``,
+``_SHOWN``). With ``replay/_compare.c`` built, a JSON object or array body is checked whole by
+simdjson first and split at its top level by a plain scan (``_split``), and the cut form of a
+long unparsed array in an example comes from its first elements (``_show_head``);
+tests/replay/test_compare_native.py holds these to their definitions.
 """
 
 from __future__ import annotations
@@ -54,9 +62,10 @@ try:  # the shallow parse (see ``prepare``); without these, orjson parses every 
     import simdjson
 
     _Raw: Any = msgspec.Raw
-    _shallow_top: Any = msgspec.json.Decoder(
-        dict[str, list[_Raw] | dict[str, _Raw] | str | int | float | bool | None]).decode
     _raw_object: Any = msgspec.json.Decoder(dict[str, _Raw]).decode
+    # An object body's members all kept raw: skipping a member is cheaper than splitting it
+    # (an array into an object per element), and the walk splits the unequal ones it needs.
+    _shallow_top: Any = _raw_object
     _raw_array: Any = msgspec.json.Decoder(list[_Raw]).decode
     _simd: Any = simdjson.Parser()
     _MsgspecError: Any = msgspec.MsgspecError
@@ -64,6 +73,7 @@ except ImportError:  # pragma: no cover
     _Raw = _shallow_top = _raw_object = _raw_array = _simd = None
     _MsgspecError = ValueError
 
+from replay._native import load_c
 from replay.errors import InputError
 from replay.model import NO_ANSWER, Headers, Request, Response
 from replay.stats import binom_sf_half, holm
@@ -408,7 +418,28 @@ def _layout(headers: Headers) -> _Layout:
     return lay
 
 
+_orjson_loads = orjson.loads
+
+
+def _split(body: bytes, raw: Any = None, loads: Any = None) -> Any:
+    """A JSON object or array body one level deep (``Prepared.lazy``): msgspec's split, the
+    definition of ``replay/_compare.c``'s ``split``, which gives the same for a body simdjson
+    accepts (None where it cannot)."""
+    return _raw_object(body) if body[0] == 123 else _raw_array(body)
+
+
+_csplit: Any = load_c("replay._compare", "split") if _simd is not None else None
+_chead: Any = load_c("replay._compare", "head") if _simd is not None else None
+"""``replay/_compare.c``'s ``head`` (see ``_show_head``); None runs the definition (the whole
+value parsed and written)."""
+
 _UNSET: Any = object()
+_TEXT: Any = object()
+"""``Prepared._doc`` of a text body not decoded yet (UTF-8, else Latin-1): its kind is known
+without decoding it, and the text is only needed when two text bodies differ, or for a report."""
+_REPLACED: Any = object()
+"""``Prepared._doc`` of a body that says JSON and is not, not decoded yet (UTF-8 with
+replacement characters)."""
 
 
 class Prepared:
@@ -460,6 +491,10 @@ class Prepared:
         d = self._doc
         if d is _UNSET:
             d = self._doc = orjson.loads(self.body)
+        elif d is _TEXT:
+            d = self._doc = _text(self.body)
+        elif d is _REPLACED:
+            d = self._doc = self.body.decode("utf-8", "replace")
         return d
 
     def _check(self) -> None:
@@ -519,21 +554,59 @@ def prepare(resp: Response, like: Prepared | None = None, path: str = "") -> Pre
     if like is not None and like.ctype == ct and like.body == body:
         return Prepared(resp.status, raw, lay, ct, like._kind, body, like._doc, err, like.lazy,
                         like._checked)
+    if len(body) > _SMALL_BODY:
+        return _prepare_body(resp.status, raw, lay, ct, body, err)
+    key = (ct, body)
+    got = _SMALL.get(key)
+    if got is None:
+        p = _prepare_body(resp.status, raw, lay, ct, body, err)
+        if len(_SMALL) >= 4096:
+            _SMALL.clear()
+        _SMALL[key] = (p._kind, p._doc, p.lazy, p._checked)
+        return p
+    return Prepared(resp.status, raw, lay, ct, got[0], body, got[1], err, got[2], got[3])
+
+
+_SMALL_BODY = 1024
+_SMALL: dict[tuple[str, bytes], tuple[str, Any, Any, bool]] = {}
+"""What ``_prepare_body`` made of a small body under a Content-Type (its kind, parsed form,
+shallow form, whether checked): nothing else goes into them, and a shadow answers many
+requests with the same few bytes (an error, an empty list). Documents are shared, as with
+``like``, never changed."""
+
+
+def _prepare_body(status: int, raw: Headers, lay: _Layout, ct: str, body: bytes,
+                  err: str | None) -> Prepared:
+    """``prepare`` for a decoded, non-empty body that is not gRPC."""
     if "json" in ct or not ct:
         c = body[0]  # an object or an array: held shallow, JSON to msgspec (``Prepared.lazy``)
         if (c == 123 or c == 91) and _shallow_top is not None:  # "{" or "["
+            if _csplit is not None:
+                # Checked first (``Prepared._check``), then split by a plain scan for the
+                # boundaries (``_split``): cheaper than msgspec's split and a check after it.
+                try:
+                    _simd.parse(body)  # the proxy it returns is dropped at once
+                    ok = True
+                except Exception:
+                    ok = False
+                if not ok:
+                    kind, doc = _parse(body, ct)
+                    return Prepared(status, raw, lay, ct, kind, body, doc, err)
+                top = _csplit(body, _Raw, _orjson_loads)
+                if top is not None:
+                    return Prepared(status, raw, lay, ct, "json", body, _UNSET, err, top)
             try:
                 top = _shallow_top(body) if c == 123 else _raw_array(body)
-                return Prepared(resp.status, raw, lay, ct, "json", body, _UNSET, err, top, False)
+                return Prepared(status, raw, lay, ct, "json", body, _UNSET, err, top, False)
             except Exception:
                 pass
     if "json" in ct:  # not an object or array, or not parsed shallow: orjson decides
         try:
-            return Prepared(resp.status, raw, lay, ct, "json", body, orjson.loads(body), err)
+            return Prepared(status, raw, lay, ct, "json", body, orjson.loads(body), err)
         except orjson.JSONDecodeError:
             pass
     kind, doc = _parse(body, ct)
-    return Prepared(resp.status, raw, lay, ct, kind, body, doc, err)
+    return Prepared(status, raw, lay, ct, kind, body, doc, err)
 
 
 def _prepare_grpc(resp: Response, raw: Headers, lay: _Layout, ct: str, body: bytes,
@@ -551,20 +624,29 @@ def _prepare_grpc(resp: Response, raw: Headers, lay: _Layout, ct: str, body: byt
                     grpc=code)
 
 
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body.decode("latin-1")
+
+
 def _parse(body: bytes, ct: str) -> tuple[str, Any]:
-    """The kind of a non-empty decoded body and its parsed form (JSON document, or text)."""
+    """The kind of a non-empty decoded body and its parsed form (JSON document, or text; a text
+    whose kind does not depend on its decoding is decoded when first asked for, see ``_TEXT``)."""
     if "json" in ct or (not ct and body[:1] in (b"{", b"[")):
         try:
             return "json", orjson.loads(body)
         except orjson.JSONDecodeError:
             # Says JSON, is not: compare as text (the kinds differ if the other one parses).
-            return "text", body.decode("utf-8", "replace")
-    if any(t in ct for t in _TEXTY) or not ct:
+            return "text", _REPLACED
+    if ct and any(t in ct for t in _TEXTY):  # text whatever its bytes: UTF-8, else Latin-1
+        return "text", _TEXT
+    if not ct:
         try:
             return "text", body.decode("utf-8")
         except UnicodeDecodeError:
-            if ct:
-                return "text", body.decode("latin-1")
+            pass
     return "binary", None
 
 
@@ -722,7 +804,6 @@ whole (below it, parsing both is cheaper than splitting)."""
 _SMALL_ARRAY = 6
 """Arrays of at most this many elements are parsed whole once their bytes differ."""
 
-_orjson_loads = orjson.loads
 
 
 def _loads(r: Any) -> Any:
@@ -1067,12 +1148,37 @@ def _cookie_names(values: list[str]) -> list[str]:
     return sorted(v.split("=", 1)[0].strip() for v in values)
 
 
+def _show_head(v: _Later, limit: int) -> str | None:
+    """``describe_values``'s form of a long array left unparsed, from its first elements
+    alone: JSON of a list is ``[`` and its elements' JSON joined by commas, so once those of
+    the first few are ``limit`` characters long, that prefix is the (cut) form of the whole.
+    None where that is not so or not known (the whole is then parsed): not a long array
+    (``head``), or nested deep enough somewhere that orjson might refuse to write it."""
+    raw = v.raw
+    if _chead is None or type(raw) is not _Raw or len(raw) <= limit:
+        return None
+    body = bytes(raw)
+    end = _chead(body, limit)
+    if end < 0:
+        return None
+    try:
+        s = orjson.dumps(orjson.loads(body[:end] + b"]")).decode()
+    except Exception:
+        return None
+    if len(s) <= limit:  # without its "]", fewer than ``limit`` characters
+        return None
+    return s[: limit - 1] + "…"
+
+
 def describe_values(kind: str, va: Any, vb: Any, limit: int = 400) -> tuple[str, str]:
     """Short human-readable forms of a difference's two sides (for reports)."""
+    sa = sb = None
     if type(va) is _Later:
-        va = va.value()
+        sa = _show_head(va, limit)
+        va = va.value() if sa is None else None
     if type(vb) is _Later:
-        vb = vb.value()
+        sb = _show_head(vb, limit)
+        vb = vb.value() if sb is None else None
     if kind == "lines_changed" and isinstance(va, str) and isinstance(vb, str):
         lines = list(difflib.unified_diff(va.splitlines(), vb.splitlines(), "primary", "other",
                                           n=0, lineterm=""))[2:22]
@@ -1092,7 +1198,7 @@ def describe_values(kind: str, va: Any, vb: Any, limit: int = 400) -> tuple[str,
             s = repr(v)
         return s if len(s) <= limit else s[: limit - 1] + "…"
 
-    return show(va), show(vb)
+    return (show(va) if sa is None else sa), (show(vb) if sb is None else sb)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1197,19 +1303,42 @@ def _short(text: bytes | str, limit: int = 4000) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more)"
 
 
+_SHOWN: dict[tuple[str, bytes], str] = {}
+"""``_pretty``'s body text by kind and decoded body (a pure function of the two, gRPC apart):
+one server answers many requests with the same bytes, and examples are shown of the first
+requests of every difference, so the same body is often shown again. Bounded (entries, and
+the size of a body kept)."""
+_shown_bytes = 0
+
+
 def _pretty(p: Prepared | None, err: str | None = None) -> dict[str, Any]:
     if p is None:
         return {"error": err or NO_ANSWER}
-    if p.kind == "json":
-        body = orjson.dumps(p.doc, option=orjson.OPT_INDENT_2).decode()
-    elif p.kind == "binary":
-        body = f"({len(p.body)} bytes, sha256 {hashlib.sha256(p.body).hexdigest()[:16]})"
-    else:
-        body = p.body.decode("utf-8", "replace")
+    kind = p.kind
+    key: tuple[str, bytes] | None = None
+    body: str | None = None
+    if len(p.body) <= 65536 and not p.ctype.startswith("application/grpc"):
+        key = (kind, p.body)
+        body = _SHOWN.get(key)
+    if body is None:
+        if kind == "json":
+            body = orjson.dumps(p.doc, option=orjson.OPT_INDENT_2).decode()
+        elif kind == "binary":
+            body = f"({len(p.body)} bytes, sha256 {hashlib.sha256(p.body).hexdigest()[:16]})"
+        else:
+            body = p.body.decode("utf-8", "replace")
+        body = _short(body)
+        if key is not None:
+            global _shown_bytes
+            if len(_SHOWN) >= 1024 or _shown_bytes > 8 << 20:
+                _SHOWN.clear()
+                _shown_bytes = 0
+            _SHOWN[key] = body
+            _shown_bytes += len(p.body) + len(body)
     d = {
         "status": p.status,
         "headers": [[k, v] for k, vs in p.headers.items() for v in vs],
-        "body": _short(body),
+        "body": body,
     }
     if p.grpc is not None:
         d["grpc_status"] = p.grpc
@@ -1266,6 +1395,9 @@ class ThreeWay:
         self.three_way = three_way
         self.shard = shard
         self.keys: dict[tuple[str, str, str], _Key] = {}
+        self._ep_keys: dict[str, dict[tuple[str, str], _Key]] = {}
+        """``keys`` by endpoint, then (field, kind): the lookup ``add`` makes per difference
+        (filled from ``keys``, whose entries are never removed)."""
         self.endpoints: dict[str, _Endpoint] = {}
         self.patterns: dict[tuple[int, ...], int] = {}
         self.compared = 0
@@ -1291,57 +1423,102 @@ class ThreeWay:
             return
         self.compared += 1
         e.compared += 1
-        P = prepare(primary, path=request.path)
-        diff = self.comparator.diff
-        cd: dict[tuple[str, str], Diff] = {}
+        path = request.path
+        cand_ok = isinstance(candidate, Response)
+        sec_ok = isinstance(secondary, Response)
+        # The two shadows answered alike (common for endpoints the build did not change): the
+        # secondary's differences are the candidate's, found once.
+        alike = (cand_ok and sec_ok and secondary.status == candidate.status
+                 and secondary.body == candidate.body
+                 and secondary.trailers == candidate.trailers
+                 and _alike_headers(candidate.headers, secondary.headers, self.rules.headers))
+        P: Prepared | None = None
         C: Prepared | None = None
-        if isinstance(candidate, Response):
-            C = prepare(candidate, like=P, path=request.path)
-            for d in diff(P, C):
-                cd.setdefault((d[0], d[1]), d)
-        else:
-            e.candidate_errors += 1
-            cd[("response", NO_ANSWER)] = ("response", NO_ANSWER, primary.status, candidate)
-        sd: dict[tuple[str, str], Diff] = {}
         S: Prepared | None = None
-        if isinstance(secondary, Response):
-            if (C is not None and secondary.status == candidate.status
-                    and secondary.body == candidate.body
-                    and secondary.trailers == candidate.trailers
-                    and _alike_headers(candidate.headers, secondary.headers,
-                                       self.rules.headers)):
-                # The two shadows answered alike (common for endpoints the build did not
-                # change): the secondary's differences are the candidate's, found once.
+        cd: dict[tuple[str, str], Diff]
+        sd: dict[tuple[str, str], Diff]
+        pst = primary.status
+        if ((not cand_ok or candidate.status != pst)
+                and (not sec_ok or secondary.status != pst)):
+            # No answer has production's status: that is every difference ``diff`` reports
+            # (see ``Comparator.diff``), so nothing is prepared unless an example shows it.
+            lazy = True
+            if cand_ok:
+                cd = {("status", "changed_value"): ("status", "changed_value", pst,
+                                                    candidate.status)}
+            else:
+                cd = {}
+            if alike:
+                sd = cd
+            elif sec_ok:
+                sd = {("status", "changed_value"): ("status", "changed_value", pst,
+                                                    secondary.status)}
+            else:
+                sd = {}
+        else:
+            lazy = False
+            P = prepare(primary, path=path)
+            diff = self.comparator.diff
+            cd = {}
+            if cand_ok:
+                C = prepare(candidate, like=P, path=path)
+                for d in diff(P, C):
+                    cd.setdefault((d[0], d[1]), d)
+            if alike:
                 S = C
                 sd = cd
-            else:
-                S = prepare(secondary, like=P, path=request.path)
+            elif sec_ok:
+                sd = {}
+                S = prepare(secondary, like=P, path=path)
                 for d in diff(P, S):
                     sd.setdefault((d[0], d[1]), d)
-        rules = self.rules
+            else:
+                sd = {}
+        if not cand_ok:
+            e.candidate_errors += 1
+            cd[("response", NO_ANSWER)] = ("response", NO_ANSWER, pst, candidate)
         keys = self.keys
+        by_fk = self._ep_keys.get(ep)
+        if by_fk is None:
+            by_fk = self._ep_keys[ep] = {}
         hit: list[int] = []
         shown: tuple | None = None
+        same = sd is cd
+        max_examples = self.max_examples
         for fk in cd.keys() | sd.keys():
-            key = (ep, fk[0], fk[1])
-            k = keys.get(key)
+            k = by_fk.get(fk)
             if k is None:
-                k = keys[key] = _Key(ep, fk[0], fk[1], ix=len(keys))
-                k.rule = rules.match(ep, fk[0], fk[1])
+                key = (ep, fk[0], fk[1])
+                k = keys.get(key)
+                if k is None:
+                    k = keys[key] = _Key(ep, fk[0], fk[1], ix=len(keys))
+                    k.rule = self.rules.match(ep, fk[0], fk[1])
+                by_fk[fk] = k
             if k.rule is not None:
                 k.ruled += 1
                 continue
-            in_c = fk in cd
-            in_s = fk in sd
+            if same:
+                in_c = in_s = True
+            else:
+                in_c = fk in cd
+                in_s = fk in sd
             if in_c:
                 k.cand += 1
                 hit.append(k.ix)
                 if not in_s:
                     k.cand_only += 1
-                if len(k.examples) < self.max_examples:
+                if len(k.examples) < max_examples:
                     d = cd[fk]
                     pa, pb = describe_values(fk[1], d[2], d[3])
                     if shown is None:  # the three bodies once per request, not per field
+                        if lazy:
+                            P = prepare(primary, path=path)
+                            if cand_ok:
+                                C = prepare(candidate, like=P, path=path)
+                            if alike:
+                                S = C
+                            elif sec_ok:
+                                S = prepare(secondary, like=P, path=path)
                         shown = (f"{request.method} {request.target}", _pretty(P),
                                  _pretty(C, candidate if isinstance(candidate, str) else None),
                                  _pretty(S) if S is not None else None)
