@@ -75,7 +75,7 @@ except ImportError:  # pragma: no cover
 
 from replay._native import load_c
 from replay.errors import InputError
-from replay.model import NO_ANSWER, Headers, Request, Response
+from replay.model import NO_ANSWER, Headers, Request, Response, absolute_form
 from replay.stats import binom_sf_half, holm
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def endpoint_of(method: str, target: str) -> str:
     if ep is not None:
         return ep
     path = target
-    if "://" in path:
+    if absolute_form(path):
         rest = path.split("://", 1)[1]
         i = rest.find("/")
         path = rest[i:] if i >= 0 else "/"

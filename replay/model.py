@@ -36,6 +36,13 @@ def header_get(headers: Headers, name: str, default: str | None = None) -> str |
     return default
 
 
+def absolute_form(target: str) -> bool:
+    """Whether a request target is absolute-form (``http://host/path``, RFC 9112 §3.2.2): a
+    scheme first. An origin-form target starts with ``/``, whatever its query holds
+    (``/login?next=http://example.com/a`` is a path with a query, not a URL)."""
+    return not target.startswith("/") and "://" in target
+
+
 @dataclass(slots=True)
 class Request:
     method: str
@@ -55,7 +62,7 @@ class Request:
         h = header_get(self.headers, "host")
         if h is None and self.version == "HTTP/2":
             h = header_get(self.headers, ":authority")
-        if h is None and "://" in self.target:
+        if h is None and absolute_form(self.target):
             rest = self.target.split("://", 1)[1]
             h = rest.split("/", 1)[0]
         return h
@@ -64,7 +71,7 @@ class Request:
     def path(self) -> str:
         """The target as an origin-form path (absolute-form reduced to its path)."""
         t = self.target
-        if "://" in t:
+        if absolute_form(t):
             rest = t.split("://", 1)[1]
             i = rest.find("/")
             return rest[i:] if i >= 0 else "/"

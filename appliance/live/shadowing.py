@@ -47,7 +47,7 @@ from replay.compare import endpoint_of
 # The latency judge is pure and shared with ``shadowtap diff``: it lives in ``replay.latency``
 # (``replay`` may not import ``appliance``); the names stay importable from here.
 from replay.latency import judge_latency, mann_whitney_p  # noqa: F401
-from replay.model import NO_ANSWER, NO_REQUEST_CAPTURED, NO_RESPONSE_CAPTURED
+from replay.model import NO_ANSWER, NO_REQUEST_CAPTURED, NO_RESPONSE_CAPTURED, absolute_form
 
 log = logging.getLogger("shadowtap.shadowing")
 
@@ -409,7 +409,7 @@ class Shadower:
         self.replayed += 1
         req = ex.request
         t = req.target
-        if "://" not in t:
+        if not absolute_form(t):
             # The query never counts in an endpoint; without it, ``endpoint_of``'s cache serves
             # every query string of a path (absolute-form targets are left to it whole).
             t = t.split("?", 1)[0].split("#", 1)[0]

@@ -40,7 +40,15 @@ from replay.formats.jsonl import (
     response_from_record,
     response_to_record,
 )
-from replay.model import Completeness, Exchange, Headers, Request, Response, header_get
+from replay.model import (
+    Completeness,
+    Exchange,
+    Headers,
+    Request,
+    Response,
+    absolute_form,
+    header_get,
+)
 
 CREATOR = {"name": "shadowtap", "version": "0.1.0"}
 PLACEHOLDER_METHOD = "UNKNOWN"
@@ -78,7 +86,7 @@ def _headers_size(first_line: str, headers: Headers) -> int:
 def request_url(req: Request, ex: Exchange) -> str:
     """An absolute URL for HAR's ``request.url``: from Host + target; absolute-form kept as is."""
     t = req.target
-    if "://" in t:
+    if absolute_form(t):
         return t
     if req.method.upper() == "CONNECT" or not (t.startswith("/") or t == "*"):
         return f"http://{t}/"  # authority-form (CONNECT host:port)

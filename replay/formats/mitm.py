@@ -30,7 +30,16 @@ from replay.formats.jsonl import (
     response_from_record,
     response_to_record,
 )
-from replay.model import Completeness, ConnKey, Exchange, Headers, Request, Response, header_get
+from replay.model import (
+    Completeness,
+    ConnKey,
+    Exchange,
+    Headers,
+    Request,
+    Response,
+    absolute_form,
+    header_get,
+)
 
 PLACEHOLDER_METHOD = "UNKNOWN"
 """Method of the stand-in request for a response whose request was not captured."""
@@ -70,7 +79,7 @@ def _split_target(req: Request, conn: ConnKey | None) -> tuple[str, int, str, st
     if req.method.upper() == "CONNECT" and "://" not in t and not t.startswith("/"):
         host, port = _split_hostport(t, default_port)
         return host, port, "", t, ""
-    if "://" in t:
+    if absolute_form(t):
         scheme, rest = t.split("://", 1)
         authority, slash, path = rest.partition("/")
         host, port = _split_hostport(authority, 443 if scheme.lower() == "https" else 80)

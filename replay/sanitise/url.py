@@ -76,7 +76,7 @@ class UrlPart:
         raw = enc(url)
         prefix = b""
         rest = raw
-        if b"://" in raw[:16]:
+        if b"://" in raw[:16] and not raw.startswith(b"/"):  # absolute-form, not a query
             scheme, _, after = raw.partition(b"://")
             slash = after.find(b"/")
             q = after.find(b"?")
