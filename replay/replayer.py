@@ -476,6 +476,26 @@ def _ssl_context(verify: bool) -> ssl.SSLContext:
 Prepared = list[tuple[Request, bytes]]
 
 
+def _answer_of(fut: asyncio.Future) -> Any:
+    """A connection's future, done: its answer tuple or the ``_Fail`` in its place."""
+    if fut.cancelled():
+        return _Fail("closed", "cancelled at stop")
+    f = fut.exception()
+    if f is None:
+        return fut.result()
+    return f if isinstance(f, _Fail) else _Fail("closed", str(f))
+
+
+def _task_outcome(t: asyncio.Future) -> Any:
+    """A slow-path task (connect, retry), done: its answer or the last ``_Fail``."""
+    if t.cancelled():
+        return _Fail("closed", "cancelled at stop")
+    e = t.exception()
+    if e is None:
+        return t.result()
+    return e if isinstance(e, _Fail) else _Fail("connect_error", str(e))
+
+
 class Replayer:
     """Replays exchanges to every target concurrently over keep-alive pools.
 
@@ -720,26 +740,12 @@ class Replayer:
                 done(results)
 
         def answered(i: int, fut: asyncio.Future) -> None:
-            if fut.cancelled():
-                landed(i, _Fail("closed", "cancelled at stop"))
-                return
-            f = fut.exception()
-            if f is None:
-                landed(i, fut.result())
-            elif isinstance(f, _Fail) and (f.stale or self.retries):
-                t = loop.create_task(self._after_fail(pools[i], prepared[i][1], is_head, f))
-                t.add_done_callback(lambda t, i=i: finished(i, t))
+            got = _answer_of(fut)
+            if isinstance(got, _Fail) and (got.stale or self.retries):
+                t = loop.create_task(self._after_fail(pools[i], prepared[i][1], is_head, got))
+                t.add_done_callback(lambda t, i=i: landed(i, _task_outcome(t)))
             else:
-                landed(i, f if isinstance(f, _Fail) else _Fail("closed", str(f)))
-
-        def finished(i: int, t: asyncio.Future) -> None:  # a task: the slow path's result
-            if t.cancelled():
-                landed(i, _Fail("closed", "cancelled at stop"))
-            elif t.exception() is not None:
-                e = t.exception()
-                landed(i, e if isinstance(e, _Fail) else _Fail("connect_error", str(e)))
-            else:
-                landed(i, t.result())
+                landed(i, got)
 
         for i in todo:
             pool = pools[i]
@@ -750,7 +756,7 @@ class Replayer:
                     lambda f, i=i: answered(i, f))
             else:
                 t = loop.create_task(self._connect_send(pool, data, is_head))
-                t.add_done_callback(lambda t, i=i: finished(i, t))
+                t.add_done_callback(lambda t, i=i: landed(i, _task_outcome(t)))
 
     def wire(self, ex: Exchange) -> list[bytes] | None:
         """The bytes ``prepare`` would give for each target, without the request models; None
@@ -786,7 +792,6 @@ class Replayer:
         if not todo:
             done(outs)
             return
-        targets = self.stats.targets
 
         def landed(i: int, got: Any) -> None:
             url = pools[i].target.url
@@ -796,51 +801,19 @@ class Replayer:
                 self._count_error(url, err)
             else:  # ``_record``'s statistics, without the record
                 resp = got[0]
-                lat = got[3] - got[2]
-                ts = targets[url]
-                ts.sent += 1
-                ts.ok += 1
-                ts.statuses[resp.status] += 1
-                ts.latencies.append(lat)
-                outs[i] = (resp, round(lat * 1000, 3))
+                outs[i] = (resp, round(self._count_answer(url, resp, got[3] - got[2]) * 1000, 3))
             left[0] -= 1
             if left[0] == 0:
                 self.stats.completed += 1
                 done(outs)
 
         def answered(i: int, fut: asyncio.Future) -> None:
-            if fut.cancelled():
-                landed(i, _Fail("closed", "cancelled at stop"))
-                return
-            f = fut.exception()
-            if f is None:
-                got = fut.result()  # what landed() does with an answer, inline
-                resp = got[0]
-                lat = got[3] - got[2]
-                ts = targets[pools[i].target.url]
-                ts.sent += 1
-                ts.ok += 1
-                ts.statuses[resp.status] += 1
-                ts.latencies.append(lat)
-                outs[i] = (resp, round(lat * 1000, 3))
-                left[0] -= 1
-                if left[0] == 0:
-                    self.stats.completed += 1
-                    done(outs)
-            elif isinstance(f, _Fail) and (f.stale or self.retries):
-                t = loop.create_task(self._after_fail(pools[i], datas[i], is_head, f))
-                t.add_done_callback(lambda t, i=i: finished(i, t))
+            got = _answer_of(fut)
+            if isinstance(got, _Fail) and (got.stale or self.retries):
+                t = loop.create_task(self._after_fail(pools[i], datas[i], is_head, got))
+                t.add_done_callback(lambda t, i=i: landed(i, _task_outcome(t)))
             else:
-                landed(i, f if isinstance(f, _Fail) else _Fail("closed", str(f)))
-
-        def finished(i: int, t: asyncio.Future) -> None:  # a task: the slow path's result
-            if t.cancelled():
-                landed(i, _Fail("closed", "cancelled at stop"))
-            elif t.exception() is not None:
-                e = t.exception()
-                landed(i, e if isinstance(e, _Fail) else _Fail("connect_error", str(e)))
-            else:
-                landed(i, t.result())
+                landed(i, got)
 
         timeout = self.timeout
         for i in todo:
@@ -851,7 +824,7 @@ class Replayer:
                     lambda f, i=i: answered(i, f))
             else:
                 t = loop.create_task(self._connect_send(pool, datas[i], is_head))
-                t.add_done_callback(lambda t, i=i: finished(i, t))
+                t.add_done_callback(lambda t, i=i: landed(i, _task_outcome(t)))
 
     def lean_outs(self, results: Results) -> list[Any]:
         """``dispatch``'s results in ``dispatch_lean``'s form (per target index)."""
@@ -913,15 +886,19 @@ class Replayer:
         ts.errors[err.kind] += 1
         ts.error_examples.setdefault(err.kind, err.message)
 
-    def _record(self, ex: Exchange, i: int, req: Request, got: Any, loop_no: int) -> Exchange:
-        resp, interim, t_sent, t_done, wall_sent, key = got
-        url = self.targets[i].url
+    def _count_answer(self, url: str, resp: Response, lat: float) -> float:
+        """One answer in the target's statistics; returns ``lat`` (seconds)."""
         ts = self.stats.targets[url]
-        lat = t_done - t_sent
         ts.sent += 1
         ts.ok += 1
         ts.statuses[resp.status] += 1
         ts.latencies.append(lat)
+        return lat
+
+    def _record(self, ex: Exchange, i: int, req: Request, got: Any, loop_no: int) -> Exchange:
+        resp, interim, t_sent, t_done, wall_sent, key = got
+        url = self.targets[i].url
+        lat = self._count_answer(url, resp, t_done - t_sent)
         rid = f"{ex.id}@{i}" if loop_no == 0 else f"{ex.id}@{i}.{loop_no}"
         # Positional: this runs once per answer, and keyword passing costs a third of it.
         # Order: id, conn, request, response, interim, ts_request_start, ts_request_end,
