@@ -554,6 +554,44 @@ static int count_frame(PyObject *stats) {
     return count_in(stats, k_frames, 1);
 }
 
+/* One frame at ``d[pos:end]`` of the kinds ``scan`` and ``run`` read (complete DATA, or
+ * HEADERS ending its block; padding and priority checked and stripped): 1 with its parts, 0
+ * when it is anything else, which ``_frame`` in Python reads. */
+typedef struct {
+    long long length;
+    unsigned ftype, flags;
+    long sid;
+    const unsigned char *body;
+    Py_ssize_t n;
+} CommonFrame;
+
+static int common_frame(const unsigned char *d, Py_ssize_t pos, Py_ssize_t end,
+                        long long max_frame, CommonFrame *f) {
+    if (end - pos < 9) return 0;
+    const unsigned char *h = d + pos;
+    f->length = ((long long)h[0] << 16) | (h[1] << 8) | h[2];
+    f->ftype = h[3];
+    f->flags = h[4];
+    f->sid = ((long)(h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8];
+    if (f->length > max_frame && f->length >= 16384) return 0;
+    if (end - pos < 9 + f->length) return 0;
+    if (f->ftype > 1 || !f->sid) return 0;
+    if (f->ftype == 1 && !(f->flags & 0x04)) return 0;
+    f->body = h + 9;
+    f->n = (Py_ssize_t)f->length;
+    if (f->flags & 0x08) {  /* PADDED */
+        if (f->n == 0 || f->body[0] >= f->n) return 0;
+        f->n = f->n - 1 - f->body[0];
+        f->body += 1;
+    }
+    if (f->ftype == 1 && (f->flags & 0x20)) {  /* PRIORITY */
+        if (f->n < 5) return 0;
+        f->body += 5;
+        f->n -= 5;
+    }
+    return 1;
+}
+
 /* scan(decoder, stats, client, data, pos, max_frame) -> (events, pos): the frames at ``pos``
  * that ``H2Connection._frame`` reads the usual way, read here: complete DATA frames and
  * HEADERS frames that end their header block (END_HEADERS), with their padding and priority
@@ -590,27 +628,14 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *events = PyList_New(0);
     if (events == NULL) return NULL;
     if (pos < 0) pos = end;
-    while (end - pos >= 9) {
-        const unsigned char *h = d + pos;
-        long long length = ((long long)h[0] << 16) | (h[1] << 8) | h[2];
-        unsigned ftype = h[3], flags = h[4];
-        long sid = ((long)(h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8];
-        if (length > max_frame && length >= 16384) break;
-        if (end - pos < 9 + length) break;
-        if (ftype > 1 || !sid) break;
-        if (ftype == 1 && (!(flags & 0x04) || PyList_GET_SIZE(events))) break;
-        const unsigned char *body = h + 9;
-        Py_ssize_t n = (Py_ssize_t)length;
-        if (flags & 0x08) {  /* PADDED */
-            if (n == 0 || body[0] >= n) break;
-            n = n - 1 - body[0];
-            body += 1;
-        }
-        if (ftype == 1 && (flags & 0x20)) {  /* PRIORITY */
-            if (n < 5) break;
-            body += 5;
-            n -= 5;
-        }
+    CommonFrame f;
+    while (common_frame(d, pos, end, max_frame, &f)) {
+        long long length = f.length;
+        unsigned ftype = f.ftype, flags = f.flags;
+        long sid = f.sid;
+        const unsigned char *body = f.body;
+        Py_ssize_t n = f.n;
+        if (ftype == 1 && PyList_GET_SIZE(events)) break;  /* a HEADERS frame only first */
         if (count_frame(stats) < 0) goto fail;
         PyObject *ev;
         if (ftype == 0) {
@@ -1304,27 +1329,13 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t end = PyBytes_GET_SIZE(data);
     if (pos < 0 || pos > end) goto out;
-    while (end - pos >= 9) {
-        const unsigned char *h = d + pos;
-        long long length = ((long long)h[0] << 16) | (h[1] << 8) | h[2];
-        unsigned ftype = h[3], flags = h[4];
-        long sidv = ((long)(h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8];
-        if (length > max_frame && length >= 16384) break;
-        if (end - pos < 9 + length) break;
-        if (ftype > 1 || !sidv) break;
-        if (ftype == 1 && !(flags & 0x04)) break;
-        const unsigned char *body = h + 9;
-        Py_ssize_t n = (Py_ssize_t)length;
-        if (flags & 0x08) {  /* PADDED */
-            if (n == 0 || body[0] >= n) break;
-            n = n - 1 - body[0];
-            body += 1;
-        }
-        if (ftype == 1 && (flags & 0x20)) {  /* PRIORITY */
-            if (n < 5) break;
-            body += 5;
-            n -= 5;
-        }
+    CommonFrame f;
+    while (common_frame(d, pos, end, max_frame, &f)) {
+        long long length = f.length;
+        unsigned ftype = f.ftype, flags = f.flags;
+        long sidv = f.sid;
+        const unsigned char *body = f.body;
+        Py_ssize_t n = f.n;
         /* the frame is taken: whatever happens next, ``pos`` goes past it */
         pos += 9 + (Py_ssize_t)length;
         if (count_frame(stats) < 0) goto fail;
