@@ -2550,21 +2550,9 @@ static PyObject *FP_sweep(FastPath *fp, PyObject *unused) {
 
 /* Give back one connection (by its Python _Conn), e.g. before the Python side ends it. */
 static PyObject *FP_sync(FastPath *fp, PyObject *pyconn) {
-    /* its keys: the first item of _Conn.export_state() */
-    PyObject *st = PyObject_CallMethodObjArgs(pyconn, S_export_state, NULL);
-    if (!st) return NULL;
-    PyObject *keys = PyTuple_Check(st) && PyTuple_GET_SIZE(st) ? PyTuple_GET_ITEM(st, 0) : NULL;
-    PyObject *k = keys && PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) ? PyTuple_GET_ITEM(keys, 0)
-                                                                        : NULL;
-    if (!k || !PyBytes_Check(k)) {
-        Py_DECREF(st);
-        PyErr_SetString(PyExc_TypeError, "_Conn.export_state(): (keys, ...) expected");
-        return NULL;
-    }
-    Slot *s = tab_find(fp, (unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                       hkey((unsigned char *)PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)));
-    Py_DECREF(st);
-    if (!s || s->c->pyconn != pyconn) {
+    Slot *s = find_pyconn(fp, pyconn);
+    if (!s && PyErr_Occurred()) return NULL;
+    if (!s) {
         PyObject *r = PyObject_CallMethodObjArgs(pyconn, S_set_fast, Py_False, NULL);
         if (!r) return NULL;
         Py_DECREF(r);
