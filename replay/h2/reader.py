@@ -464,19 +464,7 @@ class H2Connection:
                 continue
             _, sid, end_stream, fields, unknown, whole, parts = ev
             side.block_sid = sid
-            st = self.streams.get(sid) or self._stream(sid, side.client, ts)
-            if st is None:
-                continue
-            if unknown:
-                st.unknown += unknown
-            if not whole:
-                st.ex.completeness.notes.append("h2-header-list-cut")
-            if side.client:
-                self._request_headers(st, fields, ts, parts)
-            else:
-                self._response_headers(st, fields, ts, parts)
-            if end_stream:
-                self._end(st, side.client, ts)
+            self._decoded(side, sid, fields, unknown, whole, end_stream, ts, parts)
 
     def _frame(self, side: _Side, data: bytes, pos: int, length: int, ts: float) -> None:
         stats = self.stats
@@ -630,6 +618,12 @@ class H2Connection:
     def _headers(self, side: _Side, sid: int, block: bytes, end_stream: int, ts: float) -> None:
         """A whole header block of stream ``sid`` (HEADERS and its CONTINUATIONs)."""
         fields, unknown, whole = DECODE(side.hpack, block)
+        self._decoded(side, sid, fields, unknown, whole, end_stream, ts)
+
+    def _decoded(self, side: _Side, sid: int, fields: list[tuple[str, str]], unknown: int,
+                 whole: bool, end_stream: int, ts: float, parts: Any = None) -> None:
+        """A decoded header block of stream ``sid`` (``parts``: its request or response parts,
+        when ``SCAN`` split them already)."""
         st = self.streams.get(sid) or self._stream(sid, side.client, ts)
         if st is None:
             return
@@ -638,9 +632,9 @@ class H2Connection:
         if not whole:
             st.ex.completeness.notes.append("h2-header-list-cut")
         if side.client:
-            self._request_headers(st, fields, ts)
+            self._request_headers(st, fields, ts, parts)
         else:
-            self._response_headers(st, fields, ts)
+            self._response_headers(st, fields, ts, parts)
         if end_stream:
             self._end(st, side.client, ts)
 
