@@ -32,7 +32,7 @@ import dpkt
 import orjson
 import pytest
 from netsim import Conv, segments
-from tlslab import capture, curl, make_cert, tls_lab
+from tlslab import MemoryTls, capture, curl, tls_lab
 
 import replay.tls.records as records
 from replay._native import load_c
@@ -78,38 +78,9 @@ def _conversation(tmp: Path, version: ssl.TLSVersion, *, pipelined: bool = False
     """(from_client, bytes) flights of one TLS connection (real OpenSSL on both ends) carrying
     N_EXCHANGES keep-alive exchanges (two requests in one write when ``pipelined``), and the
     key log the client wrote."""
-    cert, key = make_cert(tmp)
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(cert, key)
-    sctx.set_alpn_protocols(["http/1.1"])
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname = False
-    cctx.verify_mode = ssl.CERT_NONE
-    cctx.minimum_version = cctx.maximum_version = version
-    cctx.set_alpn_protocols(["http/1.1"])
     keylog = tmp / f"keys-{version.name}-{pipelined}.log"
-    cctx.keylog_filename = str(keylog)
-    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
-    c = cctx.wrap_bio(cin, cout, server_hostname="shop.test")
-    s = sctx.wrap_bio(sin, sout, server_side=True)
-    flights: list[tuple[bool, bytes]] = []
-
-    def pump() -> None:
-        for _ in range(50):
-            for obj in (c, s):
-                try:
-                    obj.do_handshake()
-                except ssl.SSLWantReadError:
-                    pass
-            moved = False
-            for from_client, src, dst in ((True, cout, sin), (False, sout, cin)):
-                b = src.read()
-                if b:
-                    flights.append((from_client, b))
-                    dst.write(b)
-                    moved = True
-            if not moved:
-                return
+    m = MemoryTls(tmp, version, keylog)
+    c, s, pump = m.c, m.s, m.pump
 
     def drain(obj: ssl.SSLObject) -> None:
         while True:
@@ -132,7 +103,7 @@ def _conversation(tmp: Path, version: ssl.TLSVersion, *, pipelined: bool = False
         pump()
         drain(c)
         i += len(batch)
-    return flights, keylog
+    return m.flights, keylog
 
 
 def _frames(flights: list[tuple[bool, bytes]], sizes: list[int], rng: random.Random
@@ -560,21 +531,9 @@ def _h2_conversation(tmp: Path, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
     import h2.connection
     import h2.events
 
-    cert, key = make_cert(tmp)
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(cert, key)
-    sctx.set_alpn_protocols(["h2"])
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname = False
-    cctx.verify_mode = ssl.CERT_NONE
-    cctx.minimum_version = cctx.maximum_version = version
-    cctx.set_alpn_protocols(["h2"])
     keylog = tmp / f"h2keys-{version.name}.log"
-    cctx.keylog_filename = str(keylog)
-    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
-    c = cctx.wrap_bio(cin, cout, server_hostname="shop.test")
-    s = sctx.wrap_bio(sin, sout, server_side=True)
-    flights: list[tuple[bool, bytes]] = []
+    m = MemoryTls(tmp, version, keylog, alpn="h2")
+    c, s = m.c, m.s
     hc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     hs = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     pending: dict[int, int] = {}  # server: stream -> exchange
@@ -617,17 +576,8 @@ def _h2_conversation(tmp: Path, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
                 if out:
                     obj.write(out)
                     moved = True
-            for obj in (c, s):
-                try:
-                    obj.do_handshake()
-                except ssl.SSLWantReadError:
-                    pass
-            for from_client, src, dst in ((True, cout, sin), (False, sout, cin)):
-                b = src.read()
-                if b:
-                    flights.append((from_client, b))
-                    dst.write(b)
-                    moved = True
+            if m.step():
+                moved = True
             for obj, conn in ((s, hs), (c, hc)):
                 try:
                     data = read_all(obj)
@@ -670,7 +620,7 @@ def _h2_conversation(tmp: Path, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
                 send_data(hc, sid, body)
         move()
         i += len(batch)
-    return flights, keylog
+    return m.flights, keylog
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from netsim import Conv, run, segments
-from tlslab import make_cert
+from tlslab import MemoryTls
 
 from replay.tls import KeyLog
 
@@ -24,46 +24,9 @@ def _conversation(tmp: Path, version: ssl.TLSVersion, ciphers: str | None = None
                   ) -> tuple[list[tuple[bool, bytes]], KeyLog]:
     """(from_client, bytes) flights of one TLS connection carrying len(BODIES) keep-alive
     exchanges, and the key log the client wrote."""
-    cert, key = make_cert(tmp)
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(cert, key)
-    sctx.set_alpn_protocols(["http/1.1"])
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname = False
-    cctx.verify_mode = ssl.CERT_NONE
-    cctx.minimum_version = cctx.maximum_version = version
-    cctx.set_alpn_protocols(["http/1.1"])
-    if ciphers and ciphers.endswith("/noetm"):  # MAC-then-encrypt instead of RFC 7366
-        cctx.options |= 0x80000  # SSL_OP_NO_ENCRYPT_THEN_MAC
-    if ciphers:
-        cctx.set_ciphers(ciphers.split("/")[0])
-        sctx.set_ciphers(ciphers.split("/")[0])  # Python's server default leaves SHA-1 out
-    cctx.keylog_filename = str(tmp / f"keys-{version.name}-{ciphers}.log".replace("/", "-"))
-    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
-    c = cctx.wrap_bio(cin, cout, server_hostname="shop.test")
-    s = sctx.wrap_bio(sin, sout, server_side=True)
-    flights: list[tuple[bool, bytes]] = []
-
-    def pump() -> None:
-        for _ in range(50):
-            for obj in (c, s):
-                try:
-                    obj.do_handshake()
-                except ssl.SSLWantReadError:
-                    pass
-            moved = False
-            b = cout.read()
-            if b:
-                flights.append((True, b))
-                sin.write(b)
-                moved = True
-            b = sout.read()
-            if b:
-                flights.append((False, b))
-                cin.write(b)
-                moved = True
-            if not moved:
-                return
+    keylog = tmp / f"keys-{version.name}-{ciphers}.log".replace("/", "-")
+    m = MemoryTls(tmp, version, keylog, ciphers=ciphers)
+    c, s, pump = m.c, m.s, m.pump
 
     pump()
     for i, body in enumerate(BODIES):
@@ -86,8 +49,8 @@ def _conversation(tmp: Path, version: ssl.TLSVersion, ciphers: str | None = None
             except ssl.SSLWantReadError:
                 break
     kl = KeyLog()
-    kl.add_file(cctx.keylog_filename)
-    return flights, kl
+    kl.add_file(keylog)
+    return m.flights, kl
 
 
 def _frames(flights: list[tuple[bool, bytes]], sizes: list[int], rng: random.Random

@@ -11,6 +11,7 @@ import datetime
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -49,6 +50,60 @@ def make_cert(d: Path) -> tuple[Path, Path]:
                                      serialization.NoEncryption()))
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cp, kp
+
+
+
+class MemoryTls:
+    """One TLS connection between two in-memory OpenSSL endpoints (``ssl.MemoryBIO``), the
+    client writing its secrets to ``keylog``: ``flights`` is every (from_client, bytes) that
+    crossed, in order, as a capture would see them. ``ciphers``: an OpenSSL cipher list, with
+    ``/noetm`` appended for MAC-then-encrypt (no RFC 7366 encrypt-then-MAC)."""
+
+    def __init__(self, tmp: Path, version: ssl.TLSVersion, keylog: Path, *,
+                 alpn: str = "http/1.1", ciphers: str | None = None) -> None:
+        cert, key = make_cert(tmp)
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(cert, key)
+        sctx.set_alpn_protocols([alpn])
+        cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        cctx.check_hostname = False
+        cctx.verify_mode = ssl.CERT_NONE
+        cctx.minimum_version = cctx.maximum_version = version
+        cctx.set_alpn_protocols([alpn])
+        if ciphers and ciphers.endswith("/noetm"):
+            cctx.options |= 0x80000  # SSL_OP_NO_ENCRYPT_THEN_MAC
+        if ciphers:
+            cctx.set_ciphers(ciphers.split("/")[0])
+            sctx.set_ciphers(ciphers.split("/")[0])  # Python's server default leaves SHA-1 out
+        cctx.keylog_filename = str(keylog)
+        self.keylog = keylog
+        self.cin, self.cout, self.sin, self.sout = (ssl.MemoryBIO() for _ in range(4))
+        self.c = cctx.wrap_bio(self.cin, self.cout, server_hostname=HOST)
+        self.s = sctx.wrap_bio(self.sin, self.sout, server_side=True)
+        self.flights: list[tuple[bool, bytes]] = []
+
+    def step(self) -> bool:
+        """Handshake as far as it goes, then move the bytes pending, client first; whether
+        any moved."""
+        for obj in (self.c, self.s):
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        moved = False
+        for from_client, src, dst in ((True, self.cout, self.sin), (False, self.sout, self.cin)):
+            b = src.read()
+            if b:
+                self.flights.append((from_client, b))
+                dst.write(b)
+                moved = True
+        return moved
+
+    def pump(self) -> None:
+        """``step`` until nothing moves."""
+        for _ in range(50):
+            if not self.step():
+                return
 
 
 NGINX_CONF = """
