@@ -32,7 +32,7 @@ import dpkt
 import orjson
 import pytest
 from netsim import Conv, segments
-from tlslab import MemoryTls, capture, curl, tls_lab
+from tlslab import MemoryTls, capture, curl, flight_frames, tls_lab
 
 import replay.tls.records as records
 from replay._native import load_c
@@ -104,16 +104,6 @@ def _conversation(tmp: Path, version: ssl.TLSVersion, *, pipelined: bool = False
         drain(c)
         i += len(batch)
     return m.flights, keylog
-
-
-def _frames(flights: list[tuple[bool, bytes]], sizes: list[int], rng: random.Random
-            ) -> list[tuple[float, int, bytes]]:
-    conv = Conv(server=("10.0.0.2", 443))
-    frames = conv.handshake()
-    for from_client, b in flights:
-        for seg in segments(b, rng.choice(sizes)):
-            frames.append(conv.c(seg) if from_client else conv.s(seg))
-    return frames + [conv.fin_c(), conv.fin_s()]
 
 
 def _write(path: Path, frames: list[tuple[float, int, bytes]]) -> Path:
@@ -196,7 +186,7 @@ def test_segmentation_identical_and_native(conv, sizes: list[int], tmp_path: Pat
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Records split over segments (a header cut anywhere), many records in one segment."""
     flights, keylog, version = conv
-    pcap = _write(tmp_path / "c.pcap", _frames(flights, sizes, random.Random(1)))
+    pcap = _write(tmp_path / "c.pcap", flight_frames(flights, sizes, random.Random(1)))
     recs = _same(pcap, keylog, monkeypatch)
     assert _targets(recs) == [
         _plain_http(i)[0].split(b" ")[1].decode() for i in range(N_EXCHANGES)]
@@ -214,7 +204,7 @@ def test_segmentation_identical_and_native(conv, sizes: list[int], tmp_path: Pat
 def test_pipelined_requests_hand_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two requests in one record: the C reader gives the plaintext back mid-connection."""
     flights, keylog = _conversation(tmp_path, ssl.TLSVersion.TLSv1_3, pipelined=True)
-    pcap = _write(tmp_path / "p.pcap", _frames(flights, [1448, 300], random.Random(2)))
+    pcap = _write(tmp_path / "p.pcap", flight_frames(flights, [1448, 300], random.Random(2)))
     recs = _same(pcap, keylog, monkeypatch)
     assert len(_targets(recs)) == N_EXCHANGES
 
@@ -225,7 +215,7 @@ def _data_frames(frames: list) -> list[int]:
 
 def test_gap_mid_connection(conv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flights, keylog, _ = conv
-    frames = _frames(flights, [700, 1448], random.Random(3))
+    frames = flight_frames(flights, [700, 1448], random.Random(3))
     data = _data_frames(frames)
     for k, at in enumerate((len(data) // 3, len(data) // 2, 2 * len(data) // 3)):
         lossy = list(frames)
@@ -241,7 +231,7 @@ def test_retransmits_and_reordering(conv, tmp_path: Path,
     has nothing out of order (and the records stay in step); a retransmission is counted in C
     as the reassembler counts it (the connection stays there)."""
     flights, keylog, _ = conv
-    frames = _frames(flights, [500, 1448], random.Random(4))
+    frames = flight_frames(flights, [500, 1448], random.Random(4))
     data = _data_frames(frames)
     rng = random.Random(5)
     for trial in range(4):
@@ -272,7 +262,7 @@ def test_wrong_keys(conv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             parts[2] = parts[2][:-2] + ("00" if parts[2][-2:] != "00" else "11")
         lines.append(" ".join(parts))
     bad.write_text("\n".join(lines) + "\n")
-    pcap = _write(tmp_path / "w.pcap", _frames(flights, [1448], random.Random(6)))
+    pcap = _write(tmp_path / "w.pcap", flight_frames(flights, [1448], random.Random(6)))
     recs = _same(pcap, bad, monkeypatch)
     assert not _targets(recs)
 
@@ -280,7 +270,7 @@ def test_wrong_keys(conv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_truncated_record(conv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The capture ends inside a record (and, another time, inside a record header)."""
     flights, keylog, _ = conv
-    frames = _frames(flights, [1000, 3000], random.Random(7))[:-2]
+    frames = flight_frames(flights, [1000, 3000], random.Random(7))[:-2]
     data = _data_frames(frames)
     for cut in (len(data) // 2, len(data) - 3):
         f = frames[:data[cut]]
@@ -296,7 +286,7 @@ def test_random_damage(conv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     flights, keylog, _ = conv
     rng = random.Random(8)
     for trial in range(6):
-        frames = _frames(flights, [37, 100, 1448, 5000], rng)
+        frames = flight_frames(flights, [37, 100, 1448, 5000], rng)
         data = _data_frames(frames)
         kind = trial % 3
         if kind == 0:  # flipped bits (a record that does not verify)
@@ -321,30 +311,28 @@ def test_interleaved_connections_and_limits(conv, limits: dict, tmp_path: Path,
     in the middle: evictions, idle timeouts and small buffers take connections from C while
     their records are read there."""
     flights, keylog, _ = conv
-    rng = random.Random(9)
+    merged = _three_at_once(flights, random.Random(9), 40000)
+    recs = _same(_write(tmp_path / "m.pcap", merged), keylog, monkeypatch, **limits)
+    if not limits:
+        assert len(_targets(recs)) == 3 * N_EXCHANGES
+
+
+def _three_at_once(flights: list[tuple[bool, bytes]], rng: random.Random, port: int
+                   ) -> list[tuple[float, int, bytes]]:
+    """Three connections carrying ``flights``, interleaved frame by frame, the second with a
+    data segment retransmitted, and a pause of 3 s half-way through the capture."""
     convs = []
     for k in range(3):
-        c = Conv(client=("10.0.0.1", 40000 + k), server=("10.0.0.2", 443), ts=1000.0)
-        frames = c.handshake()
-        for from_client, b in flights:
-            for seg in segments(b, rng.choice([300, 1448, 4000])):
-                frames.append(c.c(seg) if from_client else c.s(seg))
-        frames += [c.fin_c(), c.fin_s()]
+        c = Conv(client=("10.0.0.1", port + k), server=("10.0.0.2", 443), ts=1000.0)
+        frames = flight_frames(flights, [300, 1448, 4000], rng, c)
         if k == 1:
             i = _data_frames(frames)[len(frames) // 2]
             frames.insert(i + 1, frames[i])
         convs.append(frames)
-    merged = []
-    for i in range(max(map(len, convs))):
-        for frames in convs:
-            if i < len(frames):
-                merged.append(frames[i])
+    merged = [fr[i] for i in range(max(map(len, convs))) for fr in convs if i < len(fr)]
     half = len(merged) // 2
-    merged = [(ts + (0 if j < half else 3.0), lt, f) for j, (ts, lt, f)
-              in enumerate(sorted(merged, key=lambda x: x[0]))]
-    recs = _same(_write(tmp_path / "m.pcap", merged), keylog, monkeypatch, **limits)
-    if not limits:
-        assert len(_targets(recs)) == 3 * N_EXCHANGES
+    return [(ts + (0 if j < half else 3.0), lt, f) for j, (ts, lt, f)
+            in enumerate(sorted(merged, key=lambda x: x[0]))]
 
 
 def _cut_conversations(flights: list[tuple[bool, bytes]], n: int, gap: float
@@ -424,7 +412,7 @@ def test_steady_duplicates_read_in_c(conv, older: bool, tmp_path: Path,
     the C reader's lines included), without giving the connection back, so the records are
     still decrypted there (lent directions); the records and counters are Python's."""
     flights, keylog, version = conv
-    frames, n = _with_duplicates(_frames(flights, [400, 1448], random.Random(21)), older)
+    frames, n = _with_duplicates(flight_frames(flights, [400, 1448], random.Random(21)), older)
     pcap = _write(tmp_path / "dup.pcap", frames)
     recs = _same(pcap, keylog, monkeypatch)
     assert len(_targets(recs)) == N_EXCHANGES
@@ -639,7 +627,7 @@ def test_h2_segmentation_identical_and_lent(conv_h2, sizes: list[int], tmp_path:
     """HTTP/2 over TLS 1.3: records split over segments, many records in one segment; the
     records read in C (lent to the sink), the same records and counters as all in Python."""
     flights, keylog = conv_h2
-    pcap = _write(tmp_path / "h2.pcap", _frames(flights, sizes, random.Random(11)))
+    pcap = _write(tmp_path / "h2.pcap", flight_frames(flights, sizes, random.Random(11)))
     recs = _same(pcap, keylog, monkeypatch)
     assert sorted(_h2_targets(recs)) == sorted(f"/h2/{i}" for i in range(N_H2))
     for r in recs:
@@ -661,7 +649,7 @@ def test_h2_lent_counts_and_feeds(conv_h2, tmp_path: Path) -> None:
     """The sink counts what the Python loop counts (records_decrypted, h2_bytes) and feeds
     the reader exactly the bytes it would, segment by segment (the same reads and times)."""
     flights, keylog = conv_h2
-    pcap = _write(tmp_path / "h2f.pcap", _frames(flights, [700, 1448], random.Random(12)))
+    pcap = _write(tmp_path / "h2f.pcap", flight_frames(flights, [700, 1448], random.Random(12)))
     seen: dict[bool, list] = {}
     for native in (True, False):
         from replay.h2.reader import H2Connection
@@ -700,7 +688,7 @@ def test_h2_gap_retransmits_damage(conv_h2, tmp_path: Path,
     flights, keylog = conv_h2
     rng = random.Random(13)
     for trial in range(9):
-        frames = _frames(flights, [37, 500, 1448, 5000], rng)
+        frames = flight_frames(flights, [37, 500, 1448, 5000], rng)
         data = _data_frames(frames)
         kind = trial % 5
         if kind == 0:  # segments lost
@@ -734,24 +722,7 @@ def test_h2_interleaved_connections_and_limits(conv_h2, limits: dict, tmp_path: 
     """Three HTTP/2 TLS connections at once, one with a retransmission, a pause mid-way:
     connections taken from C while their records are lent."""
     flights, keylog = conv_h2
-    rng = random.Random(14)
-    convs = []
-    for k in range(3):
-        c = Conv(client=("10.0.0.1", 41000 + k), server=("10.0.0.2", 443), ts=1000.0)
-        frames = c.handshake()
-        for from_client, b in flights:
-            for seg in segments(b, rng.choice([300, 1448, 4000])):
-                frames.append(c.c(seg) if from_client else c.s(seg))
-        frames += [c.fin_c(), c.fin_s()]
-        if k == 1:
-            i = _data_frames(frames)[len(frames) // 2]
-            frames.insert(i + 1, frames[i])
-        convs.append(frames)
-    merged = [f for i in range(max(map(len, convs))) for fr in convs if i < len(fr)
-              for f in [fr[i]]]
-    half = len(merged) // 2
-    merged = [(ts + (0 if j < half else 3.0), lt, f) for j, (ts, lt, f)
-              in enumerate(sorted(merged, key=lambda x: x[0]))]
+    merged = _three_at_once(flights, random.Random(14), 41000)
     recs = _same(_write(tmp_path / "h2m.pcap", merged), keylog, monkeypatch, **limits)
     if not limits:
         assert len(_h2_targets(recs)) == 3 * N_H2
@@ -763,7 +734,7 @@ def test_h2_steady_duplicates_lent(conv_h2, older: bool, tmp_path: Path,
     """HTTP/2 over TLS with every data segment twice: the duplicates counted in C, the
     directions still lent to the sink, the records and counters Python's."""
     flights, keylog = conv_h2
-    frames, n = _with_duplicates(_frames(flights, [400, 1448], random.Random(23)), older)
+    frames, n = _with_duplicates(flight_frames(flights, [400, 1448], random.Random(23)), older)
     pcap = _write(tmp_path / "h2dup.pcap", frames)
     recs = _same(pcap, keylog, monkeypatch)
     assert sorted(_h2_targets(recs)) == sorted(f"/h2/{i}" for i in range(N_H2))

@@ -12,8 +12,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from netsim import Conv, run, segments
-from tlslab import MemoryTls
+from netsim import run
+from tlslab import MemoryTls, flight_frames
 
 from replay.tls import KeyLog
 
@@ -53,16 +53,6 @@ def _conversation(tmp: Path, version: ssl.TLSVersion, ciphers: str | None = None
     return m.flights, kl
 
 
-def _frames(flights: list[tuple[bool, bytes]], sizes: list[int], rng: random.Random
-            ) -> list[tuple[float, int, bytes]]:
-    conv = Conv(server=("10.0.0.2", 443))
-    frames = conv.handshake()
-    for from_client, b in flights:
-        for seg in segments(b, rng.choice(sizes)):
-            frames.append(conv.c(seg) if from_client else conv.s(seg))
-    return frames + [conv.fin_c(), conv.fin_s()]
-
-
 CASES = [
     (ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-GCM-SHA256"),
     (ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES256-GCM-SHA384"),
@@ -88,7 +78,7 @@ def test_records_over_any_segmentation(tmp_path: Path, version: ssl.TLSVersion,
             else:
                 merged.append((fc, b))
         flights = merged
-    exs, e = run(_frames(flights, sizes, random.Random(1)), keylog=kl, native=native)
+    exs, e = run(flight_frames(flights, sizes, random.Random(1)), keylog=kl, native=native)
     assert [(x.request.target, x.request.body, x.response.status, x.response.body)
             for x in exs] == [(f"/item/{i}", b, 200, b[::-1] + b"!")
                               for i, b in enumerate(BODIES)]
@@ -108,7 +98,7 @@ def test_damage_is_counted_never_raised(tmp_path: Path, version: ssl.TLSVersion,
     flights, kl = _conversation(tmp_path, version, ciphers)
     rng = random.Random(7)
     for trial in range(40):
-        frames = _frames(flights, [37, 100, 1448, 5000], rng)
+        frames = flight_frames(flights, [37, 100, 1448, 5000], rng)
         data_frames = [i for i, f in enumerate(frames) if len(f[2]) > 54]
         kind = trial % 4
         if kind == 0:  # flip bits in a few segments

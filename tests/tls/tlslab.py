@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import random
 import secrets
 import signal
 import ssl
@@ -22,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from netsim import Conv, segments
 
 HOST = "shop.test"
 """The name curl asks for (SNI), resolved to the namespace's loopback by ``--resolve``."""
@@ -52,6 +54,18 @@ def make_cert(d: Path) -> tuple[Path, Path]:
     return cp, kp
 
 
+
+
+def flight_frames(flights: list[tuple[bool, bytes]], sizes: list[int], rng: random.Random,
+                  conv: Conv | None = None) -> list[tuple[float, int, bytes]]:
+    """The frames of one TCP connection (``conv``, or a client to 10.0.0.2:443) carrying
+    ``flights`` cut in segments of sizes drawn from ``sizes``: handshake, data, FINs."""
+    conv = conv or Conv(server=("10.0.0.2", 443))
+    frames = conv.handshake()
+    for from_client, b in flights:
+        for seg in segments(b, rng.choice(sizes)):
+            frames.append(conv.c(seg) if from_client else conv.s(seg))
+    return frames + [conv.fin_c(), conv.fin_s()]
 
 class MemoryTls:
     """One TLS connection between two in-memory OpenSSL endpoints (``ssl.MemoryBIO``), the
