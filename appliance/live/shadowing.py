@@ -239,6 +239,8 @@ class Shadower:
         self._probe_at = {t.name: 0.0 for t in cfg.targets}
         self._last_fail = {t.name: NO_ANSWER for t in cfg.targets}
         self._prod_hist = self.lat_hist["production"]
+        self._to_judge: list[tuple[Any, list[Any], list[int]]] = []
+        """Landed, not judged yet (``_judge_pending``, at the end of the loop turn)."""
         self._per_target = [(t.name, t.role, self.health[t.name], self.lat_hist[t.name])
                             for t in cfg.targets]
 
@@ -350,13 +352,30 @@ class Shadower:
             while waiting and self._active < self.cfg.concurrency:
                 self._active += 1
                 self._start(*waiting.popleft())
+        # Judged after every answer of this loop turn has started its connection's next
+        # request: the writes to the shadows go out together while their servers are awake,
+        # instead of one per judgement (~30 us apart), each waking an idle server (measured:
+        # ~20 % of the CPU per comparison went to those wake-ups).
+        todo = self._to_judge
+        todo.append((ex, outs, skip))
+        if len(todo) == 1:
+            self._loop.call_soon(self._judge_pending)
         if self.in_flight == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
-        try:
-            self._judge(ex, outs, skip)
-        except Exception:  # one odd exchange must not stop the comparison
-            self._skip("judge_error")
-            log.exception("shadowing: judging %s failed", ex.id)
+
+    def _judge_pending(self) -> None:
+        """Judge what landed (in landing order); called once per loop turn, and before
+        anything reads the verdict state."""
+        todo = self._to_judge
+        if not todo:
+            return
+        self._to_judge = []
+        for ex, outs, skip in todo:
+            try:
+                self._judge(ex, outs, skip)
+            except Exception:  # one odd exchange must not stop the comparison
+                self._skip("judge_error")
+                log.exception("shadowing: judging %s failed", ex.id)
 
     @property
     def busy(self) -> bool:
@@ -468,12 +487,14 @@ class Shadower:
         while self.in_flight > 0:
             self._idle = self._loop.create_future()
             await self._idle
+        self._judge_pending()
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for what was taken; what is still out or waiting is counted."""
         if self.in_flight > 0 and self._loop is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.settle(), timeout)
+        self._judge_pending()
         left = self.in_flight
         if left:
             self._closed = True  # answers landing from now on are not judged
@@ -522,6 +543,7 @@ class Shadower:
         ``delta``: a key's examples (pretty-printed bodies, the bulk of the state) are left out
         (``None``) when unchanged since the last delta state; the receiver keeps the previous
         ones (``fill_examples``). A worker sends its state every few seconds for weeks."""
+        self._judge_pending()
         st = self.status()
         tws = self.tw.state() if self.tw is not None else None
         if delta and tws is not None:
