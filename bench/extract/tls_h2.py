@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # netsim, which tlslab uses
 sys.path.insert(0, str(ROOT / "tests" / "h2"))
 sys.path.insert(0, str(ROOT / "tests" / "tls"))
 
