@@ -379,6 +379,18 @@ def test_a_killed_worker_is_restarted_and_the_engine_carries_on(
     cfg = _cfg(d, out, 2, shadow_pair)
     eng = LiveEngine(cfg, source="test").start()
     try:
+        # the capture comes first: scheduled above the workers (root here)
+        captures = [p.pid for p in eng.app._procs.values()]  # type: ignore[union-attr]
+        assert captures
+
+        def above() -> bool:  # each process sets its own priority as it starts
+            return all(os.getpriority(os.PRIO_PROCESS, c) < os.getpriority(os.PRIO_PROCESS, w.pid)
+                       for c in captures for w in eng._procs.values())
+
+        deadline = time.monotonic() + 10
+        while not above() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert above()
         victim = eng._procs[0]
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(10)
