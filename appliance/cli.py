@@ -263,12 +263,31 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def _no_collection_at_exit() -> None:
+    """At interpreter exit, let the garbage collector skip what is still alive.
+
+    Finalisation runs full collections over every object left (typer's, rich's and the
+    extractor's modules and state) before tearing the modules down: ~40 ms of an extract that
+    takes ~0.3 s when the capture is empty. ``gc.freeze`` from an ``atexit`` hook moves them
+    out of the collector's reach only once the process is exiting, so a caller that goes on
+    after ``main`` is unaffected. Nothing observable changes: atexit hooks and the flush of
+    stdout and stderr still run, the command closes its output itself, and nothing on the
+    extract path needs a finalizer of a garbage cycle to run."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)  # once, however often main() is called
+    atexit.register(gc.freeze)
+
+
 def main() -> None:
     _one_line_warnings()
     if len(sys.argv) > 1 and sys.argv[1] == "extract":
         # The one-shot command that scripts run once per capture: mount it alone, so a run
         # does not pay for importing and building the ~40 other commands (~0.2 s).
         from replay import cli as replay_cli
+
+        _no_collection_at_exit()
 
         one = typer.Typer(name="shadowtap", add_completion=False, pretty_exceptions_enable=False,
                           context_settings=CONTEXT, cls=OneLineErrors)
