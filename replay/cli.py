@@ -85,6 +85,7 @@ def _open_output(path: Path | None):
 def summary_table(s: Any) -> Any:
     """A rich table of an extraction Summary."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="shadowtap extract", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -117,13 +118,16 @@ def summary_table(s: Any) -> Any:
     if h2.get("connections"):
         at = next(i for i, r in enumerate(rows) if r[0] == "exchanges")
         rows[at:at] = h2_rows(h2)
+    # Cells as plain Text: SNI, ALPN and weird names come from the capture, and rich would
+    # read "[/]" or ":smile:" in them as markup (a MarkupError on an unbalanced tag).
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(k, Text(v))
     skipped = {**s.skipped_packets}
     for k in ("fragments_reassembled",):
         skipped.pop(k, None)
     if skipped:
-        t.add_row("packets skipped", ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items())))
+        t.add_row("packets skipped",
+                  Text(", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items()))))
     return t
 
 

@@ -263,3 +263,22 @@ def test_extract_summary_table_shows_desync_and_weirds() -> None:
     clean = render(Summary())
     assert re.search(r"HTTP weirds[\s│|]+0\b", clean)
     assert re.search(r"desync messages \(never replayed\)[\s│|]+0\b", clean)
+
+
+def test_extract_summary_prints_capture_strings_literally() -> None:
+    """An SNI is the capture's to choose: rich markup or emoji codes in it are printed as they
+    are, never interpreted (an unbalanced "[/]" made rich raise)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from replay.cli import summary_table
+    from replay.extract import Summary
+
+    s = Summary()
+    s.tls = {"connections": 2, "no_key": 2}
+    s.tls_undecrypted = {"[/] (h2)": 1, "[bold]x:smile: (http/1.1)": 1}
+    con = Console(file=StringIO(), width=200)
+    con.print(summary_table(s))
+    out = con.file.getvalue()  # type: ignore[attr-defined]
+    assert "[/] (h2)" in out and "[bold]x:smile: (http/1.1)" in out
