@@ -77,7 +77,8 @@ def _open_output(path: Path | None):
         return sys.stdout.buffer, False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("wb"), True
+        # 1 MiB buffer: lines are a few KB, and the default 8 KiB made a write call per line
+        return path.open("wb", buffering=1 << 20), True
     except OSError as e:
         raise fail(f"{path}: cannot write ({e.strerror or e})") from None
 
@@ -281,6 +282,7 @@ def extract_cmd(
     progress = None
     try:
         if show_progress:
+            from rich.markup import escape
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
             progress = Progress(
@@ -292,7 +294,8 @@ def extract_cmd(
             task = None
             cb = None
             if progress is not None:
-                task = progress.add_task(cap.name, total=max(cap.stat().st_size, 1))
+                task = progress.add_task(escape(cap.name),  # a file name is not markup
+                                         total=max(cap.stat().st_size, 1))
 
                 def cb(pos: int, size: int, task: Any = task) -> None:
                     progress.update(task, completed=pos)
