@@ -214,6 +214,7 @@ def _offline_demo(workdir: Path, connections: int) -> None:
     """Make a sample capture of realistic HTTP traffic, extract it, and show what came out."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from replay import cli as replay_cli
     from replay.extract import Summary, extract_file
@@ -246,7 +247,7 @@ def _offline_demo(workdir: Path, connections: int) -> None:
         r, p = ex.request, ex.response
         assert r is not None
         t.add_row(ex.id, f"{ex.conn.client_ip}:{ex.conn.client_port}" if ex.conn else "",
-                  r.method, r.target[:48], str(p.status) if p else "-",
+                  Text(r.method), Text(r.target[:48]), str(p.status) if p else "-",
                   str(len(p.body)) if p else "-", "yes" if ex.completeness.complete else "no")
     con.print(t)
     con.print(f"exchange log: {out} (one JSON object per line; see docs/formats.md)")

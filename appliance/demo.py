@@ -453,7 +453,8 @@ def _print_results(con: Any, report: dict[str, Any], workdir: Path) -> None:
         top = ", ".join(f"{k} ({v} endpoints)" for k, v in
                         sorted(by_field.items(), key=lambda kv: -kv[1])[:6])
         con.print(f"noise suppressed: {len(noise)} (endpoint, field) pairs differed as often in "
-                  f"shadow-1 (production's build) as in v2, e.g. {top}")
+                  f"shadow-1 (production's build) as in v2, e.g. {top}",
+                  markup=False, emoji=False)  # field names come from the traffic
     con.print(latency_table(
         report.get("latency", []), width=con.width,
         title="latency per endpoint (ms, p50 / p90): production vs shadows",

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from replay.cli import PORT, check_output, output_format
 from replay.errors import InputError
@@ -161,9 +162,10 @@ def report_table(rep: SanitiseReport) -> Table:
     for (rule, loc), n in sorted(rep.counts.items()):
         samples = "" if rule in shown else ", ".join(rep.samples.get(rule, []))
         shown.add(rule)
-        t.add_row(rule, loc, str(n), samples)
-    for reason, n in sorted(rep.fallbacks.items()):
-        t.add_row("[yellow]fallback[/]", reason, str(n), "handled per on_mismatch")
+        # Text: samples keep the traffic's punctuation (IPv6 '2001:cd:1::' holds ':cd:')
+        t.add_row(Text(rule), Text(loc), str(n), Text(samples))
+    for reason, n in sorted(rep.fallbacks.items()):  # reasons quote an encoding, a boundary
+        t.add_row("[yellow]fallback[/]", Text(reason), str(n), "handled per on_mismatch")
     if not rep.counts and not rep.fallbacks:
         t.add_row("-", "-", "0", "nothing to mask")
     return t

@@ -167,11 +167,12 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def _ep_field(endpoint: str, fld: str) -> str:
-    """The endpoint over its field, in one cell: both stay whole at 80 columns."""
-    from rich.markup import escape
+def _ep_field(endpoint: str, fld: str) -> Any:
+    """The endpoint over its field, in one cell: both stay whole at 80 columns. Plain Text:
+    both come from the traffic, and rich would read "[/]" or ":smile:" in them as markup."""
+    from rich.text import Text
 
-    return f"{escape(endpoint)}\n  [bold]{escape(fld)}[/]"
+    return Text.assemble(endpoint, "\n  ", (fld, "bold"))
 
 
 def _cell_width(findings: list[dict[str, Any]], width: int | None) -> int | None:
@@ -188,6 +189,7 @@ def findings_table(findings: list[dict[str, Any]], *, title: str, cand: str = "c
     first column (never cut), the kind abbreviated when narrow, examples in a column when wide
     (see ``examples_text`` for narrow consoles)."""
     from rich.table import Table
+    from rich.text import Text
 
     narrow = _narrow(width)
     t = Table(title=title, title_justify="left")
@@ -210,11 +212,11 @@ def findings_table(findings: list[dict[str, Any]], *, title: str, cand: str = "c
                f"{f['candidate_diffs']}/{f['compared']}",
                "-" if f["secondary_diffs"] is None else f"{f['secondary_diffs']}/{f['compared']}"]
         if source:
-            row.append(f["source"])
+            row.append(Text(f["source"]))
         else:
             row.append("-" if f.get("p_adjusted") is None else format(f["p_adjusted"], p_format))
         if show_ex:
-            row.append(_example(f))
+            row.append(Text(_example(f)))  # the answers' values
         t.add_row(*row, end_section=narrow)
     return t
 
@@ -238,6 +240,7 @@ def latency_table(rows: list[dict[str, Any]], *, title: str | None = None,
     """Per endpoint answer times (p50 / p90, ms) of production and the shadows, and the judge's
     verdict (``replay.latency.judge_latency`` rows)."""
     from rich.table import Table
+    from rich.text import Text
 
     lab = {"production": "production", "secondary": "secondary", "candidate": "candidate",
            **(labels or {})}
@@ -257,7 +260,7 @@ def latency_table(rows: list[dict[str, Any]], *, title: str | None = None,
     sep = "/" if _narrow(width) else " / "
     for r in rows:
         n = max(r.get(f"{k}_n", 0) for k in ("production", "secondary", "candidate"))
-        t.add_row(r["endpoint"], str(n),
+        t.add_row(Text(r["endpoint"]), str(n),
                   *(f"{f(r.get(f'{k}_p50_ms'))}{sep}{f(r.get(f'{k}_p90_ms'))}" for k in sides),
                   "[red]SLOWER[/]" if r["regression"] else "ok")
     return t
@@ -268,6 +271,7 @@ def diff_tables(report: dict[str, Any], *, width: int | None = None) -> list[Any
     ``width``: the console's (at 80 columns the tables stack endpoint over field and abbreviate
     kinds; nothing that names an endpoint or a field is cut)."""
     from rich.table import Table
+    from rich.text import Text
 
     s = report["summary"]
     head = Table(title="shadowtap diff", show_header=False, title_justify="left")
@@ -281,7 +285,7 @@ def diff_tables(report: dict[str, Any], *, width: int | None = None) -> list[Any
     for reason, n in sorted(s["skipped"].items()):
         head.add_row(f"skipped: {reason}", f"{n:,}")
     for reason, n in sorted(s.get("http_weird", {}).items()):
-        head.add_row(f"HTTP weird: {reason}", f"{n:,}")
+        head.add_row(Text(f"HTTP weird: {reason}"), f"{n:,}")  # an input file's to name
     head.add_row("regressions", str(s["regressions"]))
     if "latency_regressions" in s:
         head.add_row("endpoints slower", str(s["latency_regressions"]))
@@ -302,14 +306,12 @@ def diff_tables(report: dict[str, Any], *, width: int | None = None) -> list[Any
                        overflow="fold")
     for e in report["endpoints"]:
         reg = str(e["regressions"])
-        eps.add_row(e["endpoint"], f"{e['compared']:,}", f"[red]{reg}[/]" if e["regressions"]
+        eps.add_row(Text(e["endpoint"]), f"{e['compared']:,}", f"[red]{reg}[/]" if e["regressions"]
                     else reg, str(e["noise"]), str(e["undecided"]), str(e["candidate_errors"]))
     out = [head, eps]
     if report["regressions"]:
         out.append(findings_table(report["regressions"], title="regressions", width=width))
         if _narrow(width):
-            from rich.text import Text
-
             out.append(Text("examples (production → candidate):", style="italic"))
             out.append(examples_text(report["regressions"]))
     if report.get("latency"):
@@ -322,8 +324,6 @@ def diff_tables(report: dict[str, Any], *, width: int | None = None) -> list[Any
         out.append(findings_table(report["noise"][:40], title="noise (not reported)",
                                   width=width, examples=False, source=True))
         if more > 0:
-            from rich.text import Text
-
             out.append(Text(f"… {more} more noise fields in the report"))
     return out
 

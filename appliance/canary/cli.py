@@ -115,7 +115,6 @@ def canary_run(
         AddressBackends,
         CanaryPolicy,
         ConntrackBackends,
-        Rollout,
         load_policy,
     )
     from appliance.live.capture import CaptureError
@@ -257,33 +256,9 @@ def canary_run(
         server.registry.register(RolloutCollector(rollout))
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    last_step = [0]
+    on_tick = _tick_printer(con, policy)
 
     import time
-
-    held: set[int] = set()
-
-    def on_tick(r: Rollout, j: Any) -> None:
-        if r.history and r.history[-1]["step"] != last_step[0]:
-            h = r.history[-1]
-            last_step[0] = h["step"]
-            c, p = h["canary"], h["prod"]
-            mark = "[green]ok[/]" if h["decision"] == "promote" else "[red]ROLLBACK[/]"
-            jd = h.get("judgement") or {}
-            if jd.get("score") is not None:
-                mark += f" ({jd['outcome']}, score {jd['score']:.0f})"
-            con.print(f"step {h['step']}: {h['weight']:g} % for {h['seconds']:.0f} s  {mark}  "
-                      f"canary {c['requests']} req, {c['error_rate']:.1%} errors, p95 "
-                      f"{c['p95_ms']} ms | prod {p['requests']} req, {p['error_rate']:.1%} "
-                      f"errors, p95 {p['p95_ms']} ms")
-            for reason in h["reasons"]:
-                con.print(f"   {reason}")
-        elif (j is not None and j.decision == "wait" and r.step not in held
-              and time.monotonic() - r.step_started >= policy.step_seconds):
-            held.add(r.step)  # the step's time is up but the evidence is not: say so once
-            jd = j.stats.get("judgement") or {}
-            con.print(f"step {r.step + 1}: holding, {jd.get('outcome', 'inconclusive')} "
-                      f"({'; '.join(jd.get('reasons') or [])[:160]})")
 
     con.print(f"canary rollout in {netns or 'the host namespace'}: steps {policy.steps} "
               f"(% of {'requests, haproxy' if live['split'] == 'haproxy' else 'new connections'}), "
@@ -314,12 +289,52 @@ def canary_run(
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(doc, indent=2))
+    raise typer.Exit(_say_outcome(con, rollout))
+
+
+def _tick_printer(con: Any, policy: Any) -> Any:
+    """The controller's ``on_tick``: a line per judged step and its reasons, and one when a step
+    holds. Reasons name endpoints (and quote the traffic): printed as they are, never as markup."""
+    import time
+
+    last_step = [0]
+    held: set[int] = set()
+
+    def on_tick(r: Any, j: Any) -> None:
+        if r.history and r.history[-1]["step"] != last_step[0]:
+            h = r.history[-1]
+            last_step[0] = h["step"]
+            c, p = h["canary"], h["prod"]
+            mark = "[green]ok[/]" if h["decision"] == "promote" else "[red]ROLLBACK[/]"
+            jd = h.get("judgement") or {}
+            if jd.get("score") is not None:
+                mark += f" ({jd['outcome']}, score {jd['score']:.0f})"
+            con.print(f"step {h['step']}: {h['weight']:g} % for {h['seconds']:.0f} s  {mark}  "
+                      f"canary {c['requests']} req, {c['error_rate']:.1%} errors, p95 "
+                      f"{c['p95_ms']} ms | prod {p['requests']} req, {p['error_rate']:.1%} "
+                      f"errors, p95 {p['p95_ms']} ms")
+            for reason in h["reasons"]:
+                con.print(f"   {reason}", markup=False, emoji=False)
+        elif (j is not None and j.decision == "wait" and r.step not in held
+              and time.monotonic() - r.step_started >= policy.step_seconds):
+            held.add(r.step)  # the step's time is up but the evidence is not: say so once
+            jd = j.stats.get("judgement") or {}
+            con.print(f"step {r.step + 1}: holding, {jd.get('outcome', 'inconclusive')} "
+                      f"({'; '.join(jd.get('reasons') or [])[:160]})", markup=False, emoji=False)
+
+    return on_tick
+
+
+def _say_outcome(con: Any, rollout: Any) -> int:
+    """The last line (the reasons escaped: they quote the traffic); the exit status."""
+    from rich.markup import escape
+
     if rollout.state == "promoted":
         con.print("[bold green]promoted[/]: the canary takes 100 % of new connections")
-        raise typer.Exit(0)
+        return 0
     con.print(f"[bold red]rolled back[/]: new connections go to production "
-              f"({'; '.join(rollout.reasons)})")
-    raise typer.Exit(1)
+              f"({escape('; '.join(rollout.reasons))})", emoji=False)
+    return 1
 
 
 def canary_history(

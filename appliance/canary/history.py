@@ -247,8 +247,8 @@ def history_command(
     """Print the history (a table that fits 80 columns, or JSON); one rollout's steps with the
     judge's evidence when ``rollout_id`` is given. Returns the exit status."""
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     try:
         h = RolloutHistory(path)
@@ -289,11 +289,10 @@ def history_command(
         # what is left of the width (3 per column of borders and padding, plus 1)
         t.add_column("why", no_wrap=True, overflow="ellipsis",
                      max_width=max(12, con.width - sum(widths) - 3 * (len(heads) + 1) - 1))
-        for c in cells:
+        for c in cells:  # plain Text: the reasons name endpoints (markup, emoji codes)
             colour = {"promoted": "green", "rollback": "red"}.get(c[2])
-            t.add_row(*[escape(x) for x in c[:2]],
-                      f"[{colour}]{c[2]}[/]" if colour else escape(c[2]),
-                      *[escape(x) for x in c[3:]])
+            t.add_row(*[Text(x) for x in c[:2]], Text(c[2], style=colour or ""),
+                      *[Text(x) for x in c[3:]])
         con.print(t)
         if not rows:
             con.print("no rollouts recorded yet (shadowtap canary run records each one)")
@@ -318,11 +317,11 @@ def history_command(
                     if v is None:
                         return "-"
                     return f"{v:.1%}" if unit == "share" else f"{v:.3g}"
-                t.add_row(escape(m["name"]), escape(x.get("endpoint") or "(all)"),
+                t.add_row(Text(m["name"]), Text(x.get("endpoint") or "(all)"),
                           f"{x['n_canary']}/{x['n_baseline']}", f(x["canary"]), f(x["baseline"]),
                           f(x["effect"]), "-" if x["p_beyond"] is None else f"{x['p_beyond']:.1e}",
                           x["result"])
         con.print(t)
         for why in s["reasons"]:
-            con.print(f"   {escape(why)}")
+            con.print(f"   {why}", markup=False, emoji=False)
     return 0
