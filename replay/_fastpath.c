@@ -758,31 +758,44 @@ static int put_json_ascii(Buf *b, const char *s, Py_ssize_t n) {
     return 0;
 }
 
-/* A float as orjson prints it: Python's repr where the two agree (plain notation), else the
- * text orjson itself gives (asked through Python: rare). */
-static int put_float(FastPath *fp, Buf *b, double v) {
-    /* the last one written again (an exchange's timestamps are often equal in pairs) */
+/* Python's repr of a double when it is in plain notation (what orjson prints too): 1 and the
+ * text in *s, *n (valid until the next call); 0 when repr uses another notation; -1 on error.
+ * The last one is remembered: an exchange's timestamps are often equal in pairs. */
+static int plain_repr(double v, const char **s, Py_ssize_t *n) {
     static double last_v;
     static char last_s[40];
     static Py_ssize_t last_n = -1;
-    if (last_n >= 0 && memcmp(&v, &last_v, sizeof v) == 0) return put(b, last_s, last_n);
+    if (last_n >= 0 && memcmp(&v, &last_v, sizeof v) == 0) {
+        *s = last_s;
+        *n = last_n;
+        return 1;
+    }
     char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (!r) return -1;
-    int rc;
-    if (strpbrk(r, "eEni") == NULL) {
-        size_t n = strlen(r);
-        rc = put(b, r, (Py_ssize_t)n);
-        if (n < sizeof last_s) {
-            memcpy(last_s, r, n);
-            last_n = (Py_ssize_t)n;
-            last_v = v;
-        }
-    } else {
-        PyObject *t = PyObject_CallFunction(fp->float_text, "d", v);
-        rc = t && PyBytes_Check(t) ? put(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t)) : -1;
-        Py_XDECREF(t);
+    size_t k = strlen(r);
+    int plain = strpbrk(r, "eEni") == NULL && k < sizeof last_s;
+    if (plain) {
+        memcpy(last_s, r, k);
+        last_n = (Py_ssize_t)k;
+        last_v = v;
+        *s = last_s;
+        *n = last_n;
     }
     PyMem_Free(r);
+    return plain;
+}
+
+/* A float as orjson prints it: Python's repr where the two agree (plain notation), else the
+ * text orjson itself gives (asked through Python: rare). */
+static int put_float(FastPath *fp, Buf *b, double v) {
+    const char *s;
+    Py_ssize_t n;
+    int k = plain_repr(v, &s, &n);
+    if (k < 0) return -1;
+    if (k) return put(b, s, n);
+    PyObject *t = PyObject_CallFunction(fp->float_text, "d", v);
+    int rc = t && PyBytes_Check(t) ? put(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t)) : -1;
+    Py_XDECREF(t);
     return rc;
 }
 
@@ -2059,11 +2072,10 @@ static int e_int(Buf *b, PyObject *v) {
 
 static int e_float(Buf *b, PyObject *v) {
     if (!PyFloat_CheckExact(v)) return FB;
-    char *r = PyOS_double_to_string(PyFloat_AS_DOUBLE(v), 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (!r) return -1;
-    int rc = strpbrk(r, "eEni") ? FB : puts_(b, r);
-    PyMem_Free(r);
-    return rc;
+    const char *s;
+    Py_ssize_t n;
+    int k = plain_repr(PyFloat_AS_DOUBLE(v), &s, &n);
+    return k < 0 ? -1 : k ? put(b, s, n) : FB;
 }
 
 /* [[k, v], ...] from a list of 2-tuples/lists of str */
