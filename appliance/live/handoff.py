@@ -19,14 +19,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import select
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 F_SETPIPE_SZ = 1031
+_IOV = 512
+"""Lines per ``writev`` (IOV_MAX is 1024 on Linux)."""
 
 
 class Shedder:
@@ -128,7 +132,7 @@ class Dispatcher:
         self.shed_above = min(shed_above, budget // 4)
         """Waiting bytes (per worker) above which new connections start to be shed: a backlog
         of about a second of a worker's work, so what is kept is compared while fresh."""
-        self.pending: list[list[bytes]] = [[] for _ in fds]
+        self.pending: list[deque[bytes]] = [deque() for _ in fds]
         self.pending_bytes = [0] * self.n
         self.shedders = [Shedder() for _ in fds]
         """One per worker: a hot or dead worker sheds its own share, not everyone's."""
@@ -188,34 +192,49 @@ class Dispatcher:
         self._put(line, ex.id.rpartition(".")[0].encode())
 
     def flush(self) -> None:
-        """Write what each pipe takes now; the rest waits for the next call."""
+        """Write what each pipe takes now; the rest waits for the next call.
+
+        The waiting lines go out with ``writev`` in slices of ``_IOV``, never joined: a worker
+        that is behind leaves megabytes waiting here, and copying all of them at every ring
+        poll (as a ``join`` did) cost the capture more than its extraction, until the kernel
+        dropped packets (bench/live, at R)."""
         for i in range(self.n):
             parts = self.pending[i]
             if not parts or self.broken[i]:
                 continue
-            data = b"".join(parts) if len(parts) > 1 else parts[0]
-            try:
-                k = os.write(self.fds[i], data)
-            except BlockingIOError:
-                k = 0
-            except OSError as e:
-                if e.errno in (errno.EPIPE, errno.EBADF):
-                    self.broken[i] = True
-                    self.lost += data.count(b"\n")
-                    if self._drop is not None:
-                        self._drop("worker_lost", data.count(b"\n"))
-                    self.pending[i] = []
-                    self.pending_bytes[i] = 0
-                    continue
-                raise
-            if k < len(data):
-                rest = data[k:]
-                self.pending[i] = [rest]
-                self.pending_bytes[i] = len(rest)
-            else:
-                self.pending[i] = []
-                self.pending_bytes[i] = 0
-            self.sent[i] += k
+            fd = self.fds[i]
+            sent = 0
+            while parts:
+                batch = list(itertools.islice(parts, _IOV))
+                try:
+                    k = os.writev(fd, batch)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno in (errno.EPIPE, errno.EBADF):
+                        self.broken[i] = True
+                        n = sum(p.count(b"\n") for p in parts)
+                        self.lost += n
+                        if self._drop is not None:
+                            self._drop("worker_lost", n)
+                        parts.clear()
+                        break
+                    raise
+                sent += k
+                for b in batch:  # drop what was written; keep the unwritten end of a line
+                    if k >= len(b):
+                        k -= len(b)
+                        parts.popleft()
+                    else:
+                        if k:
+                            parts[0] = b[k:]
+                        break
+                else:
+                    continue  # all of the slice went: more may
+                if not self.lossless:
+                    break  # the pipe is full
+            self.sent[i] += sent
+            self.pending_bytes[i] = 0 if self.broken[i] else self.pending_bytes[i] - sent
         for i, sh in enumerate(self.shedders):
             sh.adapt(self.pending_bytes[i] / self.shed_above)
 
@@ -238,7 +257,7 @@ class Dispatcher:
                 self.lost += n
                 if self._drop is not None:
                     self._drop("worker_lost", n)
-            self.pending[i] = []
+            self.pending[i] = deque()
             self.pending_bytes[i] = 0
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -235,6 +235,30 @@ def test_lines_go_to_one_worker_per_connection_in_order() -> None:
     assert len(set(seen.values())) == 3  # and all workers get some
 
 
+def test_a_slow_reader_gets_every_kept_byte_once_in_order() -> None:
+    """A pipe that takes a page at a time: flushes write part of a line, then the rest; what
+    the worker reads is exactly the lines handed over, in order (nothing repeated or lost at
+    the cuts), and the waiting bytes are counted down to zero."""
+    r, w = make_pipe(4096)
+    d = Dispatcher([w], shed_above=1 << 30, budget=1 << 30)
+    lines = _lines(40, 6)
+    d.lines(b"".join(lines), len(lines), b"")
+    want = b"".join(lines)
+    assert d.pending_bytes[0] == len(want)
+    os.set_blocking(r, False)
+    got = b""
+    for _ in range(100_000):
+        d.flush()
+        with contextlib.suppress(BlockingIOError):
+            got += os.read(r, 1000)  # less than a page, so the pipe stays nearly full
+        if len(got) == len(want):
+            break
+    assert got == want
+    assert d.pending_bytes[0] == 0 and not d.pending[0] and d.sent[0] == len(want)
+    d.close()
+    os.close(r)
+
+
 def read_jsonl_bytes(line: bytes) -> Iterator[Any]:
     from replay.formats.jsonl import exchange_from_record
 
