@@ -7,6 +7,7 @@ can be piped. A user's mistake (missing file, not a capture) is one line on stde
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -320,7 +321,10 @@ def extract_cmd(
         if progress is not None:
             progress.stop()
         if close:
-            fp.close()
+            # After a failed write the close's flush fails the same way: the error above
+            # has been said once already.
+            with contextlib.suppress(OSError):
+                fp.close()
     if summary_json:
         sys.stderr.buffer.write(orjson.dumps(summary.to_dict()) + b"\n")
         sys.stderr.flush()

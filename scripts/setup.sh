@@ -34,5 +34,6 @@ echo "setup: installing shadowtap and its dependencies into .venv"
 # Bytecode for the project's own modules, as pip writes it for an installed package: with
 # PYTHONDONTWRITEBYTECODE set (CI images often set it) an editable install would otherwise
 # compile every module from source at every command start (~0.1 s CPU per `shadowtap` call).
-.venv/bin/python -m compileall -q -j 0 appliance replay netconfig > /dev/null
+.venv/bin/python -m compileall -q -j 0 appliance replay netconfig strictconf \
+    || echo "setup: warning: some modules were not compiled to bytecode (slower starts only)"
 echo "setup: done. Run '.venv/bin/shadowtap --help' to see the commands."

@@ -336,3 +336,16 @@ def test_vxlan_capture_through_cli(sample, tmp_path):
     assert Counter(jsonl_requests(p.stdout)) == Counter(truth_requests(truth))
     s = json.loads(next(ln for ln in p.stderr.splitlines() if ln.startswith(b"{")))
     assert s["vxlan_packets"] == stats.packets
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_full_disk_is_one_error_line(sample):
+    """Writing fails with ENOSPC (/dev/full): one error line, no traceback (the close that
+    follows fails the same way and must not add one)."""
+    path, _, _ = sample
+    p = run(path, "-o", "/dev/full", "-q")
+    err = p.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err
+    assert p.returncode != 0
+    lines = error_lines(p.stderr)
+    assert len(lines) == 1 and "write failed" in lines[0], err

@@ -326,14 +326,14 @@ def _tick_printer(con: Any, policy: Any) -> Any:
 
 
 def _say_outcome(con: Any, rollout: Any) -> int:
-    """The last line (the reasons escaped: they quote the traffic); the exit status."""
-    from rich.markup import escape
+    """The last line (the reasons as plain text: they quote the traffic); the exit status."""
+    from rich.text import Text
 
     if rollout.state == "promoted":
         con.print("[bold green]promoted[/]: the canary takes 100 % of new connections")
         return 0
-    con.print(f"[bold red]rolled back[/]: new connections go to production "
-              f"({escape('; '.join(rollout.reasons))})", emoji=False)
+    con.print(Text.assemble(("rolled back", "bold red"), ": new connections go to production (",
+                            "; ".join(rollout.reasons), ")"))
     return 1
 
 

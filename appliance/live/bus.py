@@ -240,11 +240,14 @@ class BusConsumer:
                 ids.append(eid)
         await sh.settle()
 
-    def publish_state(self) -> None:
+    def publish_state(self, st: dict[str, Any] | None = None) -> None:
         """This worker's state to the bus, then the acknowledgement of every entry it covers:
         a kill before the state is written leaves those entries pending, and the restarted
-        worker compares them again (nothing lost, nothing counted twice)."""
-        st = self.shadower.state()
+        worker compares them again (nothing lost, nothing counted twice). ``st``: the
+        shadower's ``state()``, taken on the loop's thread by a caller that publishes from
+        another (the state is the loop's)."""
+        if st is None:
+            st = self.shadower.state()
         st["bus"] = {"consumed": self.consumed, "acked": self.acked,
                      "reclaimed": self.reclaimed, "shards": self.shards}
         # The state and the acknowledgements in one transaction: all or nothing.
@@ -292,11 +295,11 @@ class BusConsumer:
             if time.monotonic() - last_state > self.shadowing.verdict_every:
                 last_state = time.monotonic()
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.publish_state)
+                    await asyncio.to_thread(self.publish_state, sh.state())
         await sh.drain(self.shadowing.drain_timeout)
         await sh.close()
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.publish_state)
+            await asyncio.to_thread(self.publish_state, sh.state())
 
 
 def merged_report(cfg: BusConfig, shadowing: Any, *, group: str = "shadowtap-workers",

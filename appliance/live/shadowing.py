@@ -248,6 +248,7 @@ class Shadower:
         from replay.compare import Rules, ThreeWay
         from replay.replayer import Replayer
 
+        self._loop = asyncio.get_running_loop()
         rules = Rules()
         rules.allow_extra_fields = self.cfg.allow_extra_fields
         self.tw = ThreeWay(rules, min_samples=self.cfg.min_samples, shard=self.shard)
@@ -358,7 +359,9 @@ class Shadower:
         # ~20 % of the CPU per comparison went to those wake-ups).
         todo = self._to_judge
         todo.append((ex, outs, skip))
-        if len(todo) == 1:
+        if self._loop is None:  # not started (a failed start): judged now
+            self._judge_pending()
+        elif len(todo) == 1:
             self._loop.call_soon(self._judge_pending)
         if self.in_flight == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
