@@ -409,5 +409,5 @@ def _hostile_state(seed: int, n: int) -> str:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_fuzz_seeded_quick(seed: int) -> None:
-    out = _child(f"print(R._fuzz_frames({seed}, 12))\nprint(R._hostile_state({seed}, 60))")
+    out = _child(f"print(R._fuzz_frames({seed}, 6))\nprint(R._hostile_state({seed}, 30))")
     assert out.count("ok") == 2, out
