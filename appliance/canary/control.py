@@ -474,11 +474,19 @@ class Controller:
         if rec.action == "fresh":
             self.save()
             if hold:
+                # What the capture hands over while held is drained and counted, not judged:
+                # left queued, it would fill the hand-off (drops) and be read as step 1.
                 while not stop.is_set() and r.state == "pending":
                     r.apply_commands(time.monotonic())
-                    if r.started_flag.wait(0.1):
+                    if r.started_flag.is_set():
                         r.apply_commands(time.monotonic())
                         break
+                    until, wait = time.monotonic() + 0.1, 0.05
+                    while handoff.get(timeout=wait) is not None:
+                        r.before_start += 1
+                        wait = 0.0
+                        if time.monotonic() >= until or r.started_flag.is_set():
+                            break
                 if stop.is_set() and r.state == "pending":
                     r.state = "rolled_back"
                     r.reasons = ["interrupted before the start: the canary never got traffic"]

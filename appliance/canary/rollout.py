@@ -265,6 +265,12 @@ class Rollout:
         self.step = -1
         self.weight = 0.0
         self.step_started = 0.0
+        self.step_wall = 0.0
+        """Wall-clock time (the capture's clock) the current step's weight was applied."""
+        self.before_start = 0
+        """Exchanges the capture handed over while the rollout was held before its start."""
+        self.stale = 0
+        """Exchanges not judged because they began before their step's weight was set."""
         self.judge = CanaryJudge(policy)
         self.history: list[dict[str, Any]] = []
         self.reasons: list[str] = []
@@ -287,11 +293,16 @@ class Rollout:
         self.weight = self.policy.steps[i]
         self.set_weight(self.weight)
         self.step_started = now
+        self.step_wall = time.time()
         self.judge = CanaryJudge(self.policy, self.judge if i > 0 else None)
         log.info("canary step %d: %g %% of new connections", i + 1, self.weight)
 
     def add(self, backend: str | None, status: int | None, latency: float | None,
-            endpoint: str | None = None) -> None:
+            endpoint: str | None = None, ts: float | None = None) -> None:
+        """One exchange production or the canary served; ``ts`` is when its request began
+        (capture time). An exchange that began before the current step's weight was set was
+        balanced under the step before (or before the start: a backlog the capture handed over
+        late), so it is counted in the totals but is not this step's evidence."""
         if backend is None:
             self.unattributed += 1
             return
@@ -300,6 +311,9 @@ class Rollout:
             t[0] += 1
             t[1] += status is None or status >= 500
         if self.state == "running":
+            if ts is not None and ts < self.step_wall:
+                self.stale += 1
+                return
             self.judge.add(backend, status, latency, endpoint)
 
     def tick(self, now: float) -> Judgement | None:
@@ -338,7 +352,9 @@ class Rollout:
                 "current": {"step": self.step + 1, **{k: v.to_dict()
                                                       for k, v in self.judge.sides.items()}},
                 "unattributed_exchanges": self.unattributed,
-                "exchanges_with_capture_holes": self.holes}
+                "exchanges_with_capture_holes": self.holes,
+                "exchanges_from_before_their_step": self.stale,
+                "exchanges_before_the_start": self.before_start}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +521,7 @@ def run_rollout(rollout: Rollout, handoff: Any, backend_of: Callable[[Any], str 
     refresh = getattr(backend_of, "refresh", None)
 
     def judge(ex: Any, b: str | None, status: int | None, lat: float | None) -> None:
-        rollout.add(b, status, lat, exchange_endpoint(ex))
+        rollout.add(b, status, lat, exchange_endpoint(ex), ex.ts_request_start)
         if tee is not None and b == PROD:
             tee(ex)
     try:

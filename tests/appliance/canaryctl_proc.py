@@ -41,7 +41,7 @@ class Traffic:
         t = time.time()
         return SimpleNamespace(
             backend=b, conn=None, request=SimpleNamespace(method="GET", target="/x"),
-            response=SimpleNamespace(status=200), ts_request_end=t,
+            response=SimpleNamespace(status=200), ts_request_start=t, ts_request_end=t,
             ts_response_end=t + random.uniform(0.004, 0.006),
             completeness=SimpleNamespace(request_gaps=0, response_gaps=0))
 

@@ -67,6 +67,31 @@ def test_errors_roll_back_as_soon_as_there_is_enough_evidence() -> None:
     assert "errors:" in r.reasons[0]
 
 
+def test_exchanges_begun_before_their_step_are_not_its_evidence() -> None:
+    """The capture hands exchanges over late (a backlog, a slow worker): one that began before
+    the step's weight was set was balanced under the step before and must not be judged in it
+    (an error burst of step 1 arriving late must not fail step 2's canary)."""
+    r = Rollout(CanaryPolicy(steps=[10, 50, 100], step_seconds=1, min_requests=5),
+                lambda w: None)
+    r.start(0.0)
+    began = time.time()
+    for _ in range(10):
+        r.add(CANARY, 200, .01, ts=began)
+        r.add(PROD, 200, .01, ts=began)
+    r.tick(2.0)
+    assert r.step == 1 and r.step_wall >= began
+    for _ in range(30):  # late: the canary's failures while it had step 1's weight
+        r.add(CANARY, 500, .01, ts=began)
+    for _ in range(10):
+        r.add(CANARY, 200, .01, ts=time.time())
+        r.add(PROD, 200, .01, ts=time.time())
+    r.tick(4.0)
+    assert r.state == "running" and r.step == 2, r.history
+    assert r.history[1]["canary"]["requests"] == 10 and r.stale == 30
+    assert r.totals[CANARY] == [50, 30]  # still counted where totals are kept
+    assert r.report()["exchanges_from_before_their_step"] == 30
+
+
 def test_an_error_rate_production_shares_is_not_the_canarys_fault() -> None:
     r = Rollout(CanaryPolicy(steps=[50, 100], step_seconds=1, min_requests=20), lambda w: None)
     r.start(0.0)
