@@ -136,7 +136,8 @@ def summary_table(s: Any) -> Any:
 TLS_OUTCOMES = (("decrypted", "decrypted"), ("no_key", "no key"),
                 ("auth_failed", "authentication failed"), ("h2", "decrypted, HTTP/2"),
                 ("mid_stream", "picked up mid-stream"),
-                ("unsupported_cipher", "cipher not supported"))
+                ("unsupported_cipher", "cipher not supported"),
+                ("no_server_hello", "handshake unanswered"))
 
 
 def tls_rows(s: Any) -> list[tuple[str, str]]:

@@ -68,7 +68,8 @@ class Summary:
     http: dict[str, int] = field(default_factory=dict)
     tls: dict[str, int] = field(default_factory=dict)
     """TLS connections by outcome (``decrypted``, ``no_key``, ``auth_failed``, ``h2``,
-    ``mid_stream``, ``unsupported_cipher``) and record counters (``replay.tls.records``)."""
+    ``mid_stream``, ``unsupported_cipher``, ``no_server_hello``) and record counters
+    (``replay.tls.records``)."""
     tls_undecrypted: dict[str, int] = field(default_factory=dict)
     """TLS connections that were not decrypted, by ``"SNI (ALPN)"``."""
     h2: dict[str, int] = field(default_factory=dict)

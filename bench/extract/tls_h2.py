@@ -13,8 +13,11 @@ The capture is written to tmpfs (``/dev/shm`` when there is one) by tcpdump with
 buffer (``-B``). A capture whose tcpdump reports "packets dropped by kernel" lacks segments, and
 the requests in them cannot be recovered by anyone: it is taken again (up to ``--attempts``
 times), and a capture still lossy is reported as such in the table (``drops``), never counted
-as requests the extractor missed. Requests are counted as the distinct request targets the
-clients asked for (a record holding only a response, whose request was lost, is not one).
+as requests the extractor missed. Requests are counted, for both tools, as the distinct
+request targets the clients asked for (a record holding only a response, whose request was
+lost, is not one; a request curl retried on a new connection is one). Many concurrent curls
+can leave handshakes unanswered (nginx refusing them under load): what neither tool can
+recover is reported, not counted as missed.
 
 Run: ``sudo .venv/bin/python bench/extract/tls_h2.py [--requests 3000] [--connections 4]``.
 """
@@ -127,8 +130,8 @@ def main() -> int:
                         if req is not None:
                             got.add(req.get("target"))
                 n_st = len(got & want)
-                n_ts = sum(len([p for p in ln.split("|") if p])
-                           for ln in out.decode().splitlines())
+                ts_got = {p for ln in out.decode().splitlines() for p in ln.split("|") if p}
+                n_ts = len(ts_got & want)
                 rows.append((name, packets, cap["dropped"], n_st, t_st, n_ts, t_ts))
     print(f"{'capture':10} {'packets':>8} {'drops':>6} {'shadowtap':>22} {'tshark':>22} "
           f"{'ratio':>6}")
@@ -137,9 +140,10 @@ def main() -> int:
         print(f"{name:10} {packets:8d} {drops:6d} {n_st:7d} req {t_st:7.2f} s "
               f"{n_ts:7d} req {t_ts:7.2f} s {t_ts / t_st:5.1f}x")
         if n_st != len(want):
-            bad += 1
             why = ("the capture lost packets (tcpdump drops): not comparable" if drops
-                   else "shadowtap missed requests of a complete capture")
+                   else "tshark missed them too (handshakes the server never answered: nothing to decrypt)"
+                   if n_st >= n_ts else "shadowtap missed requests tshark decrypted")
+            bad += n_st < n_ts
             print(f"  {name}: {len(want) - n_st} of {len(want)} requests not recovered; {why}")
     return 1 if bad else 0
 

@@ -22,8 +22,9 @@ bytes, gaps and closes exactly as the HTTP/1 reader would be, and:
   ``replay.h2.H2Connection`` instead (outcome ``h2``: decrypted, HTTP/2).
 
 Every connection ends in exactly one outcome, counted in ``stats`` (``decrypted``, ``no_key``,
-``auth_failed``, ``h2``, ``mid_stream``, ``unsupported_cipher``); connections without a key are
-also listed by SNI and ALPN in ``undecrypted``.
+``auth_failed``, ``h2``, ``mid_stream``, ``unsupported_cipher``, ``no_server_hello``: a
+handshake the server never answered); connections without a key are also listed by SNI and
+ALPN in ``undecrypted``.
 """
 
 from __future__ import annotations
@@ -477,6 +478,12 @@ class TlsConnection:
             return "auth_failed"
         if not self.client_random and self.mid_stream:
             return "mid_stream"
+        srv = self.dirs[False]
+        if (self.client_random and not self.server_random and not self.mid_stream
+                and not srv.gap_bytes and not srv.encrypted):
+            # the server never answered the ClientHello (refused, overloaded, reset): there
+            # are no keys to log and no data to decrypt; not a key-log problem
+            return "no_server_hello"
         if self.keys_state == "ok":
             return "decrypted"  # keys, but no record to decrypt (a handshake alone)
         return "no_key"

@@ -326,3 +326,33 @@ def test_tls13_key_updates(tmp_path: Path):
     # K: the client's and then the server's keys; k: the client's only
     assert s.tls["key_updates"] == 2 + 1 + 2
     assert not s.tls.get("auth_failures")
+
+
+def test_a_handshake_the_server_never_answered_is_not_a_missing_key(world: World,
+                                                                    tmp_path: Path):
+    """A ClientHello the server never answered (refused, overloaded: seen with 100 concurrent
+    curls against nginx) has no keys to log and nothing to decrypt: it is counted as such, not
+    as "no key in the key log", which would send the user hunting a key-log problem."""
+    frames = _frames(world.pcap)
+    syn = next(_tcp(f) for _, f in frames if _tcp(f).flags & dpkt.tcp.TH_SYN)
+    port = syn.sport
+    kept: list[tuple[float, bytes]] = []
+    for ts, f in frames:
+        t = _tcp(f)
+        if port not in (t.sport, t.dport):
+            continue
+        if t.dport == port and t.data:
+            continue  # the server's answer never came
+        kept.append((ts, f))
+        if t.sport == port and t.data:
+            break  # the ClientHello: the client waits for a ServerHello from here on
+    cut = tmp_path / "unanswered.pcap"
+    _write(cut, kept)
+    exs, s = _extract(cut, _keys(world.keylog))
+    assert exs == [] and s.tls["connections"] == 1
+    assert s.tls.get("no_server_hello") == 1 and not s.tls.get("no_key"), s.tls
+    r = subprocess.run([str(REPO / ".venv/bin/shadowtap"), "extract", str(cut), "-o",
+                        str(tmp_path / "o.jsonl")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "handshake unanswered" in r.stdout + r.stderr
+    assert "--keylog" not in r.stdout + r.stderr  # no key log would help
