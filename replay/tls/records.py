@@ -179,6 +179,8 @@ class TlsConnection:
         self.swapped = False
         self.auth_failures = 0
         self.finished = False
+        self._info_key: tuple[Any, ...] | None = None
+        self._info: dict[str, str] = {}
         self._count("connections")
 
     # -- counters ------------------------------------------------------------------------------
@@ -186,7 +188,14 @@ class TlsConnection:
         self.stats[key] = self.stats.get(key, 0) + n
 
     def info(self) -> dict[str, str]:
-        """The ``meta["tls"]`` marker of this connection's exchanges."""
+        """The ``meta["tls"]`` marker of this connection's exchanges: a copy of one built
+        once per handshake state (it is the same for every exchange after the hellos)."""
+        key = (self.version, self.suite_code, self.sni, self.alpn, self.alpn_offered)
+        if self._info_key != key:
+            self._info_key, self._info = key, self._build_info()
+        return self._info.copy()
+
+    def _build_info(self) -> dict[str, str]:
         d = {"version": VERSIONS.get(self.version, f"0x{self.version:04X}"),
              "cipher": suite_name(self.suite_code) if self.suite_code is not None else ""}
         if self.sni:
