@@ -144,3 +144,22 @@ def test_demo_results_print_noise_fields_literally(tmp_path: Path) -> None:
     out = _out(con)
     assert "e.g. $.[/][link=http://evil]y:cd: (1 endpoints)" in out  # the field's name
     assert HOSTILE in out and FIELD in out
+
+
+def test_image_tables_print_check_summaries_and_notes_literally() -> None:
+    """The build's own text (a check's summary, an apply's note, a service name) holding a
+    markup tag or an emoji code prints as it is in ``shadowtap image`` tables."""
+    from appliance.images import cli as images_cli
+
+    con = images_cli._console()
+    con.file = StringIO()
+    con.width = 200
+    check = SimpleNamespace(name="smoke[/]", kind="http", shadow="s1", ok=False, seconds=1.0,
+                            summary="GET /cd/:cd:/[bold]x")
+    apply = SimpleNamespace(shadow="s1", mode="rsync", ok=True, seconds=0.5,
+                            service="web:smile:", note="[red]kept[/]")
+    con.print(images_cli._checks_table([check]))
+    con.print(images_cli._apply_table([apply], "apply"))
+    out = _out(con)
+    for text in ("smoke[/]", "GET /cd/:cd:/[bold]x", "web:smile:", "[red]kept[/]", "FAIL"):
+        assert text in out, (text, out)

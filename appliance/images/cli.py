@@ -49,9 +49,11 @@ def _need_root() -> None:
 
 
 def _console() -> Any:
+    """Stage names, notes, check summaries and paths are the operator's and the build's text:
+    printed as they are (``escape`` for markup; no emoji codes: ``:cd:`` in a path stays)."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, emoji=False)
 
 
 def escape(text: str) -> str:
