@@ -632,16 +632,15 @@ def test_lab_canary_run_through_haproxy_judges_keepalive_traffic_and_obeys_verbs
     assert proc.returncode == 0, err
     doc = json.loads(report.read_text())
     assert doc["state"] == "promoted" and live_after == 50
-    # keep-alive clients, yet every step judged canary requests in proportion to its weight.
-    # Not to the request: HAProxy's weighted round robin re-places a server whose weight rose
-    # and sends it a burst (measured: ~190 extra requests within 0.2 s, sometimes none), which
-    # in a 2-second step moves the share by up to ~12 points. A split per connection instead
-    # (the bug this guards against) leaves the three open keep-alive connections on prod: 0 %.
+    # keep-alive clients, yet every step judged canary requests in proportion to its weight
+    # (a split per connection leaves the three open keep-alive connections on prod: 0 %; round
+    # robin's catch-up burst after a step up gave 60-64 % at 50; a step judging exchanges
+    # from before its weight was set gave 10-13 % at 20)
     assert seen["bad"] == 0 and seen["reconnects"] == 0
     for h in doc["history"]:
         c, p = h["canary"]["requests"], h["prod"]["requests"]
         assert c >= 20, h
-        assert abs(100 * c / (c + p) - h["weight"]) <= 16, (h["weight"], c, p, doc)
+        assert abs(100 * c / (c + p) - h["weight"]) <= 8, (h["weight"], c, p, doc)
     # traffic flowed while the rollout was held: drained and counted, not judged as step 1
     assert doc["exchanges_before_the_start"] > 0, doc
     judged = sum(h["canary"]["requests"] + h["prod"]["requests"] for h in doc["history"])
