@@ -96,6 +96,7 @@ class _Dir:
         "iv",
         "lent",
         "resync",
+        "seen",
         "seq",
         "seq_known",
     )
@@ -123,6 +124,9 @@ class _Dir:
         decrypted."""
         self.gap_records = 0
         """Records among those that failed authentication (their framing is not plaintext)."""
+        self.seen = 0
+        """Bytes this direction carried before any was lent to the C reader (gaps included):
+        whether the server said anything at all."""
         self.lent = False
         """Its records are read by the C reader (``TlsConnection._lend``): ``seq`` and ``buf``
         are there until ``_lent_back``."""
@@ -179,6 +183,7 @@ class TlsConnection:
         self.swapped = False
         self.auth_failures = 0
         self.finished = False
+        self._hello_seen = 0
         self._info_key: tuple[Any, ...] | None = None
         self._info: dict[str, str] = {}
         self._count("connections")
@@ -210,6 +215,7 @@ class TlsConnection:
         dr = self.dirs[from_client]
         if dr.lent:
             self._lender.unlend(from_client)
+        dr.seen += len(data)
         self._feed(dr, data, ts)
         if self.plain is not None and self.new_plain is not None:
             self._lend(from_client, dr)
@@ -433,6 +439,7 @@ class TlsConnection:
         if dr.lent:
             self._lender.unlend(from_client)
         self._count("gaps")
+        dr.seen += n
         dr.gap_bytes += n + len(dr.buf)
         if dr.buf:
             self._count("bytes_skipped", len(dr.buf))
@@ -487,11 +494,11 @@ class TlsConnection:
             return "auth_failed"
         if not self.client_random and self.mid_stream:
             return "mid_stream"
-        srv = self.dirs[False]
         if (self.client_random and not self.server_random and not self.mid_stream
-                and not srv.gap_bytes and not srv.encrypted):
-            # the server never answered the ClientHello (refused, overloaded, reset): there
-            # are no keys to log and no data to decrypt; not a key-log problem
+                and self._dir(False).seen == 0 and self._dir(True).seen <= self._hello_seen):
+            # The server sent not a byte (refused, overloaded, reset) and the client nothing
+            # after its hello: no handshake, no keys to log, no data; not a key-log problem.
+            # (A server alert, a retry request, a cut hello, a one-sided capture: not this.)
             return "no_server_hello"
         if self.keys_state == "ok":
             return "decrypted"  # keys, but no record to decrypt (a handshake alone)
@@ -573,6 +580,7 @@ class TlsConnection:
             for d in self.dirs.values():
                 d.is_client = not d.is_client
         self.client_random = m[2:34]
+        self._hello_seen = dr.seen
         p = 34
         p += 1 + m[p]  # session id
         p += 2 + int.from_bytes(m[p:p + 2], "big")  # cipher suites

@@ -356,3 +356,20 @@ def test_a_handshake_the_server_never_answered_is_not_a_missing_key(world: World
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "handshake unanswered" in r.stdout + r.stderr
     assert "--keylog" not in r.stdout + r.stderr  # no key log would help
+    # Not unanswered: the server's hello cut short, or a capture of the client's side only
+    # (the client carried on past its hello: there was a handshake)
+    conn = [(ts, f) for ts, f in frames if port in (_tcp(f).sport, _tcp(f).dport)]
+    first_srv = next(i for i, (_, f) in enumerate(conn) if _tcp(f).dport == port
+                     and _tcp(f).data)
+    cut_hello = [x for x in conn[:first_srv] if not (_tcp(x[1]).dport == port
+                                                     and _tcp(x[1]).data)]
+    e = dpkt.ethernet.Ethernet(conn[first_srv][1])
+    e.data.data.data = e.data.data.data[:40]
+    e.data.len = len(e.data) - len(e.data.data.data) + 40
+    e.data.sum = 0
+    cut_hello.append((conn[first_srv][0], bytes(e)))
+    one_sided = [x for x in conn if _tcp(x[1]).sport == port]
+    for name, fr in (("cut-hello", cut_hello), ("client-only", one_sided)):
+        _write(tmp_path / f"{name}.pcap", fr)
+        _exs, s2 = _extract(tmp_path / f"{name}.pcap", None)
+        assert s2.tls["connections"] == 1 and not s2.tls.get("no_server_hello"), (name, s2.tls)

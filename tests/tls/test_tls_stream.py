@@ -124,4 +124,5 @@ def test_damage_is_counted_never_raised(tmp_path: Path, version: ssl.TLSVersion,
         st = e.tls_stats
         if st.get("connections"):
             assert sum(st.get(k, 0) for k in ("decrypted", "no_key", "auth_failed", "h2",
-                                              "mid_stream", "unsupported_cipher")) == 1
+                                              "mid_stream", "unsupported_cipher",
+                                              "no_server_hello")) == 1
