@@ -447,6 +447,9 @@ class Controller:
             self.rollout.resumed = True
             self.rollout._note("resumed-after-restart", live_weight=live)
             self.set_weight(rec.weight)  # explicit, read back: never an unknown weight
+            # what the capture saw before this (under a weight the crash may have left) is
+            # not the resumed step's evidence
+            self.rollout.step_wall = time.time()
         else:
             r = self.rollout
             r.step = int(saved.get("step", -1))

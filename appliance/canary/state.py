@@ -148,6 +148,8 @@ def snapshot(rollout: Any, now: float, **extra: Any) -> dict[str, Any]:
         "evidence": evidence(rollout) if rollout.state == "running" else {},
         "totals": rollout.totals,
         "unattributed": rollout.unattributed,
+        "stale": rollout.stale,
+        "before_start": rollout.before_start,
         **extra,
     }
 
@@ -203,4 +205,6 @@ def resume_into(rollout: Any, saved: dict[str, Any], now: float) -> None:
         if k in rollout.totals:
             rollout.totals[k] = list(v)
     rollout.unattributed = int(saved.get("unattributed", 0))
+    rollout.stale = int(saved.get("stale", 0))
+    rollout.before_start = int(saved.get("before_start", 0))
     restore_evidence(rollout, saved.get("evidence") or {})
